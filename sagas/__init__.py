@@ -1,0 +1,1 @@
+"""Sagalog: declare sagas, events and commands as Python classes, and run them on Kafka."""

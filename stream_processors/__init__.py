@@ -1,0 +1,1 @@
+"""The engine underneath Sagalog: processor loop, transactions, store, changelog, restore."""

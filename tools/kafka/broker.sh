@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Starts, stops and resets the single-node Apache Kafka broker that Sagalog's tests and demos use.
+#
+#   broker.sh start            start a broker (or find one) and return once a client can connect
+#   broker.sh stop             stop the broker this script started
+#   broker.sh reset            stop it and delete its data
+#   broker.sh status           say whether a broker answers
+#   broker.sh with -- CMD...   run CMD with a broker, stopping it afterwards only if this call started it
+#
+# Which broker, in this order (the first that applies wins, and is printed):
+#   1. KAFKA_BOOTSTRAP_SERVERS is set: that cluster; nothing is started or stopped.
+#   2. A Docker engine answers: `docker compose up -d kafka` (docker-compose.yml at the root).
+#   3. Java 17+ and Maven: the broker's jars from Maven Central (tools/kafka/pom.xml, cached in
+#      ~/.m2 after the first time), run with `java -cp`.
+# Everything the broker writes lives in .kafka/ at the repository root (git-ignored).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+state="$root/.kafka"
+port="${KAFKA_PORT:-9092}"
+controller_port="${KAFKA_CONTROLLER_PORT:-$((port + 1))}"
+python="${PYTHON:-$root/.venv/bin/python}"
+ready_timeout="${KAFKA_READY_TIMEOUT:-120}"
+
+say() { printf 'kafka: %s\n' "$*" >&2; }
+die() { say "$*"; exit 1; }
+
+bootstrap() { echo "${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:$port}"; }
+
+# A real client round trip (metadata request through librdkafka), not just an open port.
+answers() { "$python" "$here/probe.py" "$(bootstrap)" "${1:-3}" >/dev/null 2>&1; }
+
+wait_ready() {
+  say "waiting for a client to connect to $(bootstrap) (up to ${ready_timeout}s)"
+  if ! "$python" "$here/probe.py" "$(bootstrap)" "$ready_timeout"; then
+    [ -f "$state/logs/broker.log" ] && tail -n 30 "$state/logs/broker.log" >&2
+    die "no broker answered at $(bootstrap) within ${ready_timeout}s"
+  fi
+}
+
+docker_answers() { command -v docker >/dev/null 2>&1 && timeout 10 docker info >/dev/null 2>&1; }
+
+java_major() {
+  java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n 1
+}
+
+our_pid() {
+  local pid
+  [ -f "$state/broker.pid" ] || return 1
+  pid="$(cat "$state/broker.pid")"
+  kill -0 "$pid" 2>/dev/null || return 1
+  echo "$pid"
+}
+
+resolve_classpath() {
+  local libs="$here/target/libs"
+  if [ -d "$libs" ] && [ "$libs" -nt "$here/pom.xml" ] && ls "$libs"/kafka_2.13-*.jar >/dev/null 2>&1; then
+    return
+  fi
+  say "resolving the broker's jars from Maven Central (cached in ~/.m2 after the first time)"
+  rm -rf "$libs"
+  (cd "$here" && mvn -q -B package) || die "Maven could not resolve org.apache.kafka:kafka_2.13 (see the output above)"
+  touch "$libs"
+}
+
+start_java() {
+  resolve_classpath
+  mkdir -p "$state/data" "$state/logs"
+  sed -e "s#@KAFKA_PORT@#$port#g" -e "s#@CONTROLLER_PORT@#$controller_port#g" \
+      -e "s#@DATA_DIR@#$state/data#g" "$here/server.properties.template" > "$state/server.properties"
+  local cp="$here/target/libs/*"
+  local jvm=(-Xms512m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true
+             "-Dkafka.logs.dir=$state/logs" "-Dlog4j2.configurationFile=$here/log4j2.properties")
+  if [ ! -f "$state/data/meta.properties" ]; then
+    local cluster_id
+    cluster_id="$(java -cp "$cp" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)"
+    java "${jvm[@]}" -cp "$cp" kafka.tools.StorageTool format -t "$cluster_id" \
+      -c "$state/server.properties" --ignore-formatted >"$state/logs/format.log" 2>&1 \
+      || { cat "$state/logs/format.log" >&2; die "formatting the broker's storage failed"; }
+  fi
+  # setsid: the broker must outlive `make`, and must not get the terminal's Ctrl-C.
+  setsid nohup java "${jvm[@]}" -cp "$cp" kafka.Kafka "$state/server.properties" \
+    >"$state/logs/stdout.log" 2>&1 < /dev/null &
+  echo $! > "$state/broker.pid"
+  echo java > "$state/kind"
+}
+
+cmd_start() {
+  if [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
+    say "using the cluster at KAFKA_BOOTSTRAP_SERVERS=$KAFKA_BOOTSTRAP_SERVERS (starting nothing)"
+    wait_ready; return
+  fi
+  if pid="$(our_pid)"; then
+    say "already running (java, pid $pid) at $(bootstrap)"; wait_ready; return
+  fi
+  if answers 3; then
+    say "a broker already answers at $(bootstrap); using it (starting nothing)"; return
+  fi
+  mkdir -p "$state"
+  if docker_answers; then
+    say "starting Apache Kafka with Docker: docker compose up -d kafka"
+    (cd "$root" && KAFKA_PORT="$port" docker compose up -d kafka)
+    echo docker > "$state/kind"
+  elif command -v java >/dev/null 2>&1 && [ "$(java_major)" -ge 17 ] 2>/dev/null && command -v mvn >/dev/null 2>&1; then
+    say "starting Apache Kafka $(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/pom.xml") with Java $(java_major) (jars from Maven Central)"
+    start_java
+  else
+    die "no way to start a broker here. Install one of:
+  - Docker (https://docs.docker.com/engine/install/), then run make kafka again;
+  - Java 17+ and Maven (Debian/Ubuntu: apt-get install openjdk-17-jdk-headless maven);
+or point KAFKA_BOOTSTRAP_SERVERS at a running Kafka cluster."
+  fi
+  wait_ready
+  say "ready at $(bootstrap)"
+}
+
+cmd_stop() {
+  if [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
+    say "KAFKA_BOOTSTRAP_SERVERS is set: the cluster is not ours to stop"; return
+  fi
+  local kind; kind="$(cat "$state/kind" 2>/dev/null || true)"
+  if [ "$kind" = docker ]; then
+    (cd "$root" && docker compose stop kafka) && rm -f "$state/kind"; return
+  fi
+  local pid
+  if ! pid="$(our_pid)"; then
+    say "no broker started by this project is running"; rm -f "$state/broker.pid"; return
+  fi
+  say "stopping the broker (pid $pid)"
+  kill -TERM "$pid"
+  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  if kill -0 "$pid" 2>/dev/null; then
+    say "still running after 30s; killing it"; kill -KILL "$pid"
+  fi
+  rm -f "$state/broker.pid" "$state/kind"
+  say "stopped"
+}
+
+cmd_reset() {
+  if [ "$(cat "$state/kind" 2>/dev/null || true)" = docker ]; then
+    (cd "$root" && docker compose down -v kafka)
+  else
+    cmd_stop
+  fi
+  rm -rf "$state"
+  say "data deleted"
+}
+
+cmd_status() {
+  if answers 3; then say "a broker answers at $(bootstrap)"; else say "no broker answers at $(bootstrap)"; return 1; fi
+}
+
+cmd_with() {
+  [ "${1:-}" = "--" ] && shift
+  local started=0
+  if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ] && ! answers 3; then started=1; fi
+  cmd_start
+  local rc=0
+  KAFKA_BOOTSTRAP_SERVERS="$(bootstrap)" "$@" || rc=$?
+  if [ "$started" = 1 ]; then cmd_stop; fi
+  return "$rc"
+}
+
+case "${1:-}" in
+  start) cmd_start ;;
+  stop) cmd_stop ;;
+  reset) cmd_reset ;;
+  status) cmd_status ;;
+  with) shift; cmd_with "$@" ;;
+  *) echo "usage: $0 start|stop|reset|status|with -- CMD..." >&2; exit 2 ;;
+esac
