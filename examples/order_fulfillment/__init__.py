@@ -1,0 +1,1 @@
+"""Order fulfilment, the example saga: charge the card, ship, refund if shipping fails."""

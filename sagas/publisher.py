@@ -1,0 +1,69 @@
+"""Publishing domain events: ``publisher.publish(OrderPlaced(...))``.
+
+The event goes to its class's topic, keyed by its key field, Avro-encoded with its schema's
+fingerprint, through an idempotent producer with ``acks=all``: a retried send never duplicates
+and an acknowledged one survives a broker failover.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from confluent_kafka import Producer
+
+from stream_processors.kafka_config import producer_config
+from stream_processors.records import Event
+from stream_processors.routing import Headers
+
+
+class Publisher:
+    """Sends events to Kafka. Use as a context manager, or call ``flush`` before exiting."""
+
+    def __init__(self, bootstrap: str | None = None, client_id: str = "sagalog-publisher") -> None:
+        self._producer = Producer(producer_config(bootstrap, client_id))
+
+    def publish(
+        self,
+        event: Event,
+        *,
+        topic: str | None = None,
+        headers: Headers | None = None,
+        on_delivery: Callable[[Any, Any], None] | None = None,
+    ) -> None:
+        """Queue ``event`` for sending (to ``topic`` if given, else the event's own topic)."""
+        target = topic or event.__topic__
+        if target is None:
+            raise ValueError(f"{type(event).__qualname__} declares no topic; pass topic=")
+        key = event.key()
+        while True:
+            try:
+                self._producer.produce(
+                    target,
+                    key=None if key is None else key.encode(),
+                    value=event.encode(),
+                    headers=headers,
+                    on_delivery=on_delivery,
+                )
+                break
+            except BufferError:  # the local queue is full: let deliveries drain, then retry
+                self._producer.poll(0.1)
+        self._producer.poll(0)
+
+    def flush(self, timeout: float = 30) -> int:
+        """Wait for every queued event to be acknowledged; returns how many are still queued."""
+        return int(self._producer.flush(timeout))
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        remaining = self.flush()
+        if remaining and exc is None:
+            raise RuntimeError(f"{remaining} events were not acknowledged")

@@ -1,0 +1,260 @@
+"""Declaring a saga as a Python class.
+
+A saga names the event that starts it, the field of that event that names an instance, its
+typed state, and its steps in order. Each step sends a command and waits for the replies that
+finish it; a step that fails fails the saga, and the compensations of the steps that completed
+run in reverse order::
+
+    class OrderFulfillment(Saga, name="order_fulfillment"):
+        start = OrderPlaced                 # key: OrderPlaced's key field, or key = "order_id"
+        state = OrderState
+
+        @staticmethod
+        def begin(event: OrderPlaced) -> OrderState:
+            return OrderState(order_id=event.order_id, ...)
+
+        payment = Step(MakePayment, success=PaymentCompleted, failure=PaymentFailed,
+                       compensate=Compensate(RefundPayment, success=PaymentRefunded))
+        shipping = Step(CreateShippingLabel, success=ShippingLabelCreated, failure=ShippingFailed)
+
+        @evolve(PaymentCompleted)
+        def paid(state: OrderState, event: PaymentCompleted) -> OrderState:
+            return replace(state, payment_id=event.payment_id)
+
+A step's command is built from the state by matching field names, unless it passes ``build``.
+``@evolve(T)`` functions are the only way the state changes after ``begin``: pure functions of
+(state, input). ``@on(T)`` handlers take inputs that are not a step's reply and return commands
+to send, ``Fail(reason)`` or ``Complete()``.
+
+The class compiles to ``stream_processors.model.SagaDefinition`` when it is created, and every
+declaration error raises ``DeclarationError`` there, at import, naming the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, TypeVar
+
+from stream_processors.model import (
+    Builder,
+    CommandSpec,
+    Directive,
+    SagaDefinition,
+    Task,
+    reply_index,
+    validate,
+)
+from stream_processors.records import Command, DeclarationError, Event, Record, State
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _as_tuple(replies: type[Event] | Iterable[type[Event]] | None) -> tuple[type[Event], ...]:
+    if replies is None:
+        return ()
+    if isinstance(replies, type):
+        return (replies,)
+    return tuple(replies)
+
+
+class _CommandDeclaration:
+    """What a step and a compensation share: a command type, how to build it, its replies."""
+
+    def __init__(
+        self,
+        command: type[Command] | None,
+        *,
+        success: type[Event] | Iterable[type[Event]] | None,
+        failure: type[Event] | Iterable[type[Event]] | None = None,
+        build: Builder | None = None,
+        topic: str | None = None,
+    ) -> None:
+        self.command = command
+        self.success = _as_tuple(success)
+        self.failure = _as_tuple(failure)
+        self.build = build
+        self.topic = topic
+
+    def compile(self, where: str, state: type[State]) -> CommandSpec:
+        command = self.command
+        if command is None or not (isinstance(command, type) and issubclass(command, Command)):
+            raise DeclarationError(f"{where}: has no command (got {command!r})")
+        topic = self.topic or command.__topic__
+        if topic is None:
+            raise DeclarationError(
+                f"{where}: {command.__qualname__} declares no topic; pass topic= to the step"
+            )
+        if not self.success:
+            raise DeclarationError(f"{where}: declares no success reply")
+        return CommandSpec(
+            command,
+            self.build or _build_from_state(where, command, state),
+            topic,
+            self.success,
+            self.failure,
+        )
+
+
+class Compensate(_CommandDeclaration):
+    """The command that undoes a completed step, and the replies that finish it."""
+
+
+class Step(_CommandDeclaration):
+    """A step: the command it sends, its replies, and what undoes it.
+
+    ``next`` names the step(s) to start when this one succeeds; by default the step declared
+    after it, and none for the last. ``end=True`` makes it a last step wherever it stands.
+    """
+
+    def __init__(
+        self,
+        command: type[Command] | None,
+        *,
+        success: type[Event] | Iterable[type[Event]] | None,
+        failure: type[Event] | Iterable[type[Event]] | None = None,
+        compensate: Compensate | None = None,
+        build: Builder | None = None,
+        topic: str | None = None,
+        next: str | Iterable[str] | None = None,
+        end: bool = False,
+    ) -> None:
+        super().__init__(command, success=success, failure=failure, build=build, topic=topic)
+        self.compensate = compensate
+        self.next = (next,) if isinstance(next, str) else None if next is None else tuple(next)
+        self.end = end
+
+
+def _build_from_state(where: str, command: type[Command], state: type[State]) -> Builder:
+    """The default builder: take each command field from the state field of the same name."""
+    state_fields = set(state.__fields__)
+    required = [
+        f.name
+        for f in dataclasses.fields(command)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [name for name in required if name not in state_fields]
+    if missing:
+        raise DeclarationError(
+            f"{where}: {command.__qualname__} needs field {missing[0]!r}, which "
+            f"{state.__qualname__} lacks; pass build= to say how to make the command"
+        )
+    names = [name for name in command.__fields__ if name in state_fields]
+
+    def build(data: Any) -> Command:
+        return command(**{name: getattr(data, name) for name in names})
+
+    return build
+
+
+def evolve(input_type: type[Record]) -> Callable[[F], F]:
+    """Mark a pure function (state, input) -> state that applies an accepted input."""
+
+    def mark(function: F) -> F:
+        function.__sagalog_evolves__ = input_type  # type: ignore[attr-defined]
+        return function
+
+    return mark
+
+
+def on(input_type: type[Event]) -> Callable[[F], F]:
+    """Mark a handler (state, event, now_ms) -> iterable of commands, Fail or Complete."""
+
+    def mark(function: F) -> F:
+        function.__sagalog_handles__ = input_type  # type: ignore[attr-defined]
+        return function
+
+    return mark
+
+
+def _claimed_replies(where: str, tasks: Iterable[Task]) -> dict[type[Record], Any]:
+    try:
+        return reply_index(tasks)
+    except DeclarationError as error:
+        raise DeclarationError(f"{where}: {error}") from None
+
+
+def _unwrap(member: Any) -> Any:
+    return member.__func__ if isinstance(member, staticmethod | classmethod) else member
+
+
+class Saga:
+    """Base class of declared sagas. Subclass with ``name=`` (and ``version=``)."""
+
+    definition: ClassVar[SagaDefinition]
+    start: ClassVar[type[Event]]
+    state: ClassVar[type[State]]
+    key: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, *, name: str | None = None, version: int = 1, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        saga_name = name or cls.__name__
+        where = f"saga {saga_name!r} ({cls.__qualname__})"
+        start = getattr(cls, "start", None)
+        if not (isinstance(start, type) and issubclass(start, Event)):
+            raise DeclarationError(f"{where}: start must be an Event class, got {start!r}")
+        state = getattr(cls, "state", None)
+        if not (isinstance(state, type) and issubclass(state, State)):
+            raise DeclarationError(f"{where}: state must be a State class, got {state!r}")
+        begin = _unwrap(cls.__dict__.get("begin"))
+        if not callable(begin):
+            raise DeclarationError(f"{where}: needs a begin(event) -> state function")
+        key = cls.key or start.__key__
+        if key is None:
+            raise DeclarationError(
+                f"{where}: no key field: set key = '<field>' "
+                f"or declare key= on {start.__qualname__}"
+            )
+
+        steps = [(n, s) for n, s in cls.__dict__.items() if isinstance(s, Step)]
+        tasks: dict[str, Task] = {}
+        for index, (step_name, step) in enumerate(steps):
+            step_where = f"{where}, step {step_name!r}"
+            following = steps[index + 1][0] if index + 1 < len(steps) else None
+            next_steps = step.next if step.next is not None else (following,) if following else ()
+            compensation = (
+                step.compensate.compile(f"{step_where} compensation", state)
+                if step.compensate is not None
+                else None
+            )
+            tasks[step_name] = Task(
+                step_name,
+                step.compile(step_where, state),
+                compensation,
+                () if step.end else next_steps,
+            )
+
+        evolvers: dict[type[Record], Callable[[Any, Any], Any]] = {}
+        handlers: dict[type[Record], Callable[[Any, Any, int], Iterable[Directive]]] = {}
+        for member_name, member in cls.__dict__.items():
+            function = _unwrap(member)
+            for marker, table in (
+                ("__sagalog_evolves__", evolvers),
+                ("__sagalog_handles__", handlers),
+            ):
+                # The mark may sit on a staticmethod wrapper or on the function inside it.
+                input_type = getattr(member, marker, None) or getattr(function, marker, None)
+                if input_type is None:
+                    continue
+                if input_type in table:
+                    raise DeclarationError(
+                        f"{where}: two {marker.strip('_').split('_')[1]} functions for "
+                        f"{input_type.__qualname__} (one is {member_name!r})"
+                    )
+                table[input_type] = function
+
+        definition = SagaDefinition(
+            name=saga_name,
+            version=version,
+            start=start,
+            key=key,
+            state=state,
+            begin=begin,
+            tasks=tasks,
+            first=(steps[0][0],) if steps else (),
+            evolvers=evolvers,
+            handlers=handlers,
+            replies=_claimed_replies(where, tasks.values()),
+        )
+        validate(definition)
+        cls.definition = definition

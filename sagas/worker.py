@@ -1,0 +1,202 @@
+"""Task workers: the services' command handlers, and the runtime that runs them on Kafka.
+
+A worker is a set of handlers, one per command type. A handler gets the command and a
+``CommandContext`` whose ``idempotency_key`` is the command's deterministic id, and returns the
+success reply, or raises ``BusinessError`` carrying the failure reply::
+
+    payments = Worker("payments")
+
+    @payments.handles(MakePayment)
+    def pay(command: MakePayment, context: CommandContext) -> PaymentCompleted:
+        if declined(command.card_token):
+            raise BusinessError(PaymentFailed(order_id=command.order_id, reason="declined"))
+        return PaymentCompleted(order_id=command.order_id, payment_id=charge(command,
+                                key=context.idempotency_key))
+
+The runtime consumes the handled commands' topics in a consumer group (more processes share the
+work), sends each reply to the command's reply-to topic keyed by the instance, and commits the
+consumed offsets only after the replies are acknowledged: a crash repeats commands (hence the
+idempotency key) and never loses one. A command that cannot be decoded, has no handler or no
+reply address, or whose handler crashes, goes to ``<topic>.dlq`` with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
+
+from stream_processors import metrics
+from stream_processors.avro import DecodeError
+from stream_processors.kafka_config import consumer_config, producer_config
+from stream_processors.records import Command, DeclarationError, Event, Record, decode_record
+from stream_processors.routing import (
+    COMMAND_ID,
+    INSTANCE,
+    REPLY_TO,
+    SAGA,
+    Headers,
+    dead_letter_headers,
+    header,
+    reply_headers,
+)
+from stream_processors.topics import ensure_plain_topics
+
+log = logging.getLogger(__name__)
+
+C = TypeVar("C", bound=Command)
+
+
+class BusinessError(Exception):
+    """Raised by a handler to answer with a failure reply (a declined card, say)."""
+
+    def __init__(self, reply: Event) -> None:
+        super().__init__(f"{type(reply).__name__}: {reply}")
+        self.reply = reply
+
+
+@dataclass(frozen=True)
+class CommandContext:
+    """What a handler knows about the command besides its fields."""
+
+    idempotency_key: str
+    instance_id: str
+    saga: str | None
+    topic: str
+    partition: int
+    offset: int
+
+
+Handler = Callable[[Any, CommandContext], Event]
+#: A record to send: (topic, key, value, headers).
+Outgoing = tuple[str, bytes | None, bytes, Headers]
+
+
+class Worker:
+    """A named set of command handlers; ``run()`` serves them until ``stop()``."""
+
+    def __init__(self, name: str, group: str | None = None) -> None:
+        self.name = name
+        self.group = group or f"sagalog.worker.{name}"
+        self._handlers: dict[type[Record], Handler] = {}
+        self._stopping = threading.Event()
+
+    def handles(self, command: type[C]) -> Callable[[Callable[[C, CommandContext], Event]], Any]:
+        if not (isinstance(command, type) and issubclass(command, Command)):
+            raise DeclarationError(f"worker {self.name!r}: {command!r} is not a Command class")
+        if command.__topic__ is None:
+            raise DeclarationError(f"worker {self.name!r}: {command.__qualname__} has no topic")
+        if command in self._handlers:
+            raise DeclarationError(f"worker {self.name!r}: two handlers for {command.__qualname__}")
+
+        def register(function: Callable[[C, CommandContext], Event]) -> Any:
+            self._handlers[command] = function
+            return function
+
+        return register
+
+    @property
+    def topics(self) -> list[str]:
+        return sorted({t.__topic__ for t in self._handlers if t.__topic__})  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def handle(self, message: Message) -> Outgoing:
+        """Run the handler for one command record; returns (topic, key, value, headers) to send.
+
+        Pure of Kafka apart from reading ``message``: the runtime loop does the sending.
+        """
+        topic = message.topic() or ""
+        try:
+            command = decode_record(message.value())
+        except DecodeError as error:
+            return self._dead(message, error.reason, error.detail)
+        handler = self._handlers.get(type(command))
+        if handler is None:
+            return self._dead(message, "no-handler", type(command).__qualname__)
+        headers = message.headers()
+        reply_to = header(headers, REPLY_TO)
+        command_id = header(headers, COMMAND_ID)
+        instance_id = header(headers, INSTANCE)
+        if not (reply_to and command_id and instance_id):
+            return self._dead(message, "no-reply-address", "missing sagalog.* headers")
+        context = CommandContext(
+            command_id,
+            instance_id,
+            header(headers, SAGA),
+            topic,
+            message.partition() or 0,
+            message.offset() or 0,
+        )
+        name = type(command).__name__
+        began = time.perf_counter()
+        try:
+            reply = handler(command, context)
+            outcome = "succeeded"
+        except BusinessError as error:
+            reply, outcome = error.reply, "failed"
+        except Exception as error:  # a bug in the handler: park the command, keep serving
+            log.exception("handler for %s crashed on %s", name, command_id)
+            return self._dead(message, "handler-error", f"{type(error).__name__}: {error}")
+        finally:
+            metrics.HANDLER_SECONDS.labels(worker=self.name, command=name).observe(
+                time.perf_counter() - began
+            )
+        metrics.COMMANDS_HANDLED.labels(worker=self.name, command=name, outcome=outcome).inc()
+        return reply_to, instance_id.encode(), reply.encode(), reply_headers(command_id)
+
+    def _dead(self, message: Message, reason: str, detail: str) -> Outgoing:
+        log.warning(
+            "dead letter from %s@%s: %s %s", message.topic(), message.offset(), reason, detail
+        )
+        metrics.DEAD_LETTERS.labels(owner=self.name, reason=reason).inc()
+        return (
+            f"{message.topic()}.dlq",
+            message.key(),
+            message.value() or b"",
+            dead_letter_headers(message, reason, detail),
+        )
+
+    def run(self, bootstrap: str | None = None, batch_size: int = 500) -> None:
+        if not self._handlers:
+            raise DeclarationError(f"worker {self.name!r} has no handlers")
+        ensure_plain_topics([*self.topics, *(f"{t}.dlq" for t in self.topics)], bootstrap)
+        producer = Producer(producer_config(bootstrap, f"worker-{self.name}"))
+        consumer = Consumer(consumer_config(bootstrap, f"worker-{self.name}", self.group))
+        consumer.subscribe(self.topics)
+        log.info("worker %s serving %s", self.name, ", ".join(self.topics))
+        try:
+            while not self._stopping.is_set():
+                messages = consumer.consume(batch_size, timeout=0.1)
+                offsets: dict[tuple[str, int], int] = {}
+                for message in messages:
+                    if message.error():
+                        log.warning("consumer: %s", message.error())
+                        continue
+                    topic, key, value, headers = self.handle(message)
+                    producer.produce(topic, key=key, value=value, headers=headers)
+                    where = (message.topic() or "", message.partition() or 0)
+                    offsets[where] = (message.offset() or 0) + 1
+                if offsets:
+                    # Replies first, then offsets: at least once, never lost.
+                    remaining = producer.flush(30)
+                    if remaining:
+                        raise RuntimeError(f"{remaining} replies not acknowledged; not committing")
+                    consumer.commit(
+                        offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                        asynchronous=False,
+                    )
+        finally:
+            producer.flush(10)
+            consumer.close()

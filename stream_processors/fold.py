@@ -1,0 +1,108 @@
+"""``fold``: the only way an instance's state changes. Pure.
+
+``apply(definition, instance, entry)`` returns the instance after one journal entry; ``fold``
+applies many. Neither reads the clock, the network or randomness: times come from the entries
+(``at_ms``, stamped by ``decide``), so replaying a journal rebuilds byte-identical snapshots.
+
+The saga's own state changes in exactly two places: ``SagaStarted`` (the saga's ``begin`` builds
+it from the start event) and ``InputAccepted`` (the saga's evolver for that input type, if any).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+
+from stream_processors.instance import Instance, Status, StepState, StepStatus
+from stream_processors.journal import JournalEntry, Kind
+from stream_processors.model import SagaDefinition
+from stream_processors.records import Record, decode_record
+
+
+class FoldError(Exception):
+    """A journal that does not fold: entries out of order, or an entry that makes no sense."""
+
+
+_STATUS_AFTER = {
+    Kind.SAGA_COMPLETED: Status.COMPLETED,
+    Kind.SAGA_COMPENSATING: Status.COMPENSATING,
+    Kind.SAGA_COMPENSATED: Status.COMPENSATED,
+    Kind.SAGA_FAILED: Status.FAILED,
+    Kind.SAGA_PARKED: Status.NEEDS_ATTENTION,
+}
+
+_STEP_STATUS_AFTER = {
+    Kind.STEP_SUCCEEDED: StepStatus.SUCCEEDED,
+    Kind.STEP_FAILED: StepStatus.FAILED,
+    Kind.COMPENSATION_SUCCEEDED: StepStatus.COMPENSATED,
+    Kind.COMPENSATION_FAILED: StepStatus.COMPENSATION_FAILED,
+}
+
+
+def _record_of(entry: JournalEntry, decoded: Record | None) -> Record:
+    if decoded is not None:
+        return decoded
+    if entry.record is None:
+        raise FoldError(f"{entry.kind} #{entry.seq} of {entry.instance} carries no record")
+    return decode_record(entry.record)
+
+
+def apply(
+    definition: SagaDefinition,
+    instance: Instance | None,
+    entry: JournalEntry,
+    decoded: Record | None = None,
+) -> Instance:
+    """The instance after ``entry``. ``decoded`` is ``entry.record`` already decoded, if at hand."""
+    kind = Kind(entry.kind)
+    if instance is None:
+        if kind is not Kind.SAGA_STARTED:
+            raise FoldError(f"{entry.instance}: history starts with {entry.kind}, not SagaStarted")
+        if entry.seq != 0:
+            raise FoldError(f"{entry.instance}: SagaStarted at position {entry.seq}, not 0")
+        return Instance(
+            instance_id=entry.instance,
+            saga_version=entry.saga_version,
+            status=Status.RUNNING,
+            seq=1,
+            started_at_ms=entry.at_ms,
+            updated_at_ms=entry.at_ms,
+            reason=None,
+            steps={},
+            completed=(),
+            data=definition.begin(_record_of(entry, decoded)),
+        )
+    if entry.seq != instance.seq:
+        raise FoldError(
+            f"{entry.instance}: entry at position {entry.seq} follows {instance.seq - 1}"
+        )
+    moved = replace(instance, seq=instance.seq + 1, updated_at_ms=entry.at_ms)
+    step = entry.step
+    if kind is Kind.INPUT_ACCEPTED:
+        record = _record_of(entry, decoded)
+        evolve = definition.evolvers.get(type(record))
+        return replace(moved, data=evolve(moved.data, record)) if evolve else moved
+    if kind in (Kind.COMMAND_SENT, Kind.COMPENSATION_SENT):
+        if step is None:  # a handler's fire-and-forget command: history only
+            return moved
+        status = StepStatus.PENDING if kind is Kind.COMMAND_SENT else StepStatus.COMPENSATING
+        sent = StepState(status, entry.command_id or "", entry.attempt, entry.at_ms)
+        return replace(moved, steps={**moved.steps, step: sent})
+    if kind in _STEP_STATUS_AFTER:
+        if step is None or step not in moved.steps:
+            raise FoldError(f"{entry.instance}: {entry.kind} for unknown step {step!r}")
+        steps = {**moved.steps, step: replace(moved.steps[step], status=_STEP_STATUS_AFTER[kind])}
+        completed = (*moved.completed, step) if kind is Kind.STEP_SUCCEEDED else moved.completed
+        return replace(moved, steps=steps, completed=completed)
+    if kind in _STATUS_AFTER:
+        return replace(moved, status=_STATUS_AFTER[kind], reason=entry.reason or moved.reason)
+    raise FoldError(f"{entry.instance}: cannot fold a {entry.kind}")  # SagaStarted twice
+
+
+def fold(
+    definition: SagaDefinition, instance: Instance | None, entries: Iterable[JournalEntry]
+) -> Instance | None:
+    """The instance after all ``entries``, in order."""
+    for entry in entries:
+        instance = apply(definition, instance, entry)
+    return instance

@@ -1,0 +1,130 @@
+"""The folded state of one saga instance, and its snapshot encoding.
+
+``Instance`` is what ``fold`` produces and ``decide`` reads: the engine's bookkeeping (status,
+each step's command in flight, the steps that completed, in order) around the saga's own typed
+state (``data``). Snapshots are the Avro encoding of an ``Instance`` (schema ``sagalog.Snapshot``)
+and must be byte-identical when rebuilt from the journal, so every field is derived from journal
+entries only and every collection keeps a deterministic order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from stream_processors.avro import AvroSchema, decode, encode
+from stream_processors.records import CATALOG, Record, decode_record
+
+# Importing the journal module loads the built-in schema folder, which holds sagalog.Snapshot.
+from stream_processors.journal import JournalEntry as _JournalEntry  # noqa: F401  isort: skip
+
+
+class Status(StrEnum):
+    """Where an instance is in its life. The values are stored: never rename one."""
+
+    RUNNING = "running"
+    COMPENSATING = "compensating"
+    COMPLETED = "completed"
+    COMPENSATED = "compensated"
+    FAILED = "failed"
+    NEEDS_ATTENTION = "needs_attention"
+
+    @property
+    def finished(self) -> bool:
+        return self in (Status.COMPLETED, Status.COMPENSATED, Status.FAILED)
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    COMPENSATING = "compensating"
+    COMPENSATED = "compensated"
+    COMPENSATION_FAILED = "compensation_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class StepState:
+    """The latest command of one step: what it is waiting for, and since when."""
+
+    status: StepStatus
+    command_id: str
+    attempt: int
+    sent_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One saga instance as folded from its journal."""
+
+    instance_id: str
+    saga_version: int
+    status: Status
+    seq: int
+    started_at_ms: int
+    updated_at_ms: int
+    reason: str | None
+    steps: Mapping[str, StepState]
+    completed: tuple[str, ...]
+    data: Record
+
+    @property
+    def active(self) -> tuple[str, ...]:
+        """Steps with a command in flight (the active states of the state machine)."""
+        return tuple(
+            name
+            for name, step in self.steps.items()
+            if step.status in (StepStatus.PENDING, StepStatus.COMPENSATING)
+        )
+
+
+def _snapshot_schema() -> AvroSchema:
+    return CATALOG.current("sagalog.Snapshot")
+
+
+def encode_snapshot(instance: Instance) -> bytes:
+    datum: dict[str, Any] = {
+        "instance": instance.instance_id,
+        "saga_version": instance.saga_version,
+        "status": instance.status.value,
+        "seq": instance.seq,
+        "started_at_ms": instance.started_at_ms,
+        "updated_at_ms": instance.updated_at_ms,
+        "reason": instance.reason,
+        "steps": [
+            {
+                "name": name,
+                "status": step.status.value,
+                "command_id": step.command_id,
+                "attempt": step.attempt,
+                "sent_at_ms": step.sent_at_ms,
+            }
+            for name, step in instance.steps.items()
+        ],
+        "completed": list(instance.completed),
+        "data": instance.data.encode(),
+    }
+    return encode(_snapshot_schema(), datum)
+
+
+def decode_snapshot(data: bytes) -> Instance:
+    _, datum = decode(CATALOG, data)
+    return Instance(
+        instance_id=datum["instance"],
+        saga_version=datum["saga_version"],
+        status=Status(datum["status"]),
+        seq=datum["seq"],
+        started_at_ms=datum["started_at_ms"],
+        updated_at_ms=datum["updated_at_ms"],
+        reason=datum["reason"],
+        steps={
+            step["name"]: StepState(
+                StepStatus(step["status"]), step["command_id"], step["attempt"], step["sent_at_ms"]
+            )
+            for step in datum["steps"]
+        },
+        completed=tuple(datum["completed"]),
+        data=decode_record(datum["data"]),
+    )

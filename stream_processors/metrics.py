@@ -1,0 +1,62 @@
+"""Prometheus metrics of processors and workers, and the ``/metrics`` endpoint that serves them.
+
+Every metric is labelled with the saga (or worker) name so that one Prometheus can scrape many
+processes. Names follow Prometheus conventions: ``_total`` counters, ``_seconds`` histograms.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+INPUTS = Counter("sagalog_inputs_processed_total", "Inbox records processed", ["saga"])
+ROUTED = Counter(
+    "sagalog_source_events_routed_total", "Source events routed to the inbox", ["saga"]
+)
+SAGAS = Counter(
+    "sagalog_sagas_total",
+    "Saga instances reaching a lifecycle point (started, completed, compensated, failed, parked)",
+    ["saga", "event"],
+)
+IGNORED = Counter(
+    "sagalog_inputs_ignored_total",
+    "Inputs ignored (duplicate or stale replies)",
+    ["saga", "reason"],
+)
+DEAD_LETTERS = Counter(
+    "sagalog_dead_letters_total", "Records sent to a dead-letter topic", ["owner", "reason"]
+)
+STEP_SECONDS = Histogram(
+    "sagalog_step_seconds",
+    "From a step's command being sent to its reply being accepted",
+    ["saga", "step", "outcome"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+COMMIT_SECONDS = Histogram(
+    "sagalog_transaction_commit_seconds",
+    "Time to commit one Kafka transaction (flush, offsets, commit)",
+    ["saga"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+TRANSACTIONS = Counter("sagalog_transactions_total", "Kafka transactions", ["saga", "outcome"])
+RESTORED = Counter(
+    "sagalog_restored_records_total", "Changelog records read while restoring", ["saga"]
+)
+RESTORE_REMAINING = Gauge(
+    "sagalog_restore_remaining_records", "Changelog records left to restore", ["saga"]
+)
+COMMANDS_HANDLED = Counter(
+    "sagalog_worker_commands_total",
+    "Commands handled by a worker",
+    ["worker", "command", "outcome"],
+)
+HANDLER_SECONDS = Histogram(
+    "sagalog_worker_handler_seconds", "Time in a worker's command handler", ["worker", "command"]
+)
+
+
+def serve(port: int) -> int:
+    """Serve ``/metrics`` on ``port`` (0 picks a free port); returns the port. -1 disables."""
+    if port < 0:
+        return -1
+    server, _thread = start_http_server(port, addr="127.0.0.1")
+    return int(server.server_port)

@@ -1,0 +1,156 @@
+"""The saga model every way of declaring a saga compiles to: tasks, transitions, compensations.
+
+A ``SagaDefinition`` is plain data plus pure functions. Python classes (``sagas.Saga``) compile
+to it today; a declarative JSON/YAML definition will compile to the same thing. The engine only
+ever sees this model.
+
+The model is a state machine whose *active* states are the steps with a command in flight. More
+than one step may be active at once (``Task.next`` is a tuple), so parallel branches fit without
+changing the model; an instance completes when no step is active and no step is left to start.
+
+``validate`` checks a definition and raises ``DeclarationError`` naming the problem; it runs when
+the declaring class is created, so a bad saga fails at import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from stream_processors.records import Command, DeclarationError, Event, Record, State
+
+
+@dataclass(frozen=True)
+class Fail:
+    """Returned by a handler: fail the saga now (compensating what completed)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Complete:
+    """Returned by a handler: the saga is done, whatever steps remain."""
+
+
+#: What a handler may return, in any mix: commands to send (fire and forget), or an outcome.
+Directive = Command | Fail | Complete
+Handler = Callable[[Any, Any, int], Iterable[Directive]]
+Evolver = Callable[[Any, Any], Any]
+Builder = Callable[[Any], Command]
+
+
+class ReplyRole(Enum):
+    """What a reply type means to the step that claims it."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    COMPENSATED = "compensated"
+    COMPENSATION_FAILED = "compensation_failed"
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """A command to send and the replies that finish it."""
+
+    command: type[Command]
+    build: Builder
+    topic: str
+    success: tuple[type[Event], ...]
+    failure: tuple[type[Event], ...] = ()
+
+
+@dataclass(frozen=True)
+class Task:
+    """One step: its command, what undoes it, and where to go when it succeeds."""
+
+    name: str
+    action: CommandSpec
+    compensation: CommandSpec | None = None
+    next: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SagaDefinition:
+    """A compiled saga. ``validate`` must have passed before the engine uses it."""
+
+    name: str
+    version: int
+    start: type[Event]
+    key: str
+    state: type[State]
+    begin: Callable[[Any], State]
+    tasks: Mapping[str, Task]
+    first: tuple[str, ...]
+    evolvers: Mapping[type[Record], Evolver] = field(default_factory=dict)
+    handlers: Mapping[type[Record], Handler] = field(default_factory=dict)
+    replies: Mapping[type[Record], tuple[str, ReplyRole]] = field(default_factory=dict)
+
+    def input_types(self) -> frozenset[type[Record]]:
+        """Every record type this saga accepts on its inbox."""
+        return frozenset({self.start, *self.replies, *self.handlers})
+
+    def command_topics(self) -> frozenset[str]:
+        topics = set()
+        for task in self.tasks.values():
+            topics.add(task.action.topic)
+            if task.compensation is not None:
+                topics.add(task.compensation.topic)
+        return frozenset(topics)
+
+    def source_topics(self) -> frozenset[str]:
+        """Topics of events that start or feed the saga (published by services)."""
+        types = [self.start, *self.handlers]
+        return frozenset(t.__topic__ for t in types if issubclass(t, Event) and t.__topic__)
+
+
+def reply_index(tasks: Iterable[Task]) -> dict[type[Record], tuple[str, ReplyRole]]:
+    """Map each reply type to the step that claims it; a type claimed twice is an error."""
+    index: dict[type[Record], tuple[str, ReplyRole]] = {}
+    for task in tasks:
+        claims = [(t, ReplyRole.SUCCEEDED) for t in task.action.success]
+        claims += [(t, ReplyRole.FAILED) for t in task.action.failure]
+        if task.compensation is not None:
+            claims += [(t, ReplyRole.COMPENSATED) for t in task.compensation.success]
+            claims += [(t, ReplyRole.COMPENSATION_FAILED) for t in task.compensation.failure]
+        for reply, role in claims:
+            if reply in index:
+                other = index[reply][0]
+                raise DeclarationError(
+                    f"reply {reply.__qualname__} is claimed by two steps: "
+                    f"{other!r} and {task.name!r}"
+                )
+            index[reply] = (task.name, role)
+    return index
+
+
+def validate(definition: SagaDefinition) -> None:
+    """Raise DeclarationError, naming the problem, for anything the engine could not run."""
+    where = f"saga {definition.name!r}"
+    if not definition.tasks:
+        raise DeclarationError(f"{where}: declares no steps")
+    if definition.key not in definition.start.__fields__:
+        raise DeclarationError(
+            f"{where}: key field {definition.key!r} is not a field of the start event "
+            f"{definition.start.__qualname__} (fields: {', '.join(definition.start.__fields__)})"
+        )
+    for task in definition.tasks.values():
+        for target in task.next:
+            if target not in definition.tasks:
+                raise DeclarationError(
+                    f"{where}: step {task.name!r} goes to unknown step {target!r}"
+                )
+        if not task.action.success:
+            raise DeclarationError(f"{where}: step {task.name!r} has no success reply")
+    for name in definition.first:
+        if name not in definition.tasks:
+            raise DeclarationError(f"{where}: starts with unknown step {name!r}")
+    inputs = set(definition.replies)
+    if definition.start in inputs:
+        raise DeclarationError(f"{where}: the start event is also a step's reply")
+    for handled in definition.handlers:
+        if handled in inputs or handled is definition.start:
+            raise DeclarationError(
+                f"{where}: {handled.__qualname__} has a handler but is already a reply or the start"
+            )

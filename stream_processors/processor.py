@@ -1,0 +1,474 @@
+"""The saga processor: consume inputs, decide, and write everything in one transaction.
+
+One processor process owns a set of partitions of its saga's inbox (through the consumer group)
+and the source topics' partitions it was given. For each input record, in partition order:
+
+- a *source event* (from a service's topic) is routed: re-keyed by instance id into the inbox;
+- an *inbox record* is decoded, its instance loaded (open transaction's write cache, then the
+  local store, else new), ``decide``d, and its journal entries and commands produced; the new
+  state is staged as the instance's snapshot;
+- anything unreadable, keyless, too large, of a type the saga does not take, or naming an
+  unknown instance goes to the dead-letter topic, with the reason and origin in headers.
+
+Every commit interval the open Kafka transaction is committed with the staged snapshots (one per
+instance, however many inputs it had) and the consumed offsets. Only after the commit succeeds
+are the snapshots written to the local store with their changelog offsets. See DESIGN.md,
+"The processing contract".
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from stream_processors import metrics
+from stream_processors.avro import DecodeError
+from stream_processors.decide import Decision, Input, decide
+from stream_processors.instance import Instance, decode_snapshot, encode_snapshot
+from stream_processors.journal import Kind
+from stream_processors.kafka_config import consumer_config, producer_config
+from stream_processors.model import SagaDefinition
+from stream_processors.records import Event, decode_record
+from stream_processors.restore import restore_partition
+from stream_processors.routing import (
+    Headers,
+    command_headers,
+    dead_letter_headers,
+    header,
+    origin_headers,
+)
+from stream_processors.store import Slot, SnapshotStore, claim_slot, default_state_dir
+from stream_processors.topics import SagaTopics, ensure_topics
+
+log = logging.getLogger(__name__)
+
+_LIFECYCLE = {
+    Kind.SAGA_STARTED: "started",
+    Kind.SAGA_COMPLETED: "completed",
+    Kind.SAGA_COMPENSATED: "compensated",
+    Kind.SAGA_FAILED: "failed",
+    Kind.SAGA_PARKED: "parked",
+}
+
+
+@dataclass
+class ProcessorConfig:
+    bootstrap: str | None = None
+    commit_interval_ms: int = 100
+    partitions: int = 8
+    state_dir: Path | None = None
+    create_topics: bool = True
+    batch_size: int = 1000
+    max_record_bytes: int = 1_000_000
+    cache_size: int = 50_000
+
+
+class _TransactionAborted(Exception):
+    """The open transaction was aborted; staged work is gone and the consumer was rewound."""
+
+
+class SagaProcessor:
+    """Runs one saga's processing loop in this process. ``run()`` blocks until ``stop()``."""
+
+    def __init__(
+        self,
+        definition: SagaDefinition,
+        config: ProcessorConfig | None = None,
+        topics: SagaTopics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.definition = definition
+        self.config = config or ProcessorConfig()
+        self.topics = topics or SagaTopics.for_saga(definition, self.config.partitions)
+        self.clock = clock
+        self._stopping = threading.Event()
+        self._slot: Slot = claim_slot(self.config.state_dir or default_state_dir(definition.name))
+        self.store = SnapshotStore(self._slot.path / "rocksdb")
+        self._transactional_id = (
+            f"sagalog.{definition.name}.{socket.gethostname()}.{self._slot.index}"
+        )
+        self._input_types = definition.input_types()
+        # The open transaction: staged snapshots (the write cache) and next offsets to commit.
+        self._staged: dict[tuple[int, str], Instance] = {}
+        self._offsets: dict[tuple[str, int], int] = {}
+        self._txn_open = False
+        self._txn_started = 0.0
+        # Committed instances recently used, decoded: saves a store read and a decode per input.
+        self._recent: OrderedDict[tuple[int, str], Instance] = OrderedDict()
+        self._owned: set[int] = set()
+        self._labels = {"saga": definition.name}
+        self.restored_records = 0
+        self.consumer: Consumer | None = None
+        self.producer: Producer | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def run(self) -> None:
+        config = self.config
+        if config.create_topics:
+            ensure_topics(self.topics, config.bootstrap)
+        name = self.definition.name
+        self.producer = Producer(
+            producer_config(config.bootstrap, f"{name}-processor", self._transactional_id)
+        )
+        # Fences any earlier producer with our id, aborting a transaction it left open.
+        self.producer.init_transactions(60)
+        self.consumer = Consumer(
+            consumer_config(
+                config.bootstrap,
+                f"{name}-processor",
+                f"sagalog.{name}",
+                **{
+                    "partition.assignment.strategy": "range",
+                    "max.poll.interval.ms": 300_000,
+                    # Static membership: a restarted process (same slot, same id) takes its
+                    # partitions back at once instead of waiting for a rebalance; a dead one's
+                    # partitions move to the others after the session timeout.
+                    "group.instance.id": self._transactional_id,
+                    "session.timeout.ms": 10_000,
+                    "heartbeat.interval.ms": 1_000,
+                },
+            )
+        )
+        self._restorer = Consumer(
+            consumer_config(
+                config.bootstrap, f"{name}-restore", None, **{"group.id": f"sagalog.{name}.restore"}
+            )
+        )
+        self.consumer.subscribe(
+            [self.topics.inbox, *self.topics.sources],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        log.info("processor %s (slot %s) started", self._transactional_id, self._slot.index)
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+
+    def _loop(self) -> None:
+        assert self.consumer is not None and self.producer is not None
+        interval = self.config.commit_interval_ms / 1000
+        while not self._stopping.is_set():
+            messages = self.consumer.consume(self.config.batch_size, timeout=min(interval, 0.1))
+            try:
+                for message in messages:
+                    self._handle(message)
+                if self._txn_open and time.monotonic() - self._txn_started >= interval:
+                    self._commit()
+            except _TransactionAborted:
+                continue
+            self.producer.poll(0)
+
+    def _shutdown(self) -> None:
+        try:
+            if self._txn_open:
+                self._commit()
+        except _TransactionAborted:
+            pass
+        finally:
+            if self.consumer is not None:
+                self.consumer.close()
+            self._restorer.close()
+            if self.producer is not None:
+                self.producer.flush(10)
+            self.store.close()
+            self._slot.release()
+
+    # -- per record --------------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        if not self._txn_open:
+            assert self.producer is not None
+            self.producer.begin_transaction()
+            self._txn_open = True
+            self._txn_started = time.monotonic()
+
+    def _handle(self, message: Message) -> None:
+        error = message.error()
+        if error is not None:
+            if error.fatal():
+                raise KafkaException(error)
+            log.warning("consumer: %s", error)
+            return
+        self._begin()
+        topic, partition = message.topic() or "", message.partition() or 0
+        if topic == self.topics.inbox:
+            self._process(message, partition)
+        else:
+            self._route(message)
+        self._offsets[(topic, partition)] = (message.offset() or 0) + 1
+
+    def _route(self, message: Message) -> None:
+        """Re-key a source event by instance id into the inbox (inside the transaction)."""
+        value = message.value()
+        if value is not None and len(value) > self.config.max_record_bytes:
+            self._dead_letter(message, "too-large", f"{len(value)} bytes")
+            return
+        try:
+            record = decode_record(value)
+        except DecodeError as error:
+            self._dead_letter(message, error.reason, error.detail)
+            return
+        if type(record) not in self._input_types:
+            self._dead_letter(message, "unexpected-type", type(record).__qualname__)
+            return
+        key = record.key() if isinstance(record, Event) else None
+        if not key:
+            self._dead_letter(message, "no-key", f"{type(record).__qualname__} names no instance")
+            return
+        assert self.producer is not None
+        self.producer.produce(
+            self.topics.inbox, key=key.encode(), value=value, headers=origin_headers(message)
+        )
+        metrics.ROUTED.labels(**self._labels).inc()
+
+    def _process(self, message: Message, partition: int) -> None:
+        value = message.value()
+        raw_key = message.key()
+        if value is not None and len(value) > self.config.max_record_bytes:
+            self._dead_letter(message, "too-large", f"{len(value)} bytes")
+            return
+        if not raw_key:
+            self._dead_letter(message, "no-key", "inbox records are keyed by instance id")
+            return
+        try:
+            record = decode_record(value)
+        except DecodeError as error:
+            self._dead_letter(message, error.reason, error.detail)
+            return
+        assert value is not None
+        instance_id = raw_key.decode()
+        instance = self._load(partition, instance_id)
+        command_id = header(message.headers(), "sagalog.command_id")
+        now_ms = int(self.clock() * 1000)
+        decision = decide(self.definition, instance, Input(record, value, command_id), now_ms)
+        metrics.INPUTS.labels(**self._labels).inc()
+        if decision.rejected is not None:
+            self._dead_letter(message, decision.rejected, type(record).__qualname__)
+            return
+        if decision.ignored is not None:
+            metrics.IGNORED.labels(reason=decision.ignored, **self._labels).inc()
+            return
+        self._emit(decision, partition, raw_key, instance, now_ms)
+
+    def _emit(
+        self,
+        decision: Decision,
+        partition: int,
+        key: bytes,
+        before: Instance | None,
+        now_ms: int,
+    ) -> None:
+        assert self.producer is not None and decision.instance is not None
+        produce = self.producer.produce
+        journal = self.topics.journal
+        for entry in decision.entries:
+            produce(journal, key=key, value=entry.encode(), partition=partition)
+            kind = Kind(entry.kind)
+            lifecycle = _LIFECYCLE.get(kind)
+            if lifecycle is not None:
+                metrics.SAGAS.labels(event=lifecycle, **self._labels).inc()
+            elif kind in (Kind.STEP_SUCCEEDED, Kind.STEP_FAILED) and before and entry.step:
+                sent = before.steps[entry.step].sent_at_ms
+                outcome = "succeeded" if kind is Kind.STEP_SUCCEEDED else "failed"
+                metrics.STEP_SECONDS.labels(
+                    step=entry.step, outcome=outcome, **self._labels
+                ).observe(max(0, now_ms - sent) / 1000)
+        for command in decision.commands:
+            produce(
+                command.topic,
+                key=command.key.encode(),
+                value=command.value,
+                headers=command_headers(
+                    command.command_id, self.topics.inbox, command.key, self.definition.name
+                ),
+            )
+        self._staged[(partition, decision.instance.instance_id)] = decision.instance
+
+    def _load(self, partition: int, instance_id: str) -> Instance | None:
+        slot = (partition, instance_id)
+        staged = self._staged.get(slot)
+        if staged is not None:
+            return staged
+        recent = self._recent.get(slot)
+        if recent is not None:
+            self._recent.move_to_end(slot)
+            return recent
+        value = self.store.get(partition, instance_id)
+        return None if value is None else decode_snapshot(value)
+
+    def _dead_letter(self, message: Message, reason: str, detail: str) -> None:
+        assert self.producer is not None
+        log.warning(
+            "dead letter from %s[%s]@%s: %s %s",
+            message.topic(),
+            message.partition(),
+            message.offset(),
+            reason,
+            detail,
+        )
+        self.producer.produce(
+            self.topics.dlq,
+            key=message.key(),
+            value=message.value(),
+            headers=dead_letter_headers(message, reason, detail),
+        )
+        metrics.DEAD_LETTERS.labels(owner=self.definition.name, reason=reason).inc()
+
+    # -- the transaction ---------------------------------------------------------------------
+
+    def _commit(self) -> None:
+        """Commit the open transaction, then write its snapshots to the local store."""
+        assert self.producer is not None and self.consumer is not None
+        began = time.monotonic()
+        changelog_offsets: dict[int, int] = {}
+        written: list[tuple[int, str, bytes | None]] = []
+
+        def delivered(error: KafkaError | None, message: Message) -> None:
+            if error is None:
+                partition, offset = message.partition() or 0, message.offset() or 0
+                changelog_offsets[partition] = max(changelog_offsets.get(partition, -1), offset)
+
+        snapshots = self.topics.snapshots
+        for (partition, instance_id), instance in self._staged.items():
+            value = encode_snapshot(instance)
+            written.append((partition, instance_id, value))
+            self.producer.produce(
+                snapshots,
+                key=instance_id.encode(),
+                value=value,
+                partition=partition,
+                on_delivery=delivered,
+            )
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
+        producer, group = self.producer, self.consumer.consumer_group_metadata()
+        try:
+            # flush serves the delivery callbacks that tell the snapshots' changelog offsets.
+            producer.flush()
+            if offsets:
+                self._retrying(lambda: producer.send_offsets_to_transaction(offsets, group, 30))
+            self._retrying(lambda: producer.commit_transaction(30))
+        except KafkaException as error:
+            self._abort(error)
+            raise _TransactionAborted() from error
+        self._txn_open = False
+        metrics.TRANSACTIONS.labels(outcome="committed", **self._labels).inc()
+        metrics.COMMIT_SECONDS.labels(**self._labels).observe(time.monotonic() - began)
+        self.store.write(written, changelog_offsets)
+        recent = self._recent
+        for slot, instance in self._staged.items():
+            recent[slot] = instance
+            recent.move_to_end(slot)
+        while len(recent) > self.config.cache_size:
+            recent.popitem(last=False)
+        self._staged.clear()
+        self._offsets.clear()
+
+    @staticmethod
+    def _retrying(call: Callable[[], Any], attempts: int = 20) -> None:
+        for attempt in range(attempts):
+            try:
+                call()
+                return
+            except KafkaException as error:
+                if not error.args[0].retriable() or attempt == attempts - 1:
+                    raise
+                time.sleep(0.05)
+
+    def _abort(self, error: KafkaException) -> None:
+        """Abort after a failed commit and rewind to the last committed offsets."""
+        assert self.producer is not None and self.consumer is not None
+        kafka_error = error.args[0]
+        if kafka_error.fatal() or not kafka_error.txn_requires_abort():
+            log.error("fatal transaction error, exiting: %s", kafka_error)
+            raise error
+        log.warning("aborting transaction: %s", kafka_error)
+        self.producer.abort_transaction(30)
+        metrics.TRANSACTIONS.labels(outcome="aborted", **self._labels).inc()
+        self._txn_open = False
+        self._staged.clear()
+        self._offsets.clear()
+        assignment = self.consumer.assignment()
+        if assignment:
+            for tp in self.consumer.committed(assignment, timeout=30):
+                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+
+    # -- rebalancing -------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        inbox = [tp.partition for tp in partitions if tp.topic == self.topics.inbox]
+        log.info("assigned inbox partitions %s", sorted(inbox))
+        for partition in sorted(inbox):
+            result = restore_partition(
+                self._restorer, self.store, self.topics.snapshots, partition, self._restore_progress
+            )
+            self.restored_records += result.records
+            metrics.RESTORED.labels(**self._labels).inc(result.records)
+            log.info(
+                "restored partition %s: %s changelog records (offsets %s..%s) in %.2fs",
+                partition,
+                result.records,
+                result.started_at_offset,
+                result.high_watermark,
+                result.seconds,
+            )
+            self._owned.add(partition)
+        metrics.RESTORE_REMAINING.labels(**self._labels).set(0)
+
+    def _restore_progress(self, done: int, expected: int) -> None:
+        metrics.RESTORE_REMAINING.labels(**self._labels).set(max(0, expected - done))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Commit while the group generation that owns these partitions is still current.
+        if self._txn_open:
+            try:
+                self._commit()
+            except _TransactionAborted:
+                log.warning("transaction aborted during revoke; the new owner redoes its inputs")
+        self._forget(partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The partitions are already someone else's: our open transaction must not commit.
+        if self._txn_open and self.producer is not None:
+            self.producer.abort_transaction(30)
+            self._txn_open = False
+            self._staged.clear()
+            self._offsets.clear()
+        self._forget(partitions)
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        revoked = {tp.partition for tp in partitions if tp.topic == self.topics.inbox}
+        self._owned -= revoked
+        for slot in [s for s in self._recent if s[0] in revoked]:
+            del self._recent[slot]
+
+
+__all__ = ["Headers", "ProcessorConfig", "SagaProcessor"]

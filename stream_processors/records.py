@@ -1,0 +1,254 @@
+"""Typed Python records bound to Avro schemas: the base of every event, command, reply and state.
+
+A record class names the Avro schema it is bound to; the schema file is the contract shared with
+services in other languages, and the class must agree with it field for field. The check runs
+when the class is created, so a mismatch fails at import with a message naming the field::
+
+    class OrderPlaced(Event, schema="sagalog.examples.orders.OrderPlaced",
+                      topic="orders.events", key="order_id"):
+        order_id: str
+        amount_cents: int
+
+Subclasses are frozen dataclasses. Schemas are found by full name in, in order: the process-wide
+catalog, the ``schemas/`` folder nearest above the module that declares the class, and the
+folders in ``SAGALOG_SCHEMA_PATH`` (separated by ``os.pathsep``).
+
+This module is pure: no Kafka.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Self, dataclass_transform
+
+from stream_processors.avro import (
+    AvroSchema,
+    DecodeError,
+    SchemaCatalog,
+    SchemaError,
+    decode,
+    encode,
+)
+
+#: The schemas that ship with Sagalog itself (journal, snapshots, examples).
+BUILTIN_SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+
+CATALOG = SchemaCatalog()
+_loaded_directories: set[Path] = set()
+_types_by_schema: dict[str, type[Record]] = {}
+
+
+class DeclarationError(TypeError):
+    """A record, saga or worker declared wrongly; raised at import, naming the problem."""
+
+
+def load_schema_directory(directory: Path) -> None:
+    """Add a folder of ``.avsc`` files to the process catalog (once per folder)."""
+    directory = directory.resolve()
+    if directory in _loaded_directories or not directory.is_dir():
+        return
+    _loaded_directories.add(directory)
+    CATALOG.load_directory(directory)
+
+
+def _find_schema(full_name: str, module: str) -> AvroSchema:
+    if CATALOG.has(full_name):
+        return CATALOG.current(full_name)
+    candidates: list[Path] = []
+    module_file = getattr(sys.modules.get(module), "__file__", None)
+    if module_file:
+        for parent in Path(module_file).resolve().parents:
+            if (parent / "schemas").is_dir():
+                candidates.append(parent / "schemas")
+                break
+    candidates += [
+        Path(p) for p in os.environ.get("SAGALOG_SCHEMA_PATH", "").split(os.pathsep) if p
+    ]
+    candidates.append(BUILTIN_SCHEMAS)
+    for directory in candidates:
+        load_schema_directory(directory)
+        if CATALOG.has(full_name):
+            return CATALOG.current(full_name)
+    searched = ", ".join(str(c) for c in candidates)
+    raise DeclarationError(f"no Avro schema named {full_name!r} (searched {searched})")
+
+
+_PRIMITIVES: dict[Any, frozenset[str]] = {
+    str: frozenset({"string"}),
+    int: frozenset({"int", "long"}),
+    float: frozenset({"float", "double"}),
+    bool: frozenset({"boolean"}),
+    bytes: frozenset({"bytes"}),
+    type(None): frozenset({"null"}),
+}
+
+
+def _avro_type_name(avro_type: Any) -> str:
+    if isinstance(avro_type, str):
+        return avro_type
+    if isinstance(avro_type, list):
+        return "[" + ", ".join(_avro_type_name(t) for t in avro_type) + "]"
+    if isinstance(avro_type, dict):
+        return str(avro_type.get("logicalType") or avro_type.get("type"))
+    return repr(avro_type)
+
+
+def _matches(annotation: Any, avro_type: Any) -> bool:
+    """Whether a Python annotation and an Avro field type describe the same values."""
+    if isinstance(avro_type, dict) and avro_type.get("type") in ("array", "map"):
+        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+        if avro_type["type"] == "array":
+            return origin in (list, tuple) and bool(args) and _matches(args[0], avro_type["items"])
+        return origin is dict and len(args) == 2 and _matches(args[1], avro_type["values"])
+    if isinstance(avro_type, dict):
+        return _matches(annotation, avro_type["type"])
+    if isinstance(avro_type, list):  # a union: the annotation must be the same union
+        members = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+        if len(members) != len(avro_type):
+            return False
+        return all(any(_matches(m, t) for m in members) for t in avro_type)
+    return avro_type in _PRIMITIVES.get(annotation, frozenset())
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def _check_fields(cls: type, schema: AvroSchema) -> None:
+    try:
+        hints = typing.get_type_hints(cls)
+    except NameError as error:
+        raise DeclarationError(
+            f"{cls.__qualname__}: cannot resolve an annotation ({error})"
+        ) from error
+    own = {name: hint for name, hint in hints.items() if typing.get_origin(hint) is not ClassVar}
+    avro_fields = {f["name"]: f for f in schema.definition["fields"]}
+    where = f"{cls.__qualname__} (schema {schema.full_name})"
+    for name in avro_fields:
+        if name not in own:
+            raise DeclarationError(f"{where}: field {name!r} is in the schema but not the class")
+    for name, hint in own.items():
+        if name not in avro_fields:
+            raise DeclarationError(f"{where}: field {name!r} is in the class but not the schema")
+        avro_type = avro_fields[name]["type"]
+        if not _matches(hint, avro_type):
+            raise DeclarationError(
+                f"{where}: field {name!r} is {getattr(hint, '__name__', hint)} in the class "
+                f"but {_avro_type_name(avro_type)} in the schema"
+            )
+
+
+@dataclass_transform(frozen_default=True)
+class Record:
+    """A frozen dataclass bound to an Avro schema. Subclass with ``schema="full.Name"``."""
+
+    __avro__: ClassVar[AvroSchema]
+    __fields__: ClassVar[tuple[str, ...]]
+
+    def __init_subclass__(cls, *, schema: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if schema is None:  # an abstract intermediate such as Event or Command
+            return
+        dataclasses.dataclass(frozen=True)(cls)
+        bound = _find_schema(schema, cls.__module__)
+        _check_fields(cls, bound)
+        cls.__avro__ = bound
+        cls.__fields__ = bound.field_names
+        previous = _types_by_schema.get(bound.full_name)
+        if previous is not None and previous.__qualname__ != cls.__qualname__:
+            raise DeclarationError(
+                f"{cls.__qualname__}: schema {schema} is already bound to {previous.__qualname__}"
+            )
+        _types_by_schema[bound.full_name] = cls
+
+    def to_avro(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__fields__}
+
+    def encode(self) -> bytes:
+        return encode(self.__avro__, self.to_avro())
+
+    @classmethod
+    def from_avro(cls, datum: Mapping[str, Any]) -> Self:
+        return cls(**datum)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        record = decode_record(data)
+        if not isinstance(record, cls):
+            raise DecodeError(
+                "wrong-type", f"expected {cls.__qualname__}, got {type(record).__qualname__}"
+            )
+        return record
+
+
+class Event(Record):
+    """A domain event: a fact a service publishes, to ``topic``, keyed by its ``key`` field."""
+
+    __topic__: ClassVar[str | None] = None
+    __key__: ClassVar[str | None] = None
+
+    def __init_subclass__(
+        cls, *, topic: str | None = None, key: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if topic is not None:
+            cls.__topic__ = topic
+        if key is not None:
+            if key not in getattr(cls, "__fields__", ()):
+                raise DeclarationError(f"{cls.__qualname__}: key field {key!r} is not a field")
+            cls.__key__ = key
+
+    def key(self) -> str | None:
+        return None if self.__key__ is None else str(getattr(self, self.__key__))
+
+
+class Command(Record):
+    """An instruction to one service, sent to ``topic`` (the service's command topic)."""
+
+    __topic__: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, *, topic: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if topic is not None:
+            cls.__topic__ = topic
+
+
+class State(Record):
+    """A saga's own typed state, folded from its journal and kept in snapshots."""
+
+
+def record_type(full_name: str) -> type[Record] | None:
+    """The class bound to the schema ``full_name``, if any."""
+    return _types_by_schema.get(full_name)
+
+
+def decode_record(data: bytes | None) -> Record:
+    """Decode framed Avro into an instance of the class bound to its (reader) schema."""
+    reader, datum = decode(CATALOG, data)
+    cls = _types_by_schema.get(reader.full_name)
+    if cls is None:
+        raise DecodeError("unbound-schema", f"no record class is bound to {reader.full_name}")
+    try:
+        return cls.from_avro(datum)
+    except TypeError as error:
+        raise DecodeError("wrong-shape", f"{reader.full_name}: {error}") from error
+
+
+__all__ = [
+    "CATALOG",
+    "Command",
+    "DeclarationError",
+    "Event",
+    "Record",
+    "SchemaError",
+    "State",
+    "decode_record",
+    "load_schema_directory",
+    "record_type",
+]

@@ -1,0 +1,78 @@
+"""Record headers: how commands carry their reply address and how dead letters carry the reason.
+
+Headers are the envelope around an Avro payload, so routing never needs to decode a body:
+
+- a command carries ``sagalog.command_id`` (the idempotency key), ``sagalog.reply_to`` (the
+  saga's inbox), ``sagalog.instance`` (the key the reply must carry) and ``sagalog.saga``;
+- a reply carries the ``sagalog.command_id`` of the command it answers;
+- a routed source event carries where it came from (``sagalog.origin.*``);
+- a dead letter keeps the original headers and adds ``sagalog.dlq.reason``, ``.detail``,
+  ``.topic``, ``.partition`` and ``.offset``.
+"""
+
+from __future__ import annotations
+
+from confluent_kafka import Message
+
+#: Headers as the client takes them; values we write are always bytes.
+Headers = list[tuple[str, str | bytes | None]]
+#: Headers as the client returns them.
+ReceivedHeaders = dict[str, str | bytes | None] | Headers | None
+
+COMMAND_ID = "sagalog.command_id"
+REPLY_TO = "sagalog.reply_to"
+INSTANCE = "sagalog.instance"
+SAGA = "sagalog.saga"
+DLQ_REASON = "sagalog.dlq.reason"
+DLQ_DETAIL = "sagalog.dlq.detail"
+DLQ_TOPIC = "sagalog.dlq.topic"
+DLQ_PARTITION = "sagalog.dlq.partition"
+DLQ_OFFSET = "sagalog.dlq.offset"
+
+
+def _pairs(headers: ReceivedHeaders) -> Headers:
+    if not headers:
+        return []
+    return list(headers.items()) if isinstance(headers, dict) else list(headers)
+
+
+def header(headers: ReceivedHeaders, name: str) -> str | None:
+    """The last value of header ``name`` as text, or None."""
+    for key, value in reversed(_pairs(headers)):
+        if key == name and value is not None:
+            return value.decode() if isinstance(value, bytes) else value
+    return None
+
+
+def command_headers(command_id: str, reply_to: str, instance_id: str, saga: str) -> Headers:
+    return [
+        (COMMAND_ID, command_id.encode()),
+        (REPLY_TO, reply_to.encode()),
+        (INSTANCE, instance_id.encode()),
+        (SAGA, saga.encode()),
+    ]
+
+
+def reply_headers(command_id: str) -> Headers:
+    return [(COMMAND_ID, command_id.encode())]
+
+
+def _location(message: Message, prefix: str) -> Headers:
+    return [
+        (f"{prefix}.topic", str(message.topic()).encode()),
+        (f"{prefix}.partition", str(message.partition()).encode()),
+        (f"{prefix}.offset", str(message.offset()).encode()),
+    ]
+
+
+def origin_headers(message: Message) -> Headers:
+    return _pairs(message.headers()) + _location(message, "sagalog.origin")
+
+
+def dead_letter_headers(message: Message, reason: str, detail: str) -> Headers:
+    return [
+        *_pairs(message.headers()),
+        (DLQ_REASON, reason.encode()),
+        (DLQ_DETAIL, detail.encode()[:1000]),
+        *_location(message, "sagalog.dlq"),
+    ]

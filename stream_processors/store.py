@@ -1,0 +1,140 @@
+"""The local snapshot store: RocksDB (rocksdict, raw mode) holding committed snapshots only.
+
+Keys are ``b"s" + partition (2 bytes) + instance id``; for each partition, ``b"o" + partition``
+holds the changelog offset the partition's snapshots are current to. Snapshots and that offset
+are written together in one ``WriteBatch``, and only after the Kafka transaction that produced
+them has committed, so the store never holds uncommitted state and a crash never requires a
+wipe: restore reads the changelog tail after the stored offset.
+
+One process owns one store folder at a time. ``claim_slot`` picks the first free numbered slot
+under a base folder with an exclusive file lock, so a restarted process finds its own store
+again and a second process on the same machine gets a folder of its own.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from rocksdict import Options, Rdict, WriteBatch
+
+log = logging.getLogger(__name__)
+
+_PARTITION = struct.Struct(">H")
+_OFFSET = struct.Struct(">q")
+
+
+@dataclass
+class Slot:
+    """A claimed store folder; the lock lasts as long as the process (or ``release``)."""
+
+    index: int
+    path: Path
+    _lock: IO[bytes]
+
+    def release(self) -> None:
+        self._lock.close()
+
+
+def claim_slot(base: Path, limit: int = 64) -> Slot:
+    """Lock and return the lowest-numbered free ``slot-N`` folder under ``base``."""
+    base.mkdir(parents=True, exist_ok=True)
+    for index in range(limit):
+        path = base / f"slot-{index}"
+        path.mkdir(exist_ok=True)
+        lock = (path / "LOCK.sagalog").open("wb")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        return Slot(index, path, lock)
+    raise RuntimeError(f"all {limit} store slots under {base} are in use")
+
+
+def _snapshot_key(partition: int, instance_id: str) -> bytes:
+    return b"s" + _PARTITION.pack(partition) + instance_id.encode()
+
+
+def _offset_key(partition: int) -> bytes:
+    return b"o" + _PARTITION.pack(partition)
+
+
+class SnapshotStore:
+    """Committed snapshots per partition, with the changelog offset they are current to."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = self._open(path)
+
+    @staticmethod
+    def _open(path: Path) -> Rdict:
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        try:
+            return Rdict(str(path), options)
+        except Exception as error:  # rocksdict raises plain Exceptions for corruption
+            # A store is only a cache of the changelog: a corrupt one is dropped and rebuilt.
+            log.warning("snapshot store at %s is unreadable (%s); rebuilding it", path, error)
+            shutil.rmtree(path, ignore_errors=True)
+            return Rdict(str(path), options)
+
+    def get(self, partition: int, instance_id: str) -> bytes | None:
+        value = self._db.get(_snapshot_key(partition, instance_id))
+        return None if value is None else bytes(value)
+
+    def changelog_offset(self, partition: int) -> int | None:
+        """The last changelog offset applied for ``partition``, or None if never restored."""
+        value = self._db.get(_offset_key(partition))
+        return None if value is None else int(_OFFSET.unpack(bytes(value))[0])
+
+    def write(
+        self,
+        snapshots: Iterable[tuple[int, str, bytes | None]],
+        offsets: dict[int, int],
+    ) -> None:
+        """Apply (partition, instance, snapshot or None to delete) and offsets atomically."""
+        batch = WriteBatch(raw_mode=True)
+        for partition, instance_id, value in snapshots:
+            key = _snapshot_key(partition, instance_id)
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        for partition, offset in offsets.items():
+            batch.put(_offset_key(partition), _OFFSET.pack(offset))
+        self._db.write(batch)
+
+    def instances(self, partition: int) -> Iterator[tuple[str, bytes]]:
+        prefix = b"s" + _PARTITION.pack(partition)
+        iterator = self._db.iter()
+        iterator.seek(prefix)
+        while iterator.valid():
+            key = bytes(iterator.key())
+            if not key.startswith(prefix):
+                break
+            yield key[len(prefix) :].decode(), bytes(iterator.value())
+            iterator.next()
+
+    def drop_partition(self, partition: int) -> None:
+        """Forget a partition entirely (the next restore reads its changelog from the start)."""
+        keys = [_snapshot_key(partition, iid) for iid, _ in self.instances(partition)]
+        batch = WriteBatch(raw_mode=True)
+        for key in keys:
+            batch.delete(key)
+        batch.delete(_offset_key(partition))
+        self._db.write(batch)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def default_state_dir(saga: str) -> Path:
+    return Path(os.environ.get("SAGALOG_STATE_DIR", ".sagalog/state")) / saga

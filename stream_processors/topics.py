@@ -1,0 +1,119 @@
+"""The topics a saga needs, their policies, and creating them.
+
+For a saga named ``order_fulfillment``: ``.inbox`` (every input, re-keyed by instance),
+``.journal`` (the history, kept forever), ``.snapshots`` (compacted changelog of the store) and
+``.dlq`` (what could not be processed). Inbox, journal and snapshots share one partition count,
+so an instance's inputs, history and state live in the same partition number and one processor
+owns all three. Command and source topics belong to the services; they are created when missing
+(useful on a developer's machine) but never changed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from stream_processors.kafka_config import common
+from stream_processors.model import SagaDefinition
+
+WEEK_MS = 7 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class SagaTopics:
+    """Topic names of one saga. Names derive from the saga's name unless given."""
+
+    saga: str
+    inbox: str
+    journal: str
+    snapshots: str
+    dlq: str
+    commands: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    partitions: int = 8
+    configs: dict[str, dict[str, str]] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def for_saga(cls, definition: SagaDefinition, partitions: int = 8) -> SagaTopics:
+        name = definition.name
+        return cls(
+            saga=name,
+            inbox=f"{name}.inbox",
+            journal=f"{name}.journal",
+            snapshots=f"{name}.snapshots",
+            dlq=f"{name}.dlq",
+            commands=tuple(sorted(definition.command_topics())),
+            sources=tuple(sorted(definition.source_topics())),
+            partitions=partitions,
+        )
+
+    def co_partitioned(self) -> tuple[str, str, str]:
+        return (self.inbox, self.journal, self.snapshots)
+
+    def policies(self) -> dict[str, dict[str, str]]:
+        """Topic-level configuration for each topic Sagalog owns."""
+        return {
+            self.inbox: {"cleanup.policy": "delete", "retention.ms": str(WEEK_MS)},
+            self.journal: {"cleanup.policy": "delete", "retention.ms": "-1"},
+            self.snapshots: {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
+            self.dlq: {"cleanup.policy": "delete", "retention.ms": str(4 * WEEK_MS)},
+        }
+
+
+class TopicMismatch(Exception):
+    """Existing topics that cannot serve the saga (partition counts differ)."""
+
+
+def _create_missing(admin: AdminClient, wanted: dict[str, tuple[int, dict[str, str]]]) -> list[str]:
+    """Create each wanted (partitions, config) topic that does not exist; returns those created."""
+    existing = admin.list_topics(timeout=15).topics
+    missing = [
+        NewTopic(name, num_partitions=count, replication_factor=-1, config=config)
+        for name, (count, config) in wanted.items()
+        if name not in existing
+    ]
+    created = []
+    if missing:
+        for name, future in admin.create_topics(missing).items():
+            try:
+                future.result(timeout=30)
+                created.append(name)
+            except KafkaException as error:
+                if error.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a racing process made it
+                    raise
+    # Creation returns before every broker's metadata cache knows the topic; wait until it does.
+    deadline = time.monotonic() + 30
+    while not set(wanted) <= set(admin.list_topics(timeout=15).topics):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics not visible 30 s after creation: {sorted(wanted)}")
+        time.sleep(0.1)
+    return created
+
+
+def ensure_topics(
+    topics: SagaTopics, bootstrap: str | None = None, extra: Iterable[str] = ()
+) -> list[str]:
+    """Create whatever is missing; check co-partitioning. Returns the names created."""
+    admin = AdminClient(common(bootstrap, "sagalog-admin"))
+    wanted = {name: (topics.partitions, config) for name, config in topics.policies().items()}
+    for name in (*topics.commands, *topics.sources, *extra):
+        wanted.setdefault(name, (topics.partitions, {}))
+    created = _create_missing(admin, wanted)
+    metadata = admin.list_topics(timeout=15).topics
+    counts = {name: len(metadata[name].partitions) for name in topics.co_partitioned()}
+    if len(set(counts.values())) != 1:
+        raise TopicMismatch(f"inbox, journal and snapshots must have equal partitions: {counts}")
+    return created
+
+
+def ensure_plain_topics(
+    names: Iterable[str], bootstrap: str | None = None, partitions: int = 8
+) -> list[str]:
+    """Create topics that do not exist yet with default policies (a worker's topics and DLQs)."""
+    admin = AdminClient(common(bootstrap, "sagalog-admin"))
+    return _create_missing(admin, {name: (partitions, {}) for name in names})
