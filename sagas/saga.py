@@ -33,6 +33,7 @@ declaration error raises ``DeclarationError`` there, at import, naming the probl
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, TypeVar
 
@@ -140,11 +141,22 @@ def _build_from_state(where: str, command: type[Command], state: type[State]) ->
             f"{state.__qualname__} lacks; pass build= to say how to make the command"
         )
     names = [name for name in command.__fields__ if name in state_fields]
+    command_hints, state_hints = typing.get_type_hints(command), typing.get_type_hints(state)
+    for name in names:
+        if _allows_none(state_hints[name]) and not _allows_none(command_hints[name]):
+            raise DeclarationError(
+                f"{where}: {state.__qualname__}.{name} may be None but "
+                f"{command.__qualname__}.{name} may not; pass build= to say how to make the command"
+            )
 
     def build(data: Any) -> Command:
         return command(**{name: getattr(data, name) for name in names})
 
     return build
+
+
+def _allows_none(annotation: Any) -> bool:
+    return type(None) in typing.get_args(annotation)
 
 
 def evolve(input_type: type[Record]) -> Callable[[F], F]:

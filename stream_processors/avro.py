@@ -16,16 +16,27 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
+#: The Confluent wire format: one zero byte, then the registry's 4-byte big-endian schema id.
+CONFLUENT_MAGIC = 0
+CONFLUENT_HEADER_SIZE = 5
+
+
+class SchemaRegistry(Protocol):
+    """A Confluent-compatible schema registry (see ``stream_processors.schema_registry``)."""
+
+    def register(self, schema: AvroSchema) -> int: ...
+    def definition(self, schema_id: int) -> Mapping[str, Any]: ...
 
 
 class DecodeError(Exception):
@@ -90,9 +101,12 @@ class SchemaCatalog:
     are only resolved onto the current version of their name.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, registry: SchemaRegistry | None = None) -> None:
         self._current: dict[str, AvroSchema] = {}
         self._by_fingerprint: dict[bytes, AvroSchema] = {}
+        self.registry = registry
+        self._registry_ids: dict[bytes, int] = {}
+        self._by_registry_id: dict[int, AvroSchema] = {}
 
     def add(self, schema: AvroSchema) -> AvroSchema:
         """Make ``schema`` the current version of its name (and a known writer)."""
@@ -140,6 +154,55 @@ class SchemaCatalog:
         """The current schema a record written with ``writer`` is read as."""
         return self._current.get(writer.full_name, writer)
 
+    def header(self, schema: AvroSchema) -> bytes:
+        """The frame header for records written with ``schema``.
+
+        Single-object encoding unless a registry is configured; then the Confluent wire format,
+        registering the schema the first time this process writes with it.
+        """
+        if self.registry is None:
+            return schema.header
+        schema_id = self._registry_ids.get(schema.fingerprint)
+        if schema_id is None:
+            schema_id = self.registry.register(schema)
+            self._registry_ids[schema.fingerprint] = schema_id
+            self._by_registry_id[schema_id] = schema
+        return bytes([CONFLUENT_MAGIC]) + struct.pack(">I", schema_id)
+
+    def writer_of(self, data: bytes | None) -> tuple[AvroSchema, int]:
+        """The writer schema of a framed record and where its Avro body starts."""
+        if data is None:
+            raise DecodeError("no-value", "the record has no value")
+        if len(data) >= HEADER_SIZE and data[:2] == MAGIC:
+            fp = data[2:HEADER_SIZE]
+            writer = self._by_fingerprint.get(fp)
+            if writer is None:
+                raise DecodeError("unknown-schema", f"no known schema has fingerprint {fp.hex()}")
+            return writer, HEADER_SIZE
+        if len(data) >= CONFLUENT_HEADER_SIZE and data[0] == CONFLUENT_MAGIC:
+            (schema_id,) = struct.unpack(">I", data[1:CONFLUENT_HEADER_SIZE])
+            return self._registry_writer(schema_id), CONFLUENT_HEADER_SIZE
+        raise DecodeError("not-avro", "the value starts with neither Avro framing")
+
+    def _registry_writer(self, schema_id: int) -> AvroSchema:
+        known = self._by_registry_id.get(schema_id)
+        if known is not None:
+            return known
+        if self.registry is None:
+            raise DecodeError("unknown-schema", f"registry schema id {schema_id}, no registry set")
+        try:
+            definition = self.registry.definition(schema_id)
+        except LookupError as error:
+            raise DecodeError("unknown-schema", f"registry has no schema {schema_id}") from error
+        writer = parse(definition, f"registry id {schema_id}")
+        self.add_writer(writer)
+        self._by_registry_id[schema_id] = writer
+        return writer
+
+    def encode(self, schema: AvroSchema, datum: Mapping[str, Any]) -> bytes:
+        """Frame and encode ``datum`` with ``schema`` (see ``header``)."""
+        return _encode(self.header(schema), schema, datum)
+
     def resolution(self, writer: AvroSchema, reader: AvroSchema) -> Any:
         """The reader schema fastavro needs for (writer, reader); None when they are the same."""
         if writer.fingerprint == reader.fingerprint:
@@ -147,33 +210,25 @@ class SchemaCatalog:
         return reader.parsed
 
 
-def encode(schema: AvroSchema, datum: Mapping[str, Any]) -> bytes:
-    """Single-object encode ``datum`` with ``schema``."""
+def _encode(header: bytes, schema: AvroSchema, datum: Mapping[str, Any]) -> bytes:
     buffer = io.BytesIO()
-    buffer.write(schema.header)
+    buffer.write(header)
     fastavro.schemaless_writer(buffer, schema.parsed, datum)
     return buffer.getvalue()
 
 
-def peek_fingerprint(data: bytes | None) -> bytes:
-    """The writer fingerprint of a framed record, or DecodeError when it is not framed Avro."""
-    if data is None:
-        raise DecodeError("no-value", "the record has no value")
-    if len(data) < HEADER_SIZE or data[:2] != MAGIC:
-        raise DecodeError("not-avro", "the value does not start with the Avro single-object marker")
-    return data[2:HEADER_SIZE]
+def encode(schema: AvroSchema, datum: Mapping[str, Any]) -> bytes:
+    """Single-object encode ``datum`` with ``schema`` (no registry involved)."""
+    return _encode(schema.header, schema, datum)
 
 
 def decode(catalog: SchemaCatalog, data: bytes | None) -> tuple[AvroSchema, dict[str, Any]]:
     """Decode a framed record into (the reader schema it was resolved to, its fields)."""
-    fp = peek_fingerprint(data)
+    writer, start = catalog.writer_of(data)
     assert data is not None
-    writer = catalog.writer(fp)
-    if writer is None:
-        raise DecodeError("unknown-schema", f"no known schema has fingerprint {fp.hex()}")
     reader = catalog.reader_for(writer)
     body = io.BytesIO(data)
-    body.seek(HEADER_SIZE)
+    body.seek(start)
     try:
         datum = fastavro.schemaless_reader(body, writer.parsed, catalog.resolution(writer, reader))
     except Exception as error:

@@ -33,14 +33,22 @@ from stream_processors.avro import (
     SchemaCatalog,
     SchemaError,
     decode,
-    encode,
 )
+from stream_processors.schema_registry import HttpSchemaRegistry
 
 #: The schemas that ship with Sagalog itself (journal, snapshots, examples).
 BUILTIN_SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 
 CATALOG = SchemaCatalog()
 _loaded_directories: set[Path] = set()
+
+
+def use_registry(url: str | None) -> None:
+    """Write the Confluent wire format through the registry at ``url`` (None: single-object)."""
+    CATALOG.registry = HttpSchemaRegistry(url) if url else None
+
+
+use_registry(os.environ.get("SAGALOG_SCHEMA_REGISTRY_URL"))
 _types_by_schema: dict[str, type[Record]] = {}
 
 
@@ -171,7 +179,7 @@ class Record:
         return {name: getattr(self, name) for name in self.__fields__}
 
     def encode(self) -> bytes:
-        return encode(self.__avro__, self.to_avro())
+        return CATALOG.encode(self.__avro__, self.to_avro())
 
     @classmethod
     def from_avro(cls, datum: Mapping[str, Any]) -> Self:
@@ -201,6 +209,7 @@ class Event(Record):
             cls.__topic__ = topic
         if key is not None:
             if key not in getattr(cls, "__fields__", ()):
+                _types_by_schema.pop(cls.__avro__.full_name, None)  # the class never existed
                 raise DeclarationError(f"{cls.__qualname__}: key field {key!r} is not a field")
             cls.__key__ = key
 

@@ -25,7 +25,6 @@ from stream_processors.avro import (
     decode,
     encode,
     parse,
-    peek_fingerprint,
 )
 
 NS = "tests.unit.avro"
@@ -107,7 +106,7 @@ def test_frame_is_marker_then_little_endian_crc64_fingerprint_then_body() -> Non
     assert framed[2:10] == expected_value.to_bytes(8, "little")
     # fastavro's hex lists the fingerprint bytes in that same (little-endian) order.
     assert framed[2:10] == bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
-    assert schema.fingerprint == framed[2:10] == peek_fingerprint(framed)
+    assert schema.fingerprint == framed[2:10]
     assert schema.header == framed[:HEADER_SIZE]
     # The body is plain Avro binary: "p-1" is a zigzag length 6 (0x06) then the UTF-8 bytes.
     assert framed[HEADER_SIZE : HEADER_SIZE + 4] == b"\x06p-1"
@@ -138,7 +137,7 @@ def test_missing_value_is_no_value(catalog: SchemaCatalog) -> None:
         b"\xc3",
         b"\xc3\x01\x00\x00",  # the marker, but too short to hold a fingerprint
         b'{"id": "p-1", "weight_g": 1250}',  # JSON, long enough to hold a header
-        b"\x00\x01" + b"\x00" * 20,
+        b"\x00\x01\x02",  # a zero byte, but too short for the Confluent wire format
         b"\x01\xc3" + b"\x00" * 20,  # the marker bytes swapped
     ],
 )
@@ -146,6 +145,15 @@ def test_bytes_that_are_not_framed_avro_are_not_avro(catalog: SchemaCatalog, dat
     with pytest.raises(DecodeError) as caught:
         decode(catalog, data)
     assert caught.value.reason == "not-avro"
+
+
+def test_confluent_framing_without_a_registry_is_an_unknown_schema(
+    catalog: SchemaCatalog,
+) -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode(catalog, b"\x00\x00\x00\x00\x07" + b"\x02")
+    assert caught.value.reason == "unknown-schema"
+    assert "no registry" in caught.value.detail
 
 
 def test_unknown_fingerprint_is_unknown_schema(catalog: SchemaCatalog) -> None:

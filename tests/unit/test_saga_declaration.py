@@ -267,6 +267,20 @@ def test_compensation_the_state_cannot_build_is_named_as_a_compensation(
             )
 
 
+def test_optional_state_field_into_a_required_command_field_needs_build() -> None:
+    # OrderState.payment_id is None until the payment completes; RefundPayment needs one.
+    with pytest.raises(
+        DeclarationError,
+        match=r"step 'refund': OrderState.payment_id may be None but RefundPayment.payment_id",
+    ):
+
+        class RefundsBlindly(Saga, name="refunds_blindly"):
+            start = OrderPlaced
+            state = OrderState
+            begin = staticmethod(_begin)
+            refund = Step(RefundPayment, success=PaymentRefunded)
+
+
 def test_start_that_is_not_an_event() -> None:
     with pytest.raises(DeclarationError, match=r"start must be an Event class, got .*MakePayment"):
 

@@ -1,0 +1,203 @@
+"""Running a saga's processes on this machine: for demos, tests and benchmarks.
+
+``LocalProcess`` starts ``sagas run`` or ``sagas worker`` as a separate OS process (so that it can
+be killed with SIGKILL like a real crash), with its own metrics port and log file, and reads its
+Prometheus metrics back. ``journal_outcomes`` follows a saga's journal topic and reports each
+instance's terminal state: the external view of what the engine did, read from Kafka rather
+than from the engine's own counters.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka import Consumer
+
+from stream_processors.journal import JournalEntry, Kind
+from stream_processors.kafka_config import bootstrap_servers, consumer_config
+
+TERMINAL = {
+    Kind.SAGA_COMPLETED.value: "completed",
+    Kind.SAGA_COMPENSATED.value: "compensated",
+    Kind.SAGA_FAILED.value: "failed",
+    Kind.SAGA_PARKED.value: "needs_attention",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class LocalProcess:
+    """One ``sagas`` subprocess. ``args`` follow ``sagas``, e.g. ["run", "pkg.mod:Saga"]."""
+
+    args: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    metrics_port: int = field(default_factory=free_port)
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> LocalProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        environment = os.environ | {"PYTHONUNBUFFERED": "1"} | self.env
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "sagas", *self.args, "--metrics-port", str(self.metrics_port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            cwd=os.getcwd(),
+        )
+        log.close()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to commit or clean up."""
+        if self.popen is not None and self.running:
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait(30)
+
+    def stop(self, timeout: float = 30) -> int | None:
+        """SIGTERM and wait (the process commits its open transaction); SIGKILL if it hangs."""
+        if self.popen is None:
+            return None
+        if self.running:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.popen.returncode
+
+    def metrics(self) -> dict[str, float]:
+        """The process's Prometheus samples, summed over labels: {metric name: value}."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        totals: dict[str, float] = {}
+        for line in text.splitlines():
+            match = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{[^}]*\})? (\S+)$", line)
+            if match:
+                totals[match[1]] = totals.get(match[1], 0.0) + float(match[2])
+        return totals
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of ``name``'s samples whose labels include ``labels`` (0.0 when none)."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            match = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{([^}]*)\})? (\S+)$", line)
+            if not match or match[1] != name:
+                continue
+            found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match[2] or ""))
+            if all(found.get(key) == value for key, value in labels.items()):
+                total += float(match[3])
+        return total
+
+    def wait_for_metric(
+        self, name: str, predicate: Callable[[float], bool], timeout: float = 60
+    ) -> float:
+        """Wait until ``predicate(value)`` holds; a metric with no sample yet counts as 0."""
+        samples = self.wait_for_metrics(
+            lambda totals: predicate(totals.get(name, 0.0)),
+            timeout,
+            f"{name} did not reach the expected value",
+        )
+        return samples.get(name, 0.0)
+
+    def wait_for_metrics(
+        self,
+        ready: Callable[[dict[str, float]], bool],
+        timeout: float = 60,
+        what: str = "the metrics did not reach the expected state",
+    ) -> dict[str, float]:
+        """Wait until ``ready(metrics())`` holds and return those samples.
+
+        Unlike ``wait_for_metric`` this sees which metrics exist: a labelled metric has no
+        sample until the process first sets it, so "the sample is there" can be the signal.
+        Raises ``TimeoutError`` (naming ``what`` and the log) on timeout or if the process exits.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                samples = self.metrics()
+                if ready(samples):
+                    return samples
+            except OSError:
+                pass  # not serving yet
+            if time.monotonic() > deadline or not self.running:
+                code = None if self.popen is None else self.popen.returncode
+                state = "timed out" if self.running else f"exited with status {code}"
+                raise TimeoutError(f"{what} ({state}; see {self.log_path})")
+            time.sleep(0.2)
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last ``lines`` lines of the process's log ("" if there is none yet)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass(frozen=True)
+class Outcome:
+    instance: str
+    state: str
+    at_ms: int
+
+
+def journal_outcomes(
+    journal_topic: str,
+    instances: Iterable[str],
+    timeout: float,
+    bootstrap: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Outcome]:
+    """Read the journal until every instance in ``instances`` has a terminal entry (or timeout).
+
+    Reads ``read_committed`` from the beginning with no consumer group, so it sees exactly what
+    the engine committed. Returns the first terminal entry of each instance.
+    """
+    wanted = set(instances)
+    found: dict[str, Outcome] = {}
+    consumer = Consumer(
+        consumer_config(
+            bootstrap_servers(bootstrap), "sagalog-outcomes", f"outcomes-{time.time_ns()}"
+        )
+    )
+    consumer.subscribe([journal_topic])
+    deadline = time.monotonic() + timeout
+    try:
+        while wanted - found.keys() and time.monotonic() < deadline:
+            for message in consumer.consume(2000, timeout=0.2):
+                if message.error() or message.value() is None:
+                    continue
+                entry = JournalEntry.decode(message.value() or b"")
+                state = TERMINAL.get(entry.kind)
+                if state and entry.instance in wanted and entry.instance not in found:
+                    found[entry.instance] = Outcome(entry.instance, state, entry.at_ms)
+                    if progress is not None:
+                        progress(len(found))
+    finally:
+        consumer.close()
+    return found

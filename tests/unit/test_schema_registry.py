@@ -1,0 +1,111 @@
+"""The Confluent wire format through a schema registry, end to end over HTTP.
+
+A small registry server speaking the two calls of the Confluent REST API that Sagalog uses
+(register under a subject, fetch by id) runs on loopback for the duration of the module. No
+registry ships as a Python package, so this stands in for one; the client code under test is
+the real one, over real HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any, ClassVar
+
+import pytest
+
+from stream_processors.avro import DecodeError, SchemaCatalog, decode, parse
+from stream_processors.schema_registry import HttpSchemaRegistry, RegistryError
+
+V1 = {
+    "type": "record",
+    "name": "Ping",
+    "namespace": "tests.registry",
+    "fields": [{"name": "n", "type": "long"}],
+}
+V2 = {**V1, "fields": [*V1["fields"], {"name": "note", "type": "string", "default": "-"}]}
+
+
+class _Registry(BaseHTTPRequestHandler):
+    schemas: ClassVar[list[str]] = []
+    subjects: ClassVar[dict[str, list[int]]] = {}
+
+    def _reply(self, status: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        parts = self.path.strip("/").split("/")
+        if len(parts) != 3 or parts[0] != "subjects" or parts[2] != "versions":
+            return self._reply(404, {"error_code": 404})
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        schema = json.dumps(json.loads(body["schema"]), sort_keys=True)
+        if schema not in self.schemas:
+            self.schemas.append(schema)
+        schema_id = self.schemas.index(schema) + 1
+        self.subjects.setdefault(parts[1], []).append(schema_id)
+        self._reply(200, {"id": schema_id})
+
+    def do_GET(self) -> None:
+        prefix = "/schemas/ids/"
+        if not self.path.startswith(prefix):
+            return self._reply(404, {"error_code": 404})
+        schema_id = int(self.path[len(prefix) :])
+        if not 1 <= schema_id <= len(self.schemas):
+            return self._reply(404, {"error_code": 40403, "message": "Schema not found"})
+        self._reply(200, {"schema": self.schemas[schema_id - 1]})
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def registry_url() -> Iterator[str]:
+    server = HTTPServer(("127.0.0.1", 0), _Registry)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def test_records_are_written_in_the_confluent_wire_format(registry_url: str) -> None:
+    writer = SchemaCatalog(HttpSchemaRegistry(registry_url))
+    schema = writer.add(parse(V1))
+    framed = writer.encode(schema, {"n": 7})
+
+    assert framed[0] == 0
+    schema_id = int.from_bytes(framed[1:5], "big")
+    assert _Registry.subjects["tests.registry.Ping"][-1] == schema_id
+    assert framed[5:] == b"\x0e"  # zigzag 7
+
+
+def test_a_reader_fetches_an_unknown_writer_schema_by_id_and_resolves_it(registry_url: str) -> None:
+    old_writer = SchemaCatalog(HttpSchemaRegistry(registry_url))
+    framed = old_writer.encode(old_writer.add(parse(V1)), {"n": 3})
+
+    # A reader that only knows v2, the current version, and has never seen v1.
+    reader = SchemaCatalog(HttpSchemaRegistry(registry_url))
+    reader.add(parse(V2))
+    schema, datum = decode(reader, framed)
+
+    assert schema.full_name == "tests.registry.Ping"
+    assert datum == {"n": 3, "note": "-"}
+
+
+def test_an_id_the_registry_does_not_have_is_an_unknown_schema(registry_url: str) -> None:
+    reader = SchemaCatalog(HttpSchemaRegistry(registry_url))
+    with pytest.raises(DecodeError) as caught:
+        decode(reader, b"\x00\x00\x00\x99\x99\x02")
+    assert caught.value.reason == "unknown-schema"
+
+
+def test_an_unreachable_registry_is_a_registry_error() -> None:
+    catalog = SchemaCatalog(HttpSchemaRegistry("http://127.0.0.1:9", timeout=2))
+    with pytest.raises(RegistryError):
+        catalog.encode(catalog.add(parse(V1)), {"n": 1})
