@@ -151,7 +151,7 @@ def decide(
     decider = _Decider(definition, instance, now_ms)
     decision = decider.decision
 
-    if kind_of_input not in definition.input_types():
+    if kind_of_input not in definition.inputs:
         decision.rejected = "unexpected-type"
         return decision
     if instance is None:

@@ -36,7 +36,7 @@ def producer_config(
     if transactional_id is not None:
         # Short enough that a crashed process's open transaction cannot stall read_committed
         # readers for long, should a restart not take the same transactional id.
-        config |= {"transactional.id": transactional_id, "transaction.timeout.ms": 30_000}
+        config |= {"transactional.id": transactional_id, "transaction.timeout.ms": 10_000}
     return config | extra
 
 

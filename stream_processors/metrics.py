@@ -6,7 +6,11 @@ processes. Names follow Prometheus conventions: ``_total`` counters, ``_seconds`
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
 
 INPUTS = Counter("sagalog_inputs_processed_total", "Inbox records processed", ["saga"])
 ROUTED = Counter(
@@ -54,9 +58,19 @@ HANDLER_SECONDS = Histogram(
 )
 
 
-def serve(port: int) -> int:
-    """Serve ``/metrics`` on ``port`` (0 picks a free port); returns the port. -1 disables."""
+def serve(port: int, addr: str = "0.0.0.0") -> int:
+    """Serve ``/metrics`` on ``port`` (0 picks a free port); returns the port. -1 disables.
+
+    A port already taken (a second worker on the same machine, say) falls back to a free one
+    with a warning rather than stopping the process: metrics must never cost availability.
+    """
     if port < 0:
         return -1
-    server, _thread = start_http_server(port, addr="127.0.0.1")
+    try:
+        server, _thread = start_http_server(port, addr=addr)
+    except OSError as error:
+        if port == 0:
+            raise
+        log.warning("metrics port %s unavailable (%s); serving on a free port instead", port, error)
+        server, _thread = start_http_server(0, addr=addr)
     return int(server.server_port)

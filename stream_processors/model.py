@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cached_property
 from typing import Any
 
 from stream_processors.records import Command, DeclarationError, Event, Record, State
@@ -87,8 +88,9 @@ class SagaDefinition:
     handlers: Mapping[type[Record], Handler] = field(default_factory=dict)
     replies: Mapping[type[Record], tuple[str, ReplyRole]] = field(default_factory=dict)
 
-    def input_types(self) -> frozenset[type[Record]]:
-        """Every record type this saga accepts on its inbox."""
+    @cached_property
+    def inputs(self) -> frozenset[type[Record]]:
+        """Every record type this saga accepts on its inbox (computed once: asked per input)."""
         return frozenset({self.start, *self.replies, *self.handlers})
 
     def command_topics(self) -> frozenset[str]:

@@ -105,7 +105,6 @@ class SagaProcessor:
         self._transactional_id = (
             f"sagalog.{definition.name}.{socket.gethostname()}.{self._slot.index}"
         )
-        self._input_types = definition.input_types()
         # The open transaction: staged snapshots (the write cache) and next offsets to commit.
         self._staged: dict[tuple[int, str], Instance] = {}
         self._offsets: dict[tuple[str, int], int] = {}
@@ -236,7 +235,7 @@ class SagaProcessor:
         except DecodeError as error:
             self._dead_letter(message, error.reason, error.detail)
             return
-        if type(record) not in self._input_types:
+        if type(record) not in self.definition.inputs:
             self._dead_letter(message, "unexpected-type", type(record).__qualname__)
             return
         key = record.key() if isinstance(record, Event) else None

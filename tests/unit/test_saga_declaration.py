@@ -101,7 +101,7 @@ def test_example_reply_roles_evolvers_and_topics() -> None:
     }
     assert set(definition.evolvers) == {PaymentCompleted, ShippingLabelCreated}
     assert definition.handlers == {}
-    assert definition.input_types() == {OrderPlaced, *definition.replies}
+    assert definition.inputs == {OrderPlaced, *definition.replies}
     assert definition.command_topics() == {"payments.commands", "shipping.commands"}
     assert definition.source_topics() == {"orders.events"}
 
