@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import socket
 import threading
 import time
 from collections import OrderedDict
@@ -102,9 +101,7 @@ class SagaProcessor:
         self._stopping = threading.Event()
         self._slot: Slot = claim_slot(self.config.state_dir or default_state_dir(definition.name))
         self.store = SnapshotStore(self._slot.path / "rocksdb")
-        self._transactional_id = (
-            f"sagalog.{definition.name}.{socket.gethostname()}.{self._slot.index}"
-        )
+        self._transactional_id = f"sagalog.{definition.name}.{self._slot.identity}"
         # The open transaction: staged snapshots (the write cache) and next offsets to commit.
         self._staged: dict[tuple[int, str], Instance] = {}
         self._offsets: dict[tuple[str, int], int] = {}
@@ -156,7 +153,12 @@ class SagaProcessor:
         )
         self._restorer = Consumer(
             consumer_config(
-                config.bootstrap, f"{name}-restore", None, **{"group.id": f"sagalog.{name}.restore"}
+                config.bootstrap,
+                f"{name}-restore",
+                None,
+                # Never commits: the group id only satisfies the client. A partition whose tail
+                # is aborted records or markers returns nothing; do not wait 500 ms to learn it.
+                **{"group.id": f"sagalog.{name}.restore", "fetch.wait.max.ms": 20},
             )
         )
         self.consumer.subscribe(
@@ -212,7 +214,8 @@ class SagaProcessor:
     def _handle(self, message: Message) -> None:
         error = message.error()
         if error is not None:
-            if error.fatal():
+            # A fenced static member reports code _FATAL with fatal() false: stop all the same.
+            if error.fatal() or error.code() == KafkaError._FATAL:
                 raise KafkaException(error)
             log.warning("consumer: %s", error)
             return

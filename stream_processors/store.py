@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import struct
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +34,17 @@ _OFFSET = struct.Struct(">q")
 
 @dataclass
 class Slot:
-    """A claimed store folder; the lock lasts as long as the process (or ``release``)."""
+    """A claimed store folder; the lock lasts as long as the process (or ``release``).
+
+    ``identity`` is made once, when the folder is first claimed, and kept in it: a process that
+    restarts on the same folder is the same member to Kafka (same transactional and group
+    instance id, so it fences its crashed predecessor at once), while two processes with
+    different folders, on one machine or many, never share an identity.
+    """
 
     index: int
     path: Path
+    identity: str
     _lock: IO[bytes]
 
     def release(self) -> None:
@@ -55,7 +63,10 @@ def claim_slot(base: Path, limit: int = 64) -> Slot:
         except BlockingIOError:
             lock.close()
             continue
-        return Slot(index, path, lock)
+        identity_file = path / "IDENTITY"
+        if not identity_file.exists():
+            identity_file.write_text(uuid.uuid4().hex)
+        return Slot(index, path, identity_file.read_text().strip(), lock)
     raise RuntimeError(f"all {limit} store slots under {base} are in use")
 
 

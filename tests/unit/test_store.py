@@ -61,9 +61,11 @@ def test_live_processes_get_distinct_slots_and_a_restart_gets_its_own_back(tmp_p
     second = claim_slot(tmp_path)
     assert (first.index, second.index) == (0, 1)
     assert first.path != second.path
+    assert first.identity != second.identity  # so they never fence each other in Kafka
 
     first.release()  # the first process exits
     again = claim_slot(tmp_path)
     assert again.index == 0
+    assert again.identity == first.identity  # the restart is the same member, fencing the old
     again.release()
     second.release()
