@@ -39,5 +39,9 @@ lint: venv
 test: lint
 	@$(BROKER) with -- $(BIN)/pytest
 
+# Options go through DEMO_ARGS, e.g. make demo DEMO_ARGS="--orders 5000 --shipping-failure-rate 0.1"
+demo: venv
+	@$(BROKER) with -- $(BIN)/python -m examples.order_fulfillment.demo $(DEMO_ARGS)
+
 clean:
 	rm -rf $(VENV) .sagalog .pytest_cache .mypy_cache .ruff_cache

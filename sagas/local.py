@@ -4,7 +4,8 @@
 be killed with SIGKILL like a real crash), with its own metrics port and log file, and reads its
 Prometheus metrics back. ``journal_outcomes`` follows a saga's journal topic and reports each
 instance's terminal state: the external view of what the engine did, read from Kafka rather
-than from the engine's own counters.
+than from the engine's own counters. ``journal_outcomes_from`` does the same from offsets taken
+with ``journal_end`` before a run, skipping the journal's history.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import Consumer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from stream_processors.journal import JournalEntry, Kind
 from stream_processors.kafka_config import bootstrap_servers, consumer_config
@@ -178,14 +179,79 @@ def journal_outcomes(
     Reads ``read_committed`` from the beginning with no consumer group, so it sees exactly what
     the engine committed. Returns the first terminal entry of each instance.
     """
-    wanted = set(instances)
-    found: dict[str, Outcome] = {}
     consumer = Consumer(
         consumer_config(
             bootstrap_servers(bootstrap), "sagalog-outcomes", f"outcomes-{time.time_ns()}"
         )
     )
     consumer.subscribe([journal_topic])
+    return _collect_outcomes(consumer, set(instances), timeout, progress)
+
+
+def _reader(bootstrap: str | None) -> Consumer:
+    """A read_committed consumer for ``assign``: the client wants a group id; it never joins it."""
+    group = f"outcomes-{time.time_ns()}"
+    return Consumer(consumer_config(bootstrap_servers(bootstrap), "sagalog-outcomes", group))
+
+
+def journal_end(journal_topic: str, bootstrap: str | None = None) -> dict[int, int]:
+    """Each partition's current end offset (high watermark) of ``journal_topic``.
+
+    Taken before publishing a run's inputs and given to ``journal_outcomes_from``, it lets the
+    reader skip the journal's history (which is kept forever): new instances have no entries
+    before it.
+    """
+    consumer = _reader(bootstrap)
+    try:
+        partitions = consumer.list_topics(journal_topic, timeout=15).topics[journal_topic]
+        return {
+            partition: int(
+                consumer.get_watermark_offsets(
+                    TopicPartition(journal_topic, partition), timeout=15, cached=False
+                )[1]
+            )
+            for partition in partitions.partitions
+        }
+    finally:
+        consumer.close()
+
+
+def journal_outcomes_from(
+    journal_topic: str,
+    start: dict[int, int],
+    instances: Iterable[str],
+    timeout: float,
+    bootstrap: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Outcome]:
+    """``journal_outcomes``, reading each partition from ``start[partition]`` (``journal_end``).
+
+    Partitions missing from ``start`` are read from the beginning. Assigns the partitions
+    directly: no consumer group is joined.
+    """
+    consumer = _reader(bootstrap)
+    try:
+        metadata = consumer.list_topics(journal_topic, timeout=15).topics[journal_topic]
+        consumer.assign(
+            [
+                TopicPartition(journal_topic, partition, start.get(partition, OFFSET_BEGINNING))
+                for partition in metadata.partitions
+            ]
+        )
+    except BaseException:
+        consumer.close()
+        raise
+    return _collect_outcomes(consumer, set(instances), timeout, progress)
+
+
+def _collect_outcomes(
+    consumer: Consumer,
+    wanted: set[str],
+    timeout: float,
+    progress: Callable[[int], None] | None,
+) -> dict[str, Outcome]:
+    """Consume until each of ``wanted`` has a terminal entry or ``timeout``; closes ``consumer``."""
+    found: dict[str, Outcome] = {}
     deadline = time.monotonic() + timeout
     try:
         while wanted - found.keys() and time.monotonic() < deadline:

@@ -383,7 +383,9 @@ class SagaProcessor:
         self._txn_open = False
         metrics.TRANSACTIONS.labels(outcome="committed", **self._labels).inc()
         metrics.COMMIT_SECONDS.labels(**self._labels).observe(time.monotonic() - began)
-        self.store.write(written, changelog_offsets)
+        # The commit marker follows our last snapshot in each partition (we are its only writer),
+        # so the store is current up to the marker: a restart then finds nothing to read.
+        self.store.write(written, {p: offset + 1 for p, offset in changelog_offsets.items()})
         recent = self._recent
         for slot, instance in self._staged.items():
             recent[slot] = instance
