@@ -33,6 +33,7 @@ declaration error raises ``DeclarationError`` there, at import, naming the probl
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import typing
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, TypeVar
@@ -208,7 +209,8 @@ class Saga:
         state = getattr(cls, "state", None)
         if not (isinstance(state, type) and issubclass(state, State)):
             raise DeclarationError(f"{where}: state must be a State class, got {state!r}")
-        begin = _unwrap(cls.__dict__.get("begin"))
+        # getattr_static: from the class or a base, without binding a plain function as a method.
+        begin = _unwrap(inspect.getattr_static(cls, "begin", None))
         if not callable(begin):
             raise DeclarationError(f"{where}: needs a begin(event) -> state function")
         key = cls.key or start.__key__

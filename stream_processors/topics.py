@@ -86,13 +86,24 @@ def _create_missing(admin: AdminClient, wanted: dict[str, tuple[int, dict[str, s
             except KafkaException as error:
                 if error.args[0].name() != "TOPIC_ALREADY_EXISTS":  # a racing process made it
                     raise
-    # Creation returns before every broker's metadata cache knows the topic; wait until it does.
+    # Creation returns before the topics are usable: wait until every partition has a leader.
     deadline = time.monotonic() + 30
-    while not set(wanted) <= set(admin.list_topics(timeout=15).topics):
+    while not _all_led(admin, wanted):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"topics not visible 30 s after creation: {sorted(wanted)}")
+            raise TimeoutError(f"topics without partition leaders 30 s after creation: {created}")
         time.sleep(0.1)
     return created
+
+
+def _all_led(admin: AdminClient, names: Iterable[str]) -> bool:
+    topics = admin.list_topics(timeout=15).topics
+    for name in names:
+        metadata = topics.get(name)
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            return False
+        if any(p.leader < 0 or p.error is not None for p in metadata.partitions.values()):
+            return False
+    return True
 
 
 def ensure_topics(

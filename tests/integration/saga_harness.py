@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from examples.order_fulfillment.saga import OrderFulfillment
 from examples.order_fulfillment.scenario import PlannedOrder
@@ -193,10 +193,18 @@ class CommittedReader:
         self._consumer.assign(assignment)
 
     def _watermarks(self, partition: int) -> tuple[int, int]:
-        low, high = self._consumer.get_watermark_offsets(
-            TopicPartition(self.topic, partition), timeout=15, cached=False
-        )
-        return int(low), int(high)
+        # A freshly created topic can answer NOT_LEADER for a moment: retry what is retriable.
+        for attempt in range(50):
+            try:
+                low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, partition), timeout=15, cached=False
+                )
+                return int(low), int(high)
+            except KafkaException as error:
+                if not error.args[0].retriable() or attempt == 49:
+                    raise
+                time.sleep(0.2)
+        raise AssertionError("unreachable")
 
     def poll(self, seconds: float = 0.5) -> list[Message]:
         """Whatever committed records arrive within ``seconds`` (kept ones only)."""

@@ -47,6 +47,14 @@ def _begin(event: OrderPlaced) -> OrderState:
     )
 
 
+class _OrderSaga:
+    """What most sagas below share: OrderPlaced starts them, ``_begin`` makes their state."""
+
+    start = OrderPlaced
+    state = OrderState
+    begin = staticmethod(_begin)
+
+
 @pytest.fixture(scope="module")
 def notify_command(unit_schema_dir: Path) -> type[Command]:
     """A command with a field (``email``) that ``OrderState`` lacks; declared once per process."""
@@ -129,10 +137,7 @@ def test_example_default_builders_take_fields_from_the_state() -> None:
 
 
 def test_next_and_end_override_the_declaration_order() -> None:
-    class Reordered(Saga, name="reordered"):
-        start = OrderPlaced
-        state = OrderState
-        begin = staticmethod(_begin)
+    class Reordered(_OrderSaga, Saga, name="reordered"):
         payment = Step(MakePayment, success=PaymentCompleted, next="shipping")
         refund = Step(RefundPayment, success=PaymentRefunded, build=lambda s: None)
         shipping = Step(CreateShippingLabel, success=ShippingLabelCreated, end=True)
@@ -150,10 +155,7 @@ def test_next_and_end_override_the_declaration_order() -> None:
 def test_step_without_a_command() -> None:
     with pytest.raises(DeclarationError) as caught:
 
-        class NoCommand(Saga, name="no_command"):
-            start = OrderPlaced
-            state = OrderState
-            begin = staticmethod(_begin)
+        class NoCommand(_OrderSaga, Saga, name="no_command"):
             payment = Step(None, success=PaymentCompleted)
 
     message = str(caught.value)
@@ -164,20 +166,14 @@ def test_step_without_a_command() -> None:
 def test_step_whose_command_is_not_a_command_class() -> None:
     with pytest.raises(DeclarationError, match=r"step 'payment': has no command"):
 
-        class EventAsCommand(Saga, name="event_as_command"):
-            start = OrderPlaced
-            state = OrderState
-            begin = staticmethod(_begin)
+        class EventAsCommand(_OrderSaga, Saga, name="event_as_command"):
             payment = Step(PaymentCompleted, success=PaymentCompleted)  # type: ignore[arg-type]
 
 
 def test_one_reply_claimed_by_two_steps() -> None:
     with pytest.raises(DeclarationError) as caught:
 
-        class TwoClaims(Saga, name="two_claims"):
-            start = OrderPlaced
-            state = OrderState
-            begin = staticmethod(_begin)
+        class TwoClaims(_OrderSaga, Saga, name="two_claims"):
             payment = Step(MakePayment, success=PaymentCompleted)
             shipping = Step(CreateShippingLabel, success=PaymentCompleted)
 
@@ -189,10 +185,7 @@ def test_one_reply_claimed_by_two_steps() -> None:
 def test_a_step_reply_claimed_twice_by_its_own_compensation() -> None:
     with pytest.raises(DeclarationError, match="PaymentFailed is claimed by two steps"):
 
-        class SelfClash(Saga, name="self_clash"):
-            start = OrderPlaced
-            state = OrderState
-            begin = staticmethod(_begin)
+        class SelfClash(_OrderSaga, Saga, name="self_clash"):
             payment = Step(
                 MakePayment,
                 success=PaymentCompleted,
@@ -224,10 +217,7 @@ def test_key_field_missing_from_the_start_event() -> None:
 def test_command_the_state_cannot_build_needs_build(notify_command: type[Command]) -> None:
     with pytest.raises(DeclarationError) as caught:
 
-        class CannotBuild(Saga, name="cannot_build"):
-            start = OrderPlaced
-            state = OrderState
-            begin = staticmethod(_begin)
+        class CannotBuild(_OrderSaga, Saga, name="cannot_build"):
             alert = Step(notify_command, success=PaymentCompleted)
 
     message = str(caught.value)
@@ -239,10 +229,7 @@ def test_command_the_state_cannot_build_needs_build(notify_command: type[Command
     def build(state: OrderState) -> Command:
         return notify_command(order_id=state.order_id, email="x@example.com")
 
-    class CanBuild(Saga, name="can_build"):
-        start = OrderPlaced
-        state = OrderState
-        begin = staticmethod(_begin)
+    class CanBuild(_OrderSaga, Saga, name="can_build"):
         alert = Step(notify_command, success=PaymentCompleted, build=build)
 
     assert CanBuild.definition.tasks["alert"].action.build is build
@@ -256,10 +243,7 @@ def test_compensation_the_state_cannot_build_is_named_as_a_compensation(
         DeclarationError, match=r"step 'payment' compensation: .*Notify needs field 'email'"
     ):
 
-        class CannotCompensate(Saga, name="cannot_compensate"):
-            start = OrderPlaced
-            state = OrderState
-            begin = staticmethod(_begin)
+        class CannotCompensate(_OrderSaga, Saga, name="cannot_compensate"):
             payment = Step(
                 MakePayment,
                 success=PaymentCompleted,
@@ -274,10 +258,7 @@ def test_optional_state_field_into_a_required_command_field_needs_build() -> Non
         match=r"step 'refund': OrderState.payment_id may be None but RefundPayment.payment_id",
     ):
 
-        class RefundsBlindly(Saga, name="refunds_blindly"):
-            start = OrderPlaced
-            state = OrderState
-            begin = staticmethod(_begin)
+        class RefundsBlindly(_OrderSaga, Saga, name="refunds_blindly"):
             refund = Step(RefundPayment, success=PaymentRefunded)
 
 
@@ -313,10 +294,8 @@ def test_state_that_is_not_a_state() -> None:
 def test_no_steps() -> None:
     with pytest.raises(DeclarationError, match=r"saga 'no_steps'.*declares no steps"):
 
-        class NoSteps(Saga, name="no_steps"):
-            start = OrderPlaced
-            state = OrderState
-            begin = staticmethod(_begin)
+        class NoSteps(_OrderSaga, Saga, name="no_steps"):
+            """Everything but steps."""
 
 
 def test_no_begin() -> None:
@@ -331,20 +310,14 @@ def test_no_begin() -> None:
 def test_step_without_success_reply() -> None:
     with pytest.raises(DeclarationError, match=r"step 'payment': declares no success reply"):
 
-        class NoSuccess(Saga, name="no_success"):
-            start = OrderPlaced
-            state = OrderState
-            begin = staticmethod(_begin)
+        class NoSuccess(_OrderSaga, Saga, name="no_success"):
             payment = Step(MakePayment, success=None)
 
 
 def test_next_to_an_unknown_step() -> None:
     with pytest.raises(DeclarationError, match=r"step 'payment' goes to unknown step 'shiping'"):
 
-        class Typo(Saga, name="typo"):
-            start = OrderPlaced
-            state = OrderState
-            begin = staticmethod(_begin)
+        class Typo(_OrderSaga, Saga, name="typo"):
             payment = Step(MakePayment, success=PaymentCompleted, next="shiping")
             shipping = Step(CreateShippingLabel, success=ShippingLabelCreated)
 
@@ -352,10 +325,7 @@ def test_next_to_an_unknown_step() -> None:
 def test_start_event_that_is_also_a_reply() -> None:
     with pytest.raises(DeclarationError, match=r"the start event is also a step's reply"):
 
-        class Loop(Saga, name="loop"):
-            start = OrderPlaced
-            state = OrderState
-            begin = staticmethod(_begin)
+        class Loop(_OrderSaga, Saga, name="loop"):
             payment = Step(MakePayment, success=OrderPlaced)
 
 
@@ -364,10 +334,7 @@ def test_handler_for_a_reply() -> None:
         DeclarationError, match=r"PaymentFailed has a handler but is already a reply"
     ):
 
-        class HandlesReply(Saga, name="handles_reply"):
-            start = OrderPlaced
-            state = OrderState
-            begin = staticmethod(_begin)
+        class HandlesReply(_OrderSaga, Saga, name="handles_reply"):
             payment = Step(MakePayment, success=PaymentCompleted, failure=PaymentFailed)
 
             @on(PaymentFailed)
@@ -379,10 +346,7 @@ def test_handler_for_a_reply() -> None:
 def test_two_evolvers_for_one_type() -> None:
     with pytest.raises(DeclarationError, match=r"two evolves functions for PaymentCompleted"):
 
-        class TwoEvolvers(Saga, name="two_evolvers"):
-            start = OrderPlaced
-            state = OrderState
-            begin = staticmethod(_begin)
+        class TwoEvolvers(_OrderSaga, Saga, name="two_evolvers"):
             payment = Step(MakePayment, success=PaymentCompleted)
 
             @evolve(PaymentCompleted)
