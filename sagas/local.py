@@ -26,6 +26,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from stream_processors.journal import JournalEntry, Kind
 from stream_processors.kafka_config import bootstrap_servers, consumer_config
+from stream_processors.restore import watermarks
 
 TERMINAL = {
     Kind.SAGA_COMPLETED.value: "completed",
@@ -205,11 +206,7 @@ def journal_end(journal_topic: str, bootstrap: str | None = None) -> dict[int, i
     try:
         partitions = consumer.list_topics(journal_topic, timeout=15).topics[journal_topic]
         return {
-            partition: int(
-                consumer.get_watermark_offsets(
-                    TopicPartition(journal_topic, partition), timeout=15, cached=False
-                )[1]
-            )
+            partition: watermarks(consumer, TopicPartition(journal_topic, partition))[1]
             for partition in partitions.partitions
         }
     finally:

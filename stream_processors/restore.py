@@ -14,13 +14,36 @@ import logging
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from stream_processors.store import SnapshotStore
 
 log = logging.getLogger(__name__)
 
 BATCH = 5_000
+
+# Leadership moves (or is still being settled on a topic created a moment ago): worth retrying.
+_TRANSIENT = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TIMED_OUT,
+}
+
+
+def watermarks(consumer: Consumer, tp: TopicPartition, patience: float = 30) -> tuple[int, int]:
+    """(low, high) offsets of ``tp`` from the broker, retrying transient leadership errors."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=15, cached=False)
+            return int(low), int(high)
+        except KafkaException as error:
+            kafka_error = error.args[0]
+            transient = kafka_error.retriable() or kafka_error.code() in _TRANSIENT
+            if not transient or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 @dataclass(frozen=True)
@@ -46,7 +69,7 @@ def restore_partition(
     """
     began = time.monotonic()
     tp = TopicPartition(topic, partition)
-    low, high = consumer.get_watermark_offsets(tp, timeout=15, cached=False)
+    low, high = watermarks(consumer, tp)
     stored = store.changelog_offset(partition)
     if stored is not None and not (low - 1 <= stored < high):
         # The changelog was deleted or recreated under us: what we hold is not from it.

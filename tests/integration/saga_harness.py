@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from examples.order_fulfillment.saga import OrderFulfillment
 from examples.order_fulfillment.scenario import PlannedOrder
@@ -28,6 +28,7 @@ from sagas.local import TERMINAL, LocalProcess
 from sagas.publisher import Publisher
 from stream_processors.journal import JournalEntry
 from stream_processors.kafka_config import consumer_config
+from stream_processors.restore import watermarks
 from stream_processors.routing import ReceivedHeaders, header
 from stream_processors.topics import SagaTopics
 
@@ -193,18 +194,7 @@ class CommittedReader:
         self._consumer.assign(assignment)
 
     def _watermarks(self, partition: int) -> tuple[int, int]:
-        # A freshly created topic can answer NOT_LEADER for a moment: retry what is retriable.
-        for attempt in range(50):
-            try:
-                low, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, partition), timeout=15, cached=False
-                )
-                return int(low), int(high)
-            except KafkaException as error:
-                if not error.args[0].retriable() or attempt == 49:
-                    raise
-                time.sleep(0.2)
-        raise AssertionError("unreachable")
+        return watermarks(self._consumer, TopicPartition(self.topic, partition))
 
     def poll(self, seconds: float = 0.5) -> list[Message]:
         """Whatever committed records arrive within ``seconds`` (kept ones only)."""
