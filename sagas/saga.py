@@ -35,10 +35,11 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 from stream_processors.model import (
+    DEFAULT_RETRY,
     Builder,
     CommandSpec,
     Directive,
@@ -47,6 +48,7 @@ from stream_processors.model import (
     reply_index,
     validate,
 )
+from stream_processors.policy import NO_RETRY, RetryPolicy
 from stream_processors.records import Command, DeclarationError, Event, Record, State
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -71,15 +73,25 @@ class _CommandDeclaration:
         failure: type[Event] | Iterable[type[Event]] | None = None,
         build: Builder | None = None,
         topic: str | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        timeout: float | None = None,
     ) -> None:
         self.command = command
         self.success = _as_tuple(success)
         self.failure = _as_tuple(failure)
         self.build = build
         self.topic = topic
+        self.retry = retry
+        self.timeout_ms = None if timeout is None else round(timeout * 1000)
 
     def compile(self, where: str, state: type[State]) -> CommandSpec:
         command = self.command
+        if isinstance(self, Wait):
+            if not self.success:
+                raise DeclarationError(f"{where}: declares no event to wait for")
+            return CommandSpec(
+                None, None, None, self.success, self.failure, self.retry, self.timeout_ms
+            )
         if command is None or not (isinstance(command, type) and issubclass(command, Command)):
             raise DeclarationError(f"{where}: has no command (got {command!r})")
         topic = self.topic or command.__topic__
@@ -95,11 +107,17 @@ class _CommandDeclaration:
             topic,
             self.success,
             self.failure,
+            self.retry,
+            self.timeout_ms,
         )
 
 
 class Compensate(_CommandDeclaration):
-    """The command that undoes a completed step, and the replies that finish it."""
+    """The command that undoes a completed step, and the replies that finish it.
+
+    A compensation has its own ``retry`` policy and ``timeout``; one that still fails parks the
+    instance in ``needs_attention`` until an operator retries or resolves it.
+    """
 
 
 class Step(_CommandDeclaration):
@@ -107,6 +125,11 @@ class Step(_CommandDeclaration):
 
     ``next`` names the step(s) to start when this one succeeds; by default the step declared
     after it, and none for the last. ``end=True`` makes it a last step wherever it stands.
+
+    ``retry`` says which failed attempts are tried again and when (by default transient errors
+    and timeouts: 3 attempts, 1 s then 2 s apart); ``timeout`` (seconds) bounds each attempt.
+    ``catch`` maps what the step finally failed with (a failure reply class, or an error name
+    such as ``TIMEOUT``) to the step to run instead, or to ``COMPENSATE``.
     """
 
     def __init__(
@@ -120,11 +143,57 @@ class Step(_CommandDeclaration):
         topic: str | None = None,
         next: str | Iterable[str] | None = None,
         end: bool = False,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        timeout: float | None = None,
+        catch: Mapping[type[Event] | str, str] | None = None,
     ) -> None:
-        super().__init__(command, success=success, failure=failure, build=build, topic=topic)
+        super().__init__(
+            command,
+            success=success,
+            failure=failure,
+            build=build,
+            topic=topic,
+            retry=retry,
+            timeout=timeout,
+        )
+        self.catch = {
+            error if isinstance(error, str) else error.__name__: target
+            for error, target in (catch or {}).items()
+        }
         self.compensate = compensate
         self.next = (next,) if isinstance(next, str) else None if next is None else tuple(next)
         self.end = end
+
+
+class Wait(Step):
+    """A step that sends nothing and waits for an event (an approval, a webhook) with a timeout.
+
+    The events must name the instance through their key field, like the start event, and come
+    from a topic (their ``topic``) that the processor routes into the saga's inbox.
+    """
+
+    def __init__(
+        self,
+        *,
+        success: type[Event] | Iterable[type[Event]],
+        failure: type[Event] | Iterable[type[Event]] | None = None,
+        timeout: float,
+        compensate: Compensate | None = None,
+        next: str | Iterable[str] | None = None,
+        end: bool = False,
+        catch: Mapping[type[Event] | str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            None,
+            success=success,
+            failure=failure,
+            compensate=compensate,
+            next=next,
+            end=end,
+            retry=NO_RETRY,
+            timeout=timeout,
+            catch=catch,
+        )
 
 
 def _build_from_state(where: str, command: type[Command], state: type[State]) -> Builder:
@@ -199,7 +268,14 @@ class Saga:
     state: ClassVar[type[State]]
     key: ClassVar[str | None] = None
 
-    def __init_subclass__(cls, *, name: str | None = None, version: int = 1, **kwargs: Any) -> None:
+    def __init_subclass__(
+        cls,
+        *,
+        name: str | None = None,
+        version: int = 1,
+        deadline: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init_subclass__(**kwargs)
         saga_name = name or cls.__name__
         where = f"saga {saga_name!r} ({cls.__qualname__})"
@@ -236,6 +312,7 @@ class Saga:
                 step.compile(step_where, state),
                 compensation,
                 () if step.end else next_steps,
+                step.catch,
             )
 
         evolvers: dict[type[Record], Callable[[Any, Any], Any]] = {}
@@ -269,6 +346,7 @@ class Saga:
             evolvers=evolvers,
             handlers=handlers,
             replies=_claimed_replies(where, tasks.values()),
+            deadline_ms=None if deadline is None else round(deadline * 1000),
         )
         validate(definition)
         cls.definition = definition

@@ -16,8 +16,11 @@ success reply, or raises ``BusinessError`` carrying the failure reply::
 The runtime consumes the handled commands' topics in a consumer group (more processes share the
 work), sends each reply to the command's reply-to topic keyed by the instance, and commits the
 consumed offsets only after the replies are acknowledged: a crash repeats commands (hence the
-idempotency key) and never loses one. A command that cannot be decoded, has no handler or no
-reply address, or whose handler crashes, goes to ``<topic>.dlq`` with the reason.
+idempotency key) and never loses one. A handler that raises ``TransientError`` (or one of the
+worker's ``transient`` exception types) answers ``CommandFailed``, which the saga may retry. A
+command that cannot be decoded, has no handler or no reply address, or whose handler crashes
+otherwise, goes to ``<topic>.dlq`` with the reason: ``sagas dlq redrive`` sends it back once the
+worker is fixed.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from stream_processors import metrics
 from stream_processors.avro import DecodeError
 from stream_processors.kafka_config import consumer_config, producer_config
+from stream_processors.model import CommandFailed
 from stream_processors.records import Command, DeclarationError, Event, Record, decode_record
 from stream_processors.routing import (
     COMMAND_ID,
@@ -51,6 +55,15 @@ from stream_processors.topics import ensure_plain_topics
 log = logging.getLogger(__name__)
 
 C = TypeVar("C", bound=Command)
+
+
+class TransientError(Exception):
+    """Raised by a handler for a failure worth trying again (a dependency down, a timeout).
+
+    The runtime answers with a ``CommandFailed`` reply naming the error; the saga's retry policy
+    decides whether, and when, to send the command again (as a new attempt, with a new id).
+    Exceptions of the types a worker lists in ``transient=`` are treated the same way.
+    """
 
 
 class BusinessError(Exception):
@@ -81,9 +94,15 @@ Outgoing = tuple[str, bytes | None, bytes, Headers]
 class Worker:
     """A named set of command handlers; ``run()`` serves them until ``stop()``."""
 
-    def __init__(self, name: str, group: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        group: str | None = None,
+        transient: tuple[type[Exception], ...] = (ConnectionError, TimeoutError),
+    ) -> None:
         self.name = name
         self.group = group or f"sagalog.worker.{name}"
+        self.transient: tuple[type[Exception], ...] = (TransientError, *transient)
         self._handlers: dict[type[Record], Handler] = {}
         self._stopping = threading.Event()
 
@@ -146,6 +165,12 @@ class Worker:
             outcome = "succeeded"
         except BusinessError as error:
             reply, outcome = error.reply, "failed"
+        except self.transient as error:
+            log.warning("transient failure of %s on %s: %s", name, command_id, error)
+            reply, outcome = (
+                CommandFailed(error=type(error).__name__, message=str(error)),
+                "transient",
+            )
         except Exception as error:  # a bug in the handler: park the command, keep serving
             log.exception("handler for %s crashed on %s", name, command_id)
             return self._dead(message, "handler-error", f"{type(error).__name__}: {error}")

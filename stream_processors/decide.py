@@ -1,21 +1,30 @@
-"""``decide``: what a saga does with one input. Pure.
+"""``decide``: what a saga does with one input or one due timer. Pure.
 
-``decide(definition, instance, input, now_ms)`` returns a ``Decision``: the journal entries to
-append, the commands to send, and the instance after those entries. It never changes state
-itself: every entry it emits is applied with ``fold.apply`` as it goes, so the state a decision
-returns is, by construction, the fold of the journal it wrote.
+``decide(definition, instance, input, now_ms)`` and ``decide_timer(definition, instance, name,
+now_ms)`` return a ``Decision``: the journal entries to append, the commands to send, and the
+instance after those entries. They never change state themselves: every entry is applied with
+``fold.apply`` as it is emitted, so the state a decision returns is, by construction, the fold
+of the journal it wrote.
 
 An input is one of:
 
 - the start event: starts an instance (or is a duplicate start, ignored);
-- a reply claimed by a step: completes or fails the step, or its compensation. A reply whose
-  command id is not the one the step waits for is *stale*; one for a step that already has its
-  answer is a *duplicate*. Both are ignored and counted, never applied twice;
+- a reply claimed by a step (or a worker's ``CommandFailed``, matched by command id): completes
+  the step or its compensation, or fails the attempt. A failed attempt is retried on a timer if
+  the step's ``RetryPolicy`` says so; a step that finally fails goes where its ``catch`` says
+  (another step, or compensation), and otherwise fails the saga: the compensations of the
+  completed steps then run in reverse order. A compensation that finally fails parks the
+  instance in ``needs_attention`` for an operator. A reply whose command id is not the one the
+  step waits for is *stale*; one for a step that already has its answer is a *duplicate*. Both
+  are ignored and counted, never applied twice;
 - an event the saga has a handler for;
+- an ``OperatorAction``: retry a parked instance's compensation, cancel (compensate now), or
+  resolve a parked instance; journaled with who and why;
 - anything else is *rejected*: the processor sends it to the dead-letter topic with the reason.
 
-Command ids are deterministic (saga, instance, step, attempt), so a worker can use them as
-idempotency keys and a replayed decision produces the same id.
+Timers are kept in the instance (``TimerScheduled``/``TimerFired``): a step's timeout, the wait
+before a retry, the saga's deadline. Command ids are deterministic (saga, instance, step,
+attempt): workers use them as idempotency keys, and a replayed decision produces the same id.
 """
 
 from __future__ import annotations
@@ -23,19 +32,32 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from stream_processors.fold import apply
-from stream_processors.instance import Instance, Status, StepStatus
+from stream_processors.instance import Instance, Status, StepState, StepStatus
 from stream_processors.journal import JournalEntry, Kind
-from stream_processors.model import CommandSpec, Complete, Fail, ReplyRole, SagaDefinition
+from stream_processors.model import (
+    COMPENSATE,
+    CommandFailed,
+    Complete,
+    Fail,
+    OperatorAction,
+    ReplyRole,
+    SagaDefinition,
+)
+from stream_processors.policy import TIMEOUT, TRANSIENT
 from stream_processors.records import Command, Record
 
 
 @dataclass(frozen=True, slots=True)
 class Input:
-    """A decoded inbox record. ``raw`` is its framed Avro, journaled as is (never re-encoded)."""
+    """A decoded inbox record. ``raw`` is its framed Avro, journaled as is (never re-encoded).
+
+    ``note`` says who sent it and why, when an operator did (``sagas signal``).
+    """
 
     record: Record
     raw: bytes
     command_id: str | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +81,17 @@ class Decision:
 
 def command_id(saga: str, instance_id: str, step: str, attempt: int) -> str:
     return f"{saga}/{instance_id}/{step}/{attempt}"
+
+
+def timeout_timer(step: str) -> str:
+    return f"timeout:{step}"
+
+
+def retry_timer(step: str) -> str:
+    return f"retry:{step}"
+
+
+DEADLINE = "deadline"
 
 
 class _Decider:
@@ -89,15 +122,41 @@ class _Decider:
         self.decision.instance = apply(self.definition, self.decision.instance, entry, decoded)
         self.decision.entries.append(entry)
 
-    def send(self, step: str, spec: CommandSpec, kind: Kind, attempt: int = 1) -> None:
+    def note(self, kind: Kind, **fields: object) -> None:
+        self.emit(self.instance.instance_id, kind, None, **fields)
+
+    # -- timers --------------------------------------------------------------------------------
+
+    def schedule(self, name: str, delay_ms: int, step: str | None = None, attempt: int = 0) -> None:
+        due = self.now_ms + delay_ms
+        self.note(Kind.TIMER_SCHEDULED, timer=name, due_ms=due, step=step, attempt=attempt)
+
+    def cancel(self, name: str) -> None:
+        if name in self.instance.timers:
+            self.note(Kind.TIMER_CANCELLED, timer=name)
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def send(self, step: str, compensation: bool = False, attempt: int = 1) -> None:
+        """Start an attempt of a step (or of its compensation), with its timeout timer."""
+        task = self.definition.tasks[step]
+        spec = task.compensation if compensation else task.action
+        assert spec is not None
         instance = self.instance
-        suffix = step if kind is Kind.COMMAND_SENT else f"{step}.compensation"
+        suffix = f"{step}.compensation" if compensation else step
         cid = command_id(self.definition.name, instance.instance_id, suffix, attempt)
-        value = spec.build(instance.data).encode()
-        self.emit(
-            instance.instance_id, kind, step=step, command_id=cid, attempt=attempt, record=value
-        )
-        self.decision.commands.append(OutgoingCommand(spec.topic, instance.instance_id, cid, value))
+        if spec.command is None:  # a wait: nothing to send, only a timeout to keep
+            self.note(Kind.WAIT_STARTED, step=step, command_id=cid, attempt=attempt)
+        else:
+            assert spec.build is not None and spec.topic is not None
+            value = spec.build(instance.data).encode()
+            kind = Kind.COMPENSATION_SENT if compensation else Kind.COMMAND_SENT
+            self.note(kind, step=step, command_id=cid, attempt=attempt, record=value)
+            self.decision.commands.append(
+                OutgoingCommand(spec.topic, instance.instance_id, cid, value)
+            )
+        if spec.timeout_ms is not None:
+            self.schedule(timeout_timer(step), spec.timeout_ms, step, attempt)
 
     def send_unbound(self, command: Command) -> None:
         """A handler's command: journaled and sent, but no step waits for its reply."""
@@ -107,24 +166,79 @@ class _Decider:
             raise ValueError(f"{type(command).__qualname__} declares no topic")
         cid = command_id(self.definition.name, instance.instance_id, f"#{instance.seq}", 1)
         value = command.encode()
-        self.emit(instance.instance_id, Kind.COMMAND_SENT, command_id=cid, attempt=1, record=value)
+        self.note(Kind.COMMAND_SENT, command_id=cid, attempt=1, record=value)
         self.decision.commands.append(OutgoingCommand(topic, instance.instance_id, cid, value))
 
     def start_steps(self, names: tuple[str, ...]) -> None:
         for name in names:
-            self.send(name, self.definition.tasks[name].action, Kind.COMMAND_SENT)
+            self.send(name)
 
     def finish_if_idle(self) -> None:
-        instance = self.instance
-        if instance.status is Status.RUNNING and not instance.active:
-            self.emit(instance.instance_id, Kind.SAGA_COMPLETED)
+        if self.instance.status is Status.RUNNING and not self.instance.active:
+            self.cancel(DEADLINE)
+            self.note(Kind.SAGA_COMPLETED)
+
+    # -- outcomes of an attempt ----------------------------------------------------------------
+
+    def succeeded(self, step: str, current: StepState) -> None:
+        self.cancel(timeout_timer(step))
+        if current.status.compensation:
+            self.note(Kind.COMPENSATION_SUCCEEDED, step=step, command_id=current.command_id)
+            self.continue_compensation()
+            return
+        self.note(Kind.STEP_SUCCEEDED, step=step, command_id=current.command_id)
+        if self.instance.status is Status.RUNNING:
+            self.start_steps(self.definition.tasks[step].next)
+            self.finish_if_idle()
+        elif self.instance.status is Status.COMPENSATING:  # done while compensating: undo it too
+            self.continue_compensation()
+
+    def attempt_failed(self, step: str, current: StepState, errors: list[str], why: str) -> None:
+        """An attempt failed with ``errors`` (names): retry, catch, compensate or park."""
+        self.cancel(timeout_timer(step))
+        task = self.definition.tasks[step]
+        compensation = current.status.compensation
+        spec = task.compensation if compensation else task.action
+        assert spec is not None
+        forward_while_compensating = not compensation and self.instance.status is not Status.RUNNING
+        if not forward_while_compensating and spec.retry.retries(errors, current.attempt):
+            delay = spec.retry.delay_ms(current.attempt, current.command_id)
+            self.note(
+                Kind.ATTEMPT_FAILED,
+                step=step,
+                command_id=current.command_id,
+                attempt=current.attempt,
+                reason=why,
+            )
+            self.schedule(retry_timer(step), delay, step, current.attempt + 1)
+            return
+        if compensation:
+            self.note(
+                Kind.COMPENSATION_FAILED, step=step, command_id=current.command_id, reason=why
+            )
+            self.note(Kind.SAGA_PARKED, reason=f"compensation failed: {why}")
+            return
+        self.note(Kind.STEP_FAILED, step=step, command_id=current.command_id, reason=why)
+        if forward_while_compensating:  # or after the saga ended: nothing more to start
+            if self.instance.status is Status.COMPENSATING:
+                self.continue_compensation()
+            return
+        target = next((task.catch[e] for e in errors if e in task.catch), COMPENSATE)
+        if target == COMPENSATE:
+            self.fail(why)
+        else:
+            self.send(target)
 
     def fail(self, reason: str) -> None:
         """Fail the saga: compensate completed steps in reverse, or fail outright if none."""
-        instance = self.instance
-        if instance.status is not Status.RUNNING:
+        if self.instance.status is not Status.RUNNING:
             return
-        self.emit(instance.instance_id, Kind.SAGA_COMPENSATING, reason=reason)
+        self.cancel(DEADLINE)
+        self.note(Kind.SAGA_COMPENSATING, reason=reason)
+        for name in self.instance.active:  # steps waiting to retry will not be retried now
+            if self.instance.steps[name].status is StepStatus.RETRYING:
+                self.cancel(retry_timer(name))
+                self.note(Kind.STEP_FAILED, step=name, reason=reason)
         self.continue_compensation()
 
     def continue_compensation(self) -> None:
@@ -135,11 +249,12 @@ class _Decider:
         for name in reversed(instance.completed):
             task = self.definition.tasks[name]
             if instance.steps[name].status is StepStatus.SUCCEEDED and task.compensation:
-                self.send(name, task.compensation, Kind.COMPENSATION_SENT)
+                self.send(name, compensation=True)
                 return
         compensated = any(s.status is StepStatus.COMPENSATED for s in instance.steps.values())
-        ending = Kind.SAGA_COMPENSATED if compensated else Kind.SAGA_FAILED
-        self.emit(instance.instance_id, ending, reason=instance.reason)
+        self.note(
+            Kind.SAGA_COMPENSATED if compensated else Kind.SAGA_FAILED, reason=instance.reason
+        )
 
 
 def decide(
@@ -160,24 +275,49 @@ def decide(
             return decision
         instance_id = str(getattr(record, definition.key))
         decider.emit(instance_id, Kind.SAGA_STARTED, record, record=received.raw)
+        if definition.deadline_ms is not None:
+            decider.schedule(DEADLINE, definition.deadline_ms)
         decider.start_steps(definition.first)
         decider.finish_if_idle()
         return decision
     if kind_of_input is definition.start:
         decision.ignored = "duplicate-start"
         return decision
-
+    if isinstance(record, OperatorAction):
+        return _operator(decider, record, received)
+    if isinstance(record, CommandFailed):
+        step = next(
+            (n for n, s in instance.steps.items() if s.command_id == received.command_id), None
+        )
+        if step is None:
+            decision.ignored = "stale"
+            return decision
+        return _reply(decider, received, step, None)
     claim = definition.replies.get(kind_of_input)
     if claim is None:
         return _handle(definition, decider, received)
-    step, role = claim
+    return _reply(decider, received, claim[0], claim[1])
+
+
+_WAITING = {
+    ReplyRole.SUCCEEDED: StepStatus.PENDING,
+    ReplyRole.FAILED: StepStatus.PENDING,
+    ReplyRole.COMPENSATED: StepStatus.COMPENSATING,
+    ReplyRole.COMPENSATION_FAILED: StepStatus.COMPENSATING,
+}
+
+
+def _reply(decider: _Decider, received: Input, step: str, role: ReplyRole | None) -> Decision:
+    """A reply for ``step``; ``role`` None is a worker's CommandFailed (a transient error)."""
+    instance = decider.instance
+    decision = decider.decision
     current = instance.steps.get(step)
-    waiting_for = (
-        StepStatus.PENDING
-        if role in (ReplyRole.SUCCEEDED, ReplyRole.FAILED)
-        else StepStatus.COMPENSATING
+    waiting = (
+        current is not None
+        and current.status in (StepStatus.PENDING, StepStatus.COMPENSATING)
+        and (role is None or current.status is _WAITING[role])
     )
-    if current is None or current.status is not waiting_for:
+    if current is None or not waiting:
         same = current is not None and received.command_id in (None, current.command_id)
         decision.ignored = "duplicate" if same else "stale"
         return decision
@@ -185,40 +325,80 @@ def decide(
         decision.ignored = "stale"
         return decision
 
-    iid = instance.instance_id
+    record = received.record
     decider.emit(
-        iid,
+        instance.instance_id,
         Kind.INPUT_ACCEPTED,
         record,
         step=step,
         command_id=current.command_id,
         attempt=current.attempt,
         record=received.raw,
+        reason=received.note,
     )
-    reason = f"{step}: {kind_of_input.__name__}"
-    if role is ReplyRole.SUCCEEDED:
-        decider.emit(iid, Kind.STEP_SUCCEEDED, step=step, command_id=current.command_id)
-        if decider.instance.status is Status.RUNNING:
-            decider.start_steps(definition.tasks[step].next)
-            decider.finish_if_idle()
-        elif decider.instance.status is Status.COMPENSATING:  # it finished late: undo it too
-            decider.continue_compensation()
-        # Otherwise the saga already ended (a handler's Complete): record the reply, do nothing.
-    elif role is ReplyRole.FAILED:
-        decider.emit(iid, Kind.STEP_FAILED, step=step, command_id=current.command_id, reason=reason)
-        if decider.instance.status is Status.RUNNING:
-            decider.fail(reason)
-        elif decider.instance.status is Status.COMPENSATING:
-            decider.continue_compensation()
-    elif role is ReplyRole.COMPENSATED:
-        decider.emit(iid, Kind.COMPENSATION_SUCCEEDED, step=step, command_id=current.command_id)
-        decider.continue_compensation()
+    if role in (ReplyRole.SUCCEEDED, ReplyRole.COMPENSATED):
+        decider.succeeded(step, current)
+    elif isinstance(record, CommandFailed):
+        why = f"{step}: {record.error}: {record.message}"
+        decider.attempt_failed(step, current, [record.error, TRANSIENT], why)
     else:
-        decider.emit(
-            iid, Kind.COMPENSATION_FAILED, step=step, command_id=current.command_id, reason=reason
-        )
-        decider.emit(iid, Kind.SAGA_PARKED, reason=f"compensation failed: {reason}")
+        name = type(record).__name__
+        decider.attempt_failed(step, current, [name], f"{step}: {name}")
     return decision
+
+
+def decide_timer(
+    definition: SagaDefinition, instance: Instance | None, name: str, now_ms: int
+) -> Decision:
+    """Fire timer ``name`` of ``instance`` if it is still set and due; otherwise ignore it."""
+    decider = _Decider(definition, instance, now_ms)
+    timer = None if instance is None else instance.timers.get(name)
+    if timer is None or timer.due_ms > now_ms:
+        decider.decision.ignored = "stale-timer"
+        return decider.decision
+    decider.note(Kind.TIMER_FIRED, timer=name, step=timer.step, attempt=timer.attempt)
+    step = timer.step
+    current = None if step is None else decider.instance.steps.get(step)
+    if name == DEADLINE:
+        decider.fail("deadline exceeded")
+    elif step is not None and current is not None and name == retry_timer(step):
+        decider.send(step, compensation=current.status.compensation, attempt=timer.attempt)
+    elif (
+        step is not None
+        and current is not None
+        and current.attempt == timer.attempt
+        and current.status in (StepStatus.PENDING, StepStatus.COMPENSATING)
+    ):
+        decider.attempt_failed(step, current, [TIMEOUT], f"{step}: no reply in time")
+    return decider.decision
+
+
+def _operator(decider: _Decider, action: OperatorAction, received: Input) -> Decision:
+    instance = decider.instance
+    status = instance.status
+    allowed = {
+        "cancel": status is Status.RUNNING,
+        "retry": status is Status.NEEDS_ATTENTION,
+        "resolve": status is Status.NEEDS_ATTENTION,
+    }
+    if not allowed.get(action.action, False):
+        decider.decision.ignored = f"operator-{action.action}-not-applicable"
+        return decider.decision
+    why = f"{action.action} by {action.by}: {action.reason}"
+    decider.emit(
+        instance.instance_id, Kind.OPERATOR_ACTION, action, record=received.raw, reason=why
+    )
+    if action.action == "cancel":
+        decider.fail(f"cancelled by {action.by}: {action.reason}")
+    elif action.action == "resolve":
+        decider.note(Kind.SAGA_RESOLVED, reason=why)
+    else:
+        decider.note(Kind.SAGA_RESUMED, reason=why)
+        for name, step in decider.instance.steps.items():
+            if step.status is StepStatus.COMPENSATION_FAILED:
+                decider.send(name, compensation=True, attempt=step.attempt + 1)
+                break
+    return decider.decision
 
 
 def _handle(definition: SagaDefinition, decider: _Decider, received: Input) -> Decision:
@@ -227,13 +407,20 @@ def _handle(definition: SagaDefinition, decider: _Decider, received: Input) -> D
         decider.decision.ignored = "finished"
         return decider.decision
     handler = definition.handlers[type(received.record)]
-    decider.emit(instance.instance_id, Kind.INPUT_ACCEPTED, received.record, record=received.raw)
+    decider.emit(
+        instance.instance_id,
+        Kind.INPUT_ACCEPTED,
+        received.record,
+        record=received.raw,
+        reason=received.note,
+    )
     for directive in handler(decider.instance.data, received.record, decider.now_ms):
         if isinstance(directive, Fail):
             decider.fail(directive.reason)
         elif isinstance(directive, Complete):
             if decider.instance.status is Status.RUNNING:
-                decider.emit(instance.instance_id, Kind.SAGA_COMPLETED)
+                decider.cancel(DEADLINE)
+                decider.note(Kind.SAGA_COMPLETED)
         else:
             decider.send_unbound(directive)
     return decider.decision

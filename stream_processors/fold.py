@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
-from stream_processors.instance import Instance, Status, StepState, StepStatus
+from stream_processors.instance import Instance, Status, StepState, StepStatus, Timer
 from stream_processors.journal import JournalEntry, Kind
 from stream_processors.model import SagaDefinition
 from stream_processors.records import Record, decode_record
@@ -29,6 +29,14 @@ _STATUS_AFTER = {
     Kind.SAGA_COMPENSATED: Status.COMPENSATED,
     Kind.SAGA_FAILED: Status.FAILED,
     Kind.SAGA_PARKED: Status.NEEDS_ATTENTION,
+    Kind.SAGA_RESUMED: Status.COMPENSATING,
+    Kind.SAGA_RESOLVED: Status.RESOLVED,
+}
+
+_SENT = {
+    Kind.COMMAND_SENT: StepStatus.PENDING,
+    Kind.WAIT_STARTED: StepStatus.PENDING,
+    Kind.COMPENSATION_SENT: StepStatus.COMPENSATING,
 }
 
 _STEP_STATUS_AFTER = {
@@ -82,21 +90,40 @@ def apply(
         record = _record_of(entry, decoded)
         evolve = definition.evolvers.get(type(record))
         return replace(moved, data=evolve(moved.data, record)) if evolve else moved
-    if kind in (Kind.COMMAND_SENT, Kind.COMPENSATION_SENT):
+    if kind in _SENT:
         if step is None:  # a handler's fire-and-forget command: history only
             return moved
-        status = StepStatus.PENDING if kind is Kind.COMMAND_SENT else StepStatus.COMPENSATING
-        sent = StepState(status, entry.command_id or "", entry.attempt, entry.at_ms)
+        sent = StepState(_SENT[kind], entry.command_id or "", entry.attempt, entry.at_ms)
         return replace(moved, steps={**moved.steps, step: sent})
+    if kind is Kind.ATTEMPT_FAILED:
+        name, current = _step(moved, entry)
+        status = (
+            StepStatus.COMPENSATION_RETRYING if current.status.compensation else StepStatus.RETRYING
+        )
+        return replace(moved, steps={**moved.steps, name: replace(current, status=status)})
+    if kind is Kind.TIMER_SCHEDULED:
+        if entry.timer is None or entry.due_ms is None:
+            raise FoldError(f"{entry.instance}: TimerScheduled #{entry.seq} without timer or due")
+        timer = Timer(entry.due_ms, step, entry.attempt)
+        return replace(moved, timers={**moved.timers, entry.timer: timer})
+    if kind in (Kind.TIMER_FIRED, Kind.TIMER_CANCELLED):
+        return replace(moved, timers={n: t for n, t in moved.timers.items() if n != entry.timer})
+    if kind is Kind.OPERATOR_ACTION:
+        return moved  # history: who did what and why; the entries after it change the state
     if kind in _STEP_STATUS_AFTER:
-        if step is None or step not in moved.steps:
-            raise FoldError(f"{entry.instance}: {entry.kind} for unknown step {step!r}")
-        steps = {**moved.steps, step: replace(moved.steps[step], status=_STEP_STATUS_AFTER[kind])}
-        completed = (*moved.completed, step) if kind is Kind.STEP_SUCCEEDED else moved.completed
+        name, current = _step(moved, entry)
+        steps = {**moved.steps, name: replace(current, status=_STEP_STATUS_AFTER[kind])}
+        completed = (*moved.completed, name) if kind is Kind.STEP_SUCCEEDED else moved.completed
         return replace(moved, steps=steps, completed=completed)
     if kind in _STATUS_AFTER:
         return replace(moved, status=_STATUS_AFTER[kind], reason=entry.reason or moved.reason)
     raise FoldError(f"{entry.instance}: cannot fold a {entry.kind}")  # SagaStarted twice
+
+
+def _step(instance: Instance, entry: JournalEntry) -> tuple[str, StepState]:
+    if entry.step is None or entry.step not in instance.steps:
+        raise FoldError(f"{entry.instance}: {entry.kind} for unknown step {entry.step!r}")
+    return entry.step, instance.steps[entry.step]
 
 
 def fold(

@@ -10,7 +10,7 @@ entries only and every collection keeps a deterministic order.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -30,19 +30,43 @@ class Status(StrEnum):
     COMPENSATED = "compensated"
     FAILED = "failed"
     NEEDS_ATTENTION = "needs_attention"
+    RESOLVED = "resolved"
 
     @property
     def finished(self) -> bool:
-        return self in (Status.COMPLETED, Status.COMPENSATED, Status.FAILED)
+        return self in (Status.COMPLETED, Status.COMPENSATED, Status.FAILED, Status.RESOLVED)
 
 
 class StepStatus(StrEnum):
     PENDING = "pending"
+    RETRYING = "retrying"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     COMPENSATING = "compensating"
+    COMPENSATION_RETRYING = "compensation_retrying"
     COMPENSATED = "compensated"
     COMPENSATION_FAILED = "compensation_failed"
+
+    @property
+    def compensation(self) -> bool:
+        """Whether the step's current attempt is of its compensation."""
+        return self in (
+            StepStatus.COMPENSATING,
+            StepStatus.COMPENSATION_RETRYING,
+            StepStatus.COMPENSATED,
+            StepStatus.COMPENSATION_FAILED,
+        )
+
+
+#: Step statuses in which the step is active: waiting for a reply or for its next attempt.
+ACTIVE_STEP = frozenset(
+    {
+        StepStatus.PENDING,
+        StepStatus.RETRYING,
+        StepStatus.COMPENSATING,
+        StepStatus.COMPENSATION_RETRYING,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +77,15 @@ class StepState:
     command_id: str
     attempt: int
     sent_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """A durable timer: due at ``due_ms``; ``step`` and ``attempt`` say what it is about."""
+
+    due_ms: int
+    step: str | None
+    attempt: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +102,12 @@ class Instance:
     steps: Mapping[str, StepState]
     completed: tuple[str, ...]
     data: Record
+    timers: Mapping[str, Timer] = field(default_factory=dict)
 
     @property
     def active(self) -> tuple[str, ...]:
-        """Steps with a command in flight (the active states of the state machine)."""
-        return tuple(
-            name
-            for name, step in self.steps.items()
-            if step.status in (StepStatus.PENDING, StepStatus.COMPENSATING)
-        )
+        """Steps in flight or due another attempt (the active states of the state machine)."""
+        return tuple(name for name, step in self.steps.items() if step.status in ACTIVE_STEP)
 
 
 def _snapshot_schema() -> AvroSchema:
@@ -105,6 +135,10 @@ def encode_snapshot(instance: Instance) -> bytes:
         ],
         "completed": list(instance.completed),
         "data": instance.data.encode(),
+        "timers": [
+            {"name": name, "due_ms": t.due_ms, "step": t.step, "attempt": t.attempt}
+            for name, t in instance.timers.items()
+        ],
     }
     return encode(_snapshot_schema(), datum)
 
@@ -127,4 +161,15 @@ def decode_snapshot(data: bytes) -> Instance:
         },
         completed=tuple(datum["completed"]),
         data=decode_record(datum["data"]),
+        timers=timers_of(datum),
     )
+
+
+def timers_of(datum: Mapping[str, Any]) -> dict[str, Timer]:
+    """The timers of a decoded snapshot datum (restore reads them without the saga's data)."""
+    return {t["name"]: Timer(t["due_ms"], t["step"], t["attempt"]) for t in datum["timers"]}
+
+
+def snapshot_timers(data: bytes) -> dict[str, Timer]:
+    """The timers of an encoded snapshot, for rebuilding the store's timer index."""
+    return timers_of(decode(CATALOG, data)[1])

@@ -21,16 +21,24 @@ class Kind(StrEnum):
     SAGA_STARTED = "SagaStarted"
     INPUT_ACCEPTED = "InputAccepted"
     COMMAND_SENT = "CommandSent"
+    WAIT_STARTED = "WaitStarted"
     STEP_SUCCEEDED = "StepSucceeded"
+    ATTEMPT_FAILED = "AttemptFailed"
     STEP_FAILED = "StepFailed"
     COMPENSATION_SENT = "CompensationSent"
     COMPENSATION_SUCCEEDED = "CompensationSucceeded"
     COMPENSATION_FAILED = "CompensationFailed"
+    TIMER_SCHEDULED = "TimerScheduled"
+    TIMER_FIRED = "TimerFired"
+    TIMER_CANCELLED = "TimerCancelled"
+    OPERATOR_ACTION = "OperatorAction"
     SAGA_COMPLETED = "SagaCompleted"
     SAGA_COMPENSATING = "SagaCompensating"
     SAGA_COMPENSATED = "SagaCompensated"
     SAGA_FAILED = "SagaFailed"
     SAGA_PARKED = "SagaParked"
+    SAGA_RESUMED = "SagaResumed"
+    SAGA_RESOLVED = "SagaResolved"
 
 
 class JournalEntry(Record, schema="sagalog.JournalEntry"):
@@ -46,3 +54,5 @@ class JournalEntry(Record, schema="sagalog.JournalEntry"):
     attempt: int = 0
     record: bytes | None = None
     reason: str | None = None
+    timer: str | None = None
+    due_ms: int | None = None

@@ -20,7 +20,27 @@ from enum import Enum
 from functools import cached_property
 from typing import Any
 
+from stream_processors.policy import RetryPolicy
 from stream_processors.records import Command, DeclarationError, Event, Record, State
+
+
+class CommandFailed(Event, schema="sagalog.CommandFailed"):
+    """A worker's reply when its handler raised a transient error (see ``sagas.worker``)."""
+
+    error: str
+    message: str
+
+
+class OperatorAction(Event, schema="sagalog.OperatorAction"):
+    """An operator's retry, cancel or resolve, sent to one instance by the ``sagas`` CLI."""
+
+    action: str
+    by: str
+    reason: str
+
+
+#: Inputs every saga takes, whatever it declares.
+ENGINE_INPUTS: tuple[type[Record], ...] = (CommandFailed, OperatorAction)
 
 
 @dataclass(frozen=True)
@@ -51,25 +71,45 @@ class ReplyRole(Enum):
     COMPENSATION_FAILED = "compensation_failed"
 
 
+#: Transient errors and timeouts: three attempts, 1 s then 2 s apart.
+DEFAULT_RETRY = RetryPolicy()
+
+
 @dataclass(frozen=True)
 class CommandSpec:
-    """A command to send and the replies that finish it."""
+    """A command to send and the replies that finish it, with its retry policy and timeout.
 
-    command: type[Command]
-    build: Builder
-    topic: str
+    ``command`` None makes it a *wait*: nothing is sent, and the step waits for one of its
+    ``success`` or ``failure`` events (a human approval, a webhook) to arrive for the instance,
+    for at most ``timeout_ms``.
+    """
+
+    command: type[Command] | None
+    build: Builder | None
+    topic: str | None
     success: tuple[type[Event], ...]
     failure: tuple[type[Event], ...] = ()
+    retry: RetryPolicy = DEFAULT_RETRY
+    timeout_ms: int | None = None
+
+
+#: A ``catch`` target that fails the saga (compensating what completed) rather than a step.
+COMPENSATE = "compensate"
 
 
 @dataclass(frozen=True)
 class Task:
-    """One step: its command, what undoes it, and where to go when it succeeds."""
+    """One step: its command, what undoes it, where to go when it succeeds, and on failures.
+
+    ``catch`` maps error names (see ``stream_processors.policy``) to the step to run instead
+    when the step finally fails with that error, or to ``COMPENSATE``.
+    """
 
     name: str
     action: CommandSpec
     compensation: CommandSpec | None = None
     next: tuple[str, ...] = ()
+    catch: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -87,23 +127,29 @@ class SagaDefinition:
     evolvers: Mapping[type[Record], Evolver] = field(default_factory=dict)
     handlers: Mapping[type[Record], Handler] = field(default_factory=dict)
     replies: Mapping[type[Record], tuple[str, ReplyRole]] = field(default_factory=dict)
+    deadline_ms: int | None = None
 
     @cached_property
     def inputs(self) -> frozenset[type[Record]]:
         """Every record type this saga accepts on its inbox (computed once: asked per input)."""
-        return frozenset({self.start, *self.replies, *self.handlers})
+        return frozenset({self.start, *self.replies, *self.handlers, *ENGINE_INPUTS})
+
+    def specs(self) -> list[CommandSpec]:
+        return [
+            spec
+            for task in self.tasks.values()
+            for spec in (task.action, task.compensation)
+            if spec is not None
+        ]
 
     def command_topics(self) -> frozenset[str]:
-        topics = set()
-        for task in self.tasks.values():
-            topics.add(task.action.topic)
-            if task.compensation is not None:
-                topics.add(task.compensation.topic)
-        return frozenset(topics)
+        return frozenset(spec.topic for spec in self.specs() if spec.topic is not None)
 
     def source_topics(self) -> frozenset[str]:
         """Topics of events that start or feed the saga (published by services)."""
-        types = [self.start, *self.handlers]
+        waited = [t for spec in self.specs() if spec.command is None for t in spec.success]
+        waited += [t for spec in self.specs() if spec.command is None for t in spec.failure]
+        types = [self.start, *self.handlers, *waited]
         return frozenset(t.__topic__ for t in types if issubclass(t, Event) and t.__topic__)
 
 
@@ -145,6 +191,13 @@ def validate(definition: SagaDefinition) -> None:
                 )
         if not task.action.success:
             raise DeclarationError(f"{where}: step {task.name!r} has no success reply")
+        for error, target in task.catch.items():
+            if target != COMPENSATE and target not in definition.tasks:
+                raise DeclarationError(
+                    f"{where}: step {task.name!r} catches {error!r} with unknown step {target!r}"
+                )
+        if task.action.command is None and task.action.timeout_ms is None:
+            raise DeclarationError(f"{where}: wait step {task.name!r} needs a timeout")
     for name in definition.first:
         if name not in definition.tasks:
             raise DeclarationError(f"{where}: starts with unknown step {name!r}")

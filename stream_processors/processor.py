@@ -40,7 +40,7 @@ from confluent_kafka import (
 
 from stream_processors import metrics
 from stream_processors.avro import DecodeError
-from stream_processors.decide import Decision, Input, decide
+from stream_processors.decide import Decision, Input, decide, decide_timer
 from stream_processors.instance import Instance, decode_snapshot, encode_snapshot
 from stream_processors.journal import Kind
 from stream_processors.kafka_config import consumer_config, producer_config
@@ -48,13 +48,15 @@ from stream_processors.model import SagaDefinition
 from stream_processors.records import Event, decode_record
 from stream_processors.restore import restore_partition
 from stream_processors.routing import (
+    COMMAND_ID,
+    NOTE,
     Headers,
     command_headers,
     dead_letter_headers,
     header,
     origin_headers,
 )
-from stream_processors.store import Slot, SnapshotStore, claim_slot, default_state_dir
+from stream_processors.store import Slot, SnapshotStore, TimerRef, claim_slot, default_state_dir
 from stream_processors.topics import SagaTopics, ensure_topics
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,10 @@ _LIFECYCLE = {
     Kind.SAGA_FAILED: "failed",
     Kind.SAGA_PARKED: "parked",
 }
+
+
+#: How often (seconds) the processor looks for due timers: the resolution of every timer.
+TIMER_CHECK_INTERVAL = 0.05
 
 
 @dataclass
@@ -110,6 +116,9 @@ class SagaProcessor:
         # Committed instances recently used, decoded: saves a store read and a decode per input.
         self._recent: OrderedDict[tuple[int, str], Instance] = OrderedDict()
         self._owned: set[int] = set()
+        # Timer index entries fired in the open transaction: deleted from the store at commit.
+        self._fired: set[TimerRef] = set()
+        self._timers_checked = 0.0
         self._labels = {"saga": definition.name}
         self.restored_records = 0
         self.consumer: Consumer | None = None
@@ -181,6 +190,7 @@ class SagaProcessor:
             try:
                 for message in messages:
                     self._handle(message)
+                self._fire_due_timers()
                 if self._txn_open and time.monotonic() - self._txn_started >= interval:
                     self._commit()
             except _TransactionAborted:
@@ -268,9 +278,10 @@ class SagaProcessor:
         assert value is not None
         instance_id = raw_key.decode()
         instance = self._load(partition, instance_id)
-        command_id = header(message.headers(), "sagalog.command_id")
+        headers = message.headers()
+        command_id, note = header(headers, COMMAND_ID), header(headers, NOTE)
         now_ms = int(self.clock() * 1000)
-        decision = decide(self.definition, instance, Input(record, value, command_id), now_ms)
+        decision = decide(self.definition, instance, Input(record, value, command_id, note), now_ms)
         metrics.INPUTS.labels(**self._labels).inc()
         if decision.rejected is not None:
             self._dead_letter(message, decision.rejected, type(record).__qualname__)
@@ -313,6 +324,37 @@ class SagaProcessor:
                 ),
             )
         self._staged[(partition, decision.instance.instance_id)] = decision.instance
+
+    def _fire_due_timers(self) -> None:
+        """Fire every timer due in our partitions, inside the open transaction.
+
+        The store's timer index says where to look; the instance says whether the timer is
+        still set (a reply may have cancelled it). Fired index entries are deleted with the
+        commit, so a timer fired in a transaction that aborts fires again.
+        """
+        now = self.clock()
+        if now - self._timers_checked < TIMER_CHECK_INTERVAL:
+            return
+        self._timers_checked = now
+        now_ms = int(now * 1000)
+        for partition in sorted(self._owned):
+            for ref in self.store.due_timers(partition, now_ms):
+                if ref in self._fired:
+                    continue
+                self._fired.add(ref)
+                _, _, instance_id = ref
+                instance = self._load(partition, instance_id)
+                if instance is None:
+                    continue
+                due = sorted(
+                    (t.due_ms, name) for name, t in instance.timers.items() if t.due_ms <= now_ms
+                )
+                for _, name in due:
+                    before = self._load(partition, instance_id)
+                    decision = decide_timer(self.definition, before, name, now_ms)
+                    if decision.entries:
+                        self._begin()
+                        self._emit(decision, partition, instance_id.encode(), before, now_ms)
 
     def _load(self, partition: int, instance_id: str) -> Instance | None:
         slot = (partition, instance_id)
@@ -385,7 +427,17 @@ class SagaProcessor:
         metrics.COMMIT_SECONDS.labels(**self._labels).observe(time.monotonic() - began)
         # The commit marker follows our last snapshot in each partition (we are its only writer),
         # so the store is current up to the marker: a restart then finds nothing to read.
-        self.store.write(written, {p: offset + 1 for p, offset in changelog_offsets.items()})
+        timers = [
+            (partition, timer.due_ms, instance_id)
+            for (partition, instance_id), instance in self._staged.items()
+            for timer in instance.timers.values()
+        ]
+        self.store.write(
+            written,
+            {p: offset + 1 for p, offset in changelog_offsets.items()},
+            timers,
+            self._fired,
+        )
         recent = self._recent
         for slot, instance in self._staged.items():
             recent[slot] = instance
@@ -394,6 +446,7 @@ class SagaProcessor:
             recent.popitem(last=False)
         self._staged.clear()
         self._offsets.clear()
+        self._fired.clear()
 
     @staticmethod
     def _retrying(call: Callable[[], Any], attempts: int = 20) -> None:
@@ -419,6 +472,7 @@ class SagaProcessor:
         self._txn_open = False
         self._staged.clear()
         self._offsets.clear()
+        self._fired.clear()
         assignment = self.consumer.assignment()
         if assignment:
             for tp in self.consumer.committed(assignment, timeout=30):

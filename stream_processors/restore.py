@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from stream_processors.store import SnapshotStore
+from stream_processors.instance import snapshot_timers
+from stream_processors.store import SnapshotStore, TimerRef
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ def restore_partition(
     read = 0
     expected = high - start
     batch: list[tuple[int, str, bytes | None]] = []
+    timers: list[TimerRef] = []
     last_offset = start - 1
     try:
         while True:
@@ -102,12 +104,19 @@ def restore_partition(
                     continue
                 key = message.key()
                 if key is not None:
-                    batch.append((partition, key.decode(), message.value()))
+                    value = message.value()
+                    batch.append((partition, key.decode(), value))
+                    if value is not None:
+                        instance_id = key.decode()
+                        timers += [
+                            (partition, t.due_ms, instance_id)
+                            for t in snapshot_timers(value).values()
+                        ]
                 last_offset = message.offset() or 0
                 read += 1
             if len(batch) >= BATCH:
-                store.write(batch, {partition: last_offset})
-                batch = []
+                store.write(batch, {partition: last_offset}, timers)
+                batch, timers = [], []
                 if callable(progress):
                     progress(read, expected)
             position = consumer.position([tp])[0].offset or 0
@@ -117,7 +126,7 @@ def restore_partition(
         consumer.unassign()
     # Markers after the last record are not records: store the last offset actually applied,
     # or high-1 if it is higher, so that the next restore starts at the end.
-    store.write(batch, {partition: max(last_offset, high - 1)})
+    store.write(batch, {partition: max(last_offset, high - 1)}, timers)
     if callable(progress):
         progress(read, expected)
     return RestoreResult(partition, read, start, high, time.monotonic() - began)

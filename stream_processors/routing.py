@@ -5,6 +5,7 @@ Headers are the envelope around an Avro payload, so routing never needs to decod
 - a command carries ``sagalog.command_id`` (the idempotency key), ``sagalog.reply_to`` (the
   saga's inbox), ``sagalog.instance`` (the key the reply must carry) and ``sagalog.saga``;
 - a reply carries the ``sagalog.command_id`` of the command it answers;
+- an operator's input (``sagas signal``, ``retry``...) carries ``sagalog.note``: who and why;
 - a routed source event carries where it came from (``sagalog.origin.*``);
 - a dead letter keeps the original headers and adds ``sagalog.dlq.reason``, ``.detail``,
   ``.topic``, ``.partition`` and ``.offset``.
@@ -23,6 +24,7 @@ COMMAND_ID = "sagalog.command_id"
 REPLY_TO = "sagalog.reply_to"
 INSTANCE = "sagalog.instance"
 SAGA = "sagalog.saga"
+NOTE = "sagalog.note"
 DLQ_REASON = "sagalog.dlq.reason"
 DLQ_DETAIL = "sagalog.dlq.detail"
 DLQ_TOPIC = "sagalog.dlq.topic"

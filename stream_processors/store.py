@@ -1,7 +1,10 @@
 """The local snapshot store: RocksDB (rocksdict, raw mode) holding committed snapshots only.
 
 Keys are ``b"s" + partition (2 bytes) + instance id``; for each partition, ``b"o" + partition``
-holds the changelog offset the partition's snapshots are current to. Snapshots and that offset
+holds the changelog offset the partition's snapshots are current to. The timer index,
+``b"t" + partition + due time + instance id``, finds due timers without reading snapshots; it
+is only a hint (the snapshot says which timers are really set), so a stale entry is harmless
+and is dropped when it comes due. Snapshots and that offset
 are written together in one ``WriteBatch``, and only after the Kafka transaction that produced
 them has committed, so the store never holds uncommitted state and a crash never requires a
 wipe: restore reads the changelog tail after the stored offset.
@@ -78,6 +81,18 @@ def _offset_key(partition: int) -> bytes:
     return b"o" + _PARTITION.pack(partition)
 
 
+_DUE = struct.Struct(">q")
+
+
+def _timer_key(partition: int, due_ms: int, instance_id: str) -> bytes:
+    # Sorted by due time within a partition, so "what is due" is one range scan from the start.
+    return b"t" + _PARTITION.pack(partition) + _DUE.pack(due_ms) + instance_id.encode()
+
+
+#: A timer index entry: (partition, due in epoch ms, instance id).
+TimerRef = tuple[int, int, str]
+
+
 class SnapshotStore:
     """Committed snapshots per partition, with the changelog offset they are current to."""
 
@@ -110,9 +125,15 @@ class SnapshotStore:
         self,
         snapshots: Iterable[tuple[int, str, bytes | None]],
         offsets: dict[int, int],
+        timers: Iterable[TimerRef] = (),
+        fired: Iterable[TimerRef] = (),
     ) -> None:
-        """Apply (partition, instance, snapshot or None to delete) and offsets atomically."""
+        """Apply snapshots (None deletes), offsets, and timer index changes atomically."""
         batch = WriteBatch(raw_mode=True)
+        for ref in fired:
+            batch.delete(_timer_key(*ref))
+        for ref in timers:
+            batch.put(_timer_key(*ref), b"")
         for partition, instance_id, value in snapshots:
             key = _snapshot_key(partition, instance_id)
             if value is None:
@@ -122,6 +143,20 @@ class SnapshotStore:
         for partition, offset in offsets.items():
             batch.put(_offset_key(partition), _OFFSET.pack(offset))
         self._db.write(batch)
+
+    def due_timers(self, partition: int, now_ms: int) -> Iterator[TimerRef]:
+        """Index entries of ``partition`` due at or before ``now_ms``, earliest first."""
+        prefix = b"t" + _PARTITION.pack(partition)
+        end = _timer_key(partition, now_ms + 1, "")
+        iterator = self._db.iter()
+        iterator.seek(prefix)
+        while iterator.valid():
+            key = bytes(iterator.key())
+            if key >= end or not key.startswith(prefix):
+                break
+            (due,) = _DUE.unpack(key[3:11])
+            yield partition, int(due), key[11:].decode()
+            iterator.next()
 
     def instances(self, partition: int) -> Iterator[tuple[str, bytes]]:
         prefix = b"s" + _PARTITION.pack(partition)
@@ -137,6 +172,7 @@ class SnapshotStore:
     def drop_partition(self, partition: int) -> None:
         """Forget a partition entirely (the next restore reads its changelog from the start)."""
         keys = [_snapshot_key(partition, iid) for iid, _ in self.instances(partition)]
+        keys += [_timer_key(*ref) for ref in self.due_timers(partition, 2**62)]
         batch = WriteBatch(raw_mode=True)
         for key in keys:
             batch.delete(key)

@@ -55,6 +55,9 @@ class SagaProcesses:
     bootstrap: str
     logs: Path
     started: list[LocalProcess] = field(default_factory=list)
+    saga_target: str = SAGA_TARGET
+    worker_targets: dict[str, str] = field(default_factory=lambda: dict(WORKER_TARGETS))
+    env: dict[str, str] = field(default_factory=dict)
 
     def _start(self, name: str, args: list[str], env: dict[str, str]) -> LocalProcess:
         log_path = self.logs / f"{len(self.started):02d}-{name}.log"
@@ -63,6 +66,7 @@ class SagaProcesses:
             "PYTHONPATH": os.pathsep.join(
                 p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
             ),
+            **self.env,
             **env,
         }
         process = LocalProcess(args, log_path, env=environment)
@@ -70,13 +74,14 @@ class SagaProcesses:
         return process.start()
 
     def processor(self, state_dir: Path, name: str = "processor") -> LocalProcess:
-        """A ``sagas run`` of the order saga whose store lives under ``state_dir``."""
-        return self._start(name, ["run", SAGA_TARGET], {"SAGALOG_STATE_DIR": str(state_dir)})
+        """A ``sagas run`` of the saga whose store lives under ``state_dir``."""
+        return self._start(name, ["run", self.saga_target], {"SAGALOG_STATE_DIR": str(state_dir)})
 
     def workers(self) -> list[LocalProcess]:
-        """The payment and shipping services."""
+        """The saga's services (by default the order saga's payment and shipping)."""
         return [
-            self._start(name, ["worker", target], {}) for name, target in WORKER_TARGETS.items()
+            self._start(name, ["worker", target], {})
+            for name, target in self.worker_targets.items()
         ]
 
     def stop_all(self) -> None:
@@ -263,9 +268,9 @@ class JournalFollower:
     Make it before publishing the run's orders.
     """
 
-    def __init__(self, bootstrap: str, instance_prefix: str) -> None:
+    def __init__(self, bootstrap: str, instance_prefix: str, journal: str = TOPICS.journal) -> None:
         self.reader = CommittedReader(
-            bootstrap, TOPICS.journal, from_end=True, keep=key_prefix(instance_prefix)
+            bootstrap, journal, from_end=True, keep=key_prefix(instance_prefix)
         )
         self.entries: dict[str, list[JournalEntry]] = {}
         self.outcomes: dict[str, str] = {}

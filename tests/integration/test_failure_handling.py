@@ -1,0 +1,248 @@
+"""Failure handling on the real broker: retries, durable timers, timeouts, parking, operators.
+
+Each test runs ``FlakyJobs`` (``tests/integration/flaky_jobs.py``) as real ``sagas run`` and
+``sagas worker`` processes and reads what happened from the saga's journal topic:
+
+- a step that fails twice with a transient error and then succeeds is retried after delays that
+  follow its policy (3 s, then 6 s), never earlier;
+- a retry timer scheduled before a kill -9 of the processor fires after the restart;
+- a worker that hangs makes its step time out, and the saga compensates;
+- a failing compensation parks the instance, and ``sagas retry`` finishes it once the worker
+  is repaired;
+- a command dead-lettered by a misconfigured worker is processed after ``sagas dlq redrive``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sagas.publisher import Publisher
+from stream_processors.journal import JournalEntry, Kind
+from stream_processors.topics import SagaTopics, ensure_plain_topics, ensure_topics
+from tests.conftest import KafkaCluster
+from tests.integration.flaky_jobs import FINISH_TIMEOUT, WORK_RETRY, FlakyJobs, Job
+from tests.integration.saga_harness import (
+    REPO_ROOT,
+    CommittedReader,
+    JournalFollower,
+    SagaProcesses,
+    header_of,
+)
+
+pytestmark = pytest.mark.kafka
+
+TOPICS = SagaTopics.for_saga(FlakyJobs.definition, 4)
+TARGET = "tests.integration.flaky_jobs:FlakyJobs"
+#: How late a timer may fire: the 50 ms timer check, a 100 ms commit, a loaded 2-core machine.
+LATENESS_MS = 1_500
+
+
+@dataclass
+class Jobs:
+    """One test's run of FlakyJobs: processes, flags, journal, and its own job ids."""
+
+    kafka: KafkaCluster
+    tmp: Path
+    processes: SagaProcesses
+    journal: JournalFollower
+    flags: Path
+    run: str
+
+    def job(self, mode: str) -> str:
+        job_id = f"{self.run}-{mode}"
+        with Publisher(self.kafka.bootstrap) as publisher:
+            publisher.publish(Job(job_id=job_id, mode=mode))
+        return job_id
+
+    def flag(self, name: str, on: bool) -> None:
+        path = self.flags / name
+        if on:
+            path.touch()
+        else:
+            path.unlink(missing_ok=True)
+
+    def start(self) -> None:
+        self.processor()
+        self.processes.workers()
+
+    def processor(self) -> None:
+        self.processes.processor(self.tmp / "state")
+
+    def entries(self, job_id: str) -> list[JournalEntry]:
+        return self.journal.entries.get(job_id, [])
+
+    def wait_for(self, job_id: str, kind: Kind, timeout: float = 60) -> JournalEntry:
+        """Follow the journal until ``job_id`` has an entry of ``kind``; return the first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [e for e in self.entries(job_id) if e.kind == kind.value]
+            if found:
+                return found[0]
+            if time.monotonic() > deadline:
+                kinds = [e.kind for e in self.entries(job_id)]
+                raise AssertionError(
+                    f"{job_id}: no {kind.value} after {timeout:.0f} s; journal: {kinds}\n"
+                    f"{self.processes.log_tails()}"
+                )
+            self.journal._take(self.journal.reader.poll(0.3))
+
+    def sagas(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run the ``sagas`` command line as an operator would."""
+        env = os.environ | {
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
+            "PYTHONPATH": str(REPO_ROOT),
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "sagas", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO_ROOT,
+            timeout=120,
+        )
+        assert result.returncode == 0, f"sagas {' '.join(args)}:\n{result.stdout}{result.stderr}"
+        return result
+
+
+@pytest.fixture
+def jobs(kafka: KafkaCluster, tmp_path: Path) -> Iterator[Jobs]:
+    ensure_topics(TOPICS, kafka.bootstrap)
+    ensure_plain_topics(["flaky.work.dlq", "flaky.finish.dlq"], kafka.bootstrap)
+    run = uuid.uuid4().hex[:8]
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    processes = SagaProcesses(
+        kafka.bootstrap,
+        tmp_path / "logs",
+        saga_target=TARGET,
+        worker_targets={"flaky": "tests.integration.flaky_jobs:workers"},
+        env={"FLAKY_FLAGS": str(flags)},
+    )
+    journal = JournalFollower(kafka.bootstrap, run, journal=TOPICS.journal)
+    try:
+        yield Jobs(kafka, tmp_path, processes, journal, flags, run)
+    finally:
+        processes.stop_all()
+        journal.close()
+
+
+def _of(entries: list[JournalEntry], kind: Kind, step: str) -> list[JournalEntry]:
+    return [e for e in entries if e.kind == kind.value and e.step == step]
+
+
+def test_transient_failures_are_retried_after_the_policys_delays(jobs: Jobs) -> None:
+    jobs.start()
+    job = jobs.job("flaky")
+
+    jobs.wait_for(job, Kind.SAGA_COMPLETED, timeout=90)
+    entries = jobs.entries(job)
+    sent = _of(entries, Kind.COMMAND_SENT, "work")
+    failed = _of(entries, Kind.ATTEMPT_FAILED, "work")
+
+    assert [e.attempt for e in sent] == [1, 2, 3]
+    assert [e.command_id for e in sent] == [f"flaky_jobs/{job}/work/{n}" for n in (1, 2, 3)]
+    assert [e.attempt for e in failed] == [1, 2]
+    assert all("TransientError" in (e.reason or "") for e in failed)
+    for attempt, entry in enumerate(failed, start=1):
+        expected = WORK_RETRY.delay_ms(attempt, entry.command_id or "")
+        waited = sent[attempt].at_ms - entry.at_ms
+        assert expected <= waited <= expected + LATENESS_MS, (attempt, expected, waited)
+
+
+def test_a_retry_timer_scheduled_before_a_kill_9_fires_after_the_restart(jobs: Jobs) -> None:
+    jobs.start()
+    processor = jobs.processes.started[0]
+    job = jobs.job("flaky-once")
+
+    failed = jobs.wait_for(job, Kind.ATTEMPT_FAILED)
+    processor.kill()
+    killed_at_ms = int(time.time() * 1000)
+    due_ms = failed.at_ms + WORK_RETRY.delay_ms(1, failed.command_id or "")
+    assert killed_at_ms < due_ms, "the processor must die before the timer is due"
+    assert not _of(jobs.entries(job), Kind.COMMAND_SENT, "work")[1:]
+
+    jobs.processor()
+    jobs.wait_for(job, Kind.SAGA_COMPLETED, timeout=90)
+    entries = jobs.entries(job)
+    fired = [e for e in entries if e.kind == Kind.TIMER_FIRED.value]
+    retried = _of(entries, Kind.COMMAND_SENT, "work")[1]
+    assert [e.timer for e in fired] == ["retry:work"]
+    assert retried.attempt == 2
+    assert retried.at_ms >= due_ms
+
+
+def test_a_hanging_worker_times_out_its_step_and_the_saga_compensates(jobs: Jobs) -> None:
+    jobs.start()
+    job = jobs.job("hang")
+
+    compensated = jobs.wait_for(job, Kind.SAGA_COMPENSATED, timeout=90)
+    entries = jobs.entries(job)
+    finish_sent = _of(entries, Kind.COMMAND_SENT, "finish")[0]
+    step_failed = _of(entries, Kind.STEP_FAILED, "finish")[0]
+    assert "no reply in time" in (step_failed.reason or "")
+    waited = step_failed.at_ms - finish_sent.at_ms
+    assert FINISH_TIMEOUT * 1000 <= waited <= FINISH_TIMEOUT * 1000 + LATENESS_MS
+    assert _of(entries, Kind.COMPENSATION_SUCCEEDED, "work")
+
+    # The worker answers after it wakes up; the saga must ignore that late reply.
+    time.sleep(7)
+    jobs.journal.catch_up()
+    assert jobs.entries(job)[-1] == compensated
+
+
+def test_a_failing_compensation_parks_and_sagas_retry_finishes_it(jobs: Jobs) -> None:
+    jobs.flag("undo-broken", on=True)
+    jobs.start()
+    job = jobs.job("fail-finish")
+
+    parked = jobs.wait_for(job, Kind.SAGA_PARKED)
+    assert "compensation failed" in (parked.reason or "")
+    assert _of(jobs.entries(job), Kind.COMPENSATION_FAILED, "work")
+
+    jobs.flag("undo-broken", on=False)  # the undo service is repaired
+    jobs.sagas("retry", TARGET, job, "--by", "alice", "--reason", "undo service fixed")
+
+    jobs.wait_for(job, Kind.SAGA_COMPENSATED)
+    entries = jobs.entries(job)
+    action = next(e for e in entries if e.kind == Kind.OPERATOR_ACTION.value)
+    assert "alice" in (action.reason or "") and "undo service fixed" in (action.reason or "")
+    undo = [e for e in entries if e.kind == Kind.COMPENSATION_SENT.value]
+    assert [e.attempt for e in undo] == [1, 2]
+
+
+def test_a_dead_lettered_command_is_processed_after_dlq_redrive(jobs: Jobs) -> None:
+    dlq = CommittedReader(
+        jobs.kafka.bootstrap,
+        "flaky.work.dlq",
+        from_end=True,
+        keep=lambda m: (m.key() or b"").decode().startswith(jobs.run),
+    )
+    jobs.flag("work-misconfigured", on=True)
+    jobs.start()
+    job = jobs.job("ok")
+
+    deadline = time.monotonic() + 60
+    dead = []
+    while not dead and time.monotonic() < deadline:
+        dead = dlq.poll(0.5)
+    dlq.close()
+    assert dead, f"the command never reached the DLQ\n{jobs.processes.log_tails()}"
+    assert header_of(dead[0], "sagalog.dlq.reason") == "handler-error"
+    assert "misconfigured" in (header_of(dead[0], "sagalog.dlq.detail") or "")
+
+    jobs.flag("work-misconfigured", on=False)  # the worker's configuration is fixed
+    where = f"{dead[0].partition()}:{dead[0].offset()}"
+    jobs.sagas("dlq", "redrive", "flaky.work.dlq", "--offset", where)
+
+    jobs.wait_for(job, Kind.SAGA_COMPLETED)
+    sent = _of(jobs.entries(job), Kind.COMMAND_SENT, "work")
+    assert len(sent) == 1  # the same command, redriven: not a new attempt
