@@ -1,25 +1,40 @@
 """Sagalog: declare sagas, events and commands as Python classes, and run them on Kafka.
 
 What users import lives here: ``Event``, ``Command`` and ``State`` (typed records bound to Avro
-schemas), ``Saga``, ``Step``, ``Compensate``, ``evolve`` and ``on`` (declaring sagas), ``Fail`` and
-``Complete`` (handler outcomes), ``Publisher`` (publishing domain events) and ``Worker`` with
-``BusinessError`` (services that handle commands).
+schemas); ``Saga``, ``Step``, ``Wait``, ``Compensate``, ``evolve`` and ``on`` (declaring sagas);
+``RetryPolicy`` with the error names ``TRANSIENT``, ``TIMEOUT`` and ``ALL``, and ``COMPENSATE``
+(failure handling); ``Fail`` and ``Complete`` (handler outcomes); ``Publisher`` (publishing domain
+events); and ``Worker``, ``BusinessError`` and ``TransientError`` (services that handle commands).
 """
 
-from sagas.saga import Compensate, Saga, Step, evolve, on
-from stream_processors.model import Complete, Fail
+from sagas.publisher import Publisher
+from sagas.saga import Compensate, Saga, Step, Wait, evolve, on
+from sagas.worker import BusinessError, CommandContext, TransientError, Worker
+from stream_processors.model import COMPENSATE, Complete, Fail
+from stream_processors.policy import ALL, TIMEOUT, TRANSIENT, RetryPolicy
 from stream_processors.records import Command, DeclarationError, Event, State
 
 __all__ = [
+    "ALL",
+    "COMPENSATE",
+    "TIMEOUT",
+    "TRANSIENT",
+    "BusinessError",
     "Command",
+    "CommandContext",
     "Compensate",
     "Complete",
     "DeclarationError",
     "Event",
     "Fail",
+    "Publisher",
+    "RetryPolicy",
     "Saga",
     "State",
     "Step",
+    "TransientError",
+    "Wait",
+    "Worker",
     "evolve",
     "on",
 ]

@@ -261,7 +261,8 @@ def _unwrap(member: Any) -> Any:
 
 
 class Saga:
-    """Base class of declared sagas. Subclass with ``name=`` (and ``version=``)."""
+    """Base class of declared sagas. Subclass with ``name=``, and optionally ``version=`` and
+    ``deadline=`` (seconds from the start after which a running instance compensates)."""
 
     definition: ClassVar[SagaDefinition]
     start: ClassVar[type[Event]]

@@ -88,7 +88,7 @@ class CommandContext:
 
 Handler = Callable[[Any, CommandContext], Event]
 #: A record to send: (topic, key, value, headers).
-Outgoing = tuple[str, bytes | None, bytes, Headers]
+Outgoing = tuple[str, bytes | None, bytes | None, Headers]
 
 
 class Worker:
@@ -189,7 +189,7 @@ class Worker:
         return (
             f"{message.topic()}.dlq",
             message.key(),
-            message.value() or b"",
+            message.value(),
             dead_letter_headers(message, reason, detail),
         )
 

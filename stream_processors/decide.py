@@ -43,7 +43,7 @@ from stream_processors.model import (
     ReplyRole,
     SagaDefinition,
 )
-from stream_processors.policy import TIMEOUT, TRANSIENT
+from stream_processors.policy import ALL, TIMEOUT, TRANSIENT
 from stream_processors.records import Command, Record
 
 
@@ -223,7 +223,7 @@ class _Decider:
             if self.instance.status is Status.COMPENSATING:
                 self.continue_compensation()
             return
-        target = next((task.catch[e] for e in errors if e in task.catch), COMPENSATE)
+        target = next((task.catch[e] for e in (*errors, ALL) if e in task.catch), COMPENSATE)
         if target == COMPENSATE:
             self.fail(why)
         else:
@@ -235,9 +235,14 @@ class _Decider:
             return
         self.cancel(DEADLINE)
         self.note(Kind.SAGA_COMPENSATING, reason=reason)
-        for name in self.instance.active:  # steps waiting to retry will not be retried now
-            if self.instance.steps[name].status is StepStatus.RETRYING:
+        # Steps waiting to retry will not be retried now, and a wait has nothing in flight whose
+        # reply must come first: both fail at once. Commands in flight are awaited.
+        for name in self.instance.active:
+            step = self.instance.steps[name]
+            waits = self.definition.tasks[name].action.command is None
+            if step.status is StepStatus.RETRYING or (waits and step.status is StepStatus.PENDING):
                 self.cancel(retry_timer(name))
+                self.cancel(timeout_timer(name))
                 self.note(Kind.STEP_FAILED, step=name, reason=reason)
         self.continue_compensation()
 
@@ -362,7 +367,9 @@ def decide_timer(
     if name == DEADLINE:
         decider.fail("deadline exceeded")
     elif step is not None and current is not None and name == retry_timer(step):
-        decider.send(step, compensation=current.status.compensation, attempt=timer.attempt)
+        compensation = current.status.compensation
+        if compensation or decider.instance.status is Status.RUNNING:  # not after a Complete
+            decider.send(step, compensation=compensation, attempt=timer.attempt)
     elif (
         step is not None
         and current is not None

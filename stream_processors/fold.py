@@ -116,7 +116,11 @@ def apply(
         completed = (*moved.completed, name) if kind is Kind.STEP_SUCCEEDED else moved.completed
         return replace(moved, steps=steps, completed=completed)
     if kind in _STATUS_AFTER:
-        return replace(moved, status=_STATUS_AFTER[kind], reason=entry.reason or moved.reason)
+        # Resuming keeps the reason the instance parked for; the operator's why is journaled.
+        keep = kind is Kind.SAGA_RESUMED or entry.reason is None
+        return replace(
+            moved, status=_STATUS_AFTER[kind], reason=moved.reason if keep else entry.reason
+        )
     raise FoldError(f"{entry.instance}: cannot fold a {entry.kind}")  # SagaStarted twice
 
 

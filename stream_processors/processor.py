@@ -271,12 +271,16 @@ class SagaProcessor:
             self._dead_letter(message, "no-key", "inbox records are keyed by instance id")
             return
         try:
+            instance_id = raw_key.decode()
+        except UnicodeDecodeError:
+            self._dead_letter(message, "bad-key", "the key is not UTF-8 text")
+            return
+        try:
             record = decode_record(value)
         except DecodeError as error:
             self._dead_letter(message, error.reason, error.detail)
             return
         assert value is not None
-        instance_id = raw_key.decode()
         instance = self._load(partition, instance_id)
         headers = message.headers()
         command_id, note = header(headers, COMMAND_ID), header(headers, NOTE)

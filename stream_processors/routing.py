@@ -42,7 +42,8 @@ def header(headers: ReceivedHeaders, name: str) -> str | None:
     """The last value of header ``name`` as text, or None."""
     for key, value in reversed(_pairs(headers)):
         if key == name and value is not None:
-            return value.decode() if isinstance(value, bytes) else value
+            # Headers come from anyone: undecodable bytes must not crash whoever reads them.
+            return value.decode(errors="replace") if isinstance(value, bytes) else value
     return None
 
 
@@ -75,6 +76,6 @@ def dead_letter_headers(message: Message, reason: str, detail: str) -> Headers:
     return [
         *_pairs(message.headers()),
         (DLQ_REASON, reason.encode()),
-        (DLQ_DETAIL, detail.encode()[:1000]),
+        (DLQ_DETAIL, detail[:1000].encode()),
         *_location(message, "sagalog.dlq"),
     ]

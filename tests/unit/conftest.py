@@ -69,6 +69,25 @@ TEST_SCHEMAS: dict[str, dict[str, Any]] = {
     "orders/SendReceipt.avsc": _record(
         "tests.unit.orders", "SendReceipt", _f("order_id", "string")
     ),
+    # tests/unit/test_failure_handling.py
+    "failures/RefundFailed.avsc": _record(
+        "tests.unit.failures", "RefundFailed", _f("order_id", "string"), _f("reason", "string")
+    ),
+    "failures/OrderApproved.avsc": _record(
+        "tests.unit.failures", "OrderApproved", _f("order_id", "string"), _f("approver", "string")
+    ),
+    "failures/OrderRejected.avsc": _record(
+        "tests.unit.failures", "OrderRejected", _f("order_id", "string"), _f("reason", "string")
+    ),
+    "failures/SendInvoice.avsc": _record(
+        "tests.unit.failures", "SendInvoice", _f("order_id", "string"), _f("amount_cents", "long")
+    ),
+    "failures/InvoiceSent.avsc": _record(
+        "tests.unit.failures", "InvoiceSent", _f("order_id", "string"), _f("invoice_id", "string")
+    ),
+    "failures/OrderCollected.avsc": _record(
+        "tests.unit.failures", "OrderCollected", _f("order_id", "string")
+    ),
 }
 
 

@@ -7,11 +7,12 @@ happy path, a failed payment, a failed shipment compensated by a refund, a faile
 that are ignored (duplicate, stale, duplicate-start, finished) or rejected (unknown-instance,
 unexpected-type). Command ids are deterministic.
 
-After every input, ``Run.feed`` checks the event-sourcing invariants: the state ``decide``
-returned equals ``fold`` of the whole journal written so far (and of the previous state plus the
-new entries) with byte-identical snapshots; snapshots round-trip; and the journal entries
-round-trip through ``JournalEntry.encode``/``decode`` and fold, from their embedded ``record``
-bytes alone, to the same snapshot bytes. ``fold`` refuses journals that are out of order.
+After every input, ``Run.feed`` (``tests/unit/saga_run.py``) checks the event-sourcing
+invariants: the state ``decide`` returned equals ``fold`` of the whole journal written so far (and
+of the previous state plus the new entries) with byte-identical snapshots; snapshots round-trip;
+and the journal entries round-trip through ``JournalEntry.encode``/``decode`` and fold, from
+their embedded ``record`` bytes alone, to the same snapshot bytes. ``fold`` refuses journals
+that are out of order.
 """
 
 from __future__ import annotations
@@ -38,10 +39,9 @@ from examples.order_fulfillment.messages import (
 )
 from examples.order_fulfillment.saga import OrderFulfillment
 from sagas import Command, Compensate, Complete, Event, Fail, Saga, Step, evolve, on
-from stream_processors.decide import Decision, Input, OutgoingCommand, command_id, decide
+from stream_processors.decide import Input, command_id, decide
 from stream_processors.fold import FoldError, apply, fold
 from stream_processors.instance import (
-    Instance,
     Status,
     StepState,
     StepStatus,
@@ -50,10 +50,7 @@ from stream_processors.instance import (
 )
 from stream_processors.journal import JournalEntry, Kind
 from stream_processors.model import SagaDefinition
-from stream_processors.records import Record, decode_record
-
-SAGA = OrderFulfillment.definition
-T0 = 1_700_000_000_000
+from tests.unit.saga_run import SAGA, T0, Run, kinds, only_command
 
 ORDER = OrderPlaced(
     order_id="o-1", customer_id="c-9", amount_cents=4_200, card_token="tok", postcode="N1 9GU"
@@ -63,97 +60,6 @@ SHIP_ID = "order_fulfillment/o-1/shipping/1"
 REFUND_ID = "order_fulfillment/o-1/payment.compensation/1"
 PAID = PaymentCompleted(order_id="o-1", payment_id="pay-1")
 SHIPPED = ShippingLabelCreated(order_id="o-1", tracking_number="TRK-1")
-
-
-def kinds(decision: Decision) -> list[Kind]:
-    return [Kind(entry.kind) for entry in decision.entries]
-
-
-def assert_replays(
-    definition: SagaDefinition, journal: list[JournalEntry], state: Instance
-) -> None:
-    """The journal alone rebuilds ``state``, byte for byte, also after an Avro round trip."""
-    assert [entry.seq for entry in journal] == list(range(len(journal)))
-    assert state.seq == len(journal)
-
-    folded = fold(definition, None, journal)
-    assert folded == state
-    assert folded is not None
-    assert encode_snapshot(folded) == encode_snapshot(state)
-
-    wire = [entry.encode() for entry in journal]
-    decoded = [JournalEntry.decode(data) for data in wire]
-    assert decoded == journal
-    # fold decodes each entry's embedded ``record`` bytes itself: nothing else is passed in.
-    refolded = fold(definition, None, decoded)
-    assert refolded is not None
-    assert encode_snapshot(refolded) == encode_snapshot(state)
-
-
-class Run:
-    """Feeds inputs to ``decide`` the way the processor does, checking the invariants each time."""
-
-    def __init__(self, definition: SagaDefinition = SAGA, start_ms: int = T0) -> None:
-        self.definition = definition
-        self.now_ms = start_ms
-        self.instance: Instance | None = None
-        self.journal: list[JournalEntry] = []
-        self.sent: list[OutgoingCommand] = []
-
-    def feed(self, record: Record, command_id: str | None = None) -> Decision:
-        self.now_ms += 1_000
-        before = self.instance
-        restored = None
-        if before is not None:  # the processor reads the instance back from its snapshot store
-            restored = decode_snapshot(encode_snapshot(before))
-            assert restored == before
-        raw = record.encode()
-        decision = decide(self.definition, restored, Input(record, raw, command_id), self.now_ms)
-
-        if decision.ignored or decision.rejected:
-            assert not (decision.ignored and decision.rejected)
-            assert decision.entries == []
-            assert decision.commands == []
-            assert decision.instance == before
-            return decision
-
-        assert decision.entries, "an accepted input always writes to the journal"
-        # The input is journaled exactly as it arrived, never re-encoded.
-        assert decision.entries[0].record is raw
-        for entry in decision.entries:
-            assert entry.at_ms == self.now_ms
-            assert entry.instance == decision.instance.instance_id  # type: ignore[union-attr]
-            assert entry.saga_version == self.definition.version
-        # Every command sent is journaled first, with the same id and bytes.
-        sent_entries = [
-            e
-            for e in decision.entries
-            if Kind(e.kind) in (Kind.COMMAND_SENT, Kind.COMPENSATION_SENT)
-        ]
-        assert [(e.command_id, e.record) for e in sent_entries] == [
-            (c.command_id, c.value) for c in decision.commands
-        ]
-
-        assert decision.instance is not None
-        if before is not None:
-            incremental = fold(self.definition, before, decision.entries)
-            assert incremental == decision.instance
-        self.journal += decision.entries
-        self.sent += decision.commands
-        self.instance = decision.instance
-        assert_replays(self.definition, self.journal, self.instance)
-        return decision
-
-    @property
-    def state(self) -> Instance:
-        assert self.instance is not None
-        return self.instance
-
-
-def only_command(decision: Decision) -> tuple[OutgoingCommand, Record]:
-    assert len(decision.commands) == 1, decision.commands
-    command = decision.commands[0]
-    return command, decode_record(command.value)
 
 
 # --- the example saga --------------------------------------------------------------------------

@@ -30,7 +30,15 @@ from examples.order_fulfillment.messages import (
 )
 from examples.order_fulfillment.saga import OrderFulfillment
 from sagas import Command, Compensate, DeclarationError, Fail, Saga, Step, evolve, on
-from stream_processors.model import ReplyRole, SagaDefinition, Task, reply_index, validate
+from stream_processors.model import (
+    CommandFailed,
+    OperatorAction,
+    ReplyRole,
+    SagaDefinition,
+    Task,
+    reply_index,
+    validate,
+)
 
 ORDER = OrderPlaced(
     order_id="o-1", customer_id="c-9", amount_cents=4_200, card_token="tok", postcode="N1 9GU"
@@ -109,7 +117,7 @@ def test_example_reply_roles_evolvers_and_topics() -> None:
     }
     assert set(definition.evolvers) == {PaymentCompleted, ShippingLabelCreated}
     assert definition.handlers == {}
-    assert definition.inputs == {OrderPlaced, *definition.replies}
+    assert definition.inputs == {OrderPlaced, *definition.replies, CommandFailed, OperatorAction}
     assert definition.command_topics() == {"payments.commands", "shipping.commands"}
     assert definition.source_topics() == {"orders.events"}
 

@@ -1,0 +1,393 @@
+"""Operator actions on running sagas, and the dead-letter queues: the library behind the CLI.
+
+Every action is a record on Kafka, so it is ordered with the instance's other inputs and
+journaled by the processor like any of them, with who sent it and why (the ``sagalog.note``
+header, ``"<action> by <who>: <why>"``):
+
+- ``send_action`` sends an ``OperatorAction`` (``retry``, ``cancel`` or ``resolve``) to one
+  instance through the saga's inbox;
+- ``signal`` sends an event the saga accepts to one instance through the same inbox;
+- ``dead_letters`` reads a dead-letter topic (a saga's ``<saga>.dlq`` or a worker's
+  ``<command topic>.dlq``) with the reason and origin of each record;
+- ``redrive`` sends chosen dead letters back to the topic they came from.
+
+Nothing here joins a consumer group or commits offsets, and every producer is idempotent
+(``acks=all``). Topics are never created here: a missing topic is an ``OperatorError`` (creating
+a saga's inbox by accident would give it the wrong partition count).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer as KafkaConsumer
+
+from stream_processors.kafka_config import consumer_config, producer_config
+from stream_processors.model import OperatorAction, SagaDefinition
+from stream_processors.records import Event, Record
+from stream_processors.restore import watermarks
+from stream_processors.routing import (
+    DLQ_DETAIL,
+    DLQ_OFFSET,
+    DLQ_PARTITION,
+    DLQ_REASON,
+    DLQ_TOPIC,
+    NOTE,
+    Headers,
+)
+from stream_processors.topics import SagaTopics
+
+#: What ``send_action`` may send; the processor journals anything else as not applicable.
+ACTIONS = ("retry", "cancel", "resolve")
+#: The header ``redrive`` adds: ``<dlq topic>:<partition>:<offset>`` of the dead letter.
+REDRIVEN_FROM = "sagalog.redriven_from"
+#: Headers the dead-letter queue adds to the original ones (``sagalog.dlq.*``).
+DLQ_PREFIX = "sagalog.dlq."
+#: How long a send may take before it counts as failed (librdkafka's default is 5 minutes).
+DELIVERY_TIMEOUT_MS = 30_000
+
+
+class OperatorError(Exception):
+    """An operator action could not be carried out (missing topic, failed delivery, ...)."""
+
+
+@dataclass(frozen=True)
+class Sent:
+    """Where a record was written."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One record of a dead-letter topic, with why and where from (the ``sagalog.dlq.*`` headers).
+
+    ``headers`` are the record's original headers, without the ones the dead-letter queue added.
+    ``timestamp`` is the dead letter's own (milliseconds since the epoch), when the broker has one.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    reason: str | None
+    detail: str | None
+    origin_topic: str | None
+    origin_partition: int | None
+    origin_offset: int | None
+    timestamp: int | None
+    headers: tuple[tuple[str, bytes | None], ...] = ()
+
+    @property
+    def key_text(self) -> str | None:
+        return None if self.key is None else self.key.decode(errors="replace")
+
+    @property
+    def origin(self) -> str:
+        """``topic[partition]@offset`` of the original record (``?`` for what is unknown)."""
+
+        def known(value: object) -> str:
+            return "?" if value is None else str(value)
+
+        return (
+            f"{known(self.origin_topic)}[{known(self.origin_partition)}]"
+            f"@{known(self.origin_offset)}"
+        )
+
+    @classmethod
+    def from_message(cls, message: Message) -> DeadLetter:
+        found = message.headers() or []
+        pairs = found.items() if isinstance(found, dict) else found
+        received: Headers = [(str(name), value) for name, value in pairs]
+        kind, timestamp = message.timestamp()
+        return cls(
+            topic=message.topic() or "",
+            partition=message.partition() or 0,
+            offset=message.offset() or 0,
+            key=message.key(),
+            value=message.value(),
+            reason=_text(received, DLQ_REASON),
+            detail=_text(received, DLQ_DETAIL),
+            origin_topic=_text(received, DLQ_TOPIC),
+            origin_partition=_int(_text(received, DLQ_PARTITION)),
+            origin_offset=_int(_text(received, DLQ_OFFSET)),
+            timestamp=None if kind == TIMESTAMP_NOT_AVAILABLE else timestamp,
+            headers=tuple(
+                (name, value.encode() if isinstance(value, str) else value)
+                for name, value in received
+                if not name.startswith(DLQ_PREFIX)
+            ),
+        )
+
+
+def _text(headers: Headers, name: str) -> str | None:
+    """The last value of header ``name``, decoded leniently: the detail header is cut at 1,000
+    bytes, possibly inside a character, and a listing must not fail on one bad record."""
+    for key, value in reversed(headers):
+        if key == name and value is not None:
+            return value.decode(errors="replace") if isinstance(value, bytes) else value
+    return None
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return None if text is None else int(text)
+    except ValueError:
+        return None
+
+
+# -- sending to an instance ----------------------------------------------------------------------
+
+
+def _producer(bootstrap: str | None, client_id: str) -> Producer:
+    config = producer_config(bootstrap, client_id)
+    # Never auto-create a topic by writing to it: a saga's inbox must be co-partitioned.
+    config |= {"allow.auto.create.topics": False, "delivery.timeout.ms": DELIVERY_TIMEOUT_MS}
+    return Producer(config)
+
+
+def _require_topics(client: Producer | KafkaConsumer, topics: Iterable[str]) -> dict[str, Any]:
+    """Topic metadata by name; raises ``OperatorError`` naming the topics that do not exist."""
+    metadata = client.list_topics(timeout=15).topics
+    missing = sorted({t for t in topics if t not in metadata or metadata[t].error is not None})
+    if missing:
+        raise OperatorError(f"topic(s) not found: {', '.join(missing)}")
+    return dict(metadata)
+
+
+def _deliver(producer: Producer, records: Sequence[tuple[str, dict[str, Any]]]) -> list[Sent]:
+    """Produce ``(topic, produce kwargs)`` records, flush, and raise if any was not delivered."""
+    sent: list[Sent] = []
+    failures: list[str] = []
+
+    def report(error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            failures.append(f"{message.topic()}: {error}")
+            return
+        key = message.key()
+        sent.append(
+            Sent(
+                topic=message.topic() or "",
+                partition=message.partition() or 0,
+                offset=message.offset() or 0,
+                key=None if key is None else key.decode(errors="replace"),
+            )
+        )
+
+    for topic, kwargs in records:
+        while True:
+            try:
+                producer.produce(topic, on_delivery=report, **kwargs)
+                break
+            except BufferError:  # the local queue is full: let deliveries drain, then retry
+                producer.poll(0.1)
+        producer.poll(0)
+    remaining = producer.flush(DELIVERY_TIMEOUT_MS / 1000 + 5)
+    if failures or remaining:
+        problems = [*failures, *([f"{remaining} not acknowledged"] if remaining else [])]
+        raise OperatorError(
+            f"{len(sent)} of {len(records)} records delivered; failed: {'; '.join(problems)}"
+        )
+    return sent
+
+
+def _to_instance(
+    definition: SagaDefinition,
+    instance_id: str,
+    value: bytes,
+    note: str,
+    bootstrap: str | None,
+) -> Sent:
+    if not instance_id:
+        raise ValueError("an instance id is required")
+    inbox = SagaTopics.for_saga(definition).inbox
+    producer = _producer(bootstrap, f"sagalog-operator-{definition.name}")
+    _require_topics(producer, [inbox])
+    record = {"key": instance_id.encode(), "value": value, "headers": [(NOTE, note.encode())]}
+    return replace(_deliver(producer, [(inbox, record)])[0], note=note)
+
+
+def _check_who(by: str, reason: str) -> None:
+    if not by.strip():
+        raise ValueError("say who is acting (by)")
+    if not reason.strip():
+        raise ValueError("say why (reason)")
+
+
+def send_action(
+    definition: SagaDefinition,
+    instance_id: str,
+    action: str,
+    by: str,
+    reason: str,
+    bootstrap: str | None = None,
+) -> Sent:
+    """Send an operator's ``retry``, ``cancel`` or ``resolve`` to one instance of the saga.
+
+    The ``OperatorAction`` goes to the saga's inbox keyed by the instance id, with the note
+    ``"<action> by <by>: <reason>"``. The processor journals it when it applies (retry and
+    resolve to a parked instance, cancel to a running one) and ignores it otherwise.
+    Returns where it was written; raises ``OperatorError`` when it could not be delivered.
+    """
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+    _check_who(by, reason)
+    record = OperatorAction(action=action, by=by, reason=reason)
+    note = f"{action} by {by}: {reason}"
+    return _to_instance(definition, instance_id, record.encode(), note, bootstrap)
+
+
+def signal(
+    definition: SagaDefinition,
+    instance_id: str,
+    event: Record,
+    by: str,
+    reason: str,
+    bootstrap: str | None = None,
+) -> Sent:
+    """Send ``event`` to one instance of the saga, as if a service had sent it.
+
+    The event must be one of the saga's inputs (its start event, a step's reply, an event it
+    has a handler for). An event whose key field names another instance is refused. The note is
+    ``"signal by <by>: <reason>"``; the processor journals it with the accepted input.
+    """
+    accepted = definition.inputs
+    if type(event) not in accepted:
+        names = ", ".join(sorted(t.__name__ for t in accepted))
+        raise ValueError(
+            f"saga {definition.name!r} does not accept {type(event).__name__}; it accepts {names}"
+        )
+    if isinstance(event, Event):
+        key = event.key()
+        if key is not None and key != instance_id:
+            field = f"{type(event).__name__}.{event.__key__}"
+            raise ValueError(f"{field} is {key!r}, not the instance {instance_id!r}")
+    _check_who(by, reason)
+    note = f"signal by {by}: {reason}"
+    return _to_instance(definition, instance_id, event.encode(), note, bootstrap)
+
+
+# -- dead letters ----------------------------------------------------------------------------
+
+
+def dead_letters(
+    dlq_topic: str,
+    bootstrap: str | None = None,
+    limit: int | None = None,
+    *,
+    reason: str | None = None,
+    timeout: float = 60,
+) -> list[DeadLetter]:
+    """The committed records of ``dlq_topic``, oldest first (by time, then partition and offset).
+
+    Reads every partition from its beginning to the end offsets seen when called, with no
+    consumer group and nothing committed; ``reason`` keeps only the dead letters with that
+    reason, ``limit`` the first ``limit`` of those. Raises ``OperatorError`` when the topic does
+    not exist or cannot be read to its end within ``timeout`` seconds.
+    """
+    # The client wants a group id; assigning partitions never joins the group, nothing commits.
+    consumer = KafkaConsumer(
+        consumer_config(bootstrap, "sagalog-dlq-reader", f"sagalog-dlq-reader-{time.time_ns()}")
+    )
+    try:
+        partitions = sorted(_require_topics(consumer, [dlq_topic])[dlq_topic].partitions)
+        ends: dict[int, int] = {}
+        assignment = []
+        for partition in partitions:
+            low, high = watermarks(consumer, TopicPartition(dlq_topic, partition))
+            if high > low:
+                ends[partition] = high
+                assignment.append(TopicPartition(dlq_topic, partition, low))
+        letters: list[DeadLetter] = []
+        if assignment:
+            consumer.assign(assignment)
+            letters = _read_to(consumer, dlq_topic, ends, timeout)
+    finally:
+        consumer.close()
+    if reason is not None:
+        letters = [letter for letter in letters if letter.reason == reason]
+    letters.sort(key=lambda d: (d.timestamp or 0, d.partition, d.offset))
+    return letters if limit is None else letters[:limit]
+
+
+def _read_to(
+    consumer: KafkaConsumer, topic: str, ends: dict[int, int], timeout: float
+) -> list[DeadLetter]:
+    """Consume until each partition's position reaches its end offset.
+
+    Positions, not offsets read, tell the end: under read_committed the last offsets of a
+    partition are often transaction markers, which are never delivered.
+    """
+    letters: list[DeadLetter] = []
+    deadline = time.monotonic() + timeout
+    pending = dict(ends)
+    while pending:
+        for message in consumer.consume(num_messages=1000, timeout=0.2):
+            error = message.error()
+            if error is not None:
+                if error.fatal():
+                    raise OperatorError(f"reading {topic}: {error}")
+                continue
+            offset = message.offset()
+            if offset is not None and offset < ends[message.partition() or 0]:
+                letters.append(DeadLetter.from_message(message))
+        positions = consumer.position([TopicPartition(topic, p) for p in pending])
+        for tp in positions:
+            if tp.offset >= pending[tp.partition]:
+                del pending[tp.partition]
+        if pending and time.monotonic() > deadline:
+            raise OperatorError(
+                f"{topic}: partitions {sorted(pending)} not read to their end in {timeout} s "
+                "(an open transaction?)"
+            )
+    return letters
+
+
+def redrive(dlq_topic: str, selected: Sequence[DeadLetter], bootstrap: str | None = None) -> int:
+    """Send each selected dead letter back to its origin topic; returns how many were sent.
+
+    Each goes with its original key, value and headers (without the ``sagalog.dlq.*`` ones) plus
+    ``sagalog.redriven_from: <dlq topic>:<partition>:<offset>``. A keyed record is placed by the
+    usual partitioner (the one every Sagalog producer uses, so it lands where its key belongs);
+    a record without a key goes back to its original partition. The origin is a saga's inbox or
+    source topic for ``<saga>.dlq``, a command topic for a worker's ``<command topic>.dlq``.
+
+    Dead letters stay in the dead-letter topic (Kafka topics are append-only), so a record can be
+    redriven twice. That is harmless for sagas: a repeated input is recognised and ignored, and
+    a repeated command carries the same command id, which workers use as an idempotency key.
+    Nothing is sent unless every selected record is from ``dlq_topic`` and names its origin.
+    """
+    unsendable = [
+        f"{d.topic}:{d.partition}:{d.offset}"
+        for d in selected
+        if d.topic != dlq_topic or not d.origin_topic
+    ]
+    if unsendable:
+        raise ValueError(
+            f"not dead letters of {dlq_topic} with an origin topic: {', '.join(unsendable)}"
+        )
+    if not selected:
+        return 0
+    producer = _producer(bootstrap, "sagalog-redrive")
+    _require_topics(producer, {d.origin_topic for d in selected if d.origin_topic})
+    records: list[tuple[str, dict[str, Any]]] = []
+    for letter in selected:
+        assert letter.origin_topic is not None
+        headers: Headers = [
+            *letter.headers,
+            (REDRIVEN_FROM, f"{dlq_topic}:{letter.partition}:{letter.offset}".encode()),
+        ]
+        record: dict[str, Any] = {"key": letter.key, "value": letter.value, "headers": headers}
+        if letter.key is None and letter.origin_partition is not None:
+            record["partition"] = letter.origin_partition
+        records.append((letter.origin_topic, record))
+    return len(_deliver(producer, records))

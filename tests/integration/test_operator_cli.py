@@ -1,0 +1,403 @@
+"""The operator commands write the right records: ``sagas retry/cancel/resolve/signal`` and ``dlq``.
+
+Each test drives the real CLI (typer's ``CliRunner``, in process) against the real broker and
+reads back what it wrote with a ``read_committed`` consumer: an ``OperatorAction`` or event on
+the saga's inbox keyed by the instance with the ``sagalog.note`` header; dead letters listed
+with their reason and origin; chosen dead letters back on their origin topic with their key,
+value and original headers. No processor runs here: that the engine acts on these records is
+shown by the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from typer.testing import CliRunner, Result
+
+from examples.order_fulfillment.messages import PaymentCompleted
+from examples.order_fulfillment.saga import OrderFulfillment
+from sagas.cli import app
+from sagas.operator import REDRIVEN_FROM
+from stream_processors.kafka_config import consumer_config
+from stream_processors.model import OperatorAction
+from stream_processors.records import decode_record
+from stream_processors.restore import watermarks
+from stream_processors.routing import DLQ_REASON, NOTE, dead_letter_headers, header
+from stream_processors.topics import SagaTopics, ensure_topics
+from tests.conftest import KafkaCluster
+
+pytestmark = pytest.mark.kafka
+
+SAGA_TARGET = "examples.order_fulfillment.saga:OrderFulfillment"
+TOPICS = SagaTopics.for_saga(OrderFulfillment.definition, 8)
+
+Headers = list[tuple[str, bytes | None]]
+
+
+def _cli(kafka: KafkaCluster, *args: str) -> Result:
+    """Run ``sagas <args>`` in process; wide enough that tables never wrap what tests look for."""
+    env = {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "COLUMNS": "250"}
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+def _ok(result: Result) -> str:
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.output
+
+
+class TopicTail:
+    """The committed records of a topic written after this object was made (no consumer group)."""
+
+    def __init__(self, kafka: KafkaCluster, topic: str) -> None:
+        self.topic = topic
+        config = consumer_config(
+            kafka.bootstrap, "operator-cli-test", f"operator-cli-{time.time_ns()}"
+        )
+        self._consumer = Consumer(config)
+        # Watermarks come from a consumer that never fetches: asked of the fetching one, each
+        # query would queue behind a long-polling fetch (fetch.wait.max.ms) on the connection.
+        self._probe = Consumer(config)
+        partitions = self._probe.list_topics(topic, timeout=15).topics[topic].partitions
+        self._start = {p: self._end(p) for p in sorted(partitions)}
+        self._consumer.assign([TopicPartition(topic, p, o) for p, o in self._start.items()])
+
+    def _end(self, partition: int) -> int:
+        return watermarks(self._probe, TopicPartition(self.topic, partition))[1]
+
+    def read(self, keep: Callable[[Message], bool] = lambda _: True) -> list[Message]:
+        """Every kept record up to the topic's current end (positions reach the high watermarks)."""
+        ends = {p: self._end(p) for p in self._start}
+        pending = {p for p in ends if ends[p] > self._start[p]}
+        kept: list[Message] = []
+        deadline = time.monotonic() + 30
+        while pending:
+            for message in self._consumer.consume(num_messages=1000, timeout=0.2):
+                assert message.error() is None, message.error()
+                if keep(message):
+                    kept.append(message)
+            for tp in self._consumer.position([TopicPartition(self.topic, p) for p in pending]):
+                if tp.offset >= ends[tp.partition]:
+                    pending.discard(tp.partition)
+            assert time.monotonic() < deadline, f"{self.topic} not read to its end"
+        return kept
+
+    def close(self) -> None:
+        self._consumer.close()
+        self._probe.close()
+
+
+def _keyed(key: str) -> Callable[[Message], bool]:
+    return lambda message: message.key() == key.encode()
+
+
+def _headers(message: Message) -> Headers:
+    return [
+        (name, value.encode() if isinstance(value, str) else value)
+        for name, value in message.headers() or []
+    ]
+
+
+# -- dead letters ------------------------------------------------------------------------------
+
+
+def _dead_letter(
+    kafka: KafkaCluster,
+    origin: str,
+    dlq: str,
+    records: list[tuple[str, bytes, Headers, str]],
+    detail: Callable[[str], str] = lambda key: f"detail of {key}",
+) -> list[tuple[Message, int, int]]:
+    """Produce ``(key, value, headers, reason)`` records to ``origin``, read them back, and
+    dead-letter each to ``dlq`` the way the processor does (headers from ``dead_letter_headers``,
+    inside a transaction). Returns (original message, dlq partition, dlq offset) for each."""
+    tail = TopicTail(kafka, origin)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap, "partitioner": "murmur2_random"})
+    for key, value, headers, _ in records:
+        producer.produce(origin, key=key.encode(), value=value, headers=headers)
+    assert producer.flush(30) == 0
+    originals = {m.key(): m for m in tail.read()}
+    tail.close()
+    assert len(originals) == len(records)
+
+    placed: dict[bytes, tuple[int, int]] = {}
+
+    def delivered(error: object, message: Message) -> None:
+        assert error is None, error
+        placed[message.key()] = (message.partition(), message.offset())
+
+    dead = Producer(
+        {"bootstrap.servers": kafka.bootstrap, "transactional.id": f"opcli-{uuid.uuid4().hex}"}
+    )
+    dead.init_transactions(30)
+    dead.begin_transaction()
+    for key, _, _, reason in records:
+        message = originals[key.encode()]
+        dead.produce(
+            dlq,
+            key=message.key(),
+            value=message.value(),
+            headers=dead_letter_headers(message, reason, detail(key)),
+            on_delivery=delivered,
+        )
+    dead.commit_transaction(30)
+    return [(originals[k.encode()], *placed[k.encode()]) for k, _, _, _ in records]
+
+
+@pytest.fixture
+def dlq_pair(kafka: KafkaCluster) -> tuple[str, str]:
+    """A fresh origin topic (3 partitions) and its dead-letter topic (2 partitions)."""
+    origin = kafka.create_topic(f"opcli-origin.{uuid.uuid4().hex[:10]}", partitions=3)
+    dlq = kafka.create_topic(f"{origin}.dlq", partitions=2)
+    return origin, dlq
+
+
+def test_dlq_list_shows_dead_letters_with_reason_and_origin(
+    kafka: KafkaCluster, dlq_pair: tuple[str, str]
+) -> None:
+    origin, dlq = dlq_pair
+    run = uuid.uuid4().hex[:8]
+    records = [
+        (f"order-{run}-a", b"\x00payload-a", [("trace-id", b"t-a")], "handler-error"),
+        (f"order-{run}-b", b"\x00payload-b", [("trace-id", b"t-b")], "not-avro"),
+    ]
+    (first, first_partition, first_offset), _ = _dead_letter(kafka, origin, dlq, records)
+
+    table = _ok(_cli(kafka, "dlq", "list", dlq))
+    assert f"order-{run}-a" in table and f"order-{run}-b" in table
+    assert "handler-error" in table and "not-avro" in table
+    assert f"{origin}[{first.partition()}]@{first.offset()}" in table
+
+    listed = json.loads(_ok(_cli(kafka, "dlq", "list", dlq, "--json")))
+    assert {entry["key"] for entry in listed} == {f"order-{run}-a", f"order-{run}-b"}
+    entry = next(e for e in listed if e["key"] == f"order-{run}-a")
+    assert entry["reason"] == "handler-error"
+    assert entry["detail"] == f"detail of order-{run}-a"
+    assert entry["origin"] == {
+        "topic": origin,
+        "partition": first.partition(),
+        "offset": first.offset(),
+    }
+    assert (entry["partition"], entry["offset"]) == (first_partition, first_offset)
+    assert entry["headers"] == [["trace-id", "t-a"]]  # the dlq headers are not "original" ones
+    assert bytes.fromhex(entry["value_hex"]) == b"\x00payload-a"
+
+    only = json.loads(_ok(_cli(kafka, "dlq", "list", dlq, "--json", "--reason", "not-avro")))
+    assert [e["key"] for e in only] == [f"order-{run}-b"]
+    assert len(json.loads(_ok(_cli(kafka, "dlq", "list", dlq, "--json", "--limit", "1")))) == 1
+
+
+def test_dlq_list_survives_a_detail_cut_inside_a_character(
+    kafka: KafkaCluster, dlq_pair: tuple[str, str]
+) -> None:
+    """``dead_letter_headers`` cuts the detail at 1,000 bytes, which can split a character."""
+    origin, dlq = dlq_pair
+    key = f"order-{uuid.uuid4().hex[:8]}"
+    long_detail = "x" + "é" * 600  # 1 + 1,200 bytes: the cut falls inside an "é"
+    _dead_letter(kafka, origin, dlq, [(key, b"v", [], "handler-error")], lambda _: long_detail)
+
+    (entry,) = json.loads(_ok(_cli(kafka, "dlq", "list", dlq, "--json")))
+    assert entry["key"] == key and entry["detail"].startswith("xéé")
+    assert key in _ok(_cli(kafka, "dlq", "list", dlq))
+
+
+def test_dlq_list_of_an_empty_or_missing_topic(
+    kafka: KafkaCluster, dlq_pair: tuple[str, str]
+) -> None:
+    _, dlq = dlq_pair
+    assert "no dead letters" in _ok(_cli(kafka, "dlq", "list", dlq))
+    assert json.loads(_ok(_cli(kafka, "dlq", "list", dlq, "--json"))) == []
+    missing = _cli(kafka, "dlq", "list", f"opcli-missing-{uuid.uuid4().hex}.dlq")
+    assert missing.exit_code == 1 and "not found" in missing.output
+    assert _cli(kafka, "dlq", "list", "not-a-dead-letter-topic").exit_code == 2
+
+
+def test_dlq_list_of_a_saga_reads_its_dlq(kafka: KafkaCluster) -> None:
+    ensure_topics(TOPICS, kafka.bootstrap)
+    result = _cli(kafka, "dlq", "list", SAGA_TARGET, "--limit", "1")
+    assert result.exit_code == 0, result.output
+    assert TOPICS.dlq in result.output  # the table's title, or "no dead letters in <dlq>"
+
+
+def test_dlq_redrive_by_offset_sends_exactly_that_record_back(
+    kafka: KafkaCluster, dlq_pair: tuple[str, str]
+) -> None:
+    origin, dlq = dlq_pair
+    run = uuid.uuid4().hex[:8]
+    records = [
+        (f"order-{run}-{i}", f"value-{i}".encode(), [("trace-id", f"t-{i}".encode())], reason)
+        for i, reason in enumerate(["handler-error", "no-handler", "handler-error"])
+    ]
+    letters = _dead_letter(kafka, origin, dlq, records)
+    chosen, chosen_partition, chosen_offset = letters[1]
+    tail = TopicTail(kafka, origin)
+
+    out = _ok(_cli(kafka, "dlq", "redrive", dlq, "--offset", f"{chosen_partition}:{chosen_offset}"))
+    assert f"sent 1 dead letters from {dlq} back: 1 to {origin}" in out
+
+    back = tail.read()
+    assert len(back) == 1
+    (message,) = back
+    assert message.key() == chosen.key()
+    assert message.value() == chosen.value()
+    assert message.partition() == chosen.partition()  # the key lands where it belongs
+    assert _headers(message) == [
+        *_headers(chosen),
+        (REDRIVEN_FROM, f"{dlq}:{chosen_partition}:{chosen_offset}".encode()),
+    ]
+    assert header(message.headers(), DLQ_REASON) is None
+
+    # --reason selects by reason: the two handler errors, and nothing else.
+    out = _ok(_cli(kafka, "dlq", "redrive", dlq, "--reason", "handler-error"))
+    assert f"sent 2 dead letters from {dlq} back: 2 to {origin}" in out
+    again = tail.read()
+    assert sorted(m.key() for m in again) == sorted([letters[0][0].key(), letters[2][0].key()])
+    for message in again:
+        original = letters[0][0] if message.key() == letters[0][0].key() else letters[2][0]
+        assert message.value() == original.value()
+        assert _headers(message)[:-1] == _headers(original)
+    tail.close()
+
+
+def test_dlq_redrive_refuses_without_a_selection(
+    kafka: KafkaCluster, dlq_pair: tuple[str, str]
+) -> None:
+    origin, dlq = dlq_pair
+    run = uuid.uuid4().hex[:8]
+    _dead_letter(kafka, origin, dlq, [(f"order-{run}", b"v", [], "handler-error")])
+    tail = TopicTail(kafka, origin)
+
+    no_selector = _cli(kafka, "dlq", "redrive", dlq)
+    assert no_selector.exit_code == 2 and "--offset" in no_selector.output
+    assert _cli(kafka, "dlq", "redrive", dlq, "--all", "--reason", "x").exit_code == 2
+    assert _cli(kafka, "dlq", "redrive", dlq, "--offset", "nonsense").exit_code == 2
+    nowhere = _cli(kafka, "dlq", "redrive", dlq, "--offset", "0:999", "--offset", "1:998")
+    assert nowhere.exit_code == 1 and "0:999" in nowhere.output
+    no_match = _cli(kafka, "dlq", "redrive", dlq, "--reason", "no-such-reason")
+    assert no_match.exit_code == 1 and "nothing to send back" in no_match.output
+    assert tail.read() == []
+
+    assert "1 to" in _ok(_cli(kafka, "dlq", "redrive", dlq, "--all"))
+    assert [m.key() for m in tail.read()] == [f"order-{run}".encode()]
+    tail.close()
+
+
+# -- actions on instances ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def inbox(kafka: KafkaCluster) -> Iterator[TopicTail]:
+    ensure_topics(TOPICS, kafka.bootstrap)
+    tail = TopicTail(kafka, TOPICS.inbox)
+    yield tail
+    tail.close()
+
+
+@pytest.mark.parametrize("action", ["retry", "cancel", "resolve"])
+def test_operator_action_goes_to_the_inbox_keyed_by_instance_with_a_note(
+    kafka: KafkaCluster, inbox: TopicTail, action: str
+) -> None:
+    instance = f"opcli-{uuid.uuid4().hex}"
+    reason = f"ticket {instance[-6:]}: card replaced"
+    out = _ok(_cli(kafka, action, SAGA_TARGET, instance, "--by", "alice", "--reason", reason))
+    assert f"sent {action} to {TOPICS.inbox}[" in out and instance in out
+
+    (message,) = inbox.read(_keyed(instance))
+    record = decode_record(message.value())
+    assert record == OperatorAction(action=action, by="alice", reason=reason)
+    assert header(message.headers(), NOTE) == f"{action} by alice: {reason}"
+
+
+def test_by_defaults_to_the_os_user(
+    kafka: KafkaCluster, inbox: TopicTail, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("getpass.getuser", lambda: "os-user-bob")
+    instance = f"opcli-{uuid.uuid4().hex}"
+    _ok(_cli(kafka, "resolve", SAGA_TARGET, instance, "--reason", "refunded by hand"))
+    (message,) = inbox.read(_keyed(instance))
+    record = decode_record(message.value())
+    assert isinstance(record, OperatorAction) and record.by == "os-user-bob"
+    assert header(message.headers(), NOTE) == "resolve by os-user-bob: refunded by hand"
+
+
+def test_an_action_needs_a_reason(kafka: KafkaCluster, inbox: TopicTail) -> None:
+    instance = f"opcli-{uuid.uuid4().hex}"
+    assert _cli(kafka, "retry", SAGA_TARGET, instance).exit_code == 2
+    assert _cli(kafka, "retry", SAGA_TARGET, instance, "--reason", " ").exit_code == 2
+    assert inbox.read(_keyed(instance)) == []
+
+
+@pytest.mark.parametrize(
+    "event_type", ["PaymentCompleted", "examples.order_fulfillment.messages:PaymentCompleted"]
+)
+def test_signal_sends_the_event_to_the_instance(
+    kafka: KafkaCluster, inbox: TopicTail, event_type: str
+) -> None:
+    instance = f"opcli-{uuid.uuid4().hex}"
+    data = json.dumps({"order_id": instance, "payment_id": "pay-by-phone-1"})
+    args = ["signal", SAGA_TARGET, instance, event_type, "--data", data]
+    out = _ok(_cli(kafka, *args, "--by", "carol", "--reason", "paid by phone"))
+    assert "sent PaymentCompleted" in out
+
+    (message,) = inbox.read(_keyed(instance))
+    assert decode_record(message.value()) == PaymentCompleted(
+        order_id=instance, payment_id="pay-by-phone-1"
+    )
+    assert header(message.headers(), NOTE) == "signal by carol: paid by phone"
+
+
+def test_signal_refuses_a_bad_type_or_bad_fields(kafka: KafkaCluster, inbox: TopicTail) -> None:
+    instance = f"opcli-{uuid.uuid4().hex}"
+    base = ["signal", SAGA_TARGET, instance]
+    why = ["--reason", "test"]
+    good = json.dumps({"order_id": instance, "payment_id": "p"})
+    command = json.dumps(
+        {"order_id": instance, "customer_id": "c", "amount_cents": 1, "card_token": "t"}
+    )
+    failures = {
+        "unknown type": [*base, "NoSuchEvent", "--data", good, *why],
+        "not an input": [
+            *base,
+            "examples.order_fulfillment.messages:MakePayment",
+            "--data",
+            command,
+            *why,
+        ],
+        "missing field": [*base, "PaymentCompleted", "--data", '{"order_id": "x"}', *why],
+        "unknown field": [*base, "PaymentCompleted", "--data", '{"nope": 1}', *why],
+        "wrong type": [
+            *base,
+            "PaymentCompleted",
+            "--data",
+            json.dumps({"order_id": 1, "payment_id": "p"}),
+            *why,
+        ],
+        "another instance's event": [
+            *base,
+            "OrderPlaced",
+            "--data",
+            json.dumps(
+                {
+                    "order_id": f"{instance}-other",
+                    "customer_id": "c",
+                    "amount_cents": 1,
+                    "card_token": "t",
+                    "postcode": "p",
+                }
+            ),
+            *why,
+        ],
+        "not JSON": [*base, "PaymentCompleted", "--data", "{order_id", *why],
+        "not an object": [*base, "PaymentCompleted", "--data", "[1]", *why],
+    }
+    for case, args in failures.items():
+        result = _cli(kafka, *args)
+        assert result.exit_code == 2, (case, result.output)
+        assert "Invalid value" in result.output, (case, result.output)
+    unknown = _cli(kafka, *failures["unknown type"])
+    assert "PaymentCompleted" in unknown.output  # the message names the accepted types
+    assert inbox.read(_keyed(instance)) == []
