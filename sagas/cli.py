@@ -6,6 +6,7 @@
     sagas retry examples.order_fulfillment.saga:OrderFulfillment order-17 --reason "card fixed"
     sagas dlq list payments.commands.dlq
     sagas dlq redrive payments.commands.dlq --offset 3:141
+    sagas history examples.order_fulfillment.saga:OrderFulfillment order-17
 
 Targets are ``module:attribute``: a ``Saga`` subclass for ``run``, ``topics`` and the operator
 commands, a ``Worker`` for ``worker``. Every command reads ``KAFKA_BOOTSTRAP_SERVERS`` unless
@@ -34,6 +35,7 @@ from sagas.worker import Worker
 from stream_processors import metrics
 from stream_processors.processor import ProcessorConfig, SagaProcessor
 from stream_processors.records import Record
+from stream_processors.schema_history import IncompatibleSchemaError
 from stream_processors.topics import SagaTopics, ensure_topics
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
@@ -94,9 +96,15 @@ def run(
     bootstrap: Bootstrap = None,
     partitions: Partitions = 8,
     commit_interval_ms: Annotated[int, typer.Option(help="Transaction commit interval")] = 100,
-    state_dir: Annotated[Path | None, typer.Option(help="Where the local store lives")] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(help="The saga's store folder [default: $SAGALOG_STATE_DIR/<saga>]"),
+    ] = None,
     metrics_port: Annotated[int, typer.Option(help="/metrics port (0: any, -1: off)")] = 8000,
     create_topics: Annotated[bool, typer.Option(help="Create missing topics on start")] = True,
+    retention_hours: Annotated[
+        float, typer.Option(help="Hours a finished instance's snapshot is kept (<0: forever)")
+    ] = 168.0,
     log_level: LogLevel = "info",
 ) -> None:
     """Host a saga processor until interrupted (SIGINT or SIGTERM commit and exit)."""
@@ -112,10 +120,14 @@ def run(
             partitions=partitions,
             state_dir=state_dir,
             create_topics=create_topics,
+            retention_ms=None if retention_hours < 0 else round(retention_hours * 3_600_000),
         ),
     )
     processor.install_signal_handlers()
-    processor.run()
+    try:
+        processor.run()
+    except IncompatibleSchemaError as error:  # a schema change that old records cannot take
+        raise _fail(error) from error
 
 
 @app.command()
@@ -449,3 +461,8 @@ def dlq_redrive(
 
 def main() -> None:
     app()
+
+
+# The journal-reading commands live in their own module and register on ``app`` when imported;
+# importing them last lets that module take what it shares from this one.
+from sagas import cli_history  # noqa: E402, F401

@@ -3,6 +3,11 @@
 The event goes to its class's topic, keyed by its key field, Avro-encoded with its schema's
 fingerprint, through an idempotent producer with ``acks=all``: a retried send never duplicates
 and an acknowledged one survives a broker failover.
+
+The first time a publisher sends an event type to a topic, it records the event's schema in the
+schema history (``stream_processors.schema_history``) before sending, so that readers whose
+current schema is a later version can still read it. That is best effort: if the history cannot
+be written, a warning is logged and the event is published all the same.
 """
 
 from __future__ import annotations
@@ -16,13 +21,20 @@ from confluent_kafka import Producer
 from stream_processors.kafka_config import producer_config
 from stream_processors.records import Event
 from stream_processors.routing import Headers
+from stream_processors.schema_history import SchemaHistory
 
 
 class Publisher:
     """Sends events to Kafka. Use as a context manager, or call ``flush`` before exiting."""
 
-    def __init__(self, bootstrap: str | None = None, client_id: str = "sagalog-publisher") -> None:
+    def __init__(
+        self,
+        bootstrap: str | None = None,
+        client_id: str = "sagalog-publisher",
+        record_schemas: bool = True,
+    ) -> None:
         self._producer = Producer(producer_config(bootstrap, client_id))
+        self._history = SchemaHistory(bootstrap) if record_schemas else None
 
     def publish(
         self,
@@ -36,6 +48,8 @@ class Publisher:
         target = topic or event.__topic__
         if target is None:
             raise ValueError(f"{type(event).__qualname__} declares no topic; pass topic=")
+        if self._history is not None:  # once per (topic, schema): a set lookup after that
+            self._history.try_record(target, event.__avro__)
         key = event.key()
         while True:
             try:

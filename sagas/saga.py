@@ -26,6 +26,11 @@ A step's command is built from the state by matching field names, unless it pass
 (state, input). ``@on(T)`` handlers take inputs that are not a step's reply and return commands
 to send, ``Fail(reason)`` or ``Complete()``.
 
+``upcasters = {OrderPlaced: order_placed_v1}`` reads records written with an older version of a
+schema that Avro resolution cannot map onto the current one (a renamed field): each function gets
+the old record's fields as written and returns the current ones (see
+``stream_processors.records.register_upcaster``).
+
 The class compiles to ``stream_processors.model.SagaDefinition`` when it is created, and every
 declaration error raises ``DeclarationError`` there, at import, naming the problem.
 """
@@ -49,7 +54,15 @@ from stream_processors.model import (
     validate,
 )
 from stream_processors.policy import NO_RETRY, RetryPolicy
-from stream_processors.records import Command, DeclarationError, Event, Record, State
+from stream_processors.records import (
+    Command,
+    DeclarationError,
+    Event,
+    Record,
+    State,
+    Upcaster,
+    register_upcaster,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -229,24 +242,27 @@ def _allows_none(annotation: Any) -> bool:
     return type(None) in typing.get_args(annotation)
 
 
-def evolve(input_type: type[Record]) -> Callable[[F], F]:
-    """Mark a pure function (state, input) -> state that applies an accepted input."""
-
+def _marking(marker: str, input_type: type[Record]) -> Callable[[F], F]:
     def mark(function: F) -> F:
-        function.__sagalog_evolves__ = input_type  # type: ignore[attr-defined]
+        # On a staticmethod, mark the function inside too: ``Saga.member`` unwraps it.
+        for target in (function, getattr(function, "__func__", None)):
+            if target is not None:
+                setattr(target, marker, input_type)
         return function
 
     return mark
+
+
+def evolve(input_type: type[Record]) -> Callable[[F], F]:
+    """Mark a pure function (state, input) -> state that applies an accepted input."""
+
+    return _marking("__sagalog_evolves__", input_type)
 
 
 def on(input_type: type[Event]) -> Callable[[F], F]:
     """Mark a handler (state, event, now_ms) -> iterable of commands, Fail or Complete."""
 
-    def mark(function: F) -> F:
-        function.__sagalog_handles__ = input_type  # type: ignore[attr-defined]
-        return function
-
-    return mark
+    return _marking("__sagalog_handles__", input_type)
 
 
 def _claimed_replies(where: str, tasks: Iterable[Task]) -> dict[type[Record], Any]:
@@ -268,6 +284,8 @@ class Saga:
     start: ClassVar[type[Event]]
     state: ClassVar[type[State]]
     key: ClassVar[str | None] = None
+    #: Older versions of the saga's records: {record class: function(old fields) -> fields}.
+    upcasters: ClassVar[Mapping[type[Record], Upcaster]] = {}
 
     def __init_subclass__(
         cls,
@@ -350,4 +368,25 @@ class Saga:
             deadline_ms=None if deadline is None else round(deadline * 1000),
         )
         validate(definition)
+        _register_upcasters(where, cls.upcasters)
         cls.definition = definition
+
+
+def _register_upcasters(where: str, upcasters: Mapping[type[Record], Upcaster]) -> None:
+    """Register a saga's ``upcasters`` (for any writer older than the current schema)."""
+    if not isinstance(upcasters, Mapping):
+        raise DeclarationError(f"{where}: upcasters must map record classes to functions")
+    for record, upcaster in upcasters.items():
+        if not (isinstance(record, type) and issubclass(record, Record)):
+            raise DeclarationError(f"{where}: upcasters: {record!r} is not a record class")
+        if getattr(record, "__avro__", None) is None:
+            raise DeclarationError(f"{where}: upcasters: {record.__qualname__} has no schema")
+        function = _unwrap(upcaster)
+        if not callable(function):
+            raise DeclarationError(
+                f"{where}: the upcaster for {record.__qualname__} is not a function: {upcaster!r}"
+            )
+        try:
+            register_upcaster(record.__avro__.full_name, function)
+        except DeclarationError as error:
+            raise DeclarationError(f"{where}: {error}") from None

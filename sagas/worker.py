@@ -20,7 +20,8 @@ idempotency key) and never loses one. A handler that raises ``TransientError`` (
 worker's ``transient`` exception types) answers ``CommandFailed``, which the saga may retry. A
 command that cannot be decoded, has no handler or no reply address, or whose handler crashes
 otherwise, goes to ``<topic>.dlq`` with the reason: ``sagas dlq redrive`` sends it back once the
-worker is fixed.
+worker is fixed. The runtime records each reply schema it sends in the schema history (best
+effort), and reads commands written with a schema it does not know through that history.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from stream_processors.routing import (
     header,
     reply_headers,
 )
+from stream_processors.schema_history import SchemaHistory
 from stream_processors.topics import ensure_plain_topics
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,7 @@ class Worker:
         self.transient: tuple[type[Exception], ...] = (TransientError, *transient)
         self._handlers: dict[type[Record], Handler] = {}
         self._stopping = threading.Event()
+        self._history: SchemaHistory | None = None  # set by run(): replies' schemas go there
 
     def handles(self, command: type[C]) -> Callable[[Callable[[C, CommandContext], Event]], Any]:
         if not (isinstance(command, type) and issubclass(command, Command)):
@@ -179,6 +182,8 @@ class Worker:
                 time.perf_counter() - began
             )
         metrics.COMMANDS_HANDLED.labels(worker=self.name, command=name, outcome=outcome).inc()
+        if self._history is not None:
+            self._history.try_record(reply_to, reply.__avro__)
         return reply_to, instance_id.encode(), reply.encode(), reply_headers(command_id)
 
     def _dead(self, message: Message, reason: str, detail: str) -> Outgoing:
@@ -197,6 +202,9 @@ class Worker:
         if not self._handlers:
             raise DeclarationError(f"worker {self.name!r} has no handlers")
         ensure_plain_topics([*self.topics, *(f"{t}.dlq" for t in self.topics)], bootstrap)
+        # Schema evolution: record reply schemas on first use; ask for unknown command schemas.
+        self._history = SchemaHistory(bootstrap)
+        self._history.serve_unknown()
         producer = Producer(producer_config(bootstrap, f"worker-{self.name}"))
         consumer = Consumer(consumer_config(bootstrap, f"worker-{self.name}", self.group))
         consumer.subscribe(self.topics)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import json
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +27,8 @@ from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
+#: A schema folder's subfolder of earlier versions of its schemas (readable, never written).
+PREVIOUS = "previous"
 #: The Confluent wire format: one zero byte, then the registry's 4-byte big-endian schema id.
 CONFLUENT_MAGIC = 0
 CONFLUENT_HEADER_SIZE = 5
@@ -107,6 +109,10 @@ class SchemaCatalog:
         self.registry = registry
         self._registry_ids: dict[bytes, int] = {}
         self._by_registry_id: dict[int, AvroSchema] = {}
+        #: Asked for a writer schema whose fingerprint the catalog does not know, before giving
+        #: up on the record (a schema history installs one: see ``stream_processors.
+        #: schema_history``). It returns the schema, having added it with ``add_writer``, or None.
+        self.fallback: Callable[[bytes], AvroSchema | None] | None = None
 
     def add(self, schema: AvroSchema) -> AvroSchema:
         """Make ``schema`` the current version of its name (and a known writer)."""
@@ -125,14 +131,22 @@ class SchemaCatalog:
         self._by_fingerprint.setdefault(schema.fingerprint, schema)
 
     def load_directory(self, directory: Path) -> list[AvroSchema]:
-        """Add every ``*.avsc`` below ``directory`` as a current schema."""
+        """Add every ``*.avsc`` below ``directory`` as a current schema.
+
+        Files in a folder named ``previous`` are earlier versions, kept so that records written
+        with them stay readable: they are added as writers only, never as current.
+        """
         loaded = []
         for path in sorted(directory.rglob("*.avsc")):
             try:
                 definition = json.loads(path.read_text())
             except json.JSONDecodeError as error:
                 raise SchemaError(f"{path}: not valid JSON ({error})") from error
-            loaded.append(self.add(parse(definition, str(path))))
+            schema = parse(definition, str(path))
+            if PREVIOUS in path.relative_to(directory).parts:
+                self.add_writer(schema)
+            else:
+                loaded.append(self.add(schema))
         return loaded
 
     def current(self, full_name: str) -> AvroSchema:
@@ -176,6 +190,8 @@ class SchemaCatalog:
         if len(data) >= HEADER_SIZE and data[:2] == MAGIC:
             fp = data[2:HEADER_SIZE]
             writer = self._by_fingerprint.get(fp)
+            if writer is None and self.fallback is not None:
+                writer = self.fallback(fp)
             if writer is None:
                 raise DecodeError("unknown-schema", f"no known schema has fingerprint {fp.hex()}")
             return writer, HEADER_SIZE
@@ -222,11 +238,17 @@ def encode(schema: AvroSchema, datum: Mapping[str, Any]) -> bytes:
     return _encode(schema.header, schema, datum)
 
 
-def decode(catalog: SchemaCatalog, data: bytes | None) -> tuple[AvroSchema, dict[str, Any]]:
-    """Decode a framed record into (the reader schema it was resolved to, its fields)."""
+def decode(
+    catalog: SchemaCatalog, data: bytes | None, *, as_written: bool = False
+) -> tuple[AvroSchema, dict[str, Any]]:
+    """Decode a framed record into (the reader schema it was resolved to, its fields).
+
+    ``as_written`` skips resolution: the fields are those of the writer schema, which is
+    returned instead (what an upcaster needs: see ``stream_processors.records``).
+    """
     writer, start = catalog.writer_of(data)
     assert data is not None
-    reader = catalog.reader_for(writer)
+    reader = writer if as_written else catalog.reader_for(writer)
     body = io.BytesIO(data)
     body.seek(start)
     try:

@@ -170,6 +170,14 @@ def timers_of(datum: Mapping[str, Any]) -> dict[str, Timer]:
     return {t["name"]: Timer(t["due_ms"], t["step"], t["attempt"]) for t in datum["timers"]}
 
 
-def snapshot_timers(data: bytes) -> dict[str, Timer]:
-    """The timers of an encoded snapshot, for rebuilding the store's timer index."""
-    return timers_of(decode(CATALOG, data)[1])
+def schedule(instance: Instance) -> tuple[list[int], int | None]:
+    """When the instance's timers are due, and when it finished (None while it is not)."""
+    finished = instance.updated_at_ms if instance.status.finished else None
+    return [timer.due_ms for timer in instance.timers.values()], finished
+
+
+def snapshot_schedule(data: bytes) -> tuple[list[int], int | None]:
+    """``schedule`` of an encoded snapshot, without decoding the saga's own data."""
+    datum = decode(CATALOG, data)[1]
+    finished = datum["updated_at_ms"] if Status(datum["status"]).finished else None
+    return [timer["due_ms"] for timer in datum["timers"]], finished

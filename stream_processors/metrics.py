@@ -42,6 +42,11 @@ COMMIT_SECONDS = Histogram(
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 TRANSACTIONS = Counter("sagalog_transactions_total", "Kafka transactions", ["saga", "outcome"])
+EXPIRED = Counter(
+    "sagalog_instances_expired_total",
+    "Finished instances whose snapshot left the store after the retention time",
+    ["saga"],
+)
 RESTORED = Counter(
     "sagalog_restored_records_total", "Changelog records read while restoring", ["saga"]
 )

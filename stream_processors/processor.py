@@ -41,7 +41,7 @@ from confluent_kafka import (
 from stream_processors import metrics
 from stream_processors.avro import DecodeError
 from stream_processors.decide import Decision, Input, decide, decide_timer
-from stream_processors.instance import Instance, decode_snapshot, encode_snapshot
+from stream_processors.instance import Instance, decode_snapshot, encode_snapshot, schedule
 from stream_processors.journal import Kind
 from stream_processors.kafka_config import consumer_config, producer_config
 from stream_processors.model import SagaDefinition
@@ -56,8 +56,17 @@ from stream_processors.routing import (
     header,
     origin_headers,
 )
-from stream_processors.store import Slot, SnapshotStore, TimerRef, claim_slot, default_state_dir
-from stream_processors.topics import SagaTopics, ensure_topics
+from stream_processors.schema_history import prepare_saga_schemas
+from stream_processors.store import (
+    Due,
+    DueRef,
+    Slot,
+    SnapshotStore,
+    claim_slot,
+    default_state_dir,
+    index_entries,
+)
+from stream_processors.topics import SagaTopics, ensure_topics, topic_id
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +80,8 @@ _LIFECYCLE = {
 
 
 #: How often (seconds) the processor looks for due timers: the resolution of every timer.
-TIMER_CHECK_INTERVAL = 0.05
+DUE_CHECK_INTERVAL = 0.05
+WEEK_MS = 7 * 24 * 3600 * 1000
 
 
 @dataclass
@@ -84,6 +94,8 @@ class ProcessorConfig:
     batch_size: int = 1000
     max_record_bytes: int = 1_000_000
     cache_size: int = 50_000
+    #: How long a finished instance's snapshot stays in the store (None: forever).
+    retention_ms: int | None = WEEK_MS
 
 
 class _TransactionAborted(Exception):
@@ -109,16 +121,16 @@ class SagaProcessor:
         self.store = SnapshotStore(self._slot.path / "rocksdb")
         self._transactional_id = f"sagalog.{definition.name}.{self._slot.identity}"
         # The open transaction: staged snapshots (the write cache) and next offsets to commit.
-        self._staged: dict[tuple[int, str], Instance] = {}
+        self._staged: dict[tuple[int, str], Instance | None] = {}
         self._offsets: dict[tuple[str, int], int] = {}
         self._txn_open = False
         self._txn_started = 0.0
         # Committed instances recently used, decoded: saves a store read and a decode per input.
         self._recent: OrderedDict[tuple[int, str], Instance] = OrderedDict()
         self._owned: set[int] = set()
-        # Timer index entries fired in the open transaction: deleted from the store at commit.
-        self._fired: set[TimerRef] = set()
-        self._timers_checked = 0.0
+        # Index entries dealt with in the open transaction: deleted from the store at commit.
+        self._done: set[DueRef] = set()
+        self._due_checked = 0.0
         self._labels = {"saga": definition.name}
         self.restored_records = 0
         self.consumer: Consumer | None = None
@@ -137,6 +149,13 @@ class SagaProcessor:
         config = self.config
         if config.create_topics:
             ensure_topics(self.topics, config.bootstrap)
+        # -- schema evolution (stream_processors.schema_history) ---------------------------
+        # Old writer schemas become readable; an incompatible schema change refuses to start
+        # (IncompatibleSchemaError naming topic, schema and field); our schemas get recorded.
+        prepare_saga_schemas(self.definition, self.topics, config.bootstrap)
+        # -----------------------------------------------------------------------------------
+        if self.store.adopt_changelog(topic_id(self.topics.snapshots, config.bootstrap)):
+            log.warning("the snapshots changelog was recreated: the local store starts afresh")
         name = self.definition.name
         self.producer = Producer(
             producer_config(config.bootstrap, f"{name}-processor", self._transactional_id)
@@ -190,7 +209,7 @@ class SagaProcessor:
             try:
                 for message in messages:
                     self._handle(message)
-                self._fire_due_timers()
+                self._run_due()
                 if self._txn_open and time.monotonic() - self._txn_started >= interval:
                     self._commit()
             except _TransactionAborted:
@@ -307,7 +326,11 @@ class SagaProcessor:
         produce = self.producer.produce
         journal = self.topics.journal
         for entry in decision.entries:
-            produce(journal, key=key, value=entry.encode(), partition=partition)
+            # The record's timestamp is the entry's own time: Kafka's time index then finds an
+            # instance's history from its started_at_ms (see stream_processors.history).
+            produce(
+                journal, key=key, value=entry.encode(), partition=partition, timestamp=entry.at_ms
+            )
             kind = Kind(entry.kind)
             lifecycle = _LIFECYCLE.get(kind)
             if lifecycle is not None:
@@ -329,42 +352,54 @@ class SagaProcessor:
             )
         self._staged[(partition, decision.instance.instance_id)] = decision.instance
 
-    def _fire_due_timers(self) -> None:
-        """Fire every timer due in our partitions, inside the open transaction.
+    def _run_due(self) -> None:
+        """Fire due timers and expire finished instances in our partitions, in the transaction.
 
-        The store's timer index says where to look; the instance says whether the timer is
-        still set (a reply may have cancelled it). Fired index entries are deleted with the
-        commit, so a timer fired in a transaction that aborts fires again.
+        The store's indexes say where to look; the instance says whether a timer is still set
+        (a reply may have cancelled it) or whether it is still finished and old enough. Index
+        entries dealt with are deleted with the commit, so if the transaction aborts they are
+        dealt with again.
         """
         now = self.clock()
-        if now - self._timers_checked < TIMER_CHECK_INTERVAL:
+        if now - self._due_checked < DUE_CHECK_INTERVAL:
             return
-        self._timers_checked = now
+        self._due_checked = now
         now_ms = int(now * 1000)
         for partition in sorted(self._owned):
-            for ref in self.store.due_timers(partition, now_ms):
-                if ref in self._fired:
-                    continue
-                self._fired.add(ref)
-                _, _, instance_id = ref
-                instance = self._load(partition, instance_id)
-                if instance is None:
-                    continue
-                due = sorted(
-                    (t.due_ms, name) for name, t in instance.timers.items() if t.due_ms <= now_ms
-                )
-                for _, name in due:
-                    before = self._load(partition, instance_id)
-                    decision = decide_timer(self.definition, before, name, now_ms)
-                    if decision.entries:
-                        self._begin()
-                        self._emit(decision, partition, instance_id.encode(), before, now_ms)
+            for index in Due:
+                for ref in self.store.due(index, partition, now_ms):
+                    if ref not in self._done:
+                        self._done.add(ref)
+                        handle = self._fire if index is Due.TIMER else self._expire
+                        handle(partition, ref[3], now_ms)
+
+    def _fire(self, partition: int, instance_id: str, now_ms: int) -> None:
+        instance = self._load(partition, instance_id)
+        if instance is None:
+            return
+        due = sorted((t.due_ms, name) for name, t in instance.timers.items() if t.due_ms <= now_ms)
+        for _, name in due:
+            before = self._load(partition, instance_id)
+            decision = decide_timer(self.definition, before, name, now_ms)
+            if decision.entries:
+                self._begin()
+                self._emit(decision, partition, instance_id.encode(), before, now_ms)
+
+    def _expire(self, partition: int, instance_id: str, now_ms: int) -> None:
+        """Tombstone a finished instance's snapshot: its history stays in the journal."""
+        retention = self.config.retention_ms
+        instance = self._load(partition, instance_id)
+        if instance is None or retention is None or not instance.status.finished:
+            return
+        if instance.updated_at_ms + retention <= now_ms:
+            self._begin()
+            self._staged[(partition, instance_id)] = None
+            metrics.EXPIRED.labels(**self._labels).inc()
 
     def _load(self, partition: int, instance_id: str) -> Instance | None:
         slot = (partition, instance_id)
-        staged = self._staged.get(slot)
-        if staged is not None:
-            return staged
+        if slot in self._staged:  # None: expired in this transaction
+            return self._staged[slot]
         recent = self._recent.get(slot)
         if recent is not None:
             self._recent.move_to_end(slot)
@@ -405,9 +440,14 @@ class SagaProcessor:
                 changelog_offsets[partition] = max(changelog_offsets.get(partition, -1), offset)
 
         snapshots = self.topics.snapshots
+        index: list[DueRef] = []
         for (partition, instance_id), instance in self._staged.items():
-            value = encode_snapshot(instance)
+            value = None if instance is None else encode_snapshot(instance)
             written.append((partition, instance_id, value))
+            if instance is not None:
+                index += index_entries(
+                    partition, instance_id, *schedule(instance), self.config.retention_ms
+                )
             self.producer.produce(
                 snapshots,
                 key=instance_id.encode(),
@@ -431,26 +471,21 @@ class SagaProcessor:
         metrics.COMMIT_SECONDS.labels(**self._labels).observe(time.monotonic() - began)
         # The commit marker follows our last snapshot in each partition (we are its only writer),
         # so the store is current up to the marker: a restart then finds nothing to read.
-        timers = [
-            (partition, timer.due_ms, instance_id)
-            for (partition, instance_id), instance in self._staged.items()
-            for timer in instance.timers.values()
-        ]
         self.store.write(
-            written,
-            {p: offset + 1 for p, offset in changelog_offsets.items()},
-            timers,
-            self._fired,
+            written, {p: offset + 1 for p, offset in changelog_offsets.items()}, index, self._done
         )
         recent = self._recent
         for slot, instance in self._staged.items():
-            recent[slot] = instance
-            recent.move_to_end(slot)
+            if instance is None:
+                recent.pop(slot, None)
+            else:
+                recent[slot] = instance
+                recent.move_to_end(slot)
         while len(recent) > self.config.cache_size:
             recent.popitem(last=False)
         self._staged.clear()
         self._offsets.clear()
-        self._fired.clear()
+        self._done.clear()
 
     @staticmethod
     def _retrying(call: Callable[[], Any], attempts: int = 20) -> None:
@@ -476,7 +511,7 @@ class SagaProcessor:
         self._txn_open = False
         self._staged.clear()
         self._offsets.clear()
-        self._fired.clear()
+        self._done.clear()
         assignment = self.consumer.assignment()
         if assignment:
             for tp in self.consumer.committed(assignment, timeout=30):
@@ -490,7 +525,12 @@ class SagaProcessor:
         log.info("assigned inbox partitions %s", sorted(inbox))
         for partition in sorted(inbox):
             result = restore_partition(
-                self._restorer, self.store, self.topics.snapshots, partition, self._restore_progress
+                self._restorer,
+                self.store,
+                self.topics.snapshots,
+                partition,
+                self._restore_progress,
+                self.config.retention_ms,
             )
             self.restored_records += result.records
             metrics.RESTORED.labels(**self._labels).inc(result.records)

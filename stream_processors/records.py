@@ -13,6 +13,11 @@ Subclasses are frozen dataclasses. Schemas are found by full name in, in order: 
 catalog, the ``schemas/`` folder nearest above the module that declares the class, and the
 folders in ``SAGALOG_SCHEMA_PATH`` (separated by ``os.pathsep``).
 
+Records written with an older version of a schema are read as the current version by Avro
+schema resolution (a new field takes its default). Where resolution is not enough (a field was
+renamed, split, or changed meaning), an *upcaster* registered with ``register_upcaster`` turns
+the old record, decoded as it was written, into the current shape (see its docstring).
+
 This module is pure: no Kafka.
 """
 
@@ -23,9 +28,11 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self, dataclass_transform
+
+from fastavro.validation import ValidationError, validate
 
 from stream_processors.avro import (
     AvroSchema,
@@ -237,9 +244,98 @@ def record_type(full_name: str) -> type[Record] | None:
     return _types_by_schema.get(full_name)
 
 
+#: An upcaster: a record's fields as its old writer schema has them -> the current fields.
+Upcaster = Callable[[dict[str, Any]], Mapping[str, Any]]
+#: Upcasters by the schema's full name, then by writer fingerprint (None: any older writer).
+_upcasters: dict[str, dict[bytes | None, Upcaster]] = {}
+
+
+def register_upcaster(
+    full_name: str, upcaster: Upcaster, writer_fingerprint: bytes | None = None
+) -> None:
+    """Read records of ``full_name`` written with an older schema through ``upcaster``.
+
+    Avro resolution maps an old record onto the current schema field by field, by name: a new
+    field takes its default, a field the current schema dropped is skipped. That loses data when
+    a field was renamed or reshaped, because resolution has already dropped the old field by the
+    time anyone could look at it. So an upcaster gets the record decoded *as it was written*
+    (the writer schema's fields, no resolution) and returns the fields of the *current* schema;
+    fields it leaves out take their declared defaults. It is not called for records written with
+    the current schema. The result is checked against the current schema, and a failing or
+    misfitting upcaster sends the record to the dead-letter topic with reason ``upcast-failed``.
+
+    ``writer_fingerprint`` limits it to records written with that one schema version (its
+    fingerprint: ``stream_processors.avro.parse(old_definition).fingerprint``); None applies it
+    to every writer other than the current schema that has no upcaster of its own.
+
+    Upcasters are pure functions of the old fields, like ``fold``: a journal replayed later goes
+    through them again and must give the same state. Registration is process-wide (a schema has
+    one current shape per process); registering a different function for the same schema and
+    writer is a ``DeclarationError``. Sagas usually declare theirs with ``upcasters = {...}``.
+    """
+    table = _upcasters.setdefault(full_name, {})
+    existing = table.get(writer_fingerprint)
+    if existing is not None and _function_name(existing) != _function_name(upcaster):
+        which = "any older writer" if writer_fingerprint is None else writer_fingerprint.hex()
+        raise DeclarationError(
+            f"two upcasters for {full_name} ({which}): "
+            f"{_function_name(existing)} and {_function_name(upcaster)}"
+        )
+    table[writer_fingerprint] = upcaster
+
+
+def _function_name(function: Callable[..., Any]) -> str:
+    module = getattr(function, "__module__", "?")
+    return f"{module}.{getattr(function, '__qualname__', repr(function))}"
+
+
+def _upcaster_for(writer: AvroSchema) -> tuple[AvroSchema, Upcaster] | None:
+    reader = CATALOG.reader_for(writer)
+    if reader.fingerprint == writer.fingerprint:
+        return None
+    table = _upcasters.get(reader.full_name)
+    if table is None:
+        return None
+    upcaster = table.get(writer.fingerprint) or table.get(None)
+    return None if upcaster is None else (reader, upcaster)
+
+
+def _upcast(data: bytes, reader: AvroSchema, upcaster: Upcaster) -> dict[str, Any]:
+    writer, datum = decode(CATALOG, data, as_written=True)
+    name = f"{reader.full_name} (written with {writer.fingerprint.hex()})"
+    try:
+        result = dict(upcaster(datum))
+    except Exception as error:
+        raise DecodeError(
+            "upcast-failed", f"{name}: {_function_name(upcaster)}: {type(error).__name__}: {error}"
+        ) from error
+    unknown = sorted(set(result) - set(reader.field_names))
+    if unknown:
+        raise DecodeError(
+            "upcast-failed", f"{name}: the upcaster returned fields not in the schema: {unknown}"
+        )
+    try:
+        validate(result, reader.parsed, raise_errors=True)
+    except ValidationError as error:
+        raise DecodeError("upcast-failed", f"{name}: the upcaster's result: {error}") from error
+    return result
+
+
 def decode_record(data: bytes | None) -> Record:
-    """Decode framed Avro into an instance of the class bound to its (reader) schema."""
-    reader, datum = decode(CATALOG, data)
+    """Decode framed Avro into an instance of the class bound to its (reader) schema.
+
+    The writer schema is resolved onto the current one, or, if an upcaster is registered for
+    it, the record is decoded as written and upcast (see ``register_upcaster``).
+    """
+    upcasting = None
+    if _upcasters:
+        upcasting = _upcaster_for(CATALOG.writer_of(data)[0])
+    if upcasting is not None:
+        reader = upcasting[0]
+        assert data is not None  # writer_of raised for None
+        datum = _upcast(data, *upcasting)
+    else:
+        reader, datum = decode(CATALOG, data)
     cls = _types_by_schema.get(reader.full_name)
     if cls is None:
         raise DecodeError("unbound-schema", f"no record class is bound to {reader.full_name}")
@@ -257,7 +353,9 @@ __all__ = [
     "Record",
     "SchemaError",
     "State",
+    "Upcaster",
     "decode_record",
     "load_schema_directory",
     "record_type",
+    "register_upcaster",
 ]

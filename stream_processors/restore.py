@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from stream_processors.instance import snapshot_timers
-from stream_processors.store import SnapshotStore, TimerRef
+from stream_processors.instance import snapshot_schedule
+from stream_processors.store import DueRef, SnapshotStore, index_entries
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,14 @@ def restore_partition(
     topic: str,
     partition: int,
     progress: object | None = None,
+    retention_ms: int | None = None,
 ) -> RestoreResult:
     """Bring ``store``'s copy of ``partition`` up to the changelog's end; returns what it read.
 
     ``consumer`` is a group-less, read_committed consumer used only for restoring. ``progress``,
-    if given, is called as ``progress(records_read_so_far, records_expected)``.
+    if given, is called as ``progress(records_read_so_far, records_expected)``. The store's
+    indexes of due timers and, with ``retention_ms``, of finished instances' expiry are rebuilt
+    from the restored snapshots.
     """
     began = time.monotonic()
     tp = TopicPartition(topic, partition)
@@ -94,7 +97,7 @@ def restore_partition(
     read = 0
     expected = high - start
     batch: list[tuple[int, str, bytes | None]] = []
-    timers: list[TimerRef] = []
+    index: list[DueRef] = []
     last_offset = start - 1
     try:
         while True:
@@ -104,19 +107,17 @@ def restore_partition(
                     continue
                 key = message.key()
                 if key is not None:
-                    value = message.value()
-                    batch.append((partition, key.decode(), value))
+                    instance_id, value = key.decode(), message.value()
+                    batch.append((partition, instance_id, value))
                     if value is not None:
-                        instance_id = key.decode()
-                        timers += [
-                            (partition, t.due_ms, instance_id)
-                            for t in snapshot_timers(value).values()
-                        ]
+                        index += index_entries(
+                            partition, instance_id, *snapshot_schedule(value), retention_ms
+                        )
                 last_offset = message.offset() or 0
                 read += 1
             if len(batch) >= BATCH:
-                store.write(batch, {partition: last_offset}, timers)
-                batch, timers = [], []
+                store.write(batch, {partition: last_offset}, index)
+                batch, index = [], []
                 if callable(progress):
                     progress(read, expected)
             position = consumer.position([tp])[0].offset or 0
@@ -126,7 +127,7 @@ def restore_partition(
         consumer.unassign()
     # Markers after the last record are not records: store the last offset actually applied,
     # or high-1 if it is higher, so that the next restore starts at the end.
-    store.write(batch, {partition: max(last_offset, high - 1)}, timers)
+    store.write(batch, {partition: max(last_offset, high - 1)}, index)
     if callable(progress):
         progress(read, expected)
     return RestoreResult(partition, read, start, high, time.monotonic() - began)

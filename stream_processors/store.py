@@ -1,13 +1,15 @@
 """The local snapshot store: RocksDB (rocksdict, raw mode) holding committed snapshots only.
 
 Keys are ``b"s" + partition (2 bytes) + instance id``; for each partition, ``b"o" + partition``
-holds the changelog offset the partition's snapshots are current to. The timer index,
-``b"t" + partition + due time + instance id``, finds due timers without reading snapshots; it
-is only a hint (the snapshot says which timers are really set), so a stale entry is harmless
-and is dropped when it comes due. Snapshots and that offset
+holds the changelog offset the partition's snapshots are current to. Snapshots and that offset
 are written together in one ``WriteBatch``, and only after the Kafka transaction that produced
 them has committed, so the store never holds uncommitted state and a crash never requires a
 wipe: restore reads the changelog tail after the stored offset.
+
+Two indexes, ``b"t"`` (timers) and ``b"x"`` (expiry of finished instances), each keyed by
+partition + due time + instance id, find what is due without reading snapshots. They are hints
+(the snapshot says which timers are really set), so a stale entry is harmless and is dropped
+when it comes due.
 
 One process owns one store folder at a time. ``claim_slot`` picks the first free numbered slot
 under a base folder with an exclusive file lock, so a restarted process finds its own store
@@ -24,10 +26,11 @@ import struct
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import IO
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import AccessType, Options, Rdict, WriteBatch
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +85,38 @@ def _offset_key(partition: int) -> bytes:
 
 
 _DUE = struct.Struct(">q")
+_CHANGELOG_ID = b"c"
 
 
-def _timer_key(partition: int, due_ms: int, instance_id: str) -> bytes:
+class Due(Enum):
+    """The store's two indexes of things due at a time, both scanned the same way."""
+
+    TIMER = b"t"  # an instance has a timer due (a retry, a timeout, a deadline)
+    EXPIRY = b"x"  # a finished instance's snapshot leaves the store (retention)
+
+
+#: An index entry: (index, partition, due in epoch ms, instance id).
+DueRef = tuple[Due, int, int, str]
+
+
+def _due_key(ref: DueRef) -> bytes:
     # Sorted by due time within a partition, so "what is due" is one range scan from the start.
-    return b"t" + _PARTITION.pack(partition) + _DUE.pack(due_ms) + instance_id.encode()
+    index, partition, due_ms, instance_id = ref
+    return index.value + _PARTITION.pack(partition) + _DUE.pack(due_ms) + instance_id.encode()
 
 
-#: A timer index entry: (partition, due in epoch ms, instance id).
-TimerRef = tuple[int, int, str]
+def index_entries(
+    partition: int,
+    instance_id: str,
+    timer_due_ms: Iterable[int],
+    finished_at_ms: int | None,
+    retention_ms: int | None,
+) -> list[DueRef]:
+    """The index entries of one snapshot: its timers, and its expiry once it is finished."""
+    entries = [(Due.TIMER, partition, due, instance_id) for due in timer_due_ms]
+    if finished_at_ms is not None and retention_ms is not None:
+        entries.append((Due.EXPIRY, partition, finished_at_ms + retention_ms, instance_id))
+    return entries
 
 
 class SnapshotStore:
@@ -125,15 +151,15 @@ class SnapshotStore:
         self,
         snapshots: Iterable[tuple[int, str, bytes | None]],
         offsets: dict[int, int],
-        timers: Iterable[TimerRef] = (),
-        fired: Iterable[TimerRef] = (),
+        index: Iterable[DueRef] = (),
+        done: Iterable[DueRef] = (),
     ) -> None:
-        """Apply snapshots (None deletes), offsets, and timer index changes atomically."""
+        """Apply snapshots (None deletes), offsets and index changes atomically."""
         batch = WriteBatch(raw_mode=True)
-        for ref in fired:
-            batch.delete(_timer_key(*ref))
-        for ref in timers:
-            batch.put(_timer_key(*ref), b"")
+        for ref in done:
+            batch.delete(_due_key(ref))
+        for ref in index:
+            batch.put(_due_key(ref), b"")
         for partition, instance_id, value in snapshots:
             key = _snapshot_key(partition, instance_id)
             if value is None:
@@ -144,10 +170,10 @@ class SnapshotStore:
             batch.put(_offset_key(partition), _OFFSET.pack(offset))
         self._db.write(batch)
 
-    def due_timers(self, partition: int, now_ms: int) -> Iterator[TimerRef]:
-        """Index entries of ``partition`` due at or before ``now_ms``, earliest first."""
-        prefix = b"t" + _PARTITION.pack(partition)
-        end = _timer_key(partition, now_ms + 1, "")
+    def due(self, index: Due, partition: int, now_ms: int) -> Iterator[DueRef]:
+        """Entries of ``index`` in ``partition`` due at or before ``now_ms``, earliest first."""
+        prefix = index.value + _PARTITION.pack(partition)
+        end = _due_key((index, partition, now_ms + 1, ""))
         iterator = self._db.iter()
         iterator.seek(prefix)
         while iterator.valid():
@@ -155,7 +181,7 @@ class SnapshotStore:
             if key >= end or not key.startswith(prefix):
                 break
             (due,) = _DUE.unpack(key[3:11])
-            yield partition, int(due), key[11:].decode()
+            yield index, partition, int(due), key[11:].decode()
             iterator.next()
 
     def instances(self, partition: int) -> Iterator[tuple[str, bytes]]:
@@ -172,12 +198,47 @@ class SnapshotStore:
     def drop_partition(self, partition: int) -> None:
         """Forget a partition entirely (the next restore reads its changelog from the start)."""
         keys = [_snapshot_key(partition, iid) for iid, _ in self.instances(partition)]
-        keys += [_timer_key(*ref) for ref in self.due_timers(partition, 2**62)]
+        keys += [_due_key(ref) for index in Due for ref in self.due(index, partition, 2**62)]
         batch = WriteBatch(raw_mode=True)
         for key in keys:
             batch.delete(key)
         batch.delete(_offset_key(partition))
         self._db.write(batch)
+
+    def changelog_id(self) -> str | None:
+        """The topic id of the changelog this store was restored from, if recorded."""
+        value = self._db.get(_CHANGELOG_ID)
+        return None if value is None else bytes(value).decode()
+
+    def set_changelog_id(self, changelog_id: str) -> None:
+        self._db.put(_CHANGELOG_ID, changelog_id.encode())
+
+    def adopt_changelog(self, changelog_id: str) -> bool:
+        """Make the store follow changelog ``changelog_id``; forget everything if it was another.
+
+        A changelog deleted and created again (``sagas replay``) has new offsets: what a store
+        restored from the old one cannot be continued from the new. Returns True if it dropped.
+        """
+        known = self.changelog_id()
+        dropped = known is not None and known != changelog_id
+        if dropped:
+            batch = WriteBatch(raw_mode=True)
+            iterator = self._db.iter()
+            iterator.seek_to_first()
+            while iterator.valid():
+                batch.delete(bytes(iterator.key()))
+                iterator.next()
+            self._db.write(batch)
+        self.set_changelog_id(changelog_id)
+        return dropped
+
+    @classmethod
+    def read_only(cls, path: Path) -> SnapshotStore:
+        """Open a store another process may be writing, for lookups (``sagas history``)."""
+        store = cls.__new__(cls)
+        store.path = path
+        store._db = Rdict(str(path), Options(raw_mode=True), access_type=AccessType.read_only())
+        return store
 
     def close(self) -> None:
         self._db.close()

@@ -11,10 +11,10 @@ owns all three. Command and source topics belong to the services; they are creat
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -123,8 +123,19 @@ def ensure_topics(
 
 
 def ensure_plain_topics(
-    names: Iterable[str], bootstrap: str | None = None, partitions: int = 8
+    names: Iterable[str],
+    bootstrap: str | None = None,
+    partitions: int = 8,
+    config: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """Create topics that do not exist yet with default policies (a worker's topics and DLQs)."""
+    """Create topics that do not exist yet, with ``config`` or default policies (a worker's
+    topics and DLQs; the schema history)."""
     admin = AdminClient(common(bootstrap, "sagalog-admin"))
-    return _create_missing(admin, {name: (partitions, {}) for name in names})
+    return _create_missing(admin, {name: (partitions, dict(config or {})) for name in names})
+
+
+def topic_id(name: str, bootstrap: str | None = None) -> str:
+    """The broker's id of topic ``name``: it changes when a topic is deleted and made again."""
+    admin = AdminClient(common(bootstrap, "sagalog-admin"))
+    description = admin.describe_topics(TopicCollection([name]))[name].result(timeout=15)
+    return str(description.topic_id)

@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import time
+import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +27,16 @@ from pathlib import Path
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from examples.order_fulfillment.saga import OrderFulfillment
-from examples.order_fulfillment.scenario import PlannedOrder
+from examples.order_fulfillment.scenario import PlannedOrder, plan_orders
 from sagas.local import TERMINAL, LocalProcess
 from sagas.publisher import Publisher
-from stream_processors.journal import JournalEntry
+from stream_processors.journal import JournalEntry, Kind
 from stream_processors.kafka_config import consumer_config
 from stream_processors.restore import watermarks
-from stream_processors.routing import ReceivedHeaders, header
+from stream_processors.routing import COMMAND_ID, INSTANCE, ReceivedHeaders, header
 from stream_processors.topics import SagaTopics
+from tests.conftest import KafkaCluster
+from tests.integration.flaky_jobs import FlakyJobs, Job
 
 SAGA_TARGET = "examples.order_fulfillment.saga:OrderFulfillment"
 WORKER_TARGETS = {
@@ -73,9 +79,13 @@ class SagaProcesses:
         self.started.append(process)
         return process.start()
 
-    def processor(self, state_dir: Path, name: str = "processor") -> LocalProcess:
+    def processor(
+        self, state_dir: Path, name: str = "processor", args: tuple[str, ...] = ()
+    ) -> LocalProcess:
         """A ``sagas run`` of the saga whose store lives under ``state_dir``."""
-        return self._start(name, ["run", self.saga_target], {"SAGALOG_STATE_DIR": str(state_dir)})
+        return self._start(
+            name, ["run", self.saga_target, *args], {"SAGALOG_STATE_DIR": str(state_dir)}
+        )
 
     def workers(self) -> list[LocalProcess]:
         """The saga's services (by default the order saga's payment and shipping)."""
@@ -317,3 +327,159 @@ def publish_orders(bootstrap: str, orders: Iterable[PlannedOrder]) -> None:
     with Publisher(bootstrap, client_id="saga-test-publisher") as publisher:
         for order in orders:
             publisher.publish(order.event)
+
+
+# -- one test's run of the order saga -----------------------------------------------------------
+
+
+@dataclass
+class SagaRun:
+    """One test's run of the order saga: its ids, state folder, processes and readers."""
+
+    kafka: KafkaCluster
+    tmp_path: Path
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    processes: SagaProcesses = field(init=False)
+    journal: JournalFollower = field(init=False)
+    commands: list[CommittedReader] = field(init=False)
+    dlq: CommittedReader = field(init=False)
+    later: list[PlannedOrder] = field(default_factory=list)  # planned, published by the test
+
+    def __post_init__(self) -> None:
+        bootstrap = self.kafka.bootstrap
+        self.processes = SagaProcesses(bootstrap, self.tmp_path / "logs")
+        # Readers start at the topics' current ends: everything this run writes comes after.
+        self.journal = JournalFollower(bootstrap, self.prefix)
+        self.commands = [
+            CommittedReader(bootstrap, t, from_end=True, keep=header_prefix(INSTANCE, self.prefix))
+            for t in TOPICS.commands
+        ]
+        self.dlq = CommittedReader(bootstrap, TOPICS.dlq, from_end=True)
+
+    @property
+    def prefix(self) -> str:
+        """Every order id of this run starts with it (``plan_orders`` names them so)."""
+        return f"order-{self.run_id}-"
+
+    @property
+    def state_dir(self) -> Path:
+        """What the run's processors get as SAGALOG_STATE_DIR (the base of every saga's)."""
+        return self.tmp_path / "state"
+
+    @property
+    def store_dir(self) -> Path:
+        """The order saga's store folder (its slots) under ``state_dir``: ``--state-dir``."""
+        return self.state_dir / TOPICS.saga
+
+    def plan(self, count: int, seed: int, failures: float = 0.1) -> list[PlannedOrder]:
+        return plan_orders(count, failures, failures, seed=seed, run_id=self.run_id)
+
+    def start_processor(self, state_dir: Path | None = None) -> LocalProcess:
+        return self.processes.processor(state_dir or self.state_dir)
+
+    def start(self) -> LocalProcess:
+        """A processor and both workers; returns the processor."""
+        processor = self.start_processor()
+        self.processes.workers()
+        return processor
+
+    def publish(self, orders: list[PlannedOrder]) -> None:
+        publish_orders(self.kafka.bootstrap, orders)
+
+    def outcomes(self, orders: list[PlannedOrder], timeout: float = 120) -> dict[str, str]:
+        return self.journal.wait_for_outcomes(
+            (o.event.order_id for o in orders), timeout, self.processes.log_tails
+        )
+
+    def committed_command_ids(self) -> Counter[str]:
+        """Command ids of this run's commands committed on the command topics, with counts."""
+        ids: Counter[str] = Counter()
+        for reader in self.commands:
+            for message in reader.read_to_end():
+                ids[header_of(message, COMMAND_ID) or "<none>"] += 1
+        return ids
+
+    def close(self) -> None:
+        try:
+            self.processes.stop_all()
+        finally:
+            for reader in (self.journal.reader, *self.commands, self.dlq):
+                reader.close()
+
+
+# -- one test's run of FlakyJobs ----------------------------------------------------------------
+
+FLAKY_TOPICS = SagaTopics.for_saga(FlakyJobs.definition, 4)
+FLAKY_TARGET = "tests.integration.flaky_jobs:FlakyJobs"
+
+
+@dataclass
+class Jobs:
+    """One test's run of FlakyJobs: processes, flags, journal, and its own job ids."""
+
+    kafka: KafkaCluster
+    tmp: Path
+    processes: SagaProcesses
+    journal: JournalFollower
+    flags: Path
+    run: str
+
+    def job(self, mode: str) -> str:
+        job_id = f"{self.run}-{mode}"
+        with Publisher(self.kafka.bootstrap) as publisher:
+            publisher.publish(Job(job_id=job_id, mode=mode))
+        return job_id
+
+    def flag(self, name: str, on: bool) -> None:
+        path = self.flags / name
+        if on:
+            path.touch()
+        else:
+            path.unlink(missing_ok=True)
+
+    def start(self) -> None:
+        self.processor()
+        self.processes.workers()
+
+    def processor(self, *args: str) -> LocalProcess:
+        return self.processes.processor(self.tmp / "state", args=args)
+
+    @property
+    def store_dir(self) -> Path:
+        """FlakyJobs' store folder (its slots), as ``--state-dir`` names it."""
+        return self.tmp / "state" / FLAKY_TOPICS.saga
+
+    def entries(self, job_id: str) -> list[JournalEntry]:
+        return self.journal.entries.get(job_id, [])
+
+    def wait_for(self, job_id: str, kind: Kind, timeout: float = 60) -> JournalEntry:
+        """Follow the journal until ``job_id`` has an entry of ``kind``; return the first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [e for e in self.entries(job_id) if e.kind == kind.value]
+            if found:
+                return found[0]
+            if time.monotonic() > deadline:
+                kinds = [e.kind for e in self.entries(job_id)]
+                raise AssertionError(
+                    f"{job_id}: no {kind.value} after {timeout:.0f} s; journal: {kinds}\n"
+                    f"{self.processes.log_tails()}"
+                )
+            self.journal._take(self.journal.reader.poll(0.3))
+
+    def sagas(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run the ``sagas`` command line as an operator would."""
+        env = os.environ | {
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
+            "PYTHONPATH": str(REPO_ROOT),
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "sagas", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO_ROOT,
+            timeout=120,
+        )
+        assert result.returncode == 0, f"sagas {' '.join(args)}:\n{result.stdout}{result.stderr}"
+        return result

@@ -14,125 +14,23 @@ Each test runs ``FlakyJobs`` (``tests/integration/flaky_jobs.py``) as real ``sag
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from sagas.publisher import Publisher
 from stream_processors.journal import JournalEntry, Kind
-from stream_processors.topics import SagaTopics, ensure_plain_topics, ensure_topics
-from tests.conftest import KafkaCluster
-from tests.integration.flaky_jobs import FINISH_TIMEOUT, WORK_RETRY, FlakyJobs, Job
+from tests.integration.flaky_jobs import FINISH_TIMEOUT, WORK_RETRY
 from tests.integration.saga_harness import (
-    REPO_ROOT,
+    FLAKY_TARGET,
     CommittedReader,
-    JournalFollower,
-    SagaProcesses,
+    Jobs,
     header_of,
 )
 
 pytestmark = pytest.mark.kafka
 
-TOPICS = SagaTopics.for_saga(FlakyJobs.definition, 4)
-TARGET = "tests.integration.flaky_jobs:FlakyJobs"
 #: How late a timer may fire: the 50 ms timer check, a 100 ms commit, a loaded 2-core machine.
 LATENESS_MS = 1_500
-
-
-@dataclass
-class Jobs:
-    """One test's run of FlakyJobs: processes, flags, journal, and its own job ids."""
-
-    kafka: KafkaCluster
-    tmp: Path
-    processes: SagaProcesses
-    journal: JournalFollower
-    flags: Path
-    run: str
-
-    def job(self, mode: str) -> str:
-        job_id = f"{self.run}-{mode}"
-        with Publisher(self.kafka.bootstrap) as publisher:
-            publisher.publish(Job(job_id=job_id, mode=mode))
-        return job_id
-
-    def flag(self, name: str, on: bool) -> None:
-        path = self.flags / name
-        if on:
-            path.touch()
-        else:
-            path.unlink(missing_ok=True)
-
-    def start(self) -> None:
-        self.processor()
-        self.processes.workers()
-
-    def processor(self) -> None:
-        self.processes.processor(self.tmp / "state")
-
-    def entries(self, job_id: str) -> list[JournalEntry]:
-        return self.journal.entries.get(job_id, [])
-
-    def wait_for(self, job_id: str, kind: Kind, timeout: float = 60) -> JournalEntry:
-        """Follow the journal until ``job_id`` has an entry of ``kind``; return the first."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = [e for e in self.entries(job_id) if e.kind == kind.value]
-            if found:
-                return found[0]
-            if time.monotonic() > deadline:
-                kinds = [e.kind for e in self.entries(job_id)]
-                raise AssertionError(
-                    f"{job_id}: no {kind.value} after {timeout:.0f} s; journal: {kinds}\n"
-                    f"{self.processes.log_tails()}"
-                )
-            self.journal._take(self.journal.reader.poll(0.3))
-
-    def sagas(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """Run the ``sagas`` command line as an operator would."""
-        env = os.environ | {
-            "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
-            "PYTHONPATH": str(REPO_ROOT),
-        }
-        result = subprocess.run(
-            [sys.executable, "-m", "sagas", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=REPO_ROOT,
-            timeout=120,
-        )
-        assert result.returncode == 0, f"sagas {' '.join(args)}:\n{result.stdout}{result.stderr}"
-        return result
-
-
-@pytest.fixture
-def jobs(kafka: KafkaCluster, tmp_path: Path) -> Iterator[Jobs]:
-    ensure_topics(TOPICS, kafka.bootstrap)
-    ensure_plain_topics(["flaky.work.dlq", "flaky.finish.dlq"], kafka.bootstrap)
-    run = uuid.uuid4().hex[:8]
-    flags = tmp_path / "flags"
-    flags.mkdir()
-    processes = SagaProcesses(
-        kafka.bootstrap,
-        tmp_path / "logs",
-        saga_target=TARGET,
-        worker_targets={"flaky": "tests.integration.flaky_jobs:workers"},
-        env={"FLAKY_FLAGS": str(flags)},
-    )
-    journal = JournalFollower(kafka.bootstrap, run, journal=TOPICS.journal)
-    try:
-        yield Jobs(kafka, tmp_path, processes, journal, flags, run)
-    finally:
-        processes.stop_all()
-        journal.close()
 
 
 def _of(entries: list[JournalEntry], kind: Kind, step: str) -> list[JournalEntry]:
@@ -209,7 +107,7 @@ def test_a_failing_compensation_parks_and_sagas_retry_finishes_it(jobs: Jobs) ->
     assert _of(jobs.entries(job), Kind.COMPENSATION_FAILED, "work")
 
     jobs.flag("undo-broken", on=False)  # the undo service is repaired
-    jobs.sagas("retry", TARGET, job, "--by", "alice", "--reason", "undo service fixed")
+    jobs.sagas("retry", FLAKY_TARGET, job, "--by", "alice", "--reason", "undo service fixed")
 
     jobs.wait_for(job, Kind.SAGA_COMPENSATED)
     entries = jobs.entries(job)

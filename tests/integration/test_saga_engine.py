@@ -28,44 +28,32 @@ from __future__ import annotations
 
 import shutil
 import time
-import uuid
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Message, Producer
 
 from examples.order_fulfillment.messages import MakePayment, PaymentCompleted
-from examples.order_fulfillment.scenario import PlannedOrder, plan_orders
+from examples.order_fulfillment.scenario import PlannedOrder
 from sagas.local import LocalProcess
 from stream_processors.kafka_config import producer_config
 from stream_processors.routing import (
-    COMMAND_ID,
     DLQ_DETAIL,
     DLQ_OFFSET,
     DLQ_PARTITION,
     DLQ_REASON,
     DLQ_TOPIC,
-    INSTANCE,
 )
-from stream_processors.topics import ensure_topics
-from tests.conftest import KafkaCluster
 from tests.integration.saga_harness import (
     COMMANDS_PER_OUTCOME,
     PARTITIONS,
     TOPICS,
-    CommittedReader,
-    JournalFollower,
-    SagaProcesses,
+    SagaRun,
     assigned_partitions,
     count_committed,
     header_of,
-    header_prefix,
     key_prefix,
     log_text,
-    publish_orders,
     restored_partitions,
     wait_for_log,
     wait_for_metric,
@@ -111,85 +99,6 @@ HISTORY: dict[str, list[tuple[str, str | None]]] = {
         ("SagaCompensated", None),
     ],
 }
-
-
-@dataclass
-class SagaRun:
-    """One test's run of the order saga: its ids, state folder, processes and readers."""
-
-    kafka: KafkaCluster
-    tmp_path: Path
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-    processes: SagaProcesses = field(init=False)
-    journal: JournalFollower = field(init=False)
-    commands: list[CommittedReader] = field(init=False)
-    dlq: CommittedReader = field(init=False)
-
-    def __post_init__(self) -> None:
-        bootstrap = self.kafka.bootstrap
-        self.processes = SagaProcesses(bootstrap, self.tmp_path / "logs")
-        # Readers start at the topics' current ends: everything this run writes comes after.
-        self.journal = JournalFollower(bootstrap, self.prefix)
-        self.commands = [
-            CommittedReader(bootstrap, t, from_end=True, keep=header_prefix(INSTANCE, self.prefix))
-            for t in TOPICS.commands
-        ]
-        self.dlq = CommittedReader(bootstrap, TOPICS.dlq, from_end=True)
-
-    @property
-    def prefix(self) -> str:
-        """Every order id of this run starts with it (``plan_orders`` names them so)."""
-        return f"order-{self.run_id}-"
-
-    @property
-    def state_dir(self) -> Path:
-        return self.tmp_path / "state"
-
-    def plan(self, count: int, seed: int, failures: float = 0.1) -> list[PlannedOrder]:
-        return plan_orders(count, failures, failures, seed=seed, run_id=self.run_id)
-
-    def start_processor(self, state_dir: Path | None = None) -> LocalProcess:
-        return self.processes.processor(state_dir or self.state_dir)
-
-    def start(self) -> LocalProcess:
-        """A processor and both workers; returns the processor."""
-        processor = self.start_processor()
-        self.processes.workers()
-        return processor
-
-    def publish(self, orders: list[PlannedOrder]) -> None:
-        publish_orders(self.kafka.bootstrap, orders)
-
-    def outcomes(self, orders: list[PlannedOrder], timeout: float = 120) -> dict[str, str]:
-        return self.journal.wait_for_outcomes(
-            (o.event.order_id for o in orders), timeout, self.processes.log_tails
-        )
-
-    def committed_command_ids(self) -> Counter[str]:
-        """Command ids of this run's commands committed on the command topics, with counts."""
-        ids: Counter[str] = Counter()
-        for reader in self.commands:
-            for message in reader.read_to_end():
-                ids[header_of(message, COMMAND_ID) or "<none>"] += 1
-        return ids
-
-    def close(self) -> None:
-        try:
-            self.processes.stop_all()
-        finally:
-            for reader in (self.journal.reader, *self.commands, self.dlq):
-                reader.close()
-
-
-@pytest.fixture
-def saga(kafka: KafkaCluster, tmp_path: Path) -> Iterator[SagaRun]:
-    """The saga's topics, and a run whose processes are all stopped when the test ends."""
-    ensure_topics(TOPICS, kafka.bootstrap)
-    run = SagaRun(kafka, tmp_path)
-    try:
-        yield run
-    finally:
-        run.close()
 
 
 def expected(orders: list[PlannedOrder]) -> dict[str, str]:
