@@ -31,6 +31,7 @@ from stream_processors.processor import WEEK_MS
 from stream_processors.records import decode_record
 from stream_processors.replay import ProcessorsRunning, rebuild, verify
 from stream_processors.restore import watermarks
+from stream_processors.schema_history import SchemaHistory
 from stream_processors.store import SnapshotStore, claim_slot, default_state_dir
 from stream_processors.topics import SagaTopics
 
@@ -74,9 +75,15 @@ def _entry_json(located: Located) -> dict[str, Any]:
     }
 
 
+def _read_old_versions(bootstrap: str | None) -> None:
+    """Let records written under older schema versions be read, through the schema history."""
+    SchemaHistory(bootstrap).serve_unknown()
+
+
 def _history(
     definition: SagaDefinition, instance: str, state_dir: Path | None, bootstrap: str | None
 ) -> list[Located]:
+    _read_old_versions(bootstrap)
     topics = SagaTopics.for_saga(definition)
     located, indexed = instance_history(
         topics.journal, instance, state_dir or default_state_dir(definition.name), bootstrap
@@ -213,6 +220,7 @@ def replay(
     definition = _saga(target).definition
     topics = SagaTopics.for_saga(definition, partitions)
     retention_ms = None if retention_hours < 0 else round(retention_hours * 3_600_000)
+    _read_old_versions(bootstrap)
     total = _journal_size(topics.journal, bootstrap)
     with Progress() as progress:
         task = progress.add_task("journal entries folded", total=total)

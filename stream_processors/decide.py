@@ -288,6 +288,11 @@ def decide(
     if kind_of_input is definition.start:
         decision.ignored = "duplicate-start"
         return decision
+    mismatch = _mismatch(definition, instance)
+    resolving = isinstance(record, OperatorAction) and record.action == "resolve"
+    if mismatch is not None and not resolving:
+        decision.rejected = "definition-mismatch"  # to the DLQ: redrive once a fit version runs
+        return decision
     if isinstance(record, OperatorAction):
         return _operator(decider, record, received)
     if isinstance(record, CommandFailed):
@@ -352,6 +357,21 @@ def _reply(decider: _Decider, received: Input, step: str, role: ReplyRole | None
     return decision
 
 
+def _mismatch(definition: SagaDefinition, instance: Instance) -> str | None:
+    """Why this definition cannot run ``instance`` (it lacks a step the instance used), if so.
+
+    An instance keeps working under a new version of its saga as long as every step it has
+    started still exists; see "Changing a saga" in the README for what is safe to change.
+    """
+    unknown = [name for name in instance.steps if name not in definition.tasks]
+    if not unknown:
+        return None
+    return (
+        f"saga {definition.name} v{definition.version} has no step {unknown[0]!r}, which this "
+        f"instance (started under v{instance.saga_version}) used"
+    )
+
+
 def decide_timer(
     definition: SagaDefinition, instance: Instance | None, name: str, now_ms: int
 ) -> Decision:
@@ -362,6 +382,11 @@ def decide_timer(
         decider.decision.ignored = "stale-timer"
         return decider.decision
     decider.note(Kind.TIMER_FIRED, timer=name, step=timer.step, attempt=timer.attempt)
+    mismatch = _mismatch(definition, decider.instance)
+    if mismatch is not None:
+        if not decider.instance.status.finished:
+            decider.note(Kind.SAGA_PARKED, reason=mismatch)
+        return decider.decision
     step = timer.step
     current = None if step is None else decider.instance.steps.get(step)
     if name == DEADLINE:
