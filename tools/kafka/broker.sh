@@ -17,7 +17,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-state="$root/.kafka"
+state="$root/.kafka/${KAFKA_PORT:-9092}"  # one folder per broker port: several can run
 port="${KAFKA_PORT:-9092}"
 controller_port="${KAFKA_CONTROLLER_PORT:-$((port + 1))}"
 python="${PYTHON:-$root/.venv/bin/python}"
