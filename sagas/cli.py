@@ -105,6 +105,9 @@ def run(
     retention_hours: Annotated[
         float, typer.Option(help="Hours a finished instance's snapshot is kept (<0: forever)")
     ] = 168.0,
+    max_record_bytes: Annotated[
+        int, typer.Option(help="Larger inputs go to the dead-letter topic as too-large")
+    ] = 1_000_000,
     log_level: LogLevel = "info",
 ) -> None:
     """Host a saga processor until interrupted (SIGINT or SIGTERM commit and exit)."""
@@ -121,6 +124,7 @@ def run(
             state_dir=state_dir,
             create_topics=create_topics,
             retention_ms=None if retention_hours < 0 else round(retention_hours * 3_600_000),
+            max_record_bytes=max_record_bytes,
         ),
     )
     processor.install_signal_handlers()
@@ -135,6 +139,13 @@ def worker(
     target: Annotated[str, typer.Argument(help="module:worker")],
     bootstrap: Bootstrap = None,
     metrics_port: Annotated[int, typer.Option(help="/metrics port (0: any, -1: off)")] = 8001,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where handled commands are remembered [$SAGALOG_STATE_DIR/workers]"),
+    ] = None,
+    remember: Annotated[
+        bool, typer.Option(help="Answer a command seen before with its first reply")
+    ] = True,
     log_level: LogLevel = "info",
 ) -> None:
     """Run a task worker until interrupted."""
@@ -145,7 +156,7 @@ def worker(
     port = metrics.serve(metrics_port)
     logging.getLogger("sagas").info("metrics on port %s", port)
     runner.install_signal_handlers()
-    runner.run(bootstrap)
+    runner.run(bootstrap, state_dir=state_dir, remember=remember)
 
 
 @topics_app.command("create")

@@ -2,7 +2,7 @@
 
 ``LocalProcess`` starts ``sagas run`` or ``sagas worker`` as a separate OS process (so that it can
 be killed with SIGKILL like a real crash), with its own metrics port and log file, and reads its
-Prometheus metrics back. ``journal_outcomes`` follows a saga's journal topic and reports each
+Prometheus metrics back. ``JournalWatcher`` follows a saga's journal topic and reports each
 instance's terminal state: the external view of what the engine did, read from Kafka rather
 than from the engine's own counters. ``journal_outcomes_from`` does the same from offsets taken
 with ``journal_end`` before a run, skipping the journal's history.
@@ -10,6 +10,9 @@ with ``journal_end`` before a run, skipping the journal's history.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import math
 import os
 import re
 import signal
@@ -18,11 +21,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from stream_processors.journal import JournalEntry, Kind
 from stream_processors.kafka_config import bootstrap_servers, consumer_config
@@ -34,6 +37,22 @@ TERMINAL = {
     Kind.SAGA_FAILED.value: "failed",
     Kind.SAGA_PARKED.value: "needs_attention",
 }
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: be killed when the process that started us dies, however it dies.
+
+    A demo or test driver killed with SIGKILL cannot stop its children; without this they would
+    live on, still consuming from the broker, and disturb the next run.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the driver's own cleanup has to do
+        pass
 
 
 def free_port() -> int:
@@ -50,6 +69,8 @@ class LocalProcess:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     metrics_port: int = field(default_factory=free_port)
+    #: Interpreter options before ``-m sagas``: e.g. ["-m", "pyinstrument", "-o", "out.txt"].
+    python_args: list[str] = field(default_factory=list)
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> LocalProcess:
@@ -57,11 +78,20 @@ class LocalProcess:
         log = self.log_path.open("ab")
         environment = os.environ | {"PYTHONUNBUFFERED": "1"} | self.env
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "sagas", *self.args, "--metrics-port", str(self.metrics_port)],
+            [
+                sys.executable,
+                *self.python_args,
+                "-m",
+                "sagas",
+                *self.args,
+                "--metrics-port",
+                str(self.metrics_port),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=environment,
             cwd=os.getcwd(),
+            preexec_fn=_die_with_parent,
         )
         log.close()
         return self
@@ -168,27 +198,6 @@ class Outcome:
     at_ms: int
 
 
-def journal_outcomes(
-    journal_topic: str,
-    instances: Iterable[str],
-    timeout: float,
-    bootstrap: str | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> dict[str, Outcome]:
-    """Read the journal until every instance in ``instances`` has a terminal entry (or timeout).
-
-    Reads ``read_committed`` from the beginning with no consumer group, so it sees exactly what
-    the engine committed. Returns the first terminal entry of each instance.
-    """
-    consumer = Consumer(
-        consumer_config(
-            bootstrap_servers(bootstrap), "sagalog-outcomes", f"outcomes-{time.time_ns()}"
-        )
-    )
-    consumer.subscribe([journal_topic])
-    return _collect_outcomes(consumer, set(instances), timeout, progress)
-
-
 def _reader(bootstrap: str | None) -> Consumer:
     """A read_committed consumer for ``assign``: the client wants a group id; it never joins it."""
     group = f"outcomes-{time.time_ns()}"
@@ -213,6 +222,85 @@ def journal_end(journal_topic: str, bootstrap: str | None = None) -> dict[int, i
         consumer.close()
 
 
+class JournalWatcher:
+    """Follows a saga's journal from given offsets and keeps what one run needs of it.
+
+    Reads ``read_committed`` by assigning partitions (no consumer group), so it sees exactly
+    what the engine committed. ``keep`` selects the instances whose entries are kept in
+    ``entries``; every kept instance's first terminal entry is in ``outcomes``.
+    """
+
+    #: Seconds without a record, while the journal has more, after which the consumer is made
+    #: again at the watcher's own positions (seen once: a consumer across a broker restart).
+    STALL_SECONDS = 5.0
+
+    def __init__(
+        self,
+        journal_topic: str,
+        start: dict[int, int],
+        bootstrap: str | None = None,
+        keep: Callable[[str], bool] = lambda instance: True,
+    ) -> None:
+        self.topic = journal_topic
+        self.bootstrap = bootstrap
+        self.keep = keep
+        self.entries: dict[str, list[JournalEntry]] = {}
+        self.outcomes: dict[str, Outcome] = {}
+        probe = _reader(bootstrap)
+        try:
+            partitions = probe.list_topics(journal_topic, timeout=15).topics[journal_topic]
+            self._next = {p: start.get(p, 0) for p in partitions.partitions}
+        finally:
+            probe.close()
+        self._consumer = self._assigned()
+        self._last_record = time.monotonic()
+
+    def _assigned(self) -> Consumer:
+        consumer = _reader(self.bootstrap)
+        consumer.assign([TopicPartition(self.topic, p, o) for p, o in self._next.items()])
+        return consumer
+
+    def _behind(self) -> bool:
+        probe = _reader(self.bootstrap)
+        try:
+            # +1: the last offset of a partition is often a transaction marker, never delivered.
+            return any(
+                watermarks(probe, TopicPartition(self.topic, p))[1] > offset + 1
+                for p, offset in self._next.items()
+            )
+        finally:
+            probe.close()
+
+    def poll(self, seconds: float = 0.2) -> int:
+        """Take what arrives within ``seconds``; returns how many entries were kept."""
+        kept = 0
+        messages = self._consumer.consume(2000, timeout=seconds)
+        for message in messages:
+            if message.error() or message.value() is None:
+                continue
+            self._next[message.partition() or 0] = (message.offset() or 0) + 1
+            entry = JournalEntry.decode(message.value() or b"")
+            if not self.keep(entry.instance):
+                continue
+            kept += 1
+            self.entries.setdefault(entry.instance, []).append(entry)
+            state = TERMINAL.get(entry.kind)
+            if state and entry.instance not in self.outcomes:
+                self.outcomes[entry.instance] = Outcome(entry.instance, state, entry.at_ms)
+        now = time.monotonic()
+        if messages:
+            self._last_record = now
+        elif now - self._last_record > self.STALL_SECONDS:
+            self._last_record = now
+            if self._behind():
+                self._consumer.close()
+                self._consumer = self._assigned()
+        return kept
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
 def journal_outcomes_from(
     journal_topic: str,
     start: dict[int, int],
@@ -221,46 +309,23 @@ def journal_outcomes_from(
     bootstrap: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Outcome]:
-    """``journal_outcomes``, reading each partition from ``start[partition]`` (``journal_end``).
-
-    Partitions missing from ``start`` are read from the beginning. Assigns the partitions
-    directly: no consumer group is joined.
-    """
-    consumer = _reader(bootstrap)
-    try:
-        metadata = consumer.list_topics(journal_topic, timeout=15).topics[journal_topic]
-        consumer.assign(
-            [
-                TopicPartition(journal_topic, partition, start.get(partition, OFFSET_BEGINNING))
-                for partition in metadata.partitions
-            ]
-        )
-    except BaseException:
-        consumer.close()
-        raise
-    return _collect_outcomes(consumer, set(instances), timeout, progress)
-
-
-def _collect_outcomes(
-    consumer: Consumer,
-    wanted: set[str],
-    timeout: float,
-    progress: Callable[[int], None] | None,
-) -> dict[str, Outcome]:
-    """Consume until each of ``wanted`` has a terminal entry or ``timeout``; closes ``consumer``."""
-    found: dict[str, Outcome] = {}
+    """Read the journal from ``start`` (see ``journal_end``) until every one of ``instances``
+    has a terminal entry, or ``timeout``; returns the first terminal entry of each."""
+    wanted = set(instances)
+    watcher = JournalWatcher(journal_topic, start, bootstrap, keep=wanted.__contains__)
     deadline = time.monotonic() + timeout
     try:
-        while wanted - found.keys() and time.monotonic() < deadline:
-            for message in consumer.consume(2000, timeout=0.2):
-                if message.error() or message.value() is None:
-                    continue
-                entry = JournalEntry.decode(message.value() or b"")
-                state = TERMINAL.get(entry.kind)
-                if state and entry.instance in wanted and entry.instance not in found:
-                    found[entry.instance] = Outcome(entry.instance, state, entry.at_ms)
-                    if progress is not None:
-                        progress(len(found))
+        while wanted - watcher.outcomes.keys() and time.monotonic() < deadline:
+            if watcher.poll() and progress is not None:
+                progress(len(watcher.outcomes))
     finally:
-        consumer.close()
-    return found
+        watcher.close()
+    return watcher.outcomes
+
+
+def percentile(sorted_values: Sequence[int] | Sequence[float], p: float) -> float | None:
+    """Nearest-rank percentile of already sorted values (None when there are none)."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]

@@ -32,10 +32,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from sagas.idempotency import HandledCommands
 from stream_processors import metrics
 from stream_processors.avro import DecodeError
 from stream_processors.kafka_config import consumer_config, producer_config
@@ -52,6 +54,7 @@ from stream_processors.routing import (
     reply_headers,
 )
 from stream_processors.schema_history import SchemaHistory
+from stream_processors.store import default_state_dir
 from stream_processors.topics import ensure_plain_topics
 
 log = logging.getLogger(__name__)
@@ -108,6 +111,7 @@ class Worker:
         self._handlers: dict[type[Record], Handler] = {}
         self._stopping = threading.Event()
         self._history: SchemaHistory | None = None  # set by run(): replies' schemas go there
+        self._handled: HandledCommands | None = None  # set by run(): replies by command id
 
     def handles(self, command: type[C]) -> Callable[[Callable[[C, CommandContext], Event]], Any]:
         if not (isinstance(command, type) and issubclass(command, Command)):
@@ -162,6 +166,12 @@ class Worker:
             message.offset() or 0,
         )
         name = type(command).__name__
+        known = None if self._handled is None else self._handled.reply(command_id)
+        if known is not None:  # handled before: answer the same, without a second effect
+            metrics.COMMANDS_HANDLED.labels(
+                worker=self.name, command=name, outcome="repeated"
+            ).inc()
+            return reply_to, instance_id.encode(), known, reply_headers(command_id)
         began = time.perf_counter()
         try:
             reply = handler(command, context)
@@ -184,7 +194,10 @@ class Worker:
         metrics.COMMANDS_HANDLED.labels(worker=self.name, command=name, outcome=outcome).inc()
         if self._history is not None:
             self._history.try_record(reply_to, reply.__avro__)
-        return reply_to, instance_id.encode(), reply.encode(), reply_headers(command_id)
+        value = reply.encode()
+        if self._handled is not None:
+            self._handled.remember(command_id, value)
+        return reply_to, instance_id.encode(), value, reply_headers(command_id)
 
     def _dead(self, message: Message, reason: str, detail: str) -> Outgoing:
         log.warning(
@@ -198,15 +211,33 @@ class Worker:
             dead_letter_headers(message, reason, detail),
         )
 
-    def run(self, bootstrap: str | None = None, batch_size: int = 500) -> None:
+    def run(
+        self,
+        bootstrap: str | None = None,
+        batch_size: int = 500,
+        state_dir: Path | None = None,
+        remember: bool = True,
+    ) -> None:
+        """Serve until ``stop()``. ``remember`` keeps replies by command id under ``state_dir``
+        (default ``$SAGALOG_STATE_DIR/workers/<name>``) so a repeated command is not redone."""
         if not self._handlers:
             raise DeclarationError(f"worker {self.name!r} has no handlers")
+        if remember:
+            base = state_dir or default_state_dir("workers") / self.name
+            self._handled = HandledCommands(base)
         ensure_plain_topics([*self.topics, *(f"{t}.dlq" for t in self.topics)], bootstrap)
         # Schema evolution: record reply schemas on first use; ask for unknown command schemas.
         self._history = SchemaHistory(bootstrap)
         self._history.serve_unknown()
         producer = Producer(producer_config(bootstrap, f"worker-{self.name}"))
-        consumer = Consumer(consumer_config(bootstrap, f"worker-{self.name}", self.group))
+        membership: dict[str, Any] = {"session.timeout.ms": 10_000, "heartbeat.interval.ms": 1_000}
+        if self._handled is not None:
+            # Static membership: a restarted worker (same store, same identity) takes its
+            # partitions back at once instead of stalling the group until its session expires.
+            membership["group.instance.id"] = f"{self.group}.{self._handled.identity}"
+        consumer = Consumer(
+            consumer_config(bootstrap, f"worker-{self.name}", self.group, **membership)
+        )
         consumer.subscribe(self.topics)
         log.info("worker %s serving %s", self.name, ", ".join(self.topics))
         try:
@@ -214,8 +245,12 @@ class Worker:
                 messages = consumer.consume(batch_size, timeout=0.1)
                 offsets: dict[tuple[str, int], int] = {}
                 for message in messages:
-                    if message.error():
-                        log.warning("consumer: %s", message.error())
+                    error = message.error()
+                    if error is not None:
+                        # A fenced static member reports _FATAL with fatal() false: stop too.
+                        if error.fatal() or error.code() == KafkaError._FATAL:
+                            raise KafkaException(error)
+                        log.warning("consumer: %s", error)
                         continue
                     topic, key, value, headers = self.handle(message)
                     producer.produce(topic, key=key, value=value, headers=headers)
@@ -233,3 +268,5 @@ class Worker:
         finally:
             producer.flush(10)
             consumer.close()
+            if self._handled is not None:
+                self._handled.close()

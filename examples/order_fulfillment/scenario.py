@@ -15,6 +15,48 @@ from dataclasses import dataclass
 from examples.order_fulfillment.messages import OrderPlaced
 from examples.order_fulfillment.services import DECLINED_CARD, UNSHIPPABLE_POSTCODE
 
+#: The journal each outcome implies, as (kind, step): what ``decide`` emits for this saga.
+EXPECTED_HISTORY: dict[str, list[tuple[str, str | None]]] = {
+    "completed": [
+        ("SagaStarted", None),
+        ("CommandSent", "payment"),
+        ("InputAccepted", "payment"),
+        ("StepSucceeded", "payment"),
+        ("CommandSent", "shipping"),
+        ("InputAccepted", "shipping"),
+        ("StepSucceeded", "shipping"),
+        ("SagaCompleted", None),
+    ],
+    # A failed payment leaves nothing to undo: the saga enters compensation, finds nothing, fails.
+    "failed": [
+        ("SagaStarted", None),
+        ("CommandSent", "payment"),
+        ("InputAccepted", "payment"),
+        ("StepFailed", "payment"),
+        ("SagaCompensating", None),
+        ("SagaFailed", None),
+    ],
+    "compensated": [
+        ("SagaStarted", None),
+        ("CommandSent", "payment"),
+        ("InputAccepted", "payment"),
+        ("StepSucceeded", "payment"),
+        ("CommandSent", "shipping"),
+        ("InputAccepted", "shipping"),
+        ("StepFailed", "shipping"),
+        ("SagaCompensating", None),
+        ("CompensationSent", "payment"),
+        ("InputAccepted", "payment"),
+        ("CompensationSucceeded", "payment"),
+        ("SagaCompensated", None),
+    ],
+}
+
+#: Commands one saga sends, by its terminal state: pay + ship; pay; pay + ship + refund.
+COMMANDS_PER_OUTCOME = {
+    state: sum(k.endswith("Sent") for k, _ in h) for state, h in EXPECTED_HISTORY.items()
+}
+
 
 @dataclass(frozen=True)
 class PlannedOrder:

@@ -47,9 +47,6 @@ PARTITIONS = 8
 TOPICS = SagaTopics.for_saga(OrderFulfillment.definition, PARTITIONS)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-#: Commands one saga sends, by its terminal state: pay + ship; pay; pay + ship + refund.
-COMMANDS_PER_OUTCOME = {"completed": 2, "failed": 1, "compensated": 3}
-
 
 # -- processes ----------------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ import pytest
 from confluent_kafka import Message, Producer
 
 from examples.order_fulfillment.messages import MakePayment, PaymentCompleted
-from examples.order_fulfillment.scenario import PlannedOrder
+from examples.order_fulfillment.scenario import EXPECTED_HISTORY, PlannedOrder
 from sagas.local import LocalProcess
 from stream_processors.kafka_config import producer_config
 from stream_processors.routing import (
@@ -62,43 +62,6 @@ from tests.integration.saga_harness import (
 pytestmark = pytest.mark.kafka
 
 ENDED = ("completed", "compensated", "failed")
-
-#: The journal each outcome implies, as (kind, step): what ``decide`` emits for this saga.
-HISTORY: dict[str, list[tuple[str, str | None]]] = {
-    "completed": [
-        ("SagaStarted", None),
-        ("CommandSent", "payment"),
-        ("InputAccepted", "payment"),
-        ("StepSucceeded", "payment"),
-        ("CommandSent", "shipping"),
-        ("InputAccepted", "shipping"),
-        ("StepSucceeded", "shipping"),
-        ("SagaCompleted", None),
-    ],
-    # A failed payment leaves nothing to undo: the saga enters compensation, finds nothing, fails.
-    "failed": [
-        ("SagaStarted", None),
-        ("CommandSent", "payment"),
-        ("InputAccepted", "payment"),
-        ("StepFailed", "payment"),
-        ("SagaCompensating", None),
-        ("SagaFailed", None),
-    ],
-    "compensated": [
-        ("SagaStarted", None),
-        ("CommandSent", "payment"),
-        ("InputAccepted", "payment"),
-        ("StepSucceeded", "payment"),
-        ("CommandSent", "shipping"),
-        ("InputAccepted", "shipping"),
-        ("StepFailed", "shipping"),
-        ("SagaCompensating", None),
-        ("CompensationSent", "payment"),
-        ("InputAccepted", "payment"),
-        ("CompensationSucceeded", "payment"),
-        ("SagaCompensated", None),
-    ],
-}
 
 
 def expected(orders: list[PlannedOrder]) -> dict[str, str]:
@@ -131,7 +94,7 @@ def assert_histories(run: SagaRun, orders: list[PlannedOrder]) -> None:
         entries = run.journal.entries[order.event.order_id]
         history = [(e.kind, e.step) for e in entries]
         positions = [e.seq for e in entries]
-        want = HISTORY[order.expected]
+        want = EXPECTED_HISTORY[order.expected]
         if history != want or positions != list(range(len(want))):
             wrong[order.event.order_id] = (order.expected, history, positions)
     assert not wrong, f"{len(wrong)} journals differ, e.g. {next(iter(wrong.items()))}"

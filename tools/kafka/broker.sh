@@ -4,6 +4,7 @@
 #   broker.sh start            start a broker (or find one) and return once a client can connect
 #   broker.sh stop             stop the broker this script started
 #   broker.sh reset            stop it and delete its data
+#   broker.sh restart          stop and start the broker this script runs (chaos tests)
 #   broker.sh status           say whether a broker answers
 #   broker.sh with -- CMD...   run CMD with a broker, stopping it afterwards only if this call started it
 #
@@ -147,6 +148,17 @@ cmd_reset() {
   say "data deleted"
 }
 
+cmd_restart() {
+  local kind; kind="$(cat "$state/kind" 2>/dev/null || true)"
+  [ -n "$kind" ] || die "no broker started by this project runs on port $port: nothing to restart"
+  if [ "$kind" = docker ]; then
+    (cd "$root" && docker compose restart kafka); wait_ready; return
+  fi
+  # Our own broker, even when a caller exported its address (as `with` does for its command).
+  KAFKA_BOOTSTRAP_SERVERS='' cmd_stop
+  KAFKA_BOOTSTRAP_SERVERS='' cmd_start
+}
+
 cmd_status() {
   if answers 3; then say "a broker answers at $(bootstrap)"; else say "no broker answers at $(bootstrap)"; return 1; fi
 }
@@ -166,7 +178,8 @@ case "${1:-}" in
   start) cmd_start ;;
   stop) cmd_stop ;;
   reset) cmd_reset ;;
+  restart) cmd_restart ;;
   status) cmd_status ;;
   with) shift; cmd_with "$@" ;;
-  *) echo "usage: $0 start|stop|reset|status|with -- CMD..." >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|restart|reset|status|with -- CMD..." >&2; exit 2 ;;
 esac

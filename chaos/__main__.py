@@ -1,0 +1,56 @@
+"""``python -m chaos``: one chaos run with the figures and invariants printed; exit 1 on failure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from chaos.run import ChaosConfig, run_chaos
+from stream_processors.kafka_config import bootstrap_servers
+
+
+def main(
+    sagas: Annotated[int, typer.Option(help="Order sagas to run")] = 10_000,
+    publish_seconds: Annotated[float, typer.Option(help="Spread the orders over this long")] = 45,
+    processor_kills: Annotated[int, typer.Option(help="SIGKILLs of the processor")] = 10,
+    worker_kills: Annotated[int, typer.Option(help="SIGKILLs of each worker")] = 3,
+    restart_broker: Annotated[bool, typer.Option(help="Restart the broker once")] = True,
+    bad_inputs: Annotated[int, typer.Option(help="Bad inputs of each kind")] = 2,
+    seed: Annotated[int, typer.Option()] = 7,
+    report_json: Annotated[Path | None, typer.Option(help="Write the figures here")] = None,
+) -> None:
+    config = ChaosConfig(
+        sagas=sagas,
+        publish_seconds=publish_seconds,
+        processor_kills=processor_kills,
+        worker_kills=worker_kills,
+        restart_broker=restart_broker,
+        bad_inputs=bad_inputs,
+        seed=seed,
+        bootstrap=bootstrap_servers(),
+    )
+    report = run_chaos(config, say=typer.echo)
+    figures = {
+        "sagas": report.sagas,
+        "outcomes": dict(report.outcomes),
+        "processor_kills": report.processor_kills,
+        "worker_kills": report.worker_kills,
+        "broker_restarts": report.broker_restarts,
+        "crashes_restarted": report.crashes_restarted,
+        "bad_inputs": report.bad_inputs,
+        "lost": report.lost,
+        "duplicated": report.duplicated,
+        "seconds": round(report.seconds, 1),
+        "invariants": {i.name: {"holds": i.holds, "detail": i.detail} for i in report.invariants},
+    }
+    typer.echo(json.dumps(figures, indent=2))
+    if report_json is not None:
+        report_json.write_text(json.dumps(figures, indent=2) + "\n")
+    raise typer.Exit(0 if report.passed else 1)
+
+
+if __name__ == "__main__":
+    typer.run(main)
