@@ -2,6 +2,7 @@
 #   make demo        the order-fulfilment saga end to end on a real broker
 #   make test        ruff, mypy, and pytest (unit + integration) against a real broker
 #   make kafka       start a single-node broker (or find one); kafka-stop, kafka-reset
+#   make bench       benchmarks against the limit and the peers (docs/benchmarks.md); bench-quick
 
 SYSTEM_PYTHON ?= python3
 VENV := .venv
@@ -10,7 +11,7 @@ BROKER := tools/kafka/broker.sh
 # broker.sh probes readiness with the project's own client library, from the virtualenv.
 export PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: venv kafka kafka-stop kafka-reset test lint unit demo clean
+.PHONY: venv kafka kafka-stop kafka-reset test lint unit demo chaos clean bench bench-quick bench-venv temporal
 
 venv: $(VENV)/.installed
 
@@ -43,5 +44,34 @@ test: lint
 demo: venv
 	@$(BROKER) with -- $(BIN)/python -m examples.order_fulfillment.demo $(DEMO_ARGS)
 
+# Benchmarks get their own broker port, so that other brokers (tests, chaos) do not disturb it,
+# and their own extra (matplotlib, pyinstrument, faust-streaming, temporalio).
+# Options go through BENCH_ARGS, e.g. make bench BENCH_ARGS="--only engine --only limit".
+BENCH_PORT ?= 9392
+TEMPORAL_CLI := github.com/temporalio/cli/cmd/temporal@v1.5.1
+
+bench-venv: venv $(VENV)/.bench-installed
+
+$(VENV)/.bench-installed: pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@touch $@
+
+# Temporal's CLI (with its dev server) from source; the Temporal figures are skipped without it.
+temporal:
+	@command -v temporal >/dev/null || [ -x "$$HOME/go/bin/temporal" ] \
+	  || (command -v go >/dev/null && echo "go install $(TEMPORAL_CLI)" && go install $(TEMPORAL_CLI)) \
+	  || echo "no Go toolchain: the Temporal comparison will be skipped"
+
+bench: bench-venv temporal
+	@KAFKA_PORT=$(BENCH_PORT) $(BROKER) with -- $(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-quick: bench-venv temporal
+	@KAFKA_PORT=$(BENCH_PORT) $(BROKER) with -- $(BIN)/python -m bench --quick $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .sagalog .pytest_cache .mypy_cache .ruff_cache
+
+# The chaos suite on a broker of its own (it restarts it): 10,000 sagas, kills, bad input.
+CHAOS_PORT ?= 9492
+chaos: venv
+	@KAFKA_PORT=$(CHAOS_PORT) $(BROKER) with -- $(BIN)/python -m chaos --report-json docs/reliability.json $(CHAOS_ARGS)

@@ -248,6 +248,10 @@ def run_chaos(config: ChaosConfig, say: Callable[[str], None] = print) -> ChaosR
     stop = threading.Event()
     publisher = threading.Thread(target=_publish, args=(config, orders, stop), daemon=True)
     began = time.monotonic()
+
+    def elapsed() -> float:
+        return time.monotonic() - began
+
     publisher.start()
     say(f"chaos run {run}: {config.sagas} sagas over {config.publish_seconds:.0f} s")
 
@@ -285,9 +289,9 @@ def run_chaos(config: ChaosConfig, say: Callable[[str], None] = print) -> ChaosR
                 _, role = worker_kills.pop(0)
                 supervisor.kill(role)
                 report.worker_kills += 1
-                say(f"  {now:5.1f}s kill -9 {role}")
+                say(f"  {elapsed():5.1f}s kill -9 {role}")
             if broker_at is not None and now >= broker_at:
-                say(f"  {now:5.1f}s restarting the broker")
+                say(f"  {elapsed():5.1f}s restarting the broker")
                 _restart_broker(config)
                 report.broker_restarts += 1
                 broker_at = None
@@ -305,7 +309,7 @@ def run_chaos(config: ChaosConfig, say: Callable[[str], None] = print) -> ChaosR
                 duplicates_sent = len(accepted)
             supervisor.ensure()
             if time.monotonic() >= next_report:
-                say(f"  {now:5.1f}s {len(watcher.outcomes)}/{len(expected)} finished")
+                say(f"  {elapsed():5.1f}s {len(watcher.outcomes)}/{len(expected)} finished")
                 next_report = time.monotonic() + 5
         # Nothing more to break: let everything still in flight finish, then stop cleanly.
         deadline = time.monotonic() + 120

@@ -1,0 +1,53 @@
+"""The short chaos run, inside ``make test``: ~1,000 sagas, 3 processor kills, worker kills, a
+broker restart and one bad input of each kind; nothing lost, nothing duplicated.
+
+``make chaos`` runs the full form (10,000 sagas, at least 10 processor kills); see ``chaos/``.
+The broker is restarted only when this project started it (``tools/kafka/broker.sh``); under
+CI=true it always is, and a broker that cannot be restarted fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from chaos.run import ROOT, ChaosConfig, run_chaos
+from tests.conftest import KafkaCluster
+
+pytestmark = pytest.mark.kafka
+
+
+def _restartable(bootstrap: str) -> bool:
+    port = bootstrap.rsplit(":", 1)[1]
+    return (ROOT / ".kafka" / port / "kind").exists()
+
+
+def test_a_short_chaos_run_loses_and_duplicates_nothing(
+    kafka: KafkaCluster, tmp_path: Path
+) -> None:
+    restart = _restartable(kafka.bootstrap)
+    if os.environ.get("CI") == "true":
+        assert restart, "under CI the test broker must be one this project started"
+    config = ChaosConfig(
+        sagas=1_000,
+        publish_seconds=12,
+        processor_kills=3,
+        worker_kills=1,
+        restart_broker=restart,
+        bad_inputs=1,
+        bootstrap=kafka.bootstrap,
+        work_dir=tmp_path / "chaos",
+        timeout=240,
+    )
+    report = run_chaos(config)
+
+    assert report.processor_kills == 3
+    assert report.worker_kills == 2
+    assert report.broker_restarts == (1 if restart else 0)
+    assert report.bad_inputs == 9  # 8 kinds dead-lettered, and one duplicate reply
+    failed = [f"{i.name}: {i.detail}" for i in report.invariants if not i.holds]
+    assert not failed, failed
+    assert (report.lost, report.duplicated) == (0, 0)
+    assert sum(report.outcomes.values()) == 1_000
