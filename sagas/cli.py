@@ -216,40 +216,29 @@ def _action(
     _sent(action, sent)
 
 
-@app.command()
-def retry(
-    target: SagaTarget,
-    instance: InstanceId,
-    reason: Reason,
-    by: By = None,
-    bootstrap: Bootstrap = None,
-) -> None:
-    """Re-run the failed step of a parked instance (one that needs attention)."""
-    _action("retry", target, instance, by, reason, bootstrap)
+def _operator_command(action: str, summary: str) -> None:
+    """Register ``sagas <action>``: the three operator actions differ only in name and help."""
+
+    def command(
+        target: SagaTarget,
+        instance: InstanceId,
+        reason: Reason,
+        by: By = None,
+        bootstrap: Bootstrap = None,
+    ) -> None:
+        _action(action, target, instance, by, reason, bootstrap)
+
+    command.__doc__ = summary
+    app.command(name=action)(command)
 
 
-@app.command()
-def cancel(
-    target: SagaTarget,
-    instance: InstanceId,
-    reason: Reason,
-    by: By = None,
-    bootstrap: Bootstrap = None,
-) -> None:
-    """Fail a running instance now, compensating the steps it completed."""
-    _action("cancel", target, instance, by, reason, bootstrap)
-
-
-@app.command()
-def resolve(
-    target: SagaTarget,
-    instance: InstanceId,
-    reason: Reason,
-    by: By = None,
-    bootstrap: Bootstrap = None,
-) -> None:
-    """Mark a parked instance as handled (by hand, outside the saga): it ends resolved."""
-    _action("resolve", target, instance, by, reason, bootstrap)
+_operator_command(
+    "retry", "Re-run the failed step of a parked instance (one that needs attention)."
+)
+_operator_command("cancel", "Fail a running instance now, compensating the steps it completed.")
+_operator_command(
+    "resolve", "Mark a parked instance as handled (by hand, outside the saga): it ends resolved."
+)
 
 
 def _event_type(saga: type[Saga], name: str) -> type[Record]:
