@@ -34,7 +34,11 @@ import pytest
 from confluent_kafka import Message, Producer
 
 from examples.order_fulfillment.messages import MakePayment, PaymentCompleted
-from examples.order_fulfillment.scenario import EXPECTED_HISTORY, PlannedOrder
+from examples.order_fulfillment.scenario import (
+    COMMANDS_PER_OUTCOME,
+    EXPECTED_HISTORY,
+    PlannedOrder,
+)
 from sagas.local import LocalProcess
 from stream_processors.kafka_config import producer_config
 from stream_processors.routing import (
@@ -45,7 +49,6 @@ from stream_processors.routing import (
     DLQ_TOPIC,
 )
 from tests.integration.saga_harness import (
-    COMMANDS_PER_OUTCOME,
     PARTITIONS,
     TOPICS,
     SagaRun,
