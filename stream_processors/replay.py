@@ -67,14 +67,21 @@ def fold_partition(
     bootstrap: str | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Instance]:
-    """Every instance of one journal partition, folded from its entries."""
+    """Every instance of one journal partition, folded from its entries.
+
+    ``progress`` is called with the number of entries folded since its last call (every 1000,
+    and the rest at the end), so its arguments add up to the partition's entry count.
+    """
     instances: dict[str, Instance] = {}
+    count = 0
     for count, (_, value, _) in enumerate(_read_partition(bootstrap, journal, partition), 1):
         entry = JournalEntry.decode(value or b"")
         folded = apply(definition, instances.get(entry.instance), entry)
         instances[entry.instance] = folded
         if progress is not None and count % 1000 == 0:
             progress(1000)
+    if progress is not None and count % 1000:
+        progress(count % 1000)
     return instances
 
 
@@ -145,6 +152,10 @@ def verify(
     return report
 
 
+#: Seconds ``rebuild`` waits for the processors' group to empty: the session timeout and some.
+GROUP_EMPTY_WAIT = 20
+
+
 class ProcessorsRunning(Exception):
     """Rebuilding under running processors would race them: stop them first."""
 
@@ -191,8 +202,13 @@ def rebuild(
 ) -> RebuildReport:
     """Recreate the changelog and ``store`` (which must be empty) from the journal."""
     group = f"sagalog.{definition.name}"
-    if active_members(group, bootstrap):
-        raise ProcessorsRunning(f"consumer group {group} has members: stop the processors first")
+    # Processors are static group members: one that stopped stays listed until its session
+    # times out (10 s), so give stopped processors that long before calling them running.
+    deadline = time.monotonic() + GROUP_EMPTY_WAIT
+    while active_members(group, bootstrap):
+        if time.monotonic() > deadline:
+            raise ProcessorsRunning(f"consumer group {group} has members: stop the processors")
+        time.sleep(1)
     admin = AdminClient(common(bootstrap, "sagalog-replay"))
     _recreate(admin, topics, bootstrap)
     store.set_changelog_id(topic_id(topics.snapshots, bootstrap))
