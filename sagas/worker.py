@@ -242,7 +242,8 @@ class Worker:
         log.info("worker %s serving %s", self.name, ", ".join(self.topics))
         try:
             while not self._stopping.is_set():
-                messages = consumer.consume(batch_size, timeout=0.1)
+                # Wait briefly: consume returns at a full batch or at the timeout only.
+                messages = consumer.consume(batch_size, timeout=0.01)
                 offsets: dict[tuple[str, int], int] = {}
                 for message in messages:
                     error = message.error()

@@ -63,6 +63,10 @@ class AvroSchema:
     parsed: Any = field(repr=False, compare=False)
     fingerprint: bytes
     source: str = ""
+    #: ``parsed`` with fastavro's "already parsed" marker: what the reader and writer take.
+    #: Without the marker fastavro parses the schema again on every call (most of the cost of
+    #: encoding or decoding a small record). ``parsed`` stays unmarked for schema comparisons.
+    hinted: Any = field(default=None, repr=False, compare=False)
 
     @property
     def header(self) -> bytes:
@@ -86,7 +90,8 @@ def parse(definition: Mapping[str, Any], source: str = "") -> AvroSchema:
     # The spec's fingerprint bytes are little-endian, and fastavro's hex already lists the bytes
     # in that order (as Java's SchemaNormalization.parsingFingerprint does): use them as they are.
     fp = bytes.fromhex(fp_hex)
-    return AvroSchema(str(definition_name(parsed)), definition, parsed, fp, source)
+    hinted = parse_schema(dict(definition))
+    return AvroSchema(str(definition_name(parsed)), definition, parsed, fp, source, hinted)
 
 
 def definition_name(parsed: Any) -> str:
@@ -223,13 +228,13 @@ class SchemaCatalog:
         """The reader schema fastavro needs for (writer, reader); None when they are the same."""
         if writer.fingerprint == reader.fingerprint:
             return None
-        return reader.parsed
+        return reader.hinted
 
 
 def _encode(header: bytes, schema: AvroSchema, datum: Mapping[str, Any]) -> bytes:
     buffer = io.BytesIO()
     buffer.write(header)
-    fastavro.schemaless_writer(buffer, schema.parsed, datum)
+    fastavro.schemaless_writer(buffer, schema.hinted, datum)
     return buffer.getvalue()
 
 
@@ -252,7 +257,7 @@ def decode(
     body = io.BytesIO(data)
     body.seek(start)
     try:
-        datum = fastavro.schemaless_reader(body, writer.parsed, catalog.resolution(writer, reader))
+        datum = fastavro.schemaless_reader(body, writer.hinted, catalog.resolution(writer, reader))
     except Exception as error:
         # fastavro raises SchemaResolutionError for incompatible pairs and assorted errors
         # (EOFError, UnicodeDecodeError, IndexError) for corrupt bodies.

@@ -17,35 +17,34 @@ it. Logs go to ``.sagalog/demo/logs/``, the processor's store to ``.sagalog/demo
 
 from __future__ import annotations
 
-import math
 import random
 import signal
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
 
 import typer
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaException
-from confluent_kafka.admin import AdminClient
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from examples.order_fulfillment.measure import (
+    Journal,
+    Results,
+    publish,
+    start_processes,
+    wait_for_empty_group,
+    wait_until_ready,
+)
 from examples.order_fulfillment.saga import OrderFulfillment
 from examples.order_fulfillment.scenario import PlannedOrder, plan_orders
-from sagas.local import LocalProcess, Outcome, journal_end, journal_outcomes_from
-from sagas.publisher import Publisher
-from stream_processors.kafka_config import bootstrap_servers, common
+from sagas.local import LocalProcess, journal_end, journal_outcomes_from, percentile
+from stream_processors.kafka_config import bootstrap_servers
 from stream_processors.topics import SagaTopics, ensure_topics
 
 DEMO_DIR = Path(".sagalog/demo")
-SAGA = "examples.order_fulfillment.saga:OrderFulfillment"
-WORKERS = ("payments", "shipping")
 STATES = ("completed", "compensated", "failed")
 SHOWN = 10  # wrong or missing instances listed on failure
 LOG_LINES = 25  # lines of each process's log shown on failure
@@ -55,177 +54,8 @@ console = Console(highlight=False)
 app = typer.Typer(add_completion=False)
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-@dataclass(frozen=True)
-class Journal:
-    """The saga's journal topic, and its end offsets before this run published anything.
-
-    The journal is kept forever (and shared with every earlier run and test on this broker);
-    this run's sagas are new, so their entries all lie after ``start``.
-    """
-
-    topic: str
-    start: dict[int, int]
-
-
-@dataclass(frozen=True)
-class Results:
-    """What the journal says happened to the planned orders, against what was expected."""
-
-    orders: list[PlannedOrder]
-    published_ms: dict[str, int]  # order id -> publish time (see ``publish``)
-    outcomes: dict[str, Outcome]  # order id -> first terminal journal entry
-
-    @property
-    def seen(self) -> Counter[str]:
-        return Counter(outcome.state for outcome in self.outcomes.values())
-
-    @property
-    def expected(self) -> Counter[str]:
-        return Counter(order.expected for order in self.orders)
-
-    @property
-    def mismatches(self) -> list[tuple[str, str, str]]:
-        """(order id, expected state, state reached) for each saga that ended differently."""
-        return [
-            (order.event.order_id, order.expected, outcome.state)
-            for order in self.orders
-            if (outcome := self.outcomes.get(order.event.order_id)) is not None
-            and outcome.state != order.expected
-        ]
-
-    @property
-    def missing(self) -> list[str]:
-        """Orders with no terminal journal entry (including any that were never acknowledged)."""
-        return [o.event.order_id for o in self.orders if o.event.order_id not in self.outcomes]
-
-    @property
-    def ok(self) -> bool:
-        return not self.mismatches and not self.missing
-
-    def latencies_ms(self) -> list[int]:
-        """Terminal entry's ``at_ms`` minus publish time, for each finished, published saga."""
-        return sorted(
-            outcome.at_ms - self.published_ms[order_id]
-            for order_id, outcome in self.outcomes.items()
-            if order_id in self.published_ms
-        )
-
-    def sagas_per_second(self) -> float | None:
-        """Finished sagas / (last terminal entry - first publish): orders / ... on success."""
-        if not self.outcomes or not self.published_ms:
-            return None
-        span_ms = max(o.at_ms for o in self.outcomes.values()) - min(self.published_ms.values())
-        return len(self.outcomes) / (span_ms / 1000) if span_ms > 0 else None
-
-
-def percentile(sorted_values: Sequence[int], p: float) -> int | None:
-    """Nearest-rank percentile of already sorted values (None when there are none)."""
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
-def wait_for_empty_group(group: str, timeout: float) -> int:
-    """Wait until the consumer group has no members; returns how many it still has at timeout.
-
-    A group that does not exist, or cannot be described, counts as empty.
-    """
-    # log_level 4: warnings and errors only (not the info line librdkafka prints on closing).
-    admin = AdminClient(common(None, "sagalog-demo-admin") | {"log_level": 4})
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            future = admin.describe_consumer_groups([group], request_timeout=10)[group]
-            members = len(future.result().members)
-        except KafkaException:
-            members = 0
-        if members == 0 or time.monotonic() > deadline:
-            return members
-        time.sleep(0.5)
-
-
-def start_processes(partitions: int) -> dict[str, LocalProcess]:
-    """The processor and both workers, each its own OS process with a fresh log."""
-    logs = DEMO_DIR / "logs"
-    env = {"SAGALOG_STATE_DIR": str((DEMO_DIR / "state").resolve())}
-    commands = {"processor": ["run", SAGA, "--partitions", str(partitions)]} | {
-        name: ["worker", f"examples.order_fulfillment.services:{name}"] for name in WORKERS
-    }
-    processes = {}
-    for name, args in commands.items():
-        log_path = logs / f"{name}.log"
-        log_path.unlink(missing_ok=True)  # each log holds this run only
-        processes[name] = LocalProcess(args, log_path, env=dict(env)).start()
-    return processes
-
-
-def wait_until_ready(
-    processor: LocalProcess, journal: Journal, run_id: str, seed: int, timeout: float
-) -> None:
-    """Return once a saga can go end to end without waiting for any process to start.
-
-    Two gates. First the processor's ``sagalog_restore_remaining_records`` gauge: it has no
-    sample until the processor's partition-assignment callback sets it, and that callback
-    leaves it at 0 once every assigned partition's store is restored from the changelog; so
-    "present and 0" means the processor joined its group, owns partitions and restored them
-    (and ``wait_for_metrics`` fails fast if the process exits). That says nothing about the
-    workers, and the gauge also reads 0 between two partitions' restores, so the second gate is
-    a warm-up saga: one order, published and followed to its terminal journal entry. It has
-    passed through the processor (all of whose assigned partitions are restored inside one
-    callback, before any record is consumed) and through both workers' consumer groups. The
-    warm-up order has its own id and is not counted in the results.
-    """
-    processor.wait_for_metrics(
-        lambda samples: samples.get("sagalog_restore_remaining_records") == 0,
-        timeout,
-        "the processor did not get its partitions and restore its store",
-    )
-    warmup = plan_orders(1, 0.0, 0.0, seed=seed, run_id=f"{run_id}-warmup")[0]
-    with Publisher(client_id="sagalog-demo") as publisher:
-        publisher.publish(warmup.event)
-    outcome = journal_outcomes_from(
-        journal.topic, journal.start, [warmup.event.order_id], timeout
-    ).get(warmup.event.order_id)
-    if outcome is None:
-        raise TimeoutError(f"the warm-up saga {warmup.event.order_id} did not finish in {timeout}s")
-    if outcome.state != warmup.expected:
-        raise RuntimeError(f"the warm-up saga ended {outcome.state}, not {warmup.expected}")
-
-
-def publish(orders: list[PlannedOrder], on_ack: Callable[[], None]) -> dict[str, int]:
-    """Publish every order; returns {order id: publish time in ms} for those acknowledged.
-
-    The publish time is the record's own Kafka timestamp, read from the delivery report: a
-    CreateTime that librdkafka stamps from the wall clock when ``produce`` is called, i.e. the
-    moment of publishing (not of the acknowledgement), on the same clock as the processor's
-    journal ``at_ms``. ``time.time()`` just before ``produce`` is the fallback if a report has
-    no timestamp. Orders whose delivery failed are left out, and so end up "missing".
-    """
-    published: dict[str, int] = {}
-
-    def delivered(order_id: str, sent_ms: int) -> Callable[[Any, Any], None]:
-        def callback(error: Any, message: Any) -> None:
-            if error is not None:
-                console.print(f"[red]publishing {order_id} failed: {error}[/red]")
-                return
-            kind, stamp = message.timestamp()
-            published[order_id] = sent_ms if kind == TIMESTAMP_NOT_AVAILABLE else stamp
-            on_ack()
-
-        return callback
-
-    publisher = Publisher(client_id="sagalog-demo")
-    for order in orders:
-        order_id = order.event.order_id
-        publisher.publish(order.event, on_delivery=delivered(order_id, _now_ms()))
-    if remaining := publisher.flush(60):
-        console.print(f"[red]{remaining} orders were not acknowledged within 60s[/red]")
-    return published
+def _publish_failed(order_id: str, error: Any) -> None:
+    console.print(f"[red]publishing {order_id or 'orders'} failed: {error}[/red]")
 
 
 def run_orders(orders: list[PlannedOrder], journal: Journal, timeout: float) -> Results:
@@ -239,7 +69,7 @@ def run_orders(orders: list[PlannedOrder], journal: Journal, timeout: float) -> 
     with Progress(*columns, console=console) as progress:
         acked = progress.add_task("published", total=len(orders))
         finished = progress.add_task("finished", total=len(orders))
-        published = publish(orders, lambda: progress.advance(acked))
+        published = publish(orders, lambda: progress.advance(acked), _publish_failed)
         outcomes = journal_outcomes_from(
             journal.topic,
             journal.start,
@@ -350,7 +180,7 @@ def main(
     journal = Journal(topics.journal, journal_end(topics.journal))
     began = time.monotonic()
     try:
-        processes = start_processes(partitions)
+        processes = start_processes(DEMO_DIR, partitions)
         pids = ", ".join(f"{name} (pid {p.popen.pid})" for name, p in processes.items() if p.popen)
         console.print(f"started {pids}; logs in {DEMO_DIR / 'logs'}")
         wait_until_ready(processes["processor"], journal, run_id, seed, timeout)

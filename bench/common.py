@@ -1,0 +1,250 @@
+"""What the measurements share: sizes per mode, fresh topics, pre-filled topics, drain rates.
+
+Every measurement starts from fresh topics (``fresh_saga_topics`` deletes and recreates the
+order saga's topics, its command and source topics), so that one phase's leftovers (commands
+no worker took, say) never reach the next. Processors keep one store folder for the whole run
+(``STATE``): restarting with the same identity, they take their partitions back at once instead
+of waiting for a dead static member's session to time out.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import confluent_kafka
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from examples.order_fulfillment.saga import OrderFulfillment
+from examples.order_fulfillment.scenario import plan_orders
+from sagas.local import LocalProcess
+from stream_processors.kafka_config import bootstrap_servers, common, producer_config
+from stream_processors.restore import watermarks
+from stream_processors.topics import SagaTopics, ensure_topics
+
+BASE = Path(".sagalog/bench")
+STATE = BASE / "state"
+PARTITIONS = 8
+DEFINITION = OrderFulfillment.definition
+TOPICS = SagaTopics.for_saga(DEFINITION, PARTITIONS)
+PROCESSOR_GROUP = f"sagalog.{DEFINITION.name}"
+WORKER_GROUPS = ("sagalog.worker.payments", "sagalog.worker.shipping")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each measurement does; ``quick`` fits ``make bench-quick`` in 3 minutes."""
+
+    pipe_records: int  # inputs for the limit pipe and the engine, the same N for both
+    saturation_orders: int  # orders published at once to find end-to-end saturation
+    latency_seconds: float  # how long orders are paced at a quarter of saturation
+    restore_snapshots: int  # changelog size for restore, and the "many" memory case
+    memory_small: int  # the "few" memory case
+    failover_seconds: float  # load kept up after the kill -9
+    faust_orders: int
+    temporal_workflows: int
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(100_000, 3_000, 6, 100_000, 10_000, 15, 1_000, 200)
+
+    @classmethod
+    def full(cls) -> Sizes:
+        return cls(1_000_000, 20_000, 30, 1_000_000, 10_000, 25, 10_000, 2_000)
+
+
+def admin() -> AdminClient:
+    return AdminClient(common(None, "sagalog-bench-admin") | {"log_level": 4})
+
+
+def saga_topic_names() -> list[str]:
+    commands = list(TOPICS.commands)
+    return [
+        *TOPICS.co_partitioned(),
+        TOPICS.dlq,
+        *commands,
+        *(f"{topic}.dlq" for topic in commands),
+        *TOPICS.sources,
+    ]
+
+
+def delete_topics(names: Iterable[str], timeout: float = 60) -> None:
+    """Delete the topics that exist among ``names`` and wait until the broker forgets them."""
+    client = admin()
+    existing = set(client.list_topics(timeout=15).topics)
+    doomed = [name for name in names if name in existing]
+    if not doomed:
+        return
+    for future in client.delete_topics(doomed, operation_timeout=30).values():
+        try:
+            future.result(timeout=60)
+        except KafkaException as error:
+            if error.args[0].name() != "UNKNOWN_TOPIC_OR_PART":
+                raise
+    deadline = time.monotonic() + timeout
+    while set(doomed) & set(client.list_topics(timeout=15).topics):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics not deleted after {timeout}s: {doomed}")
+        time.sleep(0.2)
+
+
+def fresh_saga_topics() -> None:
+    """The order saga's topics, empty and new. The broker drops the committed offsets of a
+    deleted topic, so its consumer groups start the new one from the beginning."""
+    delete_topics(saga_topic_names())
+    ensure_topics(TOPICS, extra=[f"{topic}.dlq" for topic in TOPICS.commands])
+
+
+def fill(topic: str, records: Iterable[tuple[bytes, bytes]]) -> int:
+    """Produce (key, value) records to ``topic`` as fast as the producer takes them."""
+    producer = Producer(producer_config(None, "sagalog-bench-fill") | {"linger.ms": 20})
+    count = 0
+    for key, value in records:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        count += 1
+        if count % 10_000 == 0:
+            producer.poll(0)
+    if producer.flush(120):
+        raise RuntimeError(f"pre-filling {topic}: records not acknowledged")
+    return count
+
+
+def order_records(count: int, run_id: str) -> list[tuple[bytes, bytes]]:
+    """``count`` OrderPlaced inputs as (key, value): what the inbox holds after routing."""
+    return [
+        (order.event.order_id.encode(), order.event.encode())
+        for order in plan_orders(count, 0.0, 0.0, seed=1, run_id=run_id)
+    ]
+
+
+def topic_size(topic: str) -> int:
+    """Records (and transaction markers) in ``topic``: the sum of its partitions' ends."""
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers(), "group.id": "bench-size"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=15).topics[topic].partitions
+        return sum(watermarks(consumer, TopicPartition(topic, p))[1] for p in partitions)
+    finally:
+        consumer.close()
+
+
+@dataclass(frozen=True)
+class Drain:
+    """A group working through a backlog, seen through its committed offsets."""
+
+    records: int  # committed between the first and the last observation used
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.records / self.seconds if self.seconds > 0 else 0.0
+
+
+def follow_drain(
+    group: str,
+    topic: str,
+    total: int,
+    timeout: float,
+    alive: Callable[[], bool] = lambda: True,
+    interval: float = 0.02,
+) -> Drain:
+    """Poll ``group``'s committed offsets on ``topic`` until they add up to ``total``.
+
+    The clock starts at the first commit seen, and the records that commit covered are left
+    out, so start-up (joining the group, restoring) is not counted: records per second of
+    steady processing, measured the same way for every pipe.
+    """
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap_servers(), "group.id": group, "log_level": 4}
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=15).topics[topic].partitions
+        tps = [TopicPartition(topic, p) for p in partitions]
+        deadline = time.monotonic() + timeout
+        first: tuple[float, int] | None = None
+        while time.monotonic() < deadline:
+            committed = sum(max(tp.offset, 0) for tp in consumer.committed(tps, timeout=10))
+            now = time.monotonic()
+            if first is None and committed > 0:
+                first = (now, committed)
+            if committed >= total and first is not None:
+                if committed == first[1]:
+                    raise RuntimeError(f"{total} records went in one commit: make N larger")
+                return Drain(committed - first[1], now - first[0])
+            if not alive():
+                raise RuntimeError(f"the process draining {topic} exited")
+            time.sleep(interval)
+        raise TimeoutError(f"{group} did not commit {total} records of {topic} in {timeout}s")
+    finally:
+        consumer.close()
+
+
+def processor(name: str = "processor", *args: str) -> LocalProcess:
+    """A ``sagas run`` of the order saga on the bench's store folder (not started)."""
+    env = {"SAGALOG_STATE_DIR": str(STATE.resolve())}
+    log = BASE / "logs" / f"{name}.log"
+    log.unlink(missing_ok=True)
+    command = ["run", "examples.order_fulfillment.saga:OrderFulfillment"]
+    return LocalProcess([*command, "--partitions", str(PARTITIONS), *args], log, env=env)
+
+
+def stop_all(processes: Iterable[LocalProcess]) -> None:
+    for process in processes:
+        process.stop()
+
+
+def machine() -> dict[str, object]:
+    """The facts a reader needs to compare these numbers with theirs."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        meminfo = Path("/proc/meminfo").read_text()
+        match = re.search(r"MemTotal:\s+(\d+) kB", meminfo)
+        memory_gb = round(int(match[1]) / 1024 / 1024, 1) if match else None
+    except OSError:
+        memory_gb = None
+    kafka_version = "unknown"
+    pom = Path("tools/kafka/pom.xml")
+    if pom.exists():
+        found = re.search(r"<kafka.version>(.*)</kafka.version>", pom.read_text())
+        kafka_version = found[1] if found else kafka_version
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gb": memory_gb,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "confluent_kafka": confluent_kafka.version(),
+        "librdkafka": confluent_kafka.libversion()[0],
+        "kafka": kafka_version,
+        "load_average_at_start": list(os.getloadavg()),
+        "busy_processes_at_start": busy_processes(),
+    }
+
+
+def busy_processes() -> list[str]:
+    """Other test, saga or broker processes on the machine (not ours): noise for the numbers."""
+    found = subprocess.run(
+        ["pgrep", "-af", "sagas |pytest|kafka.Kafka"], capture_output=True, text=True, check=False
+    )
+    ours = f".kafka/{bootstrap_servers().rsplit(':', 1)[-1]}/"  # the bench's own broker
+    mine = str(os.getpid())
+    return [
+        line
+        for line in found.stdout.splitlines()
+        if line and not line.startswith(mine) and ours not in line
+    ]

@@ -1,0 +1,76 @@
+"""End to end: the order saga with its two workers, each a separate OS process.
+
+Saturation: a burst of orders published at once; completed sagas per second from the first
+publish to the last terminal journal entry (``measure.Results.sagas_per_second``). Latency:
+orders paced at a quarter of that rate; each saga's time from its publish (the record's Kafka
+timestamp) to its terminal journal entry, p50 and p99. Both reuse the demo's machinery
+(``examples.order_fulfillment.measure``), and both check that every saga ended as planned.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from bench.common import BASE, PARTITIONS, TOPICS, fresh_saga_topics
+from examples.order_fulfillment.measure import (
+    Journal,
+    Results,
+    publish,
+    start_processes,
+    wait_until_ready,
+)
+from examples.order_fulfillment.scenario import PlannedOrder, plan_orders
+from sagas.local import LocalProcess, journal_end, journal_outcomes_from, percentile
+
+SEED = 7
+FAILURES = (0.03, 0.03)  # payment, shipping: as in the demo
+
+
+def run_orders(orders: list[PlannedOrder], rate: float | None, timeout: float) -> Results:
+    start = journal_end(TOPICS.journal)
+    published = publish(orders, rate=rate)
+    ids = [order.event.order_id for order in orders]
+    return Results(orders, published, journal_outcomes_from(TOPICS.journal, start, ids, timeout))
+
+
+def summary(results: Results) -> dict[str, Any]:
+    latencies = results.latencies_ms()
+    return {
+        "orders": len(results.orders),
+        "finished": len(results.outcomes),
+        "mismatches": len(results.mismatches),
+        "missing": len(results.missing),
+        "sagas_per_second": round(results.sagas_per_second() or 0.0, 1),
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+    }
+
+
+def started(processors: int = 1) -> tuple[dict[str, LocalProcess], str]:
+    """Fresh topics, the processor(s) and both workers, past a warm-up saga."""
+    fresh_saga_topics()
+    processes = start_processes(BASE, PARTITIONS, processors)
+    run_id = uuid.uuid4().hex[:8]
+    try:
+        journal = Journal(TOPICS.journal, journal_end(TOPICS.journal))
+        wait_until_ready(processes["processor"], journal, run_id, SEED, 120)
+    except BaseException:
+        for process in processes.values():
+            process.stop()
+        raise
+    return processes, run_id
+
+
+def measure(saturation_orders: int, latency_seconds: float) -> dict[str, Any]:
+    processes, run_id = started()
+    try:
+        burst = plan_orders(saturation_orders, *FAILURES, seed=SEED, run_id=f"{run_id}-sat")
+        saturated = summary(run_orders(burst, None, 300))
+        rate = max(1.0, saturated["sagas_per_second"] / 4)
+        count = max(10, round(rate * latency_seconds))
+        paced = plan_orders(count, *FAILURES, seed=SEED + 1, run_id=f"{run_id}-lat")
+        quarter = summary(run_orders(paced, rate, 120)) | {"offered_per_second": round(rate, 1)}
+    finally:
+        codes = {name: process.stop() for name, process in processes.items()}
+    return {"saturation": saturated, "quarter_load": quarter, "exit_codes": codes}
