@@ -45,6 +45,7 @@ from sagas.local import JournalWatcher, LocalProcess, journal_end
 from sagas.publisher import Publisher
 from stream_processors.journal import Kind
 from stream_processors.kafka_config import consumer_config, producer_config
+from stream_processors.reading import committed_records
 from stream_processors.replay import verify
 from stream_processors.restore import watermarks
 from stream_processors.routing import COMMAND_ID, DLQ_REASON, INSTANCE, header
@@ -200,24 +201,7 @@ def _ends(config: ChaosConfig, topics: list[str]) -> dict[str, dict[int, int]]:
 
 def _read_from(config: ChaosConfig, topic: str, start: dict[int, int]) -> list[Message]:
     """Every committed record of ``topic`` after ``start``, up to its end now."""
-    consumer = Consumer(consumer_config(config.bootstrap, "chaos", f"chaos-{time.time_ns()}"))
-    records: list[Message] = []
-    try:
-        ends = {p: watermarks(consumer, TopicPartition(topic, p))[1] for p in start}
-        # A partition with nothing new has no position to reach: leave it out.
-        ends = {p: end for p, end in ends.items() if end > start[p]}
-        if not ends:
-            return records
-        consumer.assign([TopicPartition(topic, p, start[p]) for p in ends])
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            records += [m for m in consumer.consume(5000, timeout=0.3) if m.error() is None]
-            positions = consumer.position([TopicPartition(topic, p) for p in ends])
-            if all((tp.offset or 0) >= ends[tp.partition] for tp in positions):
-                return records
-        raise TimeoutError(f"reading {topic} took over 120 s")
-    finally:
-        consumer.close()
+    return list(committed_records(topic, config.bootstrap, start))
 
 
 def run_chaos(config: ChaosConfig, say: Callable[[str], None] = print) -> ChaosReport:

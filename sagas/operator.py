@@ -18,18 +18,17 @@ a saga's inbox by accident would give it the wrong partition count).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException, Message, Producer
 from confluent_kafka import Consumer as KafkaConsumer
 
 from stream_processors.kafka_config import consumer_config, producer_config
 from stream_processors.model import OperatorAction, SagaDefinition
+from stream_processors.reading import ReadTimeout, committed_records
 from stream_processors.records import Event, Record
-from stream_processors.restore import watermarks
 from stream_processors.routing import (
     DLQ_DETAIL,
     DLQ_OFFSET,
@@ -294,62 +293,22 @@ def dead_letters(
     reason, ``limit`` the first ``limit`` of those. Raises ``OperatorError`` when the topic does
     not exist or cannot be read to its end within ``timeout`` seconds.
     """
-    # The client wants a group id; assigning partitions never joins the group, nothing commits.
-    consumer = KafkaConsumer(
-        consumer_config(bootstrap, "sagalog-dlq-reader", f"sagalog-dlq-reader-{time.time_ns()}")
-    )
+    probe = KafkaConsumer(consumer_config(bootstrap, "sagalog-dlq-reader", "sagalog-dlq-reader"))
     try:
-        partitions = sorted(_require_topics(consumer, [dlq_topic])[dlq_topic].partitions)
-        ends: dict[int, int] = {}
-        assignment = []
-        for partition in partitions:
-            low, high = watermarks(consumer, TopicPartition(dlq_topic, partition))
-            if high > low:
-                ends[partition] = high
-                assignment.append(TopicPartition(dlq_topic, partition, low))
-        letters: list[DeadLetter] = []
-        if assignment:
-            consumer.assign(assignment)
-            letters = _read_to(consumer, dlq_topic, ends, timeout)
+        _require_topics(probe, [dlq_topic])
     finally:
-        consumer.close()
+        probe.close()
+    try:
+        letters = [
+            DeadLetter.from_message(message)
+            for message in committed_records(dlq_topic, bootstrap, timeout=timeout)
+        ]
+    except (ReadTimeout, KafkaException) as error:
+        raise OperatorError(f"reading {dlq_topic}: {error} (an open transaction?)") from error
     if reason is not None:
         letters = [letter for letter in letters if letter.reason == reason]
     letters.sort(key=lambda d: (d.timestamp or 0, d.partition, d.offset))
     return letters if limit is None else letters[:limit]
-
-
-def _read_to(
-    consumer: KafkaConsumer, topic: str, ends: dict[int, int], timeout: float
-) -> list[DeadLetter]:
-    """Consume until each partition's position reaches its end offset.
-
-    Positions, not offsets read, tell the end: under read_committed the last offsets of a
-    partition are often transaction markers, which are never delivered.
-    """
-    letters: list[DeadLetter] = []
-    deadline = time.monotonic() + timeout
-    pending = dict(ends)
-    while pending:
-        for message in consumer.consume(num_messages=1000, timeout=0.2):
-            error = message.error()
-            if error is not None:
-                if error.fatal():
-                    raise OperatorError(f"reading {topic}: {error}")
-                continue
-            offset = message.offset()
-            if offset is not None and offset < ends[message.partition() or 0]:
-                letters.append(DeadLetter.from_message(message))
-        positions = consumer.position([TopicPartition(topic, p) for p in pending])
-        for tp in positions:
-            if tp.offset >= pending[tp.partition]:
-                del pending[tp.partition]
-        if pending and time.monotonic() > deadline:
-            raise OperatorError(
-                f"{topic}: partitions {sorted(pending)} not read to their end in {timeout} s "
-                "(an open transaction?)"
-            )
-    return letters
 
 
 def redrive(dlq_topic: str, selected: Sequence[DeadLetter], bootstrap: str | None = None) -> int:

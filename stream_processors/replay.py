@@ -21,15 +21,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 
 from stream_processors.fold import apply
 from stream_processors.instance import Instance, decode_snapshot, encode_snapshot, schedule
 from stream_processors.journal import JournalEntry
-from stream_processors.kafka_config import common, consumer_config, producer_config
+from stream_processors.kafka_config import common, producer_config
 from stream_processors.model import SagaDefinition
-from stream_processors.restore import watermarks
+from stream_processors.reading import committed_records
 from stream_processors.store import DueRef, SnapshotStore, index_entries
 from stream_processors.topics import SagaTopics, ensure_topics, topic_id
 
@@ -40,19 +40,8 @@ def _read_partition(
     bootstrap: str | None, topic: str, partition: int
 ) -> Iterator[tuple[bytes | None, bytes | None, int]]:
     """(key, value, offset) of every committed record of one partition, up to its end now."""
-    consumer = Consumer(consumer_config(bootstrap, "sagalog-replay", "sagalog-replay"))
-    tp = TopicPartition(topic, partition)
-    try:
-        low, high = watermarks(consumer, tp)
-        if low >= high:
-            return
-        consumer.assign([TopicPartition(topic, partition, low)])
-        while (consumer.position([tp])[0].offset or 0) < high:
-            for message in consumer.consume(num_messages=10_000, timeout=0.2):
-                if message.error() is None:
-                    yield message.key(), message.value(), message.offset() or 0
-    finally:
-        consumer.close()
+    for message in committed_records(topic, bootstrap, partitions=[partition]):
+        yield message.key(), message.value(), message.offset() or 0
 
 
 def _partitions(bootstrap: str | None, topic: str) -> list[int]:
