@@ -27,6 +27,7 @@ reads by its own run's instance ids.
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -245,6 +246,13 @@ def test_restart_restores_only_the_changelog_tail_and_a_wiped_store_everything(
 # -- (d) ----------------------------------------------------------------------------------------
 
 
+def _publish_paced(saga: SagaRun, orders: list[PlannedOrder], per_second: int) -> None:
+    for start in range(0, len(orders), per_second // 10):
+        began = time.monotonic()
+        saga.publish(orders[start : start + per_second // 10])
+        time.sleep(max(0.0, 0.1 - (time.monotonic() - began)))
+
+
 def test_a_killed_processors_partitions_and_state_move_to_the_survivor(saga: SagaRun) -> None:
     # The same base folder: the second process claims slot-1 (its own store, transactional id
     # and static group member id) because slot-0 is locked by the first.
@@ -261,13 +269,16 @@ def test_a_killed_processors_partitions_and_state_move_to_the_survivor(saga: Sag
         )
     saga.processes.workers()
     orders = saga.plan(1500, seed=4)
-    saga.publish(orders)
+    # Paced over about 5 s, so that the kill lands mid-run however fast the engine is.
+    publishing = threading.Thread(target=_publish_paced, args=(saga, orders, 300), daemon=True)
+    publishing.start()
 
     wait_until_ended(victim, 100)
     restored_before = survivor.metric("sagalog_restored_records_total")
     victim.kill()
     saga.journal.catch_up()
     assert len(saga.journal.outcomes) < len(orders), "the run ended before the kill"
+    publishing.join(timeout=60)
 
     assert saga.outcomes(orders, timeout=150) == expected(orders)
     assert assigned_partitions(survivor.log_path.read_text())[-1] == set(range(TOPICS.partitions))
