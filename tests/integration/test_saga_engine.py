@@ -172,12 +172,21 @@ def test_each_order_ends_in_its_planned_state_with_the_journal_decide_prescribes
 # -- (b) ----------------------------------------------------------------------------------------
 
 
+def _publish_paced(saga: SagaRun, orders: list[PlannedOrder], per_second: int) -> None:
+    """Publish ``orders`` at about ``per_second``, so a kill can land mid-run."""
+    for start in range(0, len(orders), per_second // 10):
+        began = time.monotonic()
+        saga.publish(orders[start : start + per_second // 10])
+        time.sleep(max(0.0, 0.1 - (time.monotonic() - began)))
+
+
 def test_kill_9_mid_run_then_restart_finishes_every_saga_with_each_command_once(
     saga: SagaRun,
 ) -> None:
     orders = saga.plan(1500, seed=2)
     processor = saga.start()
-    saga.publish(orders)
+    publishing = threading.Thread(target=_publish_paced, args=(saga, orders, 300), daemon=True)
+    publishing.start()
 
     # Killed once it has decided the end of a few hundred sagas: some of those are committed,
     # the latest sit in its open transaction, and most sagas are still under way.
@@ -186,6 +195,7 @@ def test_kill_9_mid_run_then_restart_finishes_every_saga_with_each_command_once(
     saga.journal.catch_up()
     finished_at_kill = len(saga.journal.outcomes)
     assert finished_at_kill < len(orders), "every saga had finished before the kill"
+    publishing.join(timeout=60)
 
     saga.start_processor()  # the same state folder: the same slot, store and transactional id
     assert saga.outcomes(orders) == expected(orders)
@@ -244,13 +254,6 @@ def test_restart_restores_only_the_changelog_tail_and_a_wiped_store_everything(
 
 
 # -- (d) ----------------------------------------------------------------------------------------
-
-
-def _publish_paced(saga: SagaRun, orders: list[PlannedOrder], per_second: int) -> None:
-    for start in range(0, len(orders), per_second // 10):
-        began = time.monotonic()
-        saga.publish(orders[start : start + per_second // 10])
-        time.sleep(max(0.0, 0.1 - (time.monotonic() - began)))
 
 
 def test_a_killed_processors_partitions_and_state_move_to_the_survivor(saga: SagaRun) -> None:
