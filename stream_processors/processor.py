@@ -45,12 +45,11 @@ from stream_processors.instance import Instance, decode_snapshot, encode_snapsho
 from stream_processors.journal import Kind
 from stream_processors.kafka_config import consumer_config, producer_config
 from stream_processors.model import SagaDefinition
-from stream_processors.records import Event, decode_record
+from stream_processors.records import Event, Record, decode_record
 from stream_processors.restore import restore_partition
 from stream_processors.routing import (
     COMMAND_ID,
     NOTE,
-    Headers,
     command_headers,
     dead_letter_headers,
     header,
@@ -138,11 +137,11 @@ class SagaProcessor:
         self._labels = {"saga": definition.name}
         # Labelled children looked up once: ``labels()`` costs more than the increment itself.
         self._inputs_counter = metrics.INPUTS.labels(**self._labels)
+        self._routed_counter = metrics.ROUTED.labels(**self._labels)
         self._lifecycle_counters = {
             kind: metrics.SAGAS.labels(event=event, **self._labels)
             for kind, event in _LIFECYCLE.items()
         }
-        self.restored_records = 0
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
 
@@ -281,16 +280,22 @@ class SagaProcessor:
             self._route(message)
         self._offsets[(topic, partition)] = (message.offset() or 0) + 1
 
-    def _route(self, message: Message) -> None:
-        """Re-key a source event by instance id into the inbox (inside the transaction)."""
+    def _decoded(self, message: Message) -> Record | None:
+        """The record a message carries, or None once it went to the dead-letter topic."""
         value = message.value()
         if value is not None and len(value) > self.config.max_record_bytes:
             self._dead_letter(message, "too-large", f"{len(value)} bytes")
-            return
+            return None
         try:
-            record = decode_record(value)
+            return decode_record(value)
         except DecodeError as error:
             self._dead_letter(message, error.reason, error.detail)
+            return None
+
+    def _route(self, message: Message) -> None:
+        """Re-key a source event by instance id into the inbox (inside the transaction)."""
+        record = self._decoded(message)
+        if record is None:
             return
         if type(record) not in self.definition.inputs:
             self._dead_letter(message, "unexpected-type", type(record).__qualname__)
@@ -301,16 +306,19 @@ class SagaProcessor:
             return
         assert self.producer is not None
         self.producer.produce(
-            self.topics.inbox, key=key.encode(), value=value, headers=origin_headers(message)
+            self.topics.inbox,
+            key=key.encode(),
+            value=message.value(),
+            headers=origin_headers(message),
         )
-        metrics.ROUTED.labels(**self._labels).inc()
+        self._routed_counter.inc()
 
     def _process(self, message: Message, partition: int) -> None:
+        record = self._decoded(message)
+        if record is None:
+            return
         value = message.value()
         raw_key = message.key()
-        if value is not None and len(value) > self.config.max_record_bytes:
-            self._dead_letter(message, "too-large", f"{len(value)} bytes")
-            return
         if not raw_key:
             self._dead_letter(message, "no-key", "inbox records are keyed by instance id")
             return
@@ -318,11 +326,6 @@ class SagaProcessor:
             instance_id = raw_key.decode()
         except UnicodeDecodeError:
             self._dead_letter(message, "bad-key", "the key is not UTF-8 text")
-            return
-        try:
-            record = decode_record(value)
-        except DecodeError as error:
-            self._dead_letter(message, error.reason, error.detail)
             return
         assert value is not None
         instance = self._load(partition, instance_id)
@@ -557,7 +560,6 @@ class SagaProcessor:
                 self._restore_progress,
                 self.config.retention_ms,
             )
-            self.restored_records += result.records
             metrics.RESTORED.labels(**self._labels).inc(result.records)
             log.info(
                 "restored partition %s: %s changelog records (offsets %s..%s) in %.2fs",
@@ -598,4 +600,4 @@ class SagaProcessor:
             del self._recent[slot]
 
 
-__all__ = ["Headers", "ProcessorConfig", "SagaProcessor"]
+__all__ = ["ProcessorConfig", "SagaProcessor"]
