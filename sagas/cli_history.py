@@ -26,6 +26,7 @@ from sagas.cli import Bootstrap, InstanceId, Partitions, SagaTarget, _saga, _tim
 from stream_processors.history import Located, fold_until, instance_history
 from stream_processors.instance import Instance
 from stream_processors.kafka_config import consumer_config
+from stream_processors.kafka_errors import metadata as kafka_metadata
 from stream_processors.model import SagaDefinition
 from stream_processors.processor import WEEK_MS
 from stream_processors.records import decode_record
@@ -197,7 +198,7 @@ def state(
 def _journal_size(topic: str, bootstrap: str | None) -> int:
     consumer = Consumer(consumer_config(bootstrap, "sagalog-replay", "sagalog-replay"))
     try:
-        partitions = consumer.list_topics(topic, timeout=15).topics[topic].partitions
+        partitions = kafka_metadata(consumer, bootstrap, topic).topics[topic].partitions
         ends = [watermarks(consumer, TopicPartition(topic, p)) for p in partitions]
         return sum(high - low for low, high in ends)
     finally:

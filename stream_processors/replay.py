@@ -27,7 +27,8 @@ from confluent_kafka.admin import AdminClient
 from stream_processors.fold import apply
 from stream_processors.instance import Instance, decode_snapshot, encode_snapshot, schedule
 from stream_processors.journal import JournalEntry
-from stream_processors.kafka_config import common, producer_config
+from stream_processors.kafka_config import producer_config
+from stream_processors.kafka_errors import connect_admin
 from stream_processors.model import SagaDefinition
 from stream_processors.reading import committed_records
 from stream_processors.store import DueRef, SnapshotStore, index_entries
@@ -45,7 +46,7 @@ def _read_partition(
 
 
 def _partitions(bootstrap: str | None, topic: str) -> list[int]:
-    admin = AdminClient(common(bootstrap, "sagalog-replay"))
+    admin = connect_admin(bootstrap, "sagalog-replay")
     return sorted(admin.list_topics(topic, timeout=15).topics[topic].partitions)
 
 
@@ -150,7 +151,7 @@ class ProcessorsRunning(Exception):
 
 
 def active_members(group: str, bootstrap: str | None = None) -> int:
-    admin = AdminClient(common(bootstrap, "sagalog-replay"))
+    admin = connect_admin(bootstrap, "sagalog-replay")
     try:
         description = admin.describe_consumer_groups([group])[group].result(timeout=15)
     except KafkaException:
@@ -198,7 +199,7 @@ def rebuild(
         if time.monotonic() > deadline:
             raise ProcessorsRunning(f"consumer group {group} has members: stop the processors")
         time.sleep(1)
-    admin = AdminClient(common(bootstrap, "sagalog-replay"))
+    admin = connect_admin(bootstrap, "sagalog-replay")
     _recreate(admin, topics, bootstrap)
     store.set_changelog_id(topic_id(topics.snapshots, bootstrap))
     producer = Producer(producer_config(bootstrap, "sagalog-replay"))
