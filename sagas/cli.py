@@ -10,7 +10,9 @@
 
 Targets are ``module:attribute``: a ``Saga`` subclass for ``run``, ``topics`` and the operator
 commands, a ``Worker`` for ``worker``. Every command reads ``KAFKA_BOOTSTRAP_SERVERS`` unless
-``--bootstrap`` is given.
+``--bootstrap`` is given. Client settings for a secured cluster (SASL, TLS) come from
+``sagas --kafka-config FILE <command>`` or ``SAGALOG_KAFKA_CONFIG`` and ``SAGALOG_KAFKA_*``
+variables (stream_processors.kafka_config).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from sagas import operator
 from sagas.operator import DeadLetter, OperatorError, Sent
 from sagas.saga import Saga
 from sagas.worker import Worker
-from stream_processors import metrics
+from stream_processors import kafka_config, metrics
+from stream_processors.kafka_errors import KafkaUnavailable
 from stream_processors.processor import ProcessorConfig, SagaProcessor
 from stream_processors.records import Record
 from stream_processors.schema_history import IncompatibleSchemaError
@@ -82,6 +85,25 @@ def _saga(target: str) -> type[Saga]:
     if not (isinstance(saga, type) and issubclass(saga, Saga)):
         raise typer.BadParameter(f"{target} is not a Saga class")
     return saga
+
+
+@app.callback()
+def _settings(
+    kafka_config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--kafka-config",
+            help="librdkafka settings (key=value lines) for every command's Kafka clients "
+            "[default: $SAGALOG_KAFKA_CONFIG]",
+        ),
+    ] = None,
+) -> None:
+    """Settings that apply to every command."""
+    if kafka_config_file is not None:
+        try:
+            kafka_config.use_config_file(kafka_config_file)
+        except kafka_config.KafkaConfigError as error:
+            raise typer.BadParameter(str(error), param_hint="--kafka-config") from None
 
 
 def _logging(level: str) -> None:
@@ -460,7 +482,11 @@ def dlq_redrive(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except (KafkaUnavailable, kafka_config.KafkaConfigError) as error:  # one line, no traceback
+        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+        sys.exit(1)
 
 
 # The journal-reading commands live in their own module and register on ``app`` when imported;

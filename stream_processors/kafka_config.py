@@ -74,8 +74,11 @@ def read_properties(path: str | Path) -> dict[str, str]:
 
 
 def _shown_line(key: str, equals: str) -> str:
-    """What an error may show of a malformed line: never a value, which may be a secret."""
-    return f"{key}=..." if equals else ("..." if len(key) > 40 else key)
+    """What an error may show of a malformed line: its first word, never what follows (it may
+    be a secret, as in ``sasl.password hunter2``)."""
+    words = key.split()
+    first = words[0] if words else ""
+    return first + ("=..." if equals else " ..." if len(words) > 1 else "")
 
 
 def use_config_file(path: str | Path | None) -> None:
