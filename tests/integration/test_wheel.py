@@ -195,7 +195,10 @@ def test_a_saga_from_a_scratch_folder_runs_on_the_broker(
             stdout=(logs / f"{args[0]}.log").open("w"),
             stderr=subprocess.STDOUT,
         )
-        for args in (["run", "greeter:Welcome", "--partitions", "2"], ["worker", "greeter:greeters"])
+        for args in (
+            ["run", "greeter:Welcome", "--partitions", "2"],
+            ["worker", "greeter:greeters"],
+        )
     ]
     try:
         printed = _run([str(installed / "bin" / "python"), "check.py", "20"], scratch, env, 180)
