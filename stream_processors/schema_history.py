@@ -386,6 +386,8 @@ def prepare_saga_schemas(
     log.info("schema history: read %s records of %s", read, history.topic)
     check_saga_schemas(history, definition, topics)
     for topic, schemas in saga_writes(definition, topics).items():
+        # With a schema registry: registered now, so that deciding never has to ask it.
+        CATALOG.register(schemas)
         for schema in schemas:
             history.record(topic, schema)
     return history

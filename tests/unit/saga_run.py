@@ -162,6 +162,11 @@ class Run:
             return decision
         assert timer is not None and timer.due_ms <= self.now_ms
         first = decision.entries[0]
+        if Kind(first.kind) is Kind.SAGA_PARKED:  # parked instead: the timer stays set
+            assert len(decision.entries) == 1
+            self._accept(decision)
+            assert self.state.timers[name] == timer
+            return decision
         assert Kind(first.kind) is Kind.TIMER_FIRED
         assert (first.timer, first.step, first.attempt) == (name, timer.step, timer.attempt)
         assert first.record is None

@@ -27,6 +27,7 @@ from examples.order_fulfillment.saga import OrderFulfillment
 from sagas import Compensate, RetryPolicy, Saga, Step, evolve
 from stream_processors.instance import Status
 from stream_processors.journal import Kind
+from stream_processors.model import OperatorAction
 from tests.unit.saga_run import Run
 
 ORDER = OrderPlaced(
@@ -115,6 +116,50 @@ def test_a_timer_due_under_a_version_without_its_step_parks_the_instance() -> No
 
     run.definition = OrderFulfillment.definition  # v1 again: it has no step "charge"
     decision = run.fire("timeout:charge")
-    assert [Kind(e.kind) for e in decision.entries] == [Kind.TIMER_FIRED, Kind.SAGA_PARKED]
+    assert [Kind(e.kind) for e in decision.entries] == [Kind.SAGA_PARKED]
     assert run.state.status is Status.NEEDS_ATTENTION
     assert "has no step 'charge'" in (run.state.reason or "")
+    assert "timeout:charge" in run.state.timers  # kept for when a fitting version runs
+    assert run.fire("timeout:charge").ignored == "parked"  # nothing moves while parked
+
+
+def _operator(action: str) -> OperatorAction:
+    return OperatorAction(action=action, by="ops", reason="tried")
+
+
+def _parked_by_mismatch() -> Run:
+    run = Run(Renamed.definition)
+    run.feed(ORDER)
+    run.definition = OrderFulfillment.definition
+    run.fire("timeout:charge")
+    assert run.state.status is Status.NEEDS_ATTENTION
+    return run
+
+
+def test_a_retry_under_a_version_that_still_lacks_the_step_is_refused() -> None:
+    run = _parked_by_mismatch()
+    assert run.feed(_operator("retry")).rejected == "definition-mismatch"
+    assert run.state.status is Status.NEEDS_ATTENTION
+
+
+def test_a_retry_once_a_fitting_version_runs_resumes_the_instance_where_it_was() -> None:
+    run = _parked_by_mismatch()
+    run.definition = Renamed.definition  # the fitting version is deployed again
+    run.feed(_operator("retry"))
+    assert run.state.status is Status.RUNNING  # not compensating with nothing in flight
+    assert run.state.parked_from is None
+
+    decision = run.fire("timeout:charge", at_ms=run.now_ms + 1_000)  # the kept timer, overdue
+    assert Kind.ATTEMPT_FAILED in [Kind(e.kind) for e in decision.entries]  # a timeout
+    run.fire("retry:charge")
+    charge = run.state.steps["charge"]
+    assert (charge.attempt, run.state.status) == (2, Status.RUNNING)
+    run.feed(PaymentCompleted(order_id="o-1", payment_id="pay-1"), charge.command_id)
+    assert run.state.status is Status.COMPLETED
+
+
+def test_resolving_an_instance_parked_by_a_mismatch_drops_its_timers() -> None:
+    run = _parked_by_mismatch()
+    run.feed(_operator("resolve"))
+    assert run.state.status is Status.RESOLVED
+    assert run.state.timers == {}
