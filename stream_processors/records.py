@@ -311,14 +311,19 @@ def _function_name(function: Callable[..., Any]) -> str:
     return f"{module}.{getattr(function, '__qualname__', repr(function))}"
 
 
+def registered_upcaster(full_name: str, writer_fingerprint: bytes) -> Upcaster | None:
+    """The upcaster that reads records of ``full_name`` written with that writer, if any."""
+    table = _upcasters.get(full_name)
+    if table is None:
+        return None
+    return table.get(writer_fingerprint) or table.get(None)
+
+
 def _upcaster_for(writer: AvroSchema) -> tuple[AvroSchema, Upcaster] | None:
     reader = CATALOG.reader_for(writer)
     if reader.fingerprint == writer.fingerprint:
         return None
-    table = _upcasters.get(reader.full_name)
-    if table is None:
-        return None
-    upcaster = table.get(writer.fingerprint) or table.get(None)
+    upcaster = registered_upcaster(reader.full_name, writer.fingerprint)
     return None if upcaster is None else (reader, upcaster)
 
 
@@ -380,4 +385,5 @@ __all__ = [
     "load_schema_directory",
     "record_type",
     "register_upcaster",
+    "registered_upcaster",
 ]
