@@ -81,40 +81,40 @@ class Renamed(Saga, name="order_fulfillment", version=3):
 def test_an_instance_started_under_v1_finishes_under_v2_with_its_new_step() -> None:
     run = Run(OrderFulfillment.definition)
     run.feed(ORDER)
-    payment = run.state.steps["payment"].command_id
-    assert run.state.saga_version == 1
+    payment = run.instance.steps["payment"].command_id
+    assert run.instance.saga_version == 1
 
     run.definition = WithRefundCheck.definition  # v2 is deployed
     run.feed(PaymentCompleted(order_id="o-1", payment_id="pay-1"), payment)
     assert run.journal[-1].saga_version == 2
-    assert "timeout:shipping" in run.state.timers  # v2's timeout applies to the new attempt
-    shipping = run.state.steps["shipping"].command_id
+    assert "timeout:shipping" in run.instance.timers  # v2's timeout applies to the new attempt
+    shipping = run.instance.steps["shipping"].command_id
     run.feed(ShippingLabelCreated(order_id="o-1", tracking_number="t-1"), shipping)
-    goodwill = run.state.steps["goodwill"].command_id
+    goodwill = run.instance.steps["goodwill"].command_id
     run.feed(PaymentRefunded(order_id="o-1", payment_id="pay-1"), goodwill)
 
-    assert run.state.status is Status.COMPLETED
-    assert run.state.saga_version == 1  # the version it started under
+    assert run.instance.status is Status.COMPLETED
+    assert run.instance.saga_version == 1  # the version it started under
 
 
 def test_a_version_without_a_step_the_instance_used_rejects_its_inputs() -> None:
     run = Run(OrderFulfillment.definition)
     run.feed(ORDER)
-    payment = run.state.steps["payment"].command_id
+    payment = run.instance.steps["payment"].command_id
 
     run.definition = Renamed.definition
     decision = run.feed(PaymentCompleted(order_id="o-1", payment_id="pay-1"), payment)
     assert decision.rejected == "definition-mismatch"
-    assert run.state.status is Status.RUNNING  # unchanged: the input waits in the DLQ
+    assert run.instance.status is Status.RUNNING  # unchanged: the input waits in the DLQ
 
 
 def test_a_timer_due_under_a_version_without_its_step_parks_the_instance() -> None:
     run = Run(Renamed.definition)
     run.feed(ORDER)
-    assert "timeout:charge" in run.state.timers
+    assert "timeout:charge" in run.instance.timers
 
     run.definition = OrderFulfillment.definition  # v1 again: it has no step "charge"
     decision = run.fire("timeout:charge")
     assert [Kind(e.kind) for e in decision.entries] == [Kind.TIMER_FIRED, Kind.SAGA_PARKED]
-    assert run.state.status is Status.NEEDS_ATTENTION
-    assert "has no step 'charge'" in (run.state.reason or "")
+    assert run.instance.status is Status.NEEDS_ATTENTION
+    assert "has no step 'charge'" in (run.instance.reason or "")
