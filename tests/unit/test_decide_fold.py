@@ -7,7 +7,7 @@ happy path, a failed payment, a failed shipment compensated by a refund, a faile
 that are ignored (duplicate, stale, duplicate-start, finished) or rejected (unknown-instance,
 unexpected-type). Command ids are deterministic.
 
-After every input, ``Run.feed`` (``tests/unit/saga_run.py``) checks the event-sourcing
+After every input, ``Run.feed`` (``sagas.testing.SagaTest``) checks the event-sourcing
 invariants: the state ``decide`` returned equals ``fold`` of the whole journal written so far (and
 of the previous state plus the new entries) with byte-identical snapshots; snapshots round-trip;
 and the journal entries round-trip through ``JournalEntry.encode``/``decode`` and fold, from

@@ -1,7 +1,7 @@
 """Unit tests for failure handling in the pure core: retries, timeouts, catch, compensation
 retries, parking and operator actions, the saga deadline, and wait steps. No Kafka.
 
-Every scenario runs through ``Run`` (``tests/unit/saga_run.py``), which checks after each input
+Every scenario runs through ``Run`` (a ``sagas.testing.SagaTest``), which checks after each input
 and each fired timer that the journal folds to the state ``decide`` returned, that snapshots
 (timers included) are byte-identical after an encode/decode round trip, that journal entries
 round-trip, that no command id is reused, and that the timers agree with the steps.
