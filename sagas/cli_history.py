@@ -29,7 +29,7 @@ from stream_processors.instance import Instance
 from stream_processors.kafka_config import consumer_config
 from stream_processors.model import SagaDefinition
 from stream_processors.processor import WEEK_MS
-from stream_processors.records import decode_record
+from stream_processors.records import Record, decode_record
 from stream_processors.replay import ProcessorsRunning, journal_partitions, rebuild, verify
 from stream_processors.restore import watermarks
 from stream_processors.schema_history import SchemaHistory
@@ -45,20 +45,22 @@ RetentionHours = Annotated[
 ]
 
 
-def _record_of(entry_record: bytes | None) -> tuple[str | None, dict[str, Any] | None]:
+def _record_of(entry_record: bytes | None) -> tuple[str | None, Record | None]:
     if entry_record is None:
         return None, None
     try:
         record = decode_record(entry_record)
     except Exception:
         return "?", None
-    return type(record).__name__, record.to_avro()
+    return type(record).__name__, record
 
 
 def _entry_json(located: Located) -> dict[str, Any]:
+    """One entry of ``history --json``; ``sagas.testing.load_histories`` reads them back."""
     entry = located.entry
     record_type, record = _record_of(entry.record)
     return {
+        "instance": entry.instance,
         "offset": located.offset,
         "position": entry.seq,
         "at_ms": entry.at_ms,
@@ -68,7 +70,8 @@ def _entry_json(located: Located) -> dict[str, Any]:
         "command_id": entry.command_id,
         "attempt": entry.attempt,
         "record_type": record_type,
-        "record": record,
+        "record_schema": None if record is None else record.__avro__.full_name,
+        "record": None if record is None else record.to_avro(),
         "reason": entry.reason,
         "timer": entry.timer,
         "due_ms": entry.due_ms,
