@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sagas import operator
+from sagas.cli_errors import run_cli
 from sagas.operator import DeadLetter, OperatorError, Sent
 from sagas.saga import Saga
 from sagas.worker import Worker
@@ -70,7 +71,15 @@ def load_target(target: str) -> Any:
         raise typer.BadParameter(f"{target!r} is not module:attribute")
     if "" not in sys.path:
         sys.path.insert(0, "")  # targets are usually in the current project, not installed
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is None or not module_name.startswith(error.name):
+            raise  # the module is there; something it imports is not
+        raise typer.BadParameter(
+            f"no module {module_name!r} here: run sagas from your project's folder, "
+            "or add it to PYTHONPATH"
+        ) from None
     try:
         return getattr(module, attribute)
     except AttributeError:
@@ -459,8 +468,17 @@ def dlq_redrive(
     typer.echo(f"sent {count} dead letters from {topic} back: {spread}")
 
 
+@app.callback()
+def options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="On an error, show the full traceback (anywhere)")
+    ] = False,
+) -> None:
+    """Options for every command."""
+
+
 def main() -> None:
-    app()
+    sys.exit(run_cli(app))
 
 
 # The journal-reading commands live in their own module and register on ``app`` when imported;
