@@ -12,8 +12,8 @@ and the source topics' partitions it was given. For each input record, in partit
 
 Every commit interval the open Kafka transaction is committed with the staged snapshots (one per
 instance, however many inputs it had) and the consumed offsets. Only after the commit succeeds
-are the snapshots written to the local store with their changelog offsets. See DESIGN.md,
-"The processing contract".
+are the snapshots written to the local store with their changelog offsets. See
+docs/architecture.md, "The processing contract".
 """
 
 from __future__ import annotations
