@@ -31,11 +31,11 @@ from rich.console import Console
 from rich.table import Table
 
 from sagas import operator
+from sagas.cli_errors import run_cli
 from sagas.operator import DeadLetter, OperatorError, Sent
 from sagas.saga import Saga
 from sagas.worker import Worker
 from stream_processors import kafka_config, metrics
-from stream_processors.kafka_errors import KafkaUnavailable
 from stream_processors.processor import ProcessorConfig, SagaProcessor
 from stream_processors.records import Record
 from stream_processors.schema_history import IncompatibleSchemaError
@@ -73,7 +73,15 @@ def load_target(target: str) -> Any:
         raise typer.BadParameter(f"{target!r} is not module:attribute")
     if "" not in sys.path:
         sys.path.insert(0, "")  # targets are usually in the current project, not installed
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is None or not module_name.startswith(error.name):
+            raise  # the module is there; something it imports is not
+        raise typer.BadParameter(
+            f"no module {module_name!r} here: run sagas from your project's folder, "
+            "or add it to PYTHONPATH"
+        ) from None
     try:
         return getattr(module, attribute)
     except AttributeError:
@@ -97,8 +105,14 @@ def _settings(
             "[default: $SAGALOG_KAFKA_CONFIG]",
         ),
     ] = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="On an error, show the full traceback (anywhere)")
+    ] = False,
 ) -> None:
     """Settings that apply to every command."""
+    # A command reports a failure in one line of its own; the client's lines would bury it.
+    # ``run`` and ``worker`` show them again: there they tell an operator what is going on.
+    kafka_config.CLIENT_LOG.setLevel(logging.DEBUG if debug else logging.CRITICAL)
     if kafka_config_file is not None:
         try:
             kafka_config.use_config_file(kafka_config_file)
@@ -107,9 +121,11 @@ def _settings(
 
 
 def _logging(level: str) -> None:
+    """Logging of the long-running commands (``run``, ``worker``), Kafka clients' lines too."""
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    kafka_config.CLIENT_LOG.setLevel(logging.NOTSET)
 
 
 @app.command()
@@ -482,11 +498,7 @@ def dlq_redrive(
 
 
 def main() -> None:
-    try:
-        app()
-    except (KafkaUnavailable, kafka_config.KafkaConfigError) as error:  # one line, no traceback
-        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
-        sys.exit(1)
+    sys.exit(run_cli(app))
 
 
 # The journal-reading commands live in their own module and register on ``app`` when imported;

@@ -89,6 +89,8 @@ class CommandContext:
     topic: str
     partition: int
     offset: int
+    command_id: str = ""
+    attempt: int = 1
 
 
 Handler = Callable[[Any, CommandContext], Event]
@@ -148,8 +150,7 @@ class Worker:
             command = decode_record(message.value())
         except DecodeError as error:
             return self._dead(message, error.reason, error.detail)
-        handler = self._handlers.get(type(command))
-        if handler is None:
+        if type(command) not in self._handlers:
             return self._dead(message, "no-handler", type(command).__qualname__)
         headers = message.headers()
         reply_to = header(headers, REPLY_TO)
@@ -174,16 +175,9 @@ class Worker:
             return reply_to, instance_id.encode(), known, reply_headers(command_id)
         began = time.perf_counter()
         try:
-            reply = handler(command, context)
-            outcome = "succeeded"
-        except BusinessError as error:
-            reply, outcome = error.reply, "failed"
-        except self.transient as error:
-            log.warning("transient failure of %s on %s: %s", name, command_id, error)
-            reply, outcome = (
-                CommandFailed(error=type(error).__name__, message=str(error)),
-                "transient",
-            )
+            reply, outcome = self.answer(command, context)
+            if outcome == "transient":
+                log.warning("transient failure of %s on %s: %s", name, command_id, reply)
         except Exception as error:  # a bug in the handler: park the command, keep serving
             log.exception("handler for %s crashed on %s", name, command_id)
             return self._dead(message, "handler-error", f"{type(error).__name__}: {error}")
@@ -198,6 +192,25 @@ class Worker:
         if self._handled is not None:
             self._handled.remember(command_id, value)
         return reply_to, instance_id.encode(), value, reply_headers(command_id)
+
+    def answer(self, command: Record, context: CommandContext) -> tuple[Event, str]:
+        """Run the handler for ``command``, in memory: (reply, outcome). No Kafka, no metrics.
+
+        The outcome is ``"succeeded"`` (the handler's reply), ``"failed"`` (the reply carried by
+        a ``BusinessError``) or ``"transient"`` (a ``CommandFailed`` naming a transient error).
+        Any other exception propagates: the runtime dead-letters the command. ``handle`` and
+        ``sagas.testing.handle`` both answer through here. Raises ``LookupError`` when the
+        worker has no handler for the command's type.
+        """
+        handler = self._handlers.get(type(command))
+        if handler is None:
+            raise LookupError(f"worker {self.name!r} has no handler for {type(command).__name__}")
+        try:
+            return handler(command, context), "succeeded"
+        except BusinessError as error:
+            return error.reply, "failed"
+        except self.transient as error:
+            return CommandFailed(error=type(error).__name__, message=str(error)), "transient"
 
     def _dead(self, message: Message, reason: str, detail: str) -> Outgoing:
         log.warning(

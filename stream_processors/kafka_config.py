@@ -23,12 +23,19 @@ instance, and services written in Java agree. Every consumer reads ``read_commit
 aborted or still-open transactions are never seen.
 
 Configurations hold secrets (``sasl.password``...): show one only through ``redacted()``.
+
+librdkafka's own log lines (a broker it cannot connect to, a connection closed) go to the
+Python logger ``sagalog.kafka`` instead of straight to stderr, with a line repeated within 30 s
+dropped: a long-running process shows each trouble once, and a command line can quiet them
+(``sagas`` does, and reports a failure as one line of its own).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +50,30 @@ _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SECRET = re.compile(r"password|secret|\.key\.pem$|^ssl_key$|jaas|oauthbearer\.config", re.I)
 
 _config_file: Path | None = None  # --kafka-config, set once by the CLI
+
+
+class _Repeats(logging.Filter):
+    """Drops a log line seen within ``seconds`` (ignoring its numbers: ``after 0ms``...)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = re.sub(r"\d+", "#", record.getMessage())
+        now = time.monotonic()
+        if now - self._last.get(key, -self.seconds) < self.seconds:
+            return False
+        if len(self._last) > 1000:  # bounded: old lines are forgotten
+            self._last.clear()
+        self._last[key] = now
+        return True
+
+
+#: Where every client's librdkafka log lines go (see the module docstring).
+CLIENT_LOG = logging.getLogger("sagalog.kafka")
+CLIENT_LOG.addFilter(_Repeats(30.0))
 
 
 class KafkaConfigError(ValueError):
@@ -137,7 +168,11 @@ def bootstrap_servers(explicit: str | None = None, environ: Mapping[str, str] | 
 def common(bootstrap: str | None, client_id: str) -> dict[str, Any]:
     """What every client gets: the user's settings, the bootstrap servers and ``client_id``."""
     settings: dict[str, Any] = dict(user_settings())
-    return settings | {"bootstrap.servers": bootstrap_servers(bootstrap), "client.id": client_id}
+    return settings | {
+        "bootstrap.servers": bootstrap_servers(bootstrap),
+        "client.id": client_id,
+        "logger": CLIENT_LOG,
+    }
 
 
 def is_secret(name: str) -> bool:

@@ -21,7 +21,9 @@ from confluent_kafka.admin import AdminClient
 
 from stream_processors.kafka_config import CONFIG_FILE_VARIABLE, common
 
-FIRST_CONTACT_TIMEOUT = 10.0
+#: Seconds a first contact (and a metadata request of the tools) waits for the cluster: a
+#: person at a terminal learns within 10 s that it cannot be reached, and why.
+FIRST_CONTACT_TIMEOUT = 6.0
 
 _SECURED_HINT = (
     "set SAGALOG_KAFKA_SECURITY_PROTOCOL (e.g. SASL_SSL), SAGALOG_KAFKA_SASL_MECHANISM, "
@@ -142,7 +144,10 @@ def connect_admin(
 
 
 def metadata(
-    client: Any, bootstrap: str | None, topic: str | None = None, timeout: float = 15
+    client: Any,
+    bootstrap: str | None,
+    topic: str | None = None,
+    timeout: float = FIRST_CONTACT_TIMEOUT,
 ) -> Any:
     """``client.list_topics`` (a producer's, consumer's or admin client's), raising
     ``KafkaUnavailable`` with the explanation when the cluster does not answer."""

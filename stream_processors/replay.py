@@ -32,7 +32,7 @@ from stream_processors.kafka_errors import connect_admin
 from stream_processors.model import SagaDefinition
 from stream_processors.reading import committed_records
 from stream_processors.store import DueRef, SnapshotStore, index_entries
-from stream_processors.topics import SagaTopics, ensure_topics, topic_id
+from stream_processors.topics import SagaTopics, TopicMismatch, ensure_topics, topic_id
 
 Progress = Callable[[int], None]
 
@@ -48,6 +48,11 @@ def _read_partition(
 def _partitions(bootstrap: str | None, topic: str) -> list[int]:
     admin = connect_admin(bootstrap, "sagalog-replay")
     return sorted(admin.list_topics(topic, timeout=15).topics[topic].partitions)
+
+
+def journal_partitions(topics: SagaTopics, bootstrap: str | None = None) -> int:
+    """How many partitions the saga's journal has (0 when it does not exist)."""
+    return len(_partitions(bootstrap, topics.journal))
 
 
 def fold_partition(
@@ -199,6 +204,13 @@ def rebuild(
         if time.monotonic() > deadline:
             raise ProcessorsRunning(f"consumer group {group} has members: stop the processors")
         time.sleep(1)
+    journal_count = journal_partitions(topics, bootstrap)
+    if topics.partitions != journal_count:
+        # The changelog must be co-partitioned with the journal it is the fold of.
+        raise TopicMismatch(
+            f"{topics.journal} has {journal_count} partitions, not {topics.partitions}: the "
+            f"snapshots changelog is rebuilt with the journal's partition count"
+        )
     admin = connect_admin(bootstrap, "sagalog-replay")
     _recreate(admin, topics, bootstrap)
     store.set_changelog_id(topic_id(topics.snapshots, bootstrap))

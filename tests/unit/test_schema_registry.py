@@ -225,3 +225,34 @@ def test_a_certificate_from_an_unknown_ca_is_refused(
         _register(registry)
     assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
     assert SECRET not in str(caught.value)
+
+
+def test_deciding_never_calls_the_registry(
+    registry_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pure core encodes commands without I/O; the processor registers schemas at start."""
+    from examples.order_fulfillment.messages import MakePayment, OrderPlaced
+    from examples.order_fulfillment.saga import OrderFulfillment
+    from stream_processors.decide import Input, decide
+    from stream_processors.records import CATALOG
+
+    monkeypatch.setattr(CATALOG, "registry", HttpSchemaRegistry(registry_url))
+    monkeypatch.setattr(CATALOG, "_registry_ids", {})
+    monkeypatch.setattr(CATALOG, "_by_registry_id", {})
+    order = OrderPlaced(
+        order_id="o-1", customer_id="c", amount_cents=5, card_token="t", postcode="1"
+    )
+    subject = MakePayment.__avro__.full_name
+
+    def make_payment() -> bytes:
+        decision = decide(OrderFulfillment.definition, None, Input(order, order.encode()), 1)
+        return decision.commands[0].value
+
+    before = len(_Registry.subjects.get(subject, []))
+    assert make_payment()[:2] == b"\xc3\x01"  # not registered yet: single-object, no HTTP call
+    assert len(_Registry.subjects.get(subject, [])) == before
+
+    CATALOG.register([MakePayment.__avro__])  # what prepare_saga_schemas does at start
+    framed = make_payment()
+    assert framed[0] == 0
+    assert int.from_bytes(framed[1:5], "big") == _Registry.subjects[subject][-1]
