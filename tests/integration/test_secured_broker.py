@@ -25,6 +25,7 @@ import pytest
 
 from stream_processors.kafka_config import read_properties
 from stream_processors.kafka_errors import KafkaUnavailable, connect_admin
+from stream_processors.topics import ensure_topics
 from tests.conftest import KafkaCluster
 from tests.integration.saga_harness import REPO_ROOT, SAGA_TARGET, TOPICS, SagaRun
 
@@ -102,6 +103,7 @@ def test_the_order_saga_runs_end_to_end_over_sasl_ssl(
     path, listener = secured
     # Subprocesses inherit it; this process's publisher and readers read it on each client.
     monkeypatch.setenv("SAGALOG_KAFKA_CONFIG", str(path))
+    ensure_topics(TOPICS, listener)  # before the run's readers look for them (a fresh broker)
     run = SagaRun(KafkaCluster(listener, connect_admin(listener, "secured-test")), tmp_path)
     try:
         orders = run.plan(20, seed=7, failures=0.2)
