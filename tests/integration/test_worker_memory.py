@@ -54,7 +54,7 @@ def test_a_worker_killed_between_effect_and_reply_leaves_one_effect(jobs: Jobs) 
     assert [e.command_id for e in accepted].count(command_id) == 1
 
 
-def _command(jobs: Jobs, reader: CommittedReader, command_id: str) -> Message:
+def _command(reader: CommittedReader, command_id: str) -> Message:
     found = [m for m in reader.read_to_end() if header_of(m, COMMAND_ID) == command_id]
     assert len(found) == 1, f"{len(found)} committed records of {command_id}"
     return found[0]
@@ -94,7 +94,7 @@ def test_a_command_delivered_again_after_its_commit_gets_the_remembered_reply(
         job = jobs.job("ok")
         jobs.wait_for(job, Kind.SAGA_COMPLETED, timeout=60)
         command_id = f"flaky_jobs/{job}/work/1"
-        command = _command(jobs, commands, command_id)
+        command = _command(commands, command_id)
         first.stop()
 
         second = jobs.worker("machine-b")

@@ -199,7 +199,7 @@ class Run:
         assert [(e.command_id, e.record) for e in sent_entries] == [
             (c.command_id, c.value) for c in decision.commands
         ]
-        # Each attempt has its own id: a worker's idempotency key is never reused.
+        # Each attempt has its own command id (the step's idempotency key is shared by all).
         ids = [c.command_id for c in [*self.sent, *decision.commands]]
         assert len(ids) == len(set(ids)), ids
 
