@@ -131,7 +131,7 @@ def order_records(count: int, run_id: str) -> list[tuple[bytes, bytes]]:
 
 def topic_size(topic: str) -> int:
     """Records (and transaction markers) in ``topic``: the sum of its partitions' ends."""
-    consumer = Consumer({"bootstrap.servers": bootstrap_servers(), "group.id": "bench-size"})
+    consumer = Consumer(common(None, "sagalog-bench-size") | {"group.id": "bench-size"})
     try:
         partitions = consumer.list_topics(topic, timeout=15).topics[topic].partitions
         return sum(watermarks(consumer, TopicPartition(topic, p))[1] for p in partitions)
@@ -165,9 +165,7 @@ def follow_drain(
     out, so start-up (joining the group, restoring) is not counted: records per second of
     steady processing, measured the same way for every pipe.
     """
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap_servers(), "group.id": group, "log_level": 4}
-    )
+    consumer = Consumer(common(None, "sagalog-bench-drain") | {"group.id": group, "log_level": 4})
     try:
         partitions = consumer.list_topics(topic, timeout=15).topics[topic].partitions
         tps = [TopicPartition(topic, p) for p in partitions]

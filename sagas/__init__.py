@@ -5,6 +5,7 @@ schemas); ``Saga``, ``Step``, ``Wait``, ``Compensate``, ``evolve`` and ``on`` (d
 ``RetryPolicy`` with the error names ``TRANSIENT``, ``TIMEOUT`` and ``ALL``, and ``COMPENSATE``
 (failure handling); ``Fail`` and ``Complete`` (handler outcomes); ``Publisher`` (publishing domain
 events); and ``Worker``, ``BusinessError`` and ``TransientError`` (services that handle commands).
+The test kit is ``sagas.testing`` (import it from there: it is not loaded here).
 """
 
 from sagas.publisher import Publisher

@@ -10,7 +10,9 @@
 
 Targets are ``module:attribute``: a ``Saga`` subclass for ``run``, ``topics`` and the operator
 commands, a ``Worker`` for ``worker``. Every command reads ``KAFKA_BOOTSTRAP_SERVERS`` unless
-``--bootstrap`` is given.
+``--bootstrap`` is given. Client settings for a secured cluster (SASL, TLS) come from
+``sagas --kafka-config FILE <command>`` or ``SAGALOG_KAFKA_CONFIG`` and ``SAGALOG_KAFKA_*``
+variables (stream_processors.kafka_config).
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ from rich.console import Console
 from rich.table import Table
 
 from sagas import operator
+from sagas.cli_errors import run_cli
 from sagas.operator import DeadLetter, OperatorError, Sent
 from sagas.saga import Saga
 from sagas.worker import Worker
-from stream_processors import metrics
+from stream_processors import kafka_config, metrics
 from stream_processors.processor import ProcessorConfig, SagaProcessor
 from stream_processors.records import Record
 from stream_processors.schema_history import IncompatibleSchemaError
@@ -70,7 +73,15 @@ def load_target(target: str) -> Any:
         raise typer.BadParameter(f"{target!r} is not module:attribute")
     if "" not in sys.path:
         sys.path.insert(0, "")  # targets are usually in the current project, not installed
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is None or not module_name.startswith(error.name):
+            raise  # the module is there; something it imports is not
+        raise typer.BadParameter(
+            f"no module {module_name!r} here: run sagas from your project's folder, "
+            "or add it to PYTHONPATH"
+        ) from None
     try:
         return getattr(module, attribute)
     except AttributeError:
@@ -84,10 +95,37 @@ def _saga(target: str) -> type[Saga]:
     return saga
 
 
+@app.callback()
+def _settings(
+    kafka_config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--kafka-config",
+            help="librdkafka settings (key=value lines) for every command's Kafka clients "
+            "[default: $SAGALOG_KAFKA_CONFIG]",
+        ),
+    ] = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="On an error, show the full traceback (anywhere)")
+    ] = False,
+) -> None:
+    """Settings that apply to every command."""
+    # A command reports a failure in one line of its own; the client's lines would bury it.
+    # ``run`` and ``worker`` show them again: there they tell an operator what is going on.
+    kafka_config.CLIENT_LOG.setLevel(logging.DEBUG if debug else logging.CRITICAL)
+    if kafka_config_file is not None:
+        try:
+            kafka_config.use_config_file(kafka_config_file)
+        except kafka_config.KafkaConfigError as error:
+            raise typer.BadParameter(str(error), param_hint="--kafka-config") from None
+
+
 def _logging(level: str) -> None:
+    """Logging of the long-running commands (``run``, ``worker``), Kafka clients' lines too."""
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    kafka_config.CLIENT_LOG.setLevel(logging.NOTSET)
 
 
 @app.command()
@@ -464,7 +502,7 @@ def dlq_redrive(
 
 
 def main() -> None:
-    app()
+    sys.exit(run_cli(app))
 
 
 # The journal-reading commands live in their own module and register on ``app`` when imported;

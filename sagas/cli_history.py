@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,18 +23,19 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from sagas.cli import Bootstrap, InstanceId, Partitions, SagaTarget, _saga, _time, app
+from sagas.cli import Bootstrap, InstanceId, SagaTarget, _saga, _time, app
 from stream_processors.history import Located, fold_until, instance_history
 from stream_processors.instance import Instance
 from stream_processors.kafka_config import consumer_config
+from stream_processors.kafka_errors import metadata as kafka_metadata
 from stream_processors.model import SagaDefinition
 from stream_processors.processor import WEEK_MS
-from stream_processors.records import decode_record
-from stream_processors.replay import ProcessorsRunning, rebuild, verify
+from stream_processors.records import Record, decode_record
+from stream_processors.replay import ProcessorsRunning, journal_partitions, rebuild, verify
 from stream_processors.restore import watermarks
 from stream_processors.schema_history import SchemaHistory
 from stream_processors.store import SnapshotStore, claim_slot, default_state_dir
-from stream_processors.topics import SagaTopics
+from stream_processors.topics import SagaTopics, TopicMismatch
 
 StateDir = Annotated[
     Path | None,
@@ -44,20 +46,22 @@ RetentionHours = Annotated[
 ]
 
 
-def _record_of(entry_record: bytes | None) -> tuple[str | None, dict[str, Any] | None]:
+def _record_of(entry_record: bytes | None) -> tuple[str | None, Record | None]:
     if entry_record is None:
         return None, None
     try:
         record = decode_record(entry_record)
     except Exception:
         return "?", None
-    return type(record).__name__, record.to_avro()
+    return type(record).__name__, record
 
 
 def _entry_json(located: Located) -> dict[str, Any]:
+    """One entry of ``history --json``; ``sagas.testing.load_histories`` reads them back."""
     entry = located.entry
     record_type, record = _record_of(entry.record)
     return {
+        "instance": entry.instance,
         "offset": located.offset,
         "position": entry.seq,
         "at_ms": entry.at_ms,
@@ -67,7 +71,8 @@ def _entry_json(located: Located) -> dict[str, Any]:
         "command_id": entry.command_id,
         "attempt": entry.attempt,
         "record_type": record_type,
-        "record": record,
+        "record_schema": None if record is None else record.__avro__.full_name,
+        "record": None if record is None else record.to_avro(),
         "reason": entry.reason,
         "timer": entry.timer,
         "due_ms": entry.due_ms,
@@ -197,7 +202,7 @@ def state(
 def _journal_size(topic: str, bootstrap: str | None) -> int:
     consumer = Consumer(consumer_config(bootstrap, "sagalog-replay", "sagalog-replay"))
     try:
-        partitions = consumer.list_topics(topic, timeout=15).topics[topic].partitions
+        partitions = kafka_metadata(consumer, bootstrap, topic).topics[topic].partitions
         ends = [watermarks(consumer, TopicPartition(topic, p)) for p in partitions]
         return sum(high - low for low, high in ends)
     finally:
@@ -211,14 +216,22 @@ def replay(
         bool,
         typer.Option("--verify", help="Only compare the journal's fold with live snapshots"),
     ] = False,
-    partitions: Partitions = 8,
+    partitions: Annotated[
+        int | None,
+        typer.Option(help="Partitions of the journal; refused if it has another count"),
+    ] = None,
     state_dir: StateDir = None,
     retention_hours: RetentionHours = WEEK_MS / 3_600_000,
     bootstrap: Bootstrap = None,
 ) -> None:
     """Rebuild every snapshot from the journal (processors stopped), or --verify them."""
     definition = _saga(target).definition
-    topics = SagaTopics.for_saga(definition, partitions)
+    topics = SagaTopics.for_saga(definition)
+    existing = journal_partitions(topics, bootstrap)
+    if not existing:
+        typer.secho(f"error: no topic {topics.journal}: nothing to replay", err=True, fg="red")
+        raise typer.Exit(1)
+    topics = replace(topics, partitions=partitions or existing)
     retention_ms = None if retention_hours < 0 else round(retention_hours * 3_600_000)
     _read_old_versions(bootstrap)
     total = _journal_size(topics.journal, bootstrap)
@@ -235,7 +248,7 @@ def replay(
             store = _fresh_store(state_dir or default_state_dir(definition.name))
             try:
                 rebuilt = rebuild(definition, topics, store, bootstrap, retention_ms, advance)
-            except ProcessorsRunning as error:
+            except (ProcessorsRunning, TopicMismatch) as error:
                 typer.echo(str(error), err=True)
                 raise typer.Exit(1) from None
             finally:

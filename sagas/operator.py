@@ -26,6 +26,7 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException,
 from confluent_kafka import Consumer as KafkaConsumer
 
 from stream_processors.kafka_config import consumer_config, producer_config
+from stream_processors.kafka_errors import metadata as kafka_metadata
 from stream_processors.model import OperatorAction, SagaDefinition
 from stream_processors.reading import ReadTimeout, committed_records
 from stream_processors.records import Event, Record
@@ -154,9 +155,11 @@ def _producer(bootstrap: str | None, client_id: str) -> Producer:
     return Producer(config)
 
 
-def _require_topics(client: Producer | KafkaConsumer, topics: Iterable[str]) -> dict[str, Any]:
+def _require_topics(
+    client: Producer | KafkaConsumer, topics: Iterable[str], bootstrap: str | None
+) -> dict[str, Any]:
     """Topic metadata by name; raises ``OperatorError`` naming the topics that do not exist."""
-    metadata = client.list_topics(timeout=15).topics
+    metadata = kafka_metadata(client, bootstrap).topics
     missing = sorted({t for t in topics if t not in metadata or metadata[t].error is not None})
     if missing:
         raise OperatorError(f"topic(s) not found: {', '.join(missing)}")
@@ -210,7 +213,7 @@ def _to_instance(
         raise ValueError("an instance id is required")
     inbox = SagaTopics.for_saga(definition).inbox
     producer = _producer(bootstrap, f"sagalog-operator-{definition.name}")
-    _require_topics(producer, [inbox])
+    _require_topics(producer, [inbox], bootstrap)
     record = {"key": instance_id.encode(), "value": value, "headers": [(NOTE, note.encode())]}
     return replace(_deliver(producer, [(inbox, record)])[0], note=note)
 
@@ -295,7 +298,7 @@ def dead_letters(
     """
     probe = KafkaConsumer(consumer_config(bootstrap, "sagalog-dlq-reader", "sagalog-dlq-reader"))
     try:
-        _require_topics(probe, [dlq_topic])
+        _require_topics(probe, [dlq_topic], bootstrap)
     finally:
         probe.close()
     try:
@@ -338,7 +341,7 @@ def redrive(dlq_topic: str, selected: Sequence[DeadLetter], bootstrap: str | Non
     if not selected:
         return 0
     producer = _producer(bootstrap, "sagalog-redrive")
-    _require_topics(producer, {d.origin_topic for d in selected if d.origin_topic})
+    _require_topics(producer, {d.origin_topic for d in selected if d.origin_topic}, bootstrap)
     records: list[tuple[str, dict[str, Any]]] = []
     for letter in selected:
         assert letter.origin_topic is not None

@@ -192,8 +192,7 @@ class Worker:
             command = decode_record(message.value())
         except DecodeError as error:
             return self._dead(message, error.reason, error.detail)
-        handler = self._handlers.get(type(command))
-        if handler is None:
+        if type(command) not in self._handlers:
             return self._dead(message, "no-handler", type(command).__qualname__)
         headers = message.headers()
         reply_to = header(headers, REPLY_TO)
@@ -208,7 +207,7 @@ class Worker:
             again = (known.reply_to, known.instance_id.encode(), known.reply)
             return Answer((*again, reply_headers(command_id)))
         try:
-            reply = self._reply(handler, command, context)
+            reply = self._reply(command, context)
         except _HandlerCrashed as crash:  # a bug in the handler: park the command, keep serving
             return self._dead(message, "handler-error", str(crash))
         if self._history is not None:
@@ -224,20 +223,15 @@ class Worker:
             return None
         return self._handled.reply(context.topic, context.partition, context.command_id)
 
-    def _reply(self, handler: Handler, command: Record, context: CommandContext) -> Event:
+    def _reply(self, command: Record, context: CommandContext) -> Event:
         """The handler's reply: its success or failure reply, or ``CommandFailed`` for a
         transient error. Raises ``_HandlerCrashed`` for any other exception."""
         name = type(command).__name__
         began = time.perf_counter()
         try:
-            reply = handler(command, context)
-            outcome = "succeeded"
-        except BusinessError as error:
-            reply, outcome = error.reply, "failed"
-        except self.transient as error:
-            log.warning("transient failure of %s on %s: %s", name, context.command_id, error)
-            reply = CommandFailed(error=type(error).__name__, message=str(error))
-            outcome = "transient"
+            reply, outcome = self.answer(command, context)
+            if outcome == "transient":
+                log.warning("transient failure of %s on %s: %s", name, context.command_id, reply)
         except Exception as error:
             log.exception("handler for %s crashed on %s", name, context.command_id)
             raise _HandlerCrashed(f"{type(error).__name__}: {error}") from error
@@ -252,6 +246,25 @@ class Worker:
         metrics.COMMANDS_HANDLED.labels(
             worker=self.name, command=type(command).__name__, outcome=outcome
         ).inc()
+
+    def answer(self, command: Record, context: CommandContext) -> tuple[Event, str]:
+        """Run the handler for ``command``, in memory: (reply, outcome). No Kafka, no metrics.
+
+        The outcome is ``"succeeded"`` (the handler's reply), ``"failed"`` (the reply carried by
+        a ``BusinessError``) or ``"transient"`` (a ``CommandFailed`` naming a transient error).
+        Any other exception propagates: the runtime dead-letters the command. ``handle`` and
+        ``sagas.testing.handle`` both answer through here. Raises ``LookupError`` when the
+        worker has no handler for the command's type.
+        """
+        handler = self._handlers.get(type(command))
+        if handler is None:
+            raise LookupError(f"worker {self.name!r} has no handler for {type(command).__name__}")
+        try:
+            return handler(command, context), "succeeded"
+        except BusinessError as error:
+            return error.reply, "failed"
+        except self.transient as error:
+            return CommandFailed(error=type(error).__name__, message=str(error)), "transient"
 
     def _dead(self, message: Message, reason: str, detail: str) -> Answer:
         log.warning(

@@ -114,6 +114,7 @@ class SchemaCatalog:
         self.registry = registry
         self._registry_ids: dict[bytes, int] = {}
         self._by_registry_id: dict[int, AvroSchema] = {}
+        self._offline_depth = 0  # > 0 inside ``offline()``: no registry calls
         #: Asked for a writer schema whose fingerprint the catalog does not know, before giving
         #: up on the record (a schema history installs one: see ``stream_processors.
         #: schema_history``). It returns the schema, having added it with ``add_writer``, or None.
@@ -173,19 +174,43 @@ class SchemaCatalog:
         """The current schema a record written with ``writer`` is read as."""
         return self._current.get(writer.full_name, writer)
 
+    def register(self, schemas: Iterable[AvroSchema]) -> None:
+        """Register ``schemas`` with the registry now, if one is configured (I/O: the shell's).
+
+        A processor registers every schema its saga writes before it decides anything, so
+        that encoding inside the pure core finds each id cached (see ``offline``).
+        """
+        if self.registry is None:
+            return
+        for schema in schemas:
+            if schema.fingerprint not in self._registry_ids:
+                schema_id = self.registry.register(schema)
+                self._registry_ids[schema.fingerprint] = schema_id
+                self._by_registry_id[schema_id] = schema
+
+    def offline(self) -> _Offline:
+        """A context in which ``header`` never calls the registry (the pure core runs in it).
+
+        Inside it, a schema whose registry id is not cached yet is written in single-object
+        encoding instead: every Sagalog reader accepts both framings, and the pure core stays
+        free of network calls whatever the configuration.
+        """
+        return _Offline(self)
+
     def header(self, schema: AvroSchema) -> bytes:
         """The frame header for records written with ``schema``.
 
         Single-object encoding unless a registry is configured; then the Confluent wire format,
-        registering the schema the first time this process writes with it.
+        registering the schema the first time this process writes with it (outside ``offline``).
         """
         if self.registry is None:
             return schema.header
         schema_id = self._registry_ids.get(schema.fingerprint)
         if schema_id is None:
-            schema_id = self.registry.register(schema)
-            self._registry_ids[schema.fingerprint] = schema_id
-            self._by_registry_id[schema_id] = schema
+            if self._offline_depth:
+                return schema.header
+            self.register([schema])
+            schema_id = self._registry_ids[schema.fingerprint]
         return bytes([CONFLUENT_MAGIC]) + struct.pack(">I", schema_id)
 
     def writer_of(self, data: bytes | None) -> tuple[AvroSchema, int]:
@@ -229,6 +254,21 @@ class SchemaCatalog:
         if writer.fingerprint == reader.fingerprint:
             return None
         return reader.hinted
+
+
+class _Offline:
+    """``SchemaCatalog.offline()``: a plain class, cheap enough to enter once per decision."""
+
+    __slots__ = ("_catalog",)
+
+    def __init__(self, catalog: SchemaCatalog) -> None:
+        self._catalog = catalog
+
+    def __enter__(self) -> None:
+        self._catalog._offline_depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._catalog._offline_depth -= 1
 
 
 def _encode(header: bytes, schema: AvroSchema, datum: Mapping[str, Any]) -> bytes:

@@ -45,7 +45,7 @@ from stream_processors.model import (
     SagaDefinition,
 )
 from stream_processors.policy import ALL, TIMEOUT, TRANSIENT
-from stream_processors.records import Command, Record
+from stream_processors.records import CATALOG, Command, Record
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +281,14 @@ def decide(
     definition: SagaDefinition, instance: Instance | None, received: Input, now_ms: int
 ) -> Decision:
     """What the saga does with ``received``, given the instance's current state (None if new)."""
+    # Commands are encoded here; with a schema registry configured, encoding must not call it.
+    with CATALOG.offline():
+        return _decide(definition, instance, received, now_ms)
+
+
+def _decide(
+    definition: SagaDefinition, instance: Instance | None, received: Input, now_ms: int
+) -> Decision:
     record = received.record
     kind_of_input = type(record)
     decider = _Decider(definition, instance, now_ms)
@@ -391,16 +399,31 @@ def decide_timer(
     definition: SagaDefinition, instance: Instance | None, name: str, now_ms: int
 ) -> Decision:
     """Fire timer ``name`` of ``instance`` if it is still set and due; otherwise ignore it."""
+    with CATALOG.offline():
+        return _decide_timer(definition, instance, name, now_ms)
+
+
+def _decide_timer(
+    definition: SagaDefinition, instance: Instance | None, name: str, now_ms: int
+) -> Decision:
     decider = _Decider(definition, instance, now_ms)
     timer = None if instance is None else instance.timers.get(name)
     if timer is None or timer.due_ms > now_ms:
         decider.decision.ignored = "stale-timer"
         return decider.decision
-    decider.note(Kind.TIMER_FIRED, timer=name, step=timer.step, attempt=timer.attempt)
+    status = decider.instance.status
+    if status is Status.NEEDS_ATTENTION:
+        # Nothing moves while an operator decides: the timer stays set, and fires after a retry.
+        decider.decision.ignored = "parked"
+        return decider.decision
     mismatch = _mismatch(definition, decider.instance)
+    if mismatch is not None and not status.finished:
+        # Parked with the timer still set: what it was due to do is done once a version that
+        # fits the instance runs and an operator retries (or is dropped by a resolve).
+        decider.note(Kind.SAGA_PARKED, reason=mismatch)
+        return decider.decision
+    decider.note(Kind.TIMER_FIRED, timer=name, step=timer.step, attempt=timer.attempt)
     if mismatch is not None:
-        if not decider.instance.status.finished:
-            decider.note(Kind.SAGA_PARKED, reason=mismatch)
         return decider.decision
     step = timer.step
     current = None if step is None else decider.instance.steps.get(step)
@@ -438,14 +461,34 @@ def _operator(decider: _Decider, action: OperatorAction, received: Input) -> Dec
     if action.action == "cancel":
         decider.fail(f"cancelled by {action.by}: {action.reason}")
     elif action.action == "resolve":
+        for timer in list(decider.instance.timers):  # a resolved instance has nothing to wait for
+            decider.cancel(timer)
         decider.note(Kind.SAGA_RESOLVED, reason=why)
     else:
         decider.note(Kind.SAGA_RESUMED, reason=why)
-        for name, step in decider.instance.steps.items():
-            if step.status is StepStatus.COMPENSATION_FAILED:
-                decider.send(name, compensation=True, attempt=step.attempt + 1)
-                break
+        _resume(decider)
     return decider.decision
+
+
+def _resume(decider: _Decider) -> None:
+    """Pick up where parking stopped the instance (``SagaResumed`` restored its status).
+
+    A compensation that finally failed is tried again. Timers the instance kept while parked
+    fire on their own. A step left waiting for a retry whose timer is gone (an earlier release
+    used the timer up when it parked) is sent again now, and a compensating saga with nothing
+    in flight moves on to its next compensation or ends: a retry never strands an instance.
+    """
+    parked = decider.instance
+    for name, step in parked.steps.items():
+        if step.status is StepStatus.COMPENSATION_FAILED:
+            decider.send(name, compensation=True, attempt=step.attempt + 1)
+            return
+    for name, step in parked.steps.items():
+        retrying = step.status in (StepStatus.RETRYING, StepStatus.COMPENSATION_RETRYING)
+        if retrying and retry_timer(name) not in parked.timers:
+            decider.send(name, compensation=step.status.compensation, attempt=step.attempt + 1)
+    if decider.instance.status is Status.COMPENSATING:
+        decider.continue_compensation()
 
 
 def _handle(definition: SagaDefinition, decider: _Decider, received: Input) -> Decision:

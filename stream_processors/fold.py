@@ -47,6 +47,15 @@ _STEP_STATUS_AFTER = {
 }
 
 
+def _status_after(instance: Instance, kind: Kind) -> Status:
+    """The status after a saga-level entry. A resumed instance goes back to where it was parked:
+    compensating after a compensation that failed, running after a definition mismatch (an
+    instance parked by an earlier release, which did not record where, was compensating)."""
+    if kind is Kind.SAGA_RESUMED and instance.parked_from is not None:
+        return instance.parked_from
+    return _STATUS_AFTER[kind]
+
+
 def _record_of(entry: JournalEntry, decoded: Record | None) -> Record:
     if decoded is not None:
         return decoded
@@ -119,7 +128,10 @@ def apply(
         # Resuming keeps the reason the instance parked for; the operator's why is journaled.
         keep = kind is Kind.SAGA_RESUMED or entry.reason is None
         return replace(
-            moved, status=_STATUS_AFTER[kind], reason=moved.reason if keep else entry.reason
+            moved,
+            status=_status_after(moved, kind),
+            reason=moved.reason if keep else entry.reason,
+            parked_from=moved.status if kind is Kind.SAGA_PARKED else None,
         )
     raise FoldError(f"{entry.instance}: cannot fold a {entry.kind}")  # SagaStarted twice
 

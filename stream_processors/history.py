@@ -23,6 +23,7 @@ from stream_processors.fold import apply
 from stream_processors.instance import Instance, decode_snapshot
 from stream_processors.journal import JournalEntry
 from stream_processors.kafka_config import consumer_config
+from stream_processors.kafka_errors import metadata as kafka_metadata
 from stream_processors.model import SagaDefinition
 from stream_processors.restore import watermarks
 from stream_processors.store import SnapshotStore
@@ -94,7 +95,7 @@ def read_history(
     """
     consumer = Consumer(consumer_config(bootstrap, "sagalog-history", "sagalog-history"))
     try:
-        metadata = consumer.list_topics(journal_topic, timeout=15).topics[journal_topic]
+        metadata = kafka_metadata(consumer, bootstrap, journal_topic).topics[journal_topic]
         partition = partition_for(instance_id.encode(), len(metadata.partitions))
         tp = TopicPartition(journal_topic, partition)
         low, high = watermarks(consumer, tp)
@@ -190,7 +191,7 @@ def instance_history(
     """The instance's history, and whether a local snapshot let it skip most of the journal."""
     consumer = Consumer(consumer_config(bootstrap, "sagalog-history", "sagalog-history"))
     try:
-        topic = consumer.list_topics(journal_topic, timeout=15).topics[journal_topic]
+        topic = kafka_metadata(consumer, bootstrap, journal_topic).topics[journal_topic]
         partitions = len(topic.partitions)
     finally:
         consumer.close()

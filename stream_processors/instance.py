@@ -103,6 +103,8 @@ class Instance:
     completed: tuple[str, ...]
     data: Record
     timers: Mapping[str, Timer] = field(default_factory=dict)
+    #: While parked: the status to resume in when an operator retries (see ``fold``).
+    parked_from: Status | None = None
 
     @property
     def active(self) -> tuple[str, ...]:
@@ -139,6 +141,7 @@ def encode_snapshot(instance: Instance) -> bytes:
             {"name": name, "due_ms": t.due_ms, "step": t.step, "attempt": t.attempt}
             for name, t in instance.timers.items()
         ],
+        "parked_from": None if instance.parked_from is None else instance.parked_from.value,
     }
     return encode(_snapshot_schema(), datum)
 
@@ -162,6 +165,7 @@ def decode_snapshot(data: bytes) -> Instance:
         completed=tuple(datum["completed"]),
         data=decode_record(datum["data"]),
         timers=timers_of(datum),
+        parked_from=None if datum["parked_from"] is None else Status(datum["parked_from"]),
     )
 
 

@@ -4,8 +4,8 @@ Every decision a saga takes and every input it accepts becomes one ``JournalEntr
 journal topic, keyed by instance id. The journal is the source of truth: ``fold`` over an
 instance's entries, in order, rebuilds its state exactly (see ``stream_processors.fold``).
 
-Entries are Avro records of the schema ``sagalog.JournalEntry`` (``schemas/sagalog/``), so
-tools in any language can read a journal.
+Entries are Avro records of the schema ``sagalog.JournalEntry`` (in the package's
+``schemas/sagalog/``), so tools in any language can read a journal.
 """
 
 from __future__ import annotations

@@ -176,6 +176,7 @@ def reply_index(tasks: Iterable[Task]) -> dict[type[Record], tuple[str, ReplyRol
 def validate(definition: SagaDefinition) -> None:
     """Raise DeclarationError, naming the problem, for anything the engine could not run."""
     where = f"saga {definition.name!r}"
+    _validate_name(where, definition.name)
     if not definition.tasks:
         raise DeclarationError(f"{where}: declares no steps")
     if definition.key not in definition.start.__fields__:
@@ -208,4 +209,52 @@ def validate(definition: SagaDefinition) -> None:
         if handled in inputs or handled is definition.start:
             raise DeclarationError(
                 f"{where}: {handled.__qualname__} has a handler but is already a reply or the start"
+            )
+    for task in definition.tasks.values():
+        if task.action.command is None:
+            _validate_waited(f"{where}: wait step {task.name!r}", task.action)
+    for evolved in definition.evolvers:
+        if evolved not in definition.inputs:
+            raise DeclarationError(
+                f"{where}: evolver for {evolved.__qualname__}, which the saga never receives "
+                "(it is not its start, a step's reply or an event it handles)"
+            )
+
+
+#: Characters Kafka allows in a topic name, and its longest name.
+_TOPIC_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+_TOPIC_MAX = 249
+#: The longest suffix Sagalog adds to a saga's name to name its topics.
+_LONGEST_SUFFIX = len(".snapshots")
+
+
+def _validate_name(where: str, name: str) -> None:
+    """The saga's name starts its topics' names (``<name>.journal``): it must make valid ones."""
+    bad = sorted(set(name) - _TOPIC_CHARACTERS)
+    if not name or bad or name in (".", ".."):
+        shown = f" (not allowed: {''.join(bad)!r})" if bad else ""
+        raise DeclarationError(
+            f"{where}: the name must be a valid Kafka topic name: letters, digits, '.', '_' "
+            f"and '-'{shown}"
+        )
+    if len(name) + _LONGEST_SUFFIX > _TOPIC_MAX:
+        raise DeclarationError(
+            f"{where}: the name is {len(name)} characters; at most "
+            f"{_TOPIC_MAX - _LONGEST_SUFFIX} fit in a topic name with its suffix"
+        )
+
+
+def _validate_waited(where: str, spec: CommandSpec) -> None:
+    """A waited-for event reaches the saga only from its topic, keyed by its key field."""
+    for event in (*spec.success, *spec.failure):
+        missing = [
+            what
+            for what, value in (("topic=", event.__topic__), ("key=", event.__key__))
+            if value is None
+        ]
+        if missing:
+            raise DeclarationError(
+                f"{where}: waits for {event.__qualname__}, which declares no "
+                f"{' and no '.join(missing)}: declare both on the event class so that the "
+                "processor can route it to its instance"
             )

@@ -12,8 +12,8 @@ and the source topics' partitions it was given. For each input record, in partit
 
 Every commit interval the open Kafka transaction is committed with the staged snapshots (one per
 instance, however many inputs it had) and the consumed offsets. Only after the commit succeeds
-are the snapshots written to the local store with their changelog offsets. See DESIGN.md,
-"The processing contract".
+are the snapshots written to the local store with their changelog offsets. See
+docs/architecture.md, "The processing contract".
 """
 
 from __future__ import annotations
@@ -499,6 +499,15 @@ class SagaProcessor:
                 recent.move_to_end(slot)
         while len(recent) > self.config.cache_size:
             recent.popitem(last=False)
+        self._reset_transaction()
+
+    def _reset_transaction(self) -> None:
+        """Forget the open transaction's bookkeeping: after its commit, abort, or loss.
+
+        One place for all three, so none of them can leave a field behind (an index entry left
+        in ``_done`` after an abort would never fire again in this process).
+        """
+        self._txn_open = False
         self._staged.clear()
         self._offsets.clear()
         self._done.clear()
@@ -508,10 +517,7 @@ class SagaProcessor:
         assert self.producer is not None and self.consumer is not None
         transactions.abort(self.producer, self.consumer, error)
         metrics.TRANSACTIONS.labels(outcome="aborted", **self._labels).inc()
-        self._txn_open = False
-        self._staged.clear()
-        self._offsets.clear()
-        self._done.clear()
+        self._reset_transaction()
 
     # -- rebalancing -------------------------------------------------------------------------
 
@@ -555,9 +561,7 @@ class SagaProcessor:
         # The partitions are already someone else's: our open transaction must not commit.
         if self._txn_open and self.producer is not None:
             self.producer.abort_transaction(30)
-            self._txn_open = False
-            self._staged.clear()
-            self._offsets.clear()
+            self._reset_transaction()
         self._forget(partitions)
 
     def _forget(self, partitions: list[TopicPartition]) -> None:

@@ -10,8 +10,10 @@ when the class is created, so a mismatch fails at import with a message naming t
         amount_cents: int
 
 Subclasses are frozen dataclasses. Schemas are found by full name in, in order: the process-wide
-catalog, the ``schemas/`` folder nearest above the module that declares the class, and the
-folders in ``SAGALOG_SCHEMA_PATH`` (separated by ``os.pathsep``).
+catalog; every ``schemas/`` folder beside the module that declares the class or above it, nearest
+first, up to and including the folder that holds its top-level package (so a subpackage may keep
+schemas of its own next to the project's); the folders in ``SAGALOG_SCHEMA_PATH`` (separated by
+``os.pathsep``); and Sagalog's own schemas, which ship inside the package.
 
 Records written with an older version of a schema are read as the current version by Avro
 schema resolution (a new field takes its default). Where resolution is not enough (a field was
@@ -43,8 +45,8 @@ from stream_processors.avro import (
 )
 from stream_processors.schema_registry import HttpSchemaRegistry
 
-#: The schemas that ship with Sagalog itself (journal, snapshots, examples).
-BUILTIN_SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+#: The schemas of Sagalog itself (journal, snapshots, operator actions): package data.
+BUILTIN_SCHEMAS = Path(__file__).resolve().parent / "schemas"
 
 CATALOG = SchemaCatalog()
 _loaded_directories: set[Path] = set()
@@ -72,26 +74,46 @@ def load_schema_directory(directory: Path) -> None:
     CATALOG.load_directory(directory)
 
 
-def _find_schema(full_name: str, module: str) -> AvroSchema:
-    if CATALOG.has(full_name):
-        return CATALOG.current(full_name)
-    candidates: list[Path] = []
+def module_schema_folders(module_file: Path) -> list[Path]:
+    """The ``schemas/`` folders beside ``module_file`` and above it, nearest first.
+
+    The walk goes up through the module's packages and stops after the folder that holds the
+    top-level package (the first folder without ``__init__.py``): the project's root, where a
+    project usually keeps its ``schemas/``. It does not wander further up the file system.
+    """
+    folders = []
+    for parent in module_file.resolve().parents:
+        if (parent / "schemas").is_dir():
+            folders.append(parent / "schemas")
+        if not (parent / "__init__.py").is_file():
+            break
+    return folders
+
+
+def schema_search_path(module: str) -> list[Path]:
+    """Where a class declared in ``module`` looks for its schema, in order (see above)."""
     module_file = getattr(sys.modules.get(module), "__file__", None)
-    if module_file:
-        for parent in Path(module_file).resolve().parents:
-            if (parent / "schemas").is_dir():
-                candidates.append(parent / "schemas")
-                break
+    candidates = module_schema_folders(Path(module_file)) if module_file else []
     candidates += [
         Path(p) for p in os.environ.get("SAGALOG_SCHEMA_PATH", "").split(os.pathsep) if p
     ]
     candidates.append(BUILTIN_SCHEMAS)
+    return candidates
+
+
+def _find_schema(full_name: str, module: str) -> AvroSchema:
+    if CATALOG.has(full_name):
+        return CATALOG.current(full_name)
+    candidates = schema_search_path(module)
     for directory in candidates:
         load_schema_directory(directory)
         if CATALOG.has(full_name):
             return CATALOG.current(full_name)
     searched = ", ".join(str(c) for c in candidates)
-    raise DeclarationError(f"no Avro schema named {full_name!r} (searched {searched})")
+    raise DeclarationError(
+        f"no Avro schema named {full_name!r}: add {full_name.rpartition('.')[2]}.avsc to a "
+        f"schemas/ folder of your project or to SAGALOG_SCHEMA_PATH (searched {searched})"
+    )
 
 
 _PRIMITIVES: dict[Any, frozenset[str]] = {
@@ -289,14 +311,19 @@ def _function_name(function: Callable[..., Any]) -> str:
     return f"{module}.{getattr(function, '__qualname__', repr(function))}"
 
 
+def registered_upcaster(full_name: str, writer_fingerprint: bytes) -> Upcaster | None:
+    """The upcaster that reads records of ``full_name`` written with that writer, if any."""
+    table = _upcasters.get(full_name)
+    if table is None:
+        return None
+    return table.get(writer_fingerprint) or table.get(None)
+
+
 def _upcaster_for(writer: AvroSchema) -> tuple[AvroSchema, Upcaster] | None:
     reader = CATALOG.reader_for(writer)
     if reader.fingerprint == writer.fingerprint:
         return None
-    table = _upcasters.get(reader.full_name)
-    if table is None:
-        return None
-    upcaster = table.get(writer.fingerprint) or table.get(None)
+    upcaster = registered_upcaster(reader.full_name, writer.fingerprint)
     return None if upcaster is None else (reader, upcaster)
 
 
@@ -358,4 +385,5 @@ __all__ = [
     "load_schema_directory",
     "record_type",
     "register_upcaster",
+    "registered_upcaster",
 ]

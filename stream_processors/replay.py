@@ -27,11 +27,12 @@ from confluent_kafka.admin import AdminClient
 from stream_processors.fold import apply
 from stream_processors.instance import Instance, decode_snapshot, encode_snapshot, schedule
 from stream_processors.journal import JournalEntry
-from stream_processors.kafka_config import common, producer_config
+from stream_processors.kafka_config import producer_config
+from stream_processors.kafka_errors import connect_admin
 from stream_processors.model import SagaDefinition
 from stream_processors.reading import committed_records
 from stream_processors.store import DueRef, SnapshotStore, index_entries
-from stream_processors.topics import SagaTopics, ensure_topics, topic_id
+from stream_processors.topics import SagaTopics, TopicMismatch, ensure_topics, topic_id
 
 Progress = Callable[[int], None]
 
@@ -45,8 +46,13 @@ def _read_partition(
 
 
 def _partitions(bootstrap: str | None, topic: str) -> list[int]:
-    admin = AdminClient(common(bootstrap, "sagalog-replay"))
+    admin = connect_admin(bootstrap, "sagalog-replay")
     return sorted(admin.list_topics(topic, timeout=15).topics[topic].partitions)
+
+
+def journal_partitions(topics: SagaTopics, bootstrap: str | None = None) -> int:
+    """How many partitions the saga's journal has (0 when it does not exist)."""
+    return len(_partitions(bootstrap, topics.journal))
 
 
 def fold_partition(
@@ -150,7 +156,7 @@ class ProcessorsRunning(Exception):
 
 
 def active_members(group: str, bootstrap: str | None = None) -> int:
-    admin = AdminClient(common(bootstrap, "sagalog-replay"))
+    admin = connect_admin(bootstrap, "sagalog-replay")
     try:
         description = admin.describe_consumer_groups([group])[group].result(timeout=15)
     except KafkaException:
@@ -198,7 +204,14 @@ def rebuild(
         if time.monotonic() > deadline:
             raise ProcessorsRunning(f"consumer group {group} has members: stop the processors")
         time.sleep(1)
-    admin = AdminClient(common(bootstrap, "sagalog-replay"))
+    journal_count = journal_partitions(topics, bootstrap)
+    if topics.partitions != journal_count:
+        # The changelog must be co-partitioned with the journal it is the fold of.
+        raise TopicMismatch(
+            f"{topics.journal} has {journal_count} partitions, not {topics.partitions}: the "
+            f"snapshots changelog is rebuilt with the journal's partition count"
+        )
+    admin = connect_admin(bootstrap, "sagalog-replay")
     _recreate(admin, topics, bootstrap)
     store.set_changelog_id(topic_id(topics.snapshots, bootstrap))
     producer = Producer(producer_config(bootstrap, "sagalog-replay"))

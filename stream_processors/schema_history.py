@@ -41,7 +41,7 @@ from stream_processors.compatibility import incompatibilities
 from stream_processors.journal import JournalEntry
 from stream_processors.kafka_config import bootstrap_servers, consumer_config, producer_config
 from stream_processors.model import SagaDefinition
-from stream_processors.records import CATALOG, Event
+from stream_processors.records import CATALOG, Event, registered_upcaster
 from stream_processors.restore import watermarks
 from stream_processors.topics import SagaTopics, ensure_plain_topics
 
@@ -217,13 +217,17 @@ class SchemaHistory:
     def check(self, topic: str, readers: Iterable[AvroSchema]) -> list[str]:
         """Why ``readers`` cannot read what was written to ``topic``: one message per problem.
 
-        Each reader is checked against every recorded writer schema of the same full name.
+        Each reader is checked against every recorded writer schema of the same full name,
+        except writers that a registered upcaster reads (it turns their records into the
+        reader's shape; a record it fails on is dead-lettered as ``upcast-failed``).
         """
         problems = []
         recorded = self.recorded(topic)
         for reader in readers:
             for writer in recorded:
                 if writer.full_name != reader.full_name or writer.fingerprint == reader.fingerprint:
+                    continue
+                if registered_upcaster(reader.full_name, writer.fingerprint) is not None:
                     continue
                 where = (
                     f"topic {topic}, schema {reader.full_name} "
@@ -386,6 +390,8 @@ def prepare_saga_schemas(
     log.info("schema history: read %s records of %s", read, history.topic)
     check_saga_schemas(history, definition, topics)
     for topic, schemas in saga_writes(definition, topics).items():
+        # With a schema registry: registered now, so that deciding never has to ask it.
+        CATALOG.register(schemas)
         for schema in schemas:
             history.record(topic, schema)
     return history

@@ -18,7 +18,7 @@ from confluent_kafka import KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from stream_processors.kafka_config import common
+from stream_processors.kafka_errors import connect_admin
 from stream_processors.model import SagaDefinition
 
 WEEK_MS = 7 * 24 * 3600 * 1000
@@ -109,8 +109,11 @@ def _all_led(admin: AdminClient, names: Iterable[str]) -> bool:
 def ensure_topics(
     topics: SagaTopics, bootstrap: str | None = None, extra: Iterable[str] = ()
 ) -> list[str]:
-    """Create whatever is missing; check co-partitioning. Returns the names created."""
-    admin = AdminClient(common(bootstrap, "sagalog-admin"))
+    """Create whatever is missing; check co-partitioning. Returns the names created.
+
+    Raises ``KafkaUnavailable`` (one line: the listener and the setting to fix) when the cluster
+    cannot be reached or refuses this client."""
+    admin = connect_admin(bootstrap, "sagalog-admin")
     wanted = {name: (topics.partitions, config) for name, config in topics.policies().items()}
     for name in (*topics.commands, *topics.sources, *extra):
         wanted.setdefault(name, (topics.partitions, {}))
@@ -130,12 +133,12 @@ def ensure_plain_topics(
 ) -> list[str]:
     """Create topics that do not exist yet, with ``config`` or default policies (a worker's
     topics and DLQs; the schema history)."""
-    admin = AdminClient(common(bootstrap, "sagalog-admin"))
+    admin = connect_admin(bootstrap, "sagalog-admin")
     return _create_missing(admin, {name: (partitions, dict(config or {})) for name in names})
 
 
 def topic_id(name: str, bootstrap: str | None = None) -> str:
     """The broker's id of topic ``name``: it changes when a topic is deleted and made again."""
-    admin = AdminClient(common(bootstrap, "sagalog-admin"))
+    admin = connect_admin(bootstrap, "sagalog-admin")
     description = admin.describe_topics(TopicCollection([name]))[name].result(timeout=15)
     return str(description.topic_id)

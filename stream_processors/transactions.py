@@ -1,4 +1,4 @@
-"""Committing and aborting a consume-transform-produce transaction, the way KAFKA.md says.
+"""Committing and aborting a consume-transform-produce transaction, the way librdkafka asks.
 
 Processors and workers both consume, produce in a transaction, and commit the consumed offsets
 with the consumer's group metadata (KIP-447: the group generation fences a zombie that lost its

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from stream_processors.kafka_config import common
+
 
 @dataclass(frozen=True)
 class KafkaCluster:
@@ -39,7 +41,7 @@ def _bootstrap() -> str:
 @pytest.fixture(scope="session")
 def kafka() -> KafkaCluster:
     bootstrap = _bootstrap()
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(common(bootstrap, "sagalog-tests"))
     try:
         metadata = admin.list_topics(timeout=10)
     except Exception as error:

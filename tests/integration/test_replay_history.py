@@ -281,3 +281,26 @@ def test_finished_instances_leave_the_store_after_retention_and_keep_their_histo
     located = history.read_history(FLAKY_TOPICS.journal, ids[0], kafka.bootstrap)
     assert located[0].entry.kind == Kind.SAGA_STARTED.value
     assert located[-1].entry.kind == Kind.SAGA_COMPLETED.value
+
+
+def test_replay_rebuilds_the_changelog_with_the_journals_partition_count(
+    jobs: Jobs, kafka: KafkaCluster
+) -> None:
+    """FlakyJobs has 4 partitions: a rebuild keeps 4, and an explicit other count is refused."""
+    jobs.processor()
+    jobs.processes.workers()
+    ids = [jobs.job(f"ok-{n}") for n in range(5)]
+    for job in ids:
+        jobs.wait_for(job, Kind.SAGA_COMPLETED)
+    jobs.processes.stop_all()
+    target = "tests.integration.flaky_jobs:FlakyJobs"
+    store = ["--state-dir", str(jobs.store_dir)]
+
+    refused = _sagas(kafka, "replay", target, "--partitions", "8", *store)
+    assert refused.returncode == 1
+    assert f"{FLAKY_TOPICS.journal} has 4 partitions, not 8" in refused.stderr
+
+    rebuilt = _sagas(kafka, "replay", target, *store)
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    metadata = kafka.admin.list_topics(FLAKY_TOPICS.snapshots, timeout=15)
+    assert len(metadata.topics[FLAKY_TOPICS.snapshots].partitions) == 4

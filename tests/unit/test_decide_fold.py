@@ -7,7 +7,7 @@ happy path, a failed payment, a failed shipment compensated by a refund, a faile
 that are ignored (duplicate, stale, duplicate-start, finished) or rejected (unknown-instance,
 unexpected-type). Command ids are deterministic.
 
-After every input, ``Run.feed`` (``tests/unit/saga_run.py``) checks the event-sourcing
+After every input, ``Run.feed`` (``sagas.testing.SagaTest``) checks the event-sourcing
 invariants: the state ``decide`` returned equals ``fold`` of the whole journal written so far (and
 of the previous state plus the new entries) with byte-identical snapshots; snapshots round-trip;
 and the journal entries round-trip through ``JournalEntry.encode``/``decode`` and fold, from
@@ -77,7 +77,7 @@ def test_happy_path() -> None:
     assert payment == MakePayment(
         order_id="o-1", customer_id="c-9", amount_cents=4_200, card_token="tok"
     )
-    state = run.state
+    state = run.instance
     assert state.instance_id == "o-1"
     assert state.status is Status.RUNNING
     assert state.steps == {"payment": StepState(StepStatus.PENDING, PAY_ID, 1, T0 + 1_000)}
@@ -92,7 +92,7 @@ def test_happy_path() -> None:
     sent, label = only_command(paid)
     assert (sent.topic, sent.key, sent.command_id) == ("shipping.commands", "o-1", SHIP_ID)
     assert label == CreateShippingLabel(order_id="o-1", postcode="N1 9GU")
-    state = run.state
+    state = run.instance
     assert state.data.payment_id == "pay-1"  # type: ignore[attr-defined]
     assert state.completed == ("payment",)
     assert state.steps["payment"].status is StepStatus.SUCCEEDED
@@ -101,7 +101,7 @@ def test_happy_path() -> None:
     shipped = run.feed(SHIPPED, command_id=SHIP_ID)
     assert kinds(shipped) == [Kind.INPUT_ACCEPTED, Kind.STEP_SUCCEEDED, Kind.SAGA_COMPLETED]
     assert shipped.commands == []
-    state = run.state
+    state = run.instance
     assert state.status is Status.COMPLETED
     assert state.status.finished
     assert state.active == ()
@@ -116,7 +116,7 @@ def test_replies_without_a_command_id_are_accepted() -> None:
     run = Run()
     run.feed(ORDER)
     assert kinds(run.feed(PAID))[:2] == [Kind.INPUT_ACCEPTED, Kind.STEP_SUCCEEDED]
-    assert run.state.steps["payment"].status is StepStatus.SUCCEEDED
+    assert run.instance.steps["payment"].status is StepStatus.SUCCEEDED
 
 
 def test_payment_failed_fails_the_saga_with_nothing_to_undo() -> None:
@@ -130,7 +130,7 @@ def test_payment_failed_fails_the_saga_with_nothing_to_undo() -> None:
         Kind.SAGA_FAILED,
     ]
     assert failed.commands == []
-    state = run.state
+    state = run.instance
     assert state.status is Status.FAILED
     assert state.reason == "payment: PaymentFailed"
     assert state.steps["payment"].status is StepStatus.FAILED
@@ -153,7 +153,7 @@ def test_shipping_failed_refunds_the_payment_then_ends_compensated() -> None:
     sent, refund = only_command(failed)
     assert (sent.topic, sent.key, sent.command_id) == ("payments.commands", "o-1", REFUND_ID)
     assert refund == RefundPayment(order_id="o-1", payment_id="pay-1", amount_cents=4_200)
-    state = run.state
+    state = run.instance
     assert state.status is Status.COMPENSATING
     assert state.reason == "shipping: ShippingFailed"
     assert state.steps["payment"] == StepState(StepStatus.COMPENSATING, REFUND_ID, 1, run.now_ms)
@@ -167,7 +167,7 @@ def test_shipping_failed_refunds_the_payment_then_ends_compensated() -> None:
         Kind.SAGA_COMPENSATED,
     ]
     assert refunded.commands == []
-    state = run.state
+    state = run.instance
     assert state.status is Status.COMPENSATED
     assert state.status.finished
     assert state.reason == "shipping: ShippingFailed"
@@ -182,7 +182,7 @@ def test_refund_reply_carrying_the_payment_command_id_is_stale() -> None:
     run.feed(ShippingFailed(order_id="o-1", reason="x"), command_id=SHIP_ID)
     refunded = PaymentRefunded(order_id="o-1", payment_id="pay-1")
     assert run.feed(refunded, command_id=PAY_ID).ignored == "stale"
-    assert run.state.status is Status.COMPENSATING
+    assert run.instance.status is Status.COMPENSATING
 
 
 # --- ignored and rejected inputs ---------------------------------------------------------------
@@ -202,12 +202,12 @@ def test_duplicate_reply_after_the_step_finished_is_ignored() -> None:
     failed = PaymentFailed(order_id="o-1", reason="late")
     assert run.feed(failed, command_id=PAY_ID).ignored == "duplicate"
     assert len(run.journal) == journal_length
-    assert run.state.status is Status.RUNNING
-    assert run.state.active == ("shipping",)
+    assert run.instance.status is Status.RUNNING
+    assert run.instance.active == ("shipping",)
 
     run.feed(SHIPPED, command_id=SHIP_ID)
     assert run.feed(SHIPPED, command_id=SHIP_ID).ignored == "duplicate"
-    assert run.state.status is Status.COMPLETED
+    assert run.instance.status is Status.COMPLETED
 
 
 def test_reply_with_another_command_id_is_stale() -> None:
@@ -217,7 +217,7 @@ def test_reply_with_another_command_id_is_stale() -> None:
     other_instance = "order_fulfillment/o-2/payment/1"
     assert run.feed(PAID, command_id=old_attempt).ignored == "stale"
     assert run.feed(PAID, command_id=other_instance).ignored == "stale"
-    assert run.state.steps["payment"].status is StepStatus.PENDING
+    assert run.instance.steps["payment"].status is StepStatus.PENDING
     # The right answer is still taken afterwards.
     assert run.feed(PAID, command_id=PAY_ID).ignored is None
     # Once the step has its answer, a reply for another command is stale, not a duplicate.
@@ -228,7 +228,7 @@ def test_reply_for_a_step_that_never_started_is_stale() -> None:
     run = Run()
     run.feed(ORDER)
     assert run.feed(SHIPPED, command_id=SHIP_ID).ignored == "stale"
-    assert "shipping" not in run.state.steps
+    assert "shipping" not in run.instance.steps
 
 
 def test_reply_for_an_instance_that_does_not_exist_is_rejected() -> None:
@@ -248,7 +248,7 @@ def test_record_of_a_type_the_saga_does_not_take_is_rejected(started: bool) -> N
     payment = MakePayment(order_id="o-1", customer_id="c-9", amount_cents=1, card_token="t")
     decision = run.feed(payment)
     assert decision.rejected == "unexpected-type"
-    assert decision.instance == run.instance
+    assert decision.instance == (run.instance if started else None)
 
 
 def test_duplicate_start_is_ignored() -> None:
@@ -288,7 +288,7 @@ def test_same_inputs_at_the_same_times_give_identical_snapshots() -> None:
     for run in runs:
         run.feed(ORDER)
         run.feed(PAID, command_id=PAY_ID)
-    assert encode_snapshot(runs[0].state) == encode_snapshot(runs[1].state)
+    assert encode_snapshot(runs[0].instance) == encode_snapshot(runs[1].instance)
     assert [e.encode() for e in runs[0].journal] == [e.encode() for e in runs[1].journal]
 
 
@@ -453,7 +453,7 @@ def test_failed_compensation_parks_the_instance(strict: Strict) -> None:
     assert kinds(parked) == [Kind.INPUT_ACCEPTED, Kind.COMPENSATION_FAILED, Kind.SAGA_PARKED]
     assert parked.commands == []
     assert parked.entries[-1].saga_version == 3
-    state = run.state
+    state = run.instance
     assert state.status is Status.NEEDS_ATTENTION
     assert not state.status.finished
     assert state.reason == "compensation failed: payment: RefundFailed"
@@ -464,7 +464,7 @@ def test_failed_compensation_parks_the_instance(strict: Strict) -> None:
     # A late success for the same refund does not unpark it on its own.
     late = run.feed(PaymentRefunded(order_id="o-1", payment_id="pay-1"), command_id=S_REFUND_ID)
     assert late.ignored == "duplicate"
-    assert run.state.status is Status.NEEDS_ATTENTION
+    assert run.instance.status is Status.NEEDS_ATTENTION
 
 
 def test_cancel_while_a_step_is_in_flight_compensates_it_when_it_replies(strict: Strict) -> None:
@@ -474,20 +474,20 @@ def test_cancel_while_a_step_is_in_flight_compensates_it_when_it_replies(strict:
     cancelled = run.feed(strict.cancelled(order_id="o-1", reason="changed my mind"))
     assert kinds(cancelled) == [Kind.INPUT_ACCEPTED, Kind.SAGA_COMPENSATING]
     assert cancelled.commands == []  # the payment is in flight: wait for its answer
-    assert run.state.status is Status.COMPENSATING
-    assert run.state.reason == "cancelled: changed my mind"
+    assert run.instance.status is Status.COMPENSATING
+    assert run.instance.reason == "cancelled: changed my mind"
 
     paid = run.feed(PAID, command_id=S_PAY_ID)
     assert kinds(paid) == [Kind.INPUT_ACCEPTED, Kind.STEP_SUCCEEDED, Kind.COMPENSATION_SENT]
     sent, refund = only_command(paid)
     assert sent.command_id == S_REFUND_ID
     assert refund == RefundPayment(order_id="o-1", payment_id="pay-1", amount_cents=4_200)
-    assert "shipping" not in run.state.steps  # the next step never starts
+    assert "shipping" not in run.instance.steps  # the next step never starts
 
     done = run.feed(PaymentRefunded(order_id="o-1", payment_id="pay-1"), command_id=S_REFUND_ID)
     assert kinds(done)[-1] is Kind.SAGA_COMPENSATED
-    assert run.state.status is Status.COMPENSATED
-    assert run.state.reason == "cancelled: changed my mind"
+    assert run.instance.status is Status.COMPENSATED
+    assert run.instance.reason == "cancelled: changed my mind"
 
     # A handled event after the end is ignored.
     assert run.feed(strict.cancelled(order_id="o-1", reason="again")).ignored == "finished"
@@ -499,8 +499,8 @@ def test_cancel_while_the_only_step_in_flight_fails_ends_failed(strict: Strict) 
     run.feed(strict.cancelled(order_id="o-1", reason="oops"))
     failed = run.feed(PaymentFailed(order_id="o-1", reason="declined"), command_id=S_PAY_ID)
     assert kinds(failed) == [Kind.INPUT_ACCEPTED, Kind.STEP_FAILED, Kind.SAGA_FAILED]
-    assert run.state.status is Status.FAILED
-    assert run.state.reason == "cancelled: oops"
+    assert run.instance.status is Status.FAILED
+    assert run.instance.reason == "cancelled: oops"
 
 
 def test_handler_commands_are_journaled_and_sent_and_complete_ends_the_saga(
@@ -519,7 +519,7 @@ def test_handler_commands_are_journaled_and_sent_and_complete_ends_the_saga(
     assert sent.command_id == "strict_orders/o-1/#6/1"
     assert receipt == strict.receipt(order_id="o-1")
     assert collected.entries[1].step is None
-    state = run.state
+    state = run.instance
     assert state.status is Status.COMPLETED
     assert state.steps["shipping"].status is StepStatus.PENDING  # left in flight
 
@@ -529,15 +529,15 @@ def test_late_reply_after_an_early_complete_changes_nothing_else(strict: Strict)
     run.feed(ORDER)
     run.feed(PAID, command_id=S_PAY_ID)
     run.feed(strict.collected(order_id="o-1"))
-    assert run.state.status is Status.COMPLETED
+    assert run.instance.status is Status.COMPLETED
 
     # The shipment that was in flight when the saga completed now succeeds: it is recorded,
     # but a completed saga neither compensates nor starts anything.
     late = run.feed(SHIPPED, command_id=S_SHIP_ID)
     assert kinds(late) == [Kind.INPUT_ACCEPTED, Kind.STEP_SUCCEEDED]
     assert late.commands == []
-    assert run.state.status is Status.COMPLETED
-    assert run.state.steps["payment"].status is StepStatus.SUCCEEDED
+    assert run.instance.status is Status.COMPLETED
+    assert run.instance.steps["payment"].status is StepStatus.SUCCEEDED
 
 
 def test_late_failure_after_an_early_complete_does_not_fail_the_saga(strict: Strict) -> None:
@@ -549,5 +549,5 @@ def test_late_failure_after_an_early_complete_does_not_fail_the_saga(strict: Str
     late = run.feed(ShippingFailed(order_id="o-1", reason="x"), command_id=S_SHIP_ID)
     assert kinds(late) == [Kind.INPUT_ACCEPTED, Kind.STEP_FAILED]
     assert late.commands == []
-    assert run.state.status is Status.COMPLETED
-    assert run.state.reason is None
+    assert run.instance.status is Status.COMPLETED
+    assert run.instance.reason is None

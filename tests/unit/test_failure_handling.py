@@ -1,7 +1,7 @@
 """Unit tests for failure handling in the pure core: retries, timeouts, catch, compensation
 retries, parking and operator actions, the saga deadline, and wait steps. No Kafka.
 
-Every scenario runs through ``Run`` (``tests/unit/saga_run.py``), which checks after each input
+Every scenario runs through ``Run`` (a ``sagas.testing.SagaTest``), which checks after each input
 and each fired timer that the journal folds to the state ``decide`` returned, that snapshots
 (timers included) are byte-identical after an encode/decode round trip, that journal entries
 round-trip, that no command id is reused, and that the timers agree with the steps.
@@ -211,7 +211,7 @@ def paid_then_shipping_failed(run: Run) -> None:
     run.feed(PAID, cid("payment"))
     run.feed(NOT_SHIPPED, cid("shipping"))
     assert run.sent[-1].command_id == refund_id(1)
-    assert run.state.status is Status.COMPENSATING
+    assert run.instance.status is Status.COMPENSATING
 
 
 def attempt_fields(decision: Any, kind: Kind) -> tuple[Any, ...]:
@@ -245,7 +245,7 @@ def test_command_failed_schedules_a_retry_then_sends_attempt_two_with_a_new_id(k
         "payment",
         2,
     )
-    state = run.state
+    state = run.instance
     assert state.status is Status.RUNNING
     assert state.steps["payment"] == StepState(StepStatus.RETRYING, cid("payment"), 1, T0 + 1_000)
     assert state.active == ("payment",)
@@ -257,7 +257,7 @@ def test_command_failed_schedules_a_retry_then_sends_attempt_two_with_a_new_id(k
     assert run.fire("retry:shipping", at_ms=due - 1).ignored == "stale-timer"
     # A duplicate delivery of the same CommandFailed neither retries again nor uses an attempt.
     assert run.feed(transient(), cid("payment"), at_ms=due - 1).ignored == "duplicate"
-    assert run.state.timers == {"retry:payment": Timer(due, "payment", 2)}
+    assert run.instance.timers == {"retry:payment": Timer(due, "payment", 2)}
 
     retried = run.fire("retry:payment")
     assert run.now_ms == due
@@ -268,21 +268,21 @@ def test_command_failed_schedules_a_retry_then_sends_attempt_two_with_a_new_id(k
     assert command == PAYMENT
     assert sent.value == run.sent[0].value  # the same command, under a new command id
     assert retried.entries[1].attempt == 2
-    assert run.state.steps["payment"] == StepState(StepStatus.PENDING, cid("payment", 2), 2, due)
-    assert run.state.timers == {}
+    assert run.instance.steps["payment"] == StepState(StepStatus.PENDING, cid("payment", 2), 2, due)
+    assert run.instance.timers == {}
     assert run.fire("retry:payment").ignored == "stale-timer"  # fires once
 
     # Late answers to attempt 1 are stale, whatever they say.
     assert run.feed(PAID, cid("payment", 1)).ignored == "stale"
     assert run.feed(DECLINED, cid("payment", 1)).ignored == "stale"
     assert run.feed(transient(), cid("payment", 1)).ignored == "stale"
-    assert run.state.steps["payment"].status is StepStatus.PENDING
+    assert run.instance.steps["payment"].status is StepStatus.PENDING
 
     paid = run.feed(PAID, cid("payment", 2))
     assert kinds(paid) == [Kind.INPUT_ACCEPTED, Kind.STEP_SUCCEEDED, Kind.COMMAND_SENT]
     assert paid.entries[0].command_id == cid("payment", 2)
-    assert run.state.data.payment_id == "pay-1"  # type: ignore[attr-defined]
-    assert run.state.active == ("shipping",)
+    assert run.instance.data.payment_id == "pay-1"  # type: ignore[attr-defined]
+    assert run.instance.active == ("shipping",)
 
 
 def test_success_on_the_third_attempt_after_two_transient_failures_completes(kit: Kit) -> None:
@@ -294,14 +294,14 @@ def test_success_on_the_third_attempt_after_two_transient_failures_completes(kit
         assert kinds(failed) == [Kind.INPUT_ACCEPTED, Kind.ATTEMPT_FAILED, Kind.TIMER_SCHEDULED]
         assert attempt_fields(failed, Kind.ATTEMPT_FAILED)[2] == attempt
         delays.append(run.due("retry:payment") - run.now_ms)
-        assert run.state.timers["retry:payment"].attempt == attempt + 1
+        assert run.instance.timers["retry:payment"].attempt == attempt + 1
         run.fire("retry:payment")
     assert delays == [1_000, 2_000]
 
     run.feed(PAID, cid("payment", 3))
     done = run.feed(SHIPPED, cid("shipping"))
     assert kinds(done) == [Kind.INPUT_ACCEPTED, Kind.STEP_SUCCEEDED, Kind.SAGA_COMPLETED]
-    state = run.state
+    state = run.instance
     assert state.status is Status.COMPLETED
     assert state.reason is None
     assert state.timers == {}
@@ -359,7 +359,7 @@ def test_exhausted_retries_fail_the_saga_as_without_retries(kit: Kit) -> None:
         0,
         "payment: ConnectionError: refused",
     )
-    state = run.state
+    state = run.instance
     assert state.status is Status.FAILED
     assert state.reason == "payment: ConnectionError: refused"
     assert state.steps["payment"].status is StepStatus.FAILED
@@ -383,10 +383,10 @@ def test_exhausted_retries_of_a_later_step_compensate_the_earlier_ones(kit: Kit)
     ]
     sent, refund = only_command(last)
     assert (sent.command_id, refund) == (refund_id(1), REFUND)
-    assert run.state.reason == "shipping: TimeoutError: slow"
+    assert run.instance.reason == "shipping: TimeoutError: slow"
     done = run.feed(REFUNDED, refund_id(1))
     assert kinds(done)[-1] is Kind.SAGA_COMPENSATED
-    assert run.state.status is Status.COMPENSATED
+    assert run.instance.status is Status.COMPENSATED
 
 
 def test_a_business_failure_is_final_under_the_default_policy(kit: Kit) -> None:
@@ -399,8 +399,8 @@ def test_a_business_failure_is_final_under_the_default_policy(kit: Kit) -> None:
         Kind.SAGA_COMPENSATING,
         Kind.SAGA_FAILED,
     ]
-    assert run.state.reason == "payment: PaymentFailed"
-    assert run.state.timers == {}
+    assert run.instance.reason == "payment: PaymentFailed"
+    assert run.instance.timers == {}
 
 
 def test_a_business_failure_is_retried_when_the_policy_names_it(kit: Kit) -> None:
@@ -410,7 +410,7 @@ def test_a_business_failure_is_retried_when_the_policy_names_it(kit: Kit) -> Non
     failed = run.feed(DECLINED, cid("payment"))
     assert kinds(failed) == [Kind.INPUT_ACCEPTED, Kind.ATTEMPT_FAILED, Kind.TIMER_SCHEDULED]
     assert attempt_fields(failed, Kind.ATTEMPT_FAILED)[3] == "payment: PaymentFailed"
-    assert run.state.steps["payment"].status is StepStatus.RETRYING
+    assert run.instance.steps["payment"].status is StepStatus.RETRYING
     run.fire("retry:payment")
     # Transient failures and declines count against the same attempts.
     run.feed(transient(), cid("payment", 2))
@@ -458,7 +458,7 @@ def test_command_failed_for_no_known_command_is_stale(kit: Kit) -> None:
     run.feed(PAID, cid("payment"))
     # For a step that already has its answer: a duplicate, not a new failure.
     assert run.feed(transient(), cid("payment")).ignored == "duplicate"
-    assert run.state.steps["payment"].status is StepStatus.SUCCEEDED
+    assert run.instance.steps["payment"].status is StepStatus.SUCCEEDED
 
 
 # --- step timeouts -----------------------------------------------------------------------------
@@ -476,7 +476,7 @@ def test_a_step_timeout_is_scheduled_and_cancelled_by_the_reply(kit: Kit) -> Non
         "payment",
         1,
     )
-    assert run.state.timers == {"timeout:payment": Timer(due, "payment", 1)}
+    assert run.instance.timers == {"timeout:payment": Timer(due, "payment", 1)}
 
     paid = run.feed(PAID, cid("payment"))
     assert kinds(paid) == [
@@ -486,9 +486,9 @@ def test_a_step_timeout_is_scheduled_and_cancelled_by_the_reply(kit: Kit) -> Non
         Kind.COMMAND_SENT,
     ]
     assert paid.entries[1].timer == "timeout:payment"
-    assert run.state.timers == {}  # shipping declares no timeout
+    assert run.instance.timers == {}  # shipping declares no timeout
     assert run.fire("timeout:payment", at_ms=due).ignored == "stale-timer"
-    assert run.state.steps["payment"].status is StepStatus.SUCCEEDED
+    assert run.instance.steps["payment"].status is StepStatus.SUCCEEDED
 
 
 def test_a_timeout_is_a_failed_attempt_retried_until_the_last_fails_the_saga(kit: Kit) -> None:
@@ -505,13 +505,13 @@ def test_a_timeout_is_a_failed_attempt_retried_until_the_last_fails_the_saga(kit
             attempt,
             "payment: no reply in time",
         )
-        assert run.state.timers == {
+        assert run.instance.timers == {
             "retry:payment": Timer(run.now_ms + delay, "payment", attempt + 1)
         }
         retried = run.fire("retry:payment")
         assert kinds(retried) == [Kind.TIMER_FIRED, Kind.COMMAND_SENT, Kind.TIMER_SCHEDULED]
         assert retried.commands[0].command_id == cid("payment", attempt + 1)
-        assert run.state.timers == {
+        assert run.instance.timers == {
             "timeout:payment": Timer(run.now_ms + 30_000, "payment", attempt + 1)
         }
         # The answer to the attempt that timed out comes too late.
@@ -524,9 +524,9 @@ def test_a_timeout_is_a_failed_attempt_retried_until_the_last_fails_the_saga(kit
         Kind.SAGA_COMPENSATING,
         Kind.SAGA_FAILED,
     ]
-    assert run.state.status is Status.FAILED
-    assert run.state.reason == "payment: no reply in time"
-    assert run.state.timers == {}
+    assert run.instance.status is Status.FAILED
+    assert run.instance.reason == "payment: no reply in time"
+    assert run.instance.timers == {}
     assert len(run.sent) == 3
 
 
@@ -535,7 +535,7 @@ def test_a_reply_after_the_timeout_but_before_the_retry_is_ignored(kit: Kit) -> 
     run.feed(ORDER)
     run.fire("timeout:payment")
     assert run.feed(PAID, cid("payment", 1)).ignored == "duplicate"
-    assert run.state.steps["payment"].status is StepStatus.RETRYING
+    assert run.instance.steps["payment"].status is StepStatus.RETRYING
     assert kinds(run.fire("retry:payment"))[1] is Kind.COMMAND_SENT
 
 
@@ -550,9 +550,9 @@ def test_a_command_failed_cancels_the_attempt_timeout(kit: Kit) -> None:
         Kind.ATTEMPT_FAILED,
         Kind.TIMER_SCHEDULED,
     ]
-    assert set(run.state.timers) == {"retry:payment"}
+    assert set(run.instance.timers) == {"retry:payment"}
     run.fire("retry:payment")
-    assert run.state.timers["timeout:payment"].attempt == 2
+    assert run.instance.timers["timeout:payment"].attempt == 2
     # The first attempt's timeout time passes: the second attempt has its own.
     assert run.fire("timeout:payment", at_ms=timeout_due).ignored == "stale-timer"
 
@@ -570,7 +570,7 @@ def test_a_policy_without_timeout_fails_the_step_when_it_times_out(kit: Kit) -> 
         Kind.COMPENSATION_SENT,
     ]
     assert only_command(timed_out)[1] == REFUND
-    assert run.state.reason == "shipping: no reply in time"
+    assert run.instance.reason == "shipping: no reply in time"
 
 
 def test_a_timeout_unblocks_a_cancelled_saga_whose_worker_never_answers(kit: Kit) -> None:
@@ -578,13 +578,13 @@ def test_a_timeout_unblocks_a_cancelled_saga_whose_worker_never_answers(kit: Kit
     run.feed(ORDER)
     cancelled = run.feed(operator("cancel", "bob", "customer called"))
     assert kinds(cancelled) == [Kind.OPERATOR_ACTION, Kind.SAGA_COMPENSATING]
-    assert run.state.status is Status.COMPENSATING
+    assert run.instance.status is Status.COMPENSATING
     # The payment is still in flight: its timeout is what ends the saga, not a retry.
     timed_out = run.fire("timeout:payment")
     assert kinds(timed_out) == [Kind.TIMER_FIRED, Kind.STEP_FAILED, Kind.SAGA_FAILED]
     assert timed_out.commands == []
-    assert run.state.status is Status.FAILED
-    assert run.state.reason == "cancelled by bob: customer called"
+    assert run.instance.status is Status.FAILED
+    assert run.instance.reason == "cancelled by bob: customer called"
 
 
 # --- catch -------------------------------------------------------------------------------------
@@ -601,7 +601,7 @@ def test_catch_routes_a_failure_to_another_step_and_the_saga_completes_through_i
     sent, invoice = only_command(caught)
     assert (sent.topic, sent.command_id) == ("invoices.commands", cid("invoice"))
     assert invoice == kit.send_invoice(order_id="o-1", amount_cents=4_200)
-    state = run.state
+    state = run.instance
     assert state.status is Status.RUNNING
     assert state.reason is None
     assert state.steps["payment"].status is StepStatus.FAILED
@@ -611,8 +611,8 @@ def test_catch_routes_a_failure_to_another_step_and_the_saga_completes_through_i
     assert kinds(invoiced) == [Kind.INPUT_ACCEPTED, Kind.STEP_SUCCEEDED, Kind.COMMAND_SENT]
     assert invoiced.commands[0].command_id == cid("shipping")
     run.feed(SHIPPED, cid("shipping"))
-    assert run.state.status is Status.COMPLETED
-    assert run.state.completed == ("invoice", "shipping")
+    assert run.instance.status is Status.COMPLETED
+    assert run.instance.completed == ("invoice", "shipping")
 
 
 def test_after_a_catch_only_completed_steps_are_compensated(kit: Kit) -> None:
@@ -644,7 +644,7 @@ def test_catch_on_timeout_after_the_retries(kit: Kit) -> None:
     caught = run.fire("timeout:payment")
     assert kinds(caught) == [Kind.TIMER_FIRED, Kind.STEP_FAILED, Kind.COMMAND_SENT]
     assert caught.commands[0].command_id == cid("invoice")
-    assert run.state.status is Status.RUNNING
+    assert run.instance.status is Status.RUNNING
 
 
 def test_catch_to_compensate_compensates(kit: Kit) -> None:
@@ -653,7 +653,7 @@ def test_catch_to_compensate_compensates(kit: Kit) -> None:
     run.feed(ORDER)
     failed = run.feed(DECLINED, cid("payment"))
     assert kinds(failed)[1:] == [Kind.STEP_FAILED, Kind.SAGA_COMPENSATING, Kind.SAGA_FAILED]
-    assert "invoice" not in run.state.steps
+    assert "invoice" not in run.instance.steps
 
     run = Run(declare(kit, shipping={"catch": {ShippingFailed: COMPENSATE}}))
     run.feed(ORDER)
@@ -700,7 +700,7 @@ def test_an_error_no_catch_names_compensates(kit: Kit) -> None:
     run.feed(ORDER)
     failed = run.feed(transient("ConnectionError"), cid("payment"))
     assert kinds(failed)[-1] is Kind.SAGA_FAILED
-    assert "invoice" not in run.state.steps
+    assert "invoice" not in run.instance.steps
 
 
 def test_catch_does_not_apply_once_the_saga_is_compensating(kit: Kit) -> None:
@@ -709,7 +709,7 @@ def test_catch_does_not_apply_once_the_saga_is_compensating(kit: Kit) -> None:
     run.feed(operator("cancel"))
     failed = run.feed(DECLINED, cid("payment"))
     assert kinds(failed) == [Kind.INPUT_ACCEPTED, Kind.STEP_FAILED, Kind.SAGA_FAILED]
-    assert "invoice" not in run.state.steps
+    assert "invoice" not in run.instance.steps
 
 
 # --- compensation retries, parking, operator actions -------------------------------------------
@@ -732,7 +732,7 @@ def test_a_compensation_is_retried_then_parks_then_an_operator_retry_compensates
         1,
         "payment: ConnectionError: refused",
     )
-    state = run.state
+    state = run.instance
     assert state.status is Status.COMPENSATING
     assert state.steps["payment"].status is StepStatus.COMPENSATION_RETRYING
     assert state.active == ("payment",)
@@ -744,12 +744,12 @@ def test_a_compensation_is_retried_then_parks_then_an_operator_retry_compensates
     assert sent.command_id == "orders/o-1/payment.compensation/2"
     assert refund == REFUND
     assert retried.entries[1].attempt == 2
-    assert run.state.steps["payment"].status is StepStatus.COMPENSATING
+    assert run.instance.steps["payment"].status is StepStatus.COMPENSATING
 
     parked = run.feed(kit.refund_failed(order_id="o-1", reason="card closed"), refund_id(2))
     assert kinds(parked) == [Kind.INPUT_ACCEPTED, Kind.COMPENSATION_FAILED, Kind.SAGA_PARKED]
     assert parked.commands == []
-    state = run.state
+    state = run.instance
     assert state.status is Status.NEEDS_ATTENTION
     assert not state.status.finished
     assert state.reason == "compensation failed: payment: RefundFailed"
@@ -767,8 +767,8 @@ def test_a_compensation_is_retried_then_parks_then_an_operator_retry_compensates
     sent, refund = only_command(resumed)
     assert (sent.command_id, refund) == (refund_id(3), REFUND)
     assert resumed.entries[2].attempt == 3
-    assert run.state.status is Status.COMPENSATING
-    assert run.state.active == ("payment",)
+    assert run.instance.status is Status.COMPENSATING
+    assert run.instance.active == ("payment",)
 
     assert run.feed(REFUNDED, refund_id(2)).ignored == "stale"
     done = run.feed(REFUNDED, refund_id(3))
@@ -777,9 +777,9 @@ def test_a_compensation_is_retried_then_parks_then_an_operator_retry_compensates
         Kind.COMPENSATION_SUCCEEDED,
         Kind.SAGA_COMPENSATED,
     ]
-    assert run.state.status is Status.COMPENSATED
-    assert run.state.steps["payment"].status is StepStatus.COMPENSATED
-    assert run.state.timers == {}
+    assert run.instance.status is Status.COMPENSATED
+    assert run.instance.steps["payment"].status is StepStatus.COMPENSATED
+    assert run.instance.timers == {}
     assert [c.command_id for c in run.sent][-3:] == [refund_id(1), refund_id(2), refund_id(3)]
 
 
@@ -797,8 +797,8 @@ def test_exhausted_compensation_retries_park_naming_the_error(kit: Kit) -> None:
     run.fire("retry:payment")
     parked = run.feed(transient("TimeoutError", "bank down"), refund_id(2))
     assert kinds(parked) == [Kind.INPUT_ACCEPTED, Kind.COMPENSATION_FAILED, Kind.SAGA_PARKED]
-    assert run.state.reason == "compensation failed: payment: TimeoutError: bank down"
-    assert run.state.status is Status.NEEDS_ATTENTION
+    assert run.instance.reason == "compensation failed: payment: TimeoutError: bank down"
+    assert run.instance.status is Status.NEEDS_ATTENTION
 
 
 def test_a_compensation_timeout_is_retried_then_parks(kit: Kit) -> None:
@@ -808,16 +808,16 @@ def test_a_compensation_timeout_is_retried_then_parks(kit: Kit) -> None:
     run.feed(PAID, cid("payment"))
     failed = run.feed(NOT_SHIPPED, cid("shipping"))
     assert kinds(failed)[-2:] == [Kind.COMPENSATION_SENT, Kind.TIMER_SCHEDULED]
-    assert run.state.timers == {"timeout:payment": Timer(run.now_ms + 20_000, "payment", 1)}
+    assert run.instance.timers == {"timeout:payment": Timer(run.now_ms + 20_000, "payment", 1)}
 
     timed_out = run.fire("timeout:payment")
     assert kinds(timed_out) == [Kind.TIMER_FIRED, Kind.ATTEMPT_FAILED, Kind.TIMER_SCHEDULED]
-    assert run.state.steps["payment"].status is StepStatus.COMPENSATION_RETRYING
+    assert run.instance.steps["payment"].status is StepStatus.COMPENSATION_RETRYING
     retried = run.fire("retry:payment")
     assert kinds(retried) == [Kind.TIMER_FIRED, Kind.COMPENSATION_SENT, Kind.TIMER_SCHEDULED]
     parked = run.fire("timeout:payment")
     assert kinds(parked) == [Kind.TIMER_FIRED, Kind.COMPENSATION_FAILED, Kind.SAGA_PARKED]
-    assert run.state.reason == "compensation failed: payment: no reply in time"
+    assert run.instance.reason == "compensation failed: payment: no reply in time"
 
     resumed = run.feed(operator("retry"))
     assert kinds(resumed) == [
@@ -833,20 +833,20 @@ def test_a_compensation_timeout_is_retried_then_parks(kit: Kit) -> None:
         Kind.COMPENSATION_SUCCEEDED,
         Kind.SAGA_COMPENSATED,
     ]
-    assert run.state.timers == {}
+    assert run.instance.timers == {}
 
 
 def test_resolve_ends_a_parked_instance(kit: Kit) -> None:
     run = Run(declare(kit))
     paid_then_shipping_failed(run)
     run.feed(kit.refund_failed(order_id="o-1", reason="card closed"), refund_id(1))
-    assert run.state.status is Status.NEEDS_ATTENTION
+    assert run.instance.status is Status.NEEDS_ATTENTION
 
     resolved = run.feed(operator("resolve", "bob", "refunded by hand"))
     assert kinds(resolved) == [Kind.OPERATOR_ACTION, Kind.SAGA_RESOLVED]
     assert resolved.commands == []
     assert resolved.entries[0].reason == "resolve by bob: refunded by hand"
-    state = run.state
+    state = run.instance
     assert state.status is Status.RESOLVED
     assert state.status.finished
     assert state.reason == "resolve by bob: refunded by hand"
@@ -864,15 +864,15 @@ def test_cancel_compensates_a_running_saga_once_the_step_in_flight_answers(kit: 
     cancelled = run.feed(operator("cancel", "bob", "customer called"))
     assert kinds(cancelled) == [Kind.OPERATOR_ACTION, Kind.SAGA_COMPENSATING]
     assert cancelled.entries[0].reason == "cancel by bob: customer called"
-    assert run.state.status is Status.COMPENSATING
-    assert run.state.reason == "cancelled by bob: customer called"
+    assert run.instance.status is Status.COMPENSATING
+    assert run.instance.reason == "cancelled by bob: customer called"
 
     shipped = run.feed(SHIPPED, cid("shipping"))
     assert kinds(shipped) == [Kind.INPUT_ACCEPTED, Kind.STEP_SUCCEEDED, Kind.COMPENSATION_SENT]
     assert only_command(shipped)[1] == REFUND
     run.feed(REFUNDED, refund_id(1))
-    assert run.state.status is Status.COMPENSATED
-    assert run.state.reason == "cancelled by bob: customer called"
+    assert run.instance.status is Status.COMPENSATED
+    assert run.instance.reason == "cancelled by bob: customer called"
 
 
 def test_cancel_while_a_step_waits_to_retry_stops_the_retry(kit: Kit) -> None:
@@ -889,8 +889,8 @@ def test_cancel_while_a_step_waits_to_retry_stops_the_retry(kit: Kit) -> None:
         Kind.SAGA_FAILED,
     ]
     assert cancelled.entries[2].timer == "retry:payment"
-    assert run.state.status is Status.FAILED
-    assert run.state.timers == {}
+    assert run.instance.status is Status.FAILED
+    assert run.instance.timers == {}
     assert run.fire("retry:payment", at_ms=due).ignored == "stale-timer"
     assert len(run.sent) == 1
 
@@ -921,10 +921,10 @@ def test_operator_actions_that_do_not_apply_are_ignored(kit: Kit, where: str, ac
         paid_then_shipping_failed(run)
         if where == "parked":
             run.feed(kit.refund_failed(order_id="o-1", reason="no"), refund_id(1))
-    before = run.state
+    before = run.instance
     decision = run.feed(operator(action))
     assert decision.ignored == f"operator-{action}-not-applicable"
-    assert run.state is before
+    assert run.instance is before
 
 
 # --- the saga deadline -------------------------------------------------------------------------
@@ -944,7 +944,7 @@ def test_the_deadline_is_scheduled_at_start_and_cancelled_on_completion(kit: Kit
         None,
         0,
     )
-    assert run.state.timers == {DEADLINE: Timer(due, None, 0)}
+    assert run.instance.timers == {DEADLINE: Timer(due, None, 0)}
     assert run.fire(DEADLINE, at_ms=due - 1).ignored == "stale-timer"
 
     run.feed(PAID, cid("payment"))
@@ -956,9 +956,9 @@ def test_the_deadline_is_scheduled_at_start_and_cancelled_on_completion(kit: Kit
         Kind.SAGA_COMPLETED,
     ]
     assert done.entries[2].timer == DEADLINE
-    assert run.state.timers == {}
+    assert run.instance.timers == {}
     assert run.fire(DEADLINE).ignored == "stale-timer"
-    assert run.state.status is Status.COMPLETED
+    assert run.instance.status is Status.COMPLETED
 
 
 def test_the_deadline_compensates_a_running_saga(kit: Kit) -> None:
@@ -967,15 +967,15 @@ def test_the_deadline_compensates_a_running_saga(kit: Kit) -> None:
     run.feed(PAID, cid("payment"))
     expired = run.fire(DEADLINE)
     assert kinds(expired) == [Kind.TIMER_FIRED, Kind.SAGA_COMPENSATING]
-    assert run.state.status is Status.COMPENSATING
-    assert run.state.reason == "deadline exceeded"
-    assert run.state.timers == {}
+    assert run.instance.status is Status.COMPENSATING
+    assert run.instance.reason == "deadline exceeded"
+    assert run.instance.timers == {}
     # The shipment in flight is compensated when it answers, then the payment is refunded.
     shipped = run.feed(SHIPPED, cid("shipping"))
     assert kinds(shipped)[-1] is Kind.COMPENSATION_SENT
     run.feed(REFUNDED, refund_id(1))
-    assert run.state.status is Status.COMPENSATED
-    assert run.state.reason == "deadline exceeded"
+    assert run.instance.status is Status.COMPENSATED
+    assert run.instance.reason == "deadline exceeded"
 
 
 def test_the_deadline_stops_a_step_waiting_to_retry(kit: Kit) -> None:
@@ -992,7 +992,7 @@ def test_the_deadline_stops_a_step_waiting_to_retry(kit: Kit) -> None:
         Kind.COMPENSATION_SENT,
     ]
     assert expired.entries[2].timer == "retry:shipping"
-    assert run.state.steps["shipping"].status is StepStatus.FAILED
+    assert run.instance.steps["shipping"].status is StepStatus.FAILED
     assert only_command(expired)[1] == REFUND
 
 
@@ -1012,7 +1012,7 @@ def test_ending_early_cancels_the_deadline(kit: Kit, how: str) -> None:
     else:
         ended = run.feed(kit.collected(order_id="o-1"))
         assert kinds(ended) == [Kind.INPUT_ACCEPTED, Kind.TIMER_CANCELLED, Kind.SAGA_COMPLETED]
-    assert DEADLINE not in run.state.timers
+    assert DEADLINE not in run.instance.timers
     assert run.fire(DEADLINE, at_ms=T0 + 700_000).ignored == "stale-timer"
 
 
@@ -1020,7 +1020,7 @@ def test_a_step_timeout_and_the_deadline_each_fire_once(kit: Kit) -> None:
     run = Run(declare(kit, deadline=60, shipping={"timeout": 30, "retry": NO_RETRY}))
     run.feed(ORDER)
     run.feed(PAID, cid("payment"))
-    assert set(run.state.timers) == {DEADLINE, "timeout:shipping"}
+    assert set(run.instance.timers) == {DEADLINE, "timeout:shipping"}
     timed_out = run.fire("timeout:shipping")
     assert kinds(timed_out) == [
         Kind.TIMER_FIRED,
@@ -1029,7 +1029,7 @@ def test_a_step_timeout_and_the_deadline_each_fire_once(kit: Kit) -> None:
         Kind.SAGA_COMPENSATING,
         Kind.COMPENSATION_SENT,
     ]
-    assert run.state.timers == {}
+    assert run.instance.timers == {}
     assert run.fire(DEADLINE, at_ms=T0 + 120_000).ignored == "stale-timer"
 
 
@@ -1060,9 +1060,9 @@ def test_a_wait_step_sends_nothing_and_the_awaited_event_completes_it(kit: Kit) 
         1,
         None,
     )
-    assert run.state.steps["approval"].status is StepStatus.PENDING
-    assert run.state.active == ("approval",)
-    assert run.state.timers == {"timeout:approval": Timer(run.now_ms + 3_600_000, "approval", 1)}
+    assert run.instance.steps["approval"].status is StepStatus.PENDING
+    assert run.instance.active == ("approval",)
+    assert run.instance.timers == {"timeout:approval": Timer(run.now_ms + 3_600_000, "approval", 1)}
 
     approved = run.feed(kit.approved(order_id="o-1", approver="carol"))  # no command id
     assert kinds(approved) == [
@@ -1075,9 +1075,9 @@ def test_a_wait_step_sends_nothing_and_the_awaited_event_completes_it(kit: Kit) 
     assert approved.commands[0].command_id == cid("shipping")
     assert run.feed(kit.approved(order_id="o-1", approver="dan")).ignored == "duplicate"
     run.feed(SHIPPED, cid("shipping"))
-    assert run.state.status is Status.COMPLETED
-    assert run.state.completed == ("payment", "approval", "shipping")
-    assert run.state.timers == {}
+    assert run.instance.status is Status.COMPLETED
+    assert run.instance.completed == ("payment", "approval", "shipping")
+    assert run.instance.timers == {}
 
 
 def test_a_wait_that_times_out_fails_without_retry_and_compensates(kit: Kit) -> None:
@@ -1093,12 +1093,12 @@ def test_a_wait_that_times_out_fails_without_retry_and_compensates(kit: Kit) -> 
         Kind.COMPENSATION_SENT,
     ]
     assert only_command(timed_out)[1] == REFUND
-    assert run.state.reason == "approval: no reply in time"
-    assert run.state.steps["approval"].status is StepStatus.FAILED
+    assert run.instance.reason == "approval: no reply in time"
+    assert run.instance.steps["approval"].status is StepStatus.FAILED
     # Approving after the timeout changes nothing.
     assert run.feed(kit.approved(order_id="o-1", approver="carol")).ignored == "duplicate"
     run.feed(REFUNDED, refund_id(1))
-    assert run.state.status is Status.COMPENSATED
+    assert run.instance.status is Status.COMPENSATED
 
 
 def test_a_wait_failure_event_fails_the_step(kit: Kit) -> None:
@@ -1113,8 +1113,8 @@ def test_a_wait_failure_event_fails_the_step(kit: Kit) -> None:
         Kind.SAGA_COMPENSATING,
         Kind.COMPENSATION_SENT,
     ]
-    assert run.state.reason == "approval: OrderRejected"
-    assert run.state.timers == {}
+    assert run.instance.reason == "approval: OrderRejected"
+    assert run.instance.timers == {}
 
 
 def test_a_wait_timeout_follows_its_catch(kit: Kit) -> None:
@@ -1125,15 +1125,15 @@ def test_a_wait_timeout_follows_its_catch(kit: Kit) -> None:
     assert kinds(timed_out) == [Kind.TIMER_FIRED, Kind.STEP_FAILED, Kind.COMMAND_SENT]
     assert timed_out.commands[0].command_id == cid("shipping")
     run.feed(SHIPPED, cid("shipping"))
-    assert run.state.status is Status.COMPLETED
-    assert run.state.completed == ("payment", "shipping")
+    assert run.instance.status is Status.COMPLETED
+    assert run.instance.completed == ("payment", "shipping")
 
 
 def test_the_awaited_event_before_the_wait_starts_is_stale(kit: Kit) -> None:
     run = Run(declare(kit, wait={}))
     run.feed(ORDER)
     assert run.feed(kit.approved(order_id="o-1", approver="carol")).ignored == "stale"
-    assert "approval" not in run.state.steps
+    assert "approval" not in run.instance.steps
 
 
 @pytest.mark.parametrize("how", ["cancel", "deadline"])
@@ -1151,10 +1151,10 @@ def test_ending_a_saga_while_it_waits_compensates_at_once(kit: Kit, how: str) ->
     ]
     assert ended.entries[2].timer == "timeout:approval"
     assert only_command(ended)[1] == REFUND
-    assert run.state.steps["approval"].status is StepStatus.FAILED
+    assert run.instance.steps["approval"].status is StepStatus.FAILED
     assert run.feed(kit.approved(order_id="o-1", approver="carol")).ignored == "duplicate"
     run.feed(REFUNDED, refund_id(1))
-    assert run.state.status is Status.COMPENSATED
+    assert run.instance.status is Status.COMPENSATED
 
 
 def test_a_timeout_timer_of_an_earlier_attempt_does_not_fail_the_current_one(kit: Kit) -> None:
@@ -1164,7 +1164,7 @@ def test_a_timeout_timer_of_an_earlier_attempt_does_not_fail_the_current_one(kit
     run.feed(ORDER)
     run.fire("timeout:payment")
     run.fire("retry:payment")
-    state = run.state
+    state = run.instance
     stale = replace(state, timers={"timeout:payment": Timer(run.now_ms, "payment", 1)})
     decision = decide_timer(run.definition, stale, "timeout:payment", run.now_ms)
     assert kinds(decision) == [Kind.TIMER_FIRED]
@@ -1183,12 +1183,12 @@ def test_a_step_waiting_to_retry_is_not_retried_after_the_saga_completed(kit: Ki
     run.feed(transient(), cid("payment"))
     completed = run.feed(kit.collected(order_id="o-1"))
     assert kinds(completed) == [Kind.INPUT_ACCEPTED, Kind.SAGA_COMPLETED]
-    assert run.state.status is Status.COMPLETED
+    assert run.instance.status is Status.COMPLETED
     fired = run.fire("retry:payment")
     assert fired.commands == []
     assert Kind.COMMAND_SENT not in kinds(fired)
     assert [c.command_id for c in run.sent] == [cid("payment")]
-    assert run.state.status is Status.COMPLETED
+    assert run.instance.status is Status.COMPLETED
 
 
 # --- declaration -------------------------------------------------------------------------------

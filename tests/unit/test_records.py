@@ -15,6 +15,7 @@ one class here; the classes that must fail all target ``Shape``.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 from pathlib import Path
@@ -222,6 +223,44 @@ def test_schemas_are_found_through_sagalog_schema_path(
 
     assert CATALOG.current(name).source == str(tmp_path / "Lonely.avsc")
     assert Lonely.decode(Lonely(id="x").encode()) == Lonely(id="x")
+
+
+def test_a_subpackage_with_its_own_schemas_still_finds_the_projects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """project/schemas/Outer.avsc and project/shop/billing/schemas/Inner.avsc, both found."""
+
+    def schema(folder: Path, name: str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        definition = {
+            "type": "record",
+            "name": name,
+            "namespace": f"{NS}.nested",
+            "fields": [{"name": "id", "type": "string"}],
+        }
+        (folder / f"{name}.avsc").write_text(json.dumps(definition))
+
+    project = tmp_path / "project"
+    billing = project / "shop_nested" / "billing"
+    billing.mkdir(parents=True)
+    for package in (project / "shop_nested", billing):
+        (package / "__init__.py").write_text("")
+    schema(project / "schemas", "Outer")
+    schema(billing / "schemas", "Inner")
+    (billing / "records.py").write_text(
+        "from stream_processors.records import Record\n"
+        f"class Inner(Record, schema='{NS}.nested.Inner'):\n    id: str\n"
+        f"class Outer(Record, schema='{NS}.nested.Outer'):\n    id: str\n"
+    )
+    (tmp_path / "schemas").mkdir()  # above the project's root: never searched
+    monkeypatch.delenv("SAGALOG_SCHEMA_PATH")
+    monkeypatch.syspath_prepend(str(project))
+
+    module = importlib.import_module("shop_nested.billing.records")
+
+    assert CATALOG.current(f"{NS}.nested.Inner").source == str(billing / "schemas" / "Inner.avsc")
+    assert CATALOG.current(f"{NS}.nested.Outer").source == str(project / "schemas" / "Outer.avsc")
+    assert module.Outer.decode(module.Outer(id="x").encode()) == module.Outer(id="x")
 
 
 # --- Event, Command, State --------------------------------------------------------------------

@@ -29,7 +29,7 @@ from examples.order_fulfillment.messages import (
     ShippingLabelCreated,
 )
 from examples.order_fulfillment.saga import OrderFulfillment
-from sagas import Command, Compensate, DeclarationError, Fail, Saga, Step, evolve, on
+from sagas import Command, Compensate, DeclarationError, Fail, Saga, Step, Wait, evolve, on
 from stream_processors.model import (
     CommandFailed,
     OperatorAction,
@@ -400,3 +400,42 @@ def test_validate_refuses_no_tasks() -> None:
 def test_validate_accepts_the_example() -> None:
     validate(OrderFulfillment.definition)
     assert all(isinstance(t, Task) for t in OrderFulfillment.definition.tasks.values())
+
+
+# --- mistakes refused at import (issue 10) -----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["order fulfillment", "orders/eu", "ß", "x" * 240])
+def test_a_saga_name_that_cannot_name_topics_is_refused(name: str) -> None:
+    with pytest.raises(DeclarationError, match="topic name"):
+
+        class Named(_OrderSaga, Saga, name=name):
+            payment = Step(MakePayment, success=PaymentCompleted)
+
+
+def test_a_wait_for_an_event_without_topic_or_key_is_refused() -> None:
+    with pytest.raises(DeclarationError) as caught:
+
+        class Approving(_OrderSaga, Saga, name="approving"):
+            payment = Step(MakePayment, success=PaymentCompleted)
+            approval = Wait(success=ShippingLabelCreated, timeout=60)
+
+    message = str(caught.value)
+    assert "wait step 'approval'" in message
+    assert "ShippingLabelCreated" in message
+    assert "topic=" in message and "key=" in message
+
+
+def test_an_evolver_for_a_type_the_saga_never_receives_is_refused() -> None:
+    with pytest.raises(DeclarationError) as caught:
+
+        class Evolving(_OrderSaga, Saga, name="evolving"):
+            payment = Step(MakePayment, success=PaymentCompleted)
+
+            @evolve(ShippingLabelCreated)
+            @staticmethod
+            def labelled(state: OrderState, event: ShippingLabelCreated) -> OrderState:
+                return state
+
+    assert "evolver for ShippingLabelCreated" in str(caught.value)
+    assert "never receives" in str(caught.value)

@@ -24,6 +24,7 @@ from examples.order_fulfillment.messages import (
     RefundPayment,
 )
 from examples.order_fulfillment.saga import OrderFulfillment
+from stream_processors import records
 from stream_processors.avro import AvroSchema, SchemaCatalog, parse
 from stream_processors.journal import JournalEntry
 from stream_processors.model import CommandFailed, OperatorAction
@@ -124,6 +125,26 @@ def test_a_field_the_old_writer_lacks_needs_a_default() -> None:
     ]
     # Reading it needs a default for postcode; the other way round (an older reader) is fine.
     assert h.check("orders.events", [older]) == []
+
+
+def test_a_writer_an_upcaster_reads_is_not_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's rename: an old writer had ``amount``, an upcaster renames it."""
+    h = history()
+    definition = dict(OrderPlaced.__avro__.definition)
+    definition["fields"] = [
+        {"name": "amount", "type": "long"} if f["name"] == "amount_cents" else f
+        for f in definition["fields"]
+    ]
+    older = parse(definition)
+    h.remember("orders.events", older)
+    assert h.check("orders.events", [OrderPlaced.__avro__])  # without the upcaster: refused
+
+    def renamed(old: dict[str, Any]) -> dict[str, Any]:
+        return {**old, "amount_cents": old.pop("amount")}
+
+    name = OrderPlaced.__avro__.full_name
+    monkeypatch.setitem(records._upcasters, name, {older.fingerprint: renamed})
+    assert h.check("orders.events", [OrderPlaced.__avro__]) == []
 
 
 def test_remember_teaches_the_catalog_the_writer() -> None:

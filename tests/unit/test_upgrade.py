@@ -1,8 +1,8 @@
 """Records written by an earlier Sagalog release stay readable after its own schemas change.
 
 The first release's snapshots had no ``timers`` and its journal entries no ``timer``/``due_ms``;
-``schemas/sagalog/previous/`` keeps those versions, so the catalog reads such records as the
-current versions (the new fields take their defaults).
+``stream_processors/schemas/sagalog/previous/`` keeps those versions, so the catalog reads such
+records as the current versions (the new fields take their defaults).
 """
 
 from __future__ import annotations

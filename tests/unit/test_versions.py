@@ -25,8 +25,10 @@ from examples.order_fulfillment.messages import (
 )
 from examples.order_fulfillment.saga import OrderFulfillment
 from sagas import Compensate, RetryPolicy, Saga, Step, evolve
+from sagas.testing import SagaTest
 from stream_processors.instance import Status
 from stream_processors.journal import Kind
+from stream_processors.model import OperatorAction
 from tests.unit.saga_run import Run
 
 ORDER = OrderPlaced(
@@ -81,40 +83,91 @@ class Renamed(Saga, name="order_fulfillment", version=3):
 def test_an_instance_started_under_v1_finishes_under_v2_with_its_new_step() -> None:
     run = Run(OrderFulfillment.definition)
     run.feed(ORDER)
-    payment = run.state.steps["payment"].command_id
-    assert run.state.saga_version == 1
+    payment = run.instance.steps["payment"].command_id
+    assert run.instance.saga_version == 1
 
     run.definition = WithRefundCheck.definition  # v2 is deployed
     run.feed(PaymentCompleted(order_id="o-1", payment_id="pay-1"), payment)
     assert run.journal[-1].saga_version == 2
-    assert "timeout:shipping" in run.state.timers  # v2's timeout applies to the new attempt
-    shipping = run.state.steps["shipping"].command_id
+    assert "timeout:shipping" in run.instance.timers  # v2's timeout applies to the new attempt
+    shipping = run.instance.steps["shipping"].command_id
     run.feed(ShippingLabelCreated(order_id="o-1", tracking_number="t-1"), shipping)
-    goodwill = run.state.steps["goodwill"].command_id
+    goodwill = run.instance.steps["goodwill"].command_id
     run.feed(PaymentRefunded(order_id="o-1", payment_id="pay-1"), goodwill)
 
-    assert run.state.status is Status.COMPLETED
-    assert run.state.saga_version == 1  # the version it started under
+    assert run.instance.status is Status.COMPLETED
+    assert run.instance.saga_version == 1  # the version it started under
 
 
 def test_a_version_without_a_step_the_instance_used_rejects_its_inputs() -> None:
     run = Run(OrderFulfillment.definition)
     run.feed(ORDER)
-    payment = run.state.steps["payment"].command_id
+    payment = run.instance.steps["payment"].command_id
 
     run.definition = Renamed.definition
     decision = run.feed(PaymentCompleted(order_id="o-1", payment_id="pay-1"), payment)
     assert decision.rejected == "definition-mismatch"
-    assert run.state.status is Status.RUNNING  # unchanged: the input waits in the DLQ
+    assert run.instance.status is Status.RUNNING  # unchanged: the input waits in the DLQ
 
 
 def test_a_timer_due_under_a_version_without_its_step_parks_the_instance() -> None:
     run = Run(Renamed.definition)
     run.feed(ORDER)
-    assert "timeout:charge" in run.state.timers
+    assert "timeout:charge" in run.instance.timers
 
     run.definition = OrderFulfillment.definition  # v1 again: it has no step "charge"
     decision = run.fire("timeout:charge")
-    assert [Kind(e.kind) for e in decision.entries] == [Kind.TIMER_FIRED, Kind.SAGA_PARKED]
-    assert run.state.status is Status.NEEDS_ATTENTION
-    assert "has no step 'charge'" in (run.state.reason or "")
+    assert [Kind(e.kind) for e in decision.entries] == [Kind.SAGA_PARKED]
+    assert run.instance.status is Status.NEEDS_ATTENTION
+    assert "has no step 'charge'" in (run.instance.reason or "")
+    assert "timeout:charge" in run.instance.timers  # kept for when a fitting version runs
+    assert run.fire("timeout:charge").ignored == "parked"  # nothing moves while parked
+
+
+def _operator(action: str) -> OperatorAction:
+    return OperatorAction(action=action, by="ops", reason="tried")
+
+
+def _parked_by_mismatch() -> SagaTest:
+    run = Run(Renamed.definition)
+    run.feed(ORDER)
+    run.definition = OrderFulfillment.definition
+    run.fire("timeout:charge")
+    assert run.instance.status is Status.NEEDS_ATTENTION
+    return run
+
+
+def test_a_retry_under_a_version_that_still_lacks_the_step_is_refused() -> None:
+    run = _parked_by_mismatch()
+    assert run.feed(_operator("retry")).rejected == "definition-mismatch"
+    assert run.instance.status is Status.NEEDS_ATTENTION
+
+
+def test_a_retry_once_a_fitting_version_runs_resumes_the_instance_where_it_was() -> None:
+    run = _parked_by_mismatch()
+    run.definition = Renamed.definition  # the fitting version is deployed again
+    run.feed(_operator("retry"))
+    assert run.instance.status is Status.RUNNING  # not compensating with nothing in flight
+    assert run.instance.parked_from is None
+
+    decision = run.fire("timeout:charge", at_ms=run.now_ms + 1_000)  # the kept timer, overdue
+    assert Kind.ATTEMPT_FAILED in [Kind(e.kind) for e in decision.entries]  # a timeout
+    run.fire("retry:charge")
+    charge = run.instance.steps["charge"]
+    assert (charge.attempt, run.instance.status) == (2, Status.RUNNING)
+    run.feed(PaymentCompleted(order_id="o-1", payment_id="pay-1"), charge.command_id)
+    assert run.instance.status is Status.COMPLETED
+
+
+def test_resolving_an_instance_parked_by_a_mismatch_drops_its_timers() -> None:
+    run = _parked_by_mismatch()
+    run.feed(_operator("resolve"))
+    assert run.instance.status is Status.RESOLVED
+    assert run.instance.timers == {}
+
+
+def test_advancing_the_clock_over_a_parked_instance_fires_nothing() -> None:
+    run = _parked_by_mismatch()
+    assert run.advance(hours=1) == []
+    assert run.instance.status is Status.NEEDS_ATTENTION
+    assert "timeout:charge" in run.instance.timers

@@ -2,39 +2,28 @@
 
 Usage: probe.py BOOTSTRAP TIMEOUT_SECONDS. A real client round trip through librdkafka is the
 language-neutral definition of "a client can connect", unlike an open TCP port, which a broker
-has long before it can serve requests.
+has long before it can serve requests. The client takes Sagalog's settings (SAGALOG_KAFKA_CONFIG,
+SAGALOG_KAFKA_*: stream_processors.kafka_config), so a secured cluster is probed as the engine
+will talk to it; when it does not answer, the reason is printed in one line.
 """
 
+import logging
 import sys
-import time
 
-from confluent_kafka.admin import AdminClient
+from stream_processors.kafka_errors import KafkaUnavailable, connect_admin
 
 
 def main() -> int:
     bootstrap, timeout = sys.argv[1], float(sys.argv[2])
-    deadline = time.monotonic() + timeout
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "logger": _silent()})
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return 1
-        try:
-            metadata = admin.list_topics(timeout=min(2.0, remaining))
-            if metadata.brokers:
-                return 0
-        except Exception:
-            pass
-        time.sleep(0.2)
-
-
-def _silent() -> object:
-    import logging
-
-    logger = logging.getLogger("probe")
-    logger.addHandler(logging.NullHandler())
-    logger.propagate = False
-    return logger
+    silent = logging.getLogger("probe")  # no "connection refused" lines while a broker starts
+    silent.addHandler(logging.NullHandler())
+    silent.propagate = False
+    try:
+        connect_admin(bootstrap, "sagalog-probe", timeout, log_level=0, logger=silent)
+    except KafkaUnavailable as error:
+        print(f"probe: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

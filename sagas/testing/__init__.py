@@ -1,0 +1,61 @@
+"""Sagalog's test kit: run sagas and worker handlers in memory, and verify recorded histories.
+
+No broker, no pytest: plain functions and classes that raise ``AssertionError`` with a message
+saying what was expected and what was found, usable from any test runner.
+
+``SagaTest`` runs one saga instance on a virtual clock::
+
+    from sagas.testing import SagaTest
+
+    test = SagaTest(OrderFulfillment)               # the clock starts at START_MS
+    test.start(OrderPlaced(order_id="o-1", ...))
+    payment = test.expect_command(MakePayment)      # the one outstanding MakePayment
+    test.reply(payment, PaymentCompleted(order_id="o-1", payment_id="p-1"))
+    test.fail_transiently(test.expect_command(CreateShippingLabel), "ConnectionError")
+    test.advance(seconds=1)                         # fires the retry timer, at its due time
+    test.handle(test.expect_command(CreateShippingLabel), services.shipping)
+    assert test.status == "completed"               # also: test.state, test.journal, test.sent
+
+After every input and every timer the saga accepts, it checks the engine's invariants: the
+state is the fold of the journal, byte for byte also after an Avro round trip of the journal
+and of the snapshot; every command is journaled before it is sent, with a fresh id; every timer
+belongs to a step waiting for it. ``retry``, ``cancel``, ``resolve`` and ``signal`` act as the
+``sagas`` operator commands do.
+
+``command_context`` builds the ``CommandContext`` a worker's handler gets, and ``handle`` runs a
+``Worker``'s handler as its runtime does (the reply, a ``BusinessError``'s reply, or
+``CommandFailed`` for a transient error).
+
+``verify_histories`` replays recorded journals (``SagaTest.journal``, entries read from the
+journal topic, or files saved with ``sagas history --json`` and read by ``load_histories``)
+against a new version of a saga, and reports every instance that would decide differently, with
+the journal position of the first difference: a CI check before deploying a change.
+"""
+
+from sagas.testing._histories import (
+    Difference,
+    HistoriesDiffer,
+    HistoryReport,
+    describe,
+    load_histories,
+    verify_histories,
+)
+from sagas.testing._invariants import assert_replays, assert_timers_consistent
+from sagas.testing._saga_test import START_MS, SagaTest, SentCommand
+from sagas.testing._workers import command_context, handle
+
+__all__ = [
+    "START_MS",
+    "Difference",
+    "HistoriesDiffer",
+    "HistoryReport",
+    "SagaTest",
+    "SentCommand",
+    "assert_replays",
+    "assert_timers_consistent",
+    "command_context",
+    "describe",
+    "handle",
+    "load_histories",
+    "verify_histories",
+]
