@@ -11,8 +11,8 @@ Then it checks, reading the topics rather than trusting the engine's counters:
    that outcome implies (no entry lost or repeated, duplicate replies left no trace);
 2. every command id is on the command topics once (committed records), and as many commands
    were sent as the outcomes imply;
-3. every reply the saga accepted is the one the worker recorded for that command id (a worker
-   that ran a command twice still shows one effect);
+3. every reply the saga accepted is the one the worker group recorded for that command id on
+   its handled topic (a worker that ran a command twice still shows one effect);
 4. the journal folds to exactly the stored snapshots (``sagas replay --verify``);
 5. the dead-letter topic holds each dead-letterable bad input exactly once, with its reason.
 """
@@ -33,6 +33,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from chaos.bad_inputs import BadInput, corpus, duplicate_reply
+from examples.order_fulfillment import services
 from examples.order_fulfillment.saga import OrderFulfillment
 from examples.order_fulfillment.scenario import (
     COMMANDS_PER_OUTCOME,
@@ -407,8 +408,8 @@ def _check(
 def _effects(config: ChaosConfig, watcher: JournalWatcher) -> tuple[int, int]:
     """Compare each accepted reply with the reply the worker recorded for its command id."""
     recorded: dict[str, bytes] = {}
-    for role in WORKERS:
-        recorded |= recorded_replies(config.work_dir / role)
+    for worker in (services.payments, services.shipping):
+        recorded |= recorded_replies(worker.group, config.bootstrap)
     mismatched = checked = 0
     for entries in watcher.entries.values():
         for entry in entries:

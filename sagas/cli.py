@@ -179,10 +179,14 @@ def worker(
     metrics_port: Annotated[int, typer.Option(help="/metrics port (0: any, -1: off)")] = 8001,
     state_dir: Annotated[
         Path | None,
-        typer.Option(help="Where handled commands are remembered [$SAGALOG_STATE_DIR/workers]"),
+        typer.Option(
+            help="Where the process keeps its identity across restarts "
+            "[$SAGALOG_STATE_DIR/workers/<name>]"
+        ),
     ] = None,
     remember: Annotated[
-        bool, typer.Option(help="Answer a command seen before with its first reply")
+        bool,
+        typer.Option(help="Answer a command seen before with its first reply (<group>.handled)"),
     ] = True,
     log_level: LogLevel = "info",
 ) -> None:

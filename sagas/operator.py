@@ -325,7 +325,8 @@ def redrive(dlq_topic: str, selected: Sequence[DeadLetter], bootstrap: str | Non
 
     Dead letters stay in the dead-letter topic (Kafka topics are append-only), so a record can be
     redriven twice. That is harmless for sagas: a repeated input is recognised and ignored, and
-    a repeated command carries the same command id, which workers use as an idempotency key.
+    a repeated command carries the same command id: a worker that answered it already sends the
+    reply it remembers (``sagas.idempotency``) without running its handler again.
     Nothing is sent unless every selected record is from ``dlq_topic`` and names its origin.
     """
     unsendable = [

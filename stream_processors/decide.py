@@ -24,7 +24,8 @@ An input is one of:
 
 Timers are kept in the instance (``TimerScheduled``/``TimerFired``): a step's timeout, the wait
 before a retry, the saga's deadline. Command ids are deterministic (saga, instance, step,
-attempt): workers use them as idempotency keys, and a replayed decision produces the same id.
+attempt), so a replayed decision produces the same id; the step's idempotency key is the id
+without the attempt (``idempotency_key``), stable across retries, for the services' side effects.
 """
 
 from __future__ import annotations
@@ -81,6 +82,20 @@ class Decision:
 
 def command_id(saga: str, instance_id: str, step: str, attempt: int) -> str:
     return f"{saga}/{instance_id}/{step}/{attempt}"
+
+
+def idempotency_key(command_id: str) -> tuple[str, int]:
+    """(the step's idempotency key, the attempt) of a ``command_id``: its inverse, but one.
+
+    The key is the command id without its attempt (``saga/instance/step``; a compensation's
+    step is ``step.compensation``), so every attempt of a step shares it and a compensation has
+    its own. An id that does not end in an attempt number (not made by ``command_id``) is its
+    own key, attempt 1.
+    """
+    key, _, attempt = command_id.rpartition("/")
+    if not key or not attempt.isdigit():
+        return command_id, 1
+    return key, int(attempt)
 
 
 def timeout_timer(step: str) -> str:

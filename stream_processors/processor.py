@@ -26,10 +26,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     KafkaException,
@@ -38,7 +36,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from stream_processors import metrics
+from stream_processors import metrics, transactions
 from stream_processors.avro import DecodeError
 from stream_processors.decide import Decision, Input, decide, decide_timer
 from stream_processors.instance import Instance, decode_snapshot, encode_snapshot, schedule
@@ -265,12 +263,7 @@ class SagaProcessor:
             self._txn_started = time.monotonic()
 
     def _handle(self, message: Message) -> None:
-        error = message.error()
-        if error is not None:
-            # A fenced static member reports code _FATAL with fatal() false: stop all the same.
-            if error.fatal() or error.code() == KafkaError._FATAL:
-                raise KafkaException(error)
-            log.warning("consumer: %s", error)
+        if not transactions.consumed(message):
             return
         self._begin()
         topic, partition = message.topic() or "", message.partition() or 0
@@ -483,14 +476,9 @@ class SagaProcessor:
                 partition=partition,
                 on_delivery=delivered,
             )
-        offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
-        producer, group = self.producer, self.consumer.consumer_group_metadata()
         try:
-            # flush serves the delivery callbacks that tell the snapshots' changelog offsets.
-            producer.flush()
-            if offsets:
-                self._retrying(lambda: producer.send_offsets_to_transaction(offsets, group, 30))
-            self._retrying(lambda: producer.commit_transaction(30))
+            # Its flush serves the delivery callbacks that tell the snapshots' changelog offsets.
+            transactions.commit(self.producer, self.consumer, self._offsets)
         except KafkaException as error:
             self._abort(error)
             raise _TransactionAborted() from error
@@ -524,33 +512,12 @@ class SagaProcessor:
         self._offsets.clear()
         self._done.clear()
 
-    @staticmethod
-    def _retrying(call: Callable[[], Any], attempts: int = 20) -> None:
-        for attempt in range(attempts):
-            try:
-                call()
-                return
-            except KafkaException as error:
-                if not error.args[0].retriable() or attempt == attempts - 1:
-                    raise
-                time.sleep(0.05)
-
     def _abort(self, error: KafkaException) -> None:
         """Abort after a failed commit and rewind to the last committed offsets."""
         assert self.producer is not None and self.consumer is not None
-        kafka_error = error.args[0]
-        if kafka_error.fatal() or not kafka_error.txn_requires_abort():
-            log.error("fatal transaction error, exiting: %s", kafka_error)
-            raise error
-        log.warning("aborting transaction: %s", kafka_error)
-        self.producer.abort_transaction(30)
+        transactions.abort(self.producer, self.consumer, error)
         metrics.TRANSACTIONS.labels(outcome="aborted", **self._labels).inc()
         self._reset_transaction()
-        assignment = self.consumer.assignment()
-        if assignment:
-            for tp in self.consumer.committed(assignment, timeout=30):
-                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-                self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
 
     # -- rebalancing -------------------------------------------------------------------------
 

@@ -2,10 +2,13 @@
 
 Headers are the envelope around an Avro payload, so routing never needs to decode a body:
 
-- a command carries ``sagalog.command_id`` (the idempotency key), ``sagalog.reply_to`` (the
+- a command carries ``sagalog.command_id`` (one attempt of one step), ``sagalog.idempotency_key``
+  (the step, the same for every attempt) and ``sagalog.attempt``, ``sagalog.reply_to`` (the
   saga's inbox), ``sagalog.instance`` (the key the reply must carry) and ``sagalog.saga``;
 - a reply carries the ``sagalog.command_id`` of the command it answers;
 - an operator's input (``sagas signal``, ``retry``...) carries ``sagalog.note``: who and why;
+- a worker's record of a handled command (``sagas.idempotency``) carries the command's reply
+  address and ``sagalog.handled.topic`` and ``.partition``: where the command was read;
 - a routed source event carries where it came from (``sagalog.origin.*``);
 - a dead letter keeps the original headers and adds ``sagalog.dlq.reason``, ``.detail``,
   ``.topic``, ``.partition`` and ``.offset``.
@@ -15,12 +18,18 @@ from __future__ import annotations
 
 from confluent_kafka import Message
 
+from stream_processors.decide import idempotency_key
+
 #: Headers as the client takes them; values we write are always bytes.
 Headers = list[tuple[str, str | bytes | None]]
 #: Headers as the client returns them.
 ReceivedHeaders = dict[str, str | bytes | None] | Headers | None
 
 COMMAND_ID = "sagalog.command_id"
+IDEMPOTENCY_KEY = "sagalog.idempotency_key"
+ATTEMPT = "sagalog.attempt"
+HANDLED_TOPIC = "sagalog.handled.topic"
+HANDLED_PARTITION = "sagalog.handled.partition"
 REPLY_TO = "sagalog.reply_to"
 INSTANCE = "sagalog.instance"
 SAGA = "sagalog.saga"
@@ -48,8 +57,13 @@ def header(headers: ReceivedHeaders, name: str) -> str | None:
 
 
 def command_headers(command_id: str, reply_to: str, instance_id: str, saga: str) -> Headers:
+    # The key and attempt are in the id already; headers spare workers in other languages (and
+    # ours) from parsing it, and let the id's format change without them noticing.
+    key, attempt = idempotency_key(command_id)
     return [
         (COMMAND_ID, command_id.encode()),
+        (IDEMPOTENCY_KEY, key.encode()),
+        (ATTEMPT, str(attempt).encode()),
         (REPLY_TO, reply_to.encode()),
         (INSTANCE, instance_id.encode()),
         (SAGA, saga.encode()),

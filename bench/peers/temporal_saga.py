@@ -44,7 +44,17 @@ IN_FLIGHT = 500
 
 
 def _context(key: str, order: dict[str, Any]) -> CommandContext:
-    return CommandContext(key, order["order_id"], "temporal", "", 0, 0)
+    # Temporal retries an activity under one key: it stands for both the step and the attempt.
+    return CommandContext(
+        idempotency_key=key,
+        command_id=key,
+        attempt=1,
+        instance_id=order["order_id"],
+        saga="temporal",
+        topic="",
+        partition=0,
+        offset=0,
+    )
 
 
 @activity.defn(name="pay")

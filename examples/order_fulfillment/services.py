@@ -32,7 +32,7 @@ shipping = Worker("shipping")
 
 
 def _reference(prefix: str, key: str) -> str:
-    """A stable reference derived from the idempotency key: a retried command gets the same one."""
+    """A stable reference derived from the step's idempotency key: every attempt gets the same."""
     return f"{prefix}_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 

@@ -18,6 +18,7 @@ from sagas.testing._invariants import assert_replays, assert_timers_consistent, 
 from sagas.testing._workers import command_context, handle
 from sagas.worker import Worker
 from stream_processors.decide import Decision, Input, decide, decide_timer
+from stream_processors.decide import idempotency_key as step_key
 from stream_processors.fold import fold
 from stream_processors.instance import (
     Instance,
@@ -73,7 +74,7 @@ class SentCommand(Generic[C]):
     @property
     def idempotency_key(self) -> str:
         """The id without its attempt (``saga/instance/step``): the same for every attempt."""
-        return self.command_id.rsplit("/", 1)[0]
+        return step_key(self.command_id)[0]
 
     def __str__(self) -> str:
         what = "compensation of " if self.compensation else ""
@@ -378,7 +379,7 @@ class SagaTest:
         journaled = [(e.command_id, e.record) for e in sent_entries]
         commands = [(c.command_id, c.value) for c in decision.commands]
         expect(journaled == commands, f"commands sent {commands} but journaled {journaled}")
-        # Each attempt has its own id: a worker's idempotency key is never reused.
+        # Each attempt has its own command id (the step's idempotency key is shared by all).
         ids = [c.command_id for c in self.sent] + [c.command_id for c in decision.commands]
         expect(len(ids) == len(set(ids)), f"a command id is reused: {ids}")
         if before is not None:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from sagas.worker import CommandContext, Worker
 from stream_processors.decide import command_id as attempt_id
+from stream_processors.decide import idempotency_key as step_key
 from stream_processors.records import Command, Event
 
 if TYPE_CHECKING:
@@ -43,15 +44,16 @@ def command_context(
     instance_id = instance_id if instance_id is not None else defaults[1]
     step = step if step is not None else defaults[2]
     attempt = attempt if attempt is not None else defaults[3]
+    command_id = command_id or attempt_id(saga, instance_id, step, attempt)
     return CommandContext(
-        idempotency_key=idempotency_key or f"{saga}/{instance_id}/{step}",
+        idempotency_key=idempotency_key or step_key(attempt_id(saga, instance_id, step, 1))[0],
+        command_id=command_id,
+        attempt=attempt,
         instance_id=instance_id,
         saga=saga,
         topic=topic if topic is not None else defaults[4],
         partition=partition,
         offset=offset,
-        command_id=command_id or attempt_id(saga, instance_id, step, attempt),
-        attempt=attempt,
     )
 
 

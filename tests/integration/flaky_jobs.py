@@ -9,7 +9,13 @@ is chosen per job by its ``mode``, and two switches are files in the folder name
 - ``hang``: ``Finish`` sleeps longer than the step's timeout before answering;
 - ``fail-finish``: ``Finish`` answers ``FinishFailed`` (so ``work`` is compensated);
 - flag file ``undo-broken``: ``UndoWork`` answers ``UndoFailed`` (the compensation fails);
-- flag file ``work-misconfigured``: ``DoWork`` crashes with a bug, so the command is dead-lettered.
+- flag file ``work-misconfigured``: ``DoWork`` crashes with a bug, so the command is dead-lettered;
+- flag file ``work-dies``: ``DoWork`` makes its effect, deletes the flag and SIGKILLs its own
+  process before it can answer (one crash, between the side effect and the reply).
+
+``DoWork`` makes its effect the way a payment provider would: by ``context.idempotency_key``,
+once per key (a file created with ``O_EXCL`` under ``effects/`` in the flag folder), and
+appends each command id it is invoked with to ``invocations``, so tests can count both.
 
 Run with ``sagas run tests.integration.flaky_jobs:FlakyJobs`` and
 ``sagas worker tests.integration.flaky_jobs:workers``.
@@ -17,7 +23,9 @@ Run with ``sagas run tests.integration.flaky_jobs:FlakyJobs`` and
 
 from __future__ import annotations
 
+import hashlib
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -117,18 +125,42 @@ def _flag(name: str) -> bool:
     return folder is not None and (Path(folder) / name).exists()
 
 
-def _attempt(context: CommandContext) -> int:
-    return int(context.idempotency_key.rsplit("/", 1)[1])
+def _effect(context: CommandContext) -> None:
+    """Count the invocation; make the effect once per idempotency key (a provider's dedupe)."""
+    folder = os.environ.get("FLAKY_FLAGS")
+    if folder is None:
+        return
+    with (Path(folder) / "invocations").open("a") as invocations:
+        invocations.write(f"{context.command_id}\n")
+    effects = Path(folder) / "effects"
+    effects.mkdir(exist_ok=True)
+    name = hashlib.sha256(context.idempotency_key.encode()).hexdigest()
+    try:
+        with (effects / name).open("x") as effect:
+            effect.write(context.idempotency_key)
+    except FileExistsError:
+        pass  # made before, under the same key: the provider does not do it twice
+
+
+def _die_once() -> None:
+    """SIGKILL this process if the ``work-dies`` flag is up, taking the flag down first."""
+    folder = os.environ.get("FLAKY_FLAGS")
+    flag = None if folder is None else Path(folder) / "work-dies"
+    if flag is not None and flag.exists():
+        flag.unlink()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @workers.handles(DoWork)
 def do_work(command: DoWork, context: CommandContext) -> WorkDone:
     if _flag("work-misconfigured"):
         raise RuntimeError("misconfigured: no credentials for the work service")
-    if command.mode == "flaky" and _attempt(context) < 3:
-        raise TransientError(f"attempt {_attempt(context)} hit a flaky dependency")
-    if command.mode == "flaky-once" and _attempt(context) < 2:
+    if command.mode == "flaky" and context.attempt < 3:
+        raise TransientError(f"attempt {context.attempt} hit a flaky dependency")
+    if command.mode == "flaky-once" and context.attempt < 2:
         raise ConnectionError("dependency refused the connection")
+    _effect(context)
+    _die_once()
     return WorkDone(job_id=command.job_id)
 
 

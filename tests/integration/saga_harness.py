@@ -86,10 +86,11 @@ class SagaProcesses:
 
     def workers(self) -> list[LocalProcess]:
         """The saga's services (by default the order saga's payment and shipping)."""
-        return [
-            self._start(name, ["worker", target], {})
-            for name, target in self.worker_targets.items()
-        ]
+        return [self.worker(name) for name in self.worker_targets]
+
+    def worker(self, name: str, *args: str) -> LocalProcess:
+        """A ``sagas worker`` of the service ``name`` (a key of ``worker_targets``)."""
+        return self._start(name, ["worker", self.worker_targets[name], *args], {})
 
     def stop_all(self) -> None:
         for process in reversed(self.started):
@@ -440,6 +441,24 @@ class Jobs:
 
     def processor(self, *args: str) -> LocalProcess:
         return self.processes.processor(self.tmp / "state", args=args)
+
+    def worker(self, machine: str) -> LocalProcess:
+        """A FlakyJobs worker whose identity is kept in a folder of its own, as on another
+        machine: it shares nothing with the other workers but the broker. The folder outlives
+        the test, so the next test's worker takes its static membership back at once instead
+        of waiting for it to expire."""
+        state = REPO_ROOT / ".sagalog" / "test-machines" / machine
+        return self.processes.worker("flaky", "--state-dir", str(state))
+
+    def effects(self) -> list[str]:
+        """The idempotency keys ``DoWork`` made its effect for (once each, by construction)."""
+        folder = self.flags / "effects"
+        return sorted(p.read_text() for p in folder.iterdir()) if folder.exists() else []
+
+    def invocations(self) -> list[str]:
+        """The command ids ``DoWork``'s handler was invoked with, in order, repeats included."""
+        path = self.flags / "invocations"
+        return path.read_text().split() if path.exists() else []
 
     @property
     def store_dir(self) -> Path:

@@ -266,7 +266,7 @@ def test_command_failed_schedules_a_retry_then_sends_attempt_two_with_a_new_id(k
     assert sent.command_id == "orders/o-1/payment/2"
     assert (sent.topic, sent.key) == ("payments.commands", "o-1")
     assert command == PAYMENT
-    assert sent.value == run.sent[0].value  # the same command, under a new idempotency key
+    assert sent.value == run.sent[0].value  # the same command, under a new command id
     assert retried.entries[1].attempt == 2
     assert run.instance.steps["payment"] == StepState(StepStatus.PENDING, cid("payment", 2), 2, due)
     assert run.instance.timers == {}
