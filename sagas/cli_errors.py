@@ -28,7 +28,7 @@ USAGE_STATUS = 2
 
 #: Errors whose messages say what and where already: printed as they are.
 _SELF_EXPLAINING = frozenset(
-    {"DeclarationError", "KafkaConfigError", "KafkaUnavailable", "TopicMismatch"}
+    {"DeclarationError", "KafkaConfigError", "KafkaUnavailable", "MissingTopic", "TopicMismatch"}
 )
 
 

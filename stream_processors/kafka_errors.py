@@ -38,6 +38,10 @@ class KafkaUnavailable(Exception):
     """The cluster cannot be reached or refuses this client; the message is one line."""
 
 
+class MissingTopic(LookupError):
+    """A topic a command reads does not exist; the message names it and the cluster."""
+
+
 class ReportedErrors:
     """An ``error_cb`` that keeps what librdkafka reported (the latest of each kind)."""
 
@@ -150,8 +154,17 @@ def metadata(
     timeout: float = FIRST_CONTACT_TIMEOUT,
 ) -> Any:
     """``client.list_topics`` (a producer's, consumer's or admin client's), raising
-    ``KafkaUnavailable`` with the explanation when the cluster does not answer."""
+    ``KafkaUnavailable`` with the explanation when the cluster does not answer, and
+    ``MissingTopic`` when ``topic`` is given and does not exist."""
     try:
-        return client.list_topics(topic, timeout=timeout)
+        answer = client.list_topics(topic, timeout=timeout)
     except KafkaException as error:
         raise KafkaUnavailable(explain(error, common(bootstrap, "?"))) from None
+    found = None if topic is None else answer.topics.get(topic)
+    if topic is not None and (found is None or found.error is not None or not found.partitions):
+        where = common(bootstrap, "?")["bootstrap.servers"]
+        raise MissingTopic(
+            f"no topic {topic} at {where}: check the saga or topic name, and that its processor "
+            "has run once (it creates its topics)"
+        )
+    return answer
