@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from chaos.fuzz import FuzzConfig, FuzzReport, run_fuzz
 from chaos.run import ChaosConfig, run_chaos
 from stream_processors.kafka_config import bootstrap_servers
 
@@ -21,6 +22,7 @@ def main(
     bad_inputs: Annotated[int, typer.Option(help="Bad inputs of each kind")] = 2,
     seed: Annotated[int, typer.Option()] = 7,
     report_json: Annotated[Path | None, typer.Option(help="Write the figures here")] = None,
+    fuzz: Annotated[bool, typer.Option(help="Then the hostile-input runs, signed and not")] = True,
 ) -> None:
     config = ChaosConfig(
         sagas=sagas,
@@ -46,10 +48,32 @@ def main(
         "seconds": round(report.seconds, 1),
         "invariants": {i.name: {"holds": i.holds, "detail": i.detail} for i in report.invariants},
     }
+    fuzzed = [_fuzz(signing, seed) for signing in (True, False)] if fuzz else []
+    figures["fuzz"] = [_fuzz_figures(f) for f in fuzzed]
     typer.echo(json.dumps(figures, indent=2))
     if report_json is not None:
         report_json.write_text(json.dumps(figures, indent=2) + "\n")
-    raise typer.Exit(0 if report.passed else 1)
+    raise typer.Exit(0 if report.passed and all(f.passed for f in fuzzed) else 1)
+
+
+def _fuzz(signing: bool, seed: int) -> FuzzReport:
+    config = FuzzConfig(signing=signing, seed=seed, bootstrap=bootstrap_servers())
+    return run_fuzz(config, say=typer.echo)
+
+
+def _fuzz_figures(report: FuzzReport) -> dict[str, object]:
+    return {
+        "signing": report.signing,
+        "legitimate": report.legitimate,
+        "hostile_kinds": len(report.hostile),
+        "hostile_records": sum(report.hostile.values()),
+        "outcomes": dict(report.outcomes),
+        "exited": report.exited,
+        "problems": report.problems,
+        "p99_before_storm_ms": report.p99_before_ms,
+        "p99_during_storm_ms": report.p99_storm_ms,
+        "seconds": round(report.seconds, 1),
+    }
 
 
 if __name__ == "__main__":

@@ -118,32 +118,41 @@ class LocalProcess:
                 self.kill()
         return self.popen.returncode
 
-    def metrics(self) -> dict[str, float]:
-        """The process's Prometheus samples, summed over labels: {metric name: value}."""
+    def _samples(self) -> list[tuple[str, dict[str, str], float]]:
+        """Every sample the process exports now: (metric name, labels, value)."""
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
-        totals: dict[str, float] = {}
+        samples = []
         for line in text.splitlines():
-            match = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{[^}]*\})? (\S+)$", line)
+            match = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{([^}]*)\})? (\S+)$", line)
             if match:
-                totals[match[1]] = totals.get(match[1], 0.0) + float(match[2])
+                labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match[2] or ""))
+                samples.append((match[1], labels, float(match[3])))
+        return samples
+
+    def metrics(self) -> dict[str, float]:
+        """The process's Prometheus samples, summed over labels: {metric name: value}."""
+        totals: dict[str, float] = {}
+        for name, _, value in self._samples():
+            totals[name] = totals.get(name, 0.0) + value
         return totals
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of ``name``'s samples whose labels include ``labels`` (0.0 when none)."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-        total = 0.0
-        for line in text.splitlines():
-            match = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{([^}]*)\})? (\S+)$", line)
-            if not match or match[1] != name:
-                continue
-            found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match[2] or ""))
-            if all(found.get(key) == value for key, value in labels.items()):
-                total += float(match[3])
-        return total
+        return sum(
+            value
+            for found, have, value in self._samples()
+            if found == name and all(have.get(k) == v for k, v in labels.items())
+        )
+
+    def metrics_by_label(self, name: str, label: str) -> dict[str, float]:
+        """``name``'s samples summed by the value of one of their labels."""
+        totals: dict[str, float] = {}
+        for found, labels, value in self._samples():
+            if found == name and label in labels:
+                totals[labels[label]] = totals.get(labels[label], 0.0) + value
+        return totals
 
     def wait_for_metric(
         self, name: str, predicate: Callable[[float], bool], timeout: float = 60
