@@ -146,6 +146,9 @@ def run(
     max_record_bytes: Annotated[
         int, typer.Option(help="Larger inputs go to the dead-letter topic as too-large")
     ] = 1_000_000,
+    max_instance_id_bytes: Annotated[
+        int, typer.Option(help="Longer instance ids go to the dead-letter topic")
+    ] = 256,
     log_level: LogLevel = "info",
 ) -> None:
     """Host a saga processor until interrupted (SIGINT or SIGTERM commit and exit)."""
@@ -163,6 +166,7 @@ def run(
             create_topics=create_topics,
             retention_ms=None if retention_hours < 0 else round(retention_hours * 3_600_000),
             max_record_bytes=max_record_bytes,
+            max_instance_id_bytes=max_instance_id_bytes,
         ),
     )
     processor.install_signal_handlers()

@@ -11,7 +11,14 @@ the consumed offsets (``sagas.worker``), so it exists exactly when the reply doe
 
 - key: the command id (text); value: the reply's bytes, exactly as sent;
 - headers: ``sagalog.reply_to`` and ``sagalog.instance`` (to send the reply again),
-  ``sagalog.handled.topic`` and ``sagalog.handled.partition`` (where the command was read).
+  ``sagalog.handled.topic`` and ``sagalog.handled.partition`` (where the command was read);
+  ``sagalog.handled.truncated`` (the reply's size) when the reply was too large to send or keep:
+  the value then holds what fits, and a repeated command is dead-lettered again, not answered.
+
+A reply that could not be delivered (its topic missing, an invalid name, too large) went to the
+worker's dead-letter topic with reason ``reply-undeliverable``; it is recorded here all the same,
+since the handler's effect happened: a repeated command does not run the handler again, it is
+answered with the recorded reply (dead-lettered again while its topic is still missing).
 
 Headers and raw bytes make the record self-describing without a schema of its own. The record
 of a command read from partition ``p`` of any command topic goes to partition ``p % N`` of the
@@ -48,6 +55,8 @@ from stream_processors.routing import (
 )
 from stream_processors.topics import ensure_plain_topics
 
+#: Marks a handled record whose reply was too large to keep whole (its value is cut).
+HANDLED_TRUNCATED = "sagalog.handled.truncated"
 #: How long handled records are kept (the topic's ``retention.ms`` when it is created).
 RETENTION_MS = 7 * 24 * 3600 * 1000
 
@@ -66,6 +75,8 @@ class HandledCommand:
     reply: bytes
     topic: str
     partition: int
+    #: The reply's size when only its first bytes are recorded (it was too large).
+    truncated: int | None = None
 
     def encode(self) -> tuple[bytes, bytes, Headers]:
         """(key, value, headers) of its record on the handled topic."""
@@ -75,6 +86,8 @@ class HandledCommand:
             (HANDLED_TOPIC, self.topic.encode()),
             (HANDLED_PARTITION, str(self.partition).encode()),
         ]
+        if self.truncated is not None:
+            headers.append((HANDLED_TRUNCATED, str(self.truncated).encode()))
         return self.command_id.encode(), self.reply, headers
 
     @classmethod
@@ -89,7 +102,9 @@ class HandledCommand:
         if partition is None or not partition.isdigit():
             return None
         command_id = key.decode(errors="replace")
-        return cls(command_id, reply_to, instance, value, topic, int(partition))
+        truncated = header(headers, HANDLED_TRUNCATED)
+        size = int(truncated) if truncated and truncated.isdigit() else None
+        return cls(command_id, reply_to, instance, value, topic, int(partition), size)
 
 
 class HandledCommands:

@@ -25,8 +25,10 @@ from typing import Any
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException, Message, Producer
 from confluent_kafka import Consumer as KafkaConsumer
 
+from stream_processors.broker_limits import BrokerLimits
 from stream_processors.kafka_config import consumer_config, producer_config
 from stream_processors.kafka_errors import metadata as kafka_metadata
+from stream_processors.limits import record_size
 from stream_processors.model import OperatorAction, SagaDefinition
 from stream_processors.reading import ReadTimeout, committed_records
 from stream_processors.records import Event, Record
@@ -212,9 +214,19 @@ def _to_instance(
     if not instance_id:
         raise ValueError("an instance id is required")
     inbox = SagaTopics.for_saga(definition).inbox
+    settings = producer_config(bootstrap, f"sagalog-operator-{definition.name}")
     producer = _producer(bootstrap, f"sagalog-operator-{definition.name}")
     _require_topics(producer, [inbox], bootstrap)
-    record = {"key": instance_id.encode(), "value": value, "headers": [(NOTE, note.encode())]}
+    key, headers = instance_id.encode(), [(NOTE, note.encode())]
+    record = {"key": key, "value": value, "headers": headers}
+    # Refused here, in one line, rather than by the client (or dead-lettered by the processor).
+    largest = BrokerLimits(bootstrap, settings).limits(inbox).max_record_bytes
+    size = record_size(key, value, headers)
+    if size > largest:
+        raise OperatorError(
+            f"the record would be {size} bytes, over the limit of {largest} bytes for {inbox}: "
+            "shorten the reason or the instance id"
+        )
     return replace(_deliver(producer, [(inbox, record)])[0], note=note)
 
 

@@ -23,9 +23,14 @@ where it lands next: the handler's side effect is at least once, and the idempot
 what makes it effectively once. A handler that raises ``TransientError`` (or one of the
 worker's ``transient`` exception types) answers ``CommandFailed``, which the saga may retry. A
 command that cannot be decoded, has no handler or no reply address, or whose handler crashes
-otherwise, goes to ``<topic>.dlq`` with the reason: ``sagas dlq redrive`` sends it back once the
-worker is fixed. The runtime records each reply schema it sends in the schema history (best
-effort), and reads commands written with a schema it does not know through that history.
+otherwise, or that is larger than the producer may send (``too-large``), goes to ``<topic>.dlq``
+with the reason: ``sagas dlq redrive`` sends it back once the worker is fixed. A reply that cannot
+be delivered (its topic missing, an invalid name, too large: checked before producing, see
+``stream_processors.limits``) goes to the same ``<topic>.dlq`` as ``reply-undeliverable``, with
+``sagalog.dlq.topic`` naming the reply topic (so redrive sends it there once it exists), in the
+transaction of the command's offset; its handled record is written all the same. The runtime
+records each reply schema it sends in the schema history (best effort), and reads commands
+written with a schema it does not know through that history.
 """
 
 from __future__ import annotations
@@ -35,15 +40,16 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from sagas.idempotency import HandledCommand, HandledCommands, ensure_handled_topic
-from stream_processors import metrics, transactions
+from stream_processors import limits, metrics, transactions
 from stream_processors.avro import DecodeError
+from stream_processors.broker_limits import BrokerLimits
 from stream_processors.decide import idempotency_key
 from stream_processors.kafka_config import consumer_config, producer_config
 from stream_processors.model import CommandFailed
@@ -51,6 +57,9 @@ from stream_processors.records import Command, DeclarationError, Event, Record, 
 from stream_processors.routing import (
     ATTEMPT,
     COMMAND_ID,
+    DLQ_DETAIL,
+    DLQ_REASON,
+    DLQ_TOPIC,
     IDEMPOTENCY_KEY,
     INSTANCE,
     REPLY_TO,
@@ -58,6 +67,7 @@ from stream_processors.routing import (
     Headers,
     dead_letter_headers,
     header,
+    received_headers,
     reply_headers,
 )
 from stream_processors.schema_history import SchemaHistory
@@ -139,6 +149,10 @@ class Answer:
 
     outgoing: Outgoing
     handled: HandledCommand | None = None
+    #: A dead letter rather than a reply.
+    dead: bool = False
+    #: Why a remembered reply cannot be sent again (it was recorded cut: too large).
+    undeliverable: str | None = None
 
 
 class Worker:
@@ -205,7 +219,8 @@ class Worker:
         if known is not None:  # handled before: answer the same, without a second effect
             self._count(command, "repeated")
             again = (known.reply_to, known.instance_id.encode(), known.reply)
-            return Answer((*again, reply_headers(command_id)))
+            cut = None if known.truncated is None else f"reply of {known.truncated} bytes"
+            return Answer((*again, reply_headers(command_id)), undeliverable=cut)
         try:
             reply = self._reply(command, context)
         except _HandlerCrashed as crash:  # a bug in the handler: park the command, keep serving
@@ -277,7 +292,7 @@ class Worker:
             message.value(),
             dead_letter_headers(message, reason, detail),
         )
-        return Answer(dead_letter)
+        return Answer(dead_letter, dead=True)
 
     def run(
         self,
@@ -305,6 +320,12 @@ class Worker:
             slot.release()
 
 
+#: The reason of a reply that could not be sent, in its dead letter on ``<command topic>.dlq``.
+REPLY_UNDELIVERABLE = "reply-undeliverable"
+#: Where the command of an undeliverable reply was read: ``topic[partition]@offset``.
+DLQ_COMMAND = "sagalog.dlq.command"
+
+
 class _HandlerCrashed(Exception):
     """A handler raised something other than a business or transient error."""
 
@@ -321,7 +342,9 @@ class _Serving:
         # The identity is kept in the process's slot folder: a restart (same identity) fences
         # its predecessor's producer and takes its static membership back at once. Fencing of
         # a process that lost its partitions is the group generation's job (KIP-447).
-        self.producer = Producer(producer_config(bootstrap, client, identity))
+        settings = producer_config(bootstrap, client, identity)
+        self.limits = BrokerLimits(bootstrap, settings)
+        self.producer = Producer(settings)
         self.producer.init_transactions(60)
         membership = {
             "group.instance.id": identity,
@@ -361,22 +384,130 @@ class _Serving:
         if not self.open:
             self.producer.begin_transaction()
             self.open = True
-        answer = self.worker.handle(message)
-        topic, key, value, headers = answer.outgoing
-        self.producer.produce(topic, key=key, value=value, headers=headers)
-        if answer.handled is not None and self.handled is not None:
-            self._record(answer.handled)
+        answer = self._answer(message)
+        if answer.dead:
+            self._dead_letter(message, answer.outgoing)
+        else:
+            why = answer.undeliverable or self._undeliverable(answer.outgoing)
+            if why is None:
+                why = self._send(*answer.outgoing)
+            if why is not None:
+                self._reply_dead_letter(message, answer.outgoing, why)
+            if answer.handled is not None and self.handled is not None:
+                self._record(answer.handled)
         where = (message.topic() or "", message.partition() or 0)
         self.offsets[where] = (message.offset() or 0) + 1
 
+    # -- limits: nothing the worker sends may fail for its size or address (stream_processors.
+    # limits); what would goes to the command topic's DLQ, in the command's transaction.
+
+    def _answer(self, message: Message) -> Answer:
+        """The worker's answer, unless the command is too large to dead-letter or redrive whole."""
+        size = limits.record_size(message.key(), message.value(), received_headers(message))
+        largest = self.limits.limits(f"{message.topic()}.dlq").producer_max_bytes
+        if size > largest:
+            return self.worker._dead(message, limits.TOO_LARGE, f"{size} bytes > limit {largest}")
+        return self.worker.handle(message)
+
+    def _undeliverable(self, outgoing: Outgoing) -> str | None:
+        """Why the reply ``outgoing`` cannot be sent (its topic, its size), or None."""
+        topic, key, value, headers = outgoing
+        problem = self.limits.problem(topic)
+        if problem is not None:
+            return f"reply topic {topic[:300]!r} {problem}"
+        oversize = self.limits.limits(topic).oversize("reply", topic, key, value, headers)
+        return None if oversize is None else oversize.detail()
+
+    def _send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers,
+        partition: int | None = None,
+    ) -> str | None:
+        """Produce one record; None, or why the client refused it (a fatal error raises)."""
+        while True:
+            try:
+                if partition is None:
+                    self.producer.produce(topic, key=key, value=value, headers=headers)
+                else:
+                    self.producer.produce(
+                        topic, key=key, value=value, headers=headers, partition=partition
+                    )
+                return None
+            except BufferError:  # the local queue is full: let deliveries drain
+                self.producer.poll(0.1)
+            except KafkaException as error:
+                kafka_error = error.args[0]
+                if kafka_error.fatal() or kafka_error.txn_requires_abort():
+                    raise
+                self.limits.forget(topic)
+                return f"produce refused: {kafka_error}"
+
+    def _dead_letter(self, message: Message, outgoing: Outgoing) -> None:
+        """Produce a dead letter of ``message``, cut to fit its topic if it must be."""
+        topic, key, value, headers = outgoing
+        original = received_headers(message)
+        marks = headers[len(original) :]
+        self._send_fitted(topic, key, value, original, marks)
+
+    def _reply_dead_letter(self, message: Message, reply: Outgoing, why: str) -> None:
+        """Send the reply that cannot be delivered to ``<command topic>.dlq``, with its address
+        as the origin a redrive sends it to (``sagalog.dlq.topic``) and in ``sagalog.reply_to``."""
+        reply_to, key, value, headers = reply
+        where = f"{message.topic()}[{message.partition()}]@{message.offset()}"
+        log.warning("reply to %s of command %s undeliverable: %s", reply_to[:300], where, why)
+        metrics.DEAD_LETTERS.labels(owner=self.worker.name, reason=REPLY_UNDELIVERABLE).inc()
+        original: Headers = [*headers, (REPLY_TO, reply_to.encode())]
+        marks: Headers = [
+            (DLQ_REASON, REPLY_UNDELIVERABLE.encode()),
+            (DLQ_DETAIL, f"{why} (command {where})"[:1000].encode()),
+            (DLQ_TOPIC, reply_to.encode()),
+            (DLQ_COMMAND, where.encode()),
+        ]
+        self._send_fitted(f"{message.topic()}.dlq", key, value, original, marks)
+
+    def _send_fitted(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        original: Headers,
+        marks: Headers,
+    ) -> None:
+        """A dead letter cut to fit ``topic``; its marks alone if the client still refuses it."""
+        letter = limits.fit_dead_letter(
+            key, value, original, marks, self.limits.limits(topic).max_record_bytes
+        )
+        refused = self._send(topic, letter.key, letter.value, letter.headers)
+        if refused is not None:
+            log.error("dead letter to %s %s: sending its reason and origin only", topic, refused)
+            cut = letter.key[: limits.MAX_DEAD_LETTER_KEY] if letter.key else None
+            if self._send(topic, cut, None, marks) is not None:
+                raise RuntimeError(f"{topic} refuses even a dead letter's headers: {refused}")
+
     def _record(self, handled: HandledCommand) -> None:
         assert self.handled is not None
+        handled = self._fit_handled(handled)
         key, value, headers = handled.encode()
         partition = self.handled.partition_for(handled.partition)
-        self.producer.produce(
-            self.handled.topic, key=key, value=value, headers=headers, partition=partition
-        )
+        refused = self._send(self.handled.topic, key, value, headers, partition)
+        if refused is not None:
+            log.error("handled record of %s not kept: %s", handled.command_id, refused)
+            return
         self.handled.stage(handled)
+
+    def _fit_handled(self, handled: HandledCommand) -> HandledCommand:
+        """The handled record as it fits its topic: the reply cut (and marked) if it must be."""
+        assert self.handled is not None
+        key, value, headers = handled.encode()
+        fits = self.limits.limits(self.handled.topic)
+        if fits.fits(key, value, headers):
+            return handled
+        marked = replace(handled, reply=b"", truncated=len(handled.reply)).encode()
+        room = fits.max_record_bytes - limits.record_size(*marked)
+        return replace(handled, reply=handled.reply[: max(0, room)], truncated=len(value))
 
     def _commit(self) -> None:
         transactions.commit(self.producer, self.consumer, self.offsets)

@@ -36,8 +36,9 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from stream_processors import metrics, transactions
+from stream_processors import limits, metrics, transactions
 from stream_processors.avro import DecodeError
+from stream_processors.broker_limits import BrokerLimits
 from stream_processors.decide import Decision, Input, decide, decide_timer
 from stream_processors.instance import Instance, decode_snapshot, encode_snapshot, schedule
 from stream_processors.journal import Kind
@@ -47,11 +48,14 @@ from stream_processors.records import Event, Record, decode_record
 from stream_processors.restore import restore_partition
 from stream_processors.routing import (
     COMMAND_ID,
+    DLQ_DETAIL,
+    DLQ_REASON,
     NOTE,
     command_headers,
-    dead_letter_headers,
+    dead_letter_marks,
     header,
     origin_headers,
+    received_headers,
 )
 from stream_processors.schema_history import prepare_saga_schemas
 from stream_processors.store import (
@@ -93,7 +97,10 @@ class ProcessorConfig:
     batch_size: int = 1000
     #: Once caught up with its inputs, commit when the transaction is this old (see ``_loop``).
     idle_commit_ms: int = 10
+    #: Inputs larger than this (key, value and headers) are dead-lettered as ``too-large``.
     max_record_bytes: int = 1_000_000
+    #: Longer instance ids are dead-lettered as ``instance-id-too-long`` (see limits.py).
+    max_instance_id_bytes: int = 256
     cache_size: int = 50_000
     #: How long a finished instance's snapshot stays in the store (None: forever).
     retention_ms: int | None = WEEK_MS
@@ -142,6 +149,14 @@ class SagaProcessor:
         }
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
+        # The limits of the topics we write to (set by run()); see stream_processors.limits.
+        self._limits: BrokerLimits | None = None
+        # Snapshots encoded when checked, by slot: the commit writes them as they are.
+        self._encoded: dict[tuple[int, str], bytes] = {}
+        # Records produced for the input at hand; inputs whose produce failed midway, by
+        # (topic, partition, offset), with the reason to dead-letter them when read again.
+        self._produced = 0
+        self._poison: dict[tuple[str, int, int], tuple[str, str]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -164,9 +179,9 @@ class SagaProcessor:
         if self.store.adopt_changelog(topic_id(self.topics.snapshots, config.bootstrap)):
             log.warning("the snapshots changelog was recreated: the local store starts afresh")
         name = self.definition.name
-        self.producer = Producer(
-            producer_config(config.bootstrap, f"{name}-processor", self._transactional_id)
-        )
+        settings = producer_config(config.bootstrap, f"{name}-processor", self._transactional_id)
+        self._limits = BrokerLimits(config.bootstrap, settings)
+        self.producer = Producer(settings)
         # Fences any earlier producer with our id, aborting a transaction it left open.
         self.producer.init_transactions(60)
         self.consumer = Consumer(
@@ -267,17 +282,67 @@ class SagaProcessor:
             return
         self._begin()
         topic, partition = message.topic() or "", message.partition() or 0
-        if topic == self.topics.inbox:
-            self._process(message, partition)
-        else:
-            self._route(message)
-        self._offsets[(topic, partition)] = (message.offset() or 0) + 1
+        offset = message.offset() or 0
+        self._produced = 0
+        poisoned = self._poison.pop((topic, partition, offset), None)
+        try:
+            if poisoned is not None:  # its produce failed midway before: dead-letter it now
+                self._dead_letter(message, *poisoned)
+            elif topic == self.topics.inbox:
+                self._process(message, partition)
+            else:
+                self._route(message)
+        except KafkaException as error:
+            self._refused(message, error)
+        self._offsets[(topic, partition)] = offset + 1
+
+    def _refused(self, message: Message, error: KafkaException) -> None:
+        """A produce for ``message`` raised: dead-letter the input, or if some of its records
+        were produced already, abort (it is dead-lettered when read again) and rewind."""
+        kafka_error = error.args[0]
+        reason = (
+            limits.OUTPUTS_TOO_LARGE
+            if kafka_error.code() == KafkaError.MSG_SIZE_TOO_LARGE
+            else "produce-error"
+        )
+        detail = f"produce refused: {kafka_error}"
+        if kafka_error.fatal() or kafka_error.txn_requires_abort():
+            self._abort(error)
+            raise _TransactionAborted() from error
+        if self._produced == 0:
+            self._dead_letter(message, reason, detail)
+            return
+        where = (message.topic() or "", message.partition() or 0, message.offset() or 0)
+        self._poison[where] = (reason, detail)
+        log.error("input %s: %s after %s records; aborting", where, detail, self._produced)
+        assert self.producer is not None and self.consumer is not None
+        self.producer.abort_transaction(30)
+        transactions.rewind(self.consumer)
+        metrics.TRANSACTIONS.labels(outcome="aborted", **self._labels).inc()
+        self._reset_transaction()
+        raise _TransactionAborted() from error
+
+    def _produce(self, topic: str, **record: object) -> None:
+        """Produce one record; waits while the local queue is full. Counts it for ``_refused``."""
+        assert self.producer is not None
+        while True:
+            try:
+                self.producer.produce(topic, **record)  # type: ignore[arg-type]
+                break
+            except BufferError:
+                self.producer.poll(0.1)
+        self._produced += 1
+
+    def _limit(self, topic: str) -> limits.Limits:
+        return limits.Limits() if self._limits is None else self._limits.limits(topic)
 
     def _decoded(self, message: Message) -> Record | None:
         """The record a message carries, or None once it went to the dead-letter topic."""
         value = message.value()
-        if value is not None and len(value) > self.config.max_record_bytes:
-            self._dead_letter(message, "too-large", f"{len(value)} bytes")
+        size = limits.record_size(message.key(), value, received_headers(message))
+        if size > self.config.max_record_bytes:
+            detail = f"{size} bytes > limit {self.config.max_record_bytes}"
+            self._dead_letter(message, limits.TOO_LARGE, detail)
             return None
         try:
             return decode_record(value)
@@ -297,14 +362,23 @@ class SagaProcessor:
         if not key:
             self._dead_letter(message, "no-key", f"{type(record).__qualname__} names no instance")
             return
-        assert self.producer is not None
-        self.producer.produce(
-            self.topics.inbox,
-            key=key.encode(),
-            value=message.value(),
-            headers=origin_headers(message),
-        )
+        encoded, inbox = key.encode(), self.topics.inbox
+        if self._id_too_long(message, encoded):
+            return
+        value, headers = message.value(), origin_headers(message)
+        oversize = self._limit(inbox).oversize("routed copy", inbox, encoded, value, headers)
+        if oversize is not None:
+            self._dead_letter(message, limits.OUTPUTS_TOO_LARGE, oversize.detail())
+            return
+        self._produce(inbox, key=encoded, value=value, headers=headers)
         self._routed_counter.inc()
+
+    def _id_too_long(self, message: Message, instance_id: bytes) -> bool:
+        """Dead-letters ``message`` if ``instance_id`` is over the configured length."""
+        detail = limits.instance_id_too_long(instance_id, self.config.max_instance_id_bytes)
+        if detail is not None:
+            self._dead_letter(message, limits.INSTANCE_ID_TOO_LONG, detail)
+        return detail is not None
 
     def _process(self, message: Message, partition: int) -> None:
         record = self._decoded(message)
@@ -321,6 +395,8 @@ class SagaProcessor:
             self._dead_letter(message, "bad-key", "the key is not UTF-8 text")
             return
         assert value is not None
+        if self._id_too_long(message, raw_key):
+            return
         instance = self._load(partition, instance_id)
         headers = message.headers()
         command_id, note = header(headers, COMMAND_ID), header(headers, NOTE)
@@ -333,7 +409,9 @@ class SagaProcessor:
         if decision.ignored is not None:
             metrics.IGNORED.labels(reason=decision.ignored, **self._labels).inc()
             return
-        self._emit(decision, partition, raw_key, instance, now_ms)
+        oversize = self._emit(decision, partition, raw_key, instance, now_ms)
+        if oversize is not None:  # nothing of the decision was staged
+            self._dead_letter(message, limits.OUTPUTS_TOO_LARGE, oversize.detail())
 
     def _emit(
         self,
@@ -342,16 +420,43 @@ class SagaProcessor:
         key: bytes,
         before: Instance | None,
         now_ms: int,
-    ) -> None:
-        assert self.producer is not None and decision.instance is not None
-        produce = self.producer.produce
+    ) -> limits.Oversize | None:
+        """Stage a decision: its journal entries, commands and snapshot. Each is checked
+        against its topic's limits first; if one would not fit, nothing is staged and that
+        record is returned (the caller dead-letters the input)."""
+        assert decision.instance is not None
         journal = self.topics.journal
-        for entry in decision.entries:
-            # The record's timestamp is the entry's own time: Kafka's time index then finds an
-            # instance's history from its started_at_ms (see stream_processors.history).
-            produce(
-                journal, key=key, value=entry.encode(), partition=partition, timestamp=entry.at_ms
+        # The record's timestamp is the entry's own time: Kafka's time index then finds an
+        # instance's history from its started_at_ms (see stream_processors.history).
+        outgoing = [
+            (
+                limits.Outgoing(f"journal entry {entry.kind}", journal, key, entry.encode()),
+                {"partition": partition, "timestamp": entry.at_ms},
             )
+            for entry in decision.entries
+        ]
+        for command in decision.commands:
+            headers = command_headers(
+                command.command_id, self.topics.inbox, command.key, self.definition.name
+            )
+            what = f"command {command.command_id[:200]}"
+            record = limits.Outgoing(
+                what, command.topic, command.key.encode(), command.value, headers
+            )
+            outgoing.append((record, {}))
+        snapshot = encode_snapshot(decision.instance)
+        snapshots = self.topics.snapshots
+        checks = [(record, self._limit(record.topic)) for record, _ in outgoing]
+        record = limits.Outgoing("snapshot", snapshots, key, snapshot)
+        checks.append((record, self._limit(snapshots)))
+        oversize = limits.first_oversize(checks)
+        if oversize is not None:
+            return oversize
+        for record, extra in outgoing:
+            self._produce(
+                record.topic, key=record.key, value=record.value, headers=record.headers, **extra
+            )
+        for entry in decision.entries:
             kind = Kind(entry.kind)
             lifecycle = self._lifecycle_counters.get(kind)
             if lifecycle is not None:
@@ -362,16 +467,10 @@ class SagaProcessor:
                 metrics.STEP_SECONDS.labels(
                     step=entry.step, outcome=outcome, **self._labels
                 ).observe(max(0, now_ms - sent) / 1000)
-        for command in decision.commands:
-            produce(
-                command.topic,
-                key=command.key.encode(),
-                value=command.value,
-                headers=command_headers(
-                    command.command_id, self.topics.inbox, command.key, self.definition.name
-                ),
-            )
-        self._staged[(partition, decision.instance.instance_id)] = decision.instance
+        slot = (partition, decision.instance.instance_id)
+        self._staged[slot] = decision.instance
+        self._encoded[slot] = snapshot
+        return None
 
     def _run_due(self) -> None:
         """Fire due timers and expire finished instances in our partitions, in the transaction.
@@ -404,7 +503,10 @@ class SagaProcessor:
             decision = decide_timer(self.definition, before, name, now_ms)
             if decision.entries:
                 self._begin()
-                self._emit(decision, partition, instance_id.encode(), before, now_ms)
+                key = instance_id.encode()
+                oversize = self._emit(decision, partition, key, before, now_ms)
+                if oversize is not None:  # no input to dead-letter: a record saying so instead
+                    self._dead_letter_timer(key, name, oversize)
 
     def _expire(self, partition: int, instance_id: str, now_ms: int) -> None:
         """Tombstone a finished instance's snapshot: its history stays in the journal."""
@@ -429,7 +531,6 @@ class SagaProcessor:
         return None if value is None else decode_snapshot(value)
 
     def _dead_letter(self, message: Message, reason: str, detail: str) -> None:
-        assert self.producer is not None
         log.warning(
             "dead letter from %s[%s]@%s: %s %s",
             message.topic(),
@@ -438,13 +539,45 @@ class SagaProcessor:
             reason,
             detail,
         )
-        self.producer.produce(
-            self.topics.dlq,
-            key=message.key(),
-            value=message.value(),
-            headers=dead_letter_headers(message, reason, detail),
-        )
+        original = received_headers(message)
+        marks = dead_letter_marks(message, reason, detail)
+        self._send_dead_letter(message.key(), message.value(), original, marks)
         metrics.DEAD_LETTERS.labels(owner=self.definition.name, reason=reason).inc()
+
+    def _dead_letter_timer(self, key: bytes, timer: str, oversize: limits.Oversize) -> None:
+        """A timer's decision that would not fit: left undone, and said so on the DLQ (it has no
+        origin to redrive to; the instance's timer is not fired again)."""
+        detail = f"timer {timer}: {oversize.detail()}"
+        log.error("instance %s: %s", key[:200].decode(errors="replace"), detail)
+        marks: list[tuple[str, str | bytes | None]] = [
+            (DLQ_REASON, limits.OUTPUTS_TOO_LARGE.encode()),
+            (DLQ_DETAIL, detail[:1000].encode()),
+        ]
+        self._send_dead_letter(key, None, [], marks)
+        metrics.DEAD_LETTERS.labels(
+            owner=self.definition.name, reason=limits.OUTPUTS_TOO_LARGE
+        ).inc()
+
+    def _send_dead_letter(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        original: limits.HeaderPairs,
+        marks: limits.HeaderPairs,
+    ) -> None:
+        """Produce a dead letter cut to fit the DLQ (``limits.fit_dead_letter``); if the broker's
+        client still refuses it, its reason and origin alone."""
+        dlq = self.topics.dlq
+        letter = limits.fit_dead_letter(
+            key, value, original, marks, self._limit(dlq).max_record_bytes
+        )
+        try:
+            self._produce(dlq, key=letter.key, value=letter.value, headers=letter.headers)
+        except KafkaException as error:
+            if error.args[0].fatal() or error.args[0].txn_requires_abort():
+                raise
+            log.error("dead letter refused (%s): sending its reason and origin only", error)
+            self._produce(dlq, key=letter.key[:1024] if letter.key else None, headers=list(marks))
 
     # -- the transaction ---------------------------------------------------------------------
 
@@ -463,7 +596,8 @@ class SagaProcessor:
         snapshots = self.topics.snapshots
         index: list[DueRef] = []
         for (partition, instance_id), instance in self._staged.items():
-            value = None if instance is None else encode_snapshot(instance)
+            # Encoded when its decision was checked against the limits (see ``_emit``).
+            value = None if instance is None else self._encoded[(partition, instance_id)]
             written.append((partition, instance_id, value))
             if instance is not None:
                 index += index_entries(
@@ -509,6 +643,7 @@ class SagaProcessor:
         """
         self._txn_open = False
         self._staged.clear()
+        self._encoded.clear()
         self._offsets.clear()
         self._done.clear()
 

@@ -87,9 +87,18 @@ def origin_headers(message: Message) -> Headers:
 
 
 def dead_letter_headers(message: Message, reason: str, detail: str) -> Headers:
+    return [*_pairs(message.headers()), *dead_letter_marks(message, reason, detail)]
+
+
+def dead_letter_marks(message: Message, reason: str, detail: str) -> Headers:
+    """The headers a dead letter adds to the original's: reason, detail and origin."""
     return [
-        *_pairs(message.headers()),
         (DLQ_REASON, reason.encode()),
         (DLQ_DETAIL, detail[:1000].encode()),
         *_location(message, "sagalog.dlq"),
     ]
+
+
+def received_headers(message: Message) -> Headers:
+    """A received record's headers as a list of pairs (empty when it has none)."""
+    return _pairs(message.headers())
