@@ -307,6 +307,8 @@ def run_fuzz(config: FuzzConfig, say: Callable[[str], None] = print) -> FuzzRepo
     _check_outcomes(config, report, expected, watcher, targets)
     _check_dead_letters(config, report, run, sent, starts)
     _check_ignored(report, sent, ignored)
+    if watcher.foreign:
+        report.problems.append(f"the journal holds {watcher.foreign} records that are not entries")
     report.p99_before_ms = _p99(watcher, published, _ids(first))
     report.p99_storm_ms = _p99(watcher, published, _ids(second))
     return report

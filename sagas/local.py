@@ -27,6 +27,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
+from stream_processors.avro import DecodeError
 from stream_processors.journal import JournalEntry, Kind
 from stream_processors.kafka_config import bootstrap_servers, consumer_config
 from stream_processors.restore import watermarks
@@ -255,6 +256,8 @@ class JournalWatcher:
         self.keep = keep
         self.entries: dict[str, list[JournalEntry]] = {}
         self.outcomes: dict[str, Outcome] = {}
+        #: Records on the journal that are not journal entries (only a foreign writer puts any).
+        self.foreign = 0
         probe = _reader(bootstrap)
         try:
             partitions = probe.list_topics(journal_topic, timeout=15).topics[journal_topic]
@@ -288,7 +291,11 @@ class JournalWatcher:
             if message.error() or message.value() is None:
                 continue
             self._next[message.partition() or 0] = (message.offset() or 0) + 1
-            entry = JournalEntry.decode(message.value() or b"")
+            try:
+                entry = JournalEntry.decode(message.value() or b"")
+            except DecodeError:  # written by something else: counted, never a reason to stop
+                self.foreign += 1
+                continue
             if not self.keep(entry.instance):
                 continue
             kept += 1
