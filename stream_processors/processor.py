@@ -14,6 +14,10 @@ Every commit interval the open Kafka transaction is committed with the staged sn
 instance, however many inputs it had) and the consumed offsets. Only after the commit succeeds
 are the snapshots written to the local store with their changelog offsets. See
 docs/architecture.md, "The processing contract".
+
+With signing keys configured (``ProcessorConfig.signing``, by default from the environment; see
+``stream_processors.signing``), commands and routed events are signed, and an inbox record
+without a valid signature is dead-lettered as ``bad-signature`` before it is decoded.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka import (
@@ -54,6 +58,14 @@ from stream_processors.routing import (
     origin_headers,
 )
 from stream_processors.schema_history import prepare_saga_schemas
+from stream_processors.signing import (
+    BAD_SIGNATURE,
+    Keyring,
+    Purpose,
+    from_environment,
+    signed,
+    verify,
+)
 from stream_processors.store import (
     Due,
     DueRef,
@@ -97,6 +109,8 @@ class ProcessorConfig:
     cache_size: int = 50_000
     #: How long a finished instance's snapshot stays in the store (None: forever).
     retention_ms: int | None = WEEK_MS
+    #: Keys to sign commands and check inbox records with (None: signing off).
+    signing: Keyring | None = field(default_factory=from_environment)
 
 
 class _TransactionAborted(Exception):
@@ -298,15 +312,17 @@ class SagaProcessor:
             self._dead_letter(message, "no-key", f"{type(record).__qualname__} names no instance")
             return
         assert self.producer is not None
-        self.producer.produce(
-            self.topics.inbox,
-            key=key.encode(),
-            value=message.value(),
-            headers=origin_headers(message),
-        )
+        inbox, headers = self.topics.inbox, origin_headers(message)
+        if self.config.signing is not None:
+            headers = signed(
+                self.config.signing, Purpose.INBOX, inbox, key.encode(), message.value(), headers
+            )
+        self.producer.produce(inbox, key=key.encode(), value=message.value(), headers=headers)
         self._routed_counter.inc()
 
     def _process(self, message: Message, partition: int) -> None:
+        if self.config.signing is not None and not self._verified(message, self.config.signing):
+            return
         record = self._decoded(message)
         if record is None:
             return
@@ -362,15 +378,15 @@ class SagaProcessor:
                 metrics.STEP_SECONDS.labels(
                     step=entry.step, outcome=outcome, **self._labels
                 ).observe(max(0, now_ms - sent) / 1000)
+        signing = self.config.signing
         for command in decision.commands:
-            produce(
-                command.topic,
-                key=command.key.encode(),
-                value=command.value,
-                headers=command_headers(
-                    command.command_id, self.topics.inbox, command.key, self.definition.name
-                ),
+            key, topic = command.key.encode(), command.topic
+            headers = command_headers(
+                command.command_id, self.topics.inbox, command.key, self.definition.name
             )
+            if signing is not None:
+                headers = signed(signing, Purpose.COMMAND, topic, key, command.value, headers)
+            produce(topic, key=key, value=command.value, headers=headers)
         self._staged[(partition, decision.instance.instance_id)] = decision.instance
 
     def _run_due(self) -> None:
@@ -427,6 +443,15 @@ class SagaProcessor:
             return recent
         value = self.store.get(partition, instance_id)
         return None if value is None else decode_snapshot(value)
+
+    def _verified(self, message: Message, signing: Keyring) -> bool:
+        """Whether an inbox record's signature holds; if not, it is dead-lettered."""
+        key, value = message.key(), message.value()
+        problem = verify(signing, Purpose.INBOX, self.topics.inbox, key, value, message.headers())
+        if problem is None:
+            return True
+        self._dead_letter(message, BAD_SIGNATURE, problem)
+        return False
 
     def _dead_letter(self, message: Message, reason: str, detail: str) -> None:
         assert self.producer is not None
