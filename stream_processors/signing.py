@@ -165,12 +165,13 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Keyring | None
     inline, path = env.get(KEYS_VARIABLE, "").strip(), env.get(KEYS_FILE_VARIABLE, "").strip()
     if inline and path:
         raise SigningKeyError(f"set {KEYS_VARIABLE} or {KEYS_FILE_VARIABLE}, not both")
-    if path:
-        try:
-            return Keyring.parse(Path(path).read_text())
-        except OSError as error:
-            raise SigningKeyError(f"{KEYS_FILE_VARIABLE}: {error}") from None
-    return Keyring.parse(inline) if inline else None
+    if not (inline or path):
+        return None
+    variable = KEYS_FILE_VARIABLE if path else KEYS_VARIABLE
+    try:
+        return Keyring.parse(Path(path).read_text() if path else inline)
+    except (OSError, SigningKeyError) as error:  # name where the keys came from, not a secret
+        raise SigningKeyError(f"{variable}: {error}") from None
 
 
 def _field(value: bytes) -> bytes:

@@ -101,6 +101,8 @@ def test_keys_come_from_the_environment_or_a_file(tmp_path: Path) -> None:
         from_environment({signing.KEYS_VARIABLE: _entry(OLD), signing.KEYS_FILE_VARIABLE: "x"})
     with pytest.raises(SigningKeyError, match="SAGALOG_SIGNING_KEYS_FILE"):
         from_environment({signing.KEYS_FILE_VARIABLE: str(tmp_path / "missing")})
+    with pytest.raises(SigningKeyError, match=r"^SAGALOG_SIGNING_KEYS: key 'k1': the secret is 5"):
+        from_environment({signing.KEYS_VARIABLE: f"k1:{base64.b64encode(b'short').decode()}"})
 
 
 def test_a_secret_is_never_printed() -> None:
