@@ -11,6 +11,11 @@ header, ``"<action> by <who>: <why>"``):
   ``<command topic>.dlq``) with the reason and origin of each record;
 - ``redrive`` sends chosen dead letters back to the topic they came from.
 
+With signing keys in the environment (``SAGALOG_SIGNING_KEYS`` or ``SAGALOG_SIGNING_KEYS_FILE``,
+see ``stream_processors.signing``), actions and signals are signed with them, as the processor
+then requires of every inbox record; ``redrive`` sends records back with the headers, and so
+the signatures, they had.
+
 Nothing here joins a consumer group or commits offsets, and every producer is idempotent
 (``acks=all``). Topics are never created here: a missing topic is an ``OperatorError`` (creating
 a saga's inbox by accident would give it the wrong partition count).
@@ -41,6 +46,7 @@ from stream_processors.routing import (
     NOTE,
     Headers,
 )
+from stream_processors.signing import Purpose, from_environment, signed
 from stream_processors.topics import SagaTopics
 
 #: What ``send_action`` may send; the processor journals anything else as not applicable.
@@ -217,7 +223,11 @@ def _to_instance(
     settings = producer_config(bootstrap, f"sagalog-operator-{definition.name}")
     producer = _producer(bootstrap, f"sagalog-operator-{definition.name}")
     _require_topics(producer, [inbox], bootstrap)
-    key, headers = instance_id.encode(), [(NOTE, note.encode())]
+    key = instance_id.encode()
+    headers: Headers = [(NOTE, note.encode())]
+    signing = from_environment()
+    if signing is not None:
+        headers = signed(signing, Purpose.INBOX, inbox, key, value, headers)
     record = {"key": key, "value": value, "headers": headers}
     # Refused here, in one line, rather than by the client (or dead-lettered by the processor).
     largest = BrokerLimits(bootstrap, settings).limits(inbox).max_record_bytes

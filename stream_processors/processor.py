@@ -14,6 +14,10 @@ Every commit interval the open Kafka transaction is committed with the staged sn
 instance, however many inputs it had) and the consumed offsets. Only after the commit succeeds
 are the snapshots written to the local store with their changelog offsets. See
 docs/architecture.md, "The processing contract".
+
+With signing keys configured (``ProcessorConfig.signing``, by default from the environment; see
+``stream_processors.signing``), commands and routed events are signed, and an inbox record
+without a valid signature is dead-lettered as ``bad-signature`` before it is decoded.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka import (
@@ -58,6 +62,14 @@ from stream_processors.routing import (
     received_headers,
 )
 from stream_processors.schema_history import prepare_saga_schemas
+from stream_processors.signing import (
+    BAD_SIGNATURE,
+    Keyring,
+    Purpose,
+    from_environment,
+    signed,
+    verify,
+)
 from stream_processors.store import (
     Due,
     DueRef,
@@ -104,6 +116,8 @@ class ProcessorConfig:
     cache_size: int = 50_000
     #: How long a finished instance's snapshot stays in the store (None: forever).
     retention_ms: int | None = WEEK_MS
+    #: Keys to sign commands and check inbox records with (None: signing off).
+    signing: Keyring | None = field(default_factory=from_environment)
 
 
 class _TransactionAborted(Exception):
@@ -366,6 +380,8 @@ class SagaProcessor:
         if self._id_too_long(message, encoded):
             return
         value, headers = message.value(), origin_headers(message)
+        if self.config.signing is not None:
+            headers = signed(self.config.signing, Purpose.INBOX, inbox, encoded, value, headers)
         oversize = self._limit(inbox).oversize("routed copy", inbox, encoded, value, headers)
         if oversize is not None:
             self._dead_letter(message, limits.OUTPUTS_TOO_LARGE, oversize.detail())
@@ -381,6 +397,8 @@ class SagaProcessor:
         return detail is not None
 
     def _process(self, message: Message, partition: int) -> None:
+        if self.config.signing is not None and not self._verified(message, self.config.signing):
+            return
         record = self._decoded(message)
         if record is None:
             return
@@ -435,14 +453,18 @@ class SagaProcessor:
             )
             for entry in decision.entries
         ]
+        signing = self.config.signing
         for command in decision.commands:
+            command_key, topic = command.key.encode(), command.topic
             headers = command_headers(
                 command.command_id, self.topics.inbox, command.key, self.definition.name
             )
+            if signing is not None:
+                headers = signed(
+                    signing, Purpose.COMMAND, topic, command_key, command.value, headers
+                )
             what = f"command {command.command_id[:200]}"
-            record = limits.Outgoing(
-                what, command.topic, command.key.encode(), command.value, headers
-            )
+            record = limits.Outgoing(what, topic, command_key, command.value, headers)
             outgoing.append((record, {}))
         snapshot = encode_snapshot(decision.instance)
         snapshots = self.topics.snapshots
@@ -529,6 +551,15 @@ class SagaProcessor:
             return recent
         value = self.store.get(partition, instance_id)
         return None if value is None else decode_snapshot(value)
+
+    def _verified(self, message: Message, signing: Keyring) -> bool:
+        """Whether an inbox record's signature holds; if not, it is dead-lettered."""
+        key, value = message.key(), message.value()
+        problem = verify(signing, Purpose.INBOX, self.topics.inbox, key, value, message.headers())
+        if problem is None:
+            return True
+        self._dead_letter(message, BAD_SIGNATURE, problem)
+        return False
 
     def _dead_letter(self, message: Message, reason: str, detail: str) -> None:
         log.warning(
