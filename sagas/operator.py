@@ -25,12 +25,14 @@ from typing import Any
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException, Message, Producer
 from confluent_kafka import Consumer as KafkaConsumer
 
+from stream_processors.decide import signal_command_id
 from stream_processors.kafka_config import consumer_config, producer_config
 from stream_processors.kafka_errors import metadata as kafka_metadata
-from stream_processors.model import OperatorAction, SagaDefinition
+from stream_processors.model import OPERATOR_ACTIONS, CommandFailed, OperatorAction, SagaDefinition
 from stream_processors.reading import ReadTimeout, committed_records
 from stream_processors.records import Event, Record
 from stream_processors.routing import (
+    COMMAND_ID,
     DLQ_DETAIL,
     DLQ_OFFSET,
     DLQ_PARTITION,
@@ -42,7 +44,7 @@ from stream_processors.routing import (
 from stream_processors.topics import SagaTopics
 
 #: What ``send_action`` may send; the processor journals anything else as not applicable.
-ACTIONS = ("retry", "cancel", "resolve")
+ACTIONS = OPERATOR_ACTIONS
 #: The header ``redrive`` adds: ``<dlq topic>:<partition>:<offset>`` of the dead letter.
 REDRIVEN_FROM = "sagalog.redriven_from"
 #: Headers the dead-letter queue adds to the original ones (``sagalog.dlq.*``).
@@ -208,13 +210,17 @@ def _to_instance(
     value: bytes,
     note: str,
     bootstrap: str | None,
+    command_id: str | None = None,
 ) -> Sent:
     if not instance_id:
         raise ValueError("an instance id is required")
     inbox = SagaTopics.for_saga(definition).inbox
     producer = _producer(bootstrap, f"sagalog-operator-{definition.name}")
     _require_topics(producer, [inbox], bootstrap)
-    record = {"key": instance_id.encode(), "value": value, "headers": [(NOTE, note.encode())]}
+    headers: Headers = [(NOTE, note.encode())]
+    if command_id is not None:
+        headers.append((COMMAND_ID, command_id.encode()))
+    record = {"key": instance_id.encode(), "value": value, "headers": headers}
     return replace(_deliver(producer, [(inbox, record)])[0], note=note)
 
 
@@ -255,12 +261,19 @@ def signal(
     by: str,
     reason: str,
     bootstrap: str | None = None,
+    command_id: str | None = None,
 ) -> Sent:
     """Send ``event`` to one instance of the saga, as if a service had sent it.
 
     The event must be one of the saga's inputs (its start event, a step's reply, an event it
     has a handler for). An event whose key field names another instance is refused. The note is
     ``"signal by <by>: <reason>"``; the processor journals it with the accepted input.
+
+    A step's reply is matched to the attempt the saga waits for by its ``sagalog.command_id``:
+    ``command_id`` names that attempt; without it the signal names the step
+    (``saga/instance/step``, see ``stream_processors.decide.signal_command_id``), which matches
+    whichever attempt of it is in flight. A ``CommandFailed`` names no step: it needs
+    ``command_id``.
     """
     accepted = definition.inputs
     if type(event) not in accepted:
@@ -273,9 +286,12 @@ def signal(
         if key is not None and key != instance_id:
             field = f"{type(event).__name__}.{event.__key__}"
             raise ValueError(f"{field} is {key!r}, not the instance {instance_id!r}")
+    if command_id is None and isinstance(event, CommandFailed):
+        raise ValueError("a CommandFailed fails one attempt: give its command id")
     _check_who(by, reason)
     note = f"signal by {by}: {reason}"
-    return _to_instance(definition, instance_id, event.encode(), note, bootstrap)
+    cid = command_id or signal_command_id(definition, instance_id, type(event))
+    return _to_instance(definition, instance_id, event.encode(), note, bootstrap, cid)
 
 
 # -- dead letters ----------------------------------------------------------------------------

@@ -39,6 +39,9 @@ class OperatorAction(Event, schema="sagalog.OperatorAction"):
     reason: str
 
 
+#: The actions an ``OperatorAction`` may name; the processor ignores any other.
+OPERATOR_ACTIONS = ("retry", "cancel", "resolve")
+
 #: Inputs every saga takes, whatever it declares.
 ENGINE_INPUTS: tuple[type[Record], ...] = (CommandFailed, OperatorAction)
 
