@@ -270,7 +270,7 @@ class Worker:
         log.warning(
             "dead letter from %s@%s: %s %s", message.topic(), message.offset(), reason, detail
         )
-        metrics.DEAD_LETTERS.labels(owner=self.name, reason=reason).inc()
+        metrics.count_dead_letter(self.name, reason)
         dead_letter = (
             f"{message.topic()}.dlq",
             message.key(),
