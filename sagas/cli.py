@@ -351,13 +351,19 @@ def signal_(
     data: Annotated[str, typer.Option(help="The event's fields as a JSON object")] = "{}",
     by: By = None,
     bootstrap: Bootstrap = None,
+    command_id: Annotated[
+        str | None,
+        typer.Option(
+            help="The attempt a reply answers (default: the step's attempt in flight)",
+        ),
+    ] = None,
 ) -> None:
     """Send an event to one instance, as if a service had sent it (journaled with who and why)."""
     saga = _saga(target)
     event = _build(_event_type(saga, event_type), data)
     try:
         sent = operator.signal(
-            saga.definition, instance, event, _who(by), _reason(reason), bootstrap
+            saga.definition, instance, event, _who(by), _reason(reason), bootstrap, command_id
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None

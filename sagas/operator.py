@@ -31,13 +31,15 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException,
 from confluent_kafka import Consumer as KafkaConsumer
 
 from stream_processors.broker_limits import BrokerLimits
+from stream_processors.decide import signal_command_id
 from stream_processors.kafka_config import consumer_config, producer_config
 from stream_processors.kafka_errors import metadata as kafka_metadata
 from stream_processors.limits import record_size
-from stream_processors.model import OperatorAction, SagaDefinition
+from stream_processors.model import OPERATOR_ACTIONS, CommandFailed, OperatorAction, SagaDefinition
 from stream_processors.reading import ReadTimeout, committed_records
 from stream_processors.records import Event, Record
 from stream_processors.routing import (
+    COMMAND_ID,
     DLQ_DETAIL,
     DLQ_OFFSET,
     DLQ_PARTITION,
@@ -50,7 +52,7 @@ from stream_processors.signing import Purpose, from_environment, signed
 from stream_processors.topics import SagaTopics
 
 #: What ``send_action`` may send; the processor journals anything else as not applicable.
-ACTIONS = ("retry", "cancel", "resolve")
+ACTIONS = OPERATOR_ACTIONS
 #: The header ``redrive`` adds: ``<dlq topic>:<partition>:<offset>`` of the dead letter.
 REDRIVEN_FROM = "sagalog.redriven_from"
 #: Headers the dead-letter queue adds to the original ones (``sagalog.dlq.*``).
@@ -216,6 +218,7 @@ def _to_instance(
     value: bytes,
     note: str,
     bootstrap: str | None,
+    command_id: str | None = None,
 ) -> Sent:
     if not instance_id:
         raise ValueError("an instance id is required")
@@ -225,6 +228,8 @@ def _to_instance(
     _require_topics(producer, [inbox], bootstrap)
     key = instance_id.encode()
     headers: Headers = [(NOTE, note.encode())]
+    if command_id is not None:
+        headers.append((COMMAND_ID, command_id.encode()))
     signing = from_environment()
     if signing is not None:
         headers = signed(signing, Purpose.INBOX, inbox, key, value, headers)
@@ -277,12 +282,19 @@ def signal(
     by: str,
     reason: str,
     bootstrap: str | None = None,
+    command_id: str | None = None,
 ) -> Sent:
     """Send ``event`` to one instance of the saga, as if a service had sent it.
 
     The event must be one of the saga's inputs (its start event, a step's reply, an event it
     has a handler for). An event whose key field names another instance is refused. The note is
     ``"signal by <by>: <reason>"``; the processor journals it with the accepted input.
+
+    A step's reply is matched to the attempt the saga waits for by its ``sagalog.command_id``:
+    ``command_id`` names that attempt; without it the signal names the step
+    (``saga/instance/step``, see ``stream_processors.decide.signal_command_id``), which matches
+    whichever attempt of it is in flight. A ``CommandFailed`` names no step: it needs
+    ``command_id``.
     """
     accepted = definition.inputs
     if type(event) not in accepted:
@@ -295,9 +307,12 @@ def signal(
         if key is not None and key != instance_id:
             field = f"{type(event).__name__}.{event.__key__}"
             raise ValueError(f"{field} is {key!r}, not the instance {instance_id!r}")
+    if command_id is None and isinstance(event, CommandFailed):
+        raise ValueError("a CommandFailed fails one attempt: give its command id")
     _check_who(by, reason)
     note = f"signal by {by}: {reason}"
-    return _to_instance(definition, instance_id, event.encode(), note, bootstrap)
+    cid = command_id or signal_command_id(definition, instance_id, type(event))
+    return _to_instance(definition, instance_id, event.encode(), note, bootstrap, cid)
 
 
 # -- dead letters ----------------------------------------------------------------------------

@@ -328,7 +328,7 @@ class Worker:
         log.warning(
             "dead letter from %s@%s: %s %s", message.topic(), message.offset(), reason, detail
         )
-        metrics.DEAD_LETTERS.labels(owner=self.name, reason=reason).inc()
+        metrics.count_dead_letter(self.name, reason)
         dead_letter = (
             f"{message.topic()}.dlq",
             message.key(),
@@ -501,7 +501,7 @@ class _Serving:
         reply_to, key, value, headers = reply
         where = f"{message.topic()}[{message.partition()}]@{message.offset()}"
         log.warning("reply to %s of command %s undeliverable: %s", reply_to[:300], where, why)
-        metrics.DEAD_LETTERS.labels(owner=self.worker.name, reason=REPLY_UNDELIVERABLE).inc()
+        metrics.count_dead_letter(self.worker.name, REPLY_UNDELIVERABLE)
         original: Headers = [*headers, (REPLY_TO, reply_to.encode())]
         marks: Headers = [
             (DLQ_REASON, REPLY_UNDELIVERABLE.encode()),

@@ -7,8 +7,10 @@ and the source topics' partitions it was given. For each input record, in partit
 - an *inbox record* is decoded, its instance loaded (open transaction's write cache, then the
   local store, else new), ``decide``d, and its journal entries and commands produced; the new
   state is staged as the instance's snapshot;
-- anything unreadable, keyless, too large, of a type the saga does not take, or naming an
-  unknown instance goes to the dead-letter topic, with the reason and origin in headers.
+- anything unreadable, keyless, too large, of a type the saga does not take, naming an
+  unknown instance, or keyed by another instance than it names (``key-mismatch``: see
+  ``stream_processors.keys``) goes to the dead-letter topic, with the reason and origin in
+  headers. A source event is routed by the instance its fields name, not by its Kafka key.
 
 Every commit interval the open Kafka transaction is committed with the staged snapshots (one per
 instance, however many inputs it had) and the consumed offsets. Only after the commit succeeds
@@ -47,13 +49,15 @@ from stream_processors.decide import Decision, Input, decide, decide_timer
 from stream_processors.instance import Instance, decode_snapshot, encode_snapshot, schedule
 from stream_processors.journal import Kind
 from stream_processors.kafka_config import consumer_config, producer_config
+from stream_processors.keys import KEY_MISMATCH, key_mismatch, route_key
 from stream_processors.model import SagaDefinition
-from stream_processors.records import Event, Record, decode_record
+from stream_processors.records import Record, decode_record
 from stream_processors.restore import restore_partition
 from stream_processors.routing import (
     COMMAND_ID,
     DLQ_DETAIL,
     DLQ_REASON,
+    INSTANCE,
     NOTE,
     command_headers,
     dead_letter_marks,
@@ -369,10 +373,10 @@ class SagaProcessor:
         record = self._decoded(message)
         if record is None:
             return
-        if type(record) not in self.definition.inputs:
+        if type(record) not in self.definition.source_inputs:  # a reply or operator action too
             self._dead_letter(message, "unexpected-type", type(record).__qualname__)
             return
-        key = record.key() if isinstance(record, Event) else None
+        key = route_key(self.definition, record)  # by its fields, never its Kafka key
         if not key:
             self._dead_letter(message, "no-key", f"{type(record).__qualname__} names no instance")
             return
@@ -415,9 +419,15 @@ class SagaProcessor:
         assert value is not None
         if self._id_too_long(message, raw_key):
             return
-        instance = self._load(partition, instance_id)
         headers = message.headers()
         command_id, note = header(headers, COMMAND_ID), header(headers, NOTE)
+        mismatch = key_mismatch(
+            self.definition, record, instance_id, command_id, header(headers, INSTANCE)
+        )
+        if mismatch is not None:
+            self._dead_letter(message, KEY_MISMATCH, mismatch)
+            return
+        instance = self._load(partition, instance_id)
         now_ms = int(self.clock() * 1000)
         decision = decide(self.definition, instance, Input(record, value, command_id, note), now_ms)
         self._inputs_counter.inc()
@@ -425,7 +435,7 @@ class SagaProcessor:
             self._dead_letter(message, decision.rejected, type(record).__qualname__)
             return
         if decision.ignored is not None:
-            metrics.IGNORED.labels(reason=decision.ignored, **self._labels).inc()
+            metrics.count_ignored(self.definition.name, decision.ignored)
             return
         oversize = self._emit(decision, partition, raw_key, instance, now_ms)
         if oversize is not None:  # nothing of the decision was staged
@@ -573,7 +583,7 @@ class SagaProcessor:
         original = received_headers(message)
         marks = dead_letter_marks(message, reason, detail)
         self._send_dead_letter(message.key(), message.value(), original, marks)
-        metrics.DEAD_LETTERS.labels(owner=self.definition.name, reason=reason).inc()
+        metrics.count_dead_letter(self.definition.name, reason)
 
     def _dead_letter_timer(self, key: bytes, timer: str, oversize: limits.Oversize) -> None:
         """A timer's decision that would not fit: left undone, and said so on the DLQ (it has no
@@ -585,9 +595,7 @@ class SagaProcessor:
             (DLQ_DETAIL, detail[:1000].encode()),
         ]
         self._send_dead_letter(key, None, [], marks)
-        metrics.DEAD_LETTERS.labels(
-            owner=self.definition.name, reason=limits.OUTPUTS_TOO_LARGE
-        ).inc()
+        metrics.count_dead_letter(self.definition.name, limits.OUTPUTS_TOO_LARGE)
 
     def _send_dead_letter(
         self,
