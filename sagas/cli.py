@@ -33,6 +33,7 @@ from rich.table import Table
 from sagas import operator
 from sagas.cli_errors import run_cli
 from sagas.operator import DeadLetter, OperatorError, Sent
+from sagas.reply_addresses import ReplyAddresses
 from sagas.saga import Saga
 from sagas.worker import Worker
 from stream_processors import kafka_config, metrics
@@ -192,6 +193,14 @@ def worker(
         bool,
         typer.Option(help="Answer a command seen before with its first reply (<group>.handled)"),
     ] = True,
+    reply_to: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--reply-to",
+            help="A topic (or fnmatch pattern) replies may go to; repeat for more "
+            "[the worker's own, by default *.inbox]",
+        ),
+    ] = None,
     log_level: LogLevel = "info",
 ) -> None:
     """Run a task worker until interrupted."""
@@ -199,6 +208,8 @@ def worker(
     runner = load_target(target)
     if not isinstance(runner, Worker):
         raise typer.BadParameter(f"{target} is not a Worker")
+    if reply_to:
+        runner.reply_addresses = ReplyAddresses.of(reply_to)
     port = metrics.serve(metrics_port)
     logging.getLogger("sagas").info("metrics on port %s", port)
     runner.install_signal_handlers()
@@ -340,13 +351,19 @@ def signal_(
     data: Annotated[str, typer.Option(help="The event's fields as a JSON object")] = "{}",
     by: By = None,
     bootstrap: Bootstrap = None,
+    command_id: Annotated[
+        str | None,
+        typer.Option(
+            help="The attempt a reply answers (default: the step's attempt in flight)",
+        ),
+    ] = None,
 ) -> None:
     """Send an event to one instance, as if a service had sent it (journaled with who and why)."""
     saga = _saga(target)
     event = _build(_event_type(saga, event_type), data)
     try:
         sent = operator.signal(
-            saga.definition, instance, event, _who(by), _reason(reason), bootstrap
+            saga.definition, instance, event, _who(by), _reason(reason), bootstrap, command_id
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None

@@ -28,7 +28,14 @@ USAGE_STATUS = 2
 
 #: Errors whose messages say what and where already: printed as they are.
 _SELF_EXPLAINING = frozenset(
-    {"DeclarationError", "KafkaConfigError", "KafkaUnavailable", "MissingTopic", "TopicMismatch"}
+    {
+        "DeclarationError",
+        "KafkaConfigError",
+        "KafkaUnavailable",
+        "MissingTopic",
+        "SigningKeyError",
+        "TopicMismatch",
+    }
 )
 
 

@@ -11,6 +11,11 @@ header, ``"<action> by <who>: <why>"``):
   ``<command topic>.dlq``) with the reason and origin of each record;
 - ``redrive`` sends chosen dead letters back to the topic they came from.
 
+With signing keys in the environment (``SAGALOG_SIGNING_KEYS`` or ``SAGALOG_SIGNING_KEYS_FILE``,
+see ``stream_processors.signing``), actions and signals are signed with them, as the processor
+then requires of every inbox record; ``redrive`` sends records back with the headers, and so
+the signatures, they had.
+
 Nothing here joins a consumer group or commits offsets, and every producer is idempotent
 (``acks=all``). Topics are never created here: a missing topic is an ``OperatorError`` (creating
 a saga's inbox by accident would give it the wrong partition count).
@@ -26,13 +31,15 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException,
 from confluent_kafka import Consumer as KafkaConsumer
 
 from stream_processors.broker_limits import BrokerLimits
+from stream_processors.decide import signal_command_id
 from stream_processors.kafka_config import consumer_config, producer_config
 from stream_processors.kafka_errors import metadata as kafka_metadata
 from stream_processors.limits import record_size
-from stream_processors.model import OperatorAction, SagaDefinition
+from stream_processors.model import OPERATOR_ACTIONS, CommandFailed, OperatorAction, SagaDefinition
 from stream_processors.reading import ReadTimeout, committed_records
 from stream_processors.records import Event, Record
 from stream_processors.routing import (
+    COMMAND_ID,
     DLQ_DETAIL,
     DLQ_OFFSET,
     DLQ_PARTITION,
@@ -41,10 +48,11 @@ from stream_processors.routing import (
     NOTE,
     Headers,
 )
+from stream_processors.signing import Purpose, from_environment, signed
 from stream_processors.topics import SagaTopics
 
 #: What ``send_action`` may send; the processor journals anything else as not applicable.
-ACTIONS = ("retry", "cancel", "resolve")
+ACTIONS = OPERATOR_ACTIONS
 #: The header ``redrive`` adds: ``<dlq topic>:<partition>:<offset>`` of the dead letter.
 REDRIVEN_FROM = "sagalog.redriven_from"
 #: Headers the dead-letter queue adds to the original ones (``sagalog.dlq.*``).
@@ -210,6 +218,7 @@ def _to_instance(
     value: bytes,
     note: str,
     bootstrap: str | None,
+    command_id: str | None = None,
 ) -> Sent:
     if not instance_id:
         raise ValueError("an instance id is required")
@@ -217,7 +226,13 @@ def _to_instance(
     settings = producer_config(bootstrap, f"sagalog-operator-{definition.name}")
     producer = _producer(bootstrap, f"sagalog-operator-{definition.name}")
     _require_topics(producer, [inbox], bootstrap)
-    key, headers = instance_id.encode(), [(NOTE, note.encode())]
+    key = instance_id.encode()
+    headers: Headers = [(NOTE, note.encode())]
+    if command_id is not None:
+        headers.append((COMMAND_ID, command_id.encode()))
+    signing = from_environment()
+    if signing is not None:
+        headers = signed(signing, Purpose.INBOX, inbox, key, value, headers)
     record = {"key": key, "value": value, "headers": headers}
     # Refused here, in one line, rather than by the client (or dead-lettered by the processor).
     largest = BrokerLimits(bootstrap, settings).limits(inbox).max_record_bytes
@@ -267,12 +282,19 @@ def signal(
     by: str,
     reason: str,
     bootstrap: str | None = None,
+    command_id: str | None = None,
 ) -> Sent:
     """Send ``event`` to one instance of the saga, as if a service had sent it.
 
     The event must be one of the saga's inputs (its start event, a step's reply, an event it
     has a handler for). An event whose key field names another instance is refused. The note is
     ``"signal by <by>: <reason>"``; the processor journals it with the accepted input.
+
+    A step's reply is matched to the attempt the saga waits for by its ``sagalog.command_id``:
+    ``command_id`` names that attempt; without it the signal names the step
+    (``saga/instance/step``, see ``stream_processors.decide.signal_command_id``), which matches
+    whichever attempt of it is in flight. A ``CommandFailed`` names no step: it needs
+    ``command_id``.
     """
     accepted = definition.inputs
     if type(event) not in accepted:
@@ -285,9 +307,12 @@ def signal(
         if key is not None and key != instance_id:
             field = f"{type(event).__name__}.{event.__key__}"
             raise ValueError(f"{field} is {key!r}, not the instance {instance_id!r}")
+    if command_id is None and isinstance(event, CommandFailed):
+        raise ValueError("a CommandFailed fails one attempt: give its command id")
     _check_who(by, reason)
     note = f"signal by {by}: {reason}"
-    return _to_instance(definition, instance_id, event.encode(), note, bootstrap)
+    cid = command_id or signal_command_id(definition, instance_id, type(event))
+    return _to_instance(definition, instance_id, event.encode(), note, bootstrap, cid)
 
 
 # -- dead letters ----------------------------------------------------------------------------

@@ -30,7 +30,11 @@ be delivered (its topic missing, an invalid name, too large: checked before prod
 ``sagalog.dlq.topic`` naming the reply topic (so redrive sends it there once it exists), in the
 transaction of the command's offset; its handled record is written all the same. The runtime
 records each reply schema it sends in the schema history (best effort), and reads commands
-written with a schema it does not know through that history.
+written with a schema it does not know through that history. A command whose reply address the
+worker does not allow (``bad-reply-address``, see ``sagas.reply_addresses``) and, with signing
+keys configured, one whose signature is missing or wrong (``bad-signature``, see
+``stream_processors.signing``) go to ``<topic>.dlq`` too, before the handler runs or the handled
+commands are consulted. With keys, replies are signed.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,6 +51,7 @@ from typing import Any, TypeVar
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from sagas.idempotency import HandledCommand, HandledCommands, ensure_handled_topic
+from sagas.reply_addresses import BAD_REPLY_ADDRESS, ReplyAddresses
 from stream_processors import limits, metrics, transactions
 from stream_processors.avro import DecodeError
 from stream_processors.broker_limits import BrokerLimits
@@ -71,6 +76,14 @@ from stream_processors.routing import (
     reply_headers,
 )
 from stream_processors.schema_history import SchemaHistory
+from stream_processors.signing import (
+    BAD_SIGNATURE,
+    Keyring,
+    Purpose,
+    from_environment,
+    signed,
+    verify,
+)
 from stream_processors.store import claim_slot, default_state_dir
 from stream_processors.topics import ensure_plain_topics
 
@@ -156,17 +169,27 @@ class Answer:
 
 
 class Worker:
-    """A named set of command handlers; ``run()`` serves them until ``stop()``."""
+    """A named set of command handlers; ``run()`` serves them until ``stop()``.
+
+    ``reply_to``: the topics (names or ``fnmatch`` patterns) replies may go to, by default every
+    saga's inbox (``*.inbox``; see ``sagas.reply_addresses``). ``signing``: the keys commands
+    are checked and replies signed with; by default those of the environment
+    (``SAGALOG_SIGNING_KEYS`` or ``SAGALOG_SIGNING_KEYS_FILE``), and none there means off.
+    """
 
     def __init__(
         self,
         name: str,
         group: str | None = None,
         transient: tuple[type[Exception], ...] = (ConnectionError, TimeoutError),
+        reply_to: Iterable[str] | None = None,
+        signing: Keyring | None = None,
     ) -> None:
         self.name = name
         self.group = group or f"sagalog.worker.{name}"
         self.transient: tuple[type[Exception], ...] = (TransientError, *transient)
+        self.reply_addresses = ReplyAddresses.of(reply_to)
+        self.signing = signing if signing is not None else from_environment()
         self._handlers: dict[type[Record], Handler] = {}
         self._stopping = threading.Event()
         self._history: SchemaHistory | None = None  # set by run(): replies' schemas go there
@@ -202,6 +225,11 @@ class Worker:
 
         Pure of Kafka apart from reading ``message``: the runtime loop does the sending.
         """
+        if self.signing is not None:  # before anything in the record is believed
+            topic, key, value = message.topic() or "", message.key(), message.value()
+            problem = verify(self.signing, Purpose.COMMAND, topic, key, value, message.headers())
+            if problem is not None:
+                return self._dead(message, BAD_SIGNATURE, problem)
         try:
             command = decode_record(message.value())
         except DecodeError as error:
@@ -214,13 +242,19 @@ class Worker:
         instance_id = header(headers, INSTANCE)
         if not (reply_to and command_id and instance_id):
             return self._dead(message, "no-reply-address", "missing sagalog.* headers")
+        refusal = self.reply_addresses.refusal(reply_to)
+        if refusal is not None:
+            return self._dead(message, BAD_REPLY_ADDRESS, refusal)
         context = command_context(message, command_id, instance_id)
         known = self._remembered(context)
         if known is not None:  # handled before: answer the same, without a second effect
+            refusal = self.reply_addresses.refusal(known.reply_to)  # remembered before a change
+            if refusal is not None:
+                return self._dead(message, BAD_REPLY_ADDRESS, refusal)
             self._count(command, "repeated")
-            again = (known.reply_to, known.instance_id.encode(), known.reply)
+            again = (known.reply_to, known.instance_id.encode(), known.reply, command_id)
             cut = None if known.truncated is None else f"reply of {known.truncated} bytes"
-            return Answer((*again, reply_headers(command_id)), undeliverable=cut)
+            return Answer(self._reply_record(*again), undeliverable=cut)
         try:
             reply = self._reply(command, context)
         except _HandlerCrashed as crash:  # a bug in the handler: park the command, keep serving
@@ -231,7 +265,16 @@ class Worker:
         handled = HandledCommand(
             command_id, reply_to, instance_id, value, context.topic, context.partition
         )
-        return Answer((reply_to, instance_id.encode(), value, reply_headers(command_id)), handled)
+        return Answer(
+            self._reply_record(reply_to, instance_id.encode(), value, command_id), handled
+        )
+
+    def _reply_record(self, topic: str, key: bytes, value: bytes, command_id: str) -> Outgoing:
+        """A reply to send: signed when the worker has keys."""
+        headers = reply_headers(command_id)
+        if self.signing is not None:
+            headers = signed(self.signing, Purpose.INBOX, topic, key, value, headers)
+        return (topic, key, value, headers)
 
     def _remembered(self, context: CommandContext) -> HandledCommand | None:
         if self._handled is None:
@@ -285,7 +328,7 @@ class Worker:
         log.warning(
             "dead letter from %s@%s: %s %s", message.topic(), message.offset(), reason, detail
         )
-        metrics.DEAD_LETTERS.labels(owner=self.name, reason=reason).inc()
+        metrics.count_dead_letter(self.name, reason)
         dead_letter = (
             f"{message.topic()}.dlq",
             message.key(),
@@ -458,7 +501,7 @@ class _Serving:
         reply_to, key, value, headers = reply
         where = f"{message.topic()}[{message.partition()}]@{message.offset()}"
         log.warning("reply to %s of command %s undeliverable: %s", reply_to[:300], where, why)
-        metrics.DEAD_LETTERS.labels(owner=self.worker.name, reason=REPLY_UNDELIVERABLE).inc()
+        metrics.count_dead_letter(self.worker.name, REPLY_UNDELIVERABLE)
         original: Headers = [*headers, (REPLY_TO, reply_to.encode())]
         marks: Headers = [
             (DLQ_REASON, REPLY_UNDELIVERABLE.encode()),

@@ -10,6 +10,17 @@ current (reader) schema of the same name.
 This module is pure: no Kafka. ``SchemaCatalog`` holds every known schema (current and older
 writer versions); ``encode``/``decode`` turn dictionaries into framed bytes and back, with
 every schema parsed once, when it enters the catalog.
+
+A fingerprint the catalog does not know is asked of its ``fallback`` (the schema history, which
+reads what was recorded since it last read: I/O, milliseconds). Records come from anyone, so
+that is bounded: a fingerprint the fallback did not have is remembered as unknown for
+``UNKNOWN_TTL`` seconds (the most recent ``UNKNOWN_CACHE_SIZE`` of them), and the fallback is
+asked at most once per ``FALLBACK_INTERVAL`` seconds whatever the fingerprint. A storm of
+garbage fingerprints then costs a dictionary lookup per record. A schema that enters the
+catalog (the history read it, for any fingerprint) is known at once; one recorded later than
+its fingerprint was asked for is found after the TTL. The price: while unknown fingerprints
+arrive faster than the interval, a record whose writer schema was recorded in the last
+``FALLBACK_INTERVAL`` seconds may be dead-lettered as ``unknown-schema`` (redrive it).
 """
 
 from __future__ import annotations
@@ -17,6 +28,8 @@ from __future__ import annotations
 import io
 import json
 import struct
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +45,11 @@ PREVIOUS = "previous"
 #: The Confluent wire format: one zero byte, then the registry's 4-byte big-endian schema id.
 CONFLUENT_MAGIC = 0
 CONFLUENT_HEADER_SIZE = 5
+#: How many fingerprints the fallback did not have are remembered, and for how long (seconds).
+UNKNOWN_CACHE_SIZE = 4096
+UNKNOWN_TTL = 15.0
+#: The least time (seconds) between two questions to the fallback, whatever the fingerprints.
+FALLBACK_INTERVAL = 0.5
 
 
 class SchemaRegistry(Protocol):
@@ -119,6 +137,10 @@ class SchemaCatalog:
         #: up on the record (a schema history installs one: see ``stream_processors.
         #: schema_history``). It returns the schema, having added it with ``add_writer``, or None.
         self.fallback: Callable[[bytes], AvroSchema | None] | None = None
+        #: Fingerprints the fallback did not have, with when it was asked (oldest first).
+        self._unknown: OrderedDict[bytes, float] = OrderedDict()
+        self._asked_at = -float("inf")
+        self.clock: Callable[[], float] = time.monotonic
 
     def add(self, schema: AvroSchema) -> AvroSchema:
         """Make ``schema`` the current version of its name (and a known writer)."""
@@ -130,11 +152,13 @@ class SchemaCatalog:
             )
         self._current[schema.full_name] = schema
         self._by_fingerprint[schema.fingerprint] = schema
+        self._unknown.pop(schema.fingerprint, None)
         return schema
 
     def add_writer(self, schema: AvroSchema) -> None:
         """Know an older (or other) version of a schema well enough to read its records."""
         self._by_fingerprint.setdefault(schema.fingerprint, schema)
+        self._unknown.pop(schema.fingerprint, None)
 
     def load_directory(self, directory: Path) -> list[AvroSchema]:
         """Add every ``*.avsc`` below ``directory`` as a current schema.
@@ -220,8 +244,8 @@ class SchemaCatalog:
         if len(data) >= HEADER_SIZE and data[:2] == MAGIC:
             fp = data[2:HEADER_SIZE]
             writer = self._by_fingerprint.get(fp)
-            if writer is None and self.fallback is not None:
-                writer = self.fallback(fp)
+            if writer is None:
+                writer = self._ask(fp)
             if writer is None:
                 raise DecodeError("unknown-schema", f"no known schema has fingerprint {fp.hex()}")
             return writer, HEADER_SIZE
@@ -229,6 +253,32 @@ class SchemaCatalog:
             (schema_id,) = struct.unpack(">I", data[1:CONFLUENT_HEADER_SIZE])
             return self._registry_writer(schema_id), CONFLUENT_HEADER_SIZE
         raise DecodeError("not-avro", "the value starts with neither Avro framing")
+
+    def _ask(self, fp: bytes) -> AvroSchema | None:
+        """The fallback's writer schema for ``fp``, unless asking now is known to be in vain.
+
+        Not asked: for a fingerprint it did not have less than ``UNKNOWN_TTL`` seconds ago, or
+        within ``FALLBACK_INTERVAL`` of the last question (a fingerprint not asked is not
+        remembered as unknown: it is asked about next time).
+        """
+        if self.fallback is None:
+            return None
+        now = self.clock()
+        asked = self._unknown.get(fp)
+        if asked is not None and now - asked < UNKNOWN_TTL:
+            return None
+        if now - self._asked_at < FALLBACK_INTERVAL:
+            return None
+        self._asked_at = now
+        writer = self.fallback(fp)
+        if writer is not None:
+            self._unknown.pop(fp, None)
+            return writer
+        self._unknown[fp] = now
+        self._unknown.move_to_end(fp)
+        while len(self._unknown) > UNKNOWN_CACHE_SIZE:
+            self._unknown.popitem(last=False)
+        return None
 
     def _registry_writer(self, schema_id: int) -> AvroSchema:
         known = self._by_registry_id.get(schema_id)

@@ -14,12 +14,23 @@ An input is one of:
   the step's ``RetryPolicy`` says so; a step that finally fails goes where its ``catch`` says
   (another step, or compensation), and otherwise fails the saga: the compensations of the
   completed steps then run in reverse order. A compensation that finally fails parks the
-  instance in ``needs_attention`` for an operator. A reply whose command id is not the one the
-  step waits for is *stale*; one for a step that already has its answer is a *duplicate*. Both
-  are ignored and counted, never applied twice;
+  instance in ``needs_attention`` for an operator.
+
+  A reply is applied only if it matches what the saga waits for (``_unmatched``): it carries the
+  ``sagalog.command_id`` of the attempt in flight (ignored as ``no-command-id`` without one, as
+  ``stale`` with another), and its type is one the step expects in its current state (a
+  compensation's reply while the step itself is in flight, say, is ``unexpected-reply``); a
+  reply for an attempt that already has its answer is a ``duplicate``. The event a *wait* step
+  waits for comes from a service's topic and carries no command id: it needs none. An
+  operator's signal (``sagas signal``, an input with a ``note``) may name the step instead of
+  the attempt: ``signal_command_id`` (``saga/instance/step``, the step's idempotency key)
+  matches whichever attempt of that step is in flight. Ignored inputs change nothing and are
+  not journaled; the processor counts them by reason;
 - an event the saga has a handler for;
 - an ``OperatorAction``: retry a parked instance's compensation, cancel (compensate now), or
-  resolve a parked instance; journaled with who and why;
+  resolve a parked instance; journaled with who and why. One that does not apply is ignored
+  as ``operator-<action>-not-applicable`` (``operator-unknown-not-applicable`` for an action
+  that is none of ``OPERATOR_ACTIONS``: reasons are a fixed set, they become metric labels);
 - anything else is *rejected*: the processor sends it to the dead-letter topic with the reason.
 
 Timers are kept in the instance (``TimerScheduled``/``TimerFired``): a step's timeout, the wait
@@ -37,6 +48,7 @@ from stream_processors.instance import Instance, Status, StepState, StepStatus
 from stream_processors.journal import JournalEntry, Kind
 from stream_processors.model import (
     COMPENSATE,
+    OPERATOR_ACTIONS,
     CommandFailed,
     Complete,
     Fail,
@@ -96,6 +108,25 @@ def idempotency_key(command_id: str) -> tuple[str, int]:
     if not key or not attempt.isdigit():
         return command_id, 1
     return key, int(attempt)
+
+
+def signal_command_id(
+    definition: SagaDefinition, instance_id: str, reply: type[Record]
+) -> str | None:
+    """The command id an operator's signal of a ``reply`` type carries, if a step claims it.
+
+    It names the step, not an attempt: ``saga/instance/step`` (``step.compensation`` for a
+    compensation's reply), the step's idempotency key. With a note on the input (the operator
+    path), ``decide`` matches it to whichever attempt of that step is in flight; a worker's
+    reply always carries the full id of its attempt. None for a type no step claims.
+    """
+    claim = definition.replies.get(reply)
+    if claim is None:
+        return None
+    step, role = claim
+    compensation = role in (ReplyRole.COMPENSATED, ReplyRole.COMPENSATION_FAILED)
+    suffix = f"{step}.compensation" if compensation else step
+    return idempotency_key(command_id(definition.name, instance_id, suffix, 1))[0]
 
 
 def timeout_timer(step: str) -> str:
@@ -319,8 +350,12 @@ def _decide(
     if isinstance(record, OperatorAction):
         return _operator(decider, record, received)
     if isinstance(record, CommandFailed):
+        if received.command_id is None:
+            decision.ignored = "no-command-id"
+            return decision
         step = next(
-            (n for n, s in instance.steps.items() if s.command_id == received.command_id), None
+            (n for n, s in instance.steps.items() if _unmatched(received, s, False) is None),
+            None,
         )
         if step is None:
             decision.ignored = "stale"
@@ -345,17 +380,18 @@ def _reply(decider: _Decider, received: Input, step: str, role: ReplyRole | None
     instance = decider.instance
     decision = decider.decision
     current = instance.steps.get(step)
-    waiting = (
-        current is not None
-        and current.status in (StepStatus.PENDING, StepStatus.COMPENSATING)
-        and (role is None or current.status is _WAITING[role])
-    )
-    if current is None or not waiting:
-        same = current is not None and received.command_id in (None, current.command_id)
-        decision.ignored = "duplicate" if same else "stale"
+    if current is None:  # the step has not started: nothing of it is in flight
+        decision.ignored = "unexpected-reply"
         return decision
-    if received.command_id is not None and received.command_id != current.command_id:
-        decision.ignored = "stale"
+    unmatched = _unmatched(received, current, _waited(decider.definition, step, role))
+    if unmatched is not None:
+        decision.ignored = unmatched
+        return decision
+    if current.status not in (StepStatus.PENDING, StepStatus.COMPENSATING):
+        decision.ignored = "duplicate"  # this attempt has had its answer
+        return decision
+    if role is not None and current.status is not _WAITING[role]:
+        decision.ignored = "unexpected-reply"  # e.g. a compensation's reply to the action
         return decision
 
     record = received.record
@@ -378,6 +414,33 @@ def _reply(decider: _Decider, received: Input, step: str, role: ReplyRole | None
         name = type(record).__name__
         decider.attempt_failed(step, current, [name], f"{step}: {name}")
     return decision
+
+
+def _unmatched(received: Input, current: StepState, waited: bool) -> str | None:
+    """Why ``received`` does not answer the attempt ``current`` is at, or None if it does.
+
+    A reply names its attempt by ``sagalog.command_id``; only the event a wait step waits for
+    (``waited``: it comes from a service's topic, not from a worker) may come without one. An
+    operator's input (it has a note) may name the step instead: its idempotency key.
+    """
+    given = received.command_id
+    if given is None:
+        return None if waited else "no-command-id"
+    if given == current.command_id:
+        return None
+    if received.note is not None and given == idempotency_key(current.command_id)[0]:
+        return None
+    return "stale"
+
+
+def _waited(definition: SagaDefinition, step: str, role: ReplyRole | None) -> bool:
+    """Whether ``role`` (None: a ``CommandFailed``) answers a wait rather than a command."""
+    if role is None:
+        return False
+    task = definition.tasks[step]
+    compensation = role in (ReplyRole.COMPENSATED, ReplyRole.COMPENSATION_FAILED)
+    spec = task.compensation if compensation else task.action
+    return spec is not None and spec.command is None
 
 
 def _mismatch(definition: SagaDefinition, instance: Instance) -> str | None:
@@ -452,7 +515,9 @@ def _operator(decider: _Decider, action: OperatorAction, received: Input) -> Dec
         "resolve": status is Status.NEEDS_ATTENTION,
     }
     if not allowed.get(action.action, False):
-        decider.decision.ignored = f"operator-{action.action}-not-applicable"
+        # The action's name comes from the record: an unknown one must not make a new reason.
+        name = action.action if action.action in OPERATOR_ACTIONS else "unknown"
+        decider.decision.ignored = f"operator-{name}-not-applicable"
         return decider.decision
     why = f"{action.action} by {action.by}: {action.reason}"
     decider.emit(

@@ -2,6 +2,12 @@
 
 Every metric is labelled with the saga (or worker) name so that one Prometheus can scrape many
 processes. Names follow Prometheus conventions: ``_total`` counters, ``_seconds`` histograms.
+
+Every label value is from a set fixed by the code or declared by the saga or worker, never from
+what a record says: each new value is a new time series, and records come from anyone. Reasons
+go through ``count_ignored`` and ``count_dead_letter``, which count a reason outside
+``IGNORED_REASONS`` or ``DEAD_LETTER_REASONS`` as ``unknown``; step names are the saga's steps
+and command names the worker's handlers (a command without one is dead-lettered first).
 """
 
 from __future__ import annotations
@@ -10,7 +16,59 @@ import logging
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from stream_processors.model import OPERATOR_ACTIONS
+
 log = logging.getLogger(__name__)
+
+#: The label value of anything outside a label's fixed set.
+OTHER = "unknown"
+#: Why ``decide`` ignores an input (``Decision.ignored``).
+IGNORED_REASONS = frozenset(
+    {
+        "duplicate-start",
+        "duplicate",
+        "stale",
+        "no-command-id",
+        "unexpected-reply",
+        "finished",
+        "stale-timer",
+        "parked",
+        *(f"operator-{action}-not-applicable" for action in (*OPERATOR_ACTIONS, OTHER)),
+    }
+)
+#: Why a processor or worker dead-letters a record: ``DecodeError`` reasons, ``decide``'s
+#: rejections, the processor's and worker's own checks.
+DEAD_LETTER_REASONS = frozenset(
+    {
+        # reading the record (stream_processors.avro, .records)
+        "too-large",
+        "no-value",
+        "not-avro",
+        "unknown-schema",
+        "incompatible-schema",
+        "corrupt-avro",
+        "unbound-schema",
+        "wrong-shape",
+        "wrong-type",
+        "upcast-failed",
+        # the processor
+        "no-key",
+        "bad-key",
+        "key-mismatch",
+        "unexpected-type",
+        "unknown-instance",
+        "definition-mismatch",
+        "outputs-too-large",
+        "instance-id-too-long",
+        # the worker
+        "no-handler",
+        "no-reply-address",
+        "handler-error",
+        "reply-undeliverable",
+        "bad-signature",
+        "bad-reply-address",
+    }
+)
 
 INPUTS = Counter("sagalog_inputs_processed_total", "Inbox records processed", ["saga"])
 ROUTED = Counter(
@@ -23,7 +81,7 @@ SAGAS = Counter(
 )
 IGNORED = Counter(
     "sagalog_inputs_ignored_total",
-    "Inputs ignored (duplicate or stale replies)",
+    "Inputs ignored (duplicate, stale or unmatched replies, operator actions that do not apply)",
     ["saga", "reason"],
 )
 DEAD_LETTERS = Counter(
@@ -61,6 +119,19 @@ COMMANDS_HANDLED = Counter(
 HANDLER_SECONDS = Histogram(
     "sagalog_worker_handler_seconds", "Time in a worker's command handler", ["worker", "command"]
 )
+
+
+def bounded(value: str, allowed: frozenset[str]) -> str:
+    """``value`` if it is one of ``allowed``, else ``OTHER``: a label value from a fixed set."""
+    return value if value in allowed else OTHER
+
+
+def count_ignored(saga: str, reason: str) -> None:
+    IGNORED.labels(saga=saga, reason=bounded(reason, IGNORED_REASONS)).inc()
+
+
+def count_dead_letter(owner: str, reason: str) -> None:
+    DEAD_LETTERS.labels(owner=owner, reason=bounded(reason, DEAD_LETTER_REASONS)).inc()
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> int:

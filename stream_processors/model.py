@@ -39,6 +39,9 @@ class OperatorAction(Event, schema="sagalog.OperatorAction"):
     reason: str
 
 
+#: The actions an ``OperatorAction`` may name; the processor ignores any other.
+OPERATOR_ACTIONS = ("retry", "cancel", "resolve")
+
 #: Inputs every saga takes, whatever it declares.
 ENGINE_INPUTS: tuple[type[Record], ...] = (CommandFailed, OperatorAction)
 
@@ -145,11 +148,18 @@ class SagaDefinition:
     def command_topics(self) -> frozenset[str]:
         return frozenset(spec.topic for spec in self.specs() if spec.topic is not None)
 
-    def source_topics(self) -> frozenset[str]:
-        """Topics of events that start or feed the saga (published by services)."""
+    @cached_property
+    def source_inputs(self) -> frozenset[type[Record]]:
+        """The types that may come from a service's topic: the start event, the events the saga
+        handles, and those its waits wait for. Never a worker's reply or an operator action:
+        those reach the inbox only from their own senders."""
         waited = [t for spec in self.specs() if spec.command is None for t in spec.success]
         waited += [t for spec in self.specs() if spec.command is None for t in spec.failure]
-        types = [self.start, *self.handlers, *waited]
+        return frozenset({self.start, *self.handlers, *waited})
+
+    def source_topics(self) -> frozenset[str]:
+        """Topics of events that start or feed the saga (published by services)."""
+        types = self.source_inputs
         return frozenset(t.__topic__ for t in types if issubclass(t, Event) and t.__topic__)
 
 

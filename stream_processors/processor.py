@@ -7,13 +7,19 @@ and the source topics' partitions it was given. For each input record, in partit
 - an *inbox record* is decoded, its instance loaded (open transaction's write cache, then the
   local store, else new), ``decide``d, and its journal entries and commands produced; the new
   state is staged as the instance's snapshot;
-- anything unreadable, keyless, too large, of a type the saga does not take, or naming an
-  unknown instance goes to the dead-letter topic, with the reason and origin in headers.
+- anything unreadable, keyless, too large, of a type the saga does not take, naming an
+  unknown instance, or keyed by another instance than it names (``key-mismatch``: see
+  ``stream_processors.keys``) goes to the dead-letter topic, with the reason and origin in
+  headers. A source event is routed by the instance its fields name, not by its Kafka key.
 
 Every commit interval the open Kafka transaction is committed with the staged snapshots (one per
 instance, however many inputs it had) and the consumed offsets. Only after the commit succeeds
 are the snapshots written to the local store with their changelog offsets. See
 docs/architecture.md, "The processing contract".
+
+With signing keys configured (``ProcessorConfig.signing``, by default from the environment; see
+``stream_processors.signing``), commands and routed events are signed, and an inbox record
+without a valid signature is dead-lettered as ``bad-signature`` before it is decoded.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka import (
@@ -43,13 +49,15 @@ from stream_processors.decide import Decision, Input, decide, decide_timer
 from stream_processors.instance import Instance, decode_snapshot, encode_snapshot, schedule
 from stream_processors.journal import Kind
 from stream_processors.kafka_config import consumer_config, producer_config
+from stream_processors.keys import KEY_MISMATCH, key_mismatch, route_key
 from stream_processors.model import SagaDefinition
-from stream_processors.records import Event, Record, decode_record
+from stream_processors.records import Record, decode_record
 from stream_processors.restore import restore_partition
 from stream_processors.routing import (
     COMMAND_ID,
     DLQ_DETAIL,
     DLQ_REASON,
+    INSTANCE,
     NOTE,
     command_headers,
     dead_letter_marks,
@@ -58,6 +66,14 @@ from stream_processors.routing import (
     received_headers,
 )
 from stream_processors.schema_history import prepare_saga_schemas
+from stream_processors.signing import (
+    BAD_SIGNATURE,
+    Keyring,
+    Purpose,
+    from_environment,
+    signed,
+    verify,
+)
 from stream_processors.store import (
     Due,
     DueRef,
@@ -104,6 +120,8 @@ class ProcessorConfig:
     cache_size: int = 50_000
     #: How long a finished instance's snapshot stays in the store (None: forever).
     retention_ms: int | None = WEEK_MS
+    #: Keys to sign commands and check inbox records with (None: signing off).
+    signing: Keyring | None = field(default_factory=from_environment)
 
 
 class _TransactionAborted(Exception):
@@ -355,10 +373,10 @@ class SagaProcessor:
         record = self._decoded(message)
         if record is None:
             return
-        if type(record) not in self.definition.inputs:
+        if type(record) not in self.definition.source_inputs:  # a reply or operator action too
             self._dead_letter(message, "unexpected-type", type(record).__qualname__)
             return
-        key = record.key() if isinstance(record, Event) else None
+        key = route_key(self.definition, record)  # by its fields, never its Kafka key
         if not key:
             self._dead_letter(message, "no-key", f"{type(record).__qualname__} names no instance")
             return
@@ -366,6 +384,8 @@ class SagaProcessor:
         if self._id_too_long(message, encoded):
             return
         value, headers = message.value(), origin_headers(message)
+        if self.config.signing is not None:
+            headers = signed(self.config.signing, Purpose.INBOX, inbox, encoded, value, headers)
         oversize = self._limit(inbox).oversize("routed copy", inbox, encoded, value, headers)
         if oversize is not None:
             self._dead_letter(message, limits.OUTPUTS_TOO_LARGE, oversize.detail())
@@ -381,6 +401,8 @@ class SagaProcessor:
         return detail is not None
 
     def _process(self, message: Message, partition: int) -> None:
+        if self.config.signing is not None and not self._verified(message, self.config.signing):
+            return
         record = self._decoded(message)
         if record is None:
             return
@@ -397,9 +419,15 @@ class SagaProcessor:
         assert value is not None
         if self._id_too_long(message, raw_key):
             return
-        instance = self._load(partition, instance_id)
         headers = message.headers()
         command_id, note = header(headers, COMMAND_ID), header(headers, NOTE)
+        mismatch = key_mismatch(
+            self.definition, record, instance_id, command_id, header(headers, INSTANCE)
+        )
+        if mismatch is not None:
+            self._dead_letter(message, KEY_MISMATCH, mismatch)
+            return
+        instance = self._load(partition, instance_id)
         now_ms = int(self.clock() * 1000)
         decision = decide(self.definition, instance, Input(record, value, command_id, note), now_ms)
         self._inputs_counter.inc()
@@ -407,7 +435,7 @@ class SagaProcessor:
             self._dead_letter(message, decision.rejected, type(record).__qualname__)
             return
         if decision.ignored is not None:
-            metrics.IGNORED.labels(reason=decision.ignored, **self._labels).inc()
+            metrics.count_ignored(self.definition.name, decision.ignored)
             return
         oversize = self._emit(decision, partition, raw_key, instance, now_ms)
         if oversize is not None:  # nothing of the decision was staged
@@ -435,14 +463,18 @@ class SagaProcessor:
             )
             for entry in decision.entries
         ]
+        signing = self.config.signing
         for command in decision.commands:
+            command_key, topic = command.key.encode(), command.topic
             headers = command_headers(
                 command.command_id, self.topics.inbox, command.key, self.definition.name
             )
+            if signing is not None:
+                headers = signed(
+                    signing, Purpose.COMMAND, topic, command_key, command.value, headers
+                )
             what = f"command {command.command_id[:200]}"
-            record = limits.Outgoing(
-                what, command.topic, command.key.encode(), command.value, headers
-            )
+            record = limits.Outgoing(what, topic, command_key, command.value, headers)
             outgoing.append((record, {}))
         snapshot = encode_snapshot(decision.instance)
         snapshots = self.topics.snapshots
@@ -530,6 +562,15 @@ class SagaProcessor:
         value = self.store.get(partition, instance_id)
         return None if value is None else decode_snapshot(value)
 
+    def _verified(self, message: Message, signing: Keyring) -> bool:
+        """Whether an inbox record's signature holds; if not, it is dead-lettered."""
+        key, value = message.key(), message.value()
+        problem = verify(signing, Purpose.INBOX, self.topics.inbox, key, value, message.headers())
+        if problem is None:
+            return True
+        self._dead_letter(message, BAD_SIGNATURE, problem)
+        return False
+
     def _dead_letter(self, message: Message, reason: str, detail: str) -> None:
         log.warning(
             "dead letter from %s[%s]@%s: %s %s",
@@ -542,7 +583,7 @@ class SagaProcessor:
         original = received_headers(message)
         marks = dead_letter_marks(message, reason, detail)
         self._send_dead_letter(message.key(), message.value(), original, marks)
-        metrics.DEAD_LETTERS.labels(owner=self.definition.name, reason=reason).inc()
+        metrics.count_dead_letter(self.definition.name, reason)
 
     def _dead_letter_timer(self, key: bytes, timer: str, oversize: limits.Oversize) -> None:
         """A timer's decision that would not fit: left undone, and said so on the DLQ (it has no
@@ -554,9 +595,7 @@ class SagaProcessor:
             (DLQ_DETAIL, detail[:1000].encode()),
         ]
         self._send_dead_letter(key, None, [], marks)
-        metrics.DEAD_LETTERS.labels(
-            owner=self.definition.name, reason=limits.OUTPUTS_TOO_LARGE
-        ).inc()
+        metrics.count_dead_letter(self.definition.name, limits.OUTPUTS_TOO_LARGE)
 
     def _send_dead_letter(
         self,

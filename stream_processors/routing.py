@@ -83,7 +83,15 @@ def _location(message: Message, prefix: str) -> Headers:
 
 
 def origin_headers(message: Message) -> Headers:
-    return _pairs(message.headers()) + _location(message, "sagalog.origin")
+    """A routed copy's headers: the source event's own, without any ``sagalog.*`` header (a
+    service cannot make its event pass for a reply, a signed record or an operator's), and
+    where it came from."""
+    own = [
+        (name, value)
+        for name, value in _pairs(message.headers())
+        if not name.startswith("sagalog.")
+    ]
+    return own + _location(message, "sagalog.origin")
 
 
 def dead_letter_headers(message: Message, reason: str, detail: str) -> Headers:

@@ -91,15 +91,12 @@ class SchemaHistory:
         self.topic = topic
         self.catalog = catalog
         self.timeout = timeout
-        #: How long a fingerprint the history did not have is not asked for again (seconds).
-        self.retry_unknown_after = 5.0
         self._by_topic: dict[str, dict[bytes, AvroSchema]] = {}
         self._by_fingerprint: dict[bytes, AvroSchema] = {}
         self._next_offset = 0
         self._topic_ready = False
         self._producer: Producer | None = None
         self._tried: set[tuple[str, bytes]] = set()
-        self._unknown: dict[bytes, float] = {}
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -191,8 +188,10 @@ class SchemaHistory:
     def serve_unknown(self) -> None:
         """Let the catalog ask the history for fingerprints it does not know.
 
-        An unknown fingerprint makes the history read what was recorded since it last read, at
-        most once per ``retry_unknown_after`` seconds for the same fingerprint.
+        An unknown fingerprint makes the history read what was recorded since it last read.
+        The catalog decides how often it asks (``stream_processors.avro``: a bounded cache of
+        fingerprints the history did not have, and at most one question per interval), so a
+        storm of unknown fingerprints does not become a storm of history reads.
         """
         self.catalog.fallback = self.lookup
 
@@ -201,10 +200,6 @@ class SchemaHistory:
         known = self._by_fingerprint.get(fp)
         if known is not None:
             return known
-        now = time.monotonic()
-        if now - self._unknown.get(fp, -self.retry_unknown_after) < self.retry_unknown_after:
-            return None
-        self._unknown[fp] = now
         try:
             self.load()
         except Exception as error:  # the record goes to a dead-letter topic; say why here

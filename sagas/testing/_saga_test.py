@@ -17,7 +17,7 @@ from sagas.saga import Saga
 from sagas.testing._invariants import assert_replays, assert_timers_consistent, expect
 from sagas.testing._workers import command_context, handle
 from sagas.worker import Worker
-from stream_processors.decide import Decision, Input, decide, decide_timer
+from stream_processors.decide import Decision, Input, decide, decide_timer, signal_command_id
 from stream_processors.decide import idempotency_key as step_key
 from stream_processors.fold import fold
 from stream_processors.instance import (
@@ -199,10 +199,25 @@ class SagaTest:
         """Send an event the saga takes (a wait's event, or one it has a handler for)."""
         return self._accepted(self.feed(event), f"event {type(event).__name__}")
 
-    def signal(self, event: Event, *, by: str = "tester", reason: str = "test") -> Decision:
-        """``sagas signal``: send ``event`` as an operator, journaled with who and why."""
+    def signal(
+        self,
+        event: Event,
+        *,
+        by: str = "tester",
+        reason: str = "test",
+        command_id: str | None = None,
+    ) -> Decision:
+        """``sagas signal``: send ``event`` as an operator, journaled with who and why.
+
+        As ``sagas.operator.signal`` does, a step's reply carries ``command_id`` if given, else
+        the step's id (``signal_command_id``), which matches the attempt in flight.
+        """
         note = f"signal by {by}: {reason}"
-        return self._accepted(self.feed(event, note=note), f"signal {type(event).__name__}")
+        if command_id is None and self._instance is not None:
+            instance_id = self._instance.instance_id
+            command_id = signal_command_id(self.definition, instance_id, type(event))
+        decision = self.feed(event, command_id, note=note)
+        return self._accepted(decision, f"signal {type(event).__name__}")
 
     def retry(self, *, by: str = "tester", reason: str = "test") -> Decision:
         """``sagas retry``: re-run the failed compensation of a parked instance."""

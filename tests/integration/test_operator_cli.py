@@ -27,7 +27,7 @@ from stream_processors.kafka_config import consumer_config
 from stream_processors.model import OperatorAction
 from stream_processors.records import decode_record
 from stream_processors.restore import watermarks
-from stream_processors.routing import DLQ_REASON, NOTE, dead_letter_headers, header
+from stream_processors.routing import COMMAND_ID, DLQ_REASON, NOTE, dead_letter_headers, header
 from stream_processors.topics import SagaTopics, ensure_topics
 from tests.conftest import KafkaCluster
 
@@ -348,6 +348,19 @@ def test_signal_sends_the_event_to_the_instance(
         order_id=instance, payment_id="pay-by-phone-1"
     )
     assert header(message.headers(), NOTE) == "signal by carol: paid by phone"
+    # It names the step, so it answers whichever attempt of the payment is in flight.
+    step = f"order_fulfillment/{instance}/payment"
+    assert header(message.headers(), COMMAND_ID) == step
+
+
+def test_signal_names_the_attempt_it_is_told_to(kafka: KafkaCluster, inbox: TopicTail) -> None:
+    instance = f"opcli-{uuid.uuid4().hex}"
+    data = json.dumps({"order_id": instance, "payment_id": "p"})
+    attempt = f"order_fulfillment/{instance}/payment/2"
+    args = ["signal", SAGA_TARGET, instance, "PaymentCompleted", "--data", data]
+    _ok(_cli(kafka, *args, "--reason", "paid", "--command-id", attempt))
+    (message,) = inbox.read(_keyed(instance))
+    assert header(message.headers(), COMMAND_ID) == attempt
 
 
 def test_signal_refuses_a_bad_type_or_bad_fields(kafka: KafkaCluster, inbox: TopicTail) -> None:

@@ -4,7 +4,8 @@ Covers: encode/decode round trips; the frame layout (``C3 01`` + the 8-byte litt
 CRC-64-AVRO fingerprint of the parsing canonical form, checked against fastavro, an independent
 implementation of the spec's algorithm and Avro's published test vector); each stable
 ``DecodeError`` reason (no-value, not-avro, unknown-schema, corrupt-avro, incompatible-schema);
-schema evolution through ``add_writer``; and the ``SchemaError`` cases of the catalog.
+schema evolution through ``add_writer``; the ``SchemaError`` cases of the catalog; and the
+bounds on asking the fallback (the schema history) about unknown fingerprints.
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ import pytest
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
 from stream_processors.avro import (
+    FALLBACK_INTERVAL,
     HEADER_SIZE,
     MAGIC,
+    UNKNOWN_CACHE_SIZE,
+    UNKNOWN_TTL,
+    AvroSchema,
     DecodeError,
     SchemaCatalog,
     SchemaError,
@@ -309,3 +314,114 @@ def test_load_directory_refuses_two_files_with_one_name(tmp_path: Path) -> None:
     (tmp_path / "b.avsc").write_text(json.dumps(V2))
     with pytest.raises(SchemaError, match="two different schemas"):
         SchemaCatalog().load_directory(tmp_path)
+
+
+# --- unknown fingerprints: asking the fallback is bounded ----------------------------------------
+
+
+class _Fallback:
+    """A schema history stand-in: counts questions; knows what was "recorded" in ``history``."""
+
+    def __init__(self, catalog: SchemaCatalog) -> None:
+        self.catalog = catalog
+        self.asked: list[bytes] = []
+        self.history: dict[bytes, AvroSchema] = {}
+
+    def __call__(self, fp: bytes) -> AvroSchema | None:
+        self.asked.append(fp)
+        for schema in self.history.values():  # a read takes in everything recorded so far
+            self.catalog.add_writer(schema)
+        return self.history.get(fp)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _asking(catalog: SchemaCatalog) -> tuple[_Fallback, _Clock]:
+    fallback, clock = _Fallback(catalog), _Clock()
+    catalog.fallback, catalog.clock = fallback, clock
+    return fallback, clock
+
+
+def _garbage(n: int) -> bytes:
+    return MAGIC + n.to_bytes(8, "little") + b"\x00"
+
+
+def _unknown(catalog: SchemaCatalog, data: bytes) -> None:
+    with pytest.raises(DecodeError, match="unknown-schema"):
+        decode(catalog, data)
+
+
+def test_a_storm_of_unknown_fingerprints_asks_the_fallback_once_per_interval(
+    catalog: SchemaCatalog,
+) -> None:
+    fallback, clock = _asking(catalog)
+    for n in range(3_000):
+        _unknown(catalog, _garbage(n))
+    assert len(fallback.asked) == 1
+    clock.now += FALLBACK_INTERVAL
+    for n in range(3_000, 6_000):
+        _unknown(catalog, _garbage(n))
+    assert len(fallback.asked) == 2
+    # The same fingerprint again: not asked until its time as unknown is up.
+    assert 10 * FALLBACK_INTERVAL < UNKNOWN_TTL - FALLBACK_INTERVAL
+    for _ in range(10):
+        clock.now += FALLBACK_INTERVAL
+        _unknown(catalog, _garbage(0))
+    assert fallback.asked.count(_garbage(0)[2:HEADER_SIZE]) == 1
+    clock.now += UNKNOWN_TTL
+    _unknown(catalog, _garbage(0))
+    assert fallback.asked.count(_garbage(0)[2:HEADER_SIZE]) == 2
+
+
+def test_the_unknown_fingerprints_remembered_are_bounded(catalog: SchemaCatalog) -> None:
+    fallback, clock = _asking(catalog)
+    for n in range(UNKNOWN_CACHE_SIZE + 100):
+        clock.now += FALLBACK_INTERVAL
+        _unknown(catalog, _garbage(n))
+    assert len(fallback.asked) == UNKNOWN_CACHE_SIZE + 100
+    assert len(catalog._unknown) == UNKNOWN_CACHE_SIZE
+    clock.now += FALLBACK_INTERVAL
+    _unknown(catalog, _garbage(0))  # the oldest was forgotten: asked again
+    assert len(fallback.asked) == UNKNOWN_CACHE_SIZE + 101
+
+
+def test_a_schema_recorded_later_is_found(catalog: SchemaCatalog) -> None:
+    fallback, clock = _asking(catalog)
+    late = parse({**V1, "name": "Late"})
+    record = encode(late, PARCEL)
+    _unknown(catalog, record)  # not recorded yet: remembered as unknown
+    fallback.history[late.fingerprint] = late  # recorded now, by its writer
+    _unknown(catalog, record)  # within its time as unknown: not asked again
+    clock.now += UNKNOWN_TTL
+    assert decode(catalog, record)[1] == PARCEL  # its time is up: asked, and found
+
+
+def test_a_schema_the_history_reads_for_another_fingerprint_is_known_at_once(
+    catalog: SchemaCatalog,
+) -> None:
+    fallback, clock = _asking(catalog)
+    late = parse({**V1, "name": "Late"})
+    record = encode(late, PARCEL)
+    _unknown(catalog, record)
+    fallback.history[late.fingerprint] = late
+    clock.now += FALLBACK_INTERVAL
+    _unknown(catalog, _garbage(1))  # this read takes in the late schema too
+    assert decode(catalog, record)[1] == PARCEL
+    assert len(fallback.asked) == 2
+
+
+def test_a_fingerprint_not_asked_in_a_storm_is_asked_next_time(catalog: SchemaCatalog) -> None:
+    fallback, clock = _asking(catalog)
+    late = parse({**V1, "name": "Late"})
+    _unknown(catalog, _garbage(1))
+    fallback.history[late.fingerprint] = late  # recorded just after that read
+    record = encode(late, PARCEL)
+    _unknown(catalog, record)  # within the interval: not asked, and not remembered as unknown
+    clock.now += FALLBACK_INTERVAL
+    assert decode(catalog, record)[1] == PARCEL

@@ -112,11 +112,20 @@ def test_happy_path() -> None:
     assert state.updated_at_ms == T0 + 3_000
 
 
-def test_replies_without_a_command_id_are_accepted() -> None:
+def test_a_reply_without_a_command_id_is_ignored_and_changes_nothing() -> None:
     run = Run()
     run.feed(ORDER)
-    assert kinds(run.feed(PAID))[:2] == [Kind.INPUT_ACCEPTED, Kind.STEP_SUCCEEDED]
-    assert run.instance.steps["payment"].status is StepStatus.SUCCEEDED
+    before, journal_length = run.instance, len(run.journal)
+    for reply in (PAID, PaymentFailed(order_id="o-1", reason="forged")):
+        decision = run.feed(reply)
+        assert decision.ignored == "no-command-id"
+        assert decision.entries == [] and decision.commands == []
+    assert run.instance == before and len(run.journal) == journal_length
+    # The reply that names the attempt is then taken as usual.
+    assert kinds(run.feed(PAID, command_id=PAY_ID))[:2] == [
+        Kind.INPUT_ACCEPTED,
+        Kind.STEP_SUCCEEDED,
+    ]
 
 
 def test_payment_failed_fails_the_saga_with_nothing_to_undo() -> None:
@@ -197,7 +206,7 @@ def test_duplicate_reply_after_the_step_finished_is_ignored() -> None:
     again = run.feed(PAID, command_id=PAY_ID)
     assert again.ignored == "duplicate"
     assert again.rejected is None
-    assert run.feed(PAID).ignored == "duplicate"  # no command id: still the same answer
+    assert run.feed(PAID).ignored == "no-command-id"  # it names no attempt at all
     # A different answer to the same, finished command is a duplicate delivery too.
     failed = PaymentFailed(order_id="o-1", reason="late")
     assert run.feed(failed, command_id=PAY_ID).ignored == "duplicate"
@@ -224,10 +233,10 @@ def test_reply_with_another_command_id_is_stale() -> None:
     assert run.feed(PAID, command_id=old_attempt).ignored == "stale"
 
 
-def test_reply_for_a_step_that_never_started_is_stale() -> None:
+def test_reply_for_a_step_that_never_started_is_unexpected() -> None:
     run = Run()
     run.feed(ORDER)
-    assert run.feed(SHIPPED, command_id=SHIP_ID).ignored == "stale"
+    assert run.feed(SHIPPED, command_id=SHIP_ID).ignored == "unexpected-reply"
     assert "shipping" not in run.instance.steps
 
 

@@ -439,3 +439,10 @@ def test_an_evolver_for_a_type_the_saga_never_receives_is_refused() -> None:
 
     assert "evolver for ShippingLabelCreated" in str(caught.value)
     assert "never receives" in str(caught.value)
+
+
+def test_only_service_events_may_come_from_source_topics() -> None:
+    """Replies and operator actions reach the inbox from workers and the CLI, never routed."""
+    definition = OrderFulfillment.definition
+    assert definition.source_inputs == {OrderPlaced}
+    assert PaymentCompleted in definition.inputs and OperatorAction in definition.inputs
