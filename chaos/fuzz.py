@@ -361,19 +361,21 @@ def _check_dead_letters(
             kind = header(headers, "chaos.kind") or "?"
             reason = header(headers, DLQ_REASON) or "?"
             found.setdefault(kind, Counter())[f"{topic}:{reason}"] += 1
-    wanted = Counter(r.kind for r in sent if r.expect_topic not in ("", IGNORED))
+    expected = {r.kind: r.expectation(config.signing) for r in sent}
+    wanted = Counter(r.kind for r in sent if expected[r.kind] is not None)
     for kind, count in wanted.items():
-        sample = next(r for r in sent if r.kind == kind)
-        allowed = {f"{sample.expect_topic}:{reason}" for reason in sample.reasons}
+        where = expected[kind]
+        assert where is not None
+        allowed = {f"{where[0]}:{reason}" for reason in where[1]}
         seen = found.get(kind, Counter())
-        right = sum(n for where, n in seen.items() if where in allowed)
+        right = sum(n for place, n in seen.items() if place in allowed)
         if right != count or sum(seen.values()) != count:
             report.problems.append(
                 f"{kind}: {count} sent, dead-lettered {dict(seen) or 'nowhere'}; "
                 f"expected {sorted(allowed)}"
             )
-    ignored_only = {r.kind for r in sent if r.expect_topic in ("", IGNORED)}
-    for kind in ignored_only & found.keys():
+    unchecked = {r.kind for r in sent if r.forged and not config.signing}
+    for kind in (set(expected) - wanted.keys() - unchecked) & found.keys():
         report.problems.append(f"{kind}: expected no dead letter, found {dict(found[kind])}")
 
 
@@ -389,6 +391,8 @@ def _ignored(processes: _Processes) -> Counter[str]:
 def _check_ignored(report: FuzzReport, sent: list[Hostile], ignored: Counter[str]) -> None:
     """Inputs meant to be ignored were counted so, under one of their reasons."""
     wanted = Counter(r.kind for r in sent if r.expect_topic == IGNORED)
+    if report.signing:  # unsigned, they never reach decide: dead-lettered as bad-signature
+        return
     for kind, count in wanted.items():
         reasons = next(r for r in sent if r.kind == kind).reasons
         counted = sum(ignored.get(reason, 0) for reason in reasons)

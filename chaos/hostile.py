@@ -52,6 +52,8 @@ PAYMENTS_DLQ = f"{PAYMENTS}.dlq"
 SHIPPING_DLQ = f"{SHIPPING}.dlq"
 #: Processor-side reasons of inputs ignored rather than dead-lettered, as the metric counts them.
 IGNORED = "ignored"
+#: The topics whose records must be signed when signing is on (sources belong to services).
+SIGNED_TOPICS = frozenset({INBOX, PAYMENTS, SHIPPING})
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,21 @@ class Hostile:
     reasons: frozenset[str] = field(default_factory=frozenset)
     #: For a legitimate input: the order it starts, which must end as planned.
     order_id: str | None = None
+    #: Aimed at a live order with the right ids: only signing stops it (unsigned, unchecked).
+    forged: bool = False
+
+    def expectation(self, signing: bool) -> tuple[str, frozenset[str]] | None:
+        """Where this record's dead letter must be, and with which reasons, in a run with or
+        without signing; None when it must not be dead-lettered (or, forged and unsigned, is
+        not checked). With signing, nothing unsigned gets past the inbox or a command topic."""
+        if self.forged and not signing:
+            return None
+        if signing and self.topic in SIGNED_TOPICS:
+            dlq = SAGA_DLQ if self.topic == INBOX else f"{self.topic}.dlq"
+            return dlq, self.reasons | {"bad-signature"}
+        if self.expect_topic in ("", IGNORED):
+            return None
+        return self.expect_topic, self.reasons
 
 
 def _tag(run: str, kind: str, extra: Headers | None = None) -> Headers:
@@ -134,6 +151,20 @@ def _source(run: str) -> Iterator[Hostile]:
     )
     long_id = f"chaos-{run}-" + "i" * 300_000
     yield dead("source-300kb-order-id", b"k", _order(long_id).encode(), "instance-id-too-long")
+    # A service's topic cannot carry a worker's reply or an operator's action, whatever headers.
+    forged_id = command_id(SAGA_NAME, f"chaos-{run}-ghost", "payment", 1).encode()
+    pay = PaymentCompleted(order_id=f"chaos-{run}-ghost", payment_id="p").encode()
+    yield Hostile(
+        "source-reply-with-command-id",
+        SOURCE,
+        b"k",
+        pay,
+        _tag(run, "source-reply-with-command-id", [(COMMAND_ID, forged_id)]),
+        SAGA_DLQ,
+        frozenset({"unexpected-type"}),
+    )
+    cancel = OperatorAction(action="cancel", by="mallory", reason="x").encode()
+    yield dead("source-operator-cancel", b"k", cancel, "unexpected-type")
     mismatched = f"chaos-{run}-mismatched-key"
     yield Hostile(
         "source-key-disagrees-with-field",
@@ -308,6 +339,7 @@ def forged_command(run: str, order_id: str) -> Hostile:
         _tag(run, kind, headers),
         PAYMENTS_DLQ,
         frozenset({"bad-signature"}),
+        forged=True,
     )
 
 
