@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from stream_processors.avro import AvroSchema, decode, encode
+from stream_processors.avro import AvroSchema, DecodeError, decode, encode
 from stream_processors.records import CATALOG, Record, decode_record
 
 # Importing the journal module loads the built-in schema folder, which holds sagalog.Snapshot.
@@ -147,7 +147,7 @@ def encode_snapshot(instance: Instance) -> bytes:
 
 
 def decode_snapshot(data: bytes) -> Instance:
-    _, datum = decode(CATALOG, data)
+    datum = _snapshot_datum(data)
     return Instance(
         instance_id=datum["instance"],
         saga_version=datum["saga_version"],
@@ -180,8 +180,16 @@ def schedule(instance: Instance) -> tuple[list[int], int | None]:
     return [timer.due_ms for timer in instance.timers.values()], finished
 
 
+def _snapshot_datum(data: bytes) -> dict[str, Any]:
+    """The decoded fields of an encoded snapshot; ``DecodeError`` for any other record."""
+    schema, datum = decode(CATALOG, data)
+    if schema.full_name != "sagalog.Snapshot":
+        raise DecodeError("wrong-type", f"expected a snapshot, got {schema.full_name}")
+    return dict(datum)
+
+
 def snapshot_schedule(data: bytes) -> tuple[list[int], int | None]:
     """``schedule`` of an encoded snapshot, without decoding the saga's own data."""
-    datum = decode(CATALOG, data)[1]
+    datum = _snapshot_datum(data)
     finished = datum["updated_at_ms"] if Status(datum["status"]).finished else None
     return [timer["due_ms"] for timer in datum["timers"]], finished

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 
+from stream_processors.avro import DecodeError
 from stream_processors.fold import apply
 from stream_processors.instance import Instance, decode_snapshot, encode_snapshot, schedule
 from stream_processors.journal import JournalEntry
@@ -83,7 +84,20 @@ def fold_partition(
 def _same(live: bytes, folded: bytes) -> bool:
     """Byte-identical, or identical once a snapshot written under an earlier schema version
     (of the snapshot or of the saga's state) is read as, and written again in, the current."""
-    return live == folded or encode_snapshot(decode_snapshot(live)) == folded
+    if live == folded:
+        return True
+    try:
+        return encode_snapshot(decode_snapshot(live)) == folded
+    except DecodeError:  # not a snapshot at all: a foreign writer's record
+        return False
+
+
+def _live_seq(live: bytes) -> int | None:
+    """The journal position of a live snapshot; None for a record that is not one."""
+    try:
+        return decode_snapshot(live).seq
+    except DecodeError:
+        return None
 
 
 @dataclass
@@ -137,10 +151,12 @@ def verify(
                 else:
                     report.differences.append(Difference(instance_id, partition, "missing"))
             elif not _same(snapshot, encode_snapshot(instance)):
-                if decode_snapshot(snapshot).seq < instance.seq:
+                live_seq = _live_seq(snapshot)
+                if live_seq is not None and live_seq < instance.seq:
                     report.in_flight += 1
                 else:
-                    report.differences.append(Difference(instance_id, partition, "differs"))
+                    problem = "differs" if live_seq is not None else "not-a-snapshot"
+                    report.differences.append(Difference(instance_id, partition, problem))
         for instance_id, value in live.items():
             if value is not None:
                 report.differences.append(Difference(instance_id, partition, "orphan"))

@@ -14,8 +14,16 @@ import logging
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
+from stream_processors.avro import DecodeError
 from stream_processors.instance import snapshot_schedule
 from stream_processors.store import DueRef, SnapshotStore, index_entries
 
@@ -54,6 +62,30 @@ class RestoreResult:
     started_at_offset: int
     high_watermark: int
     seconds: float
+
+
+def _restored(
+    message: Message,
+) -> tuple[str, bytes | None, tuple[list[int], int | None] | None] | None:
+    """(instance id, snapshot or None for a tombstone, its timers' schedule) of a changelog
+    record; None for a record no processor wrote (a key that is not text, a value that is not a
+    snapshot): skipped with a warning, so that a foreign record can never stop a restore."""
+    key, value = message.key(), message.value()
+    try:
+        instance_id = (key or b"").decode()
+        schedule = None if value is None else snapshot_schedule(value)
+    except (UnicodeDecodeError, DecodeError, KeyError, ValueError, TypeError) as error:
+        log.warning(
+            "changelog %s[%s]@%s is not a snapshot, skipped: %s",
+            message.topic(),
+            message.partition(),
+            message.offset(),
+            error,
+        )
+        return None
+    if not instance_id:
+        return None
+    return instance_id, value, schedule
 
 
 def restore_partition(
@@ -105,14 +137,12 @@ def restore_partition(
                 if message.error():
                     log.warning("restore of %s[%s]: %s", topic, partition, message.error())
                     continue
-                key = message.key()
-                if key is not None:
-                    instance_id, value = key.decode(), message.value()
+                restored = _restored(message)
+                if restored is not None:
+                    instance_id, value, schedule = restored
                     batch.append((partition, instance_id, value))
-                    if value is not None:
-                        index += index_entries(
-                            partition, instance_id, *snapshot_schedule(value), retention_ms
-                        )
+                    if schedule is not None:
+                        index += index_entries(partition, instance_id, *schedule, retention_ms)
                 last_offset = message.offset() or 0
                 read += 1
             if len(batch) >= BATCH:

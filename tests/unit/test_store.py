@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from examples.order_fulfillment.messages import PaymentCompleted
+from stream_processors.avro import DecodeError
+from stream_processors.instance import decode_snapshot, snapshot_schedule
 from stream_processors.store import SnapshotStore, claim_slot
 
 
@@ -69,3 +74,13 @@ def test_live_processes_get_distinct_slots_and_a_restart_gets_its_own_back(tmp_p
     assert again.identity == first.identity  # the restart is the same member, fencing the old
     again.release()
     second.release()
+
+
+def test_a_record_that_is_not_a_snapshot_is_refused_by_name_not_by_a_missing_field() -> None:
+    """A foreign record on the changelog (a worker once wrote a reply there) is a DecodeError,
+    which restore and verify skip or report, never a KeyError that stops the processor."""
+    foreign = PaymentCompleted(order_id="o-1", payment_id="p").encode()
+    for read in (snapshot_schedule, decode_snapshot):
+        with pytest.raises(DecodeError) as caught:
+            read(foreign)
+        assert caught.value.reason == "wrong-type"
