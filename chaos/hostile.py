@@ -30,6 +30,7 @@ from examples.order_fulfillment.messages import (
 from stream_processors.avro import MAGIC
 from stream_processors.decide import command_id
 from stream_processors.journal import JournalEntry
+from stream_processors.limits import record_size
 from stream_processors.model import CommandFailed, OperatorAction
 from stream_processors.records import Record
 from stream_processors.routing import COMMAND_ID, INSTANCE, REPLY_TO, SAGA, Headers, command_headers
@@ -113,6 +114,12 @@ def _padded_order(run: str, kind: str, total: int) -> bytes:
     raise ValueError(f"cannot pad an OrderPlaced to {total} bytes")
 
 
+def _value_room(run: str, kind: str, key: bytes, whole: int) -> int:
+    """The value size that makes a record with ``key`` and its chaos tags ``whole`` bytes, as
+    librdkafka and the engine count a record (``stream_processors.limits.record_size``)."""
+    return whole - record_size(key, b"", _tag(run, kind))
+
+
 def _command_headers(order_id: str, reply_to: str = INBOX, step: str = "payment") -> Headers:
     cid = command_id(SAGA_NAME, order_id, step, 1)
     headers = command_headers(cid, INBOX, order_id, SAGA_NAME)
@@ -138,16 +145,19 @@ def _source(run: str) -> Iterator[Hostile]:
         "source-unknown-fingerprint", b"k", MAGIC + os.urandom(8) + b"\x02", "unknown-schema"
     )
     yield dead("source-wrong-type", b"k", _payment(f"chaos-{run}-wt").encode(), "unexpected-type")
-    yield dead("source-garbage-at-input-limit", b"k", b"\x00" * INPUT_LIMIT, "not-avro")
-    yield dead("source-just-over-input-limit", b"k", MAGIC + bytes(INPUT_LIMIT - 1), "too-large")
-    over = TOPIC_LIMIT - SLACK
-    yield dead("source-order-near-topic-limit", b"k", _padded_order(run, "near", over), "too-large")
+    at = _value_room(run, "source-garbage-at-input-limit", b"k", INPUT_LIMIT)
+    yield dead("source-garbage-at-input-limit", b"k", b"\x01" * at, "not-avro")
+    over = _value_room(run, "source-just-over-input-limit", b"k", INPUT_LIMIT + 1)
+    yield dead("source-just-over-input-limit", b"k", MAGIC + bytes(over - 2), "too-large")
+    near = TOPIC_LIMIT - SLACK
+    yield dead("source-order-near-topic-limit", b"k", _padded_order(run, "near", near), "too-large")
+    at_key = f"chaos-{run}-at".encode()
+    room = _value_room(run, "source-order-at-input-limit", at_key, INPUT_LIMIT)
     yield dead(
         "source-order-at-input-limit",
-        f"chaos-{run}-at".encode(),
-        _padded_order(run, "at", INPUT_LIMIT),
-        "outputs-too-large",
-        "too-large",
+        at_key,
+        _padded_order(run, "at", room),
+        "outputs-too-large",  # accepted as an input; its routed copy (more headers) cannot fit
     )
     long_id = f"chaos-{run}-" + "i" * 300_000
     yield dead("source-300kb-order-id", b"k", _order(long_id).encode(), "instance-id-too-long")
@@ -200,7 +210,8 @@ def _inbox(run: str) -> Iterator[Hostile]:
     yield dead("inbox-bad-key", b"\xff\xfe\xfd", reply, "bad-key")
     yield dead("inbox-unknown-instance", ghost.encode(), reply, "unknown-instance")
     yield dead("inbox-not-avro", ghost.encode(), b"{json: true}", "not-avro")
-    yield dead("inbox-just-over-input-limit", b"k", MAGIC + bytes(INPUT_LIMIT), "too-large")
+    over = _value_room(run, "inbox-just-over-input-limit", b"k", INPUT_LIMIT + 1)
+    yield dead("inbox-just-over-input-limit", b"k", MAGIC + bytes(over - 2), "too-large")
     journal_entry = JournalEntry(
         instance=ghost, seq=0, kind="SagaStarted", at_ms=1, saga_version=1
     ).encode()
@@ -228,7 +239,7 @@ def _commands(run: str) -> Iterator[Hostile]:
     payment = _payment(target).encode()
     key = target.encode()
     yield dead("command-no-headers", PAYMENTS, key, payment, [], "no-reply-address")
-    yield dead("command-not-avro", PAYMENTS, key, b"\x00\x01garbage", [], "not-avro")
+    yield dead("command-not-avro", PAYMENTS, key, b"\x05garbage", [], "not-avro")
     label = CreateShippingLabel(order_id=target, postcode="1")
     yield dead(
         "command-for-another-worker",
@@ -324,6 +335,7 @@ def forged_reply(run: str, order_id: str, attempt_id: str, transient: bool) -> H
         headers,
         SAGA_DLQ,
         frozenset({"bad-signature"}),
+        forged=True,
     )
 
 
