@@ -70,6 +70,7 @@ from stream_processors.routing import (
     REPLY_TO,
     SAGA,
     Headers,
+    carried_headers,
     dead_letter_headers,
     header,
     received_headers,
@@ -502,7 +503,8 @@ class _Serving:
         where = f"{message.topic()}[{message.partition()}]@{message.offset()}"
         log.warning("reply to %s of command %s undeliverable: %s", reply_to[:300], where, why)
         metrics.count_dead_letter(self.worker.name, REPLY_UNDELIVERABLE)
-        original: Headers = [*headers, (REPLY_TO, reply_to.encode())]
+        # The command's own headers (trace context...) follow its reply, redriven or not.
+        original: Headers = [*headers, (REPLY_TO, reply_to.encode()), *carried_headers(message)]
         marks: Headers = [
             (DLQ_REASON, REPLY_UNDELIVERABLE.encode()),
             (DLQ_DETAIL, f"{why} (command {where})"[:1000].encode()),

@@ -82,16 +82,21 @@ def _location(message: Message, prefix: str) -> Headers:
     ]
 
 
-def origin_headers(message: Message) -> Headers:
-    """A routed copy's headers: the source event's own, without any ``sagalog.*`` header (a
-    service cannot make its event pass for a reply, a signed record or an operator's), and
-    where it came from."""
-    own = [
+def carried_headers(message: Message) -> Headers:
+    """A record's own headers minus Sagalog's (``sagalog.*``): what a record made from it
+    carries on (trace context, a service's tags), never routing or a signature it did not earn."""
+    return [
         (name, value)
         for name, value in _pairs(message.headers())
         if not name.startswith("sagalog.")
     ]
-    return own + _location(message, "sagalog.origin")
+
+
+def origin_headers(message: Message) -> Headers:
+    """A routed copy's headers: the source event's own, without any ``sagalog.*`` header (a
+    service cannot make its event pass for a reply, a signed record or an operator's), and
+    where it came from."""
+    return carried_headers(message) + _location(message, "sagalog.origin")
 
 
 def dead_letter_headers(message: Message, reason: str, detail: str) -> Headers:
