@@ -507,6 +507,11 @@ def dlq_redrive(
             missing = ", ".join(f"{p}:{o}" for p, o in absent)
             raise _fail(OperatorError(f"no dead letter{where} in {topic} at {missing}"))
         letters = [d for d in letters if (d.partition, d.offset) in wanted]
+    else:  # chosen by reason or --all: records cut to fit the DLQ are left out, and said so
+        cut = [d for d in letters if d.truncated]
+        letters = [d for d in letters if not d.truncated]
+        if cut:
+            typer.echo(f"left out {len(cut)} dead letters cut to fit {topic} (not the originals)")
     if not letters:
         what = f" with reason {reason}" if reason is not None else ""
         raise _fail(OperatorError(f"nothing to send back: no dead letters{what} in {topic}"))

@@ -34,7 +34,12 @@ from stream_processors.broker_limits import BrokerLimits
 from stream_processors.decide import signal_command_id
 from stream_processors.kafka_config import consumer_config, producer_config
 from stream_processors.kafka_errors import metadata as kafka_metadata
-from stream_processors.limits import record_size
+from stream_processors.limits import (
+    DLQ_DROPPED_HEADERS,
+    DLQ_KEY_TRUNCATED,
+    DLQ_TRUNCATED,
+    record_size,
+)
 from stream_processors.model import OPERATOR_ACTIONS, CommandFailed, OperatorAction, SagaDefinition
 from stream_processors.reading import ReadTimeout, committed_records
 from stream_processors.records import Event, Record
@@ -57,6 +62,8 @@ ACTIONS = OPERATOR_ACTIONS
 REDRIVEN_FROM = "sagalog.redriven_from"
 #: Headers the dead-letter queue adds to the original ones (``sagalog.dlq.*``).
 DLQ_PREFIX = "sagalog.dlq."
+#: Headers saying a dead letter was cut to fit (``stream_processors.limits``).
+_CUT = frozenset({DLQ_TRUNCATED, DLQ_KEY_TRUNCATED, DLQ_DROPPED_HEADERS})
 #: How long a send may take before it counts as failed (librdkafka's default is 5 minutes).
 DELIVERY_TIMEOUT_MS = 30_000
 
@@ -96,6 +103,9 @@ class DeadLetter:
     origin_offset: int | None
     timestamp: int | None
     headers: tuple[tuple[str, bytes | None], ...] = ()
+    #: The record was cut to fit the dead-letter topic (``sagalog.dlq.truncated`` and kin): the
+    #: evidence of what arrived, no longer the record itself.
+    truncated: bool = False
 
     @property
     def key_text(self) -> str | None:
@@ -131,6 +141,7 @@ class DeadLetter:
             origin_partition=_int(_text(received, DLQ_PARTITION)),
             origin_offset=_int(_text(received, DLQ_OFFSET)),
             timestamp=None if kind == TIMESTAMP_NOT_AVAILABLE else timestamp,
+            truncated=any(name in _CUT for name, _ in received),
             headers=tuple(
                 (name, value.encode() if isinstance(value, str) else value)
                 for name, value in received
@@ -374,6 +385,12 @@ def redrive(dlq_topic: str, selected: Sequence[DeadLetter], bootstrap: str | Non
     if unsendable:
         raise ValueError(
             f"not dead letters of {dlq_topic} with an origin topic: {', '.join(unsendable)}"
+        )
+    cut = [f"{d.partition}:{d.offset}" for d in selected if d.truncated]
+    if cut:
+        raise ValueError(
+            f"cut to fit {dlq_topic}, so not the records that arrived: {', '.join(cut)}; "
+            "leave them out (--offset) or resend the originals from their source"
         )
     if not selected:
         return 0
