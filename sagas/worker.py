@@ -86,7 +86,7 @@ from stream_processors.signing import (
     verify,
 )
 from stream_processors.store import claim_slot, default_state_dir
-from stream_processors.topics import ensure_plain_topics
+from stream_processors.topics import DLQ_POLICY, ensure_plain_topics
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +350,8 @@ class Worker:
         ``$SAGALOG_STATE_DIR/workers/<name>``) keeps this process's identity across restarts."""
         if not self._handlers:
             raise DeclarationError(f"worker {self.name!r} has no handlers")
-        ensure_plain_topics([*self.topics, *(f"{t}.dlq" for t in self.topics)], bootstrap)
+        ensure_plain_topics(self.topics, bootstrap)
+        ensure_plain_topics([f"{t}.dlq" for t in self.topics], bootstrap, config=DLQ_POLICY)
         if remember:
             partitions = ensure_handled_topic(self.group, self.topics, bootstrap)
             self._handled = HandledCommands(self.group, bootstrap, partitions)

@@ -22,6 +22,8 @@ from stream_processors.kafka_errors import connect_admin
 from stream_processors.model import SagaDefinition
 
 WEEK_MS = 7 * 24 * 3600 * 1000
+#: Every dead-letter topic's policy, a saga's or a worker's: kept four weeks for redrive.
+DLQ_POLICY = {"cleanup.policy": "delete", "retention.ms": str(4 * WEEK_MS)}
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ class SagaTopics:
             self.inbox: {"cleanup.policy": "delete", "retention.ms": str(WEEK_MS)},
             self.journal: {"cleanup.policy": "delete", "retention.ms": "-1"},
             self.snapshots: {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
-            self.dlq: {"cleanup.policy": "delete", "retention.ms": str(4 * WEEK_MS)},
+            self.dlq: dict(DLQ_POLICY),
         }
 
 

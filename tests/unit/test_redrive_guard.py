@@ -29,6 +29,6 @@ def _letter(offset: int, truncated: bool) -> DeadLetter:
 
 
 def test_a_truncated_dead_letter_is_not_redriven() -> None:
-    with pytest.raises(ValueError, match="cut to fit order_fulfillment.dlq") as caught:
+    with pytest.raises(ValueError, match=r"cut to fit order_fulfillment\.dlq") as caught:
         redrive("order_fulfillment.dlq", [_letter(3, False), _letter(4, True)], "127.0.0.1:1")
     assert "0:4" in str(caught.value) and "0:3" not in str(caught.value)
