@@ -18,6 +18,7 @@ import org.apache.avro.AvroRuntimeException;
 import org.apache.avro.generic.GenericData;
 import org.apache.avro.generic.GenericRecord;
 import org.apache.avro.message.BinaryMessageDecoder;
+import org.apache.kafka.clients.consumer.CloseOptions;
 import org.apache.kafka.clients.consumer.ConsumerConfig;
 import org.apache.kafka.clients.consumer.ConsumerRebalanceListener;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
@@ -185,7 +186,7 @@ public final class ShippingWorker {
     } finally {
       report();
       producer.close(Duration.ofSeconds(10));
-      consumer.close(Duration.ofSeconds(10));
+      consumer.close(CloseOptions.timeout(Duration.ofSeconds(10)));
       log("stopped");
     }
   }
