@@ -64,7 +64,12 @@ def free_port() -> int:
 
 @dataclass
 class LocalProcess:
-    """One ``sagas`` subprocess. ``args`` follow ``sagas``, e.g. ["run", "pkg.mod:Saga"]."""
+    """One ``sagas`` subprocess. ``args`` follow ``sagas``, e.g. ["run", "pkg.mod:Saga"].
+
+    ``program``, when given, is the whole command line of a process that is not ``sagas`` (a
+    service in another language, say): ``args``, ``python_args`` and the metrics port are then
+    unused, and the process gets the same log, environment and lifetime handling.
+    """
 
     args: list[str]
     log_path: Path
@@ -72,22 +77,24 @@ class LocalProcess:
     metrics_port: int = field(default_factory=free_port)
     #: Interpreter options before ``-m sagas``: e.g. ["-m", "pyinstrument", "-o", "out.txt"].
     python_args: list[str] = field(default_factory=list)
+    program: list[str] | None = None
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> LocalProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         environment = os.environ | {"PYTHONUNBUFFERED": "1"} | self.env
+        command = self.program or [
+            sys.executable,
+            *self.python_args,
+            "-m",
+            "sagas",
+            *self.args,
+            "--metrics-port",
+            str(self.metrics_port),
+        ]
         self.popen = subprocess.Popen(
-            [
-                sys.executable,
-                *self.python_args,
-                "-m",
-                "sagas",
-                *self.args,
-                "--metrics-port",
-                str(self.metrics_port),
-            ],
+            command,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=environment,

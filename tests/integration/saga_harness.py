@@ -62,7 +62,9 @@ class SagaProcesses:
     worker_targets: dict[str, str] = field(default_factory=lambda: dict(WORKER_TARGETS))
     env: dict[str, str] = field(default_factory=dict)
 
-    def _start(self, name: str, args: list[str], env: dict[str, str]) -> LocalProcess:
+    def _start(
+        self, name: str, args: list[str], env: dict[str, str], program: list[str] | None = None
+    ) -> LocalProcess:
         log_path = self.logs / f"{len(self.started):02d}-{name}.log"
         environment = {
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
@@ -72,7 +74,7 @@ class SagaProcesses:
             **self.env,
             **env,
         }
-        process = LocalProcess(args, log_path, env=environment)
+        process = LocalProcess(args, log_path, env=environment, program=program)
         self.started.append(process)
         return process.start()
 
@@ -91,6 +93,10 @@ class SagaProcesses:
     def worker(self, name: str, *args: str) -> LocalProcess:
         """A ``sagas worker`` of the service ``name`` (a key of ``worker_targets``)."""
         return self._start(name, ["worker", self.worker_targets[name], *args], {})
+
+    def program(self, name: str, command: list[str]) -> LocalProcess:
+        """Any other program (a service in another language), stopped and logged like the rest."""
+        return self._start(name, [], {}, program=command)
 
     def stop_all(self) -> None:
         for process in reversed(self.started):
@@ -485,17 +491,31 @@ class Jobs:
 
     def sagas(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run the ``sagas`` command line as an operator would."""
-        env = os.environ | {
-            "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap,
-            "PYTHONPATH": str(REPO_ROOT),
-        }
-        result = subprocess.run(
-            [sys.executable, "-m", "sagas", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=REPO_ROOT,
-            timeout=120,
-        )
-        assert result.returncode == 0, f"sagas {' '.join(args)}:\n{result.stdout}{result.stderr}"
-        return result
+        return run_sagas(self.kafka.bootstrap, *args)
+
+
+def sagas_cli(
+    bootstrap: str,
+    *args: str,
+    cwd: Path = REPO_ROOT,
+    path: tuple[Path, ...] = (),
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``sagas`` command line as an operator would (``path``: more on PYTHONPATH)."""
+    python_path = os.pathsep.join(str(p) for p in (*path, REPO_ROOT))
+    env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PYTHONPATH": python_path}
+    return subprocess.run(
+        [sys.executable, "-m", "sagas", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def run_sagas(bootstrap: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``sagas_cli``, failing the test unless the command exits 0."""
+    result = sagas_cli(bootstrap, *args)
+    assert result.returncode == 0, f"sagas {' '.join(args)}:\n{result.stdout}{result.stderr}"
+    return result

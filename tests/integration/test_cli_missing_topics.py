@@ -6,16 +6,13 @@ history or state, replaying it, and acting on one of its instances.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import KafkaCluster
-from tests.integration.saga_harness import REPO_ROOT
+from tests.integration.saga_harness import sagas_cli
 
 pytestmark = pytest.mark.kafka
 
@@ -47,18 +44,7 @@ def test_a_saga_never_run_has_no_topics_and_says_so(
 ) -> None:
     name = f"never_run_{uuid.uuid4().hex[:8]}"
     (tmp_path / "never_run.py").write_text(NEVER_RUN.format(name=name))
-    env = os.environ | {
-        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO_ROOT)]),
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "sagas", *command],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=30,
-    )
+    done = sagas_cli(kafka.bootstrap, *command, cwd=tmp_path, path=(tmp_path,), timeout=30)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr

@@ -12,10 +12,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -36,12 +34,12 @@ from stream_processors.topics import SagaTopics
 from tests.conftest import KafkaCluster
 from tests.integration.saga_harness import (
     FLAKY_TOPICS,
-    REPO_ROOT,
     TOPICS,
     CommittedReader,
     Jobs,
     SagaRun,
     key_prefix,
+    sagas_cli,
 )
 
 pytestmark = pytest.mark.kafka
@@ -49,15 +47,7 @@ TARGET = "examples.order_fulfillment.saga:OrderFulfillment"
 
 
 def _sagas(kafka: KafkaCluster, *args: str) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "sagas", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-        timeout=300,
-    )
+    return sagas_cli(kafka.bootstrap, *args, timeout=300)
 
 
 def _latest_snapshots(kafka: KafkaCluster, prefix: str) -> dict[str, bytes | None]:
