@@ -181,7 +181,7 @@ class _Deriving:
         if not isinstance(schema, Mapping):
             return schema
         kind = schema.get("type")
-        result = _plain(schema)
+        result = plain(schema)
         if kind in ("record", "error", "enum", "fixed"):
             full_name = _full_name(schema, namespace)
             if full_name in self.defined:
@@ -193,7 +193,7 @@ class _Deriving:
                 del result["namespace"]
         if "fields" in schema:
             result["fields"] = [
-                {**_plain(f), "type": self._inline(f["type"], namespace)} for f in schema["fields"]
+                {**plain(f), "type": self._inline(f["type"], namespace)} for f in schema["fields"]
             ]
         for key in ("items", "values"):
             if key in schema:
@@ -227,11 +227,12 @@ def _full_name(definition: Mapping[str, Any], namespace: str) -> str:
     return f"{own}.{name}" if own else name
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A schema definition as plain JSON types (definitions may hold any Mapping)."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value
 
 
@@ -268,13 +269,13 @@ def _ordered(schema: Any) -> Any:
         elif key in ("type", "items", "values"):
             result[key] = _ordered(value)
         else:
-            result[key] = _plain(value)
+            result[key] = plain(value)
     return result
 
 
 def _ordered_field(field: Mapping[str, Any]) -> dict[str, Any]:
     return {
-        key: _ordered(field[key]) if key == "type" else _plain(field[key])
+        key: _ordered(field[key]) if key == "type" else plain(field[key])
         for key in _by_preference(field, _FIELD_KEYS)
     }
 
@@ -302,7 +303,7 @@ def same_contract(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     names compared fully qualified)."""
 
     def semantic(definition: Mapping[str, Any]) -> Any:
-        return _without_docs(parse_schema(_plain(definition), _write_hint=False))
+        return _without_docs(parse_schema(plain(definition), _write_hint=False))
 
     return bool(semantic(a) == semantic(b))
 
@@ -314,5 +315,6 @@ __all__ = [
     "contract_json",
     "derive_definition",
     "field_specs",
+    "plain",
     "same_contract",
 ]

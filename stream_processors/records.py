@@ -98,13 +98,16 @@ def module_schema_folders(module_file: Path) -> list[Path]:
     return folders
 
 
+def schema_path_folders() -> list[Path]:
+    """The folders named in ``SAGALOG_SCHEMA_PATH``, in order."""
+    return [Path(p) for p in os.environ.get("SAGALOG_SCHEMA_PATH", "").split(os.pathsep) if p]
+
+
 def schema_search_path(module: str) -> list[Path]:
     """Where a class declared in ``module`` looks for its schema, in order (see above)."""
     module_file = getattr(sys.modules.get(module), "__file__", None)
     candidates = module_schema_folders(Path(module_file)) if module_file else []
-    candidates += [
-        Path(p) for p in os.environ.get("SAGALOG_SCHEMA_PATH", "").split(os.pathsep) if p
-    ]
+    candidates += schema_path_folders()
     candidates.append(BUILTIN_SCHEMAS)
     return candidates
 

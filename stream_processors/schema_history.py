@@ -46,6 +46,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 
 from stream_processors.avro import AvroSchema, SchemaCatalog, SchemaError, parse
 from stream_processors.compatibility import incompatibilities
+from stream_processors.derive import plain
 from stream_processors.journal import JournalEntry
 from stream_processors.kafka_config import bootstrap_servers, consumer_config, producer_config
 from stream_processors.model import SagaDefinition
@@ -350,7 +351,7 @@ class SchemaHistory:
             "topic": topic,
             "full_name": schema.full_name,
             "fingerprint": schema.fingerprint.hex(),
-            "definition": _plain(schema.definition),
+            "definition": plain(schema.definition),
             "recorded_at_ms": int(time.time() * 1000),
         }
         if recorded_by is not None:
@@ -418,15 +419,6 @@ class SchemaHistory:
         if not self._topic_ready:
             ensure_plain_topics([self.topic], self.bootstrap, 1, SCHEMAS_TOPIC_CONFIG)
             self._topic_ready = True
-
-
-def _plain(value: Any) -> Any:
-    """A schema definition as plain JSON types (definitions may hold any Mapping)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def refuse_incompatible(
