@@ -163,7 +163,10 @@ class _Deriving:
         elif origin is dict and len(args) == 2 and args[0] is str:
             return {"type": "map", "values": self.type(args[1], f"{path}{{}}")}
         else:
-            definition = self.named(hint)
+            try:
+                definition = self.named(hint)
+            except DerivationError as error:
+                raise DerivationError(f"field {path!r}: {error}") from None
             if definition is not None:
                 return self.record(definition)
         raise DerivationError(
