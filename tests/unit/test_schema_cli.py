@@ -5,7 +5,7 @@ fingerprint is given up on, even one remembered as unknown a moment ago); which 
 ``register`` checks a new writer against (``readers_of``: the project's current schema and the
 latest one Sagalog itself recorded for the topic, never one registered by hand); fingerprints
 given as 16 hex digits or as the 10-byte header. ``register``, ``list`` and ``forget`` against a
-broker are in ``tests/integration/test_schema_register.py``.
+broker are in ``tests/integration/test_schema_evolution.py``.
 """
 
 from __future__ import annotations
