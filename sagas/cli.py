@@ -7,6 +7,7 @@
     sagas dlq list payments.commands.dlq
     sagas dlq redrive payments.commands.dlq --offset 3:141
     sagas history examples.order_fulfillment.saga:OrderFulfillment order-17
+    sagas schemas register shipping-v2.avsc --topic shipping.events
 
 Targets are ``module:attribute``: a ``Saga`` subclass for ``run``, ``topics`` and the operator
 commands, a ``Worker`` for ``worker``. Every command reads ``KAFKA_BOOTSTRAP_SERVERS`` unless
@@ -24,6 +25,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Any
 
 import typer
@@ -72,6 +74,15 @@ def load_target(target: str) -> Any:
     module_name, _, attribute = target.partition(":")
     if not module_name or not attribute:
         raise typer.BadParameter(f"{target!r} is not module:attribute")
+    module = load_module(module_name)
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise typer.BadParameter(f"module {module_name} has no {attribute!r}") from None
+
+
+def load_module(module_name: str) -> ModuleType:
+    """Import ``module_name`` from the current folder or the path; exit clearly when absent."""
     if "" not in sys.path:
         sys.path.insert(0, "")  # targets are usually in the current project, not installed
     try:
@@ -83,10 +94,7 @@ def load_target(target: str) -> Any:
             f"no module {module_name!r} here: run sagas from your project's folder, "
             "or add it to PYTHONPATH"
         ) from None
-    try:
-        return getattr(module, attribute)
-    except AttributeError:
-        raise typer.BadParameter(f"module {module_name} has no {attribute!r}") from None
+    return module
 
 
 def _saga(target: str) -> type[Saga]:
@@ -531,6 +539,6 @@ def main() -> None:
     sys.exit(run_cli(app))
 
 
-# The journal-reading commands live in their own module and register on ``app`` when imported;
-# importing them last lets that module take what it shares from this one.
-from sagas import cli_history  # noqa: E402, F401
+# The journal-reading and schema commands live in modules of their own and register on ``app``
+# when imported; importing them last lets them take what they share from this one.
+from sagas import cli_history, cli_schemas  # noqa: E402, F401

@@ -362,6 +362,7 @@ class Worker:
         try:
             _Serving(self, bootstrap, f"{self.group}.{slot.identity}").serve(batch_size)
         finally:
+            self._history.close()
             slot.release()
 
 

@@ -21,6 +21,9 @@ catalog (the history read it, for any fingerprint) is known at once; one recorde
 its fingerprint was asked for is found after the TTL. The price: while unknown fingerprints
 arrive faster than the interval, a record whose writer schema was recorded in the last
 ``FALLBACK_INTERVAL`` seconds may be dead-lettered as ``unknown-schema`` (redrive it).
+A source that can tell what it received without asking anyone installs ``refresh`` (a history
+that follows its topic does): it runs before any of that, for every unknown fingerprint, so a
+schema recorded while the process runs is found from the next record on, TTL or not.
 """
 
 from __future__ import annotations
@@ -137,6 +140,9 @@ class SchemaCatalog:
         #: up on the record (a schema history installs one: see ``stream_processors.
         #: schema_history``). It returns the schema, having added it with ``add_writer``, or None.
         self.fallback: Callable[[bytes], AvroSchema | None] | None = None
+        #: Called first for a fingerprint the catalog does not know: cheap (no network), it adds
+        #: with ``add_writer`` what its source has received since (a followed schema history).
+        self.refresh: Callable[[], None] | None = None
         #: Fingerprints the fallback did not have, with when it was asked (oldest first).
         self._unknown: OrderedDict[bytes, float] = OrderedDict()
         self._asked_at = -float("inf")
@@ -261,6 +267,11 @@ class SchemaCatalog:
         within ``FALLBACK_INTERVAL`` of the last question (a fingerprint not asked is not
         remembered as unknown: it is asked about next time).
         """
+        if self.refresh is not None:
+            self.refresh()
+            received = self._by_fingerprint.get(fp)
+            if received is not None:
+                return received
         if self.fallback is None:
             return None
         now = self.clock()

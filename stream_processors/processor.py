@@ -65,7 +65,7 @@ from stream_processors.routing import (
     origin_headers,
     received_headers,
 )
-from stream_processors.schema_history import prepare_saga_schemas
+from stream_processors.schema_history import SchemaHistory, prepare_saga_schemas
 from stream_processors.signing import (
     BAD_SIGNATURE,
     Keyring,
@@ -167,6 +167,7 @@ class SagaProcessor:
         }
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
+        self._history: SchemaHistory | None = None  # set by run(); follows unknown fingerprints
         # The limits of the topics we write to (set by run()); see stream_processors.limits.
         self._limits: BrokerLimits | None = None
         # Snapshots encoded when checked, by slot: the commit writes them as they are.
@@ -192,7 +193,7 @@ class SagaProcessor:
         # -- schema evolution (stream_processors.schema_history) ---------------------------
         # Old writer schemas become readable; an incompatible schema change refuses to start
         # (IncompatibleSchemaError naming topic, schema and field); our schemas get recorded.
-        prepare_saga_schemas(self.definition, self.topics, config.bootstrap)
+        self._history = prepare_saga_schemas(self.definition, self.topics, config.bootstrap)
         # -----------------------------------------------------------------------------------
         if self.store.adopt_changelog(topic_id(self.topics.snapshots, config.bootstrap)):
             log.warning("the snapshots changelog was recreated: the local store starts afresh")
@@ -284,6 +285,8 @@ class SagaProcessor:
             if self.producer is not None:
                 self.producer.flush(10)
             self.store.close()
+            if self._history is not None:
+                self._history.close()
             self._slot.release()
 
     # -- per record --------------------------------------------------------------------------

@@ -15,6 +15,11 @@ first, up to and including the folder that holds its top-level package (so a sub
 schemas of its own next to the project's); the folders in ``SAGALOG_SCHEMA_PATH`` (separated by
 ``os.pathsep``); and Sagalog's own schemas, which ship inside the package.
 
+A team that would rather have the class as the one source of the record declares it with
+``derive=True``: the schema is then derived from the dataclass fields and type hints
+(``stream_processors.derive`` has the rules), and ``sagas schemas export`` writes the ``.avsc``
+files other languages use. A derived class may nest other record classes, in lists and maps too.
+
 Records written with an older version of a schema are read as the current version by Avro
 schema resolution (a new field takes its default). Where resolution is not enough (a field was
 renamed, split, or changed meaning), an *upcaster* registered with ``register_upcaster`` turns
@@ -26,6 +31,7 @@ This module is pure: no Kafka.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import sys
 import types
@@ -42,7 +48,9 @@ from stream_processors.avro import (
     SchemaCatalog,
     SchemaError,
     decode,
+    parse,
 )
+from stream_processors.derive import DerivationError, derive_definition, field_specs, same_contract
 from stream_processors.schema_registry import HttpSchemaRegistry
 
 #: The schemas of Sagalog itself (journal, snapshots, operator actions): package data.
@@ -90,25 +98,36 @@ def module_schema_folders(module_file: Path) -> list[Path]:
     return folders
 
 
+def schema_path_folders() -> list[Path]:
+    """The folders named in ``SAGALOG_SCHEMA_PATH``, in order."""
+    return [Path(p) for p in os.environ.get("SAGALOG_SCHEMA_PATH", "").split(os.pathsep) if p]
+
+
 def schema_search_path(module: str) -> list[Path]:
     """Where a class declared in ``module`` looks for its schema, in order (see above)."""
     module_file = getattr(sys.modules.get(module), "__file__", None)
     candidates = module_schema_folders(Path(module_file)) if module_file else []
-    candidates += [
-        Path(p) for p in os.environ.get("SAGALOG_SCHEMA_PATH", "").split(os.pathsep) if p
-    ]
+    candidates += schema_path_folders()
     candidates.append(BUILTIN_SCHEMAS)
     return candidates
 
 
-def _find_schema(full_name: str, module: str) -> AvroSchema:
+def _search_schema(full_name: str, module: str) -> tuple[AvroSchema | None, list[Path]]:
+    """The schema ``full_name`` from the catalog or the search path, and the folders searched."""
     if CATALOG.has(full_name):
-        return CATALOG.current(full_name)
+        return CATALOG.current(full_name), []
     candidates = schema_search_path(module)
     for directory in candidates:
         load_schema_directory(directory)
         if CATALOG.has(full_name):
-            return CATALOG.current(full_name)
+            return CATALOG.current(full_name), candidates
+    return None, candidates
+
+
+def _find_schema(full_name: str, module: str) -> AvroSchema:
+    found, candidates = _search_schema(full_name, module)
+    if found is not None:
+        return found
     searched = ", ".join(str(c) for c in candidates)
     raise DeclarationError(
         f"no Avro schema named {full_name!r}: add {full_name.rpartition('.')[2]}.avsc to a "
@@ -158,12 +177,7 @@ def _is_union(annotation: Any) -> bool:
 
 
 def _check_fields(cls: type, schema: AvroSchema) -> None:
-    try:
-        hints = typing.get_type_hints(cls)
-    except NameError as error:
-        raise DeclarationError(
-            f"{cls.__qualname__}: cannot resolve an annotation ({error})"
-        ) from error
+    hints = _type_hints(cls)
     own = {name: hint for name, hint in hints.items() if typing.get_origin(hint) is not ClassVar}
     avro_fields = {f["name"]: f for f in schema.definition["fields"]}
     where = f"{cls.__qualname__} (schema {schema.full_name})"
@@ -181,20 +195,128 @@ def _check_fields(cls: type, schema: AvroSchema) -> None:
             )
 
 
+def _type_hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except NameError as error:
+        raise DeclarationError(
+            f"{cls.__qualname__}: cannot resolve an annotation ({error})"
+        ) from error
+
+
+def _record_definition(hint: Any) -> Mapping[str, Any] | None:
+    if not (isinstance(hint, type) and issubclass(hint, Record)):
+        return None
+    if "__avro__" not in vars(hint):
+        raise DerivationError(f"{hint.__qualname__} is a record class with no schema")
+    return hint.__avro__.definition
+
+
+def _as_datum(value: Any) -> Mapping[str, Any] | None:
+    return value.to_avro() if isinstance(value, Record) else None
+
+
+def _derive_schema(cls: type, full_name: str, doc: str | None) -> AvroSchema:
+    """The schema derived from ``cls``: made current, unless a file defines it differently."""
+    where = f"{cls.__qualname__} (derived schema {full_name})"
+    try:
+        definition = derive_definition(
+            full_name,
+            field_specs(cls, _type_hints(cls)),
+            doc=inspect.cleandoc(doc) if doc else None,
+            named=_record_definition,
+            as_datum=_as_datum,
+        )
+        derived = parse(definition, f"derived from {cls.__module__}.{cls.__qualname__}")
+    except (DerivationError, SchemaError) as error:
+        raise DeclarationError(f"{where}: {error}") from None
+    existing, _ = _search_schema(full_name, cls.__module__)
+    if existing is None:
+        return CATALOG.add(derived)
+    if same_contract(existing.definition, definition):
+        return existing
+    raise DeclarationError(
+        f"{where}: {existing.source or 'the catalog'} defines {full_name} differently; with "
+        "derive=True the class is the source: export it again (sagas schemas export) or delete "
+        "that file"
+    )
+
+
+#: A field's value -> its Avro datum, and back (for fields that hold records).
+_Convert = Callable[[Any], Any]
+
+
+def _converters(hint: Any) -> tuple[_Convert, _Convert] | None:
+    """How to turn a field holding records into Avro data and back; None: as it is."""
+    if isinstance(hint, type) and issubclass(hint, Record):
+        record = hint
+
+        def out(value: Any) -> Any:
+            return value.to_avro() if isinstance(value, Record) else value
+
+        def into(datum: Any) -> Any:
+            return record.from_avro(datum) if isinstance(datum, Mapping) else datum
+
+        return out, into
+    args = typing.get_args(hint)
+    if _is_union(hint):
+        inner = next((_converters(a) for a in args if a is not type(None)), None)
+        if inner is None:
+            return None
+        inner_out, inner_into = inner
+        return (
+            lambda v: None if v is None else inner_out(v),
+            lambda d: None if d is None else inner_into(d),
+        )
+    origin = typing.get_origin(hint)
+    if origin in (list, dict):
+        items = _converters(args[-1])
+        if items is None:
+            return None
+        item_out, item_into = items
+        if origin is list:
+            return (lambda v: [item_out(x) for x in v], lambda d: [item_into(x) for x in d])
+        return (
+            lambda v: {k: item_out(x) for k, x in v.items()},
+            lambda d: {k: item_into(x) for k, x in d.items()},
+        )
+    return None
+
+
 @dataclass_transform(frozen_default=True)
 class Record:
-    """A frozen dataclass bound to an Avro schema. Subclass with ``schema="full.Name"``."""
+    """A frozen dataclass bound to an Avro schema. Subclass with ``schema="full.Name"``, and
+    ``derive=True`` to derive the schema from the class instead of reading it from a file."""
 
     __avro__: ClassVar[AvroSchema]
     __fields__: ClassVar[tuple[str, ...]]
+    #: Fields that hold records (derived classes only): (name, to Avro, from Avro).
+    __nested__: ClassVar[tuple[tuple[str, _Convert, _Convert], ...]] = ()
+    #: Whether the schema was derived from the class (``derive=True``).
+    __derived__: ClassVar[bool] = False
 
-    def __init_subclass__(cls, *, schema: str | None = None, **kwargs: Any) -> None:
+    def __init_subclass__(
+        cls, *, schema: str | None = None, derive: bool = False, **kwargs: Any
+    ) -> None:
         super().__init_subclass__(**kwargs)
         if schema is None:  # an abstract intermediate such as Event or Command
+            if derive:
+                raise DeclarationError(f"{cls.__qualname__}: derive=True needs schema='full.Name'")
             return
+        doc = cls.__dict__.get("__doc__")  # before dataclass() writes one of its own
         dataclasses.dataclass(frozen=True)(cls)
-        bound = _find_schema(schema, cls.__module__)
-        _check_fields(cls, bound)
+        if derive:
+            bound = _derive_schema(cls, schema, doc)
+            hints = _type_hints(cls)
+            cls.__nested__ = tuple(
+                (f.name, *converters)
+                for f in dataclasses.fields(typing.cast(Any, cls))
+                if (converters := _converters(hints[f.name])) is not None
+            )
+        else:
+            bound = _find_schema(schema, cls.__module__)
+            _check_fields(cls, bound)
+        cls.__derived__ = derive
         cls.__avro__ = bound
         cls.__fields__ = bound.field_names
         previous = _types_by_schema.get(bound.full_name)
@@ -205,13 +327,21 @@ class Record:
         _types_by_schema[bound.full_name] = cls
 
     def to_avro(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__fields__}
+        datum = {name: getattr(self, name) for name in self.__fields__}
+        for name, out, _ in self.__nested__:
+            datum[name] = out(datum[name])
+        return datum
 
     def encode(self) -> bytes:
         return CATALOG.encode(self.__avro__, self.to_avro())
 
     @classmethod
     def from_avro(cls, datum: Mapping[str, Any]) -> Self:
+        if cls.__nested__:
+            datum = dict(datum)
+            for name, _, into in cls.__nested__:
+                if name in datum:
+                    datum[name] = into(datum[name])
         return cls(**datum)
 
     @classmethod
@@ -264,6 +394,11 @@ class State(Record):
 def record_type(full_name: str) -> type[Record] | None:
     """The class bound to the schema ``full_name``, if any."""
     return _types_by_schema.get(full_name)
+
+
+def record_classes() -> list[type[Record]]:
+    """Every record class bound to a schema in this process, by full name."""
+    return [_types_by_schema[name] for name in sorted(_types_by_schema)]
 
 
 #: An upcaster: a record's fields as its old writer schema has them -> the current fields.
@@ -383,6 +518,7 @@ __all__ = [
     "Upcaster",
     "decode_record",
     "load_schema_directory",
+    "record_classes",
     "record_type",
     "register_upcaster",
     "registered_upcaster",

@@ -8,13 +8,20 @@ record per (topic, writer schema)::
 
     key    "<topic>/<fingerprint hex>"
     value  {"topic", "full_name", "fingerprint", "definition", "recorded_at_ms"}   (JSON)
+           optional: "recorded_by" (who: free text), "foreign": true (registered by hand)
 
 Who writes what records it before writing it: publishers their events' schemas (best effort),
 workers their replies' schemas (best effort), processors, when they start, the journal, snapshot,
-state and command schemas. ``load`` reads the whole history and adds every schema to the
-process catalog as a known writer, so old records are resolved onto the current schemas; a
-catalog served by ``serve_unknown`` also asks the history again when it meets a fingerprint it
-does not know (a schema recorded after it loaded).
+state and command schemas. A producer that is not Sagalog's (a Java service) has its schema
+recorded by hand: ``sagas schemas register`` (``sagas/cli_schemas.py``) writes the same record,
+marked ``foreign``. ``load`` reads the whole history and adds every schema to the process
+catalog as a known writer, so old records are resolved onto the current schemas; a catalog
+served by ``serve_unknown`` also asks the history again when it meets a fingerprint it does not
+know (a schema recorded after it loaded). Once it has met one the history lacked, it *follows*
+the history topic (a consumer whose fetches run in the client's background), and the catalog
+takes in what it received before it gives up on an unknown fingerprint (``SchemaCatalog.refresh``:
+no network): a schema registered while the process runs is read from the next record on, even
+one whose fingerprint the catalog had just given up on.
 
 When a processor starts, ``prepare_saga_schemas`` checks every schema the saga reads against the
 writer schemas recorded for the topic it reads it from (``stream_processors.compatibility``) and
@@ -32,12 +39,14 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from stream_processors.avro import AvroSchema, SchemaCatalog, SchemaError, parse
 from stream_processors.compatibility import incompatibilities
+from stream_processors.derive import plain
 from stream_processors.journal import JournalEntry
 from stream_processors.kafka_config import bootstrap_servers, consumer_config, producer_config
 from stream_processors.model import SagaDefinition
@@ -72,6 +81,18 @@ class IncompatibleSchemaError(SchemaError):
         )
 
 
+@dataclass(frozen=True)
+class RecordedSchema:
+    """One entry of the history: a writer schema of a topic, with who recorded it and when."""
+
+    topic: str
+    schema: AvroSchema
+    recorded_at_ms: int | None = None
+    recorded_by: str | None = None
+    #: Registered by hand for a producer that is not Sagalog's (``sagas schemas register``).
+    foreign: bool = False
+
+
 class SchemaHistory:
     """The writer schemas recorded per topic, read from and written to the history topic.
 
@@ -91,12 +112,14 @@ class SchemaHistory:
         self.topic = topic
         self.catalog = catalog
         self.timeout = timeout
-        self._by_topic: dict[str, dict[bytes, AvroSchema]] = {}
+        self._by_topic: dict[str, dict[bytes, RecordedSchema]] = {}
         self._by_fingerprint: dict[bytes, AvroSchema] = {}
         self._next_offset = 0
         self._topic_ready = False
         self._producer: Producer | None = None
         self._tried: set[tuple[str, bytes]] = set()
+        #: Follows the history topic once a fingerprint was not found (see ``refresh``).
+        self._follower: Consumer | None = None
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -139,7 +162,7 @@ class SchemaHistory:
                     raise SchemaHistoryError(
                         f"{self.topic}: read to offset {position} of {high} in {self.timeout} s"
                     )
-            self._next_offset = high
+            self._next_offset = max(self._next_offset, high)
             return read
         finally:
             consumer.close()
@@ -173,16 +196,36 @@ class SchemaHistory:
                 entry.get("fingerprint"),
                 schema.fingerprint.hex(),
             )
-        self.remember(topic, schema)
+        at, by = entry.get("recorded_at_ms"), entry.get("recorded_by")
+        self.remember(
+            topic,
+            schema,
+            recorded_at_ms=at if isinstance(at, int) else None,
+            recorded_by=by if isinstance(by, str) else None,
+            foreign=entry.get("foreign") is True,
+        )
 
-    def remember(self, topic: str, schema: AvroSchema) -> None:
+    def remember(
+        self,
+        topic: str,
+        schema: AvroSchema,
+        *,
+        recorded_at_ms: int | None = None,
+        recorded_by: str | None = None,
+        foreign: bool = False,
+    ) -> None:
         """Know that ``schema`` wrote to ``topic`` (what ``load`` does for each record read)."""
-        self._by_topic.setdefault(topic, {}).setdefault(schema.fingerprint, schema)
+        entry = RecordedSchema(topic, schema, recorded_at_ms, recorded_by, foreign)
+        self._by_topic.setdefault(topic, {}).setdefault(schema.fingerprint, entry)
         self._by_fingerprint.setdefault(schema.fingerprint, schema)
         self.catalog.add_writer(schema)
 
     def recorded(self, topic: str) -> list[AvroSchema]:
         """The writer schemas known to have been used on ``topic``."""
+        return [entry.schema for entry in self.entries(topic)]
+
+    def entries(self, topic: str) -> list[RecordedSchema]:
+        """The history's entries for ``topic``, in the order they were recorded."""
         return list(self._by_topic.get(topic, {}).values())
 
     def serve_unknown(self) -> None:
@@ -191,12 +234,19 @@ class SchemaHistory:
         An unknown fingerprint makes the history read what was recorded since it last read.
         The catalog decides how often it asks (``stream_processors.avro``: a bounded cache of
         fingerprints the history did not have, and at most one question per interval), so a
-        storm of unknown fingerprints does not become a storm of history reads.
+        storm of unknown fingerprints does not become a storm of history reads. Before it
+        decides not to ask, it takes in what the follower received (``refresh``).
         """
         self.catalog.fallback = self.lookup
+        self.catalog.refresh = self.refresh
 
     def lookup(self, fp: bytes) -> AvroSchema | None:
-        """The writer schema with fingerprint ``fp``, reading the history's tail if needed."""
+        """The writer schema with fingerprint ``fp``, reading the history's tail if needed.
+
+        When the history does not have it either, start following the history topic: a
+        schema recorded for it later (``sagas schemas register``) is then taken in by
+        ``refresh`` as soon as it arrives, whatever the catalog remembers as unknown.
+        """
         known = self._by_fingerprint.get(fp)
         if known is not None:
             return known
@@ -205,7 +255,53 @@ class SchemaHistory:
         except Exception as error:  # the record goes to a dead-letter topic; say why here
             log.warning("cannot read %s for fingerprint %s: %s", self.topic, fp.hex(), error)
             return None
-        return self._by_fingerprint.get(fp)
+        found = self._by_fingerprint.get(fp)
+        if found is None:
+            self._follow()
+        return found
+
+    def _follow(self) -> None:
+        if self._follower is not None:
+            return
+        try:
+            follower = Consumer(
+                consumer_config(
+                    self.bootstrap,
+                    "sagalog-schema-history",
+                    None,
+                    **{"group.id": "sagalog.schema-history", "fetch.wait.max.ms": 100},
+                )
+            )
+            follower.assign([TopicPartition(self.topic, 0, self._next_offset)])
+        except Exception as error:  # reading on demand (``lookup``) still works
+            log.warning("cannot follow %s: %s", self.topic, error)
+            return
+        self._follower = follower
+
+    def refresh(self) -> None:
+        """Take in the history records the follower has received: no network, no waiting.
+
+        Called by the catalog before it gives up on a fingerprint it does not know; a no-op
+        until ``lookup`` started following (or after ``close``).
+        """
+        if self._follower is None:
+            return
+        for message in self._follower.consume(num_messages=100, timeout=0):
+            offset = message.offset()
+            if message.error() is not None or offset is None or offset < self._next_offset:
+                continue
+            self._take(message)
+            self._next_offset = offset + 1
+
+    def close(self) -> None:
+        """Stop following the history; the catalog stops asking this history."""
+        if self.catalog.fallback == self.lookup:
+            self.catalog.fallback = None
+        if self.catalog.refresh == self.refresh:
+            self.catalog.refresh = None
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            follower.close()
 
     # -- checking ---------------------------------------------------------------------------
 
@@ -233,25 +329,44 @@ class SchemaHistory:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def record(self, topic: str, schema: AvroSchema) -> bool:
+    def record(
+        self,
+        topic: str,
+        schema: AvroSchema,
+        *,
+        recorded_by: str | None = None,
+        foreign: bool = False,
+    ) -> bool:
         """Record that ``schema`` writes to ``topic``; once per process. True if it produced.
 
-        Raises ``SchemaHistoryError`` when the broker does not acknowledge the record.
+        ``recorded_by`` says who (shown by ``sagas schemas list``); ``foreign`` marks a schema
+        registered by hand for a producer that is not Sagalog's. Raises ``SchemaHistoryError``
+        when the broker does not acknowledge the record.
         """
         mark = (bootstrap_servers(self.bootstrap), self.topic, topic, schema.fingerprint)
         if mark in _RECORDED or schema.fingerprint in self._by_topic.get(topic, {}):
             self.remember(topic, schema)
             return False
-        value = {
+        value: dict[str, Any] = {
             "topic": topic,
             "full_name": schema.full_name,
             "fingerprint": schema.fingerprint.hex(),
-            "definition": _plain(schema.definition),
+            "definition": plain(schema.definition),
             "recorded_at_ms": int(time.time() * 1000),
         }
+        if recorded_by is not None:
+            value["recorded_by"] = recorded_by
+        if foreign:
+            value["foreign"] = True
         self._produce(topic, schema.fingerprint, json.dumps(value, sort_keys=True).encode())
         _RECORDED.add(mark)
-        self.remember(topic, schema)
+        self.remember(
+            topic,
+            schema,
+            recorded_at_ms=value["recorded_at_ms"],
+            recorded_by=recorded_by,
+            foreign=foreign,
+        )
         return True
 
     def forget(self, topic: str, fingerprint: bytes) -> None:
@@ -304,15 +419,6 @@ class SchemaHistory:
         if not self._topic_ready:
             ensure_plain_topics([self.topic], self.bootstrap, 1, SCHEMAS_TOPIC_CONFIG)
             self._topic_ready = True
-
-
-def _plain(value: Any) -> Any:
-    """A schema definition as plain JSON types (definitions may hold any Mapping)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def refuse_incompatible(
@@ -395,6 +501,7 @@ def prepare_saga_schemas(
 __all__ = [
     "SCHEMAS_TOPIC",
     "IncompatibleSchemaError",
+    "RecordedSchema",
     "SchemaHistory",
     "SchemaHistoryError",
     "check_saga_schemas",

@@ -14,6 +14,16 @@
   a file): a ticket opened under v1 and closed after the event *and* the saga state gained a
   field with a default completes, its v1 snapshot read through the history; and a processor
   whose source event gained a field with no default exits non-zero, naming the field.
+- A foreign producer's new version (issue 17), with the ticket saga's processor running: a
+  producer that is not Sagalog's writes ``Opened`` v2 (an added optional field, single-object
+  encoded with a fingerprint no Python class or history entry has). Unregistered, it is
+  dead-lettered as ``unknown-schema`` (what happens to any writer schema nobody recorded). Then
+  ``sagas schemas register v2.avsc --topic ...`` (the real command line, run from the app's
+  folder so the readers' v1 is found in its ``schemas/``) records it and prints its fingerprint
+  and header; the processor, still running, reads the next v2 records (the fingerprint it had
+  just given up on included) and their sagas complete, nothing more dead-lettered. A v3 that
+  drops a field the readers need is refused in one line naming the field (exit 1); ``list``
+  shows v2 as foreign; ``forget`` removes it, and refuses to forget the readers' own v1.
 
 Every test uses its own schema namespace, topics and saga name; the history topic
 ``_sagalog.schemas`` is shared and only grows (one record per new schema).
@@ -38,12 +48,12 @@ from confluent_kafka import Producer
 
 from sagas.local import LocalProcess
 from sagas.worker import CommandContext, Worker
-from stream_processors.avro import DecodeError, SchemaCatalog, decode, parse
+from stream_processors.avro import DecodeError, SchemaCatalog, decode, encode, parse
 from stream_processors.instance import decode_snapshot
 from stream_processors.journal import JournalEntry, Kind
 from stream_processors.kafka_config import producer_config
 from stream_processors.records import CATALOG, Command, Event, decode_record
-from stream_processors.routing import command_headers
+from stream_processors.routing import DLQ_REASON, command_headers
 from stream_processors.schema_history import (
     IncompatibleSchemaError,
     SchemaHistory,
@@ -496,3 +506,114 @@ def test_a_processor_refuses_to_start_when_a_source_event_gains_a_required_field
     history.load()
     assert history.recorded(f"{tickets.saga}.snapshots") == []
     assert [s.fingerprint for s in history.recorded(tickets.topic)] == [v1.fingerprint]
+
+
+# --- a foreign writer registered with `sagas schemas register` ----------------------------------
+
+
+def sagas(app: TicketApp, *args: str) -> subprocess.CompletedProcess[str]:
+    """``sagas ARGS`` from the app's folder, as a person registering a schema would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "sagas", *args],
+        cwd=app.app,
+        env=os.environ | app.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_registered_foreign_writer_is_read_by_a_running_processor(
+    tickets: TicketApp, tmp_path: Path
+) -> None:
+    tickets.use("1")
+    v1 = tickets.definitions("1")
+    v2_definition = {
+        **v1["Opened"],
+        "fields": [
+            *v1["Opened"]["fields"],
+            {"name": "channel", "type": ["null", "string"], "default": None},
+        ],
+    }
+    v3_definition = {
+        **v1["Opened"],
+        "fields": [f for f in v1["Opened"]["fields"] if f["name"] != "title"],
+    }
+    v2, closed = parse(v2_definition), parse(v1["Closed"])
+    (tmp_path / "v2.avsc").write_text(json.dumps(v2_definition))
+    (tmp_path / "v3.avsc").write_text(json.dumps(v3_definition))
+    bootstrap = tickets.kafka.bootstrap
+
+    def opened(ticket: str) -> None:  # the foreign producer: v2, single-object encoding
+        datum = {"ticket_id": ticket, "title": f"about {ticket}", "channel": "java"}
+        produce(bootstrap, tickets.topic, ticket, encode(v2, datum))
+
+    def close(ticket: str) -> None:
+        produce(bootstrap, tickets.topic, ticket, encode(closed, {"ticket_id": ticket}))
+
+    processor = tickets.processor()
+    ready(processor)
+    journal = CommittedReader(bootstrap, f"{tickets.saga}.journal")
+    dlq = CommittedReader(bootstrap, f"{tickets.saga}.dlq")
+    entries: list[JournalEntry] = []
+    try:
+        # Unregistered: dead-lettered as unknown-schema.
+        opened("t-1")
+        letters = []
+        for _ in range(120):
+            letters += dlq.poll(0.5)
+            if letters:
+                break
+        assert [dict(m.headers() or [])[DLQ_REASON] for m in letters] == [b"unknown-schema"]
+
+        registered = sagas(
+            tickets, "schemas", "register", str(tmp_path / "v2.avsc"), "--topic", tickets.topic
+        )
+        assert registered.returncode == 0, registered.stdout + registered.stderr
+        assert f"recorded {tickets.namespace}.Opened for {tickets.topic}" in registered.stdout
+        assert f"fingerprint {v2.fingerprint.hex()}" in registered.stdout
+        assert f"header      c301{v2.fingerprint.hex()}" in registered.stdout
+
+        # The processor, still running, reads v2 from the next record on.
+        for ticket in ("t-2", "t-3"):
+            opened(ticket)
+            close(ticket)
+        for ticket in ("t-2", "t-3"):
+            wait_for_entries(journal, ticket, Kind.SAGA_COMPLETED, entries, 60)
+        assert dlq.poll(1.0) == []
+        assert processor.running, log_text(processor)
+    finally:
+        journal.close()
+        dlq.close()
+
+    # A v3 the readers cannot read is refused, naming the field.
+    refused = sagas(
+        tickets, "schemas", "register", str(tmp_path / "v3.avsc"), "--topic", tickets.topic
+    )
+    assert refused.returncode == 1
+    assert refused.stdout == ""
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "Opened.title: reader field has no default and the writer lacks it" in refused.stderr
+
+    listed = sagas(tickets, "schemas", "list", tickets.topic, "--json")
+    assert listed.returncode == 0, listed.stderr
+    entries_json = json.loads(listed.stdout)
+    foreign = [e for e in entries_json if e["fingerprint"] == v2.fingerprint.hex()]
+    assert [(e["full_name"], e["foreign"]) for e in foreign] == [
+        (f"{tickets.namespace}.Opened", True)
+    ]
+    assert foreign[0]["recorded_by"].startswith("sagas schemas register by ")
+    table = sagas(tickets, "schemas", "list", tickets.topic)
+    assert v2.fingerprint.hex() in table.stdout
+
+    forgot = sagas(tickets, "schemas", "forget", tickets.topic, v2.fingerprint.hex())
+    assert forgot.returncode == 0, forgot.stderr
+    after = json.loads(sagas(tickets, "schemas", "list", tickets.topic, "--json").stdout)
+    assert v2.fingerprint.hex() not in [e["fingerprint"] for e in after]
+    # v1, recorded as a Python publisher of the app would, is current in the app's schemas/
+    # folder: forgetting it is refused (Sagalog writes and reads it).
+    current = parse(v1["Opened"])
+    SchemaHistory(bootstrap, catalog=SchemaCatalog()).record(tickets.topic, current)
+    kept = sagas(tickets, "schemas", "forget", tickets.topic, current.fingerprint.hex())
+    assert kept.returncode == 1
+    assert f"{current.fingerprint.hex()} is the current schema of" in kept.stderr

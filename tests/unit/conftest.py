@@ -29,6 +29,11 @@ OPTIONAL_STRING = ["null", "string"]
 
 #: Every schema the unit tests declare classes against, by file name.
 TEST_SCHEMAS: dict[str, dict[str, Any]] = {
+    # tests/unit/test_derive.py: a file a derived class agrees with (docs aside)
+    "derive/Agreed.avsc": {
+        **_record("tests.unit.derive", "Agreed", _f("id", "string", doc="its id")),
+        "doc": "Written by hand.",
+    },
     # tests/unit/test_records.py
     "records/Shape.avsc": _record(
         "tests.unit.records",
