@@ -221,10 +221,18 @@ class Worker:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.stop())
 
-    def handle(self, message: Message) -> Answer:
+    def handle(
+        self,
+        message: Message,
+        remembered: Callable[[CommandContext], HandledCommand | None] | None = None,
+    ) -> Answer:
         """Answer one command record: its remembered reply, its handler's, or a dead letter.
 
         Pure of Kafka apart from reading ``message``: the runtime loop does the sending.
+        ``remembered`` looks a command up among those handled before (by default the group's
+        ``<group>.handled`` records, when ``run`` keeps them; ``sagas.faust`` passes its table).
+        ``message`` needs only confluent-kafka's accessors: ``topic()``, ``partition()``,
+        ``offset()``, ``key()``, ``value()``, ``headers()``.
         """
         if self.signing is not None:  # before anything in the record is believed
             topic, key, value = message.topic() or "", message.key(), message.value()
@@ -247,7 +255,7 @@ class Worker:
         if refusal is not None:
             return self._dead(message, BAD_REPLY_ADDRESS, refusal)
         context = command_context(message, command_id, instance_id)
-        known = self._remembered(context)
+        known = (remembered or self._remembered)(context)
         if known is not None:  # handled before: answer the same, without a second effect
             refusal = self.reply_addresses.refusal(known.reply_to)  # remembered before a change
             if refusal is not None:
@@ -255,7 +263,7 @@ class Worker:
             self._count(command, "repeated")
             again = (known.reply_to, known.instance_id.encode(), known.reply, command_id)
             cut = None if known.truncated is None else f"reply of {known.truncated} bytes"
-            return Answer(self._reply_record(*again), undeliverable=cut)
+            return Answer(self.reply_record(*again), undeliverable=cut)
         try:
             reply = self._reply(command, context)
         except _HandlerCrashed as crash:  # a bug in the handler: park the command, keep serving
@@ -267,11 +275,11 @@ class Worker:
             command_id, reply_to, instance_id, value, context.topic, context.partition
         )
         return Answer(
-            self._reply_record(reply_to, instance_id.encode(), value, command_id), handled
+            self.reply_record(reply_to, instance_id.encode(), value, command_id), handled
         )
 
-    def _reply_record(self, topic: str, key: bytes, value: bytes, command_id: str) -> Outgoing:
-        """A reply to send: signed when the worker has keys."""
+    def reply_record(self, topic: str, key: bytes, value: bytes, command_id: str) -> Outgoing:
+        """A reply to send: (topic, key, value, headers), signed when the worker has keys."""
         headers = reply_headers(command_id)
         if self.signing is not None:
             headers = signed(self.signing, Purpose.INBOX, topic, key, value, headers)

@@ -1,0 +1,262 @@
+"""Faust applications as Sagalog's neighbours: a codec, services as agents, starting sagas.
+
+Needs the optional extra ``sagalog[faust]`` (faust-streaming); nothing else in Sagalog imports
+this package, and importing it registers the codec.
+
+- ``CODEC_NAME`` (``"sagalog"``): a Faust codec for Sagalog records, registered on import, so
+  ``app.topic("orders.events", value_serializer="sagalog")`` carries typed records. It encodes
+  with ``Record.encode()`` (single-object encoding, or the Confluent wire format when a schema
+  registry is configured) and decodes with ``decode_record`` (old writer schemas are resolved,
+  upcasters applied, exactly as in the engine). An undecodable value is Faust's
+  ``ValueDecodeError``: Faust logs and skips it.
+- ``worker_agent(app, worker)``: one agent per command topic of a ``sagas.worker.Worker``,
+  serving its handlers through ``Worker.handle`` (so through ``Worker.answer``, the code
+  ``sagas worker`` runs): the same reply records (headers, signatures), allowed reply
+  addresses, idempotency keys and dead letters (``<topic>.dlq``, same reasons and headers).
+- ``publish(app, event)``: an event to its own topic, keyed and partitioned as ``Publisher``
+  does, its schema recorded in the schema history.
+
+Guarantees of ``worker_agent`` (the app must run with ``processing_guarantee="exactly_once"``,
+which is checked): Faust gives each (partition group, partition) a transactional producer whose
+transaction also commits the consumed offsets of that partition. The reply is sent through the
+producer of the *command's* partition, and the handled command is remembered in a Faust table
+keyed by instance id (``<topic>.handled``: {command id: base64 of the reply}), whose changelog
+partition is the command's partition. So the reply, the remembered reply and the command's
+offset commit together or not at all; a command delivered again after that (a restart, a
+rebalance) is answered with the remembered reply without its handler running. A crash before
+the commit repeats the handler (at least once: pass ``context.idempotency_key`` to the side
+effect). The difference from ``sagas worker``: that one remembers replies by command id on
+the group's ``<group>.handled`` topic and restores them when partitions are assigned; here
+Faust's table (its changelog ``<app id>-<topic>.handled-changelog`` and local store) does it,
+keyed by instance id, and entries are never expired (the table grows with the instances).
+A reply is only as small as the broker allows: unlike ``sagas worker``, the agent does not
+check sizes before producing (no ``reply-undeliverable`` dead letters; a refused reply fails
+the transaction).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import faust  # type: ignore[import-untyped]
+from faust.serializers import codecs  # type: ignore[import-untyped]
+
+from sagas.idempotency import HandledCommand
+from sagas.worker import CommandContext, Outgoing, Worker
+from stream_processors.kafka_config import bootstrap_servers
+from stream_processors.records import Event, Record, decode_record
+from stream_processors.routing import Headers
+from stream_processors.schema_history import SchemaHistory
+from stream_processors.topics import DLQ_POLICY, ensure_plain_topics
+
+log = logging.getLogger(__name__)
+
+#: The name the codec is registered under: ``value_serializer="sagalog"``.
+CODEC_NAME = "sagalog"
+
+#: Topic options for raw bytes, keys and values, as Sagalog's own records are read.
+RAW: dict[str, Any] = {
+    "key_type": bytes,
+    "value_type": bytes,
+    "key_serializer": "raw",
+    "value_serializer": "raw",
+}
+
+
+class SagalogCodec(codecs.Codec):  # type: ignore[misc]
+    """Sagalog ``Record`` <-> bytes: ``record.encode()`` and ``decode_record``."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        if isinstance(obj, Record):
+            return obj.encode()
+        raise TypeError(f"the {CODEC_NAME} codec encodes Sagalog records, not {type(obj)!r}")
+
+    def _loads(self, s: bytes) -> Any:
+        return decode_record(s)
+
+
+codecs.register(CODEC_NAME, SagalogCodec())
+
+
+class _Received:
+    """A Faust message seen through confluent-kafka's accessors, as ``Worker.handle`` reads."""
+
+    def __init__(self, message: Any) -> None:
+        self._message = message
+
+    def topic(self) -> str:
+        return str(self._message.topic)
+
+    def partition(self) -> int:
+        return int(self._message.partition)
+
+    def offset(self) -> int:
+        return int(self._message.offset)
+
+    def key(self) -> bytes | None:
+        key: bytes | None = self._message.key
+        return key
+
+    def value(self) -> bytes | None:
+        value: bytes | None = self._message.value
+        return value
+
+    def headers(self) -> Headers:
+        headers = self._message.headers or []
+        if isinstance(headers, dict):
+            headers = list(headers.items())
+        return [(str(name), value) for name, value in headers]
+
+
+_histories: dict[str, SchemaHistory] = {}
+
+
+def _history(bootstrap: str | None) -> SchemaHistory:
+    """One schema history per broker for the process (its writes are best effort)."""
+    servers = bootstrap_servers(bootstrap)
+    if servers not in _histories:
+        _histories[servers] = SchemaHistory(servers)
+    return _histories[servers]
+
+
+def _transactional_id(app: Any, topic: str, partition: int) -> str:
+    """The id of Faust's transactional producer whose transaction commits ``topic[partition]``'s
+    offsets (``faust.transport.consumer.TransactionManager.commit`` names them the same way)."""
+    group = app.assignor.group_for_topic(topic)
+    return f"{app.conf.id}-{group}-{partition}"
+
+
+def table_name(topic: str) -> str:
+    """The Faust table remembering the commands of ``topic`` a worker agent handled."""
+    return f"{topic}.handled"
+
+
+def worker_agent(
+    app: Any,
+    worker: Worker,
+    *,
+    partitions: int | None = None,
+    bootstrap: str | None = None,
+) -> list[Any]:
+    """Serve ``worker``'s handlers in ``app``: one agent per command topic; returns the agents.
+
+    ``partitions``: the command topics' partition count (the handled tables' must be the same;
+    default the app's ``topic_partitions``). The app must use ``processing_guarantee=
+    "exactly_once"``. See the module's docstring for the guarantees.
+    """
+    if str(app.conf.processing_guarantee).split(".")[-1].lower() != "exactly_once":
+        raise ValueError(
+            f"worker_agent({worker.name!r}): the app must run with "
+            'processing_guarantee="exactly_once" (replies commit with the consumed offsets)'
+        )
+    if not worker.topics:
+        raise ValueError(f"worker {worker.name!r} has no handlers")
+    count = partitions or int(app.conf.topic_partitions)
+    agents = [_agent(app, worker, topic, count, bootstrap) for topic in worker.topics]
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def _prepare() -> None:
+        """Reply schemas go to the schema history; unknown command schemas are asked there."""
+        worker._history = _history(bootstrap)
+        worker._history.serve_unknown()
+
+    ensure = [*worker.topics]
+    ensure_plain_topics(ensure, bootstrap)
+    ensure_plain_topics([f"{t}.dlq" for t in ensure], bootstrap, config=DLQ_POLICY)
+    return agents
+
+
+def _agent(app: Any, worker: Worker, topic: str, partitions: int, bootstrap: str | None) -> Any:
+    commands = app.topic(topic, partitions=partitions, **RAW)
+    handled = app.Table(table_name(topic), partitions=partitions, value_serializer="json")
+
+    def remembered_in(received: _Received) -> Callable[[CommandContext], HandledCommand | None]:
+        def remembered(context: CommandContext) -> HandledCommand | None:
+            replies = handled.get(context.instance_id) or {}
+            reply = replies.get(context.command_id)
+            if reply is None:
+                return None
+            return HandledCommand(
+                context.command_id,
+                # The same record delivered again carries the same address.
+                _header(received, "sagalog.reply_to") or "",
+                context.instance_id,
+                base64.b64decode(reply),
+                context.topic,
+                context.partition,
+            )
+
+        return remembered
+
+    async def serve(stream: Any) -> None:
+        async for event in stream.events():
+            received = _Received(event.message)
+            answer = worker.handle(received, remembered=remembered_in(received))
+            tid = _transactional_id(app, received.topic(), received.partition())
+            await _send(app, answer.outgoing, tid)
+            if answer.handled is not None:
+                instance = answer.handled.instance_id
+                replies = dict(handled.get(instance) or {})
+                replies[answer.handled.command_id] = base64.b64encode(answer.handled.reply).decode()
+                handled[instance] = replies
+
+    serve.__name__ = serve.__qualname__ = f"{worker.name}_{topic}".replace(".", "_")
+    return app.agent(commands, name=f"sagalog.worker.{worker.name}.{topic}")(serve)
+
+
+def _header(received: _Received, name: str) -> str | None:
+    for key, value in reversed(received.headers()):
+        if key == name and value is not None:
+            return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    return None
+
+
+async def _send(app: Any, outgoing: Outgoing, transactional_id: str | None = None) -> None:
+    """Produce one record through Faust's producer (in ``transactional_id``'s transaction)."""
+    topic, key, value, headers = outgoing
+    producer = app.producer
+    await producer.maybe_start()
+    pairs = [(name, value) for name, value in headers]
+    sent: Awaitable[Any] = await producer.send(
+        topic, key, value, None, None, pairs, transactional_id=transactional_id
+    )
+    await sent
+
+
+async def publish(
+    app: Any,
+    event: Event,
+    *,
+    topic: str | None = None,
+    headers: Sequence[tuple[str, bytes]] | None = None,
+    bootstrap: str | None = None,
+) -> None:
+    """Send ``event`` to its topic (or ``topic``), keyed by its key field, as ``Publisher`` does.
+
+    Partitioned by the Kafka key with aiokafka's ``DefaultPartitioner``: murmur2 as Java's
+    client computes it (``stream_processors.history.partition_for``, librdkafka's
+    ``murmur2_random``), unless the app sets ``producer_partitioner``. The event's schema is
+    recorded in the schema history first (best effort). Not part of any transaction: use it
+    to start sagas from a Faust task, timer or web view.
+    """
+    target = topic or event.__topic__
+    if target is None:
+        raise ValueError(f"{type(event).__qualname__} declares no topic; pass topic=")
+    _history(bootstrap).try_record(target, event.__avro__)
+    key = event.key()
+    outgoing = (target, None if key is None else key.encode(), event.encode(), list(headers or []))
+    await _send(app, outgoing)
+
+
+__all__ = [
+    "CODEC_NAME",
+    "RAW",
+    "SagalogCodec",
+    "faust",
+    "publish",
+    "table_name",
+    "worker_agent",
+]
