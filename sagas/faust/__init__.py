@@ -50,6 +50,7 @@ from stream_processors.kafka_config import bootstrap_servers
 from stream_processors.records import Event, Record, decode_record
 from stream_processors.routing import Headers
 from stream_processors.schema_history import SchemaHistory
+from stream_processors.kafka_errors import connect_admin
 from stream_processors.topics import DLQ_POLICY, ensure_plain_topics
 
 log = logging.getLogger(__name__)
@@ -143,8 +144,8 @@ def worker_agent(
 ) -> list[Any]:
     """Serve ``worker``'s handlers in ``app``: one agent per command topic; returns the agents.
 
-    ``partitions``: the command topics' partition count (the handled tables' must be the same;
-    default the app's ``topic_partitions``). The app must use ``processing_guarantee=
+    The command topics (and their ``.dlq``) are made if missing, with ``partitions`` (default
+    the app's ``topic_partitions``); each handled table gets its command topic's partition count. The app must use ``processing_guarantee=
     "exactly_once"``. See the module's docstring for the guarantees.
     """
     if str(app.conf.processing_guarantee).split(".")[-1].lower() != "exactly_once":
@@ -155,7 +156,14 @@ def worker_agent(
     if not worker.topics:
         raise ValueError(f"worker {worker.name!r} has no handlers")
     count = partitions or int(app.conf.topic_partitions)
-    agents = [_agent(app, worker, topic, count, bootstrap) for topic in worker.topics]
+    ensure_plain_topics(worker.topics, bootstrap, partitions=count)
+    ensure_plain_topics([f"{t}.dlq" for t in worker.topics], bootstrap, config=DLQ_POLICY)
+    admin = connect_admin(bootstrap, "sagalog-faust")
+    found = admin.list_topics(timeout=15).topics
+    agents = [
+        _agent(app, worker, topic, len(found[topic].partitions), bootstrap)
+        for topic in worker.topics
+    ]
 
     @app.task  # type: ignore[untyped-decorator]
     async def _prepare() -> None:
@@ -163,15 +171,12 @@ def worker_agent(
         worker._history = _history(bootstrap)
         worker._history.serve_unknown()
 
-    ensure = [*worker.topics]
-    ensure_plain_topics(ensure, bootstrap)
-    ensure_plain_topics([f"{t}.dlq" for t in ensure], bootstrap, config=DLQ_POLICY)
     return agents
 
 
 def _agent(app: Any, worker: Worker, topic: str, partitions: int, bootstrap: str | None) -> Any:
     commands = app.topic(topic, partitions=partitions, **RAW)
-    handled = app.Table(table_name(topic), partitions=partitions, value_serializer="json")
+    handled = app.Table(table_name(topic), partitions=partitions, default=None)
 
     def remembered_in(received: _Received) -> Callable[[CommandContext], HandledCommand | None]:
         def remembered(context: CommandContext) -> HandledCommand | None:

@@ -1,0 +1,101 @@
+"""Faust applications beside the engine, on a real broker: every one a subprocess.
+
+A Faust application (``examples.faust_services.app place-orders``) starts the sagas with
+``sagas.faust.publish``: planned orders with injected payment and shipping failures. The
+payment service runs as a Faust agent (``sagas.faust.worker_agent`` over the example's
+``payments`` Worker), shipping as ``sagas worker``, the processor as ``sagas run``. Checked:
+every saga ends as its plan implies (read from the journal); each command is answered once (the
+replies on the inbox, counted by command id, and the command ids on the command topics); nothing
+is dead-lettered by the Faust agent; and the Faust read model (``examples.faust_read_model``)
+serves, from its web view, the same counts by terminal state as the journal holds.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from sagas.local import LocalProcess, free_port
+from stream_processors.routing import COMMAND_ID
+from tests.integration.saga_harness import (
+    TOPICS,
+    CommittedReader,
+    SagaRun,
+    header_of,
+    key_prefix,
+    wait_for_log,
+)
+
+pytest.importorskip("faust")
+
+ORDERS = 500
+SERVICES = "examples.faust_services.app"
+READ_MODEL = "examples.faust_read_model.app"
+
+
+def faust_worker(saga: SagaRun, module: str, name: str, tmp_path: Path) -> tuple[LocalProcess, int]:
+    port = free_port()
+    command = [sys.executable, "-m", module, "--datadir", str(tmp_path / name)]
+    command += ["worker", "-l", "info", "--web-port", str(port), "--web-host", "127.0.0.1"]
+    return saga.processes.program(name, command), port
+
+
+def by_state(port: int) -> dict[str, int]:
+    url = f"http://127.0.0.1:{port}/orders/by-state/"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        counts: dict[str, int] = json.loads(response.read())["by_state"]
+    return counts
+
+
+@pytest.mark.kafka
+def test_faust_publisher_agent_and_read_model_beside_the_engine(
+    saga: SagaRun, tmp_path: Path
+) -> None:
+    began = time.monotonic()
+    bootstrap = saga.kafka.bootstrap
+    inbox = CommittedReader(bootstrap, TOPICS.inbox, from_end=True, keep=key_prefix(saga.prefix))
+    dlq = CommittedReader(bootstrap, "payments.commands.dlq", from_end=True)
+    orders = saga.plan(ORDERS, seed=16, failures=0.1)
+    assert {o.expected for o in orders} == {"completed", "failed", "compensated"}
+
+    saga.processes.env |= {"READ_MODEL_PREFIX": saga.prefix, "READ_MODEL_OFFSET_RESET": "latest"}
+    saga.start_processor()
+    saga.processes.worker("shipping")
+    payments, _ = faust_worker(saga, SERVICES, "faust-payments", tmp_path)
+    model, port = faust_worker(saga, READ_MODEL, "faust-read-model", tmp_path)
+    for app in (payments, model):  # assigned and recovered before anything is sent
+        wait_for_log(app, lambda text: "Ready" in text, 90, "a ready Faust worker")
+
+    command = [sys.executable, "-m", SERVICES, "--datadir", str(tmp_path / "faust-publisher")]
+    command += ["place-orders", "--count", str(ORDERS), "--seed", "16", "--run-id", saga.run_id]
+    command += ["--failures", "0.1"]
+    publisher = saga.processes.program("faust-publisher", command)
+    assert publisher.popen is not None and publisher.popen.wait(60) == 0, publisher.log_tail()
+
+    outcomes = saga.outcomes(orders, timeout=120)
+    assert outcomes == {o.event.order_id: o.expected for o in orders}
+
+    # Each command answered once: one reply per command id on the inbox, one command per id.
+    replies = Counter(header_of(m, COMMAND_ID) for m in inbox.read_to_end())
+    replies.pop(None, None)  # the routed OrderPlaced events carry no command id
+    assert replies and set(replies.values()) == {1}, replies.most_common(3)
+    commands = saga.committed_command_ids()
+    assert set(commands.values()) == {1}, commands.most_common(3)
+    assert set(replies) == set(commands)
+    assert dlq.poll(1) == []
+
+    # The read model's counts equal the journal's terminal states.
+    wanted = dict(Counter(outcomes.values()))
+    deadline = time.monotonic() + 30
+    while (seen := by_state(port)) != wanted and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert seen == wanted
+    for reader in (inbox, dlq):
+        reader.close()
+    print(f"faust neighbours: {ORDERS} sagas in {time.monotonic() - began:.1f} s")
