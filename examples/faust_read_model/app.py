@@ -51,7 +51,6 @@ app = faust.App(
     store="memory://",
     datadir=os.environ.get("FAUST_DATADIR", ".sagalog/faust-read-model"),
     consumer_auto_offset_reset=os.environ.get("READ_MODEL_OFFSET_RESET", "earliest"),
-    topic_allow_declare=False,  # the engine owns the journal
 )
 
 journal = app.topic(JOURNAL, key_type=bytes, key_serializer="raw", value_serializer="sagalog")
