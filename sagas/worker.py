@@ -274,9 +274,7 @@ class Worker:
         handled = HandledCommand(
             command_id, reply_to, instance_id, value, context.topic, context.partition
         )
-        return Answer(
-            self.reply_record(reply_to, instance_id.encode(), value, command_id), handled
-        )
+        return Answer(self.reply_record(reply_to, instance_id.encode(), value, command_id), handled)
 
     def reply_record(self, topic: str, key: bytes, value: bytes, command_id: str) -> Outgoing:
         """A reply to send: (topic, key, value, headers), signed when the worker has keys."""

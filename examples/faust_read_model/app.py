@@ -29,7 +29,7 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
-import faust  # type: ignore[import-untyped]
+import faust
 
 import sagas.faust  # noqa: F401  (registers the "sagalog" codec)
 from stream_processors.journal import JournalEntry, Kind

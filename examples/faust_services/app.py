@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import os
 
-import faust  # type: ignore[import-untyped]
-from faust.cli import option  # type: ignore[import-untyped]
+import faust
+from faust.cli import option
 
 from examples.order_fulfillment.scenario import plan_orders
 from examples.order_fulfillment.services import payments

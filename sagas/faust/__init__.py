@@ -41,16 +41,16 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import faust  # type: ignore[import-untyped]
-from faust.serializers import codecs  # type: ignore[import-untyped]
+import faust
+from faust.serializers import codecs
 
 from sagas.idempotency import HandledCommand
 from sagas.worker import CommandContext, Outgoing, Worker
 from stream_processors.kafka_config import bootstrap_servers
+from stream_processors.kafka_errors import connect_admin
 from stream_processors.records import Event, Record, decode_record
 from stream_processors.routing import Headers
 from stream_processors.schema_history import SchemaHistory
-from stream_processors.kafka_errors import connect_admin
 from stream_processors.topics import DLQ_POLICY, ensure_plain_topics
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ RAW: dict[str, Any] = {
 }
 
 
-class SagalogCodec(codecs.Codec):  # type: ignore[misc]
+class SagalogCodec(codecs.Codec):
     """Sagalog ``Record`` <-> bytes: ``record.encode()`` and ``decode_record``."""
 
     def _dumps(self, obj: Any) -> bytes:
@@ -145,8 +145,9 @@ def worker_agent(
     """Serve ``worker``'s handlers in ``app``: one agent per command topic; returns the agents.
 
     The command topics (and their ``.dlq``) are made if missing, with ``partitions`` (default
-    the app's ``topic_partitions``); each handled table gets its command topic's partition count. The app must use ``processing_guarantee=
-    "exactly_once"``. See the module's docstring for the guarantees.
+    the app's ``topic_partitions``); each handled table gets its command topic's partition
+    count. The app must use ``processing_guarantee="exactly_once"``. See the module's docstring
+    for the guarantees.
     """
     if str(app.conf.processing_guarantee).split(".")[-1].lower() != "exactly_once":
         raise ValueError(
@@ -196,11 +197,35 @@ def _agent(app: Any, worker: Worker, topic: str, partitions: int, bootstrap: str
 
         return remembered
 
+    seen: set[int] = set()
+
     async def serve(stream: Any) -> None:
         async for event in stream.events():
             received = _Received(event.message)
-            answer = worker.handle(received, remembered=remembered_in(received))
+            # Worker.handle reads only confluent-kafka's accessors, which _Received provides.
+            message: Any = received
+            answer = worker.handle(message, remembered=remembered_in(received))
             tid = _transactional_id(app, received.topic(), received.partition())
+            if received.partition() not in seen:  # what the guarantee rests on, once each
+                seen.add(received.partition())
+                changelog = handled.changelog_topic.get_topic_name()
+                same = app.assignor.group_for_topic(changelog) == app.assignor.group_for_topic(
+                    topic
+                )
+                log.info(
+                    "worker agent %s: %s[%s] replies in transaction %s; table changelog %s "
+                    "in the same partition group: %s",
+                    worker.name,
+                    topic,
+                    received.partition(),
+                    tid,
+                    changelog,
+                    same,
+                )
+                if not same:
+                    log.error(
+                        "%s and %s are not co-partitioned: not exactly once", topic, changelog
+                    )
             await _send(app, answer.outgoing, tid)
             if answer.handled is not None:
                 instance = answer.handled.instance_id
@@ -252,8 +277,8 @@ async def publish(
         raise ValueError(f"{type(event).__qualname__} declares no topic; pass topic=")
     _history(bootstrap).try_record(target, event.__avro__)
     key = event.key()
-    outgoing = (target, None if key is None else key.encode(), event.encode(), list(headers or []))
-    await _send(app, outgoing)
+    pairs: Headers = list(headers or [])
+    await _send(app, (target, None if key is None else key.encode(), event.encode(), pairs))
 
 
 __all__ = [

@@ -32,8 +32,6 @@ from tests.integration.saga_harness import (
     wait_for_log,
 )
 
-pytest.importorskip("faust")
-
 ORDERS = 500
 SERVICES = "examples.faust_services.app"
 READ_MODEL = "examples.faust_read_model.app"

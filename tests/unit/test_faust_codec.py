@@ -13,17 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
+from faust.serializers import codecs
 
-pytest.importorskip("faust")
-
-from aiokafka.partitioner import DefaultPartitioner  # noqa: E402
-from faust.serializers import codecs  # noqa: E402
-
-import sagas.faust  # noqa: E402
-from examples.order_fulfillment.messages import OrderPlaced  # noqa: E402
-from stream_processors.avro import encode, parse  # noqa: E402
-from stream_processors.history import partition_for  # noqa: E402
-from stream_processors.records import CATALOG  # noqa: E402
+import sagas.faust
+from examples.order_fulfillment.messages import OrderPlaced
+from stream_processors.avro import encode, parse
+from stream_processors.history import partition_for
+from stream_processors.records import CATALOG
 
 ORDER = OrderPlaced("order-1", "customer-7", 1250, "tok_ok", "10115")
 
