@@ -49,7 +49,7 @@ from sagas.worker import CommandContext, Outgoing, Worker
 from stream_processors.kafka_config import bootstrap_servers
 from stream_processors.kafka_errors import connect_admin
 from stream_processors.records import Event, Record, decode_record
-from stream_processors.routing import Headers
+from stream_processors.routing import COMMAND_ID, REPLY_TO, Headers, header
 from stream_processors.schema_history import SchemaHistory
 from stream_processors.topics import DLQ_POLICY, ensure_plain_topics
 
@@ -188,7 +188,7 @@ def _agent(app: Any, worker: Worker, topic: str, partitions: int, bootstrap: str
             return HandledCommand(
                 context.command_id,
                 # The same record delivered again carries the same address.
-                _header(received, "sagalog.reply_to") or "",
+                header(received.headers(), REPLY_TO) or "",
                 context.instance_id,
                 base64.b64decode(reply),
                 context.topic,
@@ -227,6 +227,12 @@ def _agent(app: Any, worker: Worker, topic: str, partitions: int, bootstrap: str
                         "%s and %s are not co-partitioned: not exactly once", topic, changelog
                     )
             await _send(app, answer.outgoing, tid)
+            if answer.handled is None and not answer.dead:
+                log.info(
+                    "worker agent %s: %s answered again from the table, its handler not run",
+                    worker.name,
+                    header(answer.outgoing[3], COMMAND_ID),
+                )
             if answer.handled is not None:
                 instance = answer.handled.instance_id
                 replies = dict(handled.get(instance) or {})
@@ -235,13 +241,6 @@ def _agent(app: Any, worker: Worker, topic: str, partitions: int, bootstrap: str
 
     serve.__name__ = serve.__qualname__ = f"{worker.name}_{topic}".replace(".", "_")
     return app.agent(commands, name=f"sagalog.worker.{worker.name}.{topic}")(serve)
-
-
-def _header(received: _Received, name: str) -> str | None:
-    for key, value in reversed(received.headers()):
-        if key == name and value is not None:
-            return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-    return None
 
 
 async def _send(app: Any, outgoing: Outgoing, transactional_id: str | None = None) -> None:

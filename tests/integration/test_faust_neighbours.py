@@ -6,8 +6,10 @@ payment service runs as a Faust agent (``sagas.faust.worker_agent`` over the exa
 ``payments`` Worker), shipping as ``sagas worker``, the processor as ``sagas run``. Checked:
 every saga ends as its plan implies (read from the journal); each command is answered once (the
 replies on the inbox, counted by command id, and the command ids on the command topics); nothing
-is dead-lettered by the Faust agent; and the Faust read model (``examples.faust_read_model``)
-serves, from its web view, the same counts by terminal state as the journal holds.
+is dead-lettered by the Faust agent, whose command topic and handled table are co-partitioned
+(it logs so); the Faust read model (``examples.faust_read_model``) serves, from its web view,
+the same counts by terminal state as the journal holds; and a copy of a handled command sent
+again is answered from the agent's table (the same reply bytes), its handler not run.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 
 from sagas.local import LocalProcess, free_port
 from stream_processors.routing import COMMAND_ID
@@ -29,6 +32,7 @@ from tests.integration.saga_harness import (
     SagaRun,
     header_of,
     key_prefix,
+    log_text,
     wait_for_log,
 )
 
@@ -58,6 +62,9 @@ def test_faust_publisher_agent_and_read_model_beside_the_engine(
     began = time.monotonic()
     bootstrap = saga.kafka.bootstrap
     inbox = CommittedReader(bootstrap, TOPICS.inbox, from_end=True, keep=key_prefix(saga.prefix))
+    payment_commands = CommittedReader(
+        bootstrap, "payments.commands", from_end=True, keep=key_prefix(saga.prefix)
+    )
     dlq = CommittedReader(bootstrap, "payments.commands.dlq", from_end=True)
     orders = saga.plan(ORDERS, seed=16, failures=0.1)
     assert {o.expected for o in orders} == {"completed", "failed", "compensated"}
@@ -80,7 +87,8 @@ def test_faust_publisher_agent_and_read_model_beside_the_engine(
     assert outcomes == {o.event.order_id: o.expected for o in orders}
 
     # Each command answered once: one reply per command id on the inbox, one command per id.
-    replies = Counter(header_of(m, COMMAND_ID) for m in inbox.read_to_end())
+    received = inbox.read_to_end()
+    replies = Counter(header_of(m, COMMAND_ID) for m in received)
     replies.pop(None, None)  # the routed OrderPlaced events carry no command id
     assert replies and set(replies.values()) == {1}, replies.most_common(3)
     commands = saga.committed_command_ids()
@@ -94,6 +102,33 @@ def test_faust_publisher_agent_and_read_model_beside_the_engine(
     while (seen := by_state(port)) != wanted and time.monotonic() < deadline:
         time.sleep(0.5)
     assert seen == wanted
-    for reader in (inbox, dlq):
+
+    log = log_text(payments)
+    assert "in the same partition group: True" in log and "not exactly once" not in log
+    # A handled command delivered again: the remembered reply, the handler not run.
+    again = payment_commands.read_to_end()[0]
+    command_id = header_of(again, COMMAND_ID)
+    first = next(m.value() for m in received if header_of(m, COMMAND_ID) == command_id)
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce(
+        "payments.commands",
+        key=again.key(),
+        value=again.value(),
+        headers=again.headers(),
+        partition=again.partition(),
+    )
+    assert producer.flush(15) == 0
+    wait_for_log(
+        payments,
+        lambda text: f"{command_id} answered again from the table" in text,
+        30,
+        "the remembered reply",
+    )
+    deadline = time.monotonic() + 30
+    repeated: list[bytes | None] = []
+    while not repeated and time.monotonic() < deadline:
+        repeated = [m.value() for m in inbox.poll(0.5) if header_of(m, COMMAND_ID) == command_id]
+    assert repeated == [first]
+    for reader in (inbox, dlq, payment_commands):
         reader.close()
     print(f"faust neighbours: {ORDERS} sagas in {time.monotonic() - began:.1f} s")
