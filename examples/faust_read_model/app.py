@@ -20,7 +20,10 @@ partitions' counts; add them up, or re-key with ``group_by``.)
 
 Environment: ``KAFKA_BOOTSTRAP_SERVERS``; ``FAUST_DATADIR`` (default ``.sagalog/faust-read-model``);
 ``READ_MODEL_OFFSET_RESET`` (``earliest``, the default, to fold the whole journal; ``latest``);
-``READ_MODEL_PREFIX``: count only instances whose id starts with it (tests use one run's).
+``READ_MODEL_PREFIX``: count only instances whose id starts with it (tests use one run's);
+``READ_MODEL_APP_ID``: the app's id (its consumer group and changelog), by default
+``sagalog-orders-read-model``. The counts are durable: a restart recovers them from the changelog
+and goes on from the committed offsets.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ JOURNAL = "order_fulfillment.journal"
 PREFIX = os.environ.get("READ_MODEL_PREFIX", "")
 
 app = faust.App(
-    "sagalog-orders-read-model",
+    os.environ.get("READ_MODEL_APP_ID", "sagalog-orders-read-model"),
     broker=f"kafka://{bootstrap_servers()}",
     processing_guarantee="exactly_once",  # read_committed, and counts committed with offsets
     store="memory://",

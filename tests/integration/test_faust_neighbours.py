@@ -69,7 +69,11 @@ def test_faust_publisher_agent_and_read_model_beside_the_engine(
     orders = saga.plan(ORDERS, seed=16, failures=0.1)
     assert {o.expected for o in orders} == {"completed", "failed", "compensated"}
 
-    saga.processes.env |= {"READ_MODEL_PREFIX": saga.prefix, "READ_MODEL_OFFSET_RESET": "latest"}
+    saga.processes.env |= {  # a read model of this run only, with a table of its own
+        "READ_MODEL_PREFIX": saga.prefix,
+        "READ_MODEL_OFFSET_RESET": "latest",
+        "READ_MODEL_APP_ID": f"sagalog-test-read-model-{saga.run_id}",
+    }
     saga.start_processor()
     saga.processes.worker("shipping")
     payments, _ = faust_worker(saga, SERVICES, "faust-payments", tmp_path)
