@@ -10,6 +10,10 @@ is dead-lettered by the Faust agent, whose command topic and handled table are c
 (it logs so); the Faust read model (``examples.faust_read_model``) serves, from its web view,
 the same counts by terminal state as the journal holds; and a copy of a handled command sent
 again is answered from the agent's table (the same reply bytes), its handler not run.
+
+A second run kills the Faust payment worker with SIGKILL mid-run and starts it again (its table
+recovered from the changelog): every saga still ends as planned, and each command has exactly one
+committed reply (a reply of an aborted transaction is never read).
 """
 
 from __future__ import annotations
@@ -55,6 +59,21 @@ def by_state(port: int) -> dict[str, int]:
     return counts
 
 
+def place_orders(saga: SagaRun, count: int, seed: int, tmp_path: Path) -> None:
+    """The Faust app's ``place-orders`` command: ``count`` planned orders (10 % failures)."""
+    command = [sys.executable, "-m", SERVICES, "--datadir", str(tmp_path / "faust-publisher")]
+    command += ["place-orders", "--count", str(count), "--seed", str(seed)]
+    command += ["--run-id", saga.run_id, "--failures", "0.1"]
+    publisher = saga.processes.program("faust-publisher", command)
+    assert publisher.popen is not None and publisher.popen.wait(60) == 0, publisher.log_tail()
+
+
+def replies_by_command_id(inbox: CommittedReader) -> Counter[str | None]:
+    replies = Counter(header_of(m, COMMAND_ID) for m in inbox.read_to_end())
+    replies.pop(None, None)  # the routed OrderPlaced events carry no command id
+    return replies
+
+
 @pytest.mark.kafka
 def test_faust_publisher_agent_and_read_model_beside_the_engine(
     saga: SagaRun, tmp_path: Path
@@ -81,11 +100,7 @@ def test_faust_publisher_agent_and_read_model_beside_the_engine(
     for app in (payments, model):  # assigned and recovered before anything is sent
         wait_for_log(app, lambda text: "Ready" in text, 90, "a ready Faust worker")
 
-    command = [sys.executable, "-m", SERVICES, "--datadir", str(tmp_path / "faust-publisher")]
-    command += ["place-orders", "--count", str(ORDERS), "--seed", "16", "--run-id", saga.run_id]
-    command += ["--failures", "0.1"]
-    publisher = saga.processes.program("faust-publisher", command)
-    assert publisher.popen is not None and publisher.popen.wait(60) == 0, publisher.log_tail()
+    place_orders(saga, ORDERS, 16, tmp_path)
 
     outcomes = saga.outcomes(orders, timeout=120)
     assert outcomes == {o.event.order_id: o.expected for o in orders}
@@ -136,3 +151,36 @@ def test_faust_publisher_agent_and_read_model_beside_the_engine(
     for reader in (inbox, dlq, payment_commands):
         reader.close()
     print(f"faust neighbours: {ORDERS} sagas in {time.monotonic() - began:.1f} s")
+
+
+@pytest.mark.kafka
+def test_a_killed_faust_worker_restarts_and_each_command_has_one_committed_reply(
+    saga: SagaRun, tmp_path: Path
+) -> None:
+    began = time.monotonic()
+    bootstrap = saga.kafka.bootstrap
+    inbox = CommittedReader(bootstrap, TOPICS.inbox, from_end=True, keep=key_prefix(saga.prefix))
+    orders = saga.plan(300, seed=17, failures=0.1)
+    saga.start_processor()
+    saga.processes.worker("shipping")
+    payments, _ = faust_worker(saga, SERVICES, "faust-payments", tmp_path)
+    wait_for_log(payments, lambda text: "Ready" in text, 90, "a ready Faust worker")
+    place_orders(saga, 300, 17, tmp_path)
+
+    deadline = time.monotonic() + 60
+    replies: Counter[str | None] = Counter()
+    while len(replies) < 30 and time.monotonic() < deadline:  # some replies committed, not all
+        replies.update(header_of(m, COMMAND_ID) for m in inbox.poll(0.2))
+        replies.pop(None, None)
+    answered = sum(replies.values())
+    payments.kill()
+    again, _ = faust_worker(saga, SERVICES, "faust-payments", tmp_path)
+    wait_for_log(again, lambda text: "Ready" in text, 90, "a ready Faust worker after the kill")
+
+    outcomes = saga.outcomes(orders, timeout=120)
+    assert outcomes == {o.event.order_id: o.expected for o in orders}
+    replies.update(replies_by_command_id(inbox))
+    inbox.close()
+    assert set(replies.values()) == {1}, replies.most_common(3)
+    assert set(replies) == set(saga.committed_command_ids())
+    print(f"faust worker killed after {answered} replies; {time.monotonic() - began:.1f} s")
