@@ -5,24 +5,28 @@
 
 The agent consumes ``order_fulfillment.journal`` with the ``sagalog`` codec (so each value is a
 typed ``JournalEntry``, old schema versions resolved as in the engine) and folds its terminal
-entries (``SagaCompleted``, ``SagaCompensated``, ``SagaFailed``, ``SagaParked``) into a table of
-counts by terminal state and by day (UTC, from the entry's ``at_ms``). Other entries are skipped.
+entries (``SagaCompleted``, ``SagaCompensated``, ``SagaFailed``, ``SagaParked``) into a table
+keyed by instance id: ``"<state>|<day>"`` (UTC day of the entry's ``at_ms``; a later terminal
+entry, after a parked saga is resolved, replaces an earlier one). The web view counts the table
+by terminal state and by day. Other entries are skipped.
 
 Reading only committed entries: Faust's consumer reads ``read_committed`` only when the app
 runs with ``processing_guarantee="exactly_once"`` (``faust.transport.drivers.aiokafka``:
-``isolation_level`` follows the consumer's ``in_transaction``), hence that setting here; the
-table's changelog then commits with the journal offsets, so each entry is counted once.
+``isolation_level`` follows the consumer's ``in_transaction``), hence that setting here.
 
-Table keys are ``<state>|<day>|<journal partition>``: each key is written from one journal
-partition only, so the table's changelog restores the same counts. The web view sums the
-keys this worker holds: with one worker, all of them. (With several, each serves its own
-partitions' counts; add them up, or re-key with ``group_by``.)
+Why a table by instance rather than counters: Faust's committed offsets lag its transactions
+on a transactionally written topic such as the journal (see ``sagas.faust``), so after a restart
+entries already folded are read again. Setting an instance's outcome again is harmless;
+incrementing a counter again would count it twice. The table grows with the instances: a
+production read model would fold per day and drop old days. The table is partitioned like the
+journal (by instance): with one worker the view sees every partition; with several, each serves
+its own partitions' counts (add them up).
 
 Environment: ``KAFKA_BOOTSTRAP_SERVERS``; ``FAUST_DATADIR`` (default ``.sagalog/faust-read-model``);
 ``READ_MODEL_OFFSET_RESET`` (``earliest``, the default, to fold the whole journal; ``latest``);
 ``READ_MODEL_PREFIX``: count only instances whose id starts with it (tests use one run's);
 ``READ_MODEL_APP_ID``: the app's id (its consumer group and changelog), by default
-``sagalog-orders-read-model``. The counts are durable: a restart recovers them from the changelog
+``sagalog-orders-read-model``. The table is durable: a restart recovers it from the changelog
 and goes on from the committed offsets.
 """
 
@@ -57,7 +61,7 @@ app = faust.App(
 )
 
 journal = app.topic(JOURNAL, key_type=bytes, key_serializer="raw", value_serializer="sagalog")
-counts = app.Table("orders-by-state", default=int)
+outcomes = app.Table("order-outcomes", default=None)
 
 
 def day_of(at_ms: int) -> str:
@@ -72,18 +76,18 @@ async def fold(stream: Any) -> None:
             continue
         state = TERMINAL.get(entry.kind)
         if state is not None:
-            counts[f"{state}|{day_of(entry.at_ms)}|{event.message.partition}"] += 1
+            outcomes[entry.instance] = f"{state}|{day_of(entry.at_ms)}"
 
 
 def totals() -> dict[str, Any]:
-    """The counts this worker holds, by terminal state and by day."""
+    """The outcomes this worker holds, counted by terminal state and by day."""
     by_state: dict[str, int] = {}
     by_day: dict[str, dict[str, int]] = {}
-    for key, count in list(counts.items()):
-        state, day, _ = str(key).split("|")
-        by_state[state] = by_state.get(state, 0) + count
+    for value in list(outcomes.values()):
+        state, day = str(value).split("|")
+        by_state[state] = by_state.get(state, 0) + 1
         by_day.setdefault(day, {})
-        by_day[day][state] = by_day[day].get(state, 0) + count
+        by_day[day][state] = by_day[day].get(state, 0) + 1
     return {"by_state": by_state, "by_day": by_day}
 
 

@@ -12,8 +12,10 @@ the same counts by terminal state as the journal holds; and a copy of a handled 
 again is answered from the agent's table (the same reply bytes), its handler not run.
 
 A second run kills the Faust payment worker with SIGKILL mid-run and starts it again (its table
-recovered from the changelog): every saga still ends as planned, and each command has exactly one
-committed reply (a reply of an aborted transaction is never read).
+recovered from the changelog): every saga still ends as planned, every command's committed
+replies are the same bytes, and every reply beyond the first was answered from the table (the
+handler did not run again). Faust's committed offsets lag its transactions, so after the restart
+commands already answered are delivered again: that is what the table is for.
 """
 
 from __future__ import annotations
@@ -179,8 +181,22 @@ def test_a_killed_faust_worker_restarts_and_each_command_has_one_committed_reply
 
     outcomes = saga.outcomes(orders, timeout=120)
     assert outcomes == {o.event.order_id: o.expected for o in orders}
-    replies.update(replies_by_command_id(inbox))
+    values: dict[str | None, set[bytes | None]] = {}
+    for message in inbox.read_to_end():
+        command_id = header_of(message, COMMAND_ID)
+        if command_id is not None:
+            replies[command_id] += 1
+            values.setdefault(command_id, set()).add(message.value())
     inbox.close()
-    assert set(replies.values()) == {1}, replies.most_common(3)
     assert set(replies) == set(saga.committed_command_ids())
-    print(f"faust worker killed after {answered} replies; {time.monotonic() - began:.1f} s")
+    # Faust's committed offsets lag its transactions (see sagas.faust): commands whose replies
+    # were committed are delivered again after the restart. Each is answered from the table:
+    # the same reply bytes, the handler not run again (the engine drops the duplicate reply).
+    assert all(len(v) == 1 for v in values.values()), "a command got two different replies"
+    remembered = log_text(again).count("answered again from the table")
+    extra = sum(replies.values()) - len(replies)
+    assert extra <= remembered, (extra, remembered)
+    print(
+        f"faust worker killed after {answered} replies; {remembered} answered again from the "
+        f"table, {extra} duplicate replies committed; {time.monotonic() - began:.1f} s"
+    )
