@@ -54,7 +54,7 @@ PREFIX = os.environ.get("READ_MODEL_PREFIX", "")
 app = faust.App(
     os.environ.get("READ_MODEL_APP_ID", "sagalog-orders-read-model"),
     broker=f"kafka://{bootstrap_servers()}",
-    processing_guarantee="exactly_once",  # read_committed, and counts committed with offsets
+    processing_guarantee="exactly_once",  # read_committed; the changelog in Faust's transactions
     store="memory://",
     datadir=os.environ.get("FAUST_DATADIR", ".sagalog/faust-read-model"),
     consumer_auto_offset_reset=os.environ.get("READ_MODEL_OFFSET_RESET", "earliest"),
