@@ -71,6 +71,13 @@ def place_orders(saga: SagaRun, count: int, seed: int, tmp_path: Path) -> None:
     assert publisher.popen is not None and publisher.popen.wait(60) == 0, publisher.log_tail()
 
 
+def inbox_of_this_run(saga: SagaRun) -> CommittedReader:
+    """The inbox from its current end, this run's instances only."""
+    return CommittedReader(
+        saga.kafka.bootstrap, TOPICS.inbox, from_end=True, keep=key_prefix(saga.prefix)
+    )
+
+
 def replies_by_command_id(inbox: CommittedReader) -> Counter[str | None]:
     replies = Counter(header_of(m, COMMAND_ID) for m in inbox.read_to_end())
     replies.pop(None, None)  # the routed OrderPlaced events carry no command id
@@ -83,7 +90,7 @@ def test_faust_publisher_agent_and_read_model_beside_the_engine(
 ) -> None:
     began = time.monotonic()
     bootstrap = saga.kafka.bootstrap
-    inbox = CommittedReader(bootstrap, TOPICS.inbox, from_end=True, keep=key_prefix(saga.prefix))
+    inbox = inbox_of_this_run(saga)
     payment_commands = CommittedReader(
         bootstrap, "payments.commands", from_end=True, keep=key_prefix(saga.prefix)
     )
@@ -167,8 +174,7 @@ def test_a_killed_faust_worker_restarts_and_each_command_has_one_committed_reply
     saga: SagaRun, tmp_path: Path
 ) -> None:
     began = time.monotonic()
-    bootstrap = saga.kafka.bootstrap
-    inbox = CommittedReader(bootstrap, TOPICS.inbox, from_end=True, keep=key_prefix(saga.prefix))
+    inbox = inbox_of_this_run(saga)
     orders = saga.plan(300, seed=17, failures=0.1)
     saga.start_processor()
     saga.processes.worker("shipping")
