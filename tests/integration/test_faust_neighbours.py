@@ -192,7 +192,7 @@ def test_a_killed_faust_worker_restarts_and_each_command_has_one_committed_reply
     again, _ = faust_worker(saga, SERVICES, "faust-payments", tmp_path)
     wait_for_log(again, lambda text: "Ready" in text, 90, "a ready Faust worker after the kill")
 
-    outcomes = saga.outcomes(orders, timeout=120)
+    outcomes = saga.outcomes(orders, timeout=60)  # xfail: keep a stall short
     assert outcomes == {o.event.order_id: o.expected for o in orders}
     values: dict[str | None, set[bytes | None]] = {}
     for message in inbox.read_to_end():
