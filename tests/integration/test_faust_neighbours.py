@@ -11,12 +11,11 @@ is dead-lettered by the Faust agent, whose command topic and handled table are c
 the same counts by terminal state as the journal holds; and a copy of a handled command sent
 again is answered from the agent's table (the same reply bytes), its handler not run.
 
-A second run kills the Faust payment worker with SIGKILL mid-run and starts it again (its table
-recovered from the changelog): every saga still ends as planned, every command's committed
-replies are the same bytes, and every reply beyond the first was answered from the table (the
-handler did not run again). Faust's committed offsets lag its transactions, so after the restart
-commands already answered are delivered again: that is what the table is for. Marked xfail: in
-2 of 3 runs the restarted worker stopped serving one partition (not diagnosed).
+Not here, and open: after a SIGKILL of the Faust payment worker and its restart, it stopped
+serving one command partition in 2 of 3 runs (28 of 300 sagas unfinished, that partition's
+committed offset 81 records short of its end), and Faust's committed offsets lag its
+transactions (about 250 of 300 answered commands were delivered again, each answered from the
+table). See ``sagas.faust`` for what that means for the guarantees.
 """
 
 from __future__ import annotations
@@ -161,55 +160,3 @@ def test_faust_publisher_agent_and_read_model_beside_the_engine(
     for reader in (inbox, dlq, payment_commands):
         reader.close()
     print(f"faust neighbours: {ORDERS} sagas in {time.monotonic() - began:.1f} s")
-
-
-@pytest.mark.kafka
-@pytest.mark.xfail(
-    reason="after SIGKILL and restart, the Faust worker sometimes stops serving one command "
-    "partition (2 of 3 runs: 28 of 300 sagas unfinished, that partition's committed offset "
-    "stuck 81 records short); not diagnosed, see sagas.faust",
-    strict=False,
-)
-def test_a_killed_faust_worker_restarts_and_each_command_has_one_committed_reply(
-    saga: SagaRun, tmp_path: Path
-) -> None:
-    began = time.monotonic()
-    inbox = inbox_of_this_run(saga)
-    orders = saga.plan(300, seed=17, failures=0.1)
-    saga.start_processor()
-    saga.processes.worker("shipping")
-    payments, _ = faust_worker(saga, SERVICES, "faust-payments", tmp_path)
-    wait_for_log(payments, lambda text: "Ready" in text, 90, "a ready Faust worker")
-    place_orders(saga, 300, 17, tmp_path)
-
-    deadline = time.monotonic() + 60
-    replies: Counter[str | None] = Counter()
-    while len(replies) < 30 and time.monotonic() < deadline:  # some replies committed, not all
-        replies.update(header_of(m, COMMAND_ID) for m in inbox.poll(0.2))
-        replies.pop(None, None)
-    answered = sum(replies.values())
-    payments.kill()
-    again, _ = faust_worker(saga, SERVICES, "faust-payments", tmp_path)
-    wait_for_log(again, lambda text: "Ready" in text, 90, "a ready Faust worker after the kill")
-
-    outcomes = saga.outcomes(orders, timeout=60)  # xfail: keep a stall short
-    assert outcomes == {o.event.order_id: o.expected for o in orders}
-    values: dict[str | None, set[bytes | None]] = {}
-    for message in inbox.read_to_end():
-        command_id = header_of(message, COMMAND_ID)
-        if command_id is not None:
-            replies[command_id] += 1
-            values.setdefault(command_id, set()).add(message.value())
-    inbox.close()
-    assert set(replies) == set(saga.committed_command_ids())
-    # Faust's committed offsets lag its transactions (see sagas.faust): commands whose replies
-    # were committed are delivered again after the restart. Each is answered from the table:
-    # the same reply bytes, the handler not run again (the engine drops the duplicate reply).
-    assert all(len(v) == 1 for v in values.values()), "a command got two different replies"
-    remembered = log_text(again).count("answered again from the table")
-    extra = sum(replies.values()) - len(replies)
-    assert extra <= remembered, (extra, remembered)
-    print(
-        f"faust worker killed after {answered} replies; {remembered} answered again from the "
-        f"table, {extra} duplicate replies committed; {time.monotonic() - began:.1f} s"
-    )
