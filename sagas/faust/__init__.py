@@ -38,8 +38,9 @@ a command's offset does *not* reliably commit with its reply: replies can be sen
 bytes), handlers are not run twice. The cause is suspected, not established:
 ``faust.transport.consumer.Consumer._new_offset`` and its gap tracking. Worse, in 2 of 3 runs
 of that test the restarted worker stopped serving one command partition (its committed offset
-stuck 81 records short of the end, 28 of 300 sagas left waiting): not diagnosed; the test is
-marked xfail. Do not rely on a Faust worker agent surviving crashes until that is understood.
+stuck 81 records short of the end, 28 of 300 sagas left waiting): not diagnosed, and that
+reproduction is not in the suite (it failed most runs; the test module's docstring describes
+it). Do not rely on a Faust worker agent surviving crashes until that is understood.
 
 Differences from ``sagas worker``: that one remembers replies by command id on the group's
 ``<group>.handled`` topic and restores them when partitions are assigned, and commits each
