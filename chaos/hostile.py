@@ -33,7 +33,7 @@ from stream_processors.journal import JournalEntry
 from stream_processors.limits import record_size
 from stream_processors.model import CommandFailed, OperatorAction
 from stream_processors.records import Record
-from stream_processors.routing import COMMAND_ID, INSTANCE, REPLY_TO, SAGA, Headers, command_headers
+from stream_processors.routing import COMMAND_ID, REPLY_TO, Headers, command_headers
 
 #: The default input limit of ``sagas run`` and librdkafka's default ``message.max.bytes``.
 INPUT_LIMIT = 1_000_000
@@ -358,8 +358,6 @@ def forged_command(run: str, order_id: str) -> Hostile:
 __all__ = [
     "IGNORED",
     "INBOX",
-    "INSTANCE",
-    "SAGA",
     "Hostile",
     "corpus",
     "fingerprint_storm",
