@@ -134,7 +134,9 @@ def _start(log_dir: Path) -> dict[str, LocalProcess | subprocess.Popen[bytes]]:
     processes: dict[str, LocalProcess | subprocess.Popen[bytes]] = {"faust": agent}
     for name in WORKERS:
         target = f"examples.order_fulfillment.services:{name}"
-        processes[name] = LocalProcess(["worker", target], log_dir / f"{name}.log").start()
+        # The peer's replies topic is not a saga inbox: allow it explicitly, as a team would.
+        args = ["worker", target, "--reply-to", REPLIES]
+        processes[name] = LocalProcess(args, log_dir / f"{name}.log").start()
     return processes
 
 
