@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +97,11 @@ class BrokerLimits:
                 log.warning("cannot read the limits of topic %s: %s", topic, kafka_error)
                 return _Known(Limits(self._producer_max), None, now)
             known = _Known(Limits(self._producer_max), problem, now + self._missing_ttl)
+        except FutureTimeout:  # no answer in time: the producer's limit for now, asked again
+            log.warning(
+                "cannot read the limits of topic %s: no answer in %s s", topic, self._timeout
+            )
+            return _Known(Limits(self._producer_max), None, now)
         except ValueError as error:  # a name the client refuses to ask about
             known = _Known(Limits(self._producer_max), f"is not a valid topic name ({error})", now)
         self._known[topic] = known
