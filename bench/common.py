@@ -25,9 +25,9 @@ from confluent_kafka.admin import AdminClient
 from examples.order_fulfillment.saga import OrderFulfillment
 from examples.order_fulfillment.scenario import plan_orders
 from sagas.local import LocalProcess
-from stream_processors.kafka_config import bootstrap_servers, common, producer_config
-from stream_processors.restore import watermarks
-from stream_processors.topics import SagaTopics, ensure_topics
+from stream_processors.kafka.config import bootstrap_servers, common, producer_config
+from stream_processors.kafka.reading import watermarks
+from stream_processors.kafka.topics import SagaTopics, ensure_topics
 
 BASE = Path(".sagalog/bench")
 STATE = BASE / "state"

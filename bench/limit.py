@@ -18,8 +18,8 @@ import uuid
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from bench.common import BASE, delete_topics, fill, follow_drain, order_records
-from stream_processors.kafka_config import consumer_config, producer_config
-from stream_processors.topics import ensure_plain_topics
+from stream_processors.kafka.config import consumer_config, producer_config
+from stream_processors.kafka.topics import ensure_plain_topics
 
 SOURCE, SINK, GROUP = "bench.limit.source", "bench.limit.sink", "bench.limit"
 COMMIT_INTERVAL = 0.1

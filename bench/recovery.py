@@ -4,7 +4,8 @@
   encoding of an order saga just started, one per instance, on its instance's partition); a
   processor starts on an empty store and restores them all. The rate is the sum of records over
   the sum of seconds of the processor's own per-partition restore log lines.
-- ``replay``: ``stream_processors.replay.fold_partition`` over every journal partition, the way
+- ``replay``: ``stream_processors.tools.replay.fold_partition`` over every journal partition, the
+way
   ``sagas replay verify|rebuild`` reads it: journal entries decoded and folded per second.
 - ``failover``: two processors and the workers under a steady load; one processor is killed
   with SIGKILL; the gap is the time from the kill to the first journal entry the survivor writes
@@ -28,11 +29,11 @@ from bench.end_to_end import FAILURES, SEED, started
 from examples.order_fulfillment.measure import Results, now_ms, publish
 from examples.order_fulfillment.scenario import plan_orders
 from sagas.local import LocalProcess, journal_end, journal_outcomes_from
-from stream_processors.decide import Input, decide
-from stream_processors.instance import encode_snapshot
-from stream_processors.kafka_config import consumer_config, producer_config
-from stream_processors.replay import fold_partition
-from stream_processors.restore import watermarks
+from stream_processors.core.decide import Input, decide
+from stream_processors.core.instance import encode_snapshot
+from stream_processors.kafka.config import consumer_config, producer_config
+from stream_processors.kafka.reading import watermarks
+from stream_processors.tools.replay import fold_partition
 
 RESTORED = re.compile(r"restored partition (\d+): (\d+) changelog records .* in ([\d.]+)s")
 ASSIGNED = re.compile(r"assigned inbox partitions \[([\d, ]*)\]")

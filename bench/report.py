@@ -30,15 +30,16 @@ minutes apart on the same machine, with no loss at saturation (1,091 → 1,224 s
 
 Fixes (engine code, focused; unit tests and `tests/integration/test_saga_engine.py` pass):
 
-- `stream_processors/avro.py`: `AvroSchema.hinted`, the schema parsed once *with* fastavro's
+- `stream_processors/codecs/avro.py`: `AvroSchema.hinted`, the schema parsed once *with* fastavro's
   marker, used by every `schemaless_writer`/`schemaless_reader` call; `parsed` stays unmarked
   for compatibility checks and canonical forms.
-- `stream_processors/processor.py`: `consume` waits at most 10 ms; when a batch comes back short
+- `stream_processors/engine/processor.py`: `consume` waits at most 10 ms; when a batch comes back
+short
   (caught up) the open transaction commits once it is `idle_commit_ms` (10 ms) old instead of
   waiting for the whole commit interval; under load batches are full and commits stay at one per
   `commit_interval_ms`. Also, the labelled Prometheus children are looked up once, not per input.
 - `sagas/worker.py`: the worker's `consume` waits at most 10 ms for the same reason.
-- `stream_processors/replay.py`: `fold_partition` reports its last partial thousand of entries
+- `stream_processors/tools/replay.py`: `fold_partition` reports its last partial thousand of entries
   to `progress`, so counts add up exactly (the replay figure uses it).
 
 What remains, in the profile's order: `decide` with its folds (`dataclasses.replace` for every

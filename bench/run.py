@@ -22,7 +22,7 @@ from rich.console import Console
 
 from bench import end_to_end, engine, limit, memory, profile, recovery, report
 from bench.common import BASE, Sizes, machine
-from stream_processors.kafka_config import bootstrap_servers
+from stream_processors.kafka.config import bootstrap_servers
 
 PHASES = (
     "limit",

@@ -10,7 +10,7 @@ import typer
 
 from chaos.fuzz import FuzzConfig, FuzzReport, run_fuzz
 from chaos.run import ChaosConfig, run_chaos
-from stream_processors.kafka_config import bootstrap_servers
+from stream_processors.kafka.config import bootstrap_servers
 
 
 def main(

@@ -12,11 +12,11 @@ import os
 from dataclasses import dataclass
 
 from examples.order_fulfillment.messages import MakePayment, OrderPlaced, PaymentCompleted
-from stream_processors.avro import MAGIC, encode, parse
-from stream_processors.journal import JournalEntry
-from stream_processors.records import CATALOG
-from stream_processors.routing import COMMAND_ID, Headers
-from stream_processors.schema_history import SchemaHistory
+from stream_processors.codecs.avro import MAGIC, encode, parse
+from stream_processors.codecs.records import CATALOG
+from stream_processors.core.journal import JournalEntry
+from stream_processors.engine.routing import COMMAND_ID, Headers
+from stream_processors.engine.schema_history import SchemaHistory
 
 #: A topic no processor reads: where the incompatible schema is recorded, so a processor can
 #: look it up by fingerprint without its start check refusing the topics it does read.

@@ -47,13 +47,12 @@ from chaos.run import ROOT, SAGA, TOPICS, WORKERS
 from examples.order_fulfillment.scenario import PlannedOrder, plan_orders
 from sagas.local import JournalWatcher, LocalProcess, journal_end, percentile
 from sagas.publisher import Publisher
-from stream_processors.decide import command_id
-from stream_processors.journal import Kind
-from stream_processors.kafka_config import common, consumer_config, producer_config
-from stream_processors.reading import committed_records
-from stream_processors.restore import watermarks
-from stream_processors.routing import DLQ_REASON, header
-from stream_processors.topics import ensure_plain_topics, ensure_topics
+from stream_processors.core.decide import command_id
+from stream_processors.core.journal import Kind
+from stream_processors.engine.routing import DLQ_REASON, header
+from stream_processors.kafka.config import common, consumer_config, producer_config
+from stream_processors.kafka.reading import committed_records, watermarks
+from stream_processors.kafka.topics import ensure_plain_topics, ensure_topics
 
 #: Lets the fuzz producer write records as large as the topics take (see ``_prepare``).
 PRODUCER_LIMIT = 12_000_000

@@ -27,13 +27,13 @@ from examples.order_fulfillment.messages import (
     PaymentCompleted,
     ShippingLabelCreated,
 )
-from stream_processors.avro import MAGIC
-from stream_processors.decide import command_id
-from stream_processors.journal import JournalEntry
-from stream_processors.limits import record_size
-from stream_processors.model import CommandFailed, OperatorAction
-from stream_processors.records import Record
-from stream_processors.routing import COMMAND_ID, REPLY_TO, Headers, command_headers
+from stream_processors.codecs.avro import MAGIC
+from stream_processors.codecs.records import Record
+from stream_processors.core.decide import command_id
+from stream_processors.core.journal import JournalEntry
+from stream_processors.core.limits import record_size
+from stream_processors.core.model import CommandFailed, OperatorAction
+from stream_processors.engine.routing import COMMAND_ID, REPLY_TO, Headers, command_headers
 
 #: The default input limit of ``sagas run`` and librdkafka's default ``message.max.bytes``.
 INPUT_LIMIT = 1_000_000
@@ -116,7 +116,7 @@ def _padded_order(run: str, kind: str, total: int) -> bytes:
 
 def _value_room(run: str, kind: str, key: bytes, whole: int) -> int:
     """The value size that makes a record with ``key`` and its chaos tags ``whole`` bytes, as
-    librdkafka and the engine count a record (``stream_processors.limits.record_size``)."""
+    librdkafka and the engine count a record (``stream_processors.core.limits.record_size``)."""
     return whole - record_size(key, b"", _tag(run, kind))
 
 

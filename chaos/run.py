@@ -44,14 +44,13 @@ from examples.order_fulfillment.scenario import (
 from sagas.idempotency import recorded_replies
 from sagas.local import JournalWatcher, LocalProcess, journal_end
 from sagas.publisher import Publisher
-from stream_processors.journal import Kind
-from stream_processors.kafka_config import consumer_config, producer_config
-from stream_processors.reading import committed_records
-from stream_processors.replay import verify
-from stream_processors.restore import watermarks
-from stream_processors.routing import COMMAND_ID, DLQ_REASON, INSTANCE, header
-from stream_processors.schema_history import SchemaHistory
-from stream_processors.topics import SagaTopics, ensure_topics
+from stream_processors.core.journal import Kind
+from stream_processors.engine.routing import COMMAND_ID, DLQ_REASON, INSTANCE, header
+from stream_processors.engine.schema_history import SchemaHistory
+from stream_processors.kafka.config import consumer_config, producer_config
+from stream_processors.kafka.reading import committed_records, watermarks
+from stream_processors.kafka.topics import SagaTopics, ensure_topics
+from stream_processors.tools.replay import verify
 
 ROOT = Path(__file__).resolve().parent.parent
 SAGA = "examples.order_fulfillment.saga:OrderFulfillment"

@@ -11,9 +11,9 @@ The test kit is ``sagas.testing`` (import it from there: it is not loaded here).
 from sagas.publisher import Publisher
 from sagas.saga import Compensate, Saga, Step, Wait, evolve, on
 from sagas.worker import BusinessError, CommandContext, TransientError, Worker
-from stream_processors.model import COMPENSATE, Complete, Fail
-from stream_processors.policy import ALL, TIMEOUT, TRANSIENT, RetryPolicy
-from stream_processors.records import Command, DeclarationError, Event, State
+from stream_processors.codecs.records import Command, DeclarationError, Event, State
+from stream_processors.core.model import COMPENSATE, Complete, Fail
+from stream_processors.core.policy import ALL, TIMEOUT, TRANSIENT, RetryPolicy
 
 __all__ = [
     "ALL",

@@ -42,9 +42,7 @@ from dataclasses import dataclass
 
 from confluent_kafka.admin import AdminClient
 
-from stream_processors.kafka_config import common
-from stream_processors.reading import committed_records
-from stream_processors.routing import (
+from stream_processors.engine.routing import (
     HANDLED_PARTITION,
     HANDLED_TOPIC,
     INSTANCE,
@@ -53,7 +51,9 @@ from stream_processors.routing import (
     ReceivedHeaders,
     header,
 )
-from stream_processors.topics import ensure_plain_topics
+from stream_processors.kafka.config import common
+from stream_processors.kafka.reading import committed_records
+from stream_processors.kafka.topics import ensure_plain_topics
 
 #: Marks a handled record whose reply was too large to keep whole (its value is cut).
 HANDLED_TRUNCATED = "sagalog.handled.truncated"

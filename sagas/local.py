@@ -27,10 +27,10 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
-from stream_processors.avro import DecodeError
-from stream_processors.journal import JournalEntry, Kind
-from stream_processors.kafka_config import bootstrap_servers, consumer_config
-from stream_processors.restore import watermarks
+from stream_processors.codecs.avro import DecodeError
+from stream_processors.core.journal import JournalEntry, Kind
+from stream_processors.kafka.config import bootstrap_servers, consumer_config
+from stream_processors.kafka.reading import watermarks
 
 TERMINAL = {
     Kind.SAGA_COMPLETED.value: "completed",

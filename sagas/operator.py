@@ -12,7 +12,8 @@ header, ``"<action> by <who>: <why>"``):
 - ``redrive`` sends chosen dead letters back to the topic they came from.
 
 With signing keys in the environment (``SAGALOG_SIGNING_KEYS`` or ``SAGALOG_SIGNING_KEYS_FILE``,
-see ``stream_processors.signing``), actions and signals are signed with them, as the processor
+see ``stream_processors.codecs.signing``), actions and signals are signed with them, as the
+processor
 then requires of every inbox record; ``redrive`` sends records back with the headers, and so
 the signatures, they had.
 
@@ -30,20 +31,22 @@ from typing import Any
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException, Message, Producer
 from confluent_kafka import Consumer as KafkaConsumer
 
-from stream_processors.broker_limits import BrokerLimits
-from stream_processors.decide import signal_command_id
-from stream_processors.kafka_config import consumer_config, producer_config
-from stream_processors.kafka_errors import metadata as kafka_metadata
-from stream_processors.limits import (
+from stream_processors.codecs.records import Event, Record
+from stream_processors.codecs.signing import Purpose, from_environment, signed
+from stream_processors.core.decide import signal_command_id
+from stream_processors.core.limits import (
     DLQ_DROPPED_HEADERS,
     DLQ_KEY_TRUNCATED,
     DLQ_TRUNCATED,
     record_size,
 )
-from stream_processors.model import OPERATOR_ACTIONS, CommandFailed, OperatorAction, SagaDefinition
-from stream_processors.reading import ReadTimeout, committed_records
-from stream_processors.records import Event, Record
-from stream_processors.routing import (
+from stream_processors.core.model import (
+    OPERATOR_ACTIONS,
+    CommandFailed,
+    OperatorAction,
+    SagaDefinition,
+)
+from stream_processors.engine.routing import (
     COMMAND_ID,
     DLQ_DETAIL,
     DLQ_OFFSET,
@@ -53,8 +56,11 @@ from stream_processors.routing import (
     NOTE,
     Headers,
 )
-from stream_processors.signing import Purpose, from_environment, signed
-from stream_processors.topics import SagaTopics
+from stream_processors.kafka.broker_limits import BrokerLimits
+from stream_processors.kafka.config import consumer_config, producer_config
+from stream_processors.kafka.errors import metadata as kafka_metadata
+from stream_processors.kafka.reading import ReadTimeout, committed_records
+from stream_processors.kafka.topics import SagaTopics
 
 #: What ``send_action`` may send; the processor journals anything else as not applicable.
 ACTIONS = OPERATOR_ACTIONS
@@ -62,7 +68,7 @@ ACTIONS = OPERATOR_ACTIONS
 REDRIVEN_FROM = "sagalog.redriven_from"
 #: Headers the dead-letter queue adds to the original ones (``sagalog.dlq.*``).
 DLQ_PREFIX = "sagalog.dlq."
-#: Headers saying a dead letter was cut to fit (``stream_processors.limits``).
+#: Headers saying a dead letter was cut to fit (``stream_processors.core.limits``).
 _CUT = frozenset({DLQ_TRUNCATED, DLQ_KEY_TRUNCATED, DLQ_DROPPED_HEADERS})
 #: How long a send may take before it counts as failed (librdkafka's default is 5 minutes).
 DELIVERY_TIMEOUT_MS = 30_000
@@ -303,7 +309,7 @@ def signal(
 
     A step's reply is matched to the attempt the saga waits for by its ``sagalog.command_id``:
     ``command_id`` names that attempt; without it the signal names the step
-    (``saga/instance/step``, see ``stream_processors.decide.signal_command_id``), which matches
+    (``saga/instance/step``, see ``stream_processors.core.decide.signal_command_id``), which matches
     whichever attempt of it is in flight. A ``CommandFailed`` names no step: it needs
     ``command_id``.
     """

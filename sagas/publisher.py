@@ -5,7 +5,7 @@ fingerprint, through an idempotent producer with ``acks=all``: a retried send ne
 and an acknowledged one survives a broker failover.
 
 The first time a publisher sends an event type to a topic, it records the event's schema in the
-schema history (``stream_processors.schema_history``) before sending, so that readers whose
+schema history (``stream_processors.engine.schema_history``) before sending, so that readers whose
 current schema is a later version can still read it. That is best effort: if the history cannot
 be written, a warning is logged and the event is published all the same.
 """
@@ -18,10 +18,10 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from stream_processors.kafka_config import producer_config
-from stream_processors.records import Event
-from stream_processors.routing import Headers
-from stream_processors.schema_history import SchemaHistory
+from stream_processors.codecs.records import Event
+from stream_processors.engine.routing import Headers
+from stream_processors.engine.schema_history import SchemaHistory
+from stream_processors.kafka.config import producer_config
 
 
 class Publisher:

@@ -29,9 +29,9 @@ to send, ``Fail(reason)`` or ``Complete()``.
 ``upcasters = {OrderPlaced: order_placed_v1}`` reads records written with an older version of a
 schema that Avro resolution cannot map onto the current one (a renamed field): each function gets
 the old record's fields as written and returns the current ones (see
-``stream_processors.records.register_upcaster``).
+``stream_processors.codecs.records.register_upcaster``).
 
-The class compiles to ``stream_processors.model.SagaDefinition`` when it is created, and every
+The class compiles to ``stream_processors.core.model.SagaDefinition`` when it is created, and every
 declaration error raises ``DeclarationError`` there, at import, naming the problem.
 """
 
@@ -43,7 +43,16 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
-from stream_processors.model import (
+from stream_processors.codecs.records import (
+    Command,
+    DeclarationError,
+    Event,
+    Record,
+    State,
+    Upcaster,
+    register_upcaster,
+)
+from stream_processors.core.model import (
     DEFAULT_RETRY,
     Builder,
     CommandSpec,
@@ -53,16 +62,7 @@ from stream_processors.model import (
     reply_index,
     validate,
 )
-from stream_processors.policy import NO_RETRY, RetryPolicy
-from stream_processors.records import (
-    Command,
-    DeclarationError,
-    Event,
-    Record,
-    State,
-    Upcaster,
-    register_upcaster,
-)
+from stream_processors.core.policy import NO_RETRY, RetryPolicy
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -26,14 +26,15 @@ command that cannot be decoded, has no handler or no reply address, or whose han
 otherwise, or that is larger than the producer may send (``too-large``), goes to ``<topic>.dlq``
 with the reason: ``sagas dlq redrive`` sends it back once the worker is fixed. A reply that cannot
 be delivered (its topic missing, an invalid name, too large: checked before producing, see
-``stream_processors.limits``) goes to the same ``<topic>.dlq`` as ``reply-undeliverable``, with
+``stream_processors.core.limits``) goes to the same ``<topic>.dlq`` as ``reply-undeliverable``, with
 ``sagalog.dlq.topic`` naming the reply topic (so redrive sends it there once it exists), in the
 transaction of the command's offset; its handled record is written all the same. The runtime
 records each reply schema it sends in the schema history (best effort), and reads commands
 written with a schema it does not know through that history. A command whose reply address the
 worker does not allow (``bad-reply-address``, see ``sagas.reply_addresses``) and, with signing
 keys configured, one whose signature is missing or wrong (``bad-signature``, see
-``stream_processors.signing``) go to ``<topic>.dlq`` too, before the handler runs or the handled
+``stream_processors.codecs.signing``) go to ``<topic>.dlq`` too, before the handler runs or the
+handled
 commands are consulted. With keys, replies are signed.
 """
 
@@ -52,14 +53,21 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 
 from sagas.idempotency import HandledCommand, HandledCommands, ensure_handled_topic
 from sagas.reply_addresses import BAD_REPLY_ADDRESS, ReplyAddresses
-from stream_processors import limits, metrics, transactions
-from stream_processors.avro import DecodeError
-from stream_processors.broker_limits import BrokerLimits
-from stream_processors.decide import idempotency_key
-from stream_processors.kafka_config import consumer_config, producer_config
-from stream_processors.model import CommandFailed
-from stream_processors.records import Command, DeclarationError, Event, Record, decode_record
-from stream_processors.routing import (
+from stream_processors.codecs.avro import DecodeError
+from stream_processors.codecs.records import Command, DeclarationError, Event, Record, decode_record
+from stream_processors.codecs.signing import (
+    BAD_SIGNATURE,
+    Keyring,
+    Purpose,
+    from_environment,
+    signed,
+    verify,
+)
+from stream_processors.core import limits
+from stream_processors.core.decide import idempotency_key
+from stream_processors.core.model import CommandFailed
+from stream_processors.engine import metrics
+from stream_processors.engine.routing import (
     ATTEMPT,
     COMMAND_ID,
     DLQ_DETAIL,
@@ -76,17 +84,12 @@ from stream_processors.routing import (
     received_headers,
     reply_headers,
 )
-from stream_processors.schema_history import SchemaHistory
-from stream_processors.signing import (
-    BAD_SIGNATURE,
-    Keyring,
-    Purpose,
-    from_environment,
-    signed,
-    verify,
-)
-from stream_processors.store import claim_slot, default_state_dir
-from stream_processors.topics import DLQ_POLICY, ensure_plain_topics
+from stream_processors.engine.schema_history import SchemaHistory
+from stream_processors.engine.store import claim_slot, default_state_dir
+from stream_processors.kafka import transactions
+from stream_processors.kafka.broker_limits import BrokerLimits
+from stream_processors.kafka.config import consumer_config, producer_config
+from stream_processors.kafka.topics import DLQ_POLICY, ensure_plain_topics
 
 log = logging.getLogger(__name__)
 

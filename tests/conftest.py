@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from stream_processors.kafka_config import common
+from stream_processors.kafka.config import common
 
 
 @dataclass(frozen=True)

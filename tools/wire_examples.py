@@ -47,14 +47,9 @@ from examples.order_fulfillment.messages import (  # noqa: E402
 from examples.order_fulfillment.saga import OrderFulfillment  # noqa: E402
 from sagas.idempotency import HandledCommand  # noqa: E402
 from sagas.worker import CommandContext, Worker  # noqa: E402
-from stream_processors import routing, schema_history  # noqa: E402
-from stream_processors.avro import AvroSchema, SchemaCatalog, decode  # noqa: E402
-from stream_processors.decide import Input, command_id, decide, idempotency_key  # noqa: E402
-from stream_processors.history import murmur2, partition_for  # noqa: E402
-from stream_processors.instance import encode_snapshot  # noqa: E402
-from stream_processors.model import CommandFailed, OperatorAction  # noqa: E402
-from stream_processors.records import CATALOG  # noqa: E402
-from stream_processors.signing import (  # noqa: E402
+from stream_processors.codecs.avro import AvroSchema, SchemaCatalog, decode  # noqa: E402
+from stream_processors.codecs.records import CATALOG  # noqa: E402
+from stream_processors.codecs.signing import (  # noqa: E402
     Keyring,
     Purpose,
     last_header,
@@ -62,7 +57,12 @@ from stream_processors.signing import (  # noqa: E402
     signed_bytes,
     verify,
 )
-from stream_processors.topics import SagaTopics  # noqa: E402
+from stream_processors.core.decide import Input, command_id, decide, idempotency_key  # noqa: E402
+from stream_processors.core.instance import encode_snapshot  # noqa: E402
+from stream_processors.core.model import CommandFailed, OperatorAction  # noqa: E402
+from stream_processors.engine import routing, schema_history  # noqa: E402
+from stream_processors.kafka.topics import SagaTopics  # noqa: E402
+from stream_processors.tools.history import murmur2, partition_for  # noqa: E402
 
 DOCUMENT = ROOT / "docs" / "wire-contract.md"
 #: The marker line before each example's fenced block in the document.
@@ -550,7 +550,9 @@ def example_schema_history() -> str:
     captured = _Captured()
     history._producer = captured  # type: ignore[assignment]
     history._topic_ready = True
-    with mock.patch("stream_processors.schema_history.time.time", return_value=NOW_MS / 1000):
+    with mock.patch(
+        "stream_processors.engine.schema_history.time.time", return_value=NOW_MS / 1000
+    ):
         history.record("orders.events", OrderPlaced.__avro__)
     ((topic, key, value),) = captured.records
     assert value is not None

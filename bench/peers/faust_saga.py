@@ -42,10 +42,10 @@ from examples.order_fulfillment.messages import (
 )
 from examples.order_fulfillment.scenario import plan_orders
 from sagas.local import LocalProcess, journal_end
-from stream_processors.kafka_config import bootstrap_servers
-from stream_processors.records import Command, Event, decode_record
-from stream_processors.routing import command_headers
-from stream_processors.topics import ensure_plain_topics
+from stream_processors.codecs.records import Command, Event, decode_record
+from stream_processors.engine.routing import command_headers
+from stream_processors.kafka.config import bootstrap_servers
+from stream_processors.kafka.topics import ensure_plain_topics
 
 NAME = "faust_saga"
 REPLIES = f"{NAME}.replies"

@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from sagas.local import Outcome
-from stream_processors.kafka_config import consumer_config
+from stream_processors.kafka.config import consumer_config
 
 
 def read_outcomes(

@@ -39,8 +39,8 @@ from typing import Any
 import faust
 
 import sagas.faust  # noqa: F401  (registers the "sagalog" codec)
-from stream_processors.journal import JournalEntry, Kind
-from stream_processors.kafka_config import bootstrap_servers
+from stream_processors.core.journal import JournalEntry, Kind
+from stream_processors.kafka.config import bootstrap_servers
 
 TERMINAL = {
     Kind.SAGA_COMPLETED.value: "completed",

@@ -23,7 +23,7 @@ from faust.cli import option
 from examples.order_fulfillment.scenario import plan_orders
 from examples.order_fulfillment.services import payments
 from sagas.faust import publish, worker_agent
-from stream_processors.kafka_config import bootstrap_servers
+from stream_processors.kafka.config import bootstrap_servers
 
 app = faust.App(
     "sagalog-faust-payments",

@@ -41,8 +41,8 @@ from examples.order_fulfillment.measure import (
 from examples.order_fulfillment.saga import OrderFulfillment
 from examples.order_fulfillment.scenario import PlannedOrder, plan_orders
 from sagas.local import LocalProcess, journal_end, journal_outcomes_from, percentile
-from stream_processors.kafka_config import bootstrap_servers
-from stream_processors.topics import SagaTopics, ensure_topics
+from stream_processors.kafka.config import bootstrap_servers
+from stream_processors.kafka.topics import SagaTopics, ensure_topics
 
 DEMO_DIR = Path(".sagalog/demo")
 STATES = ("completed", "compensated", "failed")

@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient
 from examples.order_fulfillment.scenario import PlannedOrder, plan_orders
 from sagas.local import LocalProcess, Outcome, journal_outcomes_from
 from sagas.publisher import Publisher
-from stream_processors.kafka_config import common
+from stream_processors.kafka.config import common
 
 SAGA = "examples.order_fulfillment.saga:OrderFulfillment"
 WORKERS = ("payments", "shipping")

@@ -63,12 +63,12 @@ from faust.serializers import codecs
 
 from sagas.idempotency import HandledCommand
 from sagas.worker import CommandContext, Outgoing, Worker
-from stream_processors.kafka_config import bootstrap_servers
-from stream_processors.kafka_errors import connect_admin
-from stream_processors.records import Event, Record, decode_record
-from stream_processors.routing import COMMAND_ID, REPLY_TO, Headers, header
-from stream_processors.schema_history import SchemaHistory
-from stream_processors.topics import DLQ_POLICY, ensure_plain_topics
+from stream_processors.codecs.records import Event, Record, decode_record
+from stream_processors.engine.routing import COMMAND_ID, REPLY_TO, Headers, header
+from stream_processors.engine.schema_history import SchemaHistory
+from stream_processors.kafka.config import bootstrap_servers
+from stream_processors.kafka.errors import connect_admin
+from stream_processors.kafka.topics import DLQ_POLICY, ensure_plain_topics
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ async def publish(
     """Send ``event`` to its topic (or ``topic``), keyed by its key field, as ``Publisher`` does.
 
     Partitioned by the Kafka key with aiokafka's ``DefaultPartitioner``: murmur2 as Java's
-    client computes it (``stream_processors.history.partition_for``, librdkafka's
+    client computes it (``stream_processors.tools.history.partition_for``, librdkafka's
     ``murmur2_random``), unless the app sets ``producer_partitioner``. The event's schema is
     recorded in the schema history first (best effort). Not part of any transaction: use it
     to start sagas from a Faust task, timer or web view.

@@ -23,12 +23,12 @@ from typing import Any
 
 from sagas.saga import Saga
 from sagas.testing._saga_test import definition_of
-from stream_processors.decide import Decision, Input, decide, decide_timer
-from stream_processors.fold import fold
-from stream_processors.instance import Instance
-from stream_processors.journal import JournalEntry, Kind
-from stream_processors.model import ENGINE_INPUTS, SagaDefinition
-from stream_processors.records import Event, Record, decode_record, record_type
+from stream_processors.codecs.records import Event, Record, decode_record, record_type
+from stream_processors.core.decide import Decision, Input, decide, decide_timer
+from stream_processors.core.fold import fold
+from stream_processors.core.instance import Instance
+from stream_processors.core.journal import JournalEntry, Kind
+from stream_processors.core.model import ENGINE_INPUTS, SagaDefinition
 
 #: The kinds of entry that record an input the saga accepted, which begins a decision.
 _INPUTS = frozenset({Kind.SAGA_STARTED, Kind.INPUT_ACCEPTED, Kind.OPERATOR_ACTION})

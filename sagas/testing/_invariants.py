@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from stream_processors.decide import DEADLINE, retry_timer, timeout_timer
-from stream_processors.fold import fold
-from stream_processors.instance import Instance, StepStatus, decode_snapshot, encode_snapshot
-from stream_processors.journal import JournalEntry
-from stream_processors.model import SagaDefinition
+from stream_processors.core.decide import DEADLINE, retry_timer, timeout_timer
+from stream_processors.core.fold import fold
+from stream_processors.core.instance import Instance, StepStatus, decode_snapshot, encode_snapshot
+from stream_processors.core.journal import JournalEntry
+from stream_processors.core.model import SagaDefinition
 
 _RETRYING = (StepStatus.RETRYING, StepStatus.COMPENSATION_RETRYING)
 _IN_FLIGHT = (StepStatus.PENDING, StepStatus.COMPENSATING)

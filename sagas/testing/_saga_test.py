@@ -17,10 +17,11 @@ from sagas.saga import Saga
 from sagas.testing._invariants import assert_replays, assert_timers_consistent, expect
 from sagas.testing._workers import command_context, handle
 from sagas.worker import Worker
-from stream_processors.decide import Decision, Input, decide, decide_timer, signal_command_id
-from stream_processors.decide import idempotency_key as step_key
-from stream_processors.fold import fold
-from stream_processors.instance import (
+from stream_processors.codecs.records import Command, Event, Record, decode_record
+from stream_processors.core.decide import Decision, Input, decide, decide_timer, signal_command_id
+from stream_processors.core.decide import idempotency_key as step_key
+from stream_processors.core.fold import fold
+from stream_processors.core.instance import (
     Instance,
     Status,
     StepStatus,
@@ -28,9 +29,8 @@ from stream_processors.instance import (
     decode_snapshot,
     encode_snapshot,
 )
-from stream_processors.journal import JournalEntry, Kind
-from stream_processors.model import CommandFailed, OperatorAction, SagaDefinition
-from stream_processors.records import Command, Event, Record, decode_record
+from stream_processors.core.journal import JournalEntry, Kind
+from stream_processors.core.model import CommandFailed, OperatorAction, SagaDefinition
 
 #: Where a ``SagaTest``'s virtual clock starts: 2023-11-14T22:13:20Z, in epoch milliseconds.
 START_MS = 1_700_000_000_000

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sagas.worker import CommandContext, Worker
-from stream_processors.decide import command_id as attempt_id
-from stream_processors.decide import idempotency_key as step_key
-from stream_processors.records import Command, Event
+from stream_processors.codecs.records import Command, Event
+from stream_processors.core.decide import command_id as attempt_id
+from stream_processors.core.decide import idempotency_key as step_key
 
 if TYPE_CHECKING:
     from sagas.testing._saga_test import SentCommand

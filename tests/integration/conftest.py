@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_processors.topics import ensure_plain_topics, ensure_topics
+from stream_processors.kafka.topics import ensure_plain_topics, ensure_topics
 from tests.conftest import KafkaCluster
 from tests.integration.saga_harness import (
     FLAKY_TARGET,

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from sagas import Command, Compensate, Event, Saga, State, Step
 from sagas.worker import BusinessError, CommandContext, TransientError, Worker
-from stream_processors.policy import TIMEOUT, TRANSIENT, RetryPolicy
+from stream_processors.core.policy import TIMEOUT, TRANSIENT, RetryPolicy
 
 NS = "tests.flaky"
 WORK_RETRY = RetryPolicy(max_attempts=3, interval=3.0, backoff_rate=2.0)  # waits 3 s, then 6 s

@@ -30,11 +30,11 @@ from examples.order_fulfillment.saga import OrderFulfillment
 from examples.order_fulfillment.scenario import PlannedOrder, plan_orders
 from sagas.local import TERMINAL, LocalProcess
 from sagas.publisher import Publisher
-from stream_processors.journal import JournalEntry, Kind
-from stream_processors.kafka_config import consumer_config
-from stream_processors.restore import watermarks
-from stream_processors.routing import COMMAND_ID, INSTANCE, ReceivedHeaders, header
-from stream_processors.topics import SagaTopics
+from stream_processors.core.journal import JournalEntry, Kind
+from stream_processors.engine.routing import COMMAND_ID, INSTANCE, ReceivedHeaders, header
+from stream_processors.kafka.config import consumer_config
+from stream_processors.kafka.reading import watermarks
+from stream_processors.kafka.topics import SagaTopics
 from tests.conftest import KafkaCluster
 from tests.integration.flaky_jobs import FlakyJobs, Job
 

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from stream_processors.journal import JournalEntry, Kind
+from stream_processors.core.journal import JournalEntry, Kind
 from tests.integration.flaky_jobs import FINISH_TIMEOUT, WORK_RETRY
 from tests.integration.saga_harness import (
     FLAKY_TARGET,

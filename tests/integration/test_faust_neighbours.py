@@ -31,7 +31,7 @@ import pytest
 from confluent_kafka import Producer
 
 from sagas.local import LocalProcess, free_port
-from stream_processors.routing import COMMAND_ID
+from stream_processors.engine.routing import COMMAND_ID
 from tests.integration.saga_harness import (
     TOPICS,
     CommittedReader,

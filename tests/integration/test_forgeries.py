@@ -32,20 +32,20 @@ from examples.order_fulfillment.messages import MakePayment, PaymentCompleted
 from examples.order_fulfillment.scenario import PlannedOrder, plan_orders
 from examples.order_fulfillment.services import DECLINED_CARD
 from sagas.idempotency import recorded_replies
-from stream_processors.decide import command_id
-from stream_processors.journal import Kind
-from stream_processors.kafka_config import producer_config
-from stream_processors.model import CommandFailed
-from stream_processors.records import decode_record
-from stream_processors.routing import (
+from stream_processors.codecs.records import decode_record
+from stream_processors.codecs.signing import KEYS_VARIABLE, Keyring, Purpose, SigningKey, signed
+from stream_processors.core.decide import command_id
+from stream_processors.core.journal import Kind
+from stream_processors.core.model import CommandFailed
+from stream_processors.engine.routing import (
     DLQ_DETAIL,
     DLQ_REASON,
     Headers,
     command_headers,
     reply_headers,
 )
-from stream_processors.signing import KEYS_VARIABLE, Keyring, Purpose, SigningKey, signed
-from stream_processors.topics import ensure_plain_topics
+from stream_processors.kafka.config import producer_config
+from stream_processors.kafka.topics import ensure_plain_topics
 from tests.integration.saga_harness import TOPICS, CommittedReader, SagaRun, header_of, wait_for_log
 
 pytestmark = pytest.mark.kafka

@@ -34,10 +34,10 @@ from examples.order_fulfillment.messages import (
     ShippingLabelCreated,
 )
 from sagas.local import LocalProcess
-from stream_processors.avro import parse
-from stream_processors.records import decode_record
-from stream_processors.routing import COMMAND_ID, INSTANCE
-from stream_processors.topics import ensure_topics
+from stream_processors.codecs.avro import parse
+from stream_processors.codecs.records import decode_record
+from stream_processors.engine.routing import COMMAND_ID, INSTANCE
+from stream_processors.kafka.topics import ensure_topics
 from tests.conftest import KafkaCluster
 from tests.integration.saga_harness import (
     REPO_ROOT,

@@ -28,10 +28,9 @@ from examples.order_fulfillment.messages import MakePayment, OrderPlaced
 from examples.order_fulfillment.saga import OrderFulfillment
 from examples.order_fulfillment.scenario import PlannedOrder
 from sagas.operator import OperatorError, dead_letters, redrive, send_action
-from stream_processors.kafka_config import producer_config
-from stream_processors.limits import DLQ_DROPPED_HEADERS, DLQ_TRUNCATED, record_size
-from stream_processors.model import OperatorAction, SagaDefinition
-from stream_processors.routing import (
+from stream_processors.core.limits import DLQ_DROPPED_HEADERS, DLQ_TRUNCATED, record_size
+from stream_processors.core.model import OperatorAction, SagaDefinition
+from stream_processors.engine.routing import (
     COMMAND_ID,
     DLQ_OFFSET,
     DLQ_PARTITION,
@@ -43,7 +42,8 @@ from stream_processors.routing import (
     command_headers,
     received_headers,
 )
-from stream_processors.topics import ensure_plain_topics
+from stream_processors.kafka.config import producer_config
+from stream_processors.kafka.topics import ensure_plain_topics
 from tests.integration.saga_harness import TOPICS, CommittedReader, SagaRun, header_of
 
 pytestmark = pytest.mark.kafka

@@ -23,12 +23,18 @@ from examples.order_fulfillment.messages import PaymentCompleted
 from examples.order_fulfillment.saga import OrderFulfillment
 from sagas.cli import app
 from sagas.operator import REDRIVEN_FROM
-from stream_processors.kafka_config import consumer_config
-from stream_processors.model import OperatorAction
-from stream_processors.records import decode_record
-from stream_processors.restore import watermarks
-from stream_processors.routing import COMMAND_ID, DLQ_REASON, NOTE, dead_letter_headers, header
-from stream_processors.topics import SagaTopics, ensure_topics
+from stream_processors.codecs.records import decode_record
+from stream_processors.core.model import OperatorAction
+from stream_processors.engine.routing import (
+    COMMAND_ID,
+    DLQ_REASON,
+    NOTE,
+    dead_letter_headers,
+    header,
+)
+from stream_processors.kafka.config import consumer_config
+from stream_processors.kafka.reading import watermarks
+from stream_processors.kafka.topics import SagaTopics, ensure_topics
 from tests.conftest import KafkaCluster
 
 pytestmark = pytest.mark.kafka

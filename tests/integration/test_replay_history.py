@@ -24,13 +24,13 @@ from typer.testing import CliRunner
 from examples.order_fulfillment.messages import OrderPlaced, PaymentFailed
 from examples.order_fulfillment.saga import OrderFulfillment
 from sagas.cli import app
-from stream_processors import history
-from stream_processors.decide import Input, decide
-from stream_processors.instance import encode_snapshot
-from stream_processors.journal import Kind
-from stream_processors.kafka_config import producer_config
-from stream_processors.store import SnapshotStore
-from stream_processors.topics import SagaTopics
+from stream_processors.core.decide import Input, decide
+from stream_processors.core.instance import encode_snapshot
+from stream_processors.core.journal import Kind
+from stream_processors.engine.store import SnapshotStore
+from stream_processors.kafka.config import producer_config
+from stream_processors.kafka.topics import SagaTopics
+from stream_processors.tools import history
 from tests.conftest import KafkaCluster
 from tests.integration.saga_harness import (
     FLAKY_TOPICS,

@@ -22,9 +22,9 @@ import pytest
 from confluent_kafka import Message, Producer
 
 from examples.order_fulfillment.messages import PaymentFailed
-from stream_processors.avro import MAGIC
-from stream_processors.kafka_config import producer_config
-from stream_processors.routing import DLQ_REASON
+from stream_processors.codecs.avro import MAGIC
+from stream_processors.engine.routing import DLQ_REASON
+from stream_processors.kafka.config import producer_config
 from tests.integration.saga_harness import TOPICS, SagaRun, header_of
 
 pytestmark = pytest.mark.kafka

@@ -41,14 +41,14 @@ from examples.order_fulfillment.scenario import (
     PlannedOrder,
 )
 from sagas.local import LocalProcess
-from stream_processors.kafka_config import producer_config
-from stream_processors.routing import (
+from stream_processors.engine.routing import (
     DLQ_DETAIL,
     DLQ_OFFSET,
     DLQ_PARTITION,
     DLQ_REASON,
     DLQ_TOPIC,
 )
+from stream_processors.kafka.config import producer_config
 from tests.integration.saga_harness import (
     PARTITIONS,
     TOPICS,

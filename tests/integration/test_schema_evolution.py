@@ -48,17 +48,17 @@ from confluent_kafka import Producer
 
 from sagas.local import LocalProcess
 from sagas.worker import CommandContext, Worker
-from stream_processors.avro import DecodeError, SchemaCatalog, decode, encode, parse
-from stream_processors.instance import decode_snapshot
-from stream_processors.journal import JournalEntry, Kind
-from stream_processors.kafka_config import producer_config
-from stream_processors.records import CATALOG, Command, Event, decode_record
-from stream_processors.routing import DLQ_REASON, command_headers
-from stream_processors.schema_history import (
+from stream_processors.codecs.avro import DecodeError, SchemaCatalog, decode, encode, parse
+from stream_processors.codecs.records import CATALOG, Command, Event, decode_record
+from stream_processors.core.instance import decode_snapshot
+from stream_processors.core.journal import JournalEntry, Kind
+from stream_processors.engine.routing import DLQ_REASON, command_headers
+from stream_processors.engine.schema_history import (
     IncompatibleSchemaError,
     SchemaHistory,
     refuse_incompatible,
 )
+from stream_processors.kafka.config import producer_config
 from tests.conftest import KafkaCluster
 from tests.integration.saga_harness import CommittedReader, log_text, wait_for_log
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from stream_processors.kafka_config import read_properties
-from stream_processors.kafka_errors import KafkaUnavailable, connect_admin
-from stream_processors.topics import ensure_topics
+from stream_processors.kafka.config import read_properties
+from stream_processors.kafka.errors import KafkaUnavailable, connect_admin
+from stream_processors.kafka.topics import ensure_topics
 from tests.conftest import KafkaCluster
 from tests.integration.saga_harness import REPO_ROOT, SAGA_TARGET, TOPICS, SagaRun
 

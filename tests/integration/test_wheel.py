@@ -166,7 +166,7 @@ def test_the_installed_wheel_is_a_complete_library(installed: Path, scratch: Pat
         [
             python,
             "-c",
-            "import sagas, stream_processors, stream_processors.journal as j, pathlib;"
+            "import sagas, stream_processors, stream_processors.core.journal as j, pathlib;"
             "print(sagas.__file__); print(j.JournalEntry.__avro__.full_name);"
             "print(all((pathlib.Path(m.__file__).parent / 'py.typed').is_file()"
             " for m in (sagas, stream_processors)))",

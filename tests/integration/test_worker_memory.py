@@ -20,9 +20,9 @@ import pytest
 from confluent_kafka import Message, Producer
 
 from sagas.idempotency import recorded_replies
-from stream_processors.journal import Kind
-from stream_processors.kafka_config import producer_config
-from stream_processors.routing import COMMAND_ID, INSTANCE
+from stream_processors.core.journal import Kind
+from stream_processors.engine.routing import COMMAND_ID, INSTANCE
+from stream_processors.kafka.config import producer_config
 from tests.integration.flaky_jobs import workers
 from tests.integration.saga_harness import (
     FLAKY_TOPICS,

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from examples.order_fulfillment.saga import OrderFulfillment
 from sagas.testing import START_MS, SagaTest
-from stream_processors.decide import Decision, OutgoingCommand
-from stream_processors.journal import Kind
-from stream_processors.model import SagaDefinition
-from stream_processors.records import Record, decode_record
+from stream_processors.codecs.records import Record, decode_record
+from stream_processors.core.decide import Decision, OutgoingCommand
+from stream_processors.core.journal import Kind
+from stream_processors.core.model import SagaDefinition
 
 SAGA = OrderFulfillment.definition
 T0 = START_MS

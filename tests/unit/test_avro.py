@@ -1,4 +1,5 @@
-"""Unit tests for ``stream_processors.avro``: single-object framing, the catalog, decode errors.
+"""Unit tests for ``stream_processors.codecs.avro``: single-object framing, the catalog, decode
+errors.
 
 Covers: encode/decode round trips; the frame layout (``C3 01`` + the 8-byte little-endian
 CRC-64-AVRO fingerprint of the parsing canonical form, checked against fastavro, an independent
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
-from stream_processors.avro import (
+from stream_processors.codecs.avro import (
     FALLBACK_INTERVAL,
     HEADER_SIZE,
     MAGIC,

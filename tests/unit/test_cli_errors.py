@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from sagas.cli import app
-from sagas.cli_errors import run_cli
-from stream_processors.records import DeclarationError
+from sagas.cli.errors import run_cli
+from stream_processors.codecs.records import DeclarationError
 
 BAD_SAGA = """
 from examples.order_fulfillment.messages import MakePayment, OrderPlaced, OrderState

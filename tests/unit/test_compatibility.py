@@ -1,4 +1,5 @@
-"""Unit tests for ``stream_processors.compatibility``: Avro schema resolution, decided up front.
+"""Unit tests for ``stream_processors.codecs.compatibility``: Avro schema resolution, decided up
+front.
 
 Covers each rule of the specification's schema resolution with the message it gives (field
 added with and without a default, removed, retyped; every promotion and its reverse; unions on
@@ -18,8 +19,8 @@ import fastavro
 import pytest
 from fastavro.schema import parse_schema
 
-from stream_processors.avro import parse
-from stream_processors.compatibility import PROMOTIONS, compatible, incompatibilities
+from stream_processors.codecs.avro import parse
+from stream_processors.codecs.compatibility import PROMOTIONS, compatible, incompatibilities
 
 NS = "tests.unit.compat"
 PRIMITIVES = ["null", "boolean", "int", "long", "float", "double", "bytes", "string"]
@@ -351,7 +352,7 @@ def test_the_top_record_names_must_match() -> None:
 
 
 def test_the_builtin_snapshot_schema_is_compatible_with_itself(catalog_schemas: None) -> None:
-    from stream_processors.records import CATALOG
+    from stream_processors.codecs.records import CATALOG
 
     snapshot = CATALOG.current("sagalog.Snapshot")
     assert incompatibilities(snapshot, snapshot) == []
@@ -363,7 +364,7 @@ def test_the_builtin_snapshot_schema_is_compatible_with_itself(catalog_schemas: 
 
 @pytest.fixture
 def catalog_schemas() -> None:
-    import stream_processors.journal  # noqa: F401  (loads the built-in schemas)
+    import stream_processors.core.journal  # noqa: F401  (loads the built-in schemas)
 
 
 # --- cross-checking with fastavro --------------------------------------------------------------

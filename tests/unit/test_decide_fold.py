@@ -39,17 +39,17 @@ from examples.order_fulfillment.messages import (
 )
 from examples.order_fulfillment.saga import OrderFulfillment
 from sagas import Command, Compensate, Complete, Event, Fail, Saga, Step, evolve, on
-from stream_processors.decide import Input, command_id, decide
-from stream_processors.fold import FoldError, apply, fold
-from stream_processors.instance import (
+from stream_processors.core.decide import Input, command_id, decide
+from stream_processors.core.fold import FoldError, apply, fold
+from stream_processors.core.instance import (
     Status,
     StepState,
     StepStatus,
     decode_snapshot,
     encode_snapshot,
 )
-from stream_processors.journal import JournalEntry, Kind
-from stream_processors.model import SagaDefinition
+from stream_processors.core.journal import JournalEntry, Kind
+from stream_processors.core.model import SagaDefinition
 from tests.unit.saga_run import SAGA, T0, Run, kinds, only_command
 
 ORDER = OrderPlaced(

@@ -1,6 +1,7 @@
 """Unit tests for record classes as the source of their schema (``derive=True``) and export.
 
-Covers ``stream_processors.derive`` through ``Record``: every supported type (str, int, float,
+Covers ``stream_processors.codecs.derive`` through ``Record``: every supported type (str, int,
+float,
 bool, bytes), ``X | None`` (default null, or the default's branch first), defaults and default
 factories, nested records (defined once, then by name, in lists, maps and unions) with encode
 and decode round trips; each refusal at class creation (an unsupported type, a union of two
@@ -29,11 +30,16 @@ import pytest
 
 import examples.order_fulfillment.messages as messages
 from sagas.cli import app
-from sagas.cli_errors import run_cli
-from sagas.cli_schemas import exported_files
-from stream_processors.avro import decode
-from stream_processors.derive import contract_json, derive_definition, field_specs, same_contract
-from stream_processors.records import CATALOG, DeclarationError, Event, Record, decode_record
+from sagas.cli.errors import run_cli
+from sagas.cli.schemas import exported_files
+from stream_processors.codecs.avro import decode
+from stream_processors.codecs.derive import (
+    contract_json,
+    derive_definition,
+    field_specs,
+    same_contract,
+)
+from stream_processors.codecs.records import CATALOG, DeclarationError, Event, Record, decode_record
 
 NS = "tests.unit.derive"
 REPO = Path(__file__).resolve().parents[2]
@@ -287,7 +293,7 @@ DERIVED_MODULE = '''
 
 from __future__ import annotations
 
-from stream_processors.records import Command, Event
+from stream_processors.codecs.records import Command, Event
 
 
 class Ship(Command, schema="tests.unit.derive.export.Ship", derive=True, topic="ship.commands"):

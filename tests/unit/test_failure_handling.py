@@ -35,10 +35,11 @@ from examples.order_fulfillment.messages import (
 from examples.order_fulfillment.saga import OrderFulfillment
 from sagas import Command, Compensate, Complete, DeclarationError, Event, Saga, Step, evolve, on
 from sagas.saga import Wait
-from stream_processors.decide import DEADLINE, decide_timer
-from stream_processors.instance import Status, StepState, StepStatus, Timer
-from stream_processors.journal import Kind
-from stream_processors.model import (
+from stream_processors.codecs.records import decode_record
+from stream_processors.core.decide import DEADLINE, decide_timer
+from stream_processors.core.instance import Status, StepState, StepStatus, Timer
+from stream_processors.core.journal import Kind
+from stream_processors.core.model import (
     COMPENSATE,
     DEFAULT_RETRY,
     CommandFailed,
@@ -48,8 +49,7 @@ from stream_processors.model import (
     Task,
     validate,
 )
-from stream_processors.policy import ALL, NO_RETRY, TIMEOUT, TRANSIENT, RetryPolicy
-from stream_processors.records import decode_record
+from stream_processors.core.policy import ALL, NO_RETRY, TIMEOUT, TRANSIENT, RetryPolicy
 from tests.unit.saga_run import T0, Run, kinds, only_command
 
 ORDER = OrderPlaced(

@@ -4,7 +4,7 @@ Covers: the codec is registered under its documented name and round-trips a Saga
 through Faust's codec registry; a record written with an older writer schema (one the history
 knows) decodes as the current class; something not a Sagalog record is refused; undecodable
 bytes raise; and aiokafka's default partitioner (what Faust's producer uses) puts a key on the
-same partition as ``stream_processors.history.partition_for`` (Java's and librdkafka's
+same partition as ``stream_processors.tools.history.partition_for`` (Java's and librdkafka's
 ``murmur2_random``), so ``sagas.faust.publish`` partitions as ``Publisher`` does.
 """
 
@@ -18,9 +18,9 @@ from faust.serializers import codecs
 
 import sagas.faust
 from examples.order_fulfillment.messages import OrderPlaced
-from stream_processors.avro import encode, parse
-from stream_processors.history import partition_for
-from stream_processors.records import CATALOG
+from stream_processors.codecs.avro import encode, parse
+from stream_processors.codecs.records import CATALOG
+from stream_processors.tools.history import partition_for
 
 ORDER = OrderPlaced("order-1", "customer-7", 1250, "tok_ok", "10115")
 

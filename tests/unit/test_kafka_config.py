@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError
 
-from stream_processors import kafka_config
-from stream_processors.kafka_config import (
+from stream_processors.kafka import config as kafka_config
+from stream_processors.kafka.config import (
     KafkaConfigError,
     bootstrap_servers,
     common,
@@ -27,7 +27,7 @@ from stream_processors.kafka_config import (
     use_config_file,
     user_settings,
 )
-from stream_processors.kafka_errors import explain
+from stream_processors.kafka.errors import explain
 
 SECURED = """\
 # a comment

@@ -1,4 +1,4 @@
-"""Keys and the instances records name (``stream_processors.keys``), and bounded metric labels.
+"""Keys and the instances records name (``stream_processors.core.keys``), and bounded metric labels.
 
 A source event is routed by the instance its fields name; an inbox record keyed by another
 instance than it names is dead-lettered as ``key-mismatch``. The processor's part is checked
@@ -16,11 +16,11 @@ from typing import Any
 from examples.order_fulfillment.messages import OrderPlaced, PaymentCompleted, PaymentRefunded
 from examples.order_fulfillment.saga import OrderFulfillment
 from sagas.testing import SagaTest
-from stream_processors import metrics
-from stream_processors.keys import key_mismatch, route_key
-from stream_processors.model import CommandFailed, OperatorAction
-from stream_processors.processor import ProcessorConfig, SagaProcessor
-from stream_processors.routing import COMMAND_ID, DLQ_REASON, INSTANCE, NOTE
+from stream_processors.core.keys import key_mismatch, route_key
+from stream_processors.core.model import CommandFailed, OperatorAction
+from stream_processors.engine import metrics
+from stream_processors.engine.processor import ProcessorConfig, SagaProcessor
+from stream_processors.engine.routing import COMMAND_ID, DLQ_REASON, INSTANCE, NOTE
 from tests.unit.test_failure_handling import Kit, declare, kit  # noqa: F401  (kit: a fixture)
 
 SAGA = OrderFulfillment.definition

@@ -1,4 +1,4 @@
-"""Record sizes and what fits (stream_processors.limits), checked against librdkafka itself.
+"""Record sizes and what fits (stream_processors.core.limits), checked against librdkafka itself.
 
 librdkafka refuses an oversized record in ``produce``, before any connection: a producer that
 never reaches a broker tells whether ``record_size`` counts as it does, at the exact boundary.
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka import KafkaException, Producer
 
-from stream_processors.limits import (
+from stream_processors.core.limits import (
     BATCH_OVERHEAD,
     DLQ_DROPPED_HEADERS,
     DLQ_KEY_TRUNCATED,

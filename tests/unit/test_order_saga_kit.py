@@ -26,8 +26,8 @@ from examples.order_fulfillment.messages import (
 from examples.order_fulfillment.saga import OrderFulfillment
 from sagas import BusinessError, CommandContext, Saga, Step, TransientError, Worker
 from sagas.testing import START_MS, SagaTest, command_context, handle
-from stream_processors.journal import Kind
-from stream_processors.model import CommandFailed
+from stream_processors.core.journal import Kind
+from stream_processors.core.model import CommandFailed
 
 ORDER = OrderPlaced(
     order_id="o-1", customer_id="c-1", amount_cents=4_200, card_token="tok", postcode="N1 9GU"

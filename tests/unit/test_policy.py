@@ -10,15 +10,15 @@ import math
 
 import pytest
 
-import stream_processors.policy
-from stream_processors.model import DEFAULT_RETRY
-from stream_processors.policy import ALL, NO_RETRY, TIMEOUT, TRANSIENT, RetryPolicy
+import stream_processors.core.policy
+from stream_processors.core.model import DEFAULT_RETRY
+from stream_processors.core.policy import ALL, NO_RETRY, TIMEOUT, TRANSIENT, RetryPolicy
 
 SEEDS = [f"orders/o-{n}/payment/1" for n in range(400)]
 
 
 def test_the_module_doctest_passes() -> None:
-    result = doctest.testmod(stream_processors.policy, verbose=False)
+    result = doctest.testmod(stream_processors.core.policy, verbose=False)
     assert result.attempted >= 4
     assert result.failed == 0
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from confluent_kafka import TopicPartition
 
 from examples.order_fulfillment.saga import OrderFulfillment
-from stream_processors.processor import ProcessorConfig, SagaProcessor
-from stream_processors.store import Due
+from stream_processors.engine.processor import ProcessorConfig, SagaProcessor
+from stream_processors.engine.store import Due
 
 
 class _AbortingProducer:

@@ -1,4 +1,4 @@
-"""Unit tests for ``stream_processors.records``: typed records bound to Avro schemas.
+"""Unit tests for ``stream_processors.codecs.records``: typed records bound to Avro schemas.
 
 Covers: the field-for-field check at class creation (a field missing from the class, a field
 missing from the schema, a wrong type, optional against non-optional, arrays and maps), each
@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from examples.order_fulfillment.messages import OrderPlaced, OrderState, PaymentCompleted
-from stream_processors.avro import MAGIC, DecodeError, encode, parse
-from stream_processors.records import (
+from stream_processors.codecs.avro import MAGIC, DecodeError, encode, parse
+from stream_processors.codecs.records import (
     CATALOG,
     Command,
     DeclarationError,
@@ -248,7 +248,7 @@ def test_a_subpackage_with_its_own_schemas_still_finds_the_projects(
     schema(project / "schemas", "Outer")
     schema(billing / "schemas", "Inner")
     (billing / "records.py").write_text(
-        "from stream_processors.records import Record\n"
+        "from stream_processors.codecs.records import Record\n"
         f"class Inner(Record, schema='{NS}.nested.Inner'):\n    id: str\n"
         f"class Outer(Record, schema='{NS}.nested.Outer'):\n    id: str\n"
     )

@@ -22,10 +22,10 @@ from examples.order_fulfillment.messages import (
 )
 from examples.order_fulfillment.saga import OrderFulfillment
 from sagas.testing import SagaTest
-from stream_processors.decide import Decision, signal_command_id
-from stream_processors.instance import Status, StepStatus
-from stream_processors.journal import Kind
-from stream_processors.model import CommandFailed
+from stream_processors.core.decide import Decision, signal_command_id
+from stream_processors.core.instance import Status, StepStatus
+from stream_processors.core.journal import Kind
+from stream_processors.core.model import CommandFailed
 
 ORDER = OrderPlaced(
     order_id="o-1", customer_id="c-1", amount_cents=4_200, card_token="tok", postcode="N1 9GU"

@@ -1,4 +1,5 @@
-"""Unit tests for ``sagas.saga`` and ``stream_processors.model``: declaring and compiling sagas.
+"""Unit tests for ``sagas.saga`` and ``stream_processors.core.model``: declaring and compiling
+sagas.
 
 Covers: the example ``OrderFulfillment`` compiles to the expected ``SagaDefinition`` (steps in
 order, transitions, compensation, reply roles, evolvers, topics, default command builders); and
@@ -30,7 +31,7 @@ from examples.order_fulfillment.messages import (
 )
 from examples.order_fulfillment.saga import OrderFulfillment
 from sagas import Command, Compensate, DeclarationError, Fail, Saga, Step, Wait, evolve, on
-from stream_processors.model import (
+from stream_processors.core.model import (
     CommandFailed,
     OperatorAction,
     ReplyRole,

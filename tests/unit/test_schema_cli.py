@@ -13,10 +13,17 @@ from __future__ import annotations
 import pytest
 import typer
 
-from sagas.cli_schemas import parse_fingerprint, readers_of
-from stream_processors.avro import AvroSchema, DecodeError, SchemaCatalog, decode, encode, parse
-from stream_processors.records import CATALOG
-from stream_processors.schema_history import SchemaHistory
+from sagas.cli.schemas import parse_fingerprint, readers_of
+from stream_processors.codecs.avro import (
+    AvroSchema,
+    DecodeError,
+    SchemaCatalog,
+    decode,
+    encode,
+    parse,
+)
+from stream_processors.codecs.records import CATALOG
+from stream_processors.engine.schema_history import SchemaHistory
 
 NS = "tests.unit.schemacli"
 

@@ -1,4 +1,4 @@
-"""Unit tests for the pure part of ``stream_processors.schema_history``: the start check.
+"""Unit tests for the pure part of ``stream_processors.engine.schema_history``: the start check.
 
 Covers which schemas a saga reads and writes on which topic (the example order saga), ``check``
 against recorded writer schemas (only same-named ones, never the reader's own version; each
@@ -24,12 +24,12 @@ from examples.order_fulfillment.messages import (
     RefundPayment,
 )
 from examples.order_fulfillment.saga import OrderFulfillment
-from stream_processors import records
-from stream_processors.avro import AvroSchema, SchemaCatalog, parse
-from stream_processors.journal import JournalEntry
-from stream_processors.model import CommandFailed, OperatorAction
-from stream_processors.records import CATALOG
-from stream_processors.schema_history import (
+from stream_processors.codecs import records
+from stream_processors.codecs.avro import AvroSchema, SchemaCatalog, parse
+from stream_processors.codecs.records import CATALOG
+from stream_processors.core.journal import JournalEntry
+from stream_processors.core.model import CommandFailed, OperatorAction
+from stream_processors.engine.schema_history import (
     IncompatibleSchemaError,
     SchemaHistory,
     check_saga_schemas,
@@ -37,7 +37,7 @@ from stream_processors.schema_history import (
     saga_reads,
     saga_writes,
 )
-from stream_processors.topics import SagaTopics
+from stream_processors.kafka.topics import SagaTopics
 
 TOPICS = SagaTopics.for_saga(OrderFulfillment.definition)
 SNAPSHOT = CATALOG.current("sagalog.Snapshot")

@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from stream_processors.avro import DecodeError, SchemaCatalog, decode, parse
-from stream_processors.schema_registry import (
+from stream_processors.codecs.avro import DecodeError, SchemaCatalog, decode, parse
+from stream_processors.codecs.schema_registry import (
     CA_LOCATION_VARIABLE,
     USER_INFO_VARIABLE,
     HttpSchemaRegistry,
@@ -233,8 +233,8 @@ def test_deciding_never_calls_the_registry(
     """The pure core encodes commands without I/O; the processor registers schemas at start."""
     from examples.order_fulfillment.messages import MakePayment, OrderPlaced
     from examples.order_fulfillment.saga import OrderFulfillment
-    from stream_processors.decide import Input, decide
-    from stream_processors.records import CATALOG
+    from stream_processors.codecs.records import CATALOG
+    from stream_processors.core.decide import Input, decide
 
     monkeypatch.setattr(CATALOG, "registry", HttpSchemaRegistry(registry_url))
     monkeypatch.setattr(CATALOG, "_registry_ids", {})

@@ -26,10 +26,22 @@ from sagas import operator
 from sagas.idempotency import HandledCommand, HandledCommands
 from sagas.reply_addresses import BAD_REPLY_ADDRESS, ReplyAddresses
 from sagas.worker import CommandContext, Worker
-from stream_processors import processor as processor_module
-from stream_processors import routing, signing
-from stream_processors.processor import ProcessorConfig, SagaProcessor
-from stream_processors.routing import (
+from stream_processors.codecs import signing
+from stream_processors.codecs.signing import (
+    SIGNATURE,
+    Keyring,
+    Purpose,
+    SigningKey,
+    SigningKeyError,
+    from_environment,
+    signed,
+    signed_bytes,
+    verify,
+)
+from stream_processors.engine import processor as processor_module
+from stream_processors.engine import routing
+from stream_processors.engine.processor import ProcessorConfig, SagaProcessor
+from stream_processors.engine.routing import (
     ATTEMPT,
     COMMAND_ID,
     DLQ_REASON,
@@ -42,17 +54,6 @@ from stream_processors.routing import (
     command_headers,
     header,
     reply_headers,
-)
-from stream_processors.signing import (
-    SIGNATURE,
-    Keyring,
-    Purpose,
-    SigningKey,
-    SigningKeyError,
-    from_environment,
-    signed,
-    signed_bytes,
-    verify,
 )
 
 OLD = SigningKey("k1", b"o" * 32)

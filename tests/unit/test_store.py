@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from examples.order_fulfillment.messages import PaymentCompleted
-from stream_processors.avro import DecodeError
-from stream_processors.instance import decode_snapshot, snapshot_schedule
-from stream_processors.store import SnapshotStore, claim_slot
+from stream_processors.codecs.avro import DecodeError
+from stream_processors.core.instance import decode_snapshot, snapshot_schedule
+from stream_processors.engine.store import SnapshotStore, claim_slot
 
 
 def test_snapshots_and_offsets_survive_a_reopen(tmp_path: Path) -> None:

@@ -28,9 +28,8 @@ import pytest
 from examples.order_fulfillment.messages import MakePayment, OrderPlaced, OrderState
 from examples.order_fulfillment.messages import PaymentCompleted as Paid
 from sagas import Saga, Step
-from stream_processors.avro import AvroSchema, DecodeError, encode, parse
-from stream_processors.instance import Instance, Status, decode_snapshot
-from stream_processors.records import (
+from stream_processors.codecs.avro import AvroSchema, DecodeError, encode, parse
+from stream_processors.codecs.records import (
     CATALOG,
     DeclarationError,
     Event,
@@ -39,6 +38,7 @@ from stream_processors.records import (
     load_schema_directory,
     register_upcaster,
 )
+from stream_processors.core.instance import Instance, Status, decode_snapshot
 
 NS = "tests.unit.upcast"
 
@@ -198,7 +198,7 @@ def test_an_upcaster_for_one_writer_wins_over_the_general_one(types: SimpleNames
 def test_a_bad_upcaster_is_a_decode_error_naming_the_problem(
     types: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, upcaster: Any, expected: str
 ) -> None:
-    import stream_processors.records as records
+    import stream_processors.codecs.records as records
 
     monkeypatch.setitem(records._upcasters, f"{NS}.Failing", {None: upcaster})
     v1 = old("Failing", ID, WEIGHT_V1)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 
 from examples.order_fulfillment.messages import OrderState
-from stream_processors.avro import AvroSchema, encode, parse
-from stream_processors.instance import decode_snapshot
-from stream_processors.journal import JournalEntry
-from stream_processors.records import BUILTIN_SCHEMAS
+from stream_processors.codecs.avro import AvroSchema, encode, parse
+from stream_processors.codecs.records import BUILTIN_SCHEMAS
+from stream_processors.core.instance import decode_snapshot
+from stream_processors.core.journal import JournalEntry
 
 PREVIOUS = BUILTIN_SCHEMAS / "sagalog" / "previous"
 

@@ -30,15 +30,15 @@ from examples.order_fulfillment.messages import (
 )
 from examples.order_fulfillment.saga import OrderFulfillment
 from sagas import Compensate, RetryPolicy, Saga, Step
-from sagas.cli_history import _entry_json
+from sagas.cli.history import _entry_json
 from sagas.testing import (
     HistoriesDiffer,
     SagaTest,
     load_histories,
     verify_histories,
 )
-from stream_processors.history import Located
-from stream_processors.journal import JournalEntry
+from stream_processors.core.journal import JournalEntry
+from stream_processors.tools.history import Located
 
 Journal = list[JournalEntry]
 

@@ -26,9 +26,9 @@ from examples.order_fulfillment.messages import (
 from examples.order_fulfillment.saga import OrderFulfillment
 from sagas import Compensate, RetryPolicy, Saga, Step, evolve
 from sagas.testing import SagaTest
-from stream_processors.instance import Status
-from stream_processors.journal import Kind
-from stream_processors.model import OperatorAction
+from stream_processors.core.instance import Status
+from stream_processors.core.journal import Kind
+from stream_processors.core.model import OperatorAction
 from tests.unit.saga_run import Run
 
 ORDER = OrderPlaced(

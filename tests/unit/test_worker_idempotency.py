@@ -21,8 +21,8 @@ from examples.order_fulfillment.messages import MakePayment, PaymentCompleted
 from sagas import idempotency
 from sagas.idempotency import HandledCommand, HandledCommands
 from sagas.worker import CommandContext, Worker, command_context
-from stream_processors.decide import command_id, idempotency_key
-from stream_processors.routing import (
+from stream_processors.core.decide import command_id, idempotency_key
+from stream_processors.engine.routing import (
     ATTEMPT,
     COMMAND_ID,
     IDEMPOTENCY_KEY,

@@ -3,14 +3,14 @@
 Usage: probe.py BOOTSTRAP TIMEOUT_SECONDS. A real client round trip through librdkafka is the
 language-neutral definition of "a client can connect", unlike an open TCP port, which a broker
 has long before it can serve requests. The client takes Sagalog's settings (SAGALOG_KAFKA_CONFIG,
-SAGALOG_KAFKA_*: stream_processors.kafka_config), so a secured cluster is probed as the engine
+SAGALOG_KAFKA_*: stream_processors.kafka.config), so a secured cluster is probed as the engine
 will talk to it; when it does not answer, the reason is printed in one line.
 """
 
 import logging
 import sys
 
-from stream_processors.kafka_errors import KafkaUnavailable, connect_admin
+from stream_processors.kafka.errors import KafkaUnavailable, connect_admin
 
 
 def main() -> int:

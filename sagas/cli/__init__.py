@@ -1,0 +1,25 @@
+"""The ``sagas`` command line. Each command group lives in a module of its own and registers
+on the one ``app`` (``sagas.cli.app``) when imported; this package imports them all.
+
+    sagas run examples.order_fulfillment.saga:OrderFulfillment
+    sagas worker examples.order_fulfillment.services:payments
+    sagas retry examples.order_fulfillment.saga:OrderFulfillment order-17 --reason "card fixed"
+    sagas dlq list payments.commands.dlq
+    sagas history examples.order_fulfillment.saga:OrderFulfillment order-17
+    sagas schemas register shipping-v2.avsc --topic shipping.events
+"""
+
+from __future__ import annotations
+
+import sys
+
+from sagas.cli import history, operate, run, schemas
+from sagas.cli.app import app
+from sagas.cli.errors import run_cli
+
+
+def main() -> None:
+    sys.exit(run_cli(app))
+
+
+__all__ = ["app", "history", "main", "operate", "run", "schemas"]

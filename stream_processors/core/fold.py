@@ -1,0 +1,151 @@
+"""``fold``: the only way an instance's state changes. Pure.
+
+``apply(definition, instance, entry)`` returns the instance after one journal entry; ``fold``
+applies many. Neither reads the clock, the network or randomness: times come from the entries
+(``at_ms``, stamped by ``decide``), so replaying a journal rebuilds byte-identical snapshots.
+
+The saga's own state changes in exactly two places: ``SagaStarted`` (the saga's ``begin`` builds
+it from the start event) and ``InputAccepted`` (the saga's evolver for that input type, if any).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+
+from stream_processors.codecs.records import Record, decode_record
+from stream_processors.core.instance import Instance, Status, StepState, StepStatus, Timer
+from stream_processors.core.journal import JournalEntry, Kind
+from stream_processors.core.model import SagaDefinition
+
+
+class FoldError(Exception):
+    """A journal that does not fold: entries out of order, or an entry that makes no sense."""
+
+
+_STATUS_AFTER = {
+    Kind.SAGA_COMPLETED: Status.COMPLETED,
+    Kind.SAGA_COMPENSATING: Status.COMPENSATING,
+    Kind.SAGA_COMPENSATED: Status.COMPENSATED,
+    Kind.SAGA_FAILED: Status.FAILED,
+    Kind.SAGA_PARKED: Status.NEEDS_ATTENTION,
+    Kind.SAGA_RESUMED: Status.COMPENSATING,
+    Kind.SAGA_RESOLVED: Status.RESOLVED,
+}
+
+_SENT = {
+    Kind.COMMAND_SENT: StepStatus.PENDING,
+    Kind.WAIT_STARTED: StepStatus.PENDING,
+    Kind.COMPENSATION_SENT: StepStatus.COMPENSATING,
+}
+
+_STEP_STATUS_AFTER = {
+    Kind.STEP_SUCCEEDED: StepStatus.SUCCEEDED,
+    Kind.STEP_FAILED: StepStatus.FAILED,
+    Kind.COMPENSATION_SUCCEEDED: StepStatus.COMPENSATED,
+    Kind.COMPENSATION_FAILED: StepStatus.COMPENSATION_FAILED,
+}
+
+
+def _status_after(instance: Instance, kind: Kind) -> Status:
+    """The status after a saga-level entry. A resumed instance goes back to where it was parked:
+    compensating after a compensation that failed, running after a definition mismatch (an
+    instance parked by an earlier release, which did not record where, was compensating)."""
+    if kind is Kind.SAGA_RESUMED and instance.parked_from is not None:
+        return instance.parked_from
+    return _STATUS_AFTER[kind]
+
+
+def _record_of(entry: JournalEntry, decoded: Record | None) -> Record:
+    if decoded is not None:
+        return decoded
+    if entry.record is None:
+        raise FoldError(f"{entry.kind} #{entry.seq} of {entry.instance} carries no record")
+    return decode_record(entry.record)
+
+
+def apply(
+    definition: SagaDefinition,
+    instance: Instance | None,
+    entry: JournalEntry,
+    decoded: Record | None = None,
+) -> Instance:
+    """The instance after ``entry``. ``decoded`` is ``entry.record`` already decoded, if at hand."""
+    kind = Kind(entry.kind)
+    if instance is None:
+        if kind is not Kind.SAGA_STARTED:
+            raise FoldError(f"{entry.instance}: history starts with {entry.kind}, not SagaStarted")
+        if entry.seq != 0:
+            raise FoldError(f"{entry.instance}: SagaStarted at position {entry.seq}, not 0")
+        return Instance(
+            instance_id=entry.instance,
+            saga_version=entry.saga_version,
+            status=Status.RUNNING,
+            seq=1,
+            started_at_ms=entry.at_ms,
+            updated_at_ms=entry.at_ms,
+            reason=None,
+            steps={},
+            completed=(),
+            data=definition.begin(_record_of(entry, decoded)),
+        )
+    if entry.seq != instance.seq:
+        raise FoldError(
+            f"{entry.instance}: entry at position {entry.seq} follows {instance.seq - 1}"
+        )
+    moved = replace(instance, seq=instance.seq + 1, updated_at_ms=entry.at_ms)
+    step = entry.step
+    if kind is Kind.INPUT_ACCEPTED:
+        record = _record_of(entry, decoded)
+        evolve = definition.evolvers.get(type(record))
+        return replace(moved, data=evolve(moved.data, record)) if evolve else moved
+    if kind in _SENT:
+        if step is None:  # a handler's fire-and-forget command: history only
+            return moved
+        sent = StepState(_SENT[kind], entry.command_id or "", entry.attempt, entry.at_ms)
+        return replace(moved, steps={**moved.steps, step: sent})
+    if kind is Kind.ATTEMPT_FAILED:
+        name, current = _step(moved, entry)
+        status = (
+            StepStatus.COMPENSATION_RETRYING if current.status.compensation else StepStatus.RETRYING
+        )
+        return replace(moved, steps={**moved.steps, name: replace(current, status=status)})
+    if kind is Kind.TIMER_SCHEDULED:
+        if entry.timer is None or entry.due_ms is None:
+            raise FoldError(f"{entry.instance}: TimerScheduled #{entry.seq} without timer or due")
+        timer = Timer(entry.due_ms, step, entry.attempt)
+        return replace(moved, timers={**moved.timers, entry.timer: timer})
+    if kind in (Kind.TIMER_FIRED, Kind.TIMER_CANCELLED):
+        return replace(moved, timers={n: t for n, t in moved.timers.items() if n != entry.timer})
+    if kind is Kind.OPERATOR_ACTION:
+        return moved  # history: who did what and why; the entries after it change the state
+    if kind in _STEP_STATUS_AFTER:
+        name, current = _step(moved, entry)
+        steps = {**moved.steps, name: replace(current, status=_STEP_STATUS_AFTER[kind])}
+        completed = (*moved.completed, name) if kind is Kind.STEP_SUCCEEDED else moved.completed
+        return replace(moved, steps=steps, completed=completed)
+    if kind in _STATUS_AFTER:
+        # Resuming keeps the reason the instance parked for; the operator's why is journaled.
+        keep = kind is Kind.SAGA_RESUMED or entry.reason is None
+        return replace(
+            moved,
+            status=_status_after(moved, kind),
+            reason=moved.reason if keep else entry.reason,
+            parked_from=moved.status if kind is Kind.SAGA_PARKED else None,
+        )
+    raise FoldError(f"{entry.instance}: cannot fold a {entry.kind}")  # SagaStarted twice
+
+
+def _step(instance: Instance, entry: JournalEntry) -> tuple[str, StepState]:
+    if entry.step is None or entry.step not in instance.steps:
+        raise FoldError(f"{entry.instance}: {entry.kind} for unknown step {entry.step!r}")
+    return entry.step, instance.steps[entry.step]
+
+
+def fold(
+    definition: SagaDefinition, instance: Instance | None, entries: Iterable[JournalEntry]
+) -> Instance | None:
+    """The instance after all ``entries``, in order."""
+    for entry in entries:
+        instance = apply(definition, instance, entry)
+    return instance

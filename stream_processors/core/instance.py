@@ -1,0 +1,195 @@
+"""The folded state of one saga instance, and its snapshot encoding.
+
+``Instance`` is what ``fold`` produces and ``decide`` reads: the engine's bookkeeping (status,
+each step's command in flight, the steps that completed, in order) around the saga's own typed
+state (``data``). Snapshots are the Avro encoding of an ``Instance`` (schema ``sagalog.Snapshot``)
+and must be byte-identical when rebuilt from the journal, so every field is derived from journal
+entries only and every collection keeps a deterministic order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from stream_processors.codecs.avro import AvroSchema, DecodeError, decode, encode
+from stream_processors.codecs.records import CATALOG, Record, decode_record
+
+# Importing the journal module loads the built-in schema folder, which holds sagalog.Snapshot.
+from stream_processors.core.journal import JournalEntry as _JournalEntry  # noqa: F401  isort: skip
+
+
+class Status(StrEnum):
+    """Where an instance is in its life. The values are stored: never rename one."""
+
+    RUNNING = "running"
+    COMPENSATING = "compensating"
+    COMPLETED = "completed"
+    COMPENSATED = "compensated"
+    FAILED = "failed"
+    NEEDS_ATTENTION = "needs_attention"
+    RESOLVED = "resolved"
+
+    @property
+    def finished(self) -> bool:
+        return self in (Status.COMPLETED, Status.COMPENSATED, Status.FAILED, Status.RESOLVED)
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    COMPENSATING = "compensating"
+    COMPENSATION_RETRYING = "compensation_retrying"
+    COMPENSATED = "compensated"
+    COMPENSATION_FAILED = "compensation_failed"
+
+    @property
+    def compensation(self) -> bool:
+        """Whether the step's current attempt is of its compensation."""
+        return self in (
+            StepStatus.COMPENSATING,
+            StepStatus.COMPENSATION_RETRYING,
+            StepStatus.COMPENSATED,
+            StepStatus.COMPENSATION_FAILED,
+        )
+
+
+#: Step statuses in which the step is active: waiting for a reply or for its next attempt.
+ACTIVE_STEP = frozenset(
+    {
+        StepStatus.PENDING,
+        StepStatus.RETRYING,
+        StepStatus.COMPENSATING,
+        StepStatus.COMPENSATION_RETRYING,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StepState:
+    """The latest command of one step: what it is waiting for, and since when."""
+
+    status: StepStatus
+    command_id: str
+    attempt: int
+    sent_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """A durable timer: due at ``due_ms``; ``step`` and ``attempt`` say what it is about."""
+
+    due_ms: int
+    step: str | None
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One saga instance as folded from its journal."""
+
+    instance_id: str
+    saga_version: int
+    status: Status
+    seq: int
+    started_at_ms: int
+    updated_at_ms: int
+    reason: str | None
+    steps: Mapping[str, StepState]
+    completed: tuple[str, ...]
+    data: Record
+    timers: Mapping[str, Timer] = field(default_factory=dict)
+    #: While parked: the status to resume in when an operator retries (see ``fold``).
+    parked_from: Status | None = None
+
+    @property
+    def active(self) -> tuple[str, ...]:
+        """Steps in flight or due another attempt (the active states of the state machine)."""
+        return tuple(name for name, step in self.steps.items() if step.status in ACTIVE_STEP)
+
+
+def _snapshot_schema() -> AvroSchema:
+    return CATALOG.current("sagalog.Snapshot")
+
+
+def encode_snapshot(instance: Instance) -> bytes:
+    datum: dict[str, Any] = {
+        "instance": instance.instance_id,
+        "saga_version": instance.saga_version,
+        "status": instance.status.value,
+        "seq": instance.seq,
+        "started_at_ms": instance.started_at_ms,
+        "updated_at_ms": instance.updated_at_ms,
+        "reason": instance.reason,
+        "steps": [
+            {
+                "name": name,
+                "status": step.status.value,
+                "command_id": step.command_id,
+                "attempt": step.attempt,
+                "sent_at_ms": step.sent_at_ms,
+            }
+            for name, step in instance.steps.items()
+        ],
+        "completed": list(instance.completed),
+        "data": instance.data.encode(),
+        "timers": [
+            {"name": name, "due_ms": t.due_ms, "step": t.step, "attempt": t.attempt}
+            for name, t in instance.timers.items()
+        ],
+        "parked_from": None if instance.parked_from is None else instance.parked_from.value,
+    }
+    return encode(_snapshot_schema(), datum)
+
+
+def decode_snapshot(data: bytes) -> Instance:
+    datum = _snapshot_datum(data)
+    return Instance(
+        instance_id=datum["instance"],
+        saga_version=datum["saga_version"],
+        status=Status(datum["status"]),
+        seq=datum["seq"],
+        started_at_ms=datum["started_at_ms"],
+        updated_at_ms=datum["updated_at_ms"],
+        reason=datum["reason"],
+        steps={
+            step["name"]: StepState(
+                StepStatus(step["status"]), step["command_id"], step["attempt"], step["sent_at_ms"]
+            )
+            for step in datum["steps"]
+        },
+        completed=tuple(datum["completed"]),
+        data=decode_record(datum["data"]),
+        timers=timers_of(datum),
+        parked_from=None if datum["parked_from"] is None else Status(datum["parked_from"]),
+    )
+
+
+def timers_of(datum: Mapping[str, Any]) -> dict[str, Timer]:
+    """The timers of a decoded snapshot datum (restore reads them without the saga's data)."""
+    return {t["name"]: Timer(t["due_ms"], t["step"], t["attempt"]) for t in datum["timers"]}
+
+
+def schedule(instance: Instance) -> tuple[list[int], int | None]:
+    """When the instance's timers are due, and when it finished (None while it is not)."""
+    finished = instance.updated_at_ms if instance.status.finished else None
+    return [timer.due_ms for timer in instance.timers.values()], finished
+
+
+def _snapshot_datum(data: bytes) -> dict[str, Any]:
+    """The decoded fields of an encoded snapshot; ``DecodeError`` for any other record."""
+    schema, datum = decode(CATALOG, data)
+    if schema.full_name != "sagalog.Snapshot":
+        raise DecodeError("wrong-type", f"expected a snapshot, got {schema.full_name}")
+    return dict(datum)
+
+
+def snapshot_schedule(data: bytes) -> tuple[list[int], int | None]:
+    """``schedule`` of an encoded snapshot, without decoding the saga's own data."""
+    datum = _snapshot_datum(data)
+    finished = datum["updated_at_ms"] if Status(datum["status"]).finished else None
+    return [timer["due_ms"] for timer in datum["timers"]], finished

@@ -1,0 +1,58 @@
+"""Journal entries: the event-sourced history of a saga instance, and their kinds.
+
+Every decision a saga takes and every input it accepts becomes one ``JournalEntry`` on the
+journal topic, keyed by instance id. The journal is the source of truth: ``fold`` over an
+instance's entries, in order, rebuilds its state exactly (see ``stream_processors.core.fold``).
+
+Entries are Avro records of the schema ``sagalog.JournalEntry`` (in the package's
+``schemas/sagalog/``), so tools in any language can read a journal.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from stream_processors.codecs.records import Record
+
+
+class Kind(StrEnum):
+    """What a journal entry records. The values are stored: never rename one."""
+
+    SAGA_STARTED = "SagaStarted"
+    INPUT_ACCEPTED = "InputAccepted"
+    COMMAND_SENT = "CommandSent"
+    WAIT_STARTED = "WaitStarted"
+    STEP_SUCCEEDED = "StepSucceeded"
+    ATTEMPT_FAILED = "AttemptFailed"
+    STEP_FAILED = "StepFailed"
+    COMPENSATION_SENT = "CompensationSent"
+    COMPENSATION_SUCCEEDED = "CompensationSucceeded"
+    COMPENSATION_FAILED = "CompensationFailed"
+    TIMER_SCHEDULED = "TimerScheduled"
+    TIMER_FIRED = "TimerFired"
+    TIMER_CANCELLED = "TimerCancelled"
+    OPERATOR_ACTION = "OperatorAction"
+    SAGA_COMPLETED = "SagaCompleted"
+    SAGA_COMPENSATING = "SagaCompensating"
+    SAGA_COMPENSATED = "SagaCompensated"
+    SAGA_FAILED = "SagaFailed"
+    SAGA_PARKED = "SagaParked"
+    SAGA_RESUMED = "SagaResumed"
+    SAGA_RESOLVED = "SagaResolved"
+
+
+class JournalEntry(Record, schema="sagalog.JournalEntry"):
+    """One entry of an instance's journal. ``record`` holds the input or command as framed Avro."""
+
+    instance: str
+    seq: int
+    kind: str
+    at_ms: int
+    saga_version: int
+    step: str | None = None
+    command_id: str | None = None
+    attempt: int = 0
+    record: bytes | None = None
+    reason: str | None = None
+    timer: str | None = None
+    due_ms: int | None = None

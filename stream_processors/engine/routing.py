@@ -1,0 +1,117 @@
+"""Record headers: how commands carry their reply address and how dead letters carry the reason.
+
+Headers are the envelope around an Avro payload, so routing never needs to decode a body:
+
+- a command carries ``sagalog.command_id`` (one attempt of one step), ``sagalog.idempotency_key``
+  (the step, the same for every attempt) and ``sagalog.attempt``, ``sagalog.reply_to`` (the
+  saga's inbox), ``sagalog.instance`` (the key the reply must carry) and ``sagalog.saga``;
+- a reply carries the ``sagalog.command_id`` of the command it answers;
+- an operator's input (``sagas signal``, ``retry``...) carries ``sagalog.note``: who and why;
+- a worker's record of a handled command (``sagas.idempotency``) carries the command's reply
+  address and ``sagalog.handled.topic`` and ``.partition``: where the command was read;
+- a routed source event carries where it came from (``sagalog.origin.*``);
+- a dead letter keeps the original headers and adds ``sagalog.dlq.reason``, ``.detail``,
+  ``.topic``, ``.partition`` and ``.offset``.
+"""
+
+from __future__ import annotations
+
+from confluent_kafka import Message
+
+from stream_processors.core.decide import idempotency_key
+
+#: Headers as the client takes them; values we write are always bytes.
+Headers = list[tuple[str, str | bytes | None]]
+#: Headers as the client returns them.
+ReceivedHeaders = dict[str, str | bytes | None] | Headers | None
+
+COMMAND_ID = "sagalog.command_id"
+IDEMPOTENCY_KEY = "sagalog.idempotency_key"
+ATTEMPT = "sagalog.attempt"
+HANDLED_TOPIC = "sagalog.handled.topic"
+HANDLED_PARTITION = "sagalog.handled.partition"
+REPLY_TO = "sagalog.reply_to"
+INSTANCE = "sagalog.instance"
+SAGA = "sagalog.saga"
+NOTE = "sagalog.note"
+DLQ_REASON = "sagalog.dlq.reason"
+DLQ_DETAIL = "sagalog.dlq.detail"
+DLQ_TOPIC = "sagalog.dlq.topic"
+DLQ_PARTITION = "sagalog.dlq.partition"
+DLQ_OFFSET = "sagalog.dlq.offset"
+
+
+def _pairs(headers: ReceivedHeaders) -> Headers:
+    if not headers:
+        return []
+    return list(headers.items()) if isinstance(headers, dict) else list(headers)
+
+
+def header(headers: ReceivedHeaders, name: str) -> str | None:
+    """The last value of header ``name`` as text, or None."""
+    for key, value in reversed(_pairs(headers)):
+        if key == name and value is not None:
+            # Headers come from anyone: undecodable bytes must not crash whoever reads them.
+            return value.decode(errors="replace") if isinstance(value, bytes) else value
+    return None
+
+
+def command_headers(command_id: str, reply_to: str, instance_id: str, saga: str) -> Headers:
+    # The key and attempt are in the id already; headers spare workers in other languages (and
+    # ours) from parsing it, and let the id's format change without them noticing.
+    key, attempt = idempotency_key(command_id)
+    return [
+        (COMMAND_ID, command_id.encode()),
+        (IDEMPOTENCY_KEY, key.encode()),
+        (ATTEMPT, str(attempt).encode()),
+        (REPLY_TO, reply_to.encode()),
+        (INSTANCE, instance_id.encode()),
+        (SAGA, saga.encode()),
+    ]
+
+
+def reply_headers(command_id: str) -> Headers:
+    return [(COMMAND_ID, command_id.encode())]
+
+
+def _location(message: Message, prefix: str) -> Headers:
+    return [
+        (f"{prefix}.topic", str(message.topic()).encode()),
+        (f"{prefix}.partition", str(message.partition()).encode()),
+        (f"{prefix}.offset", str(message.offset()).encode()),
+    ]
+
+
+def carried_headers(message: Message) -> Headers:
+    """A record's own headers minus Sagalog's (``sagalog.*``): what a record made from it
+    carries on (trace context, a service's tags), never routing or a signature it did not earn."""
+    return [
+        (name, value)
+        for name, value in _pairs(message.headers())
+        if not name.startswith("sagalog.")
+    ]
+
+
+def origin_headers(message: Message) -> Headers:
+    """A routed copy's headers: the source event's own, without any ``sagalog.*`` header (a
+    service cannot make its event pass for a reply, a signed record or an operator's), and
+    where it came from."""
+    return carried_headers(message) + _location(message, "sagalog.origin")
+
+
+def dead_letter_headers(message: Message, reason: str, detail: str) -> Headers:
+    return [*_pairs(message.headers()), *dead_letter_marks(message, reason, detail)]
+
+
+def dead_letter_marks(message: Message, reason: str, detail: str) -> Headers:
+    """The headers a dead letter adds to the original's: reason, detail and origin."""
+    return [
+        (DLQ_REASON, reason.encode()),
+        (DLQ_DETAIL, detail[:1000].encode()),
+        *_location(message, "sagalog.dlq"),
+    ]
+
+
+def received_headers(message: Message) -> Headers:
+    """A received record's headers as a list of pairs (empty when it has none)."""
+    return _pairs(message.headers())

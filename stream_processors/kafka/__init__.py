@@ -1,0 +1,3 @@
+"""The Kafka shell: client configuration, connection errors, transactions, topics, broker
+limits, and reading topics to their end.
+"""

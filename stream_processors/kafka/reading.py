@@ -1,0 +1,99 @@
+"""Reading what is committed on a topic, from given offsets up to where it ends now.
+
+Replay, verification, the dead-letter tools and the chaos checks all need the same thing: every
+committed record of some partitions, from an offset to the end offset seen when reading began,
+with no consumer group joined and nothing committed. Two details make it worth one place:
+under ``read_committed`` the last offsets of a partition are often transaction markers, which
+are never delivered, so "done" means the consumer's *position* reached the end, not that the
+record at end - 1 was read; and a partition with nothing to read has no position to reach.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from stream_processors.kafka.config import consumer_config
+
+# Leadership moves (or is still being settled on a topic created a moment ago): worth retrying.
+_TRANSIENT = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TIMED_OUT,
+}
+
+
+def watermarks(consumer: Consumer, tp: TopicPartition, patience: float = 30) -> tuple[int, int]:
+    """(low, high) offsets of ``tp`` from the broker, retrying transient leadership errors."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=15, cached=False)
+            return int(low), int(high)
+        except KafkaException as error:
+            kafka_error = error.args[0]
+            transient = kafka_error.retriable() or kafka_error.code() in _TRANSIENT
+            if not transient or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+class ReadTimeout(Exception):
+    """The end was not reached in time (a transaction left open by a crashed writer, say)."""
+
+
+def committed_records(
+    topic: str,
+    bootstrap: str | None = None,
+    start: Mapping[int, int] | None = None,
+    *,
+    partitions: Iterable[int] | None = None,
+    timeout: float = 120,
+) -> Iterator[Message]:
+    """Committed records of ``topic`` from ``start[partition]`` (default: the beginning) to the
+    end offsets of the moment this starts, partition by partition in offset order.
+
+    ``partitions`` limits the read (default: those in ``start``, else all of the topic's).
+    """
+    # The client wants a group id; assigning partitions never joins the group, nothing commits.
+    consumer = Consumer(
+        consumer_config(bootstrap, "sagalog-reader", f"sagalog-reader-{time.time_ns()}")
+    )
+    try:
+        if partitions is None:
+            partitions = start.keys() if start else _all_partitions(consumer, topic)
+        ends: dict[int, int] = {}
+        assignment = []
+        for partition in partitions:
+            low, high = watermarks(consumer, TopicPartition(topic, partition))
+            begin = max(low, (start or {}).get(partition, low))
+            if high > begin:
+                ends[partition] = high
+                assignment.append(TopicPartition(topic, partition, begin))
+        if not assignment:
+            return
+        consumer.assign(assignment)
+        deadline = time.monotonic() + timeout
+        while ends:
+            for message in consumer.consume(num_messages=5000, timeout=0.2):
+                error = message.error()
+                if error is None:
+                    yield message
+                elif error.fatal():
+                    raise KafkaException(error)
+            for tp in consumer.position([TopicPartition(topic, p) for p in ends]):
+                if tp.offset >= ends[tp.partition]:
+                    del ends[tp.partition]
+            if ends and time.monotonic() > deadline:
+                raise ReadTimeout(
+                    f"{topic}: partitions {sorted(ends)} not read to their end in {timeout} s"
+                )
+    finally:
+        consumer.close()
+
+
+def _all_partitions(consumer: Consumer, topic: str) -> list[int]:
+    return sorted(consumer.list_topics(topic, timeout=15).topics[topic].partitions)

@@ -1,0 +1,1 @@
+"""Tools over the topics: replaying the journal, reading an instance's history."""
