@@ -6,10 +6,17 @@ For a saga named ``order_fulfillment``: ``.inbox`` (every input, re-keyed by ins
 so an instance's inputs, history and state live in the same partition number and one processor
 owns all three. Command and source topics belong to the services; they are created when missing
 (useful on a developer's machine) but never changed.
+
+Every topic created here (the saga's, a worker's handled topic and DLQs, the schema history) is
+replicated for the cluster it is created on: ``replication_for`` picks replication factor 3 and
+``min.insync.replicas=2`` on three or more brokers, the cluster's size below that (1 on one
+broker, as on a developer's machine), unless ``SAGALOG_REPLICATION_FACTOR`` /
+``SAGALOG_MIN_INSYNC_REPLICAS`` say otherwise. Existing topics are never changed.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -67,17 +74,67 @@ class SagaTopics:
         }
 
 
+REPLICATION_VARIABLE = "SAGALOG_REPLICATION_FACTOR"
+MIN_INSYNC_VARIABLE = "SAGALOG_MIN_INSYNC_REPLICAS"
+
+
+@dataclass(frozen=True)
+class Replication:
+    """How a new topic is replicated: its replication factor and ``min.insync.replicas``."""
+
+    factor: int
+    min_insync: int
+
+    def topic_config(self) -> dict[str, str]:
+        """The topic-level setting to add; none for one replica (the broker's default of 1)."""
+        return {"min.insync.replicas": str(self.min_insync)} if self.factor > 1 else {}
+
+
+def replication_for(brokers: int, environ: Mapping[str, str] | None = None) -> Replication:
+    """Replication of new topics on a cluster of ``brokers`` brokers.
+
+    Three replicas with two in sync survive one broker down (a rolling restart, a crash) while
+    every write stays acknowledged by two (producers use acks=all). Fewer brokers cannot hold
+    three replicas: the factor is the cluster's size and one replica in sync suffices."""
+    environ = os.environ if environ is None else environ
+    default = min(max(brokers, 1), 3)
+    factor = _positive(environ, REPLICATION_VARIABLE, default)
+    min_insync = _positive(environ, MIN_INSYNC_VARIABLE, 2 if factor >= 3 else 1)
+    if min_insync > factor:
+        raise ValueError(
+            f"{MIN_INSYNC_VARIABLE}={min_insync} exceeds the replication factor {factor}: "
+            "no write could ever be acknowledged"
+        )
+    return Replication(factor, min_insync)
+
+
+def _positive(environ: Mapping[str, str], variable: str, default: int) -> int:
+    text = environ.get(variable, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{variable} must be a whole number of at least 1, not {text!r}")
+    return int(text)
+
+
 class TopicMismatch(Exception):
     """Existing topics that cannot serve the saga (partition counts differ)."""
 
 
 def _create_missing(admin: AdminClient, wanted: dict[str, tuple[int, dict[str, str]]]) -> list[str]:
-    """Create each wanted (partitions, config) topic that does not exist; returns those created."""
-    existing = admin.list_topics(timeout=15).topics
+    """Create each wanted (partitions, config) topic that does not exist, replicated for the
+    cluster (``replication_for``); returns those created."""
+    cluster = admin.list_topics(timeout=15)
+    replication = replication_for(len(cluster.brokers))
     missing = [
-        NewTopic(name, num_partitions=count, replication_factor=-1, config=config)
+        NewTopic(
+            name,
+            num_partitions=count,
+            replication_factor=replication.factor,
+            config=replication.topic_config() | config,
+        )
         for name, (count, config) in wanted.items()
-        if name not in existing
+        if name not in cluster.topics
     ]
     created = []
     if missing:
