@@ -2,6 +2,8 @@
 #   make demo        the order-fulfilment saga end to end on a real broker
 #   make test        ruff, mypy, and pytest (unit + integration) against a real broker
 #   make kafka       start a single-node broker (or find one); kafka-stop, kafka-reset
+#                    (KAFKA_BROKERS=3 make kafka: a three-node KRaft cluster instead)
+#   make chaos       the chaos suite, then its cluster phase (chaos-cluster); chaos-quick: short form
 #   make bench       benchmarks against the limit and the peers (docs/benchmarks.md); bench-quick
 
 SYSTEM_PYTHON ?= python3
@@ -11,7 +13,7 @@ BROKER := tools/kafka/broker.sh
 # broker.sh probes readiness with the project's own client library, from the virtualenv.
 export PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: venv kafka kafka-stop kafka-reset test lint unit demo chaos clean bench bench-quick bench-venv temporal
+.PHONY: venv kafka kafka-stop kafka-reset test lint unit demo chaos chaos-cluster chaos-quick clean bench bench-quick bench-venv temporal
 
 venv: $(VENV)/.installed
 
@@ -75,3 +77,17 @@ clean:
 CHAOS_PORT ?= 9492
 chaos: venv
 	@KAFKA_PORT=$(CHAOS_PORT) $(BROKER) with -- $(BIN)/python -m chaos --report-json docs/reliability.json $(CHAOS_ARGS)
+	@$(MAKE) --no-print-directory chaos-cluster
+
+# The cluster phase (chaos/cluster.py) on a three-broker KRaft cluster of its own: 10,000 sagas
+# through a rolling restart and a broker SIGKILL, with process kills; then liveness checks.
+# chaos-quick is its short form: 1,000 sagas, one rolling restart, no SIGKILL (about 3 minutes).
+CHAOS_CLUSTER_PORT ?= 9540
+CLUSTER := KAFKA_PORT=$(CHAOS_CLUSTER_PORT) KAFKA_BROKERS=3 $(BROKER)
+chaos-cluster: venv
+	@$(CLUSTER) with -- $(BIN)/python -m chaos --cluster --publish-seconds 150 --processor-kills 15 \
+	  --report-json docs/reliability-cluster.json $(CHAOS_ARGS)
+
+chaos-quick: venv
+	@$(CLUSTER) with -- $(BIN)/python -m chaos --cluster --sagas 1000 --publish-seconds 60 \
+	  --processor-kills 5 --worker-kills 1 --no-broker-sigkill $(CHAOS_ARGS)

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from chaos.cluster import ClusterOptions, run_cluster
+from chaos.cluster import figures as cluster_figures
 from chaos.fuzz import FuzzConfig, FuzzReport, run_fuzz
 from chaos.run import ChaosConfig, run_chaos
 from stream_processors.kafka.config import bootstrap_servers
@@ -23,6 +25,11 @@ def main(
     seed: Annotated[int, typer.Option()] = 7,
     report_json: Annotated[Path | None, typer.Option(help="Write the figures here")] = None,
     fuzz: Annotated[bool, typer.Option(help="Then the hostile-input runs, signed and not")] = True,
+    cluster: Annotated[
+        bool, typer.Option(help="The cluster phase instead (chaos.cluster; 3 brokers)")
+    ] = False,
+    rolling_restarts: Annotated[int, typer.Option(help="Cluster phase: rolling restarts")] = 1,
+    broker_sigkill: Annotated[bool, typer.Option(help="Cluster phase: SIGKILL a broker")] = True,
 ) -> None:
     config = ChaosConfig(
         sagas=sagas,
@@ -34,6 +41,11 @@ def main(
         seed=seed,
         bootstrap=bootstrap_servers(),
     )
+    if cluster:
+        options = ClusterOptions(rolling_restarts=rolling_restarts, sigkill=broker_sigkill)
+        phase = run_cluster(config, options, say=typer.echo)
+        _write(cluster_figures(phase), report_json)
+        raise typer.Exit(0 if phase.passed else 1)
     report = run_chaos(config, say=typer.echo)
     figures = {
         "sagas": report.sagas,
@@ -54,6 +66,13 @@ def main(
     if report_json is not None:
         report_json.write_text(json.dumps(figures, indent=2) + "\n")
     raise typer.Exit(0 if report.passed and all(f.passed for f in fuzzed) else 1)
+
+
+def _write(figures: dict[str, object], report_json: Path | None) -> None:
+    """The cluster phase's figures, printed and, if asked, written as JSON."""
+    typer.echo(json.dumps(figures, indent=2))
+    if report_json is not None:
+        report_json.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 def _fuzz(signing: bool, seed: int) -> FuzzReport:

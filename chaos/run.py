@@ -76,6 +76,10 @@ class ChaosConfig:
     seed: int = 7
     bootstrap: str = "127.0.0.1:9092"
     work_dir: Path = field(default_factory=lambda: ROOT / ".sagalog" / "chaos")
+    #: Hooks of the cluster phase (chaos.cluster): ``watch`` gets the supervisor and a count of
+    #: unfinished sagas once the processes are up; the run goes on while ``busy()`` holds.
+    watch: Callable[[Supervisor, Callable[[], int]], None] | None = None
+    busy: Callable[[], bool] = lambda: False
 
 
 @dataclass
@@ -237,6 +241,8 @@ def run_chaos(config: ChaosConfig, say: Callable[[str], None] = print) -> ChaosR
         return time.monotonic() - began
 
     publisher.start()
+    if config.watch is not None:
+        config.watch(supervisor, lambda: len(expected) - len(watcher.outcomes))
     say(f"chaos run {run}: {config.sagas} sagas over {config.publish_seconds:.0f} s")
 
     worker_kills = sorted(
@@ -255,7 +261,7 @@ def run_chaos(config: ChaosConfig, say: Callable[[str], None] = print) -> ChaosR
             watcher.poll(0.2)
             now = time.monotonic() - began
             finished = len(watcher.outcomes) == len(expected)
-            if finished and report.processor_kills >= config.processor_kills:
+            if finished and report.processor_kills >= config.processor_kills and not config.busy():
                 break
             if time.monotonic() >= next_kill and report.processor_kills < config.processor_kills:
                 supervisor.kill("processor")
