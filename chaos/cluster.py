@@ -15,9 +15,10 @@ topics and of the internal ``__consumer_offsets`` and ``__transaction_state``, w
 leaders are the group and transaction coordinators) and the coordinator of each consumer group.
 
 A second thread measures liveness. Every second it reads each process's progress counter (the
-processor's inputs processed and events routed, a worker's commands handled) from its metrics
-and whether every partition has a leader on a live broker. A process is stalled while sagas are
-unfinished and its counter does not move; the stall that counts is the part after the cluster
+processor's inputs processed and events routed, a worker's commands handled) from its metrics,
+the high watermarks of its input topics, and whether every partition has a leader on a live
+broker. A process is stalled while input newer than its last progress waits and its counter
+does not move (``Liveness``); the stall that counts is the part after the cluster
 last had a leader for every partition, and it must stay under 30 s. No process may exit on its
 own (the supervisor counts those it had to restart).
 """
@@ -37,7 +38,18 @@ from typing import Any
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from chaos.run import ROOT, ChaosConfig, ChaosReport, Invariant, Supervisor, run_chaos
+from chaos.run import (
+    ROOT,
+    SAGA,
+    TOPICS,
+    WORKERS,
+    ChaosConfig,
+    ChaosReport,
+    Invariant,
+    Supervisor,
+    _ends,
+    run_chaos,
+)
 from examples.order_fulfillment import services
 from examples.order_fulfillment.saga import OrderFulfillment
 from sagas.local import LocalProcess
@@ -47,6 +59,12 @@ STALL_LIMIT = 30.0
 PROCESSOR_GROUP = f"sagalog.{OrderFulfillment.definition.name}"
 GROUPS = (PROCESSOR_GROUP, services.payments.group, services.shipping.group)
 OFFSETS, TRANSACTIONS = "__consumer_offsets", "__transaction_state"
+#: Each process's input topics, by what it runs (the second word of its command line).
+INPUTS = {
+    SAGA: (TOPICS.inbox, *TOPICS.sources),
+    WORKERS["payments"]: tuple(services.payments.topics),
+    WORKERS["shipping"]: tuple(services.shipping.topics),
+}
 #: The counters that move when a process does its work, by the first word of its command line.
 PROGRESS = {
     "run": ("sagalog_inputs_processed_total", "sagalog_source_events_routed_total"),
@@ -80,7 +98,7 @@ class View:
 
 
 def look(admin: AdminClient, groups: tuple[str, ...] = ()) -> View:
-    metadata = admin.list_topics(timeout=10)
+    metadata = admin.list_topics(timeout=5)
     leaders, under = {}, 0
     for name, topic in metadata.topics.items():
         for number, partition in topic.partitions.items():
@@ -89,8 +107,8 @@ def look(admin: AdminClient, groups: tuple[str, ...] = ()) -> View:
     coordinators = {}
     for group, future in (admin.describe_consumer_groups(list(groups)) if groups else {}).items():
         try:
-            coordinators[group] = future.result(timeout=10).coordinator.id
-        except KafkaException:
+            coordinators[group] = future.result(timeout=5).coordinator.id
+        except (KafkaException, TimeoutError):  # its coordinator is moving: none for now
             coordinators[group] = -1
     return View(leaders, under, coordinators)
 
@@ -143,8 +161,13 @@ class Brokers:
             "KAFKA_BROKERS": str(len(addresses)),
             "PYTHON": sys.executable,
         }
-        self.admin = AdminClient(common(bootstrap, "chaos-cluster"))
+        self.bootstrap = bootstrap
         self.down: set[int] = set()
+
+    def admin(self) -> AdminClient:
+        # A fresh client for each look: a long-lived one was seen to wait a minute on requests
+        # to a broker that had restarted under it, which would be measured as the cluster's.
+        return AdminClient(common(self.bootstrap, "chaos-cluster"))
 
     def node(self, command: str, node: int) -> None:
         script = str(ROOT / "tools" / "kafka" / "broker.sh")
@@ -152,8 +175,8 @@ class Brokers:
 
     def view(self, groups: tuple[str, ...] = ()) -> View | None:
         try:
-            return look(self.admin, groups)
-        except KafkaException:
+            return look(self.admin(), groups)
+        except (KafkaException, TimeoutError):
             return None
 
     def wait(self, ready: Callable[[View], bool], timeout: float) -> View | None:
@@ -194,6 +217,10 @@ class BrokerEvents(threading.Thread):
                 )
         except Exception as error:  # reported as a failed invariant, not a silent thread death
             self.error = f"{type(error).__name__}: {error}"
+            self.say(f"  cluster: the broker events stopped: {self.error}")
+            for node in sorted(self.brokers.down):  # leave the cluster whole for the checks
+                self.brokers.node("node-start", node)
+            self.brokers.down.clear()
 
     def _event(self, name: str, node: int, how: str) -> None:
         brokers, options = self.brokers, self.options
@@ -230,20 +257,25 @@ class BrokerEvents(threading.Thread):
 @dataclass
 class Clock:
     role: str
-    value: float | None
-    since: float
+    value: float | None  # the progress counter when it last moved
+    inputs: int  # the process's input topics' summed high watermarks then
+    since: float | None = None  # when input newer than its last progress was first seen
 
 
 class Liveness(threading.Thread):
-    """Samples every process's progress each second; keeps the longest stall per role."""
+    """Samples every process's progress each second; keeps the longest stall per role.
 
-    def __init__(
-        self, brokers: Brokers, supervisor: Supervisor, unfinished: Callable[[], int]
-    ) -> None:
+    A process stalls from the first sample that shows input written after its last progress
+    (its input topics' high watermarks grew) until its progress counter moves: a worker that no
+    command reached is idle, not stalled. Input that arrived before its last progress and is
+    still unread starts no clock, so a stall at the very end of a run, once nothing new is
+    written, is not seen; during the broker events orders keep arriving."""
+
+    def __init__(self, brokers: Brokers, supervisor: Supervisor) -> None:
         super().__init__(daemon=True, name="liveness")
         self.brokers = brokers
         self.supervisor = supervisor
-        self.unfinished = unfinished
+        self.inputs = sorted({topic for topics in INPUTS.values() for topic in topics})
         self.stop = threading.Event()
         self.longest: dict[str, float] = {}
         self.longest_after_leaders: dict[str, float] = {}
@@ -263,22 +295,30 @@ class Liveness(threading.Thread):
         else:
             self._led_since = None
             self.unled_seconds += 1.0
-        working = self.unfinished() > 0
+        try:
+            ends = {
+                t: sum(p.values()) for t, p in _ends(self.supervisor.config, self.inputs).items()
+            }
+        except (KafkaException, TimeoutError, KeyError):
+            return  # no input figures this second: clocks neither start nor stop
         running = dict(self.supervisor.running)
         for role, process in running.items():
-            self._observe(role, process, now, working)
+            self._observe(role, process, now, ends)
         alive = {id(p) for p in running.values()}
         self._clocks = {k: c for k, c in self._clocks.items() if k in alive}
 
-    def _observe(self, role: str, process: LocalProcess, now: float, working: bool) -> None:
+    def _observe(self, role: str, process: LocalProcess, now: float, ends: dict[str, int]) -> None:
         value = _progress(process)
+        inputs = sum(ends.get(topic, 0) for topic in INPUTS.get(process.args[1], ()))
         clock = self._clocks.get(id(process))
-        previous = clock.value if clock is not None else None
-        if clock is None or not working or _moved(previous, value):
-            self._clocks[id(process)] = Clock(role, previous if value is None else value, now)
+        if clock is None or _moved(clock.value, value):
+            previous = clock.value if clock is not None else None
+            self._clocks[id(process)] = Clock(role, previous if value is None else value, inputs)
             return
-        stalled = now - clock.since
-        self.longest[role] = max(self.longest.get(role, 0.0), stalled)
+        if clock.since is None:
+            clock.since = now if inputs > clock.inputs else None
+            return
+        self.longest[role] = max(self.longest.get(role, 0.0), now - clock.since)
         if self._led_since is not None:
             counted = now - max(clock.since, self._led_since)
             self.longest_after_leaders[role] = max(
@@ -324,8 +364,8 @@ def run_cluster(
     events = BrokerEvents(brokers, options, say)
     monitors: list[Liveness] = []
 
-    def watch(supervisor: Supervisor, unfinished: Callable[[], int]) -> None:
-        monitors.append(Liveness(brokers, supervisor, unfinished))
+    def watch(supervisor: Supervisor) -> None:
+        monitors.append(Liveness(brokers, supervisor))
         monitors[0].start()
         events.start()
 

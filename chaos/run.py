@@ -76,9 +76,9 @@ class ChaosConfig:
     seed: int = 7
     bootstrap: str = "127.0.0.1:9092"
     work_dir: Path = field(default_factory=lambda: ROOT / ".sagalog" / "chaos")
-    #: Hooks of the cluster phase (chaos.cluster): ``watch`` gets the supervisor and a count of
-    #: unfinished sagas once the processes are up; the run goes on while ``busy()`` holds.
-    watch: Callable[[Supervisor, Callable[[], int]], None] | None = None
+    #: Hooks of the cluster phase (chaos.cluster): ``watch`` gets the supervisor once the
+    #: processes are up; the run goes on while ``busy()`` holds.
+    watch: Callable[[Supervisor], None] | None = None
     busy: Callable[[], bool] = lambda: False
 
 
@@ -242,7 +242,7 @@ def run_chaos(config: ChaosConfig, say: Callable[[str], None] = print) -> ChaosR
 
     publisher.start()
     if config.watch is not None:
-        config.watch(supervisor, lambda: len(expected) - len(watcher.outcomes))
+        config.watch(supervisor)
     say(f"chaos run {run}: {config.sagas} sagas over {config.publish_seconds:.0f} s")
 
     worker_kills = sorted(
