@@ -373,6 +373,9 @@ def run_cluster(
     config = replace(
         config,
         restart_broker=False,  # the broker events here replace the single broker's restart
+        # Give up on sagas that have not finished some minutes after the last order, rather
+        # than after chaos.run's 15 minutes: a stalled engine is reported, not waited out.
+        timeout=min(config.timeout, config.publish_seconds + 300),
         kill_every=(0.6 * spread, 1.4 * spread),
         watch=watch,
         busy=events.is_alive,
