@@ -23,6 +23,9 @@ _TRANSIENT = {
     KafkaError.LEADER_NOT_AVAILABLE,
     KafkaError.UNKNOWN_TOPIC_OR_PART,
     KafkaError._TIMED_OUT,
+    # A broker that was killed leaves the metadata: requests that were waiting on it fail so.
+    KafkaError._DESTROY_BROKER,
+    KafkaError._TRANSPORT,
 }
 
 
