@@ -282,6 +282,7 @@ class Liveness(threading.Thread):
         self.unled_seconds = 0.0
         self._clocks: dict[int, Clock] = {}
         self._led_since: float | None = None
+        self._sampled: float | None = None
 
     def run(self) -> None:
         while not self.stop.wait(1.0):
@@ -294,7 +295,8 @@ class Liveness(threading.Thread):
             self._led_since = self._led_since or now
         else:
             self._led_since = None
-            self.unled_seconds += 1.0
+            self.unled_seconds += now - (self._sampled or now)
+        self._sampled = now
         try:
             ends = {
                 t: sum(p.values()) for t, p in _ends(self.supervisor.config, self.inputs).items()
