@@ -160,7 +160,7 @@ sasl_bootstrap() {
 write_client_sasl() {
   local password="$1"
   (umask 077 && cat > "$client_sasl" <<EOF
-# The secured listener of the broker tools/kafka/broker.sh runs on port $port.
+# The secured listener of the broker tools/kafka/broker.sh runs on port $base_port.
 # Use it with: SAGALOG_KAFKA_CONFIG=$client_sasl sagas ...  (or sagas --kafka-config FILE ...)
 bootstrap.servers=$(sasl_bootstrap)
 security.protocol=SASL_SSL
