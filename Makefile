@@ -73,11 +73,12 @@ bench-quick: bench-venv temporal
 clean:
 	rm -rf $(VENV) .sagalog .pytest_cache .mypy_cache .ruff_cache
 
-# The chaos suite on a broker of its own (it restarts it): 10,000 sagas, kills, bad input.
+# The chaos suite on a broker of its own (it restarts it): 10,000 sagas, kills, bad input; then
+# the cluster phase (chaos-cluster) whatever the first part's result, failing if either failed.
 CHAOS_PORT ?= 9492
 chaos: venv
-	@KAFKA_PORT=$(CHAOS_PORT) $(BROKER) with -- $(BIN)/python -m chaos --report-json docs/reliability.json $(CHAOS_ARGS)
-	@$(MAKE) --no-print-directory chaos-cluster
+	@rc=0; KAFKA_PORT=$(CHAOS_PORT) $(BROKER) with -- $(BIN)/python -m chaos --report-json docs/reliability.json $(CHAOS_ARGS) || rc=1; \
+	  $(MAKE) --no-print-directory chaos-cluster || rc=1; exit $$rc
 
 # The cluster phase (chaos/cluster.py) on a three-broker KRaft cluster of its own: 10,000 sagas
 # through a rolling restart and a broker SIGKILL, with process kills; then liveness checks.
