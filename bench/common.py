@@ -59,8 +59,8 @@ class Sizes:
 
     @classmethod
     def quick(cls) -> Sizes:
-        memory = (10_000, 100_000, 300_000)
-        return cls(100_000, 3_000, 6, memory, 15, 1_000, 200, fixed_rate_seconds=4)
+        memory = (10_000, 30_000, 100_000)
+        return cls(50_000, 2_000, 5, memory, 10, 300, 100, fixed_rate_seconds=3)
 
     @classmethod
     def full(cls) -> Sizes:

@@ -65,9 +65,9 @@ class MemoryBounds:
     """
 
     #: The LRU cache of data blocks, and of index and filter blocks too (they are charged to it).
-    block_cache_mb: int = 16
+    block_cache_mb: int = 8
     #: One memtable's size; a full one is flushed to a table file.
-    write_buffer_mb: int = 8
+    write_buffer_mb: int = 4
     #: Memtables at most (the active one and those being flushed).
     write_buffers: int = 2
 
