@@ -92,10 +92,15 @@ def breakdown(start: dict[str, dict[int, int]], instances: set[str]) -> dict[str
             found = _classify(topic, message)
             if found is not None and found[0] in instances:
                 events[found[0]].append(found[1])
+    return statistics(events)
+
+
+def statistics(events: dict[str, list[Event]]) -> dict[str, Any]:
+    """p50 and p99 of each hop over the sagas that took the most common path."""
     paths: dict[str, list[tuple[int, str]]] = {i: _timeline(e) for i, e in events.items()}
     shapes = Counter(tuple(label for _, label in path) for path in paths.values())
     if not shapes:
-        return {"sagas": 0, "hops": []}
+        return {"sagas": 0, "of": 0, "hops": []}
     common, count = shapes.most_common(1)[0]
     durations: list[list[int]] = [[] for _ in common[1:]]
     totals: list[int] = []
@@ -113,7 +118,7 @@ def breakdown(start: dict[str, dict[int, int]], instances: set[str]) -> dict[str
                 "hop": f"{common[hop]} → {common[hop + 1]}",
                 "p50_ms": percentile(values, 50),
                 "p99_ms": percentile(values, 99),
-                "mean_ms": round(sum(values) / len(values), 1) if values else None,
+                "mean_ms": round(sum(values) / len(values), 1),
             }
         )
     totals.sort()
