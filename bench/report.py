@@ -484,18 +484,22 @@ def chart(figures: dict[str, Any], path: Path) -> None:
 
     throughput = {
         "limit pipe\n(records/s)": _get(figures, "limit", "records_per_second"),
-        "Sagalog engine\n(inputs/s)": _get(figures, "engine", "inputs_per_second"),
+        "same-shape\npipe (inputs/s)": _get(figures, "same_shape", "inputs_per_second"),
+        "engine, 1\nprocess": _get(figures, "engine", "inputs_per_second"),
+        "engine, 2\nprocesses": _get(figures, "engine", "two_processes", "inputs_per_second"),
         "Sagalog\nend to end": _get(figures, "end_to_end", "saturation", "sagas_per_second"),
         "faust\nend to end": _get(figures, "faust", "saturation", "sagas_per_second"),
         "Temporal\nend to end": _get(figures, "temporal", "saturation", "sagas_per_second"),
     }
-    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(15, 5))
+    palette = ["#888", "#aaa", "#2b6", "#2b6", "#2b6", "#c63", "#36c"]
+    colours = dict(zip(throughput, palette, strict=True))
     names = [k for k, v in throughput.items() if v]
     values = [throughput[k] for k in names]
-    bars = left.bar(names, values, color=["#888", "#2b6", "#2b6", "#c63", "#36c"][: len(names)])
+    bars = left.bar(names, values, color=[colours[k] for k in names])
     left.set_yscale("log")
     left.set_ylabel("per second (log scale)")
-    left.set_title("Throughput (sagas/s end to end)")
+    left.set_title("Throughput (inputs or records/s; sagas/s end to end)")
     left.bar_label(bars, labels=[f"{v:,.0f}" for v in values])
     rates = [f"{r:g}" for r in _get(figures, "sizes", "fixed_rates") or []]
     width = 0.8 / max(1, len(rates) * 2)
