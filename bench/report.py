@@ -169,6 +169,7 @@ def derived(figures: dict[str, Any]) -> dict[str, Any]:
     faust_fixed = _get(figures, "faust", "fixed_rates", "50", "p50_ms")
     restore_rate = _memory_case(figures, "largest").get("snapshots_per_second")
     ratio_memory = _get(figures, "memory", "ratio")
+    memory_span = (_get(figures, "memory", "smallest"), _get(figures, "memory", "largest"))
     faust = _get(figures, "faust", "saturation", "sagas_per_second")
     temporal = _get(figures, "temporal", "saturation", "sagas_per_second")
 
@@ -198,8 +199,10 @@ def derived(figures: dict[str, Any]) -> dict[str, Any]:
         if p50_fixed is None or faust_fixed is None
         else p50_fixed < faust_fixed,
         "restore >= 200,000 snapshots/s": check(restore_rate, lambda v: v >= 2e5),
-        "memory flat in instances (largest <= 1.3x smallest)": check(
-            ratio_memory, lambda r: r <= 1.3
+        # The goal is about 1,000,000 against 10,000 instances: a quick run's smaller span
+        # says too little to be called met.
+        "memory: 1,000,000 instances within 1.3x of 10,000": check(
+            ratio_memory if memory_span == (10_000, 1_000_000) else None, lambda r: r <= 1.3
         ),
         ">= 5x faust-streaming": check(out["sagalog_over_faust"], lambda r: r >= 5),
         ">= 10x Temporal": check(out["sagalog_over_temporal"], lambda r: r >= 10),
@@ -320,8 +323,8 @@ def markdown(figures: dict[str, Any], command: str, profile: Path, json_path: Pa
                 for count, case in cases.items()
             )
             + f" instances ({_fmt(mem.get('ratio'), 2)}x)",
-            "largest <= 1.3x smallest",
-            _met(targets["memory flat in instances (largest <= 1.3x smallest)"]),
+            "1,000,000 within 1.3x of 10,000",
+            _met(targets["memory: 1,000,000 instances within 1.3x of 10,000"]),
         ),
         (
             "6. faust-streaming: saturation; p50 / p99 at a quarter",
