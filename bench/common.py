@@ -25,6 +25,7 @@ from confluent_kafka.admin import AdminClient
 from examples.order_fulfillment.saga import OrderFulfillment
 from examples.order_fulfillment.scenario import plan_orders
 from sagas.local import LocalProcess
+from sagas.publisher import Publisher
 from stream_processors.kafka.config import (
     bootstrap_servers,
     common,
@@ -32,7 +33,7 @@ from stream_processors.kafka.config import (
     producer_config,
 )
 from stream_processors.kafka.reading import watermarks
-from stream_processors.kafka.topics import SagaTopics, ensure_topics
+from stream_processors.kafka.topics import SagaTopics, ensure_plain_topics, ensure_topics
 
 BASE = Path(".sagalog/bench")
 STATE = BASE / "state"
@@ -270,6 +271,26 @@ def busy_processes() -> list[str]:
         for line in found.stdout.splitlines()
         if line and not line.startswith(mine) and ours not in line
     ]
+
+
+WARM_UP_TOPIC = "bench.publisher.warmup"
+
+
+def ready_publisher() -> Publisher:
+    """A publisher whose producer already has its id and connection.
+
+    A new idempotent producer's first records wait about half a second for its producer id,
+    while their timestamps say when ``produce`` was called: a paced run's first orders would
+    count that half second as latency. One record to a topic of the bench's own, acknowledged,
+    gets it over with. (Schemas are not recorded: the warm-up saga already recorded them.)
+    """
+    publisher = Publisher(client_id="sagalog-bench", record_schemas=False)
+    ensure_plain_topics([WARM_UP_TOPIC], partitions=1)
+    event = plan_orders(1, 0.0, 0.0, seed=1, run_id="warm-publisher")[0].event
+    publisher.publish(event, topic=WARM_UP_TOPIC)
+    if publisher.flush(30):
+        raise RuntimeError("the bench's publisher could not deliver its warm-up record")
+    return publisher
 
 
 def topic_ends(topic: str) -> dict[int, int]:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench import hops
-from bench.common import BASE, PARTITIONS, TOPICS, fresh_saga_topics
+from bench.common import BASE, PARTITIONS, TOPICS, fresh_saga_topics, ready_publisher
 from examples.order_fulfillment.measure import (
     Journal,
     Results,
@@ -33,7 +33,7 @@ FAILURES = (0.03, 0.03)  # payment, shipping: as in the demo
 
 def run_orders(orders: list[PlannedOrder], rate: float | None, timeout: float) -> Results:
     start = journal_end(TOPICS.journal)
-    published = publish(orders, rate=rate)
+    published = publish(orders, rate=rate, publisher=ready_publisher())
     ids = [order.event.order_id for order in orders]
     return Results(orders, published, journal_outcomes_from(TOPICS.journal, start, ids, timeout))
 

@@ -31,6 +31,7 @@ from bench.common import (
     fresh_saga_topics,
     owned_partitions,
     processor,
+    ready_publisher,
 )
 from bench.end_to_end import FAILURES, SEED, started
 from examples.order_fulfillment.measure import Results, now_ms, publish
@@ -151,7 +152,10 @@ def failover(rate: float, seconds: float) -> dict[str, Any]:
         orders = plan_orders(count, *FAILURES, seed=SEED + 2, run_id=f"{run_id}-kill")
         start = journal_end(TOPICS.journal)
         published: dict[str, int] = {}
-        load = threading.Thread(target=lambda: published.update(publish(orders, rate=rate)))
+        publisher = ready_publisher()
+        load = threading.Thread(
+            target=lambda: published.update(publish(orders, rate=rate, publisher=publisher))
+        )
         load.start()
         time.sleep(warm)
         killed_ms = now_ms()

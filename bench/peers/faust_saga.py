@@ -26,7 +26,7 @@ from typing import Any
 
 import faust
 
-from bench.common import BASE, admin, delete_topics, fresh_saga_topics
+from bench.common import BASE, admin, delete_topics, fresh_saga_topics, ready_publisher
 from bench.end_to_end import FAILURES, SEED, fixed_rate_orders, summary
 from bench.peers.shared import read_outcomes
 from examples.order_fulfillment.measure import WORKERS, Results, now_ms, publish
@@ -155,7 +155,7 @@ def _stop(processes: dict[str, LocalProcess | subprocess.Popen[bytes]]) -> None:
 
 def run(planned: list[Any], rate: float | None, timeout: float) -> Results:
     start = journal_end(OUTCOMES)
-    published = publish(planned, rate=rate)
+    published = publish(planned, rate=rate, publisher=ready_publisher())
     wanted = {order.event.order_id for order in planned}
     return Results(planned, published, read_outcomes(OUTCOMES, start, wanted, timeout))
 
