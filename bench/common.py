@@ -19,15 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import confluent_kafka
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from examples.order_fulfillment.saga import OrderFulfillment
 from examples.order_fulfillment.scenario import plan_orders
 from sagas.local import LocalProcess
-from stream_processors.kafka.config import bootstrap_servers, common, producer_config
+from sagas.publisher import Publisher
+from stream_processors.kafka.config import (
+    bootstrap_servers,
+    common,
+    consumer_config,
+    producer_config,
+)
 from stream_processors.kafka.reading import watermarks
-from stream_processors.kafka.topics import SagaTopics, ensure_topics
+from stream_processors.kafka.topics import SagaTopics, ensure_plain_topics, ensure_topics
 
 BASE = Path(".sagalog/bench")
 STATE = BASE / "state"
@@ -40,24 +46,27 @@ WORKER_GROUPS = ("sagalog.worker.payments", "sagalog.worker.shipping")
 
 @dataclass(frozen=True)
 class Sizes:
-    """How much each measurement does; ``quick`` fits ``make bench-quick`` in 3 minutes."""
+    """How much each measurement does; ``quick`` fits ``make bench-quick`` in 5 minutes."""
 
-    pipe_records: int  # inputs for the limit pipe and the engine, the same N for both
+    pipe_records: int  # inputs for the limit pipes and the engine, the same N for all
     saturation_orders: int  # orders published at once to find end-to-end saturation
     latency_seconds: float  # how long orders are paced at a quarter of saturation
-    restore_snapshots: int  # changelog size for restore, and the "many" memory case
-    memory_small: int  # the "few" memory case
+    memory_instances: tuple[int, ...]  # instances restored for each memory case
     failover_seconds: float  # load kept up after the kill -9
     faust_orders: int
     temporal_workflows: int
+    fixed_rates: tuple[float, ...] = (10.0, 50.0)  # sagas/s at which all three systems are timed
+    fixed_rate_seconds: float = 30  # how long each fixed rate is kept up
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(100_000, 3_000, 6, 100_000, 10_000, 15, 1_000, 200)
+        memory = (10_000, 30_000, 100_000)
+        return cls(50_000, 2_000, 5, memory, 10, 300, 100, fixed_rate_seconds=3)
 
     @classmethod
     def full(cls) -> Sizes:
-        return cls(1_000_000, 20_000, 30, 1_000_000, 10_000, 25, 10_000, 2_000)
+        memory = (10_000, 100_000, 1_000_000)
+        return cls(1_000_000, 20_000, 30, memory, 25, 10_000, 2_000, fixed_rate_seconds=20)
 
 
 def admin() -> AdminClient:
@@ -172,7 +181,14 @@ def follow_drain(
         deadline = time.monotonic() + timeout
         first: tuple[float, int] | None = None
         while time.monotonic() < deadline:
-            committed = sum(max(tp.offset, 0) for tp in consumer.committed(tps, timeout=10))
+            try:
+                found = consumer.committed(tps, timeout=10)
+            except KafkaException as error:  # a coordinator still moving, on a new broker
+                if not error.args[0].retriable() and error.args[0].name() != "NOT_COORDINATOR":
+                    raise
+                time.sleep(interval)
+                continue
+            committed = sum(max(tp.offset, 0) for tp in found)
             now = time.monotonic()
             if first is None and committed > 0:
                 first = (now, committed)
@@ -195,6 +211,15 @@ def processor(name: str = "processor", *args: str) -> LocalProcess:
     log.unlink(missing_ok=True)
     command = ["run", "examples.order_fulfillment.saga:OrderFulfillment"]
     return LocalProcess([*command, "--partitions", str(PARTITIONS), *args], log, env=env)
+
+
+ASSIGNED = re.compile(r"assigned inbox partitions \[([\d, ]*)\]")
+
+
+def owned_partitions(process: LocalProcess) -> set[int]:
+    """The inbox partitions a processor owns, from the last assignment in its log."""
+    found = ASSIGNED.findall(process.log_path.read_text())
+    return {int(p) for p in found[-1].split(",") if p.strip()} if found else set()
 
 
 def stop_all(processes: Iterable[LocalProcess]) -> None:
@@ -246,3 +271,65 @@ def busy_processes() -> list[str]:
         for line in found.stdout.splitlines()
         if line and not line.startswith(mine) and ours not in line
     ]
+
+
+WARM_UP_TOPIC = "bench.publisher.warmup"
+
+
+def ready_publisher() -> Publisher:
+    """A publisher whose producer already has its id and connection.
+
+    A new idempotent producer's first records wait about half a second for its producer id,
+    while their timestamps say when ``produce`` was called: a paced run's first orders would
+    count that half second as latency. One record to a topic of the bench's own, acknowledged,
+    gets it over with. (Schemas are not recorded: the warm-up saga already recorded them.)
+    """
+    publisher = Publisher(client_id="sagalog-bench", record_schemas=False)
+    ensure_plain_topics([WARM_UP_TOPIC], partitions=1)
+    event = plan_orders(1, 0.0, 0.0, seed=1, run_id="warm-publisher")[0].event
+    publisher.publish(event, topic=WARM_UP_TOPIC)
+    if publisher.flush(30):
+        raise RuntimeError("the bench's publisher could not deliver its warm-up record")
+    return publisher
+
+
+def topic_ends(topic: str) -> dict[int, int]:
+    """Each partition's end offset of ``topic`` now: where a later ``read_topic`` starts."""
+    consumer = Consumer(consumer_config(None, "sagalog-bench", f"bench-{time.time_ns()}"))
+    try:
+        partitions = consumer.list_topics(topic, timeout=15).topics[topic].partitions
+        return {p: watermarks(consumer, TopicPartition(topic, p))[1] for p in partitions}
+    finally:
+        consumer.close()
+
+
+def read_topic(
+    topic: str, start: dict[int, int] | None = None, per_partition: int | None = None
+) -> list[Message]:
+    """The committed records of ``topic`` from ``start`` (default: the beginning) to its end
+    now, at most ``per_partition`` of each partition (read_committed, no group)."""
+    consumer = Consumer(consumer_config(None, "sagalog-bench", f"bench-{time.time_ns()}"))
+    records: list[Message] = []
+    try:
+        partitions = consumer.list_topics(topic, timeout=15).topics[topic].partitions
+        ends = {p: watermarks(consumer, TopicPartition(topic, p))[1] for p in partitions}
+        begin = {p: (start or {}).get(p, 0) for p in partitions}
+        todo = {p for p in partitions if ends[p] > begin[p]}
+        counts = dict.fromkeys(partitions, 0)
+        consumer.assign([TopicPartition(topic, p, begin[p]) for p in todo])
+        deadline = time.monotonic() + 300
+        while todo and time.monotonic() < deadline:
+            for message in consumer.consume(5000, timeout=0.2):
+                p = message.partition() or 0
+                if message.error() is None and p in todo:
+                    records.append(message)
+                    counts[p] += 1
+            # The position moves past transaction markers too, so it reaches the end offset.
+            for tp in consumer.position([TopicPartition(topic, p) for p in todo]):
+                if (tp.offset or 0) >= ends[tp.partition] or counts[tp.partition] >= (
+                    per_partition or 2**62
+                ):
+                    todo.discard(tp.partition)
+    finally:
+        consumer.close()
+    return records

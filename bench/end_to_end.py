@@ -2,17 +2,21 @@
 
 Saturation: a burst of orders published at once; completed sagas per second from the first
 publish to the last terminal journal entry (``measure.Results.sagas_per_second``). Latency:
-orders paced at a quarter of that rate; each saga's time from its publish (the record's Kafka
-timestamp) to its terminal journal entry, p50 and p99. Both reuse the demo's machinery
-(``examples.order_fulfillment.measure``), and both check that every saga ended as planned.
+orders paced at a quarter of that rate, then at common fixed rates (10 and 50 sagas/s, the
+rates at which the peers are timed too); each saga's time from its publish (the record's Kafka
+timestamp) to its terminal journal entry, p50 and p99, and for each paced run the per-hop
+breakdown read from the records' own timestamps (``bench.hops``). All reuse the demo's machinery
+(``examples.order_fulfillment.measure``), and all check that every saga ended as planned.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
-from bench.common import BASE, PARTITIONS, TOPICS, fresh_saga_topics
+from bench import hops
+from bench.common import BASE, PARTITIONS, TOPICS, fresh_saga_topics, ready_publisher
 from examples.order_fulfillment.measure import (
     Journal,
     Results,
@@ -29,7 +33,7 @@ FAILURES = (0.03, 0.03)  # payment, shipping: as in the demo
 
 def run_orders(orders: list[PlannedOrder], rate: float | None, timeout: float) -> Results:
     start = journal_end(TOPICS.journal)
-    published = publish(orders, rate=rate)
+    published = publish(orders, rate=rate, publisher=ready_publisher())
     ids = [order.event.order_id for order in orders]
     return Results(orders, published, journal_outcomes_from(TOPICS.journal, start, ids, timeout))
 
@@ -62,15 +66,46 @@ def started(processors: int = 1) -> tuple[dict[str, LocalProcess], str]:
     return processes, run_id
 
 
-def measure(saturation_orders: int, latency_seconds: float) -> dict[str, Any]:
+def paced(orders: list[PlannedOrder], rate: float, timeout: float = 120) -> dict[str, Any]:
+    """Orders at ``rate`` per second: latency, and where the time went hop by hop."""
+    start = hops.starts()
+    results = run_orders(orders, rate, timeout)
+    ids = {order.event.order_id for order in orders}
+    return summary(results) | {
+        "offered_per_second": round(rate, 1),
+        "hops": hops.breakdown(start, ids),
+    }
+
+
+def fixed_rate_orders(rate: float, seconds: float, run_id: str) -> list[PlannedOrder]:
+    """The orders of a fixed-rate run: the same for every system (same seed per rate)."""
+    count = max(10, round(rate * seconds))
+    return plan_orders(count, *FAILURES, seed=SEED + 10 + int(rate), run_id=f"{run_id}-{rate:g}")
+
+
+def measure(
+    saturation_orders: int,
+    latency_seconds: float,
+    fixed_rates: Sequence[float] = (),
+    fixed_seconds: float = 0,
+) -> dict[str, Any]:
     processes, run_id = started()
     try:
         burst = plan_orders(saturation_orders, *FAILURES, seed=SEED, run_id=f"{run_id}-sat")
         saturated = summary(run_orders(burst, None, 300))
         rate = max(1.0, saturated["sagas_per_second"] / 4)
         count = max(10, round(rate * latency_seconds))
-        paced = plan_orders(count, *FAILURES, seed=SEED + 1, run_id=f"{run_id}-lat")
-        quarter = summary(run_orders(paced, rate, 120)) | {"offered_per_second": round(rate, 1)}
+        quarter_orders = plan_orders(count, *FAILURES, seed=SEED + 1, run_id=f"{run_id}-lat")
+        quarter = paced(quarter_orders, rate)
+        fixed = {
+            f"{fixed:g}": paced(fixed_rate_orders(fixed, fixed_seconds, run_id), fixed)
+            for fixed in fixed_rates
+        }
     finally:
         codes = {name: process.stop() for name, process in processes.items()}
-    return {"saturation": saturated, "quarter_load": quarter, "exit_codes": codes}
+    return {
+        "saturation": saturated,
+        "quarter_load": quarter,
+        "fixed_rates": fixed,
+        "exit_codes": codes,
+    }

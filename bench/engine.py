@@ -1,44 +1,165 @@
-"""The engine: inputs per second of one processor working through a pre-filled inbox.
+"""The engine: inputs per second of one processor, and of two, working through a filled inbox.
 
 The inbox gets the same N OrderPlaced records (same keys, same bytes) as the limit pipe's
 source. Each one starts a saga: the processor decodes it, decides, journals, sends MakePayment
 and stages the instance's snapshot, committing one transaction per 100 ms with the offsets.
 The rate is read from the processor group's committed offsets, the same way as the pipe's, and
-checked against the processor's own ``sagalog_inputs_processed_total``.
+checked against the processors' own ``sagalog_inputs_processed_total``.
+
+The processors are started first, on an empty inbox, and the inbox is filled once each has its
+partitions, so that one and two processes are measured the same way (two processes started on a
+backlog would spend the first of it rebalancing). The filler is far faster than the engine.
+
+After the one-process run, ``shape`` reads what the engine wrote for each input (journal
+entries, commands, snapshots: how many per input, their sizes) and keeps one input's records as
+the template the same-shape pipe reproduces (``bench.same_shape``).
 """
 
 from __future__ import annotations
 
+import statistics
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+from confluent_kafka import Message
+
 from bench.common import (
+    BASE,
+    PARTITIONS,
     PROCESSOR_GROUP,
     TOPICS,
     fill,
     follow_drain,
     fresh_saga_topics,
     order_records,
+    owned_partitions,
     processor,
-    topic_size,
+    read_topic,
+    stop_all,
 )
+from bench.limit import Output, save_shape
+from sagas.local import LocalProcess
+
+SHAPE = BASE / "engine.shape.json"
+#: Records of each partition read to learn the engine's output shape.
+SAMPLE_PER_PARTITION = 2_000
 
 
-def measure(records: int, timeout: float = 600) -> dict[str, float]:
-    fresh_saga_topics()
-    fill(TOPICS.inbox, order_records(records, "engine"))
-    process = processor().start()
-    try:
-        drain = follow_drain(
-            PROCESSOR_GROUP, TOPICS.inbox, records, timeout, lambda: process.running
+def _wait_for_partitions(processes: list[LocalProcess], timeout: float = 120) -> None:
+    """Until each process restored its store and together they own every partition, once."""
+    for process in processes:
+        process.wait_for_metrics(
+            lambda m: m.get("sagalog_restore_remaining_records") == 0, timeout, "no partitions"
         )
-        counted = process.metric("sagalog_inputs_processed_total")
+    deadline = time.monotonic() + timeout
+    while True:
+        owned = [owned_partitions(process) for process in processes]
+        if all(owned) and sorted(p for o in owned for p in o) == list(range(PARTITIONS)):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"partitions not shared out among the processors: {owned}")
+        time.sleep(0.5)
+
+
+def run(records: int, processes: int, timeout: float = 600) -> dict[str, Any]:
+    """``processes`` processors draining ``records`` inputs, filled once they are ready."""
+    fresh_saga_topics()
+    names = ["processor", *(f"processor-{n}" for n in range(2, processes + 1))]
+    running = [processor(name).start() for name in names]
+    try:
+        _wait_for_partitions(running)
+        fill(TOPICS.inbox, order_records(records, "engine"))
+        drain = follow_drain(
+            PROCESSOR_GROUP,
+            TOPICS.inbox,
+            records,
+            timeout,
+            lambda: all(process.running for process in running),
+        )
+        counted = sum(p.metric("sagalog_inputs_processed_total") for p in running)
     finally:
-        process.stop()
+        stop_all(running)
     return {
+        "processes": processes,
         "records": records,
         "measured_records": drain.records,
         "seconds": round(drain.seconds, 3),
         "inputs_per_second": round(drain.per_second, 1),
         "inputs_processed_metric": counted,
-        "journal_records": topic_size(TOPICS.journal),
-        "command_records": topic_size("payments.commands"),
-        "snapshot_records": topic_size(TOPICS.snapshots),
+    }
+
+
+def _headers(message: Message) -> list[tuple[str, bytes]]:
+    pairs = message.headers() or []
+    items = pairs.items() if isinstance(pairs, dict) else pairs
+    return [(k, v.encode() if isinstance(v, str) else (v or b"")) for k, v in items]
+
+
+def _header_bytes(message: Message) -> int:
+    return sum(len(k) + len(v) for k, v in _headers(message))
+
+
+def shape() -> dict[str, Any]:
+    """What the engine wrote per input, from a sample of each output topic's partitions.
+
+    Every input started its own instance, so records per input = records per key. The template
+    is the records of one instance whose record counts are the most common ones.
+    """
+    topics = {"journal": TOPICS.journal, "snapshot": TOPICS.snapshots}
+    topics |= {f"command {topic}": topic for topic in TOPICS.commands}
+    by_key: dict[str, dict[bytes, list[Message]]] = {}
+    figures: dict[str, Any] = {}
+    for name, topic in topics.items():
+        keyed: dict[bytes, list[Message]] = defaultdict(list)
+        for message in read_topic(topic, per_partition=SAMPLE_PER_PARTITION):
+            keyed[message.key() or b""].append(message)
+        by_key[name] = keyed
+        sampled = [m for ms in keyed.values() for m in ms]
+        if not sampled:
+            continue
+        figures[name] = {
+            "topic": topic,
+            "records_per_key": round(len(sampled) / len(keyed), 3),
+            "mean_value_bytes": round(statistics.fmean(len(m.value() or b"") for m in sampled), 1),
+            "mean_key_bytes": round(statistics.fmean(len(m.key() or b"") for m in sampled), 1),
+            "mean_header_bytes": round(statistics.fmean(_header_bytes(m) for m in sampled), 1),
+        }
+    journal = by_key["journal"]
+    usual = Counter(len(ms) for ms in journal.values()).most_common(1)[0][0]
+    key = next(
+        k
+        for k, ms in journal.items()
+        if len(ms) == usual and all(k in by_key[name] for name in figures)
+    )
+    template = [
+        Output(
+            message.topic() or "",
+            message.value(),
+            _headers(message),
+            same_partition=not name.startswith("command"),
+        )
+        for name in figures
+        for message in by_key[name][key]
+    ]
+    save_shape(template, SHAPE)
+    return {
+        "per_topic": figures,
+        "template_records": len(template),
+        "template_bytes": sum(len(o.value or b"") for o in template),
+    }
+
+
+def measure(records: int, timeout: float = 600) -> dict[str, Any]:
+    """One processor, its output shape, then two processors, on the same N inputs."""
+    SHAPE.unlink(missing_ok=True)  # never a shape of an earlier run
+    one = run(records, 1, timeout)
+    outputs = shape()
+    two = run(records, 2, timeout)
+    return one | {
+        "shape": outputs,
+        "two_processes": two,
+        "two_over_one": round(two["inputs_per_second"] / one["inputs_per_second"], 3)
+        if one["inputs_per_second"]
+        else None,
     }

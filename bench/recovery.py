@@ -24,7 +24,15 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench.common import DEFINITION, PARTITIONS, TOPICS, fresh_saga_topics, processor
+from bench.common import (
+    DEFINITION,
+    PARTITIONS,
+    TOPICS,
+    fresh_saga_topics,
+    owned_partitions,
+    processor,
+    ready_publisher,
+)
 from bench.end_to_end import FAILURES, SEED, started
 from examples.order_fulfillment.measure import Results, now_ms, publish
 from examples.order_fulfillment.scenario import plan_orders
@@ -36,7 +44,6 @@ from stream_processors.kafka.reading import watermarks
 from stream_processors.tools.replay import fold_partition
 
 RESTORED = re.compile(r"restored partition (\d+): (\d+) changelog records .* in ([\d.]+)s")
-ASSIGNED = re.compile(r"assigned inbox partitions \[([\d, ]*)\]")
 
 
 def fill_snapshots(count: int) -> None:
@@ -139,14 +146,16 @@ def failover(rate: float, seconds: float) -> dict[str, Any]:
             process.wait_for_metrics(
                 lambda m: m.get("sagalog_restore_remaining_records") == 0, 60, "no partitions"
             )
-        owned = [m[1] for m in ASSIGNED.finditer(victim.log_path.read_text())]
-        victim_partitions = sorted(int(p) for p in owned[-1].split(",") if p.strip())
+        victim_partitions = sorted(owned_partitions(victim))
         warm = 5.0
         count = round(rate * (warm + seconds))
         orders = plan_orders(count, *FAILURES, seed=SEED + 2, run_id=f"{run_id}-kill")
         start = journal_end(TOPICS.journal)
         published: dict[str, int] = {}
-        load = threading.Thread(target=lambda: published.update(publish(orders, rate=rate)))
+        publisher = ready_publisher()
+        load = threading.Thread(
+            target=lambda: published.update(publish(orders, rate=rate, publisher=publisher))
+        )
         load.start()
         time.sleep(warm)
         killed_ms = now_ms()

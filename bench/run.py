@@ -20,13 +20,14 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from bench import end_to_end, engine, limit, memory, profile, recovery, report
+from bench import end_to_end, engine, limit, memory, profile, recovery, report, same_shape
 from bench.common import BASE, Sizes, machine
 from stream_processors.kafka.config import bootstrap_servers
 
 PHASES = (
     "limit",
     "engine",
+    "same_shape",
     "profile",
     "end_to_end",
     "replay",
@@ -43,7 +44,7 @@ app = typer.Typer(add_completion=False)
 @app.command()
 def main(
     quick: Annotated[
-        bool, typer.Option(help="Small sizes: the whole run in under 3 minutes")
+        bool, typer.Option(help="Small sizes: the whole run in under 5 minutes")
     ] = False,
     out: Annotated[
         Path | None,
@@ -56,18 +57,19 @@ def main(
         typer.Option(help=f"Run only these phases (repeatable): {', '.join(PHASES)}"),
     ] = None,
     pipe_records: Annotated[
-        int | None, typer.Option(help="Override N for limit and engine")
+        int | None, typer.Option(help="Override N for the limit pipes and the engine")
     ] = None,
-    restore_snapshots: Annotated[
-        int | None, typer.Option(help="Override the restore / large memory case size")
+    memory_instances: Annotated[
+        list[int] | None,
+        typer.Option(help="Override the memory cases' instance counts (repeatable)"),
     ] = None,
 ) -> None:
     """Measure Sagalog against its limit and its peers; write figures, table and chart."""
     sizes = Sizes.quick() if quick else Sizes.full()
     if pipe_records:
         sizes = Sizes(**asdict(sizes) | {"pipe_records": pipe_records})
-    if restore_snapshots:
-        sizes = Sizes(**asdict(sizes) | {"restore_snapshots": restore_snapshots})
+    if memory_instances:
+        sizes = Sizes(**asdict(sizes) | {"memory_instances": tuple(memory_instances)})
     chosen = [p for p in PHASES if not only or p in only]
     target = out or (Path("bench-results/quick") if quick else Path("docs"))
     profile_path = target / ("profile-quick.txt" if quick else "profile.txt")
@@ -87,16 +89,20 @@ def main(
         rate = (figures.get("end_to_end") or {}).get("saturation", {}).get("sagas_per_second")
         return max(20.0, (rate or 400.0) / 4)
 
+    fixed = (sizes.fixed_rates, sizes.fixed_rate_seconds)
     phases: dict[str, Callable[[], dict[str, Any]]] = {
         "limit": lambda: limit.measure(sizes.pipe_records),
         "engine": lambda: engine.measure(sizes.pipe_records),
+        "same_shape": lambda: same_shape.measure(sizes.pipe_records),
         "profile": lambda: profile.measure(sizes.pipe_records // 5, profile_path),
-        "end_to_end": lambda: end_to_end.measure(sizes.saturation_orders, sizes.latency_seconds),
+        "end_to_end": lambda: end_to_end.measure(
+            sizes.saturation_orders, sizes.latency_seconds, *fixed
+        ),
         "replay": recovery.replay,
         "failover": lambda: recovery.failover(e2e_rate(), sizes.failover_seconds),
-        "memory": lambda: memory.measure(sizes.memory_small, sizes.restore_snapshots),
-        "faust": lambda: _faust(sizes.faust_orders, sizes.latency_seconds),
-        "temporal": lambda: _temporal(sizes.temporal_workflows, sizes.latency_seconds),
+        "memory": lambda: memory.measure(sizes.memory_instances),
+        "faust": lambda: _faust(sizes.faust_orders, sizes.latency_seconds, fixed),
+        "temporal": lambda: _temporal(sizes.temporal_workflows, sizes.latency_seconds, fixed),
     }
     failed = []
     for name in chosen:
@@ -118,13 +124,17 @@ def main(
         raise typer.Exit(1)
 
 
-def _faust(orders: int, latency_seconds: float) -> dict[str, Any]:
+#: (fixed rates in sagas/s, seconds at each): the latency every system is timed at.
+Fixed = tuple[tuple[float, ...], float]
+
+
+def _faust(orders: int, latency_seconds: float, fixed: Fixed) -> dict[str, Any]:
     from bench.peers import faust_saga  # imported late: it builds a faust App on import
 
-    return faust_saga.measure(orders, latency_seconds)
+    return faust_saga.measure(orders, latency_seconds, *fixed)
 
 
-def _temporal(workflows: int, latency_seconds: float) -> dict[str, Any]:
+def _temporal(workflows: int, latency_seconds: float, fixed: Fixed) -> dict[str, Any]:
     from bench.peers import temporal_saga
 
-    return temporal_saga.measure(workflows, latency_seconds)
+    return temporal_saga.measure(workflows, latency_seconds, *fixed)

@@ -20,13 +20,14 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import faust
 
-from bench.common import BASE, admin, delete_topics, fresh_saga_topics
-from bench.end_to_end import FAILURES, SEED, summary
+from bench.common import BASE, admin, delete_topics, fresh_saga_topics, ready_publisher
+from bench.end_to_end import FAILURES, SEED, fixed_rate_orders, summary
 from bench.peers.shared import read_outcomes
 from examples.order_fulfillment.measure import WORKERS, Results, now_ms, publish
 from examples.order_fulfillment.messages import (
@@ -154,7 +155,7 @@ def _stop(processes: dict[str, LocalProcess | subprocess.Popen[bytes]]) -> None:
 
 def run(planned: list[Any], rate: float | None, timeout: float) -> Results:
     start = journal_end(OUTCOMES)
-    published = publish(planned, rate=rate)
+    published = publish(planned, rate=rate, publisher=ready_publisher())
     wanted = {order.event.order_id for order in planned}
     return Results(planned, published, read_outcomes(OUTCOMES, start, wanted, timeout))
 
@@ -174,8 +175,14 @@ def warm_up(
             raise TimeoutError(f"the faust warm-up saga did not finish in {timeout}s")
 
 
-def measure(orders_count: int, latency_seconds: float) -> dict[str, Any]:
-    """Saturation and quarter-load latency of the faust saga, like ``bench.end_to_end``."""
+def measure(
+    orders_count: int,
+    latency_seconds: float,
+    fixed_rates: Sequence[float] = (),
+    fixed_seconds: float = 0,
+) -> dict[str, Any]:
+    """Saturation, quarter-load and fixed-rate latency of the faust saga, like
+    ``bench.end_to_end``."""
     fresh_saga_topics()
     delete_topics([REPLIES, OUTCOMES, *_faust_internal_topics()])
     ensure_plain_topics([REPLIES, OUTCOMES], partitions=PARTITIONS)
@@ -191,6 +198,11 @@ def measure(orders_count: int, latency_seconds: float) -> dict[str, Any]:
         rate = max(1.0, saturated["sagas_per_second"] / 4)
         paced = plan_orders(max(10, round(rate * latency_seconds)), *FAILURES, SEED + 1, run_id)
         quarter = summary(run(paced, rate, 300)) | {"offered_per_second": round(rate, 1)}
+        fixed = {
+            f"{r:g}": summary(run(fixed_rate_orders(r, fixed_seconds, run_id), r, 300))
+            | {"offered_per_second": r}
+            for r in fixed_rates
+        }
     finally:
         _stop(processes)
     return {
@@ -200,6 +212,7 @@ def measure(orders_count: int, latency_seconds: float) -> dict[str, Any]:
         "seconds_to_first_saga": round(ready, 1),
         "saturation": saturated,
         "quarter_load": quarter,
+        "fixed_rates": fixed,
     }
 
 

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from bench.common import BASE
-from bench.end_to_end import FAILURES, SEED, summary
+from bench.end_to_end import FAILURES, SEED, fixed_rate_orders, summary
 from bench.peers.temporal_workflow import OrderWorkflow
 from examples.order_fulfillment import services
 from examples.order_fulfillment.measure import Results, now_ms
@@ -164,7 +165,12 @@ async def _run(client: Client, planned: list[PlannedOrder], rate: float | None) 
     return Results(planned, published, outcomes)
 
 
-def measure(workflows: int, latency_seconds: float) -> dict[str, Any]:
+def measure(
+    workflows: int,
+    latency_seconds: float,
+    fixed_rates: Sequence[float] = (),
+    fixed_seconds: float = 0,
+) -> dict[str, Any]:
     binary = temporal_binary()
     if binary is None:
         return {"skipped": "no temporal binary (go install .../temporal@v1.5.1)"}
@@ -188,7 +194,8 @@ def measure(workflows: int, latency_seconds: float) -> dict[str, Any]:
             with (logs / f"{role}.log").open("wb") as log:
                 command = [sys.executable, "-m", "bench.peers.temporal_saga", address, role]
                 processes.append(subprocess.Popen(command, stdout=log, stderr=log))
-        return asyncio.run(_measure(address, workflows, latency_seconds)) | {
+        measured = _measure(address, workflows, latency_seconds, fixed_rates, fixed_seconds)
+        return asyncio.run(measured) | {
             "version": f"{_module_version(binary)}; {version.strip()}",
             "server": " ".join(server_command[1:]),
         }
@@ -201,7 +208,13 @@ def measure(workflows: int, latency_seconds: float) -> dict[str, Any]:
                 process.kill()
 
 
-async def _measure(address: str, workflows: int, latency_seconds: float) -> dict[str, Any]:
+async def _measure(
+    address: str,
+    workflows: int,
+    latency_seconds: float,
+    fixed_rates: Sequence[float],
+    fixed_seconds: float,
+) -> dict[str, Any]:
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -222,10 +235,16 @@ async def _measure(address: str, workflows: int, latency_seconds: float) -> dict
     rate = max(1.0, saturated["sagas_per_second"] / 4)
     paced = plan_orders(max(10, round(rate * latency_seconds)), *FAILURES, SEED + 1, f"t{run_id}")
     quarter = summary(await _run(client, paced, rate)) | {"offered_per_second": round(rate, 1)}
+    fixed = {}
+    for fixed_rate in fixed_rates:
+        orders = fixed_rate_orders(fixed_rate, fixed_seconds, f"t{run_id}")
+        measured = summary(await _run(client, orders, fixed_rate))
+        fixed[f"{fixed_rate:g}"] = measured | {"offered_per_second": fixed_rate}
     return {
         "seconds_to_first_saga": round(ready, 1),
         "saturation": saturated,
         "quarter_load": quarter,
+        "fixed_rates": fixed,
     }
 
 

@@ -11,6 +11,11 @@ partition + due time + instance id, find what is due without reading snapshots. 
 (the snapshot says which timers are really set), so a stale entry is harmless and is dropped
 when it comes due.
 
+Memory is bounded by configuration, not by the number of instances (``MemoryBounds``): one LRU
+block cache holds data, index and filter blocks, and the memtables (write buffers) are capped in
+size and number. The defaults suit a processor with a million instances on a small machine; the
+``SAGALOG_ROCKSDB_*`` environment variables override them (docs/architecture.md, "Store").
+
 One process owns one store folder at a time. ``claim_slot`` picks the first free numbered slot
 under a base folder with an exclusive file lock, so a restarted process finds its own store
 again and a second process on the same machine gets a folder of its own.
@@ -30,12 +35,67 @@ from enum import Enum
 from pathlib import Path
 from typing import IO
 
-from rocksdict import AccessType, Options, Rdict, WriteBatch
+from rocksdict import AccessType, BlockBasedOptions, Cache, Options, Rdict, WriteBatch
 
 log = logging.getLogger(__name__)
 
 _PARTITION = struct.Struct(">H")
 _OFFSET = struct.Struct(">q")
+
+
+_MB = 2**20
+
+
+def _env_mb(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return default
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"{name} must be a whole number of MB >= 1, not {value!r}")
+    return number
+
+
+@dataclass(frozen=True)
+class MemoryBounds:
+    """What RocksDB may hold in memory, whatever the number of instances in the store.
+
+    Without bounds RocksDB keeps every table file's index and filter blocks outside its cache
+    and grows memtables to 64 MB each: resident memory then grows with the store's size.
+    """
+
+    #: The LRU cache of data blocks, and of index and filter blocks too (they are charged to it).
+    block_cache_mb: int = 8
+    #: One memtable's size; a full one is flushed to a table file.
+    write_buffer_mb: int = 4
+    #: Memtables at most (the active one and those being flushed).
+    write_buffers: int = 2
+
+    @classmethod
+    def from_environment(cls) -> MemoryBounds:
+        """The defaults, overridden by ``SAGALOG_ROCKSDB_BLOCK_CACHE_MB``,
+        ``SAGALOG_ROCKSDB_WRITE_BUFFER_MB`` and ``SAGALOG_ROCKSDB_WRITE_BUFFERS``."""
+        default = cls()
+        return cls(
+            _env_mb("SAGALOG_ROCKSDB_BLOCK_CACHE_MB", default.block_cache_mb),
+            _env_mb("SAGALOG_ROCKSDB_WRITE_BUFFER_MB", default.write_buffer_mb),
+            _env_mb("SAGALOG_ROCKSDB_WRITE_BUFFERS", default.write_buffers),
+        )
+
+    def options(self) -> Options:
+        """RocksDB options (raw mode) with these bounds."""
+        options = Options(raw_mode=True)
+        table = BlockBasedOptions()
+        table.set_block_cache(Cache(self.block_cache_mb * _MB))
+        # Index and filter blocks in the cache (so bounded by it); level 0's pinned, as they
+        # are read on every lookup of recent keys.
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+        options.set_block_based_table_factory(table)
+        options.set_write_buffer_size(self.write_buffer_mb * _MB)
+        options.set_max_write_buffer_number(self.write_buffers)
+        options.set_db_write_buffer_size(self.write_buffer_mb * self.write_buffers * _MB)
+        return options
 
 
 @dataclass
@@ -122,13 +182,13 @@ def index_entries(
 class SnapshotStore:
     """Committed snapshots per partition, with the changelog offset they are current to."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, bounds: MemoryBounds | None = None) -> None:
         self.path = path
-        self._db = self._open(path)
+        self._db = self._open(path, bounds or MemoryBounds.from_environment())
 
     @staticmethod
-    def _open(path: Path) -> Rdict:
-        options = Options(raw_mode=True)
+    def _open(path: Path, bounds: MemoryBounds) -> Rdict:
+        options = bounds.options()
         options.create_if_missing(True)
         try:
             return Rdict(str(path), options)
@@ -237,7 +297,8 @@ class SnapshotStore:
         """Open a store another process may be writing, for lookups (``sagas history``)."""
         store = cls.__new__(cls)
         store.path = path
-        store._db = Rdict(str(path), Options(raw_mode=True), access_type=AccessType.read_only())
+        options = MemoryBounds.from_environment().options()
+        store._db = Rdict(str(path), options, access_type=AccessType.read_only())
         return store
 
     def close(self) -> None:

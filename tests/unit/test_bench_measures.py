@@ -1,0 +1,82 @@
+"""The bench's pure parts: hop statistics from record times, pipe shapes, RocksDB bounds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.hops import COMMAND, DECIDED, PUBLISHED, REPLY, ROUTED, Event, statistics
+from bench.limit import Output, load_shape, save_shape
+from stream_processors.engine.store import MemoryBounds, SnapshotStore
+
+
+def _saga(t0: int, routed: int, decided: int, reply: int, done: int) -> list[Event]:
+    return [
+        (t0, PUBLISHED, "published"),
+        (t0 + routed, ROUTED, "routed"),
+        (t0 + routed + decided, DECIDED, "SagaStarted"),
+        (t0 + routed + decided, DECIDED, "CommandSent"),
+        (t0 + routed + decided, COMMAND, "command Pay"),
+        (t0 + routed + decided + reply, REPLY, "reply Paid"),
+        (t0 + routed + decided + reply + done, DECIDED, "SagaCompleted"),
+    ]
+
+
+def test_hops_follow_the_common_path_and_group_a_decisions_entries() -> None:
+    events = {f"s{n}": _saga(1000 * n, 10 + n, 5, 40, 7) for n in range(5)}
+    # A saga that took another path is counted, not mixed into the hops.
+    events["odd"] = [(0, PUBLISHED, "published"), (3, DECIDED, "SagaStarted")]
+    found = statistics(events)
+    assert found["sagas"] == 5 and found["of"] == 6
+    assert [h["hop"] for h in found["hops"]] == [
+        "published → routed",
+        "routed → decided",
+        "decided → command Pay",
+        "command Pay → reply Paid",
+        "reply Paid → decided",
+    ]
+    assert [h["p50_ms"] for h in found["hops"]] == [12, 5, 0, 40, 7]
+    assert found["hops"][0]["p99_ms"] == 14
+    assert found["total_p50_ms"] == 12 + 5 + 40 + 7
+
+
+def test_ties_at_one_millisecond_are_put_in_causal_order() -> None:
+    # The reply and the decision it causes carry the same millisecond.
+    saga: list[Event] = [(5, DECIDED, "SagaCompleted"), (5, REPLY, "reply Paid")]
+    events = {"s": [*saga, (1, COMMAND, "command c")]}
+    assert statistics(events)["path"] == "command c → reply Paid → decided"
+
+
+def test_no_events_no_hops() -> None:
+    assert statistics({})["hops"] == []
+
+
+def test_a_pipe_shape_survives_its_file(tmp_path: Path) -> None:
+    outputs = [
+        Output("journal", b"\x00entry", [], same_partition=True),
+        Output("payments.commands", b"cmd", [("sagalog.command_id", b"x/1")]),
+        Output("sink"),
+    ]
+    save_shape(outputs, tmp_path / "shape.json")
+    assert load_shape(tmp_path / "shape.json") == outputs
+
+
+def test_memory_bounds_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAGALOG_ROCKSDB_BLOCK_CACHE_MB", "3")
+    monkeypatch.setenv("SAGALOG_ROCKSDB_WRITE_BUFFERS", "")
+    bounds = MemoryBounds.from_environment()
+    assert bounds == MemoryBounds(block_cache_mb=3, write_buffer_mb=MemoryBounds().write_buffer_mb)
+    monkeypatch.setenv("SAGALOG_ROCKSDB_WRITE_BUFFER_MB", "0")
+    with pytest.raises(ValueError, match="SAGALOG_ROCKSDB_WRITE_BUFFER_MB"):
+        MemoryBounds.from_environment()
+
+
+def test_a_bounded_store_reads_what_it_wrote(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path / "db", MemoryBounds(1, 1, 2))
+    try:
+        store.write([(3, f"i{n}", bytes(300)) for n in range(20_000)], {3: 19_999})
+        assert store.get(3, "i19999") == bytes(300)
+        assert store.changelog_offset(3) == 19_999
+    finally:
+        store.close()
