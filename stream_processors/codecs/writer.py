@@ -1,10 +1,11 @@
-"""A per-schema Avro binary writer, built once per schema, for the engine's hot path. Pure.
+"""A per-schema Avro binary writer, generated once per schema, for the engine's hot path. Pure.
 
 fastavro's ``schemaless_writer`` walks the parsed schema on every call, dispatching on type
 names; for the small records the engine writes per input (journal entries, snapshots, commands)
-that walk was most of the cost of encoding (about 10 µs for a journal entry, against 4 µs here).
-``compile_writer`` turns a record schema into nested closures once, so a call only does the
-work of the datum.
+that walk was most of the cost of encoding. ``compile_writer`` generates, once per record schema,
+the source of one Python function that writes that record's fields in order (as ``dataclasses``
+generates ``__init__``), so a call does only the work of the datum: about 3x faster than
+fastavro for a journal entry.
 
 It covers what Sagalog's own records and typical saga records use: ``null``, ``boolean``,
 ``int``, ``long``, ``string`` and ``bytes``, unions of ``null`` with one of those, arrays, and
@@ -18,16 +19,14 @@ its own error. tests/unit/test_avro_writer.py compares both on every known schem
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-#: Writes one value of a schema at the end of the buffer (raises ``Unwritable`` to decline).
-Write = Callable[[bytearray, Any], None]
 #: A compiled record writer: (frame header, datum) -> the framed bytes.
 RecordWriter = Callable[[bytes, Mapping[str, Any]], bytes]
 
-_LONG = (-(1 << 63), 1 << 63)
-_INT = (-(1 << 31), 1 << 31)
+#: The half-open ranges of Avro's int and long.
+_RANGES = {"int": (-(1 << 31), 1 << 31), "long": (-(1 << 63), 1 << 63)}
 
 
 class Unwritable(Exception):
@@ -39,150 +38,138 @@ class _Unsupported(Exception):
 
 
 def _varint(buf: bytearray, zigzagged: int) -> None:
-    """A zigzag-encoded integer as a varint. Callers append a one-byte varint (< 0x80, the
-    common case: short strings, small numbers) themselves, sparing a call."""
+    """A zigzag-encoded integer of two bytes or more (the generated code appends a one-byte
+    varint, the common case, itself)."""
     while zigzagged >= 0x80:
         buf.append((zigzagged & 0x7F) | 0x80)
         zigzagged >>= 7
     buf.append(zigzagged)
 
 
-def _integer(low: int, high: int) -> Write:
-    def write(buf: bytearray, value: Any) -> None:
-        if type(value) is not int or not low <= value < high:  # bool, float, out of range
-            raise Unwritable
-        zigzagged = (value << 1) ^ (value >> 63)
-        if zigzagged < 0x80:
-            buf.append(zigzagged)
-        else:
-            _varint(buf, zigzagged)
+class _Source:
+    """The lines of the generated function, and fresh variable names for nested values."""
 
-    return write
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._names = 0
+
+    def name(self) -> str:
+        self._names += 1
+        return f"v{self._names}"
+
+    def add(self, depth: int, *lines: str) -> None:
+        self.lines.extend("    " * depth + line for line in lines)
 
 
-def _sized(buf: bytearray, data: bytes) -> None:
-    """``data`` after its length (how Avro writes bytes and strings)."""
-    length = len(data) << 1
-    if length < 0x80:
-        buf.append(length)
+def _length(depth: int, expression: str) -> Iterator[tuple[int, str]]:
+    """Code that writes ``expression`` (a non-negative int, already zigzagged) as a varint."""
+    yield depth, f"n = {expression}"
+    yield depth, "if n < 0x80:"
+    yield depth + 1, "append(n)"
+    yield depth, "else:"
+    yield depth + 1, "_varint(buf, n)"
+
+
+def _primitive(kind: str, value: str, depth: int) -> Iterator[tuple[int, str]]:
+    """Code that writes ``value`` of a primitive type, or raises ``Unwritable``."""
+    if kind == "null":
+        yield depth, f"if {value} is not None: raise Unwritable"
+    elif kind == "boolean":
+        yield depth, f"if type({value}) is not bool: raise Unwritable"
+        yield depth, f"append(1 if {value} else 0)"
+    elif kind in _RANGES:
+        low, high = _RANGES[kind]
+        yield depth, f"if type({value}) is not int or not {low} <= {value} < {high}:"
+        yield depth + 1, "raise Unwritable"
+        yield from _length(depth, f"({value} << 1) ^ ({value} >> 63)")
+    elif kind == "string":
+        yield depth, f"if type({value}) is not str: raise Unwritable"
+        yield depth, f"{value} = {value}.encode()"
+        yield from _length(depth, f"len({value}) << 1")
+        yield depth, f"buf += {value}"
+    elif kind == "bytes":
+        yield depth, f"if type({value}) is not bytes: raise Unwritable"
+        yield from _length(depth, f"len({value}) << 1")
+        yield depth, f"buf += {value}"
     else:
-        _varint(buf, length)
-    buf += data
+        raise _Unsupported(kind)  # float, double: left to fastavro
 
 
-def _string(buf: bytearray, value: Any) -> None:
-    if type(value) is not str:
-        raise Unwritable
-    _sized(buf, value.encode())
-
-
-def _bytes(buf: bytearray, value: Any) -> None:
-    if type(value) is not bytes:
-        raise Unwritable
-    _sized(buf, value)
-
-
-def _boolean(buf: bytearray, value: Any) -> None:
-    if type(value) is not bool:
-        raise Unwritable
-    buf.append(1 if value else 0)
-
-
-def _null(buf: bytearray, value: Any) -> None:
-    if value is not None:
-        raise Unwritable
-
-
-_PRIMITIVES: dict[str, Write] = {
-    "null": _null,
-    "boolean": _boolean,
-    "int": _integer(*_INT),
-    "long": _integer(*_LONG),
-    "string": _string,
-    "bytes": _bytes,
-}
-
-
-def _optional(null_index: int, inner: Write) -> Write:
-    """A union of ``null`` and one other type; the branch index is a zigzag varint (0 -> 0,
-    1 -> 2). A value of neither type raises in ``inner`` (fastavro names the mismatch)."""
-    null_tag, value_tag = null_index << 1, (1 - null_index) << 1
-
-    def write(buf: bytearray, value: Any) -> None:
-        if value is None:
-            buf.append(null_tag)
-        else:
-            buf.append(value_tag)
-            inner(buf, value)
-
-    return write
-
-
-def _array(inner: Write) -> Write:
-    """An array in one block (count, items, then the 0 that ends the blocks), as fastavro."""
-
-    def write(buf: bytearray, value: Any) -> None:
-        if type(value) is not list and type(value) is not tuple:
-            raise Unwritable
-        if value:
-            _varint(buf, len(value) << 1)
-            for item in value:
-                inner(buf, item)
-        buf.append(0)
-
-    return write
-
-
-def _record(schema: Mapping[str, Any]) -> Write:
-    fields = tuple((field["name"], _compile(field["type"])) for field in schema["fields"])
-
-    def write(buf: bytearray, value: Any) -> None:
-        if type(value) is not dict:
-            raise Unwritable
-        try:
-            for name, write_field in fields:
-                write_field(buf, value[name])
-        except KeyError:  # fastavro would write the field's default
-            raise Unwritable from None
-
-    return write
-
-
-def _compile(schema: Any) -> Write:
+def _emit(source: _Source, schema: Any, value: str, depth: int) -> None:
+    """Append the code that writes ``value`` (a variable) of ``schema`` to ``source``."""
     if isinstance(schema, str):
-        if schema in _PRIMITIVES:
-            return _PRIMITIVES[schema]
-        raise _Unsupported(schema)  # a named reference, or float/double
+        for line_depth, line in _primitive(schema, value, depth):
+            source.add(line_depth, line)
+        return
     if isinstance(schema, list):
-        if len(schema) == 2 and "null" in schema:
-            other = schema[1 - schema.index("null")]
-            if isinstance(other, str) and other != "null" and other in _PRIMITIVES:
-                return _optional(schema.index("null"), _PRIMITIVES[other])
+        _optional(source, schema, value, depth)
+        return
+    if not isinstance(schema, Mapping) or "logicalType" in schema:
         raise _Unsupported(str(schema))
-    if isinstance(schema, Mapping) and "logicalType" not in schema:
-        kind = schema.get("type")
-        if kind == "record":
-            return _record(schema)
-        if kind == "array":
-            return _array(_compile(schema["items"]))
-        if isinstance(kind, str) and kind in _PRIMITIVES:
-            return _PRIMITIVES[kind]
-    raise _Unsupported(str(schema))
+    kind = schema.get("type")
+    if kind == "record":
+        source.add(depth, f"if type({value}) is not dict: raise Unwritable")
+        for field in schema["fields"]:
+            name = source.name()
+            source.add(depth, f"{name} = {value}[{field['name']!r}]")
+            _emit(source, field["type"], name, depth)
+    elif kind == "array":
+        item = source.name()
+        source.add(depth, f"if type({value}) is not list and type({value}) is not tuple:")
+        source.add(depth + 1, "raise Unwritable")
+        source.add(depth, f"if {value}:")
+        for line_depth, line in _length(depth + 1, f"len({value}) << 1"):
+            source.add(line_depth, line)
+        source.add(depth + 1, f"for {item} in {value}:")
+        _emit(source, schema["items"], item, depth + 2)
+        source.add(depth, "append(0)")  # the block that ends the array
+    elif isinstance(kind, str) and kind in ("null", "boolean", "int", "long", "string", "bytes"):
+        _emit(source, kind, value, depth)
+    else:
+        raise _Unsupported(str(schema))
+
+
+def _optional(source: _Source, union: list[Any], value: str, depth: int) -> None:
+    """A union of ``null`` and one primitive; the branch index is a zigzag varint (0 -> 0,
+    1 -> 2). A value of neither type raises in the other branch's check."""
+    if len(union) != 2 or "null" not in union:
+        raise _Unsupported(str(union))
+    null_index = union.index("null")
+    other = union[1 - null_index]
+    if not isinstance(other, str) or other == "null":
+        raise _Unsupported(str(union))
+    source.add(depth, f"if {value} is None:")
+    source.add(depth + 1, f"append({null_index << 1})")
+    source.add(depth, "else:")
+    source.add(depth + 1, f"append({(1 - null_index) << 1})")
+    _emit(source, other, value, depth + 1)
 
 
 def compile_writer(definition: Mapping[str, Any]) -> RecordWriter | None:
     """The writer of a record schema's datums, or None if this module does not cover it."""
+    if definition.get("type") != "record":
+        return None
+    source = _Source()
     try:
-        write = _record(definition)
+        _emit(source, definition, "datum", 2)
     except (_Unsupported, KeyError, TypeError):
         return None
-
-    def encode(header: bytes, datum: Mapping[str, Any]) -> bytes:
-        buf = bytearray(header)
-        write(buf, datum)
-        return bytes(buf)
-
-    return encode
+    code = "\n".join(
+        [
+            "def encode(header, datum):",
+            "    buf = bytearray(header)",
+            "    append = buf.append",
+            "    try:",
+            *source.lines,
+            "    except KeyError:  # a missing field: fastavro writes its default",
+            "        raise Unwritable from None",
+            "    return bytes(buf)",
+        ]
+    )
+    namespace: dict[str, Any] = {"Unwritable": Unwritable, "_varint": _varint}
+    exec(compile(code, f"<avro writer of {definition.get('name')}>", "exec"), namespace)
+    writer: RecordWriter = namespace["encode"]
+    return writer
 
 
 __all__ = ["RecordWriter", "Unwritable", "compile_writer"]
