@@ -41,7 +41,13 @@ from typing import Any, Protocol
 import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
-from stream_processors.codecs.writer import RecordWriter, Unwritable, compile_writer
+from stream_processors.codecs.writer import (
+    ObjectWriter,
+    RecordWriter,
+    Unwritable,
+    compile_object_writer,
+    compile_writer,
+)
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
@@ -92,6 +98,8 @@ class AvroSchema:
     hinted: Any = field(default=None, repr=False, compare=False)
     #: The schema's own writer (``stream_processors.codecs.writer``), or None: fastavro writes.
     writer: RecordWriter | None = field(default=None, repr=False, compare=False)
+    #: The same, reading the fields as attributes of an object (a ``Record``), or None.
+    object_writer: ObjectWriter | None = field(default=None, repr=False, compare=False)
 
     @property
     def header(self) -> bytes:
@@ -117,8 +125,9 @@ def parse(definition: Mapping[str, Any], source: str = "") -> AvroSchema:
     fp = bytes.fromhex(fp_hex)
     hinted = parse_schema(dict(definition))
     writer = compile_writer(definition)
+    by_attributes = compile_object_writer(definition)
     name = str(definition_name(parsed))
-    return AvroSchema(name, definition, parsed, fp, source, hinted, writer)
+    return AvroSchema(name, definition, parsed, fp, source, hinted, writer, by_attributes)
 
 
 def definition_name(parsed: Any) -> str:

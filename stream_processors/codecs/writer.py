@@ -19,11 +19,14 @@ its own error. tests/unit/test_avro_writer.py compares both on every known schem
 
 from __future__ import annotations
 
+import keyword
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 #: A compiled record writer: (frame header, datum) -> the framed bytes.
 RecordWriter = Callable[[bytes, Mapping[str, Any]], bytes]
+#: The same, of an object whose attributes are the fields (``compile_writer(attributes=True)``).
+ObjectWriter = Callable[[bytes, Any], bytes]
 
 #: The half-open ranges of Avro's int and long.
 _RANGES = {"int": (-(1 << 31), 1 << 31), "long": (-(1 << 63), 1 << 63)}
@@ -35,15 +38,6 @@ class Unwritable(Exception):
 
 class _Unsupported(Exception):
     """A schema this writer does not compile."""
-
-
-def _varint(buf: bytearray, zigzagged: int) -> None:
-    """A zigzag-encoded integer of two bytes or more (the generated code appends a one-byte
-    varint, the common case, itself)."""
-    while zigzagged >= 0x80:
-        buf.append((zigzagged & 0x7F) | 0x80)
-        zigzagged >>= 7
-    buf.append(zigzagged)
 
 
 class _Source:
@@ -64,10 +58,10 @@ class _Source:
 def _length(depth: int, expression: str) -> Iterator[tuple[int, str]]:
     """Code that writes ``expression`` (a non-negative int, already zigzagged) as a varint."""
     yield depth, f"n = {expression}"
-    yield depth, "if n < 0x80:"
-    yield depth + 1, "append(n)"
-    yield depth, "else:"
-    yield depth + 1, "_varint(buf, n)"
+    yield depth, "while n >= 0x80:"
+    yield depth + 1, "append((n & 0x7F) | 0x80)"
+    yield depth + 1, "n >>= 7"
+    yield depth, "append(n)"
 
 
 def _primitive(kind: str, value: str, depth: int) -> Iterator[tuple[int, str]]:
@@ -147,11 +141,27 @@ def _optional(source: _Source, union: list[Any], value: str, depth: int) -> None
 
 def compile_writer(definition: Mapping[str, Any]) -> RecordWriter | None:
     """The writer of a record schema's datums, or None if this module does not cover it."""
+    writer: RecordWriter | None = _compile(definition, attributes=False)
+    return writer
+
+
+def compile_object_writer(definition: Mapping[str, Any]) -> ObjectWriter | None:
+    """The same, taking an object whose attributes are the record's fields (a ``Record``), which
+    spares building ``to_avro``'s dictionary; nested records are dictionaries either way."""
+    writer: ObjectWriter | None = _compile(definition, attributes=True)
+    return writer
+
+
+def _compile(definition: Mapping[str, Any], *, attributes: bool) -> Any:
+    """The generated writer (a missing field, key or attribute, is ``Unwritable``), or None."""
     if definition.get("type") != "record":
         return None
     source = _Source()
     try:
-        _emit(source, definition, "datum", 2)
+        if attributes:
+            _emit_attributes(source, definition)
+        else:
+            _emit(source, definition, "datum", 2)
     except (_Unsupported, KeyError, TypeError):
         return None
     code = "\n".join(
@@ -161,15 +171,31 @@ def compile_writer(definition: Mapping[str, Any]) -> RecordWriter | None:
             "    append = buf.append",
             "    try:",
             *source.lines,
-            "    except KeyError:  # a missing field: fastavro writes its default",
+            "    except (KeyError, AttributeError):  # a missing field: fastavro uses its default",
             "        raise Unwritable from None",
             "    return bytes(buf)",
         ]
     )
-    namespace: dict[str, Any] = {"Unwritable": Unwritable, "_varint": _varint}
+    namespace: dict[str, Any] = {"Unwritable": Unwritable}
     exec(compile(code, f"<avro writer of {definition.get('name')}>", "exec"), namespace)
-    writer: RecordWriter = namespace["encode"]
-    return writer
+    return namespace["encode"]
 
 
-__all__ = ["RecordWriter", "Unwritable", "compile_writer"]
+def _emit_attributes(source: _Source, definition: Mapping[str, Any]) -> None:
+    """A record's fields read as attributes of ``datum`` (names that are Python identifiers)."""
+    for field in definition["fields"]:
+        attribute = field["name"]
+        if not attribute.isidentifier() or keyword.iskeyword(attribute):
+            raise _Unsupported(attribute)
+        name = source.name()
+        source.add(2, f"{name} = datum.{attribute}")
+        _emit(source, field["type"], name, 2)
+
+
+__all__ = [
+    "ObjectWriter",
+    "RecordWriter",
+    "Unwritable",
+    "compile_object_writer",
+    "compile_writer",
+]

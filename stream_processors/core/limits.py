@@ -80,27 +80,22 @@ def header_size(name: str, value: str | bytes | None) -> int:
     return _varint_size(name_length) + name_length + _varint_size(value_length) + value_length
 
 
-def _text_size(text: str) -> int:
-    """``len(text.encode())`` without encoding ASCII text (header names nearly always are)."""
-    return len(text) if text.isascii() else len(text.encode())
-
-
 def headers_size(headers: HeaderPairs | None) -> int:
     """The headers' serialized size: the sum of ``header_size``, computed inline.
 
-    This runs for every record the engine produces or receives, so it avoids a call and an
-    encoding per header: an ASCII string's UTF-8 size is its length, and a zigzag varint of a
-    length under 64 is one byte.
+    This runs for every record the engine produces or receives, so it avoids calls and
+    encoding: an ASCII string's UTF-8 size is its length, and a zigzag varint of a length under
+    64 is one byte.
     """
     total = 0
     for name, value in headers or ():
-        name_length = _text_size(name)
+        name_length = len(name) if name.isascii() else len(name.encode())
         if value is None:
             value_length = 0
         elif isinstance(value, bytes):
             value_length = len(value)
         else:
-            value_length = _text_size(value)
+            value_length = len(value) if value.isascii() else len(value.encode())
         total += name_length + value_length
         total += 1 if name_length < 64 else _varint_size(name_length)
         total += 1 if value_length < 64 else _varint_size(value_length)

@@ -11,7 +11,7 @@ import pytest
 
 import examples.order_fulfillment.saga  # noqa: F401  (binds the example's schemas)
 from stream_processors.codecs.avro import AvroSchema, encode, parse
-from stream_processors.codecs.records import CATALOG
+from stream_processors.codecs.records import CATALOG, record_classes
 from stream_processors.codecs.writer import Unwritable, compile_writer
 
 #: Values per type: small and large, empty and multi-byte, at the varint boundaries.
@@ -66,6 +66,16 @@ def test_the_compiled_writer_writes_fastavros_bytes(schema: AvroSchema) -> None:
     for variant in range(40):
         datum = _datum(schema.definition, variant)
         assert schema.writer(b"", datum) == _fastavro(schema, datum), datum
+
+
+@pytest.mark.parametrize("cls", record_classes(), ids=lambda c: c.__qualname__)
+def test_a_record_encodes_the_same_from_its_fields_as_from_to_avro(cls: Any) -> None:
+    """``Record.encode`` writes from the attributes; the bytes are those of ``to_avro``."""
+    assert cls.__object_writer__ is not None
+    for variant in range(20):
+        record = cls(**_datum(cls.__avro__.definition, variant))
+        expected = cls.__avro__.header + _fastavro(cls.__avro__, record.to_avro())
+        assert record.encode() == expected
 
 
 _PROBE = parse(
