@@ -15,7 +15,7 @@ from enum import Enum
 
 from stream_processors.codecs.records import Record, decode_record
 from stream_processors.core.instance import Instance, Status, StepState, StepStatus, Timer
-from stream_processors.core.journal import JournalEntry, Kind
+from stream_processors.core.journal import KIND_BY_VALUE, JournalEntry, Kind
 from stream_processors.core.model import SagaDefinition
 
 
@@ -71,7 +71,7 @@ def apply(
     decoded: Record | None = None,
 ) -> Instance:
     """The instance after ``entry``. ``decoded`` is ``entry.record`` already decoded, if at hand."""
-    kind = Kind(entry.kind)
+    kind = KIND_BY_VALUE.get(entry.kind) or Kind(entry.kind)  # the latter raises if unknown
     if instance is None:
         if kind is not Kind.SAGA_STARTED:
             raise FoldError(f"{entry.instance}: history starts with {entry.kind}, not SagaStarted")
