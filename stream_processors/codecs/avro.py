@@ -41,6 +41,14 @@ from typing import Any, Protocol
 import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
+from stream_processors.codecs.writer import (
+    ObjectWriter,
+    RecordWriter,
+    Unwritable,
+    compile_object_writer,
+    compile_writer,
+)
+
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
 #: A schema folder's subfolder of earlier versions of its schemas (readable, never written).
@@ -88,6 +96,10 @@ class AvroSchema:
     #: Without the marker fastavro parses the schema again on every call (most of the cost of
     #: encoding or decoding a small record). ``parsed`` stays unmarked for schema comparisons.
     hinted: Any = field(default=None, repr=False, compare=False)
+    #: The schema's own writer (``stream_processors.codecs.writer``), or None: fastavro writes.
+    writer: RecordWriter | None = field(default=None, repr=False, compare=False)
+    #: The same, reading the fields as attributes of an object (a ``Record``), or None.
+    object_writer: ObjectWriter | None = field(default=None, repr=False, compare=False)
 
     @property
     def header(self) -> bytes:
@@ -112,7 +124,10 @@ def parse(definition: Mapping[str, Any], source: str = "") -> AvroSchema:
     # in that order (as Java's SchemaNormalization.parsingFingerprint does): use them as they are.
     fp = bytes.fromhex(fp_hex)
     hinted = parse_schema(dict(definition))
-    return AvroSchema(str(definition_name(parsed)), definition, parsed, fp, source, hinted)
+    writer = compile_writer(definition)
+    by_attributes = compile_object_writer(definition)
+    name = str(definition_name(parsed))
+    return AvroSchema(name, definition, parsed, fp, source, hinted, writer, by_attributes)
 
 
 def definition_name(parsed: Any) -> str:
@@ -333,6 +348,11 @@ class _Offline:
 
 
 def _encode(header: bytes, schema: AvroSchema, datum: Mapping[str, Any]) -> bytes:
+    if schema.writer is not None:
+        try:
+            return schema.writer(header, datum)
+        except (Unwritable, UnicodeError):
+            pass  # a datum the compiled writer leaves to fastavro: its bytes or its error
     buffer = io.BytesIO()
     buffer.write(header)
     fastavro.schemaless_writer(buffer, schema.hinted, datum)

@@ -58,6 +58,7 @@ from stream_processors.codecs.derive import (
     same_contract,
 )
 from stream_processors.codecs.schema_registry import HttpSchemaRegistry
+from stream_processors.codecs.writer import ObjectWriter, Unwritable
 
 #: The schemas of Sagalog itself (journal, snapshots, operator actions): package data.
 BUILTIN_SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
@@ -300,6 +301,10 @@ class Record:
     __nested__: ClassVar[tuple[tuple[str, _Convert, _Convert], ...]] = ()
     #: Whether the schema was derived from the class (``derive=True``).
     __derived__: ClassVar[bool] = False
+    #: Writes the record straight from its fields, without ``to_avro``'s dictionary: the
+    #: schema's compiled writer (``stream_processors.codecs.writer``), unless the class converts
+    #: nested records or overrides ``to_avro``. None: ``to_avro``, then the catalog's encoder.
+    __object_writer__: ClassVar[ObjectWriter | None] = None
 
     def __init_subclass__(
         cls, *, schema: str | None = None, derive: bool = False, **kwargs: Any
@@ -324,6 +329,8 @@ class Record:
             _check_fields(cls, bound)
         cls.__derived__ = derive
         cls.__avro__ = bound
+        plain = not cls.__nested__ and cls.to_avro is Record.to_avro
+        cls.__object_writer__ = bound.object_writer if plain else None
         cls.__fields__ = bound.field_names
         previous = _types_by_schema.get(bound.full_name)
         if previous is not None and previous.__qualname__ != cls.__qualname__:
@@ -339,7 +346,13 @@ class Record:
         return datum
 
     def encode(self) -> bytes:
-        return CATALOG.encode(self.__avro__, self.to_avro())
+        schema, write = self.__avro__, type(self).__object_writer__  # not bound as a method
+        if write is not None:
+            try:
+                return write(CATALOG.header(schema), self)
+            except (Unwritable, UnicodeError):
+                pass  # fastavro writes it, or raises its own error
+        return CATALOG.encode(schema, self.to_avro())
 
     @classmethod
     def from_avro(cls, datum: Mapping[str, Any]) -> Self:

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from stream_processors.codecs.records import CATALOG, Command, Record
 from stream_processors.core.fold import apply
 from stream_processors.core.instance import Instance, Status, StepState, StepStatus
-from stream_processors.core.journal import JournalEntry, Kind
+from stream_processors.core.journal import VALUE_OF_KIND, JournalEntry, Kind
 from stream_processors.core.model import (
     COMPENSATE,
     OPERATOR_ACTIONS,
@@ -160,7 +160,7 @@ class _Decider:
         entry = JournalEntry(
             instance=instance_id,
             seq=seq,
-            kind=kind.value,
+            kind=VALUE_OF_KIND[kind],
             at_ms=self.now_ms,
             saga_version=self.definition.version,
             **fields,  # type: ignore[arg-type]

@@ -10,12 +10,12 @@ it from the start event) and ``InputAccepted`` (the saga's evolver for that inpu
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import replace
+from collections.abc import Iterable, Mapping
+from enum import Enum
 
 from stream_processors.codecs.records import Record, decode_record
 from stream_processors.core.instance import Instance, Status, StepState, StepStatus, Timer
-from stream_processors.core.journal import JournalEntry, Kind
+from stream_processors.core.journal import KIND_BY_VALUE, JournalEntry, Kind
 from stream_processors.core.model import SagaDefinition
 
 
@@ -71,7 +71,7 @@ def apply(
     decoded: Record | None = None,
 ) -> Instance:
     """The instance after ``entry``. ``decoded`` is ``entry.record`` already decoded, if at hand."""
-    kind = Kind(entry.kind)
+    kind = KIND_BY_VALUE.get(entry.kind) or Kind(entry.kind)  # the latter raises if unknown
     if instance is None:
         if kind is not Kind.SAGA_STARTED:
             raise FoldError(f"{entry.instance}: history starts with {entry.kind}, not SagaStarted")
@@ -93,47 +93,94 @@ def apply(
         raise FoldError(
             f"{entry.instance}: entry at position {entry.seq} follows {instance.seq - 1}"
         )
-    moved = replace(instance, seq=instance.seq + 1, updated_at_ms=entry.at_ms)
     step = entry.step
     if kind is Kind.INPUT_ACCEPTED:
         record = _record_of(entry, decoded)
         evolve = definition.evolvers.get(type(record))
-        return replace(moved, data=evolve(moved.data, record)) if evolve else moved
+        return _moved(instance, entry, data=evolve(instance.data, record) if evolve else KEEP)
     if kind in _SENT:
         if step is None:  # a handler's fire-and-forget command: history only
-            return moved
+            return _moved(instance, entry)
         sent = StepState(_SENT[kind], entry.command_id or "", entry.attempt, entry.at_ms)
-        return replace(moved, steps={**moved.steps, step: sent})
+        return _moved(instance, entry, steps={**instance.steps, step: sent})
     if kind is Kind.ATTEMPT_FAILED:
-        name, current = _step(moved, entry)
+        name, current = _step(instance, entry)
         status = (
             StepStatus.COMPENSATION_RETRYING if current.status.compensation else StepStatus.RETRYING
         )
-        return replace(moved, steps={**moved.steps, name: replace(current, status=status)})
+        return _moved(instance, entry, steps={**instance.steps, name: _status(current, status)})
     if kind is Kind.TIMER_SCHEDULED:
         if entry.timer is None or entry.due_ms is None:
             raise FoldError(f"{entry.instance}: TimerScheduled #{entry.seq} without timer or due")
         timer = Timer(entry.due_ms, step, entry.attempt)
-        return replace(moved, timers={**moved.timers, entry.timer: timer})
+        return _moved(instance, entry, timers={**instance.timers, entry.timer: timer})
     if kind in (Kind.TIMER_FIRED, Kind.TIMER_CANCELLED):
-        return replace(moved, timers={n: t for n, t in moved.timers.items() if n != entry.timer})
+        timers = {n: t for n, t in instance.timers.items() if n != entry.timer}
+        return _moved(instance, entry, timers=timers)
     if kind is Kind.OPERATOR_ACTION:
-        return moved  # history: who did what and why; the entries after it change the state
+        # History: who did what and why; the entries after it change the state.
+        return _moved(instance, entry)
     if kind in _STEP_STATUS_AFTER:
-        name, current = _step(moved, entry)
-        steps = {**moved.steps, name: replace(current, status=_STEP_STATUS_AFTER[kind])}
-        completed = (*moved.completed, name) if kind is Kind.STEP_SUCCEEDED else moved.completed
-        return replace(moved, steps=steps, completed=completed)
+        name, current = _step(instance, entry)
+        steps = {**instance.steps, name: _status(current, _STEP_STATUS_AFTER[kind])}
+        succeeded = kind is Kind.STEP_SUCCEEDED
+        completed = (*instance.completed, name) if succeeded else instance.completed
+        return _moved(instance, entry, steps=steps, completed=completed)
     if kind in _STATUS_AFTER:
         # Resuming keeps the reason the instance parked for; the operator's why is journaled.
         keep = kind is Kind.SAGA_RESUMED or entry.reason is None
-        return replace(
-            moved,
-            status=_status_after(moved, kind),
-            reason=moved.reason if keep else entry.reason,
-            parked_from=moved.status if kind is Kind.SAGA_PARKED else None,
+        return _moved(
+            instance,
+            entry,
+            status=_status_after(instance, kind),
+            reason=instance.reason if keep else entry.reason,
+            parked_from=instance.status if kind is Kind.SAGA_PARKED else None,
         )
     raise FoldError(f"{entry.instance}: cannot fold a {entry.kind}")  # SagaStarted twice
+
+
+class _Keep(Enum):
+    """``_moved``'s "leave this field as it is" (None is a value some fields take)."""
+
+    KEEP = 0
+
+
+KEEP = _Keep.KEEP
+
+
+def _moved(
+    instance: Instance,
+    entry: JournalEntry,
+    *,
+    status: Status | _Keep = KEEP,
+    reason: str | _Keep | None = KEEP,
+    steps: Mapping[str, StepState] | _Keep = KEEP,
+    completed: tuple[str, ...] | _Keep = KEEP,
+    data: Record | _Keep = KEEP,
+    timers: Mapping[str, Timer] | _Keep = KEEP,
+    parked_from: Status | _Keep | None = KEEP,
+) -> Instance:
+    """The instance one entry later (``seq`` + 1, updated at the entry's time), with the given
+    fields changed: ``dataclasses.replace`` without its introspection, which was most of the
+    cost of folding an entry (fold runs for every entry ``decide`` emits and every replay)."""
+    return Instance(
+        instance.instance_id,
+        instance.saga_version,
+        instance.status if status is KEEP else status,
+        instance.seq + 1,
+        instance.started_at_ms,
+        entry.at_ms,
+        instance.reason if reason is KEEP else reason,
+        instance.steps if steps is KEEP else steps,
+        instance.completed if completed is KEEP else completed,
+        instance.data if data is KEEP else data,
+        instance.timers if timers is KEEP else timers,
+        instance.parked_from if parked_from is KEEP else parked_from,
+    )
+
+
+def _status(step: StepState, status: StepStatus) -> StepState:
+    return StepState(status, step.command_id, step.attempt, step.sent_at_ms)
 
 
 def _step(instance: Instance, entry: JournalEntry) -> tuple[str, StepState]:

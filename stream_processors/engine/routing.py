@@ -49,7 +49,10 @@ def _pairs(headers: ReceivedHeaders) -> Headers:
 
 def header(headers: ReceivedHeaders, name: str) -> str | None:
     """The last value of header ``name`` as text, or None."""
-    for key, value in reversed(_pairs(headers)):
+    if not headers:  # most inputs: read for every one, so no copy of the pairs either
+        return None
+    pairs = list(headers.items()) if isinstance(headers, dict) else headers
+    for key, value in reversed(pairs):
         if key == name and value is not None:
             # Headers come from anyone: undecodable bytes must not crash whoever reads them.
             return value.decode(errors="replace") if isinstance(value, bytes) else value

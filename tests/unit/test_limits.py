@@ -21,6 +21,8 @@ from stream_processors.core.limits import (
     Outgoing,
     first_oversize,
     fit_dead_letter,
+    header_size,
+    headers_size,
     instance_id_too_long,
     record_size,
 )
@@ -61,6 +63,19 @@ def test_record_size_is_librdkafkas_at_the_boundary(
     assert record_size(key, b"v" * room, headers) == limit
     assert _accepted(producer, key, b"v" * room, headers)
     assert not _accepted(producer, key, b"v" * (room + 1), headers)
+
+
+@pytest.mark.parametrize("length", [0, 1, 63, 64, 65, 8191, 8192, 1_048_575, 1_048_576])
+def test_headers_size_is_the_sum_of_header_sizes(length: int) -> None:
+    """The inline count agrees with ``header_size`` around each varint length boundary, for
+    ASCII and non-ASCII names and values, text or bytes."""
+    headers: Pairs = [
+        ("a" * length, b"b" * length),
+        ("é" * (length // 2), "ü" * (length // 2)),
+        ("n" * length, None),
+        ("t", "x" * length),
+    ]
+    assert headers_size(headers) == sum(header_size(name, value) for name, value in headers)
 
 
 def test_limits_take_the_smaller_of_producer_and_topic() -> None:
