@@ -90,6 +90,7 @@ from stream_processors.kafka import transactions
 from stream_processors.kafka.broker_limits import BrokerLimits
 from stream_processors.kafka.config import consumer_config, producer_config
 from stream_processors.kafka.errors import wait_until_reachable
+from stream_processors.kafka.reading import ReadTimeout
 from stream_processors.kafka.topics import DLQ_POLICY, ensure_plain_topics
 
 log = logging.getLogger(__name__)
@@ -440,6 +441,8 @@ class _Serving:
                 messages = self.consumer.consume(batch_size, timeout=0.01)
                 try:
                     for message in messages:
+                        if self.stopping.is_set():  # the batch's transaction is left to abort
+                            raise transactions.Stopped()
                         self._serve(message)
                     if self.open:
                         self._commit()
@@ -624,9 +627,17 @@ class _Serving:
         """Before any command of a new partition is handled, learn what was handled of it."""
         if self.handled is None:
             return
+        handled = self.handled
         for tp in partitions:
             began = time.monotonic()
-            count = self.handled.restore(tp.topic, tp.partition)
+            # The broker may go down meanwhile: wait for it, as a command must not be served
+            # before what was handled of its partition is known.
+            count = transactions.until_done(
+                lambda _: handled.restore(tp.topic, tp.partition),  # noqa: B023 (called at once)
+                f"restoring the handled commands of {tp.topic}[{tp.partition}]",
+                self.stopping,
+                (KafkaException, ReadTimeout),
+            )
             log.info(
                 "restored %s handled commands of %s[%s] in %.2fs",
                 count,

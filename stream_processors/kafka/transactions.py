@@ -96,17 +96,22 @@ def retrying(
             _pause(stopping, 0.05)
 
 
-def until_done(call: Callable[[float], Any], what: str, stopping: threading.Event | None) -> Any:
-    """``call(timeout)`` until it succeeds, whatever the error: for what must happen before the
-    process can go on (rewinding, a new producer), while the broker may be down. Logs every
-    ~10 s; raises ``Stopped`` once ``stopping`` is set."""
+def until_done(
+    call: Callable[[float], Any],
+    what: str,
+    stopping: threading.Event | None,
+    errors: tuple[type[Exception], ...] = (KafkaException,),
+) -> Any:
+    """``call(timeout)`` until it raises none of ``errors``: for what must happen before the
+    process can go on (rewinding, a new producer, a restore), while the broker may be down.
+    Logs every ~10 s; raises ``Stopped`` once ``stopping`` is set."""
     began = time.monotonic()
     said = began
     while True:
         _stop_if_asked(stopping)
         try:
             return call(STEP)
-        except KafkaException as error:
+        except errors as error:
             if time.monotonic() - said >= 10:
                 said = time.monotonic()
                 log.warning("%s: still failing after %.0f s: %s", what, said - began, error)
