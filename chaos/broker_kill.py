@@ -10,6 +10,11 @@ committed output: a journal entry for the processor, a record on its ``<group>.h
 for a worker. An independent ``read_committed`` consumer, made after the broker is ready and
 assigned at the ends of those topics, sees them, so nothing committed before the kill counts.
 
+The workers' input must not depend on the processor (a stalled processor would make every
+worker look stalled): the phase also writes commands straight to their topics, five a second,
+with replies addressed to ``PROBE_REPLIES``, a topic no saga reads. Their instances are none of
+the run's, so the run's invariants do not count them.
+
 A process passes if its output resumes within ``resume_within`` seconds and it did not exit
 meanwhile (it should recover in place: the supervisor restarting it is not recovery). The
 orders the phase published join the run's, so the run's invariants cover them.
@@ -25,20 +30,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
 from examples.order_fulfillment import services
+from examples.order_fulfillment.messages import CreateShippingLabel, MakePayment
 from examples.order_fulfillment.scenario import PlannedOrder, plan_orders
 from sagas.idempotency import handled_topic
 from sagas.local import LocalProcess
 from sagas.publisher import Publisher
-from stream_processors.kafka.config import consumer_config
+from stream_processors.engine.routing import COMMAND_ID, INSTANCE, REPLY_TO, Headers
+from stream_processors.kafka.config import consumer_config, producer_config
+from stream_processors.kafka.topics import ensure_plain_topics
 
 #: The output that shows each process committing: role -> topic.
 OUTPUTS = {
     "payments": handled_topic(services.payments.group),
     "shipping": handled_topic(services.shipping.group),
 }
+#: Where the workers' replies to the phase's own commands go: a topic no saga reads.
+PROBE_REPLIES = "chaos.broker-kill.inbox"
 
 
 @dataclass
@@ -155,10 +165,13 @@ class BrokerKill:
         """Kill and restart the broker while ``orders`` trickle in; returns those published."""
         stop = threading.Event()
         published: list[PlannedOrder] = []
-        trickle = threading.Thread(
-            target=self._trickle, args=(orders, published, stop), daemon=True
-        )
-        trickle.start()
+        ensure_plain_topics([PROBE_REPLIES], self.bootstrap)
+        feeds = [
+            threading.Thread(target=self._trickle, args=(orders, published, stop), daemon=True),
+            threading.Thread(target=self._probe, args=(stop,), daemon=True),
+        ]
+        for feed in feeds:
+            feed.start()
         try:
             self._warm()
             processes = {role: self.running[role] for role in self.outputs}
@@ -167,7 +180,8 @@ class BrokerKill:
             self._measure(ready, processes)
         finally:
             stop.set()
-            trickle.join(60)
+            for feed in feeds:
+                feed.join(60)
         self.report.published = len(published)
         self.say(f"  broker kill: {self.report.detail()}")
         return published
@@ -182,6 +196,33 @@ class BrokerKill:
                     return
                 publisher.publish(order.event)
                 published.append(order)
+
+    def _probe(self, stop: threading.Event) -> None:
+        """Commands for the workers, five a second, whatever the processor does."""
+        producer = Producer(producer_config(self.bootstrap, "chaos-broker-kill-probe"))
+        run = time.time_ns()
+        number = 0
+        while not stop.wait(0.2):
+            number += 1
+            instance = f"probe-{run}-{number}"
+            commands = {
+                "payment": MakePayment(
+                    order_id=instance, customer_id="probe", amount_cents=100, card_token="tok"
+                ),
+                "shipping": CreateShippingLabel(order_id=instance, postcode="10115"),
+            }
+            for step, command in commands.items():
+                headers: Headers = [
+                    (REPLY_TO, PROBE_REPLIES.encode()),
+                    (COMMAND_ID, f"chaos-probe/{instance}/{step}/1".encode()),
+                    (INSTANCE, instance.encode()),
+                ]
+                topic = type(command).__topic__ or ""
+                producer.produce(
+                    topic, key=instance.encode(), value=command.encode(), headers=headers
+                )
+            producer.poll(0)
+        producer.flush(30)
 
     def _warm(self, patience: float = 60.0) -> None:
         """Wait until every process commits output (a process restarted just before would

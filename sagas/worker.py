@@ -453,7 +453,13 @@ class _Serving:
         finally:
             # Nothing to flush: the last transaction committed, or is left open (stopped
             # during a wait) for the broker to abort, and its records with it.
+            self._close_consumer()
+
+    def _close_consumer(self) -> None:
+        try:
             self.consumer.close()
+        except KafkaException as error:  # the broker is down: the group notices on its own
+            log.warning("consumer not closed cleanly: %s", error.args[0])
 
     def _serve(self, message: Message) -> None:
         if not transactions.consumed(message):
@@ -612,7 +618,7 @@ class _Serving:
         """A consumer that failed for good: abort what it read, and consume with a new one
         (from the committed offsets, as any new member of the group does)."""
         log.error("replacing the consumer (%s)", error.args[0])
-        self.consumer.close()
+        self._close_consumer()
         self.consumer = self._subscribed()  # nothing assigned yet: the abort rewinds nothing
         self._abort(error)
 

@@ -11,6 +11,12 @@ that fails, leave the producer unusable: ``abort`` raises, and the caller either
 restarted) or makes a new producer with the same transactional id (``new_producer``), which
 fences the old one and aborts what it left open, and rewinds.
 
+A transactional call that does not return ``HUNG_AFTER`` seconds past its own timeout is taken
+for hung, and reported as a fatal error (the producer is replaced): after a broker SIGKILL and
+restart, librdkafka 2.16's ``send_offsets_to_transaction(..., 2)`` was seen blocking for
+minutes, which is how a processor stalled with its partitions. The calls run in a thread of
+their own so that the caller can stop waiting.
+
 Every wait on the broker is cut into calls of at most ``STEP`` seconds with the caller's
 ``stopping`` flag looked at between them: a process asked to stop during an outage raises
 ``Stopped`` within a few seconds, leaving its transaction open for the broker to abort
@@ -42,6 +48,8 @@ log = logging.getLogger(__name__)
 STEP = 2.0
 #: Seconds a retriable error is retried before the transaction is given up (aborted).
 PATIENCE = 20.0
+#: Seconds past its own timeout after which a transactional call is taken for hung.
+HUNG_AFTER = 10.0
 
 
 class Stopped(Exception):
@@ -89,11 +97,41 @@ def retrying(
     while True:
         _stop_if_asked(stopping)
         try:
-            return call(max(0.1, min(STEP, deadline - time.monotonic())))
+            return _within(call, max(0.1, min(STEP, deadline - time.monotonic())), stopping)
         except KafkaException as error:
             if not error.args[0].retriable() or time.monotonic() >= deadline:
                 raise
             _pause(stopping, 0.05)
+
+
+def _within(call: Callable[[float], Any], timeout: float, stopping: threading.Event | None) -> Any:
+    """``call(timeout)`` in a thread of its own, waited for ``timeout + HUNG_AFTER`` seconds at
+    most (and no longer once ``stopping`` is set); a call that does not return by then raises a
+    fatal error, for the caller to replace the producer."""
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call(timeout)))
+        except BaseException as error:  # handed to the caller's thread
+            outcome.append((False, error))
+
+    thread = threading.Thread(target=run, name="sagalog-transaction-call", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout + HUNG_AFTER
+    while not outcome:
+        thread.join(0.1)
+        if outcome:
+            break
+        _stop_if_asked(stopping)
+        if time.monotonic() >= deadline:
+            log.error("a transactional call has not returned in %.0f s: hung", timeout + HUNG_AFTER)
+            hung = f"a transactional call did not return within {timeout + HUNG_AFTER:.0f} s"
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, hung, fatal=True))
+    returned, value = outcome[0]
+    if not returned:
+        raise value
+    return value
 
 
 def until_done(
