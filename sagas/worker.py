@@ -49,7 +49,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from sagas.idempotency import HandledCommand, HandledCommands, ensure_handled_topic
 from sagas.reply_addresses import BAD_REPLY_ADDRESS, ReplyAddresses
@@ -620,7 +620,9 @@ class _Serving:
         log.error("replacing the consumer (%s)", error.args[0])
         self._close_consumer()
         self.consumer = self._subscribed()  # nothing assigned yet: the abort rewinds nothing
-        self._abort(error)
+        if self.open:  # the producer is sound: abort its transaction, do not replace it
+            why = f"the consumer was replaced: {error.args[0]}"
+            self._abort(KafkaException(KafkaError(KafkaError._STATE, why, txn_requires_abort=True)))
 
     def _closed(self) -> None:
         self.open = False
