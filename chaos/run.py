@@ -302,24 +302,7 @@ def run_chaos(config: ChaosConfig, say: Callable[[str], None] = print) -> ChaosR
                 say(f"  {elapsed():5.1f}s {len(watcher.outcomes)}/{len(expected)} finished")
                 next_report = time.monotonic() + 5
         if config.kill_broker:  # last, with nothing else killed around it
-
-            def tick() -> None:
-                try:
-                    watcher.poll(0.2)
-                except KafkaException:  # the broker is down: the watcher reads on later
-                    time.sleep(0.2)
-                supervisor.ensure()
-
-            supervisor.unwant("second", gently=True)
-            planned = phase_orders(3_000, config.failure_rate, config.seed, run)
-            expected |= {o.event.order_id: o.expected for o in planned}  # the watcher keeps them
-            phase = BrokerKill(
-                config.bootstrap, str(ROOT), TOPICS.journal, supervisor.running, tick, say
-            )
-            orders += phase.run(planned)
-            for order in planned[phase.report.published :]:
-                del expected[order.event.order_id]
-            report.broker_kill = phase.report
+            orders += _kill_broker(config, report, supervisor, watcher, expected, run, say)
         # Nothing more to break: let everything still in flight finish, then stop cleanly.
         deadline = time.monotonic() + 120
         while len(watcher.outcomes) < len(expected) and time.monotonic() < deadline:
@@ -340,6 +323,35 @@ def run_chaos(config: ChaosConfig, say: Callable[[str], None] = print) -> ChaosR
         )
     _check(config, report, run, orders, watcher, bad, starts, say)
     return report
+
+
+def _kill_broker(
+    config: ChaosConfig,
+    report: ChaosReport,
+    supervisor: Supervisor,
+    watcher: JournalWatcher,
+    expected: dict[str, str],
+    run: str,
+    say: Callable[[str], None],
+) -> list[PlannedOrder]:
+    """The broker-kill phase (``chaos.broker_kill``) with one processor; returns its orders."""
+
+    def tick() -> None:
+        try:
+            watcher.poll(0.2)
+        except KafkaException:  # the broker is down: the watcher reads on later
+            time.sleep(0.2)
+        supervisor.ensure()
+
+    supervisor.unwant("second", gently=True)
+    planned = phase_orders(3_000, config.failure_rate, config.seed, run)
+    expected |= {o.event.order_id: o.expected for o in planned}  # for the watcher to keep
+    phase = BrokerKill(config.bootstrap, str(ROOT), TOPICS.journal, supervisor.running, tick, say)
+    published = phase.run(planned)
+    for order in planned[len(published) :]:
+        del expected[order.event.order_id]
+    report.broker_kill = phase.report
+    return published
 
 
 def _check(
