@@ -604,15 +604,21 @@ class _Serving:
     def _abort(self, error: KafkaException) -> None:
         """Abort, or replace a producer that cannot abort; the commands are read and handled
         again from the committed offsets."""
+        replaced = False
         try:
             transactions.abort(self.producer, self.consumer, error, self.stopping)
         except KafkaException as unusable:
             log.warning("replacing the transactional producer (%s)", unusable.args[0])
             self.producer = transactions.new_producer(self.producer_settings, self.stopping)
             transactions.rewind(self.consumer, self.stopping)
+            replaced = True
         self._closed()
         if self.handled is not None:
             self.handled.aborted()
+            if replaced:
+                # A commit that timed out may have completed all the same (the new producer's
+                # init_transactions finishes it): learn again what was handled, from the topic.
+                self._assigned(self.consumer, self.consumer.assignment())
 
     def _replace_consumer(self, error: KafkaException) -> None:
         """A consumer that failed for good: abort what it read, and consume with a new one
