@@ -35,7 +35,9 @@ worker does not allow (``bad-reply-address``, see ``sagas.reply_addresses``) and
 keys configured, one whose signature is missing or wrong (``bad-signature``, see
 ``stream_processors.codecs.signing``) go to ``<topic>.dlq`` too, before the handler runs or the
 handled
-commands are consulted. With keys, replies are signed.
+commands are consulted. With keys, replies are signed. A broker outage does not end a worker:
+started while the broker is down, it waits for it; serving, it aborts what it cannot commit,
+replaces a producer or consumer that failed for good, and serves again once the broker is back.
 """
 
 from __future__ import annotations

@@ -54,7 +54,8 @@ def run(
     ] = 256,
     log_level: LogLevel = "info",
 ) -> None:
-    """Host a saga processor until interrupted (SIGINT or SIGTERM commit and exit)."""
+    """Host a saga processor until interrupted (SIGINT or SIGTERM commit and exit); started
+    while the broker is down, it waits for it."""
     configure_logging(log_level)
     definition = saga_class(target).definition
     port = metrics.serve(metrics_port)
@@ -121,7 +122,7 @@ def worker(
     ] = None,
     log_level: LogLevel = "info",
 ) -> None:
-    """Run a task worker until interrupted."""
+    """Run a task worker until interrupted; it waits for the broker while it is down."""
     configure_logging(log_level)
     runner = load_target(target)
     if not isinstance(runner, Worker):
