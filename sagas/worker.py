@@ -426,6 +426,7 @@ class _Serving:
         self.consumer = self._subscribed()
         self.offsets: dict[tuple[str, int], int] = {}
         self.open = False
+        self.committing = False  # commit_transaction called: its outcome is known once it returns
 
     def _subscribed(self) -> Consumer:
         consumer = Consumer(self.consumer_settings)
@@ -598,7 +599,9 @@ class _Serving:
         return replace(handled, reply=handled.reply[: max(0, room)], truncated=len(value))
 
     def _commit(self) -> None:
-        transactions.commit(self.producer, self.consumer, self.offsets, self.stopping)
+        transactions.prepare(self.producer, self.consumer, self.offsets, self.stopping)
+        self.committing = True
+        transactions.retrying(self.producer.commit_transaction, self.stopping)
         self._closed()
         if self.handled is not None:
             self.handled.committed()
@@ -606,19 +609,19 @@ class _Serving:
     def _abort(self, error: KafkaException) -> None:
         """Abort, or replace a producer that cannot abort; the commands are read and handled
         again from the committed offsets."""
-        replaced = False
+        uncertain = False
         try:
             transactions.abort(self.producer, self.consumer, error, self.stopping)
         except KafkaException as unusable:
             log.warning("replacing the transactional producer (%s)", unusable.args[0])
             self.producer = transactions.new_producer(self.producer_settings, self.stopping)
             transactions.rewind(self.consumer, self.stopping)
-            replaced = True
+            uncertain = self.committing
         self._closed()
         if self.handled is not None:
             self.handled.aborted()
-            if replaced:
-                # A commit that timed out may have completed all the same (the new producer's
+            if uncertain:
+                # A commit that failed may have completed all the same (the new producer's
                 # init_transactions finishes it): learn again what was handled, from the topic.
                 self._assigned(self.consumer, self.consumer.assignment())
 
@@ -634,6 +637,7 @@ class _Serving:
 
     def _closed(self) -> None:
         self.open = False
+        self.committing = False
         self.offsets.clear()
 
     # -- rebalancing: the transaction is never open here (each batch commits before the next

@@ -49,7 +49,7 @@ STEP = 2.0
 #: Seconds a retriable error is retried before the transaction is given up (aborted).
 PATIENCE = 20.0
 #: Seconds past its own timeout after which a transactional call is taken for hung.
-HUNG_AFTER = 10.0
+HUNG_AFTER = 5.0
 
 
 class Stopped(Exception):
@@ -174,12 +174,24 @@ def commit(
 
     Raises ``KafkaException`` when that fails (``abort`` decides what follows), or ``Stopped``.
     """
+    prepare(producer, consumer, offsets, stopping)
+    retrying(producer.commit_transaction, stopping)
+
+
+def prepare(
+    producer: Producer,
+    consumer: Consumer,
+    offsets: Mapping[tuple[str, int], int],
+    stopping: threading.Event | None = None,
+) -> None:
+    """The part of ``commit`` before ``commit_transaction``: if it fails, the transaction is
+    certainly not committed; once ``commit_transaction`` has been called and failed, it may
+    have been (a new producer's ``init_transactions`` then completes it)."""
     group = consumer.consumer_group_metadata()
     positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
     flush(producer, stopping)  # serves delivery callbacks: callers may want the offsets written
     if positions:
         retrying(lambda t: producer.send_offsets_to_transaction(positions, group, t), stopping)
-    retrying(producer.commit_transaction, stopping)
 
 
 def abort(
