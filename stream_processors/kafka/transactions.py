@@ -20,8 +20,9 @@ their own so that the caller can stop waiting.
 Every wait on the broker is cut into calls of at most ``STEP`` seconds with the caller's
 ``stopping`` flag looked at between them: a process asked to stop during an outage raises
 ``Stopped`` within a few seconds, leaving its transaction open for the broker to abort
-(``transaction.timeout.ms``) or its successor's ``init_transactions`` to fence. Nothing it
-consumed in that transaction was committed, so nothing is lost.
+(``transaction.timeout.ms``) or its successor's ``init_transactions`` to fence (or to complete,
+if ``commit_transaction`` had reached the broker): the transaction's records and its consumed
+offsets are committed together or not at all, so nothing is lost or doubled.
 """
 
 from __future__ import annotations
