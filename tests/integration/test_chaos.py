@@ -4,8 +4,9 @@ broker-kill phase: the broker alone SIGKILLed, started 20 s later, and every pro
 output again within 30 s of it being ready (``chaos.broker_kill``).
 
 ``make chaos`` runs the full form (10,000 sagas, at least 10 processor kills); see ``chaos/``.
-The broker is restarted (and killed) only when this project started it (``tools/kafka/broker.sh``); under
-CI=true it always is, and a broker that cannot be restarted fails the test.
+The broker is restarted (and killed) only when this project started it
+(``tools/kafka/broker.sh``); under CI=true it always is, and a broker that cannot be restarted
+fails the test.
 """
 
 from __future__ import annotations
