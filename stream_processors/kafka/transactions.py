@@ -51,6 +51,9 @@ STEP = 2.0
 PATIENCE = 20.0
 #: Seconds past its own timeout after which a transactional call is taken for hung.
 HUNG_AFTER = 5.0
+# "A previous (or conflicting) call is still in progress": after a call taken for hung, every
+# later call on that producer says so. Retrying cannot cure it: the producer is unusable.
+_STUCK = {KafkaError._PREV_IN_PROGRESS, KafkaError._CONFLICT}
 
 
 class Stopped(Exception):
@@ -100,6 +103,9 @@ def retrying(
         try:
             return _within(call, max(0.1, min(STEP, deadline - time.monotonic())), stopping)
         except KafkaException as error:
+            if error.args[0].code() in _STUCK:
+                stuck = f"a hung transactional call is still in progress: {error.args[0]}"
+                raise KafkaException(KafkaError(error.args[0].code(), stuck, fatal=True)) from error
             if not error.args[0].retriable() or time.monotonic() >= deadline:
                 raise
             _pause(stopping, 0.05)

@@ -173,3 +173,14 @@ def test_a_call_that_does_not_return_is_taken_for_hung_and_fatal(
         transactions.retrying(hangs, stopping)
     assert time.monotonic() - began < 1.0
     release.set()
+
+
+def test_a_call_refused_because_a_hung_one_is_in_progress_is_fatal() -> None:
+    busy = KafkaError(
+        KafkaError._PREV_IN_PROGRESS, "simultaneous calls not allowed", retriable=True
+    )
+    call = _Calls(KafkaException(busy))
+    with pytest.raises(KafkaException) as raised:
+        transactions.retrying(call)
+    assert raised.value.args[0].fatal()
+    assert len(call.timeouts) == 1
