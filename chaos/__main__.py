@@ -21,6 +21,7 @@ def main(
     processor_kills: Annotated[int, typer.Option(help="SIGKILLs of the processor")] = 10,
     worker_kills: Annotated[int, typer.Option(help="SIGKILLs of each worker")] = 3,
     restart_broker: Annotated[bool, typer.Option(help="Restart the broker once")] = True,
+    kill_broker: Annotated[bool, typer.Option(help="Then SIGKILL the broker once")] = True,
     bad_inputs: Annotated[int, typer.Option(help="Bad inputs of each kind")] = 2,
     seed: Annotated[int, typer.Option()] = 7,
     report_json: Annotated[Path | None, typer.Option(help="Write the figures here")] = None,
@@ -37,6 +38,7 @@ def main(
         processor_kills=processor_kills,
         worker_kills=worker_kills,
         restart_broker=restart_broker,
+        kill_broker=kill_broker,
         bad_inputs=bad_inputs,
         seed=seed,
         bootstrap=bootstrap_servers(),
@@ -58,6 +60,7 @@ def main(
         "lost": report.lost,
         "duplicated": report.duplicated,
         "seconds": round(report.seconds, 1),
+        "broker_kill": None if report.broker_kill is None else report.broker_kill.figures(),
         "invariants": {i.name: {"holds": i.holds, "detail": i.detail} for i in report.invariants},
     }
     fuzzed = [_fuzz(signing, seed) for signing in (True, False)] if fuzz else []

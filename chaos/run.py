@@ -3,7 +3,9 @@
 The run places orders with injected business failures at a steady rate while it SIGKILLs the
 processor every 2 to 5 seconds (a second processor is alive every other period), SIGKILLs each
 worker a few times, restarts the broker once, and mixes the bad-input corpus into the inbox and
-the source topic. A supervisor restarts whatever died, as systemd or Kubernetes would.
+the source topic. A supervisor restarts whatever died, as systemd or Kubernetes would. Last,
+with nothing else killed around it, the broker is SIGKILLed and started again 20 s later, and
+every process must commit output again within 30 s of it being ready (``chaos.broker_kill``).
 
 Then it checks, reading the topics rather than trusting the engine's counters:
 
@@ -30,9 +32,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from chaos.bad_inputs import BadInput, corpus, duplicate_reply
+from chaos.broker_kill import BrokerKill, BrokerKillReport, phase_orders
 from examples.order_fulfillment import services
 from examples.order_fulfillment.saga import OrderFulfillment
 from examples.order_fulfillment.scenario import (
@@ -69,6 +72,7 @@ class ChaosConfig:
     processor_kills: int = 10
     worker_kills: int = 3  # each worker
     restart_broker: bool = True
+    kill_broker: bool = True  # the broker-kill phase (chaos.broker_kill), at the end
     bad_inputs: int = 2  # of each kind
     failure_rate: float = 0.05  # of payments, and of shipments
     max_record_bytes: int = 100_000
@@ -102,6 +106,7 @@ class ChaosReport:
     duplicated: int = 0
     seconds: float = 0.0
     invariants: list[Invariant] = field(default_factory=list)
+    broker_kill: BrokerKillReport | None = None
 
     @property
     def passed(self) -> bool:
@@ -127,11 +132,12 @@ class Supervisor:
         self.wanted[role] = args
         self._start(role)
 
-    def unwant(self, role: str) -> None:
+    def unwant(self, role: str, gently: bool = False) -> None:
+        """Stop ``role`` for good: SIGKILL, or SIGTERM if ``gently``."""
         self.wanted.pop(role, None)
         process = self.running.pop(role, None)
         if process is not None:
-            process.kill()
+            process.stop() if gently else process.kill()
 
     def _start(self, role: str) -> None:
         self.started += 1
@@ -301,6 +307,8 @@ def run_chaos(config: ChaosConfig, say: Callable[[str], None] = print) -> ChaosR
             if time.monotonic() >= next_report:
                 say(f"  {elapsed():5.1f}s {len(watcher.outcomes)}/{len(expected)} finished")
                 next_report = time.monotonic() + 5
+        if config.kill_broker:  # last, with nothing else killed around it
+            orders += _kill_broker(config, report, supervisor, watcher, expected, run, say)
         # Nothing more to break: let everything still in flight finish, then stop cleanly.
         deadline = time.monotonic() + 120
         while len(watcher.outcomes) < len(expected) and time.monotonic() < deadline:
@@ -314,8 +322,42 @@ def run_chaos(config: ChaosConfig, say: Callable[[str], None] = print) -> ChaosR
         watcher.close()
     report.seconds = time.monotonic() - began
     report.bad_inputs = len(bad) + duplicates_sent
+    if report.broker_kill is not None:
+        broker_kill = report.broker_kill
+        report.invariants.append(
+            Invariant("progress after a broker SIGKILL", broker_kill.passed(), broker_kill.detail())
+        )
     _check(config, report, run, orders, watcher, bad, starts, say)
     return report
+
+
+def _kill_broker(
+    config: ChaosConfig,
+    report: ChaosReport,
+    supervisor: Supervisor,
+    watcher: JournalWatcher,
+    expected: dict[str, str],
+    run: str,
+    say: Callable[[str], None],
+) -> list[PlannedOrder]:
+    """The broker-kill phase (``chaos.broker_kill``) with one processor; returns its orders."""
+
+    def tick() -> None:
+        try:
+            watcher.poll(0.2)
+        except KafkaException:  # the broker is down: the watcher reads on later
+            time.sleep(0.2)
+        supervisor.ensure()
+
+    supervisor.unwant("second", gently=True)
+    planned = phase_orders(3_000, config.failure_rate, config.seed, run)
+    expected |= {o.event.order_id: o.expected for o in planned}  # for the watcher to keep
+    phase = BrokerKill(config.bootstrap, str(ROOT), TOPICS.journal, supervisor.running, tick, say)
+    published = phase.run(planned)
+    for order in planned[len(published) :]:
+        del expected[order.event.order_id]
+    report.broker_kill = phase.report
+    return published
 
 
 def _check(

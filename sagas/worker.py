@@ -35,7 +35,9 @@ worker does not allow (``bad-reply-address``, see ``sagas.reply_addresses``) and
 keys configured, one whose signature is missing or wrong (``bad-signature``, see
 ``stream_processors.codecs.signing``) go to ``<topic>.dlq`` too, before the handler runs or the
 handled
-commands are consulted. With keys, replies are signed.
+commands are consulted. With keys, replies are signed. A broker outage does not end a worker:
+started while the broker is down, it waits for it; serving, it aborts what it cannot commit,
+replaces a producer or consumer that failed for good, and serves again once the broker is back.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from sagas.idempotency import HandledCommand, HandledCommands, ensure_handled_topic
 from sagas.reply_addresses import BAD_REPLY_ADDRESS, ReplyAddresses
@@ -89,6 +91,8 @@ from stream_processors.engine.store import claim_slot, default_state_dir
 from stream_processors.kafka import transactions
 from stream_processors.kafka.broker_limits import BrokerLimits
 from stream_processors.kafka.config import consumer_config, producer_config
+from stream_processors.kafka.errors import wait_until_reachable
+from stream_processors.kafka.reading import ReadTimeout
 from stream_processors.kafka.topics import DLQ_POLICY, ensure_plain_topics
 
 log = logging.getLogger(__name__)
@@ -359,6 +363,8 @@ class Worker:
         ``$SAGALOG_STATE_DIR/workers/<name>``) keeps this process's identity across restarts."""
         if not self._handlers:
             raise DeclarationError(f"worker {self.name!r} has no handlers")
+        if not wait_until_reachable(bootstrap, f"worker {self.name}", self._stopping):
+            return  # stopped before the broker came
         ensure_plain_topics(self.topics, bootstrap)
         ensure_plain_topics([f"{t}.dlq" for t in self.topics], bootstrap, config=DLQ_POLICY)
         if remember:
@@ -370,6 +376,8 @@ class Worker:
         slot = claim_slot(state_dir or default_state_dir("workers") / self.name)
         try:
             _Serving(self, bootstrap, f"{self.group}.{slot.identity}").serve(batch_size)
+        except transactions.Stopped:  # asked to stop while it waited on the broker
+            log.warning("worker %s stopped while waiting on the broker", self.name)
         finally:
             self._history.close()
             slot.release()
@@ -388,19 +396,25 @@ class _HandlerCrashed(Exception):
 class _Serving:
     """One process serving a worker: each batch of commands is answered in one transaction
     holding the replies (or dead letters), the records of the handled commands, and the
-    consumed offsets. See ``sagas.idempotency`` for the records and their restore."""
+    consumed offsets. See ``sagas.idempotency`` for the records and their restore.
+
+    A broker outage never ends the process: a transaction that cannot commit is aborted and the
+    commands read again (``stream_processors.kafka.transactions``); a producer that cannot even
+    abort, or reports a fatal error, is replaced by a new one with the same transactional id,
+    and a consumer that reports a fatal error by a new one. Each waits for the broker, and a
+    stop request ends any wait within seconds (``transactions.Stopped``)."""
 
     def __init__(self, worker: Worker, bootstrap: str | None, identity: str) -> None:
         self.worker = worker
+        self.stopping = worker._stopping
         self.handled = worker._handled
         client = f"worker-{worker.name}"
         # The identity is kept in the process's slot folder: a restart (same identity) fences
         # its predecessor's producer and takes its static membership back at once. Fencing of
         # a process that lost its partitions is the group generation's job (KIP-447).
-        settings = producer_config(bootstrap, client, identity)
-        self.limits = BrokerLimits(bootstrap, settings)
-        self.producer = Producer(settings)
-        self.producer.init_transactions(60)
+        self.producer_settings = producer_config(bootstrap, client, identity)
+        self.limits = BrokerLimits(bootstrap, self.producer_settings)
+        self.producer = transactions.new_producer(self.producer_settings, self.stopping)
         membership = {
             "group.instance.id": identity,
             "session.timeout.ms": 10_000,
@@ -408,30 +422,47 @@ class _Serving:
             # Only partitions that move are revoked and restored, not every partition.
             "partition.assignment.strategy": "cooperative-sticky",
         }
-        self.consumer = Consumer(consumer_config(bootstrap, client, worker.group, **membership))
+        self.consumer_settings = consumer_config(bootstrap, client, worker.group, **membership)
+        self.consumer = self._subscribed()
         self.offsets: dict[tuple[str, int], int] = {}
         self.open = False
+        self.committing = False  # commit_transaction called: its outcome is known once it returns
+
+    def _subscribed(self) -> Consumer:
+        consumer = Consumer(self.consumer_settings)
+        consumer.subscribe(
+            self.worker.topics, on_assign=self._assigned, on_revoke=self._gone, on_lost=self._gone
+        )
+        return consumer
 
     def serve(self, batch_size: int) -> None:
         worker = self.worker
-        self.consumer.subscribe(
-            worker.topics, on_assign=self._assigned, on_revoke=self._gone, on_lost=self._gone
-        )
         log.info("worker %s serving %s", worker.name, ", ".join(worker.topics))
         try:
-            while not worker._stopping.is_set():
+            while not self.stopping.is_set():
                 # Wait briefly: consume returns at a full batch or at the timeout only.
                 messages = self.consumer.consume(batch_size, timeout=0.01)
                 try:
                     for message in messages:
+                        if self.stopping.is_set():  # the batch's transaction is left to abort
+                            raise transactions.Stopped()
                         self._serve(message)
                     if self.open:
                         self._commit()
+                except transactions.ConsumerFailed as error:
+                    self._replace_consumer(error)
                 except KafkaException as error:
                     self._abort(error)
         finally:
-            self.producer.flush(10)
+            # Nothing to flush: the last transaction committed, or is left open (stopped
+            # during a wait) for the broker to abort, and its records with it.
+            self._close_consumer()
+
+    def _close_consumer(self) -> None:
+        try:
             self.consumer.close()
+        except KafkaException as error:  # the broker is down: the group notices on its own
+            log.warning("consumer not closed cleanly: %s", error.args[0])
 
     def _serve(self, message: Message) -> None:
         if not transactions.consumed(message):
@@ -492,6 +523,8 @@ class _Serving:
                     )
                 return None
             except BufferError:  # the local queue is full: let deliveries drain
+                if self.stopping.is_set():
+                    raise transactions.Stopped() from None
                 self.producer.poll(0.1)
             except KafkaException as error:
                 kafka_error = error.args[0]
@@ -566,20 +599,45 @@ class _Serving:
         return replace(handled, reply=handled.reply[: max(0, room)], truncated=len(value))
 
     def _commit(self) -> None:
-        transactions.commit(self.producer, self.consumer, self.offsets)
+        transactions.prepare(self.producer, self.consumer, self.offsets, self.stopping)
+        self.committing = True
+        transactions.retrying(self.producer.commit_transaction, self.stopping)
         self._closed()
         if self.handled is not None:
             self.handled.committed()
 
     def _abort(self, error: KafkaException) -> None:
-        """Abort (or raise a fatal error); the commands are read and handled again."""
-        transactions.abort(self.producer, self.consumer, error)
+        """Abort, or replace a producer that cannot abort; the commands are read and handled
+        again from the committed offsets."""
+        uncertain = False
+        try:
+            transactions.abort(self.producer, self.consumer, error, self.stopping)
+        except KafkaException as unusable:
+            log.warning("replacing the transactional producer (%s)", unusable.args[0])
+            self.producer = transactions.new_producer(self.producer_settings, self.stopping)
+            transactions.rewind(self.consumer, self.stopping)
+            uncertain = self.committing
         self._closed()
         if self.handled is not None:
             self.handled.aborted()
+            if uncertain:
+                # A commit that failed may have completed all the same (the new producer's
+                # init_transactions finishes it): learn again what was handled, from the topic.
+                self._assigned(self.consumer, self.consumer.assignment())
+
+    def _replace_consumer(self, error: KafkaException) -> None:
+        """A consumer that failed for good: abort what it read, and consume with a new one
+        (from the committed offsets, as any new member of the group does)."""
+        log.error("replacing the consumer (%s)", error.args[0])
+        self._close_consumer()
+        self.consumer = self._subscribed()  # nothing assigned yet: the abort rewinds nothing
+        if self.open:  # the producer is sound: abort its transaction, do not replace it
+            why = f"the consumer was replaced: {error.args[0]}"
+            self._abort(KafkaException(KafkaError(KafkaError._STATE, why, txn_requires_abort=True)))
 
     def _closed(self) -> None:
         self.open = False
+        self.committing = False
         self.offsets.clear()
 
     # -- rebalancing: the transaction is never open here (each batch commits before the next
@@ -589,9 +647,17 @@ class _Serving:
         """Before any command of a new partition is handled, learn what was handled of it."""
         if self.handled is None:
             return
+        handled = self.handled
         for tp in partitions:
             began = time.monotonic()
-            count = self.handled.restore(tp.topic, tp.partition)
+            # The broker may go down meanwhile: wait for it, as a command must not be served
+            # before what was handled of its partition is known.
+            count = transactions.until_done(
+                lambda _: handled.restore(tp.topic, tp.partition),  # noqa: B023 (called at once)
+                f"restoring the handled commands of {tp.topic}[{tp.partition}]",
+                self.stopping,
+                (KafkaException, ReadTimeout),
+            )
             log.info(
                 "restored %s handled commands of %s[%s] in %.2fs",
                 count,

@@ -8,7 +8,9 @@ before producing to it, instead of letting librdkafka wait for a topic that neve
 
 A topic's answer is cached for ``ttl`` seconds (a missing topic's for ``missing_ttl``, so a
 topic created later is seen soon). When the broker cannot answer, the producer's limit alone is
-used and nothing is cached: a passing broker problem never dead-letters anything by itself.
+used and nothing is cached: a passing broker problem never dead-letters anything by itself. Nor
+is the broker asked again, for any topic, for ``unanswered_pause`` seconds: during an outage each
+record would otherwise wait ``timeout`` seconds for its limits, and a batch for many minutes.
 """
 
 from __future__ import annotations
@@ -58,10 +60,13 @@ class BrokerLimits:
         ttl: float = 300.0,
         missing_ttl: float = 10.0,
         timeout: float = 10.0,
+        unanswered_pause: float = 10.0,
     ) -> None:
         self._bootstrap = bootstrap
         self._producer_max = producer_max_bytes(producer)
         self._ttl, self._missing_ttl, self._timeout = ttl, missing_ttl, timeout
+        self._unanswered_pause = unanswered_pause
+        self._ask_after = 0.0  # the broker did not answer: not asked again before this
         self._admin: AdminClient | None = None
         self._known: dict[str, _Known] = {}
 
@@ -81,6 +86,8 @@ class BrokerLimits:
         known = self._known.get(topic)
         if known is not None and now < known.until:
             return known
+        if now < self._ask_after:
+            return _Known(Limits(self._producer_max), None, now)
         if self._admin is None:
             self._admin = AdminClient(common(self._bootstrap, "sagalog-limits"))
         resource = ConfigResource(ResourceType.TOPIC, topic)
@@ -95,17 +102,22 @@ class BrokerLimits:
             problem = _PROBLEMS.get(kafka_error.code())
             if problem is None:  # the broker could not answer: the producer's limit for now
                 log.warning("cannot read the limits of topic %s: %s", topic, kafka_error)
-                return _Known(Limits(self._producer_max), None, now)
+                return self._unanswered()
             known = _Known(Limits(self._producer_max), problem, now + self._missing_ttl)
         except FutureTimeout:  # no answer in time: the producer's limit for now, asked again
             log.warning(
                 "cannot read the limits of topic %s: no answer in %s s", topic, self._timeout
             )
-            return _Known(Limits(self._producer_max), None, now)
+            return self._unanswered()
         except ValueError as error:  # a name the client refuses to ask about
             known = _Known(Limits(self._producer_max), f"is not a valid topic name ({error})", now)
         self._known[topic] = known
         return known
+
+    def _unanswered(self) -> _Known:
+        now = time.monotonic()
+        self._ask_after = now + self._unanswered_pause
+        return _Known(Limits(self._producer_max), None, now)
 
 
 __all__ = ["BrokerLimits", "producer_max_bytes"]

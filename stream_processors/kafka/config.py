@@ -167,7 +167,9 @@ def bootstrap_servers(explicit: str | None = None, environ: Mapping[str, str] | 
 
 def common(bootstrap: str | None, client_id: str) -> dict[str, Any]:
     """What every client gets: the user's settings, the bootstrap servers and ``client_id``."""
-    settings: dict[str, Any] = dict(user_settings())
+    # librdkafka backs off up to 10 s between reconnects by default: after a broker outage a
+    # client would notice the broker is back up to 10 s late. The user's settings still win.
+    settings: dict[str, Any] = {"reconnect.backoff.max.ms": 1000} | user_settings()
     return settings | {
         "bootstrap.servers": bootstrap_servers(bootstrap),
         "client.id": client_id,

@@ -6,11 +6,15 @@ not verify, a refused connection) or can be told from the settings in use (a cli
 security settings whose connection the listener closes needs a secured protocol). ``explain``
 turns the error, what the client reported and its settings into one line naming the listener and
 the setting to change; ``connect_admin`` is the first contact of the topic tools and raises
-``KafkaUnavailable`` with it. Settings are only ever shown through ``redacted``.
+``KafkaUnavailable`` with it. The long-running processes (``sagas run``, ``sagas worker``) start
+with ``wait_until_reachable`` instead: a service started while the broker is down waits for it,
+saying every few seconds what it waits for and why, rather than exiting. Settings are only ever
+shown through ``redacted``.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -21,9 +25,14 @@ from confluent_kafka.admin import AdminClient
 
 from stream_processors.kafka.config import CONFIG_FILE_VARIABLE, common
 
+log = logging.getLogger(__name__)
+
 #: Seconds a first contact (and a metadata request of the tools) waits for the cluster: a
 #: person at a terminal learns within 10 s that it cannot be reached, and why.
 FIRST_CONTACT_TIMEOUT = 6.0
+
+#: Seconds between two lines of a process waiting for the cluster to answer.
+WAIT_LOG_EVERY = 5.0
 
 _SECURED_HINT = (
     "set SAGALOG_KAFKA_SECURITY_PROTOCOL (e.g. SASL_SSL), SAGALOG_KAFKA_SASL_MECHANISM, "
@@ -145,6 +154,38 @@ def connect_admin(
             if reported.definitive() or time.monotonic() >= deadline:
                 raise KafkaUnavailable(explain(error, config, reported.all())) from None
             time.sleep(0.1)
+
+
+def wait_until_reachable(bootstrap: str | None, what: str, stopping: threading.Event) -> bool:
+    """Wait until the cluster answers a metadata request; False if ``stopping`` was set first.
+
+    Logs every ``WAIT_LOG_EVERY`` seconds that ``what`` waits, and why (``explain``), not a line
+    per attempt. Settings that waiting will not cure (credentials refused, a certificate not
+    trusted, a PLAINTEXT listener for a secured client) raise ``KafkaUnavailable`` at once.
+    """
+    config = common(bootstrap, "sagalog-wait")
+    reported = ReportedErrors()
+    admin = AdminClient(config | {"error_cb": reported})
+    began = time.monotonic()
+    next_line = began
+    while not stopping.is_set():
+        try:
+            admin.list_topics(timeout=1.0)
+        except KafkaException as error:
+            admin.poll(0)  # serves error_cb with what the client saw
+            why = explain(error, config, reported.all())
+            if reported.definitive():
+                raise KafkaUnavailable(why) from None
+            if time.monotonic() >= next_line:
+                waited = time.monotonic() - began
+                log.warning("%s waits for the Kafka cluster (%.0f s so far): %s", what, waited, why)
+                next_line += WAIT_LOG_EVERY
+            stopping.wait(0.5)
+            continue
+        if time.monotonic() - began > 1.5:
+            log.info("%s: the cluster answers, after %.0f s", what, time.monotonic() - began)
+        return True
+    return False
 
 
 def metadata(

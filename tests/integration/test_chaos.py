@@ -1,9 +1,12 @@
 """The short chaos run, inside ``make test``: ~1,000 sagas, 3 processor kills, worker kills, a
-broker restart and one bad input of each kind; nothing lost, nothing duplicated.
+broker restart and one bad input of each kind; nothing lost, nothing duplicated. Then the
+broker-kill phase: the broker alone SIGKILLed, started 20 s later, and every process committing
+output again within 30 s of it being ready (``chaos.broker_kill``).
 
 ``make chaos`` runs the full form (10,000 sagas, at least 10 processor kills); see ``chaos/``.
-The broker is restarted only when this project started it (``tools/kafka/broker.sh``); under
-CI=true it always is, and a broker that cannot be restarted fails the test.
+The broker is restarted (and killed) only when this project started it
+(``tools/kafka/broker.sh``); under CI=true it always is, and a broker that cannot be restarted
+fails the test.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def test_a_short_chaos_run_loses_and_duplicates_nothing(
         processor_kills=3,
         worker_kills=1,
         restart_broker=restart,
+        kill_broker=restart,
         bad_inputs=1,
         bootstrap=kafka.bootstrap,
         work_dir=tmp_path / "chaos",
@@ -46,6 +50,7 @@ def test_a_short_chaos_run_loses_and_duplicates_nothing(
     assert report.processor_kills == 3
     assert report.worker_kills == 2
     assert report.broker_restarts == (1 if restart else 0)
+    assert (report.broker_kill is not None) == restart
     assert report.bad_inputs == 9  # 8 kinds dead-lettered, and one duplicate reply
     failed = [f"{i.name}: {i.detail}" for i in report.invariants if not i.holds]
     assert not failed, failed
