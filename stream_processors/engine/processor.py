@@ -89,6 +89,9 @@ _LIFECYCLE = {
 
 #: The longest ``consume`` waits for a batch to fill: an input's least added latency.
 POLL_INTERVAL = 0.01
+#: On the way out (SIGTERM), the longest the last commit and each client's close may take.
+SHUTDOWN_PATIENCE = 3.0
+CLOSE_TIMEOUT = 2.0
 WEEK_MS = 7 * 24 * 3600 * 1000
 
 
@@ -260,21 +263,29 @@ class SagaProcessor:
         self._kafka.producer.poll(0)
 
     def close(self) -> None:
-        """Commit what is open (briefly: ``COMMIT_PATIENCE`` at most), close everything."""
+        """Commit what is open (``SHUTDOWN_PATIENCE`` at most), close everything.
+
+        Bounded, so that SIGTERM is honoured within seconds even with the broker away: a
+        commit that cannot complete is left to the broker (the next producer with our id, or
+        the transaction timeout, aborts it), and a client that cannot close in time is left
+        to the process's exit.
+        """
+        began = time.monotonic()
         try:
             if self._txn.is_open:
                 self._commit(interruptible=False)
         except (TransactionAborted, Stopping):
             self._txn.reset()
         finally:
-            if self._kafka is not None:
-                self._kafka.consumer.close()
-            if self._restorer is not None:
-                self._restorer.close()
+            consumers = [self._restorer, self._kafka.consumer if self._kafka else None]
+            for consumer in consumers:
+                if consumer is not None:
+                    _bounded(consumer.close, CLOSE_TIMEOUT, "closing a consumer")
             self.store.close()
             if self._history is not None:
                 self._history.close()
             self._slot.release()
+            log.info("processor stopped (%.1f s to shut down)", time.monotonic() - began)
 
     # -- per record --------------------------------------------------------------------------
 
@@ -525,7 +536,8 @@ class SagaProcessor:
         except KafkaException as error:
             self._kafka.end_badly(error)
         # Its flush serves the delivery callbacks that tell the snapshots' changelog offsets.
-        self._kafka.commit(self._txn.offsets, interruptible)
+        patience = None if interruptible else SHUTDOWN_PATIENCE
+        self._kafka.commit(self._txn.offsets, patience, interruptible)
         metrics.TRANSACTIONS.labels(outcome="committed", **self._labels).inc()
         metrics.COMMIT_SECONDS.labels(**self._labels).observe(time.monotonic() - began)
         # The commit marker follows our last snapshot in each partition (we are its only writer),
@@ -592,6 +604,15 @@ class SagaProcessor:
         self._owned -= revoked
         self._recovery.abandon(revoked)
         self._cache.forget(revoked)
+
+
+def _bounded(call: Callable[[], object], seconds: float, what: str) -> None:
+    """``call()``, given up on (left running in a daemon thread) after ``seconds``."""
+    thread = threading.Thread(target=call, name=what, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        log.warning("%s took over %.0f s: left to the process's exit", what, seconds)
 
 
 __all__ = ["DUE_CHECK_INTERVAL", "WEEK_MS", "ProcessorConfig", "SagaProcessor"]

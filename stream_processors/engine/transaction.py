@@ -177,11 +177,17 @@ class Transactions:
         except KafkaException as error:
             self.end_badly(error)
 
-    def commit(self, offsets: dict[tuple[str, int], int], interruptible: bool = True) -> None:
-        """Flush, add ``offsets`` and commit; on failure abort or recreate (and raise
-        ``TransactionAborted``). Not ``interruptible`` (on the way out): it tries until
-        ``COMMIT_PATIENCE`` runs out whatever the stopping flag says."""
-        deadline = time.monotonic() + COMMIT_PATIENCE
+    def commit(
+        self,
+        offsets: dict[tuple[str, int], int],
+        patience: float | None = None,
+        interruptible: bool = True,
+    ) -> None:
+        """Flush, add ``offsets`` and commit, within ``patience`` (``COMMIT_PATIENCE``); on
+        failure abort or recreate (and raise ``TransactionAborted``). Not ``interruptible``
+        (on the way out): it tries until its patience runs out whatever the stopping flag says,
+        and a failure is only raised, the transaction left open for the broker to end."""
+        deadline = time.monotonic() + (COMMIT_PATIENCE if patience is None else patience)
         positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         try:
             self._retry(lambda timeout: self._flush(timeout), deadline, interruptible)
@@ -244,9 +250,9 @@ class Transactions:
             if not assignment:
                 return
             try:
-                committed = self.consumer.committed(assignment, timeout=CALL_TIMEOUT)
+                committed = self._committed(assignment)
                 break
-            except KafkaException as error:
+            except (KafkaException, _GaveUp) as error:
                 self._wait(f"the committed offsets to rewind to ({error})")
         for tp in committed:
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
@@ -258,12 +264,24 @@ class Transactions:
 
     # -- waiting, bounded ---------------------------------------------------------------------
 
+    def _committed(self, assignment: list[TopicPartition]) -> list[TopicPartition]:
+        found: list[TopicPartition] = []
+
+        def committed(timeout: float) -> None:
+            found.extend(self.consumer.committed(assignment, timeout))
+
+        self._call(committed, CALL_TIMEOUT, time.monotonic() + CALL_TIMEOUT + 1)
+        return found
+
     def _initialised(self, producer: Producer) -> Producer:
         """``init_transactions``, retried until it answers (or the process stops)."""
         while True:
             try:
-                producer.init_transactions(CALL_TIMEOUT)
+                deadline = time.monotonic() + CALL_TIMEOUT + 1
+                self._call(producer.init_transactions, CALL_TIMEOUT, deadline)
                 return producer
+            except _GaveUp as error:
+                self._wait(f"the transaction coordinator ({error})")
             except KafkaException as error:
                 if error.args[0].fatal():
                     raise
@@ -281,7 +299,7 @@ class Transactions:
         while True:
             remaining = deadline - time.monotonic()
             try:
-                call(max(0.1, min(CALL_TIMEOUT, remaining)))
+                self._call(call, max(0.1, min(CALL_TIMEOUT, remaining)), deadline, interruptible)
                 return
             except KafkaException as error:
                 if not error.args[0].retriable():
@@ -292,6 +310,43 @@ class Transactions:
             if interruptible and self.stopping.is_set():
                 raise Stopping() from last
             time.sleep(0.05)
+
+    def _call(
+        self,
+        call: Callable[[float], object],
+        timeout: float,
+        deadline: float,
+        interruptible: bool = True,
+    ) -> None:
+        """``call(timeout)``, in a helper thread the loop waits for in short slices.
+
+        Why a thread: some transactional calls block for the producer's transaction timeout
+        whatever ``timeout`` says (``send_offsets_to_transaction`` with the coordinator gone
+        does), and a signal handler only runs between Python instructions. Waiting here keeps
+        SIGTERM honoured (``Stopping``) and ``deadline`` kept (``_GaveUp``); a call given up on
+        is left running in its daemon thread, and its producer is not used again for it.
+        """
+        outcome: list[BaseException | None] = []
+
+        def target() -> None:
+            try:
+                call(timeout)
+                outcome.append(None)
+            except BaseException as error:  # handed to the waiting thread
+                outcome.append(error)
+
+        thread = threading.Thread(target=target, name="sagalog-kafka-call", daemon=True)
+        thread.start()
+        while True:
+            thread.join(0.1)
+            if not thread.is_alive():
+                break
+            if interruptible and self.stopping.is_set():
+                raise Stopping()
+            if time.monotonic() > deadline + 0.5:
+                raise _GaveUp(f"{getattr(call, '__name__', 'call')} still blocked at its deadline")
+        if outcome[0] is not None:
+            raise outcome[0]
 
     _said = 0.0
 
