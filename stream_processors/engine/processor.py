@@ -196,7 +196,7 @@ class SagaProcessor:
             if self.store.adopt_changelog(changelog):
                 log.warning("the snapshots changelog was recreated: the local store starts afresh")
             name = self.definition.name
-            consumer = self.clients.consumer(f"sagalog.{name}", self._transactional_id)
+            consumer = self._subscribed()
             # Its init_transactions fences any earlier producer with our id, aborting what it
             # left open.
             self._kafka = Transactions(
@@ -211,16 +211,21 @@ class SagaProcessor:
                 self.config.retention_ms,
                 name,
             )
-            consumer.subscribe(
-                [self.topics.inbox, *self.topics.sources],
-                on_assign=self._on_assign,
-                on_revoke=self._on_revoke,
-                on_lost=self._on_lost,
-            )
         except Stopping:
             return False
         log.info("processor %s (slot %s) started", self._transactional_id, self._slot.index)
         return True
+
+    def _subscribed(self) -> Consumer:
+        """The group's consumer, subscribed to the inbox and the sources."""
+        consumer = self.clients.consumer(f"sagalog.{self.definition.name}", self._transactional_id)
+        consumer.subscribe(
+            [self.topics.inbox, *self.topics.sources],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        return consumer
 
     @property
     def consumer(self) -> Consumer:
@@ -249,7 +254,7 @@ class SagaProcessor:
             )
             for message in messages:
                 self._handle(message)
-            self._due.run(self._owned, self._txn, self, self.clock())
+            self._run_due()
             if self._txn.is_open:
                 age = self._txn.age()
                 caught_up = len(messages) < config.batch_size
@@ -260,7 +265,17 @@ class SagaProcessor:
         except Stopping:
             self._txn.reset()  # its outcome is the broker's (transaction timeout) or the next's
             return
+        except KafkaException as error:  # only the consumer's are left to reach here
+            self._recreate_consumer(error)
         self._kafka.producer.poll(0)
+
+    def _run_due(self) -> None:
+        """Timers and retention (``stream_processors.engine.timers``) in the open transaction."""
+        assert self._kafka is not None
+        try:
+            self._due.run(self._owned, self._txn, self, self.clock())
+        except KafkaException as error:  # a produce refused (a fenced producer, say)
+            self._kafka.end_badly(error)
 
     def close(self) -> None:
         """Commit what is open (``SHUTDOWN_PATIENCE`` at most), close everything.
@@ -551,6 +566,33 @@ class SagaProcessor:
         self._cache.committed(self._txn.staged)
         self._txn.reset()
 
+    def _recreate_consumer(self, error: KafkaException) -> None:
+        """After a fatal consumer error: abort what is open, forget every partition, and join
+        the group again with a new consumer (same group instance id).
+
+        A static member whose session timed out while the broker was away rejoins under a new
+        member id, and its own older id is then fenced: librdkafka calls that fatal
+        (``_FATAL``, "static consumer fenced"), though a new consumer is all it takes.
+        """
+        assert self._kafka is not None and self._recovery is not None
+        self._kafka.recreations.note("consumer", str(error.args[0]))
+        log.warning("recreating the consumer: %s", error.args[0])
+        if self._txn.is_open:
+            try:
+                self._kafka.abort_lost()
+            except TransactionAborted:
+                pass  # the producer was recreated: nothing of ours is owned to restore
+            except Stopping:
+                pass
+            self._txn.reset()
+            metrics.TRANSACTIONS.labels(outcome="aborted", **self._labels).inc()
+        self._recovery.abandon(self._recovery.pending)
+        self._cache.forget(self._owned)
+        self._owned.clear()
+        # Closed first: its rebalance callbacks, if it still calls any, find it is not current.
+        _bounded(self._kafka.consumer.close, CLOSE_TIMEOUT, "closing a fenced consumer")
+        self._kafka.consumer = self._subscribed()
+
     def _after_abort(self, aborted: TransactionAborted) -> None:
         """Forget the aborted transaction. If the producer was recreated, the transaction it
         left may have committed after all: the store catches up with the changelog again."""
@@ -564,8 +606,14 @@ class SagaProcessor:
 
     # -- rebalancing (called inside ``consume``) ---------------------------------------------
 
+    def _current(self, consumer: Consumer) -> bool:
+        """Whether a rebalance callback comes from the consumer in use (not one closing)."""
+        return self._kafka is not None and consumer is self._kafka.consumer
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         assert self._recovery is not None
+        if not self._current(consumer):
+            return
         # Assigned here rather than by the client after this returns, so that the pause below
         # applies to this assignment: the inbox partitions read nothing until restored.
         consumer.assign(partitions)
@@ -574,6 +622,8 @@ class SagaProcessor:
         self._recovery.mark(consumer, inbox)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if not self._current(consumer):
+            return
         # Commit while the group generation that owns these partitions is still current.
         try:
             if self._txn.is_open:
@@ -588,6 +638,8 @@ class SagaProcessor:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # The partitions are already someone else's: our open transaction must not commit.
         assert self._kafka is not None
+        if not self._current(consumer):
+            return
         if self._txn.is_open:
             try:
                 self._kafka.abort_lost()

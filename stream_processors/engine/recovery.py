@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 #: The longest one turn of the loop spends restoring.
 CHUNK_SECONDS = 0.2
+#: How long asking for a partition's end may block (a busy broker can take a second).
+WATERMARK_TIMEOUT = 2.0
 #: How often a restore that cannot reach the broker says so.
 SAY_EVERY = 5.0
 
@@ -87,7 +89,7 @@ class Recovery:
             )
             self._queue[partition] = restore
             try:
-                finished = restore.step(deadline, watermark_timeout=max(0.1, min(seconds, 2.0)))
+                finished = restore.step(deadline, watermark_timeout=WATERMARK_TIMEOUT)
             except KafkaException as error:
                 self._say(f"restore of partition {partition} waits for the broker: {error}")
                 break

@@ -19,7 +19,7 @@ whole bounded, so that neither a broker outage nor SIGTERM can hold the loop for
   ``init_transactions`` fences the old one and ends what it left open. Whether that ended in a
   commit or an abort cannot be known here, so ``TransactionAborted.recreated`` tells the
   processor to bring its store up to the changelog again before it reads on.
-  A producer recreated more than ``RECREATE_LIMIT`` times in ``RECREATE_WINDOW`` seconds is
+  Clients recreated more than ``RECREATE_LIMIT`` times in ``RECREATE_WINDOW`` seconds are
   fenced by a live twin, not by a broker outage: that is raised, and the process exits.
 - ``Stopping`` is raised out of any wait when the process is asked to stop; what was open is
   left to the broker's transaction timeout or to the next producer with the same id.
@@ -150,6 +150,23 @@ class Poisoned:
         return self.inputs.pop(where, None)
 
 
+@dataclass
+class Recreations:
+    """When clients were recreated: too many, too often, is a live twin, not an outage."""
+
+    times: list[float] = field(default_factory=list)
+
+    def note(self, client: str, why: str) -> None:
+        now = time.monotonic()
+        self.times = [t for t in self.times if now - t < RECREATE_WINDOW]
+        if len(self.times) >= RECREATE_LIMIT:
+            raise RuntimeError(
+                f"{client} recreated {RECREATE_LIMIT} times in {RECREATE_WINDOW:.0f} s ({why}): "
+                "another live process is using this process's transactional or group instance id"
+            )
+        self.times.append(now)
+
+
 class _GaveUp(Exception):
     """Retriable errors for longer than the patience allowed."""
 
@@ -166,7 +183,7 @@ class Transactions:
         self._new_producer = new_producer
         self.consumer = consumer
         self.stopping = stopping
-        self._recreated: list[float] = []
+        self.recreations = Recreations()
         self.producer = self._initialised(new_producer())
 
     # -- the calls ----------------------------------------------------------------------------
@@ -230,14 +247,7 @@ class Transactions:
     def recreate(self, why: str) -> None:
         """A new producer with the same transactional id (fencing the old one), the consumer
         rewound; raises ``TransactionAborted(recreated=True)``."""
-        now = time.monotonic()
-        self._recreated = [t for t in self._recreated if now - t < RECREATE_WINDOW]
-        if len(self._recreated) >= RECREATE_LIMIT:
-            raise RuntimeError(
-                f"producer recreated {RECREATE_LIMIT} times in {RECREATE_WINDOW:.0f} s ({why}): "
-                "another live process is using this transactional id"
-            )
-        self._recreated.append(now)
+        self.recreations.note("producer", why)
         log.warning("recreating the transactional producer: %s", why)
         self.producer = self._initialised(self._new_producer())
         self.rewind()

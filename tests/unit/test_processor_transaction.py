@@ -165,3 +165,19 @@ def test_a_commit_that_cannot_complete_in_time_is_aborted(
     assert rig.producer.calls["abort_transaction"] == 1
     assert rig.visible(rig.topics.inbox) == []
     rig.processor.close()
+
+
+def test_a_fenced_consumer_is_replaced_and_the_group_joined_again(tmp_path: Path) -> None:
+    """A static member whose session expired while the broker was away is fenced by its own
+    rejoin: a fatal consumer error; a new consumer with the same instance id carries on."""
+    rig = Rig(tmp_path)
+    rig.start()
+    first = rig.consumer
+    first.fail("consume", KafkaError(KafkaError._FATAL, "static consumer fenced", fatal=True))
+    rig.steps()
+    assert first.closed and rig.consumer is not first
+
+    rig.consumer.assign_next(rig.all_partitions())
+    _run_order(rig)
+    assert len(rig.visible(PAYMENTS)) == 1
+    rig.processor.close()
