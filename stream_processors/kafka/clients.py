@@ -178,6 +178,13 @@ class ConfluentClients:
         )
 
 
+#: What ``explain`` says when the client's settings are wrong: waiting will not help.
+_SETTINGS_WRONG = (
+    "rejected the credentials",
+    "TLS handshake failed",
+    "is a PLAINTEXT listener",
+    "refused the connection of a",
+)
 #: How often the start-up wait says what it waits for.
 WAIT_LOG_INTERVAL = 5.0
 
@@ -194,7 +201,7 @@ def wait_for_broker(bootstrap: str | None, what: str, stopping: threading.Event)
             connect_admin(bootstrap, f"{what}-wait", timeout=2.0)
             return True
         except KafkaUnavailable as error:
-            if "refused the credentials" in str(error) or "TLS handshake" in str(error):
+            if any(sign in str(error) for sign in _SETTINGS_WRONG):
                 raise
             if time.monotonic() - last_said >= WAIT_LOG_INTERVAL:
                 where = common(bootstrap, what)["bootstrap.servers"]
