@@ -8,7 +8,7 @@ and the source topics' partitions it was given. For each input record, in partit
 - an *inbox record* is checked (``stream_processors.engine.inputs``), its instance loaded (open
   transaction's write cache, then the instance cache, then the local store, else new),
   ``decide``d, and its journal entries and commands produced; the new state is staged as the
-  instance's snapshot;
+  instance's snapshot (``stream_processors.engine.outputs``);
 - anything unreadable, keyless, too large, of a type the saga does not take, naming an
   unknown instance, or keyed by another instance than it names goes to the dead-letter topic,
   with the reason and origin in headers.
@@ -41,23 +41,16 @@ from pathlib import Path
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
-from stream_processors.codecs.signing import Keyring, Purpose, from_environment, signed
+from stream_processors.codecs.signing import Keyring, from_environment
 from stream_processors.core import limits
 from stream_processors.core.decide import Decision, decide
-from stream_processors.core.instance import Instance, decode_snapshot, encode_snapshot
-from stream_processors.core.journal import Kind
+from stream_processors.core.instance import Instance, decode_snapshot
 from stream_processors.core.model import SagaDefinition
 from stream_processors.engine import metrics
 from stream_processors.engine.cache import InstanceCache
 from stream_processors.engine.inputs import Rejected, inbox_input
+from stream_processors.engine.outputs import Outputs
 from stream_processors.engine.recovery import Recovery
-from stream_processors.engine.routing import (
-    DLQ_DETAIL,
-    DLQ_REASON,
-    command_headers,
-    dead_letter_marks,
-    received_headers,
-)
 from stream_processors.engine.source_routing import SourceRouter
 from stream_processors.engine.store import Slot, SnapshotStore, claim_slot, default_state_dir
 from stream_processors.engine.timers import DUE_CHECK_INTERVAL, DueWork
@@ -73,19 +66,12 @@ from stream_processors.kafka.clients import (
     ConfluentClients,
     Consumer,
     KafkaClients,
+    Producer,
     Stopping,
 )
 from stream_processors.kafka.topics import SagaTopics
 
 log = logging.getLogger(__name__)
-
-_LIFECYCLE = {
-    Kind.SAGA_STARTED: "started",
-    Kind.SAGA_COMPLETED: "completed",
-    Kind.SAGA_COMPENSATED: "compensated",
-    Kind.SAGA_FAILED: "failed",
-    Kind.SAGA_PARKED: "parked",
-}
 
 #: The longest ``consume`` waits for a batch to fill: an input's least added latency.
 POLL_INTERVAL = 0.01
@@ -144,7 +130,15 @@ class SagaProcessor:
         self._transactional_id = f"sagalog.{definition.name}.{self._slot.identity}"
         self._txn = OpenTransaction()
         self._poison = Poisoned()
-        self._produced = 0  # records produced for the input at hand (see ``_refused``)
+        self._outputs = Outputs(
+            definition.name,
+            self.topics,
+            config.signing,
+            self._limit,
+            self._producer,
+            self._txn,
+            self._stopping,
+        )
         self._cache = InstanceCache(config.cache_size)
         self._owned: set[int] = set()  # inbox partitions assigned and restored
         self._due = DueWork(definition, self.store, config.retention_ms)
@@ -160,10 +154,6 @@ class SagaProcessor:
         # Labelled children looked up once: ``labels()`` costs more than the increment itself.
         self._inputs_counter = metrics.INPUTS.labels(**self._labels)
         self._routed_counter = metrics.ROUTED.labels(**self._labels)
-        self._lifecycle_counters = {
-            kind: metrics.SAGAS.labels(event=event, **self._labels)
-            for kind, event in _LIFECYCLE.items()
-        }
         # Set by ``start``.
         self._kafka: Transactions | None = None
         self._recovery: Recovery | None = None
@@ -226,6 +216,10 @@ class SagaProcessor:
             on_lost=self._on_lost,
         )
         return consumer
+
+    def _producer(self) -> Producer:
+        assert self._kafka is not None, "start() first"
+        return self._kafka.producer
 
     @property
     def consumer(self) -> Consumer:
@@ -317,11 +311,11 @@ class SagaProcessor:
         self.begin()
         topic, partition = message.topic() or "", message.partition() or 0
         offset = message.offset() or 0
-        self._produced = 0
+        self._outputs.produced = 0
         poisoned = self._poison.take((topic, partition, offset))
         try:
             if poisoned is not None:  # its produce failed midway before: dead-letter it now
-                self._dead_letter(message, *poisoned)
+                self._outputs.dead_letter(message, *poisoned)
             elif topic == self.topics.inbox:
                 self._process(message, partition)
             else:
@@ -343,26 +337,13 @@ class SagaProcessor:
             else "produce-error"
         )
         detail = f"produce refused: {kafka_error}"
-        if self._produced == 0:
-            self._dead_letter(message, reason, detail)
+        if self._outputs.produced == 0:
+            self._outputs.dead_letter(message, reason, detail)
             return
         where = (message.topic() or "", message.partition() or 0, message.offset() or 0)
         self._poison.add(where, reason, detail)
-        log.error("input %s: %s after %s records; aborting", where, detail, self._produced)
+        log.error("input %s: %s after %s records; aborting", where, detail, self._outputs.produced)
         self._kafka.end_badly(error)
-
-    def _produce(self, topic: str, **record: object) -> None:
-        """Produce one record; waits while the local queue is full (unless stopping)."""
-        assert self._kafka is not None
-        while True:
-            try:
-                self._kafka.producer.produce(topic, **record)  # type: ignore[arg-type]
-                break
-            except BufferError:
-                if self._stopping.is_set():
-                    raise Stopping() from None
-                self._kafka.producer.poll(0.1)
-        self._produced += 1
 
     def _limit(self, topic: str) -> limits.Limits:
         return self.clients.limits(topic)
@@ -371,9 +352,11 @@ class SagaProcessor:
         """Re-key a source event by instance id into the inbox (inside the transaction)."""
         routed = self._router.route(message)
         if isinstance(routed, Rejected):
-            self._dead_letter(message, routed.reason, routed.detail)
+            self._outputs.dead_letter(message, routed.reason, routed.detail)
             return
-        self._produce(self.topics.inbox, key=routed.key, value=routed.value, headers=routed.headers)
+        self._outputs.produce(
+            self.topics.inbox, key=routed.key, value=routed.value, headers=routed.headers
+        )
         self._routed_counter.inc()
 
     def _process(self, message: Message, partition: int) -> None:
@@ -387,7 +370,7 @@ class SagaProcessor:
             config.max_instance_id_bytes,
         )
         if isinstance(checked, Rejected):
-            self._dead_letter(message, checked.reason, checked.detail)
+            self._outputs.dead_letter(message, checked.reason, checked.detail)
             return
         instance = self.load(partition, checked.instance_id)
         now_ms = int(self.clock() * 1000)
@@ -395,123 +378,22 @@ class SagaProcessor:
         self._inputs_counter.inc()
         record = checked.input.record
         if decision.rejected is not None:
-            self._dead_letter(message, decision.rejected, type(record).__qualname__)
+            self._outputs.dead_letter(message, decision.rejected, type(record).__qualname__)
             return
         if decision.ignored is not None:
             metrics.count_ignored(self.definition.name, decision.ignored)
             return
         oversize = self.emit(decision, partition, checked.key, instance, now_ms)
         if oversize is not None:  # nothing of the decision was staged
-            self._dead_letter(message, limits.OUTPUTS_TOO_LARGE, oversize.detail())
+            self._outputs.dead_letter(message, limits.OUTPUTS_TOO_LARGE, oversize.detail())
 
     def emit(
-        self,
-        decision: Decision,
-        partition: int,
-        key: bytes,
-        before: Instance | None,
-        now_ms: int,
+        self, decision: Decision, partition: int, key: bytes, before: Instance | None, now_ms: int
     ) -> limits.Oversize | None:
-        """Stage a decision: its journal entries, commands and snapshot. Each is checked
-        against its topic's limits first; if one would not fit, nothing is staged and that
-        record is returned (the caller dead-letters the input)."""
-        assert decision.instance is not None
-        journal = self.topics.journal
-        # The record's timestamp is the entry's own time: Kafka's time index then finds an
-        # instance's history from its started_at_ms (see stream_processors.tools.history).
-        outgoing = [
-            (
-                limits.Outgoing(f"journal entry {entry.kind}", journal, key, entry.encode()),
-                {"partition": partition, "timestamp": entry.at_ms},
-            )
-            for entry in decision.entries
-        ]
-        signing = self.config.signing
-        for command in decision.commands:
-            command_key, topic = command.key.encode(), command.topic
-            headers = command_headers(
-                command.command_id, self.topics.inbox, command.key, self.definition.name
-            )
-            if signing is not None:
-                headers = signed(
-                    signing, Purpose.COMMAND, topic, command_key, command.value, headers
-                )
-            what = f"command {command.command_id[:200]}"
-            record = limits.Outgoing(what, topic, command_key, command.value, headers)
-            outgoing.append((record, {}))
-        snapshot = encode_snapshot(decision.instance)
-        snapshots = self.topics.snapshots
-        checks = [(record, self._limit(record.topic)) for record, _ in outgoing]
-        record = limits.Outgoing("snapshot", snapshots, key, snapshot)
-        checks.append((record, self._limit(snapshots)))
-        oversize = limits.first_oversize(checks)
-        if oversize is not None:
-            return oversize
-        for record, extra in outgoing:
-            self._produce(
-                record.topic, key=record.key, value=record.value, headers=record.headers, **extra
-            )
-        for entry in decision.entries:
-            kind = Kind(entry.kind)
-            lifecycle = self._lifecycle_counters.get(kind)
-            if lifecycle is not None:
-                lifecycle.inc()
-            elif kind in (Kind.STEP_SUCCEEDED, Kind.STEP_FAILED) and before and entry.step:
-                sent = before.steps[entry.step].sent_at_ms
-                outcome = "succeeded" if kind is Kind.STEP_SUCCEEDED else "failed"
-                metrics.STEP_SECONDS.labels(
-                    step=entry.step, outcome=outcome, **self._labels
-                ).observe(max(0, now_ms - sent) / 1000)
-        slot = (partition, decision.instance.instance_id)
-        self._txn.stage(slot, decision.instance, snapshot)
-        return None
-
-    def _dead_letter(self, message: Message, reason: str, detail: str) -> None:
-        log.warning(
-            "dead letter from %s[%s]@%s: %s %s",
-            message.topic(),
-            message.partition(),
-            message.offset(),
-            reason,
-            detail,
-        )
-        original = received_headers(message)
-        marks = dead_letter_marks(message, reason, detail)
-        self._send_dead_letter(message.key(), message.value(), original, marks)
-        metrics.count_dead_letter(self.definition.name, reason)
+        return self._outputs.emit(decision, partition, key, before, now_ms)
 
     def dead_letter_timer(self, key: bytes, timer: str, oversize: limits.Oversize) -> None:
-        """A timer's decision that would not fit: left undone, and said so on the DLQ (it has no
-        origin to redrive to; the instance's timer is not fired again)."""
-        detail = f"timer {timer}: {oversize.detail()}"
-        log.error("instance %s: %s", key[:200].decode(errors="replace"), detail)
-        marks: list[tuple[str, str | bytes | None]] = [
-            (DLQ_REASON, limits.OUTPUTS_TOO_LARGE.encode()),
-            (DLQ_DETAIL, detail[:1000].encode()),
-        ]
-        self._send_dead_letter(key, None, [], marks)
-        metrics.count_dead_letter(self.definition.name, limits.OUTPUTS_TOO_LARGE)
-
-    def _send_dead_letter(
-        self,
-        key: bytes | None,
-        value: bytes | None,
-        original: limits.HeaderPairs,
-        marks: limits.HeaderPairs,
-    ) -> None:
-        """Produce a dead letter cut to fit the DLQ (``limits.fit_dead_letter``); if the broker's
-        client still refuses it, its reason and origin alone."""
-        dlq = self.topics.dlq
-        letter = limits.fit_dead_letter(
-            key, value, original, marks, self._limit(dlq).max_record_bytes
-        )
-        try:
-            self._produce(dlq, key=letter.key, value=letter.value, headers=letter.headers)
-        except KafkaException as error:
-            if error.args[0].fatal() or error.args[0].txn_requires_abort():
-                raise
-            log.error("dead letter refused (%s): sending its reason and origin only", error)
-            self._produce(dlq, key=letter.key[:1024] if letter.key else None, headers=list(marks))
+        self._outputs.dead_letter_timer(key, timer, oversize)
 
     def load(self, partition: int, instance_id: str) -> Instance | None:
         """The instance as the open transaction sees it (None: none, or expired in it)."""
@@ -541,7 +423,7 @@ class SagaProcessor:
         try:
             for partition, instance_id, value in written:
                 # Encoded when its decision was checked against the limits (see ``emit``).
-                self._produce(
+                self._outputs.produce(
                     self.topics.snapshots,
                     key=instance_id.encode(),
                     value=value,
