@@ -28,6 +28,7 @@ whole bounded, so that neither a broker outage nor SIGTERM can hold the loop for
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -167,6 +168,40 @@ class Recreations:
         self.times.append(now)
 
 
+class _Helper:
+    """One daemon thread that makes the loop's blocking calls, reused from call to call (a
+    thread per call costs more than the calls it waits for, at a hundred commits a second)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], None], threading.Event] | None] | None
+        self._jobs = None
+
+    def run(self, job: Callable[[], None]) -> threading.Event:
+        """Start ``job`` on the helper thread; the event is set when it has returned."""
+        if self._jobs is None:
+            self._jobs = queue.SimpleQueue()
+            threading.Thread(
+                target=self._serve, args=(self._jobs,), name="sagalog-kafka-calls", daemon=True
+            ).start()
+        done = threading.Event()
+        self._jobs.put((job, done))
+        return done
+
+    def abandon(self) -> None:
+        """Leave the running job to finish alone (then its thread ends); the next gets a new
+        thread."""
+        if self._jobs is not None:
+            self._jobs.put(None)
+            self._jobs = None
+
+    @staticmethod
+    def _serve(jobs: queue.SimpleQueue[tuple[Callable[[], None], threading.Event] | None]) -> None:
+        while (item := jobs.get()) is not None:
+            job, done = item
+            job()
+            done.set()
+
+
 class _GaveUp(Exception):
     """Retriable errors for longer than the patience allowed."""
 
@@ -184,6 +219,7 @@ class Transactions:
         self.consumer = consumer
         self.stopping = stopping
         self.recreations = Recreations()
+        self._helper = _Helper()
         self.producer = self._initialised(new_producer())
 
     # -- the calls ----------------------------------------------------------------------------
@@ -334,26 +370,24 @@ class Transactions:
         whatever ``timeout`` says (``send_offsets_to_transaction`` with the coordinator gone
         does), and a signal handler only runs between Python instructions. Waiting here keeps
         SIGTERM honoured (``Stopping``) and ``deadline`` kept (``_GaveUp``); a call given up on
-        is left running in its daemon thread, and its producer is not used again for it.
+        is left running in its daemon thread, and the next call gets a new thread.
         """
         outcome: list[BaseException | None] = []
 
-        def target() -> None:
+        def job() -> None:
             try:
                 call(timeout)
                 outcome.append(None)
             except BaseException as error:  # handed to the waiting thread
                 outcome.append(error)
 
-        thread = threading.Thread(target=target, name="sagalog-kafka-call", daemon=True)
-        thread.start()
-        while True:
-            thread.join(0.1)
-            if not thread.is_alive():
-                break
+        done = self._helper.run(job)
+        while not done.wait(0.1):
             if interruptible and self.stopping.is_set():
+                self._helper.abandon()
                 raise Stopping()
             if time.monotonic() > deadline + 0.5:
+                self._helper.abandon()
                 raise _GaveUp(f"{getattr(call, '__name__', 'call')} still blocked at its deadline")
         if outcome[0] is not None:
             raise outcome[0]
