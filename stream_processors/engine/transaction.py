@@ -242,17 +242,15 @@ class Transactions:
         and a failure is only raised, the transaction left open for the broker to end."""
         deadline = time.monotonic() + (COMMIT_PATIENCE if patience is None else patience)
         positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        group = self.consumer.consumer_group_metadata()
+
+        def send_offsets_to_transaction(timeout: float) -> None:
+            self.producer.send_offsets_to_transaction(positions, group, timeout)
+
         try:
-            self._retry(lambda timeout: self._flush(timeout), deadline, interruptible)
+            self._retry(self._flush, deadline, interruptible)
             if positions:
-                group = self.consumer.consumer_group_metadata()
-                self._retry(
-                    lambda timeout: self.producer.send_offsets_to_transaction(
-                        positions, group, timeout
-                    ),
-                    deadline,
-                    interruptible,
-                )
+                self._retry(send_offsets_to_transaction, deadline, interruptible)
             self._retry(self.producer.commit_transaction, deadline, interruptible)
         except (KafkaException, _GaveUp) as error:
             if not interruptible:  # on the way out: what is open is the next producer's to end
@@ -334,6 +332,7 @@ class Transactions:
                 self._wait(f"the transaction coordinator ({error.args[0]})")
 
     def _flush(self, timeout: float) -> None:
+        """``flush``, as an error while records are left (the broker did not take them)."""
         if self.producer.flush(timeout) > 0:
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "flush", retriable=True))
 
