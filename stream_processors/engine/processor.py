@@ -459,6 +459,10 @@ class SagaProcessor:
         assert self._kafka is not None and self._recovery is not None
         self._kafka.recreations.note("consumer", str(error.args[0]))
         log.warning("recreating the consumer: %s", error.args[0])
+        # Closed first: its rebalance callbacks, if it still calls any, find it is not current;
+        # and the abort below rewinds the new one (nothing assigned yet), not the fenced one.
+        _bounded(self._kafka.consumer.close, CLOSE_TIMEOUT, "closing a fenced consumer")
+        self._kafka.consumer = self._subscribed()
         if self._txn.is_open:
             try:
                 self._kafka.abort_lost()
@@ -471,9 +475,6 @@ class SagaProcessor:
         self._recovery.abandon(self._recovery.pending)
         self._cache.forget(self._owned)
         self._owned.clear()
-        # Closed first: its rebalance callbacks, if it still calls any, find it is not current.
-        _bounded(self._kafka.consumer.close, CLOSE_TIMEOUT, "closing a fenced consumer")
-        self._kafka.consumer = self._subscribed()
 
     def _after_abort(self, aborted: TransactionAborted) -> None:
         """Forget the aborted transaction. If the producer was recreated, the transaction it

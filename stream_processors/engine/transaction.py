@@ -296,7 +296,11 @@ class Transactions:
             try:
                 committed = self._committed(assignment)
                 break
-            except (KafkaException, _GaveUp) as error:
+            except KafkaException as error:
+                if error.args[0].fatal():  # the consumer is done for: the caller replaces it
+                    raise
+                self._wait(f"the committed offsets to rewind to ({error})")
+            except _GaveUp as error:
                 self._wait(f"the committed offsets to rewind to ({error})")
         for tp in committed:
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING

@@ -181,3 +181,21 @@ def test_a_fenced_consumer_is_replaced_and_the_group_joined_again(tmp_path: Path
     _run_order(rig)
     assert len(rig.visible(PAYMENTS)) == 1
     rig.processor.close()
+
+
+def test_a_consumer_fenced_mid_transaction_aborts_it_and_the_inputs_are_read_again(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, commit_interval_ms=60_000, idle_commit_ms=60_000)
+    rig.start()
+    rig.place()
+    rig.steps()  # routed, the transaction still open
+    rig.consumer.fail("consume", KafkaError(KafkaError._FATAL, "fenced", fatal=True))
+    rig.steps()
+    assert rig.visible(rig.topics.inbox) == [] and rig.committed() == {}
+
+    rig.processor.config.commit_interval_ms, rig.processor.config.idle_commit_ms = 100, 0
+    rig.consumer.assign_next(rig.all_partitions())
+    _run_order(rig, place=False)
+    assert len(rig.visible(rig.topics.inbox)) == 1 and len(rig.visible(PAYMENTS)) == 1
+    rig.processor.close()
