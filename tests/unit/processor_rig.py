@@ -90,11 +90,8 @@ class Rig:
             self.processor.step()
 
     def age_transaction(self) -> None:
-        """Make the open transaction old enough to commit at the next step."""
+        """Move the clock on a second (a caught-up step commits at once: ``idle_commit_ms`` 0)."""
         self.clock.now += 1
-        started = self.processor._txn.started  # the one private read: the transaction's age
-        if started is not None:
-            self.processor._txn.started = started - self.commit_interval_ms / 1000
 
     # -- the topics ---------------------------------------------------------------------------
 
