@@ -86,7 +86,7 @@ def _started(follower: JournalFollower, orders: set[str], timeout: float) -> flo
     """Seconds until every one of ``orders`` has its command sent; fails after ``timeout``."""
     began = time.monotonic()
     while True:
-        follower._take(follower.reader.poll(0.5))
+        follower.catch_up()
         sent = {
             instance
             for instance, entries in follower.entries.items()
@@ -96,6 +96,7 @@ def _started(follower: JournalFollower, orders: set[str], timeout: float) -> flo
             return time.monotonic() - began
         if time.monotonic() - began > timeout:
             raise AssertionError(f"{len(orders - sent)} of {len(orders)} orders not taken up")
+        time.sleep(0.2)
 
 
 def test_a_processor_resumes_within_30_s_of_the_broker_coming_back(
