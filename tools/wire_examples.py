@@ -301,7 +301,7 @@ def _started() -> Any:
 
 
 def _command() -> tuple[str, bytes, bytes, Headers]:
-    """The first command of the saga, with its headers, signed: as ``SagaProcessor._emit``."""
+    """The first command of the saga, with its headers, signed: as ``SagaProcessor.emit``."""
     command = _started().commands[0]
     key = command.key.encode()
     headers = routing.command_headers(command.command_id, TOPICS.inbox, command.key, TOPICS.saga)

@@ -14,17 +14,12 @@ import logging
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    Message,
-    TopicPartition,
-)
+from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 
 from stream_processors.codecs.avro import DecodeError
 from stream_processors.core.instance import snapshot_schedule
 from stream_processors.engine.store import DueRef, SnapshotStore, index_entries
-from stream_processors.kafka.reading import watermarks
+from stream_processors.kafka.clients import Consumer
 
 log = logging.getLogger(__name__)
 
@@ -64,76 +59,121 @@ def _restored(
     return instance_id, value, schedule
 
 
-def restore_partition(
-    consumer: Consumer,
-    store: SnapshotStore,
-    topic: str,
-    partition: int,
-    progress: object | None = None,
-    retention_ms: int | None = None,
-) -> RestoreResult:
-    """Bring ``store``'s copy of ``partition`` up to the changelog's end; returns what it read.
+class PartitionRestore:
+    """One partition's restore, done a bounded chunk at a time (see ``step``).
 
-    ``consumer`` is a group-less, read_committed consumer used only for restoring. ``progress``,
-    if given, is called as ``progress(records_read_so_far, records_expected)``. The store's
-    indexes of due timers and, with ``retention_ms``, of finished instances' expiry are rebuilt
-    from the restored snapshots.
+    ``consumer`` is a group-less, read_committed consumer used only for restoring, one
+    partition at a time. The store's indexes of due timers and, with ``retention_ms``, of
+    finished instances' expiry are rebuilt from the restored snapshots. What was read is written
+    to the store in batches with the offset it is current to, so a restore abandoned midway
+    (the partition revoked) leaves the store consistent and the next one starts where it ended.
     """
-    began = time.monotonic()
-    tp = TopicPartition(topic, partition)
-    low, high = watermarks(consumer, tp)
-    stored = store.changelog_offset(partition)
-    if stored is not None and not (low - 1 <= stored < high):
-        # The changelog was deleted or recreated under us: what we hold is not from it.
-        log.warning(
-            "store offset %s outside changelog [%s, %s) of %s[%s]; restoring from start",
-            stored,
-            low,
-            high,
-            topic,
-            partition,
-        )
-        store.drop_partition(partition)
-        stored = None
-    start = low if stored is None else stored + 1
-    if start >= high:
-        return RestoreResult(partition, 0, start, high, time.monotonic() - began)
 
-    consumer.assign(
-        [TopicPartition(topic, partition, start if stored is not None else OFFSET_BEGINNING)]
-    )
-    read = 0
-    expected = high - start
-    batch: list[tuple[int, str, bytes | None]] = []
-    index: list[DueRef] = []
-    last_offset = start - 1
-    try:
-        while True:
-            for message in consumer.consume(num_messages=1000, timeout=0.1):
-                if message.error():
-                    log.warning("restore of %s[%s]: %s", topic, partition, message.error())
-                    continue
-                restored = _restored(message)
-                if restored is not None:
-                    instance_id, value, schedule = restored
-                    batch.append((partition, instance_id, value))
-                    if schedule is not None:
-                        index += index_entries(partition, instance_id, *schedule, retention_ms)
-                last_offset = message.offset() or 0
-                read += 1
-            if len(batch) >= BATCH:
-                store.write(batch, {partition: last_offset}, index)
-                batch, index = [], []
-                if callable(progress):
-                    progress(read, expected)
-            position = consumer.position([tp])[0].offset or 0
-            if position >= high:
-                break
-    finally:
-        consumer.unassign()
-    # Markers after the last record are not records: store the last offset actually applied,
-    # or high-1 if it is higher, so that the next restore starts at the end.
-    store.write(batch, {partition: max(last_offset, high - 1)}, index)
-    if callable(progress):
-        progress(read, expected)
-    return RestoreResult(partition, read, start, high, time.monotonic() - began)
+    def __init__(
+        self,
+        consumer: Consumer,
+        store: SnapshotStore,
+        topic: str,
+        partition: int,
+        retention_ms: int | None = None,
+    ) -> None:
+        self.consumer = consumer
+        self.store = store
+        self.tp = TopicPartition(topic, partition)
+        self.partition = partition
+        self.retention_ms = retention_ms
+        self.began = time.monotonic()
+        self.read = 0
+        self.start = -1
+        self.high = -1  # the end to reach; -1 until the watermarks are known
+        self._batch: list[tuple[int, str, bytes | None]] = []
+        self._index: list[DueRef] = []
+        self._last_offset = -1
+        self._assigned = False
+
+    @property
+    def expected(self) -> int:
+        return max(0, self.high - self.start)
+
+    def result(self) -> RestoreResult:
+        return RestoreResult(
+            self.partition, self.read, self.start, self.high, time.monotonic() - self.began
+        )
+
+    def step(self, deadline: float, watermark_timeout: float = 2.0) -> bool:
+        """Restore until done (True) or ``deadline`` (a ``time.monotonic()``) passes (False).
+
+        Raises ``KafkaException`` if the watermarks cannot be read (the broker is away): the
+        caller tries again later.
+        """
+        if self.high < 0 and not self._begin(watermark_timeout):
+            return True
+        while True:  # at least one read, however short the time
+            for message in self.consumer.consume(num_messages=1000, timeout=0.05):
+                self._apply(message)
+            if len(self._batch) >= BATCH:
+                self._write(self._last_offset)
+            position = self.consumer.position([self.tp])[0].offset or 0
+            if position >= self.high:
+                self._finish()
+                return True
+            if time.monotonic() >= deadline:
+                return False
+
+    def abandon(self) -> None:
+        """Stop restoring (the partition was revoked); what was written stays valid."""
+        if self._assigned:
+            self.consumer.unassign()
+            self._assigned = False
+
+    def _begin(self, timeout: float) -> bool:
+        """Find where to start and end; False if there is nothing to read."""
+        low, high = self.consumer.get_watermark_offsets(self.tp, timeout=timeout, cached=False)
+        low, high = int(low), int(high)
+        stored = self.store.changelog_offset(self.partition)
+        if stored is not None and not (low - 1 <= stored < high):
+            # The changelog was deleted or recreated under us: what we hold is not from it.
+            log.warning(
+                "store offset %s outside changelog [%s, %s) of %s[%s]; restoring from start",
+                stored,
+                low,
+                high,
+                self.tp.topic,
+                self.partition,
+            )
+            self.store.drop_partition(self.partition)
+            stored = None
+        self.start = low if stored is None else stored + 1
+        self.high = high
+        self._last_offset = self.start - 1
+        if self.start >= high:
+            return False
+        offset = self.start if stored is not None else OFFSET_BEGINNING
+        self.consumer.assign([TopicPartition(self.tp.topic, self.partition, offset)])
+        self._assigned = True
+        return True
+
+    def _apply(self, message: Message) -> None:
+        if message.error():
+            log.warning("restore of %s[%s]: %s", self.tp.topic, self.partition, message.error())
+            return
+        restored = _restored(message)
+        if restored is not None:
+            instance_id, value, schedule = restored
+            self._batch.append((self.partition, instance_id, value))
+            if schedule is not None:
+                self._index += index_entries(
+                    self.partition, instance_id, *schedule, self.retention_ms
+                )
+        self._last_offset = message.offset() or 0
+        self.read += 1
+
+    def _write(self, offset: int) -> None:
+        self.store.write(self._batch, {self.partition: offset}, self._index)
+        self._batch, self._index = [], []
+
+    def _finish(self) -> None:
+        self.abandon()
+        # Markers after the last record are not records: store the last offset actually
+        # applied, or high-1 if it is higher, so that the next restore starts at the end.
+        self._write(max(self._last_offset, self.high - 1))

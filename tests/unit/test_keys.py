@@ -2,9 +2,9 @@
 
 A source event is routed by the instance its fields name; an inbox record keyed by another
 instance than it names is dead-lettered as ``key-mismatch``. The processor's part is checked
-with stand-ins for the Kafka message and producer: a record keyed wrongly goes to the dead-letter
-topic and never reaches ``decide``, and however many distinct operator actions or reasons the
-records carry, the metrics' label values stay a fixed set.
+on in-memory Kafka (``stream_processors.kafka.fake``): a record keyed wrongly goes to the
+dead-letter topic and never changes the instance, and however many distinct operator actions or
+reasons the records carry, the metrics' label values stay a fixed set.
 """
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ from typing import Any
 
 from examples.order_fulfillment.messages import OrderPlaced, PaymentCompleted, PaymentRefunded
 from examples.order_fulfillment.saga import OrderFulfillment
-from sagas.testing import SagaTest
 from stream_processors.core.keys import key_mismatch, route_key
 from stream_processors.core.model import CommandFailed, OperatorAction
 from stream_processors.engine import metrics
-from stream_processors.engine.processor import ProcessorConfig, SagaProcessor
 from stream_processors.engine.routing import COMMAND_ID, DLQ_REASON, INSTANCE, NOTE
+from tests.unit.processor_rig import PAYMENTS, Rig
 from tests.unit.test_failure_handling import Kit, declare, kit  # noqa: F401  (kit: a fixture)
 
 SAGA = OrderFulfillment.definition
@@ -81,48 +80,7 @@ def test_an_event_a_wait_waits_for_is_named_by_its_key_field(kit: Kit) -> None: 
     assert key_mismatch(definition, approved, "o-2") is not None
 
 
-# --- the processor, without a broker ------------------------------------------------------------
-
-
-class _Message:
-    def __init__(self, key: str, value: bytes, headers: list[tuple[str, bytes]]) -> None:
-        self._key, self._value, self._headers = key.encode(), value, headers
-
-    def key(self) -> bytes:
-        return self._key
-
-    def value(self) -> bytes:
-        return self._value
-
-    def headers(self) -> list[tuple[str, bytes]]:
-        return self._headers
-
-    def topic(self) -> str:
-        return "order_fulfillment.inbox"
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return 0
-
-
-class _Producer:
-    def __init__(self) -> None:
-        self.produced: list[tuple[str, dict[str, Any]]] = []
-
-    def produce(self, topic: str, **record: Any) -> None:
-        self.produced.append((topic, record))
-
-
-def _processor(tmp_path: Path) -> tuple[SagaProcessor, _Producer]:
-    processor = SagaProcessor(SAGA, ProcessorConfig(state_dir=tmp_path))
-    producer = _Producer()
-    processor.producer = producer  # type: ignore[assignment]
-    test = SagaTest(OrderFulfillment)
-    test.start(ORDER)
-    processor._staged[(0, "o-1")] = test.instance
-    return processor, producer
+# --- the processor, on in-memory Kafka (tests/unit/processor_rig.py) ---------------------------
 
 
 def _labels(metric: Any, label: str, **match: str) -> set[str]:
@@ -134,28 +92,42 @@ def _labels(metric: Any, label: str, **match: str) -> set[str]:
     }
 
 
+def _started(tmp_path: Path) -> Rig:
+    """A processor with order o-1 started and committed."""
+    rig = Rig(tmp_path)
+    rig.start()
+    rig.place("o-1")
+    rig.steps(3)
+    assert rig.stored("o-1") is not None
+    return rig
+
+
 def test_an_inbox_record_keyed_by_another_instance_is_dead_lettered(tmp_path: Path) -> None:
-    processor, producer = _processor(tmp_path)
+    rig = _started(tmp_path)
     try:
-        before = processor._staged[(0, "o-1")]
+        before = rig.stored("o-1")
         headers = [(COMMAND_ID, b"order_fulfillment/o-1/payment/1"), (INSTANCE, b"o-1")]
-        processor._process(_Message("o-2", PAID.encode(), headers), 0)  # type: ignore[arg-type]
-        [(topic, record)] = producer.produced
-        assert topic == "order_fulfillment.dlq"
-        assert dict(record["headers"])[DLQ_REASON] == b"key-mismatch"
-        assert processor._staged[(0, "o-1")] is before
+        rig.broker.publish(rig.topics.inbox, b"o-2", PAID.encode(), headers)
+        rig.steps(2)
+        [letter] = rig.visible(rig.topics.dlq)
+        assert dict(letter.headers() or [])[DLQ_REASON] == b"key-mismatch"
+        assert rig.stored("o-1") == before and rig.stored("o-2") is None
     finally:
-        processor.store.close()
+        rig.processor.close()
 
 
 def test_metric_labels_stay_a_fixed_set_whatever_the_records_say(tmp_path: Path) -> None:
-    processor, producer = _processor(tmp_path)
+    rig = _started(tmp_path)
     try:
+        journal = len(rig.visible(rig.topics.journal))
         for n in range(300):
             action = OperatorAction(action=f"made-up-{n}", by="mallory", reason="noise")
             note = [(NOTE, f"made-up-{n} by mallory".encode())]
-            processor._process(_Message("o-1", action.encode(), note), 0)  # type: ignore[arg-type]
-        assert producer.produced == []  # ignored: nothing journaled, nothing sent
+            rig.broker.publish(rig.topics.inbox, b"o-1", action.encode(), note)
+        rig.steps(2)
+        # Ignored: nothing journaled, nothing sent.
+        assert len(rig.visible(rig.topics.journal)) == journal
+        assert len(rig.visible(PAYMENTS)) == 1 and rig.visible(rig.topics.dlq) == []
         ignored = _labels(metrics.IGNORED, "reason", saga=SAGA.name)
         assert "operator-unknown-not-applicable" in ignored
         assert ignored <= metrics.IGNORED_REASONS
@@ -165,4 +137,4 @@ def test_metric_labels_stay_a_fixed_set_whatever_the_records_say(tmp_path: Path)
         assert _labels(metrics.IGNORED, "reason", saga="bounded-test") == {metrics.OTHER}
         assert _labels(metrics.DEAD_LETTERS, "reason", owner="bounded-test") == {metrics.OTHER}
     finally:
-        processor.store.close()
+        rig.processor.close()

@@ -1,49 +1,201 @@
-"""The processor's bookkeeping of its open transaction, without a broker.
+"""The processor's transactions, driven through its Kafka interface on in-memory clients.
 
-Whatever ends a transaction (a commit, an abort, the partitions being lost to another process)
-must leave none of its staged work behind. The Kafka paths that lead there are exercised end to
-end in the integration tests; here the processor is built without connecting anywhere and its
-producer is a stand-in that only records the abort it is asked for.
+Whatever ends a transaction (a commit, an abort, a revoke, the partitions being lost, a fenced
+producer) must leave Kafka and the local store agreeing: what the transaction staged is either
+all visible and in the store, or none of it is, and its inputs are read again.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
-from confluent_kafka import TopicPartition
+import pytest
+from confluent_kafka import KafkaError
 
-from examples.order_fulfillment.saga import OrderFulfillment
-from stream_processors.engine.processor import ProcessorConfig, SagaProcessor
-from stream_processors.engine.store import Due
+from stream_processors.engine import transaction
+from tests.unit.processor_rig import PAYMENTS, Rig
 
-
-class _AbortingProducer:
-    def __init__(self) -> None:
-        self.aborted = 0
-
-    def abort_transaction(self, timeout: float) -> None:
-        self.aborted += 1
+ABORTABLE = KafkaError(KafkaError._STATE, "abortable", txn_requires_abort=True)
+FENCED = KafkaError(KafkaError._FENCED, "producer fenced", fatal=True)
+AWAY = KafkaError(KafkaError._TIMED_OUT, "coordinator away", retriable=True)
 
 
-def test_losing_partitions_forgets_everything_the_aborted_transaction_staged(
+def _run_order(rig: Rig, steps: int = 4, place: bool = True) -> None:
+    """Place an order (unless it was) and step until its payment command is out."""
+    if place:
+        rig.place()
+    for _ in range(steps):
+        rig.age_transaction()
+        rig.steps()
+
+
+def test_a_commit_that_fails_aborts_and_reads_the_inputs_again(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.start()
+    rig.place()
+    rig.producer.fail("commit_transaction", ABORTABLE)
+    rig.steps()  # routes the order into the inbox; the commit fails
+
+    assert rig.visible(rig.topics.inbox) == []
+    assert rig.committed() == {}
+    assert rig.producer.calls["abort_transaction"] == 1
+
+    _run_order(rig, steps=3, place=False)  # read again: routed, decided, committed once
+    assert len(rig.visible(rig.topics.inbox)) == 1
+    assert len(rig.visible(PAYMENTS)) == 1
+    assert rig.stored() is not None
+    rig.processor.close()
+
+
+def test_an_aborted_transaction_leaves_the_store_untouched(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.start()
+    rig.place()
+    rig.age_transaction()
+    rig.steps()  # routed and committed
+    rig.producer.fail("commit_transaction", ABORTABLE)
+    rig.age_transaction()
+    rig.steps()  # decided, but the commit fails
+
+    assert rig.stored() is None
+    assert rig.visible(PAYMENTS) == [] and rig.visible(rig.topics.journal) == []
+    rig.age_transaction()
+    rig.steps()
+    assert rig.stored() is not None and len(rig.visible(PAYMENTS)) == 1
+    rig.processor.close()
+
+
+def test_a_revoke_mid_transaction_commits_first(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, commit_interval_ms=60_000, idle_commit_ms=60_000)
+    rig.start()
+    rig.place()
+    rig.steps()  # routed, the transaction still open
+    assert rig.visible(rig.topics.inbox) == []
+
+    rig.consumer.revoke_next()
+    rig.steps()
+
+    assert len(rig.visible(rig.topics.inbox)) == 1
+    assert rig.committed() == {("orders.events", rig.broker.partition_of(b"o-1")): 1}
+    assert rig.consumer.assignment() == []
+    rig.processor.close()
+
+
+def test_lost_partitions_abort_and_their_timers_fire_again(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.start()
+    _run_order(rig)
+    [command] = rig.visible(PAYMENTS)
+    rig.fail_command(command)  # a transient failure: the saga retries after a pause (a timer)
+    rig.age_transaction()
+    rig.steps()
+    assert rig.visible(PAYMENTS) == [command]
+
+    rig.processor.config.commit_interval_ms = rig.processor.config.idle_commit_ms = 60_000
+    rig.clock.now += 60  # the retry timer is due
+    rig.steps()  # fired, its retry command staged in the open transaction
+    rig.consumer.lose_next()
+    rig.steps()
+    assert rig.visible(PAYMENTS) == [command]  # the aborted retry is nowhere
+    assert rig.producer.calls["abort_transaction"] == 1 and rig.broker.open == {}
+
+    rig.processor.config.commit_interval_ms, rig.processor.config.idle_commit_ms = 100, 0
+    rig.consumer.assign_next(rig.all_partitions())
+    for _ in range(3):
+        rig.clock.now += 1
+        rig.age_transaction()
+        rig.steps()
+    retries = rig.visible(PAYMENTS)[1:]
+    assert len(retries) == 1, "the timer of the aborted transaction fired again, once"
+    rig.processor.close()
+
+
+def test_a_fenced_producer_is_recreated_and_the_inputs_read_again(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.start()
+    rig.place()
+    first = rig.producer
+    first.fail("commit_transaction", FENCED)
+    rig.steps()
+
+    assert len(rig.clients.producers) == 2 and rig.producer.epoch > first.epoch
+    assert rig.visible(rig.topics.inbox) == []
+    _run_order(rig, steps=6, place=False)  # the store caught up again, then the order is read again
+    assert len(rig.visible(rig.topics.inbox)) == 1 and len(rig.visible(PAYMENTS)) == 1
+    rig.processor.close()
+
+
+def test_a_producer_fenced_again_and_again_by_a_live_twin_stops_the_process(
     tmp_path: Path,
 ) -> None:
-    processor = SagaProcessor(OrderFulfillment.definition, ProcessorConfig(state_dir=tmp_path))
-    producer = _AbortingProducer()
-    processor.producer = producer  # type: ignore[assignment]
-    inbox = processor.topics.inbox
-    processor._owned = {0, 1}
-    processor._txn_open = True
-    processor._staged[(0, "o-1")] = None
-    processor._offsets[(inbox, 0)] = 5
-    # A timer dealt with in the transaction: once it is aborted, the timer must fire again.
-    processor._done.add((Due.TIMER, 0, 1_000, "o-1"))
+    rig = Rig(tmp_path)
+    rig.start()
+    with pytest.raises(RuntimeError, match="another live process"):
+        for _ in range(transaction.RECREATE_LIMIT + 1):
+            rig.place()
+            rig.producer.fail("commit_transaction", FENCED)
+            rig.steps(3)
+    rig.processor.close()
 
-    processor._on_lost(None, [TopicPartition(inbox, 0)])  # type: ignore[arg-type]
 
-    assert producer.aborted == 1
-    assert not processor._txn_open
-    assert processor._staged == {} and processor._offsets == {}
-    assert processor._done == set()
-    assert processor._owned == {1}
-    processor.store.close()
+def test_a_commit_waiting_for_the_broker_gives_way_to_stop(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.start()
+    rig.place()
+    rig.producer.fail("commit_transaction", AWAY, times=10_000)
+    threading.Timer(0.3, rig.processor.stop).start()
+    began = time.monotonic()
+    rig.steps()
+    assert time.monotonic() - began < transaction.CALL_TIMEOUT + 1
+    rig.processor.close()  # does not commit what the interrupted commit left
+    assert rig.visible(rig.topics.inbox) == []
+
+
+def test_a_commit_that_cannot_complete_in_time_is_aborted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transaction, "COMMIT_PATIENCE", 0.3)
+    rig = Rig(tmp_path)
+    rig.start()
+    rig.place()
+    rig.producer.fail("commit_transaction", AWAY, times=10_000)
+    rig.steps()
+    assert rig.producer.calls["abort_transaction"] == 1
+    assert rig.visible(rig.topics.inbox) == []
+    rig.processor.close()
+
+
+def test_a_fenced_consumer_is_replaced_and_the_group_joined_again(tmp_path: Path) -> None:
+    """A static member whose session expired while the broker was away is fenced by its own
+    rejoin: a fatal consumer error; a new consumer with the same instance id carries on."""
+    rig = Rig(tmp_path)
+    rig.start()
+    first = rig.consumer
+    first.fail("consume", KafkaError(KafkaError._FATAL, "static consumer fenced", fatal=True))
+    rig.steps()
+    assert first.closed and rig.consumer is not first
+
+    rig.consumer.assign_next(rig.all_partitions())
+    _run_order(rig)
+    assert len(rig.visible(PAYMENTS)) == 1
+    rig.processor.close()
+
+
+def test_a_consumer_fenced_mid_transaction_aborts_it_and_the_inputs_are_read_again(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, commit_interval_ms=60_000, idle_commit_ms=60_000)
+    rig.start()
+    rig.place()
+    rig.steps()  # routed, the transaction still open
+    rig.consumer.fail("consume", KafkaError(KafkaError._FATAL, "fenced", fatal=True))
+    rig.steps()
+    assert rig.visible(rig.topics.inbox) == [] and rig.committed() == {}
+
+    rig.processor.config.commit_interval_ms, rig.processor.config.idle_commit_ms = 100, 0
+    rig.consumer.assign_next(rig.all_partitions())
+    _run_order(rig, place=False)
+    assert len(rig.visible(rig.topics.inbox)) == 1 and len(rig.visible(PAYMENTS)) == 1
+    rig.processor.close()

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Message
 
-from examples.order_fulfillment.messages import MakePayment, OrderPlaced, PaymentCompleted
+from examples.order_fulfillment.messages import MakePayment, PaymentCompleted
 from examples.order_fulfillment.saga import OrderFulfillment
 from sagas import operator
 from sagas.idempotency import HandledCommand, HandledCommands
@@ -40,7 +40,6 @@ from stream_processors.codecs.signing import (
 )
 from stream_processors.engine import processor as processor_module
 from stream_processors.engine import routing
-from stream_processors.engine.processor import ProcessorConfig, SagaProcessor
 from stream_processors.engine.routing import (
     ATTEMPT,
     COMMAND_ID,
@@ -55,6 +54,7 @@ from stream_processors.engine.routing import (
     header,
     reply_headers,
 )
+from tests.unit.processor_rig import PAYMENTS, Rig
 
 OLD = SigningKey("k1", b"o" * 32)
 NEW = SigningKey("k2", b"n" * 32)
@@ -391,77 +391,48 @@ def test_operator_actions_are_signed_with_the_environments_keys(
     assert verify(KEYS, Purpose.INBOX, topic, key, value, headers) is None
 
 
-# -- the processor -----------------------------------------------------------------------------
-
-
-class _Recording:
-    """A stand-in producer that keeps what it is given: (topic, key, value, headers)."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[str, bytes | None, bytes | None, Headers]] = []
-
-    def produce(self, topic: str, **kwargs: object) -> None:
-        key, value, headers = kwargs.get("key"), kwargs.get("value"), kwargs.get("headers")
-        self.records.append((topic, key, value, headers or []))  # type: ignore[arg-type]
-
-    def begin_transaction(self) -> None:
-        pass
-
-
-def _processor(tmp_path: Path) -> tuple[SagaProcessor, _Recording]:
-    config = ProcessorConfig(state_dir=tmp_path, signing=KEYS)
-    processor = SagaProcessor(OrderFulfillment.definition, config)
-    producer = _Recording()
-    processor.producer = producer  # type: ignore[assignment]
-    return processor, producer
-
-
-def _placed() -> bytes:
-    return OrderPlaced(
-        order_id="o-1", customer_id="c", amount_cents=1, card_token="t", postcode="1"
-    ).encode()
+# -- the processor (on in-memory Kafka: tests/unit/processor_rig.py) ---------------------------
 
 
 def test_a_signing_processor_signs_what_it_routes_and_the_commands_it_sends(
     tmp_path: Path,
 ) -> None:
-    processor, producer = _processor(tmp_path)
-    inbox = processor.topics.inbox
+    rig = Rig(tmp_path, signing=KEYS)
+    rig.start()
     try:
-        source = Message(topic="orders.events", partition=0, offset=7, key=b"o-1", value=_placed())
-        processor._route(source)
-        topic, key, value, headers = producer.records[-1]
-        assert topic == inbox and verify(KEYS, Purpose.INBOX, topic, key, value, headers) is None
-
-        routed = Message(topic=inbox, partition=0, offset=1, key=key, value=value, headers=headers)
-        processor._process(routed, 0)
-        commands = [r for r in producer.records if r[0] == "payments.commands"]
-        assert len(commands) == 1
-        topic, key, value, headers = commands[0]
-        assert verify(KEYS, Purpose.COMMAND, topic, key, value, headers) is None
+        rig.place("o-1")
+        rig.steps(3)
+        [routed] = rig.visible(rig.topics.inbox)
+        inbox = rig.topics.inbox
+        assert (
+            verify(KEYS, Purpose.INBOX, inbox, routed.key(), routed.value(), routed.headers())
+            is None
+        )
+        [command] = rig.visible(PAYMENTS)
+        assert (
+            verify(
+                KEYS, Purpose.COMMAND, PAYMENTS, command.key(), command.value(), command.headers()
+            )
+            is None
+        )
     finally:
-        processor.store.close()
+        rig.processor.close()
 
 
 def test_a_signing_processor_dead_letters_an_unsigned_reply_before_deciding(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    processor, producer = _processor(tmp_path)
+    rig = Rig(tmp_path, signing=KEYS)
+    rig.start()
     decided: list[object] = []
     monkeypatch.setattr(processor_module, "decide", lambda *args: decided.append(args))
     try:
         reply = PaymentCompleted(order_id="o-1", payment_id="forged").encode()
-        forged = Message(
-            topic=processor.topics.inbox,
-            partition=0,
-            offset=3,
-            key=b"o-1",
-            value=reply,
-            headers=reply_headers("order_fulfillment/o-1/payment/1"),
-        )
-        processor._process(forged, 0)
+        headers = reply_headers("order_fulfillment/o-1/payment/1")
+        rig.broker.publish(rig.topics.inbox, b"o-1", reply, headers)
+        rig.steps(2)
         assert decided == []
-        [(topic, _, _, headers)] = producer.records
-        assert topic == processor.topics.dlq and header(headers, DLQ_REASON) == "bad-signature"
+        [letter] = rig.visible(rig.topics.dlq)
+        assert header(letter.headers(), DLQ_REASON) == "bad-signature"
     finally:
-        processor.store.close()
+        rig.processor.close()

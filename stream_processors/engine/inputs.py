@@ -1,0 +1,89 @@
+"""What makes an input record acceptable, before anything is decided on it.
+
+An input is refused (and dead-lettered by the processor, with the reason and a detail) when it is
+too large, unreadable, keyless or keyed by something that is not text, names an instance id over
+the length limit, or, on the inbox, is unsigned while signing is on, or is keyed by another
+instance than it names (``key-mismatch``: see ``stream_processors.core.keys``). ``inbox_input``
+makes these checks for an inbox record and returns what ``decide`` needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka import Message
+
+from stream_processors.codecs.avro import DecodeError
+from stream_processors.codecs.records import Record, decode_record
+from stream_processors.codecs.signing import BAD_SIGNATURE, Keyring, Purpose, verify
+from stream_processors.core import limits
+from stream_processors.core.decide import Input
+from stream_processors.core.keys import KEY_MISMATCH, key_mismatch
+from stream_processors.core.model import SagaDefinition
+from stream_processors.engine.routing import COMMAND_ID, INSTANCE, NOTE, header, received_headers
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """Why an input goes to the dead-letter topic."""
+
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class InboxInput:
+    instance_id: str
+    key: bytes
+    input: Input
+
+
+def read_record(message: Message, max_record_bytes: int) -> Record | Rejected:
+    """The record a message carries, or why it cannot be read."""
+    value = message.value()
+    size = limits.record_size(message.key(), value, received_headers(message))
+    if size > max_record_bytes:
+        return Rejected(limits.TOO_LARGE, f"{size} bytes > limit {max_record_bytes}")
+    try:
+        return decode_record(value)
+    except DecodeError as error:
+        return Rejected(error.reason, error.detail)
+
+
+def id_too_long(instance_id: bytes, max_bytes: int) -> Rejected | None:
+    detail = limits.instance_id_too_long(instance_id, max_bytes)
+    return None if detail is None else Rejected(limits.INSTANCE_ID_TOO_LONG, detail)
+
+
+def inbox_input(
+    message: Message,
+    definition: SagaDefinition,
+    inbox: str,
+    signing: Keyring | None,
+    max_record_bytes: int,
+    max_instance_id_bytes: int,
+) -> InboxInput | Rejected:
+    """An inbox record checked (signature first, before it is even decoded) and decoded."""
+    key, value, headers = message.key(), message.value(), message.headers()
+    if signing is not None:
+        problem = verify(signing, Purpose.INBOX, inbox, key, value, headers)
+        if problem is not None:
+            return Rejected(BAD_SIGNATURE, problem)
+    record = read_record(message, max_record_bytes)
+    if isinstance(record, Rejected):
+        return record
+    if not key:
+        return Rejected("no-key", "inbox records are keyed by instance id")
+    try:
+        instance_id = key.decode()
+    except UnicodeDecodeError:
+        return Rejected("bad-key", "the key is not UTF-8 text")
+    assert value is not None
+    too_long = id_too_long(key, max_instance_id_bytes)
+    if too_long is not None:
+        return too_long
+    command_id, note = header(headers, COMMAND_ID), header(headers, NOTE)
+    mismatch = key_mismatch(definition, record, instance_id, command_id, header(headers, INSTANCE))
+    if mismatch is not None:
+        return Rejected(KEY_MISMATCH, mismatch)
+    return InboxInput(instance_id, key, Input(record, value, command_id, note))

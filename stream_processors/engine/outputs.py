@@ -1,0 +1,191 @@
+"""What the processor writes into its open transaction, checked against the topics' limits.
+
+A decision's journal entries, commands (signed, with their reply address) and the instance's new
+snapshot are staged together or not at all: each is checked against its topic's limits first,
+and if one would not fit, nothing is produced and the record that would not fit is returned, for
+the caller to dead-letter the input. Dead letters are cut to fit the dead-letter topic
+(``limits.fit_dead_letter``). ``produced`` counts the records produced for the input at hand, so
+that a produce refused midway can tell whether anything of the input is in the transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from confluent_kafka import KafkaException, Message
+
+from stream_processors.codecs.signing import Keyring, Purpose, signed
+from stream_processors.core import limits
+from stream_processors.core.decide import Decision
+from stream_processors.core.instance import Instance, encode_snapshot
+from stream_processors.core.journal import Kind
+from stream_processors.engine import metrics
+from stream_processors.engine.routing import (
+    DLQ_DETAIL,
+    DLQ_REASON,
+    command_headers,
+    dead_letter_marks,
+    received_headers,
+)
+from stream_processors.engine.transaction import OpenTransaction
+from stream_processors.kafka.clients import Producer, Stopping
+from stream_processors.kafka.topics import SagaTopics
+
+log = logging.getLogger(__name__)
+
+_LIFECYCLE = {
+    Kind.SAGA_STARTED: "started",
+    Kind.SAGA_COMPLETED: "completed",
+    Kind.SAGA_COMPENSATED: "compensated",
+    Kind.SAGA_FAILED: "failed",
+    Kind.SAGA_PARKED: "parked",
+}
+
+
+class Outputs:
+    def __init__(
+        self,
+        saga: str,
+        topics: SagaTopics,
+        signing: Keyring | None,
+        limit: Callable[[str], limits.Limits],
+        producer: Callable[[], Producer],
+        transaction: OpenTransaction,
+        stopping: threading.Event,
+    ) -> None:
+        self.saga = saga
+        self.topics = topics
+        self.signing = signing
+        self._limit = limit
+        self._producer = producer  # the current one: it is recreated after a fatal error
+        self._txn = transaction
+        self._stopping = stopping
+        self.produced = 0
+        self._labels = {"saga": saga}
+        # Labelled children looked up once: ``labels()`` costs more than the increment itself.
+        self._lifecycle_counters = {
+            kind: metrics.SAGAS.labels(event=event, **self._labels)
+            for kind, event in _LIFECYCLE.items()
+        }
+
+    def produce(self, topic: str, **record: object) -> None:
+        """Produce one record; waits while the local queue is full (unless stopping)."""
+        producer = self._producer()
+        while True:
+            try:
+                producer.produce(topic, **record)  # type: ignore[arg-type]
+                break
+            except BufferError:
+                if self._stopping.is_set():
+                    raise Stopping() from None
+                producer.poll(0.1)
+        self.produced += 1
+
+    def emit(
+        self,
+        decision: Decision,
+        partition: int,
+        key: bytes,
+        before: Instance | None,
+        now_ms: int,
+    ) -> limits.Oversize | None:
+        """Stage a decision: its journal entries, commands and snapshot. Each is checked
+        against its topic's limits first; if one would not fit, nothing is staged and that
+        record is returned (the caller dead-letters the input)."""
+        assert decision.instance is not None
+        journal = self.topics.journal
+        # The record's timestamp is the entry's own time: Kafka's time index then finds an
+        # instance's history from its started_at_ms (see stream_processors.tools.history).
+        outgoing = [
+            (
+                limits.Outgoing(f"journal entry {entry.kind}", journal, key, entry.encode()),
+                {"partition": partition, "timestamp": entry.at_ms},
+            )
+            for entry in decision.entries
+        ]
+        signing = self.signing
+        for command in decision.commands:
+            command_key, topic = command.key.encode(), command.topic
+            headers = command_headers(command.command_id, self.topics.inbox, command.key, self.saga)
+            if signing is not None:
+                headers = signed(
+                    signing, Purpose.COMMAND, topic, command_key, command.value, headers
+                )
+            what = f"command {command.command_id[:200]}"
+            record = limits.Outgoing(what, topic, command_key, command.value, headers)
+            outgoing.append((record, {}))
+        snapshot = encode_snapshot(decision.instance)
+        snapshots = self.topics.snapshots
+        checks = [(record, self._limit(record.topic)) for record, _ in outgoing]
+        record = limits.Outgoing("snapshot", snapshots, key, snapshot)
+        checks.append((record, self._limit(snapshots)))
+        oversize = limits.first_oversize(checks)
+        if oversize is not None:
+            return oversize
+        for record, extra in outgoing:
+            self.produce(
+                record.topic, key=record.key, value=record.value, headers=record.headers, **extra
+            )
+        for entry in decision.entries:
+            kind = Kind(entry.kind)
+            lifecycle = self._lifecycle_counters.get(kind)
+            if lifecycle is not None:
+                lifecycle.inc()
+            elif kind in (Kind.STEP_SUCCEEDED, Kind.STEP_FAILED) and before and entry.step:
+                sent = before.steps[entry.step].sent_at_ms
+                outcome = "succeeded" if kind is Kind.STEP_SUCCEEDED else "failed"
+                metrics.STEP_SECONDS.labels(
+                    step=entry.step, outcome=outcome, **self._labels
+                ).observe(max(0, now_ms - sent) / 1000)
+        slot = (partition, decision.instance.instance_id)
+        self._txn.stage(slot, decision.instance, snapshot)
+        return None
+
+    def dead_letter(self, message: Message, reason: str, detail: str) -> None:
+        log.warning(
+            "dead letter from %s[%s]@%s: %s %s",
+            message.topic(),
+            message.partition(),
+            message.offset(),
+            reason,
+            detail,
+        )
+        original = received_headers(message)
+        marks = dead_letter_marks(message, reason, detail)
+        self._send_dead_letter(message.key(), message.value(), original, marks)
+        metrics.count_dead_letter(self.saga, reason)
+
+    def dead_letter_timer(self, key: bytes, timer: str, oversize: limits.Oversize) -> None:
+        """A timer's decision that would not fit: left undone, and said so on the DLQ (it has no
+        origin to redrive to; the instance's timer is not fired again)."""
+        detail = f"timer {timer}: {oversize.detail()}"
+        log.error("instance %s: %s", key[:200].decode(errors="replace"), detail)
+        marks: list[tuple[str, str | bytes | None]] = [
+            (DLQ_REASON, limits.OUTPUTS_TOO_LARGE.encode()),
+            (DLQ_DETAIL, detail[:1000].encode()),
+        ]
+        self._send_dead_letter(key, None, [], marks)
+        metrics.count_dead_letter(self.saga, limits.OUTPUTS_TOO_LARGE)
+
+    def _send_dead_letter(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        original: limits.HeaderPairs,
+        marks: limits.HeaderPairs,
+    ) -> None:
+        """Produce a dead letter cut to fit the DLQ (``limits.fit_dead_letter``); if the broker's
+        client still refuses it, its reason and origin alone."""
+        dlq = self.topics.dlq
+        letter = limits.fit_dead_letter(
+            key, value, original, marks, self._limit(dlq).max_record_bytes
+        )
+        try:
+            self.produce(dlq, key=letter.key, value=letter.value, headers=letter.headers)
+        except KafkaException as error:
+            if error.args[0].fatal() or error.args[0].txn_requires_abort():
+                raise
+            log.error("dead letter refused (%s): sending its reason and origin only", error)
+            self.produce(dlq, key=letter.key[:1024] if letter.key else None, headers=list(marks))

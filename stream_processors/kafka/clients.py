@@ -1,0 +1,213 @@
+"""The Kafka clients the saga processor uses, as a small interface, and where they are made.
+
+``Consumer`` and ``Producer`` are the calls the processor makes (confluent-kafka's clients fit
+them as they are); ``KafkaClients`` is the one place they and the rest of the processor's broker
+contact (topics, schema history, the changelog's identity, record-size limits) come from.
+``ConfluentClients`` talks to a real cluster; ``stream_processors.kafka.fake.FakeClients`` keeps
+everything in memory, for tests that drive the processor without a broker.
+
+``wait_for_broker`` is the start-up wait: a process started while the cluster is down waits for
+it, saying what it waits for every few seconds, instead of exiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from confluent_kafka import Consumer as ConfluentConsumer
+from confluent_kafka import KafkaException, Message, TopicPartition
+from confluent_kafka import Producer as ConfluentProducer
+
+from stream_processors.core import limits
+from stream_processors.core.model import SagaDefinition
+from stream_processors.kafka.broker_limits import BrokerLimits
+from stream_processors.kafka.config import common, consumer_config, producer_config
+from stream_processors.kafka.errors import KafkaUnavailable, connect_admin
+from stream_processors.kafka.topics import SagaTopics, ensure_topics, topic_id
+
+log = logging.getLogger(__name__)
+
+Rebalanced = Callable[[Any, list[TopicPartition]], None]
+Delivered = Callable[[Any, Message], None]
+
+
+class Stopping(Exception):
+    """The process is stopping: a wait for the broker was given up."""
+
+
+class Consumer(Protocol):
+    """What the processor asks of a consumer (its group's and the restorer's)."""
+
+    def subscribe(
+        self,
+        topics: list[str],
+        on_assign: Rebalanced | None = None,
+        on_revoke: Rebalanced | None = None,
+        on_lost: Rebalanced | None = None,
+    ) -> None: ...
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]: ...
+    def assign(self, partitions: list[TopicPartition]) -> None: ...
+    def unassign(self) -> None: ...
+    def assignment(self) -> list[TopicPartition]: ...
+    def pause(self, partitions: list[TopicPartition]) -> None: ...
+    def resume(self, partitions: list[TopicPartition]) -> None: ...
+    def seek(self, partition: TopicPartition) -> None: ...
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]: ...
+    def committed(
+        self, partitions: list[TopicPartition], timeout: float = -1
+    ) -> list[TopicPartition]: ...
+    def get_watermark_offsets(
+        self, partition: TopicPartition, timeout: float = -1, cached: bool = False
+    ) -> tuple[int, int]: ...
+    def consumer_group_metadata(self) -> Any: ...
+    def close(self) -> None: ...
+
+
+class Producer(Protocol):
+    """What the processor asks of its transactional producer."""
+
+    def produce(
+        self,
+        topic: str,
+        value: str | bytes | None = None,
+        key: str | bytes | None = None,
+        partition: int = -1,
+        callback: Delivered | None = None,
+        on_delivery: Delivered | None = None,
+        timestamp: int = 0,
+        headers: Any = None,
+    ) -> None: ...
+    def poll(self, timeout: float = -1) -> int: ...
+    def flush(self, timeout: float = -1) -> int: ...
+    def init_transactions(self, timeout: float = -1) -> None: ...
+    def begin_transaction(self) -> None: ...
+    def commit_transaction(self, timeout: float = -1) -> None: ...
+    def abort_transaction(self, timeout: float = -1) -> None: ...
+    def send_offsets_to_transaction(
+        self, positions: list[TopicPartition], group_metadata: Any, timeout: float = -1
+    ) -> None: ...
+
+
+class Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+class KafkaClients(Protocol):
+    """Everything the processor gets from the cluster, made in one place."""
+
+    def prepare(
+        self, definition: SagaDefinition, topics: SagaTopics, stopping: threading.Event
+    ) -> Closeable | None:
+        """Topics created, schemas checked and recorded, waiting for the cluster as long as it
+        takes (``Stopping`` if the process stops first); returns what to close at the end."""
+        ...
+
+    def changelog_id(self, topic: str) -> str: ...
+    def limits(self, topic: str) -> limits.Limits: ...
+    def producer(self, transactional_id: str) -> Producer: ...
+    def consumer(self, group: str, instance_id: str) -> Consumer: ...
+    def restorer(self) -> Consumer: ...
+
+
+class ConfluentClients:
+    """``KafkaClients`` on a real cluster, through confluent-kafka."""
+
+    def __init__(self, bootstrap: str | None, saga: str, create_topics: bool = True) -> None:
+        self.bootstrap = bootstrap
+        self.saga = saga
+        self.create_topics = create_topics
+        self._limits: BrokerLimits | None = None
+
+    def prepare(
+        self, definition: SagaDefinition, topics: SagaTopics, stopping: threading.Event
+    ) -> Closeable | None:
+        # Imported here: schema history imports the codecs, which this module need not load.
+        from stream_processors.engine.schema_history import prepare_saga_schemas
+
+        what = f"the {definition.name} processor"
+        while True:
+            if not wait_for_broker(self.bootstrap, what, stopping):
+                raise Stopping()
+            try:
+                if self.create_topics:
+                    ensure_topics(topics, self.bootstrap)
+                # Old writer schemas become readable; an incompatible schema change refuses to
+                # start (IncompatibleSchemaError naming topic, schema and field); ours are kept.
+                return prepare_saga_schemas(definition, topics, self.bootstrap)
+            except KafkaUnavailable as error:  # it went away again between the two
+                log.warning("%s: %s", what, error)
+
+    def changelog_id(self, topic: str) -> str:
+        return topic_id(topic, self.bootstrap)
+
+    def limits(self, topic: str) -> limits.Limits:
+        if self._limits is None:
+            settings = producer_config(self.bootstrap, f"{self.saga}-processor")
+            self._limits = BrokerLimits(self.bootstrap, settings)
+        return self._limits.limits(topic)
+
+    def producer(self, transactional_id: str) -> Producer:
+        client_id = f"{self.saga}-processor"
+        return ConfluentProducer(producer_config(self.bootstrap, client_id, transactional_id))
+
+    def consumer(self, group: str, instance_id: str) -> Consumer:
+        settings = {
+            "partition.assignment.strategy": "range",
+            "max.poll.interval.ms": 300_000,
+            # Static membership: a restarted process (same slot, same id) takes its partitions
+            # back at once instead of waiting for a rebalance; a dead one's partitions move to
+            # the others after the session timeout.
+            "group.instance.id": instance_id,
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 1_000,
+        }
+        return ConfluentConsumer(
+            consumer_config(self.bootstrap, f"{self.saga}-processor", group, **settings)
+        )
+
+    def restorer(self) -> Consumer:
+        # Never commits: the group id only satisfies the client. A partition whose tail is
+        # aborted records or markers returns nothing; do not wait 500 ms to learn it.
+        settings = {"group.id": f"sagalog.{self.saga}.restore", "fetch.wait.max.ms": 20}
+        return ConfluentConsumer(
+            consumer_config(self.bootstrap, f"{self.saga}-restore", None, **settings)
+        )
+
+
+#: What ``explain`` says when the client's settings are wrong: waiting will not help.
+_SETTINGS_WRONG = (
+    "rejected the credentials",
+    "TLS handshake failed",
+    "is a PLAINTEXT listener",
+    "refused the connection of a",
+)
+#: How often the start-up wait says what it waits for.
+WAIT_LOG_INTERVAL = 5.0
+
+
+def wait_for_broker(bootstrap: str | None, what: str, stopping: threading.Event) -> bool:
+    """Wait until the cluster answers; False if ``stopping`` was set first.
+
+    A cluster that refuses this client's settings (credentials, certificates) will not start
+    answering by waiting: that raises ``KafkaUnavailable`` at once, as on first contact.
+    """
+    last_said = 0.0
+    while not stopping.is_set():
+        try:
+            connect_admin(bootstrap, f"{what}-wait", timeout=2.0)
+            return True
+        except KafkaUnavailable as error:
+            if any(sign in str(error) for sign in _SETTINGS_WRONG):
+                raise
+            if time.monotonic() - last_said >= WAIT_LOG_INTERVAL:
+                where = common(bootstrap, what)["bootstrap.servers"]
+                log.warning("%s waits for the Kafka cluster at %s: %s", what, where, error)
+                last_said = time.monotonic()
+        except KafkaException as error:  # pragma: no cover - connect_admin wraps these
+            log.warning("%s waits for the Kafka cluster: %s", what, error)
+        stopping.wait(0.5)
+    return False
