@@ -4,8 +4,6 @@ the topics they need."""
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -27,7 +25,6 @@ from sagas.worker import Worker
 from stream_processors.engine import metrics
 from stream_processors.engine.processor import ProcessorConfig, SagaProcessor
 from stream_processors.engine.schema_history import IncompatibleSchemaError
-from stream_processors.kafka.errors import wait_until_reachable
 from stream_processors.kafka.topics import SagaTopics, ensure_topics
 
 
@@ -55,13 +52,11 @@ def run(
     log_level: LogLevel = "info",
 ) -> None:
     """Host a saga processor until interrupted (SIGINT or SIGTERM commit and exit); started
-    while the broker is down, it waits for it."""
+    while the broker is down, it waits for it (``KafkaClients.prepare``)."""
     configure_logging(log_level)
     definition = saga_class(target).definition
     port = metrics.serve(metrics_port)
     logging.getLogger("sagas").info("metrics on port %s", port)
-    if not _broker_reachable(bootstrap, f"saga processor {definition.name}"):
-        return
     processor = SagaProcessor(
         definition,
         ProcessorConfig(
@@ -80,20 +75,6 @@ def run(
         processor.run()
     except IncompatibleSchemaError as error:  # a schema change that old records cannot take
         raise fail(error) from error
-
-
-def _broker_reachable(bootstrap: str | None, what: str) -> bool:
-    """Wait for the broker before the processor starts; False if interrupted meanwhile."""
-    stopping = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in _STOP_SIGNALS}
-    try:
-        return wait_until_reachable(bootstrap, what, stopping)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @app.command()

@@ -6,27 +6,27 @@ contact (topics, schema history, the changelog's identity, record-size limits) c
 ``ConfluentClients`` talks to a real cluster; ``stream_processors.kafka.fake.FakeClients`` keeps
 everything in memory, for tests that drive the processor without a broker.
 
-``wait_for_broker`` is the start-up wait: a process started while the cluster is down waits for
-it, saying what it waits for every few seconds, instead of exiting.
+A process started while the cluster is down waits for it in ``prepare``
+(``stream_processors.kafka.errors.wait_until_reachable``), saying what it waits for every few
+seconds, instead of exiting.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from confluent_kafka import Consumer as ConfluentConsumer
-from confluent_kafka import KafkaException, Message, TopicPartition
+from confluent_kafka import Message, TopicPartition
 from confluent_kafka import Producer as ConfluentProducer
 
 from stream_processors.core import limits
 from stream_processors.core.model import SagaDefinition
 from stream_processors.kafka.broker_limits import BrokerLimits
-from stream_processors.kafka.config import common, consumer_config, producer_config
-from stream_processors.kafka.errors import KafkaUnavailable, connect_admin
+from stream_processors.kafka.config import consumer_config, producer_config
+from stream_processors.kafka.errors import KafkaUnavailable, wait_until_reachable
 from stream_processors.kafka.topics import SagaTopics, ensure_topics, topic_id
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class ConfluentClients:
 
         what = f"the {definition.name} processor"
         while True:
-            if not wait_for_broker(self.bootstrap, what, stopping):
+            if not wait_until_reachable(self.bootstrap, what, stopping):
                 raise Stopping()
             try:
                 if self.create_topics:
@@ -176,38 +176,3 @@ class ConfluentClients:
         return ConfluentConsumer(
             consumer_config(self.bootstrap, f"{self.saga}-restore", None, **settings)
         )
-
-
-#: What ``explain`` says when the client's settings are wrong: waiting will not help.
-_SETTINGS_WRONG = (
-    "rejected the credentials",
-    "TLS handshake failed",
-    "is a PLAINTEXT listener",
-    "refused the connection of a",
-)
-#: How often the start-up wait says what it waits for.
-WAIT_LOG_INTERVAL = 5.0
-
-
-def wait_for_broker(bootstrap: str | None, what: str, stopping: threading.Event) -> bool:
-    """Wait until the cluster answers; False if ``stopping`` was set first.
-
-    A cluster that refuses this client's settings (credentials, certificates) will not start
-    answering by waiting: that raises ``KafkaUnavailable`` at once, as on first contact.
-    """
-    last_said = 0.0
-    while not stopping.is_set():
-        try:
-            connect_admin(bootstrap, f"{what}-wait", timeout=2.0)
-            return True
-        except KafkaUnavailable as error:
-            if any(sign in str(error) for sign in _SETTINGS_WRONG):
-                raise
-            if time.monotonic() - last_said >= WAIT_LOG_INTERVAL:
-                where = common(bootstrap, what)["bootstrap.servers"]
-                log.warning("%s waits for the Kafka cluster at %s: %s", what, where, error)
-                last_said = time.monotonic()
-        except KafkaException as error:  # pragma: no cover - connect_admin wraps these
-            log.warning("%s waits for the Kafka cluster: %s", what, error)
-        stopping.wait(0.5)
-    return False
