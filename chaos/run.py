@@ -221,6 +221,9 @@ def run_chaos(config: ChaosConfig, say: Callable[[str], None] = print) -> ChaosR
     config.work_dir.mkdir(parents=True, exist_ok=True)
     ensure_topics(TOPICS, config.bootstrap)
     history = SchemaHistory(config.bootstrap)
+    # The checks decode the whole journal, which may hold records of writers other than this
+    # process's classes (a Java service's OrderPlaced v2, say): read them as `sagas replay` does.
+    history.serve_unknown()
     orders = plan_orders(
         config.sagas, config.failure_rate, config.failure_rate, seed=config.seed, run_id=run
     )

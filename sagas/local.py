@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import math
 import os
 import re
@@ -25,12 +26,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from stream_processors.codecs.avro import DecodeError
 from stream_processors.core.journal import JournalEntry, Kind
 from stream_processors.kafka.config import bootstrap_servers, consumer_config
 from stream_processors.kafka.reading import watermarks
+
+log = logging.getLogger(__name__)
 
 TERMINAL = {
     Kind.SAGA_COMPLETED.value: "completed",
@@ -280,6 +283,8 @@ class JournalWatcher:
         return consumer
 
     def _behind(self) -> bool:
+        """Whether the journal has records this reader has not had; False while the cluster
+        cannot say (a broker restarting): the next stall asks again."""
         probe = _reader(self.bootstrap)
         try:
             # +1: the last offset of a partition is often a transaction marker, never delivered.
@@ -287,6 +292,9 @@ class JournalWatcher:
                 watermarks(probe, TopicPartition(self.topic, p))[1] > offset + 1
                 for p, offset in self._next.items()
             )
+        except KafkaException as error:
+            log.warning("journal reader: cannot read the end offsets now: %s", error)
+            return False
         finally:
             probe.close()
 
