@@ -375,6 +375,7 @@ def run_cluster(
     config = replace(
         config,
         restart_broker=False,  # the broker events here replace the single broker's restart
+        kill_broker=False,  # and its own SIGKILL of one node replaces the broker-kill phase
         # Give up on sagas that have not finished some minutes after the last order, rather
         # than after chaos.run's 15 minutes: a stalled engine is reported, not waited out.
         timeout=min(config.timeout, config.publish_seconds + 300),
