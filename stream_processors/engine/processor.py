@@ -501,7 +501,10 @@ class SagaProcessor:
         # applies to this assignment: the inbox partitions read nothing until restored.
         consumer.assign(partitions)
         inbox = [tp.partition for tp in partitions if tp.topic == self.topics.inbox]
-        log.info("assigned inbox partitions %s", sorted(inbox))
+        sources = sorted(
+            f"{tp.topic}[{tp.partition}]" for tp in partitions if tp.topic != self.topics.inbox
+        )
+        log.info("assigned inbox partitions %s; source partitions %s", sorted(inbox), sources)
         self._recovery.mark(consumer, inbox)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

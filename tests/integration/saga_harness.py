@@ -34,7 +34,7 @@ from stream_processors.core.journal import JournalEntry, Kind
 from stream_processors.engine.routing import COMMAND_ID, INSTANCE, ReceivedHeaders, header
 from stream_processors.kafka.config import consumer_config
 from stream_processors.kafka.reading import watermarks
-from stream_processors.kafka.topics import SagaTopics
+from stream_processors.kafka.topics import SagaTopics, ensure_topics
 from tests.conftest import KafkaCluster
 from tests.integration.flaky_jobs import FlakyJobs, Job
 
@@ -353,6 +353,9 @@ class SagaRun:
         bootstrap = self.kafka.bootstrap
         self.processes = SagaProcesses(bootstrap, self.tmp_path / "logs")
         # Readers start at the topics' current ends: everything this run writes comes after.
+        # On a fresh broker the topics must exist first, or the readers have no partitions
+        # (the processor would create them a moment later, unseen by the readers).
+        ensure_topics(TOPICS, bootstrap)
         self.journal = JournalFollower(bootstrap, self.prefix)
         self.commands = [
             CommittedReader(bootstrap, t, from_end=True, keep=header_prefix(INSTANCE, self.prefix))
