@@ -90,6 +90,7 @@ from stream_processors.engine.schema_history import SchemaHistory
 from stream_processors.engine.store import claim_slot, default_state_dir
 from stream_processors.kafka import transactions
 from stream_processors.kafka.broker_limits import BrokerLimits
+from stream_processors.kafka.clients import take
 from stream_processors.kafka.config import consumer_config, producer_config
 from stream_processors.kafka.errors import wait_until_reachable
 from stream_processors.kafka.reading import ReadTimeout
@@ -387,6 +388,8 @@ class Worker:
 REPLY_UNDELIVERABLE = "reply-undeliverable"
 #: Where the command of an undeliverable reply was read: ``topic[partition]@offset``.
 DLQ_COMMAND = "sagalog.dlq.command"
+#: The longest the worker waits for a command (it returns at the first): how late a stop is seen.
+POLL_TIMEOUT = 0.1
 
 
 class _HandlerCrashed(Exception):
@@ -440,8 +443,8 @@ class _Serving:
         log.info("worker %s serving %s", worker.name, ", ".join(worker.topics))
         try:
             while not self.stopping.is_set():
-                # Wait briefly: consume returns at a full batch or at the timeout only.
-                messages = self.consumer.consume(batch_size, timeout=0.01)
+                # Returns at the first input; the bound is how late a stop is seen.
+                messages = take(self.consumer, batch_size, POLL_TIMEOUT)
                 try:
                     for message in messages:
                         if self.stopping.is_set():  # the batch's transaction is left to abort

@@ -68,13 +68,17 @@ from stream_processors.kafka.clients import (
     KafkaClients,
     Producer,
     Stopping,
+    take,
 )
 from stream_processors.kafka.topics import SagaTopics
 
 log = logging.getLogger(__name__)
 
-#: The longest ``consume`` waits for a batch to fill: an input's least added latency.
-POLL_INTERVAL = 0.01
+#: The longest ``step`` waits for an input (it returns at the first): how late timers and a
+#: stop may be seen.
+POLL_INTERVAL = 0.1
+#: The same while partitions restore: restore goes on between these waits.
+RESTORE_POLL = 0.01
 #: On the way out (SIGTERM), the longest the last commit and each client's close may take.
 SHUTDOWN_PATIENCE = 3.0
 CLOSE_TIMEOUT = 2.0
@@ -90,7 +94,7 @@ class ProcessorConfig:
     create_topics: bool = True
     batch_size: int = 1000
     #: Once caught up with its inputs, commit when the transaction is this old (see ``step``).
-    idle_commit_ms: int = 10
+    idle_commit_ms: int = 0
     #: Inputs larger than this (key, value and headers) are dead-lettered as ``too-large``.
     max_record_bytes: int = 1_000_000
     #: Longer instance ids are dead-lettered as ``instance-id-too-long`` (see limits.py).
@@ -229,12 +233,12 @@ class SagaProcessor:
     def step(self) -> None:
         """One turn of the loop: restore a chunk, consume a batch, run due work, maybe commit.
 
-        ``consume`` waits for a full batch or its timeout, so a long timeout would hold every
-        input of a quiet stream back by that much: poll often instead. Once the consumer is
-        caught up (a batch came back short) there is nothing to gain by holding the open
-        transaction until the interval ends, only latency: it commits as soon as it is
-        ``idle_commit_ms`` old. Under load batches come back full, and it commits every
-        ``commit_interval_ms``.
+        ``take`` returns as soon as one input is there (with whatever else is fetched), so the
+        wait for input adds no latency; it is bounded only so that timers, restores, a due
+        commit and a stop are seen in time. Once the consumer is caught up (a batch came back
+        short) there is nothing to gain by holding the open transaction until the interval
+        ends, only latency: it commits once it is ``idle_commit_ms`` old (at once by default).
+        Under load batches come back full, and it commits every ``commit_interval_ms``.
         """
         assert self._kafka is not None and self._recovery is not None
         config = self.config
@@ -243,9 +247,7 @@ class SagaProcessor:
         if self._recovery.pending:
             self._owned.update(self._recovery.step(self.consumer))
         try:
-            messages = self.consumer.consume(
-                config.batch_size, timeout=min(interval, POLL_INTERVAL)
-            )
+            messages = take(self.consumer, config.batch_size, self._wait(idle))
             for message in messages:
                 self._handle(message)
             self._run_due()
@@ -262,6 +264,16 @@ class SagaProcessor:
         except KafkaException as error:  # only the consumer's are left to reach here
             self._recreate_consumer(error)
         self._kafka.producer.poll(0)
+
+    def _wait(self, idle: float) -> float:
+        """How long ``step`` may wait for an input: until the open transaction is due at most,
+        and briefly while partitions restore (restore goes on between the waits)."""
+        assert self._recovery is not None
+        if self._recovery.pending:
+            return RESTORE_POLL
+        if self._txn.is_open:
+            return max(0.0, min(POLL_INTERVAL, idle - self._txn.age()))
+        return POLL_INTERVAL
 
     def _run_due(self) -> None:
         """Timers and retention (``stream_processors.engine.timers``) in the open transaction."""

@@ -281,6 +281,11 @@ class FakeConsumer(_Failing):
             self.positions[where] = max(self.positions[where], self.broker.open_end(*where))
         return out
 
+    def poll(self, timeout: float = -1) -> Message | None:
+        # Counted and failed as ``consume``: both are the one read of the same queue.
+        taken = self.consume(1, timeout)
+        return taken[0] if taken else None
+
     def assign(self, partitions: list[TopicPartition]) -> None:
         self.positions = {}
         for tp in partitions:
