@@ -15,6 +15,7 @@ import pytest
 from confluent_kafka import KafkaError
 
 from stream_processors.engine import transaction
+from stream_processors.engine.processor import ProcessorConfig
 from tests.unit.processor_rig import PAYMENTS, Rig
 
 ABORTABLE = KafkaError(KafkaError._STATE, "abortable", txn_requires_abort=True)
@@ -198,4 +199,30 @@ def test_a_consumer_fenced_mid_transaction_aborts_it_and_the_inputs_are_read_aga
     rig.consumer.assign_next(rig.all_partitions())
     _run_order(rig, place=False)
     assert len(rig.visible(rig.topics.inbox)) == 1 and len(rig.visible(PAYMENTS)) == 1
+    rig.processor.close()
+
+
+def test_a_caught_up_processor_commits_at_once_by_default(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, idle_commit_ms=ProcessorConfig.idle_commit_ms)
+    rig.start()
+    rig.place()
+    rig.steps()  # the clock has not moved: the batch came back short, so it commits now
+
+    assert len(rig.visible(rig.topics.inbox)) == 1
+    assert rig.committed() != {}
+    rig.processor.close()
+
+
+def test_full_batches_keep_the_transaction_open_until_caught_up(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, commit_interval_ms=60_000, idle_commit_ms=ProcessorConfig.idle_commit_ms)
+    rig.start()
+    rig.processor.config.batch_size = 1
+    rig.place("o-1")
+    rig.place("o-2")
+    rig.steps(2)  # one input each: full batches, within the interval: not committed yet
+
+    assert rig.visible(rig.topics.inbox) == [] and rig.committed() == {}
+    rig.steps()  # nothing left: caught up, both routed in one commit
+    assert len(rig.visible(rig.topics.inbox)) == 2
+    assert rig.producer.calls["commit_transaction"] == 1
     rig.processor.close()
