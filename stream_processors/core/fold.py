@@ -14,9 +14,19 @@ from collections.abc import Iterable, Mapping
 from enum import Enum
 
 from stream_processors.codecs.records import Record, decode_record
-from stream_processors.core.instance import Instance, Status, StepState, StepStatus, Timer
+from stream_processors.core.instance import (
+    BlockState,
+    BranchStatus,
+    EarlyEvent,
+    Instance,
+    Status,
+    StepState,
+    StepStatus,
+    Timer,
+    visit_key,
+)
 from stream_processors.core.journal import KIND_BY_VALUE, JournalEntry, Kind
-from stream_processors.core.model import SagaDefinition
+from stream_processors.core.model import Block, SagaDefinition
 
 
 class FoldError(Exception):
@@ -44,6 +54,20 @@ _STEP_STATUS_AFTER = {
     Kind.STEP_FAILED: StepStatus.FAILED,
     Kind.COMPENSATION_SUCCEEDED: StepStatus.COMPENSATED,
     Kind.COMPENSATION_FAILED: StepStatus.COMPENSATION_FAILED,
+    Kind.STEP_CANCELLED: StepStatus.CANCELLED,
+}
+
+_BRANCH_AFTER = {
+    Kind.BRANCH_STARTED: BranchStatus.RUNNING,
+    Kind.BRANCH_SUCCEEDED: BranchStatus.SUCCEEDED,
+    Kind.BRANCH_FAILED: BranchStatus.FAILED,
+    Kind.BRANCH_CANCELLED: BranchStatus.CANCELLED,
+}
+
+_BLOCK_AFTER = {
+    Kind.BLOCK_SUCCEEDED: BranchStatus.SUCCEEDED,
+    Kind.BLOCK_FAILED: BranchStatus.FAILED,
+    Kind.BLOCK_CANCELLED: BranchStatus.CANCELLED,
 }
 
 
@@ -88,6 +112,9 @@ def apply(
             steps={},
             completed=(),
             data=definition.begin(_record_of(entry, decoded)),
+            reply_to=entry.reply_to,
+            reply_key=entry.reply_key,
+            reply_command=entry.command_id if entry.reply_to else None,
         )
     if entry.seq != instance.seq:
         raise FoldError(
@@ -97,12 +124,70 @@ def apply(
     if kind is Kind.INPUT_ACCEPTED:
         record = _record_of(entry, decoded)
         evolve = definition.evolvers.get(type(record))
-        return _moved(instance, entry, data=evolve(instance.data, record) if evolve else KEEP)
+        data = evolve(instance.data, record) if evolve else KEEP
+        return _moved(instance, entry, data=data, early=_without(instance.early, entry.record))
     if kind in _SENT:
         if step is None:  # a handler's fire-and-forget command: history only
             return _moved(instance, entry)
-        sent = StepState(_SENT[kind], entry.command_id or "", entry.attempt, entry.at_ms)
-        return _moved(instance, entry, steps={**instance.steps, step: sent})
+        node, block, branch = entry.node or step, entry.block or "", entry.branch or 0
+        sent = StepState(
+            _SENT[kind], entry.command_id or "", entry.attempt, entry.at_ms, node, block, branch
+        )
+        entered = entry.attempt == 1 and kind is not Kind.COMPENSATION_SENT
+        return (
+            _moved(
+                instance,
+                entry,
+                steps={**instance.steps, step: sent},
+                visits=_visited(instance, entry),
+            )
+            if entered
+            else _moved(instance, entry, steps={**instance.steps, step: sent})
+        )
+    if kind is Kind.NODE_PASSED:
+        return _moved(instance, entry, visits=_visited(instance, entry))
+    if kind is Kind.BLOCK_STARTED:
+        if step is None or entry.node is None:
+            raise FoldError(f"{entry.instance}: BlockStarted #{entry.seq} without step or node")
+        count = entry.attempt
+        node = definition.flow.get(entry.node)
+        block = BlockState(
+            entry.node,
+            node.kind if isinstance(node, Block) else "parallel",
+            entry.block or "",
+            entry.branch or 0,
+            BranchStatus.RUNNING,
+            (BranchStatus.QUEUED,) * count,
+            entry.record,
+            (None,) * count,
+        )
+        blocks = {**instance.blocks, step: block}
+        return _moved(instance, entry, blocks=blocks, visits=_visited(instance, entry))
+    if kind in _BRANCH_AFTER:
+        key, block = _block(instance, entry)
+        index = entry.branch or 0
+        branches = list(block.branches)
+        branches[index] = _BRANCH_AFTER[kind]
+        results = block.results
+        if kind is Kind.BRANCH_SUCCEEDED and entry.record is not None:
+            results = (*results[:index], entry.record, *results[index + 1 :])
+        changed = _block_with(block, branches=tuple(branches), results=results)
+        return _moved(instance, entry, blocks={**instance.blocks, key: changed})
+    if kind in _BLOCK_AFTER:
+        key, block = _block(instance, entry)
+        data: Record | _Keep = KEEP
+        if kind is Kind.BLOCK_SUCCEEDED:
+            data = _gathered(definition, block, instance.data)
+        # The results are in the state now (or not wanted): a finished block keeps statuses only.
+        changed = _block_with(block, status=_BLOCK_AFTER[kind], items=None, results=())
+        return _moved(instance, entry, blocks={**instance.blocks, key: changed}, data=data)
+    if kind is Kind.EVENT_KEPT:
+        if entry.record is None:
+            raise FoldError(f"{entry.instance}: EventKept #{entry.seq} carries no record")
+        early = (*instance.early, EarlyEvent(entry.at_ms, entry.record))
+        return _moved(instance, entry, early=early)
+    if kind is Kind.EVENT_UNMATCHED:
+        return _moved(instance, entry)
     if kind is Kind.ATTEMPT_FAILED:
         name, current = _step(instance, entry)
         status = (
@@ -159,6 +244,9 @@ def _moved(
     data: Record | _Keep = KEEP,
     timers: Mapping[str, Timer] | _Keep = KEEP,
     parked_from: Status | _Keep | None = KEEP,
+    blocks: Mapping[str, BlockState] | _Keep = KEEP,
+    visits: Mapping[str, int] | _Keep = KEEP,
+    early: tuple[EarlyEvent, ...] | _Keep = KEEP,
 ) -> Instance:
     """The instance one entry later (``seq`` + 1, updated at the entry's time), with the given
     fields changed: ``dataclasses.replace`` without its introspection, which was most of the
@@ -176,7 +264,65 @@ def _moved(
         instance.data if data is KEEP else data,
         instance.timers if timers is KEEP else timers,
         instance.parked_from if parked_from is KEEP else parked_from,
+        instance.blocks if blocks is KEEP else blocks,
+        instance.visits if visits is KEEP else visits,
+        instance.early if early is KEEP else early,
+        instance.reply_to,
+        instance.reply_key,
+        instance.reply_command,
     )
+
+
+def _visited(instance: Instance, entry: JournalEntry) -> Mapping[str, int] | _Keep:
+    """The visit counts after an entry that enters a node (entries of older releases: KEEP)."""
+    if entry.node is None:
+        return KEEP
+    key = visit_key(instance, entry.node, entry.block or "", entry.branch or 0)
+    return {**instance.visits, key: instance.visits.get(key, 0) + 1}
+
+
+def _without(early: tuple[EarlyEvent, ...], record: bytes | None) -> tuple[EarlyEvent, ...] | _Keep:
+    """The kept early events without the one just accepted (if it was one of them)."""
+    for index, kept in enumerate(early):
+        if kept.record == record:
+            return (*early[:index], *early[index + 1 :])
+    return KEEP
+
+
+def _block(instance: Instance, entry: JournalEntry) -> tuple[str, BlockState]:
+    if entry.step is None or entry.step not in instance.blocks:
+        raise FoldError(f"{entry.instance}: {entry.kind} for unknown block {entry.step!r}")
+    return entry.step, instance.blocks[entry.step]
+
+
+def _block_with(
+    block: BlockState,
+    *,
+    status: BranchStatus | None = None,
+    branches: tuple[BranchStatus, ...] | None = None,
+    items: bytes | None | _Keep = KEEP,
+    results: tuple[bytes | None, ...] | None = None,
+) -> BlockState:
+    return BlockState(
+        block.node,
+        block.kind,
+        block.block,
+        block.branch,
+        block.status if status is None else status,
+        block.branches if branches is None else branches,
+        block.items if items is KEEP else items,
+        block.results if results is None else results,
+    )
+
+
+def _gathered(definition: SagaDefinition, block: BlockState, data: Record) -> Record | _Keep:
+    """The state after a block's ``gather`` of its results (decoded, in branch order)."""
+    node = definition.flow.get(block.node)
+    if not isinstance(node, Block) or node.gather is None:
+        return KEEP
+    results = [None if raw is None else decode_record(raw) for raw in block.results]
+    gathered: Record = node.gather(data, results)
+    return gathered
 
 
 def _status(step: StepState, status: StepStatus) -> StepState:

@@ -46,6 +46,8 @@ class StepStatus(StrEnum):
     COMPENSATION_RETRYING = "compensation_retrying"
     COMPENSATED = "compensated"
     COMPENSATION_FAILED = "compensation_failed"
+    #: In flight, but a failed sibling branch cancelled it: its reply is awaited, then undone.
+    CANCELLED = "cancelled"
 
     @property
     def compensation(self) -> bool:
@@ -65,6 +67,7 @@ ACTIVE_STEP = frozenset(
         StepStatus.RETRYING,
         StepStatus.COMPENSATING,
         StepStatus.COMPENSATION_RETRYING,
+        StepStatus.CANCELLED,
     }
 )
 
@@ -77,6 +80,43 @@ class StepState:
     command_id: str
     attempt: int
     sent_at_ms: int
+    #: The definition's node this step is an activation of (its key may carry a map prefix
+    #: and a visit suffix), and the block and branch it runs on ("" and 0: the main path).
+    node: str = ""
+    block: str = ""
+    branch: int = 0
+
+
+class BranchStatus(StrEnum):
+    """Where one branch of a block (or one item of a map) is. Stored: never rename."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class BlockState:
+    """One activation of a parallel or map block: its branches and their results so far."""
+
+    node: str
+    kind: str
+    block: str
+    branch: int
+    status: BranchStatus
+    branches: tuple[BranchStatus, ...]
+    items: bytes | None = None
+    results: tuple[bytes | None, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EarlyEvent:
+    """An awaited event that arrived before its wait started (framed Avro), and when."""
+
+    at_ms: int
+    record: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +145,38 @@ class Instance:
     timers: Mapping[str, Timer] = field(default_factory=dict)
     #: While parked: the status to resume in when an operator retries (see ``fold``).
     parked_from: Status | None = None
+    blocks: Mapping[str, BlockState] = field(default_factory=dict)
+    #: How often each node was entered, by map prefix and name (``map[2]/node``).
+    visits: Mapping[str, int] = field(default_factory=dict)
+    early: tuple[EarlyEvent, ...] = ()
+    #: A child saga's parent: its inbox, its instance id, and the command that started us.
+    reply_to: str | None = None
+    reply_key: str | None = None
+    reply_command: str | None = None
 
     @property
     def active(self) -> tuple[str, ...]:
         """Steps in flight or due another attempt (the active states of the state machine)."""
         return tuple(name for name, step in self.steps.items() if step.status in ACTIVE_STEP)
+
+
+def block_prefix(instance: Instance, block: str, branch: int) -> str:
+    """The prefix of the keys of steps on ``branch`` of ``block`` ("" on the main path).
+
+    A map's items run the same nodes side by side, so each item's steps are prefixed with the
+    map's key and the item's index (``items[2]/charge``); a parallel's branches run distinct
+    nodes and share the prefix of the path the parallel itself is on."""
+    if not block:
+        return ""
+    state = instance.blocks[block]
+    if state.kind == "map":
+        return f"{block}[{branch}]/"
+    return block_prefix(instance, state.block, state.branch)
+
+
+def visit_key(instance: Instance, node: str, block: str, branch: int) -> str:
+    """The key under which visits of ``node`` on that branch are counted."""
+    return f"{block_prefix(instance, block, branch)}{node}"
 
 
 def _snapshot_schema() -> AvroSchema:
@@ -132,6 +199,9 @@ def encode_snapshot(instance: Instance) -> bytes:
                 "command_id": step.command_id,
                 "attempt": step.attempt,
                 "sent_at_ms": step.sent_at_ms,
+                "node": None if step.node == name else step.node,
+                "block": step.block,
+                "branch": step.branch,
             }
             for name, step in instance.steps.items()
         ],
@@ -142,6 +212,25 @@ def encode_snapshot(instance: Instance) -> bytes:
             for name, t in instance.timers.items()
         ],
         "parked_from": None if instance.parked_from is None else instance.parked_from.value,
+        "blocks": [
+            {
+                "key": key,
+                "node": block.node,
+                "kind": block.kind,
+                "block": block.block,
+                "branch": block.branch,
+                "status": block.status.value,
+                "branches": [b.value for b in block.branches],
+                "items": block.items,
+                "results": list(block.results),
+            }
+            for key, block in instance.blocks.items()
+        ],
+        "visits": [{"node": n, "count": c} for n, c in instance.visits.items()],
+        "early": [{"at_ms": e.at_ms, "record": e.record} for e in instance.early],
+        "reply_to": instance.reply_to,
+        "reply_key": instance.reply_key,
+        "reply_command": instance.reply_command,
     }
     return encode(_snapshot_schema(), datum)
 
@@ -158,7 +247,13 @@ def decode_snapshot(data: bytes) -> Instance:
         reason=datum["reason"],
         steps={
             step["name"]: StepState(
-                StepStatus(step["status"]), step["command_id"], step["attempt"], step["sent_at_ms"]
+                StepStatus(step["status"]),
+                step["command_id"],
+                step["attempt"],
+                step["sent_at_ms"],
+                step["node"] or step["name"],
+                step["block"],
+                step["branch"],
             )
             for step in datum["steps"]
         },
@@ -166,6 +261,24 @@ def decode_snapshot(data: bytes) -> Instance:
         data=decode_record(datum["data"]),
         timers=timers_of(datum),
         parked_from=None if datum["parked_from"] is None else Status(datum["parked_from"]),
+        blocks={
+            block["key"]: BlockState(
+                block["node"],
+                block["kind"],
+                block["block"],
+                block["branch"],
+                BranchStatus(block["status"]),
+                tuple(BranchStatus(b) for b in block["branches"]),
+                block["items"],
+                tuple(block["results"]),
+            )
+            for block in datum["blocks"]
+        },
+        visits={v["node"]: v["count"] for v in datum["visits"]},
+        early=tuple(EarlyEvent(e["at_ms"], e["record"]) for e in datum["early"]),
+        reply_to=datum["reply_to"],
+        reply_key=datum["reply_key"],
+        reply_command=datum["reply_command"],
     )
 
 

@@ -39,6 +39,23 @@ class Kind(StrEnum):
     SAGA_PARKED = "SagaParked"
     SAGA_RESUMED = "SagaResumed"
     SAGA_RESOLVED = "SagaResolved"
+    #: Control flow: a choice or a terminal node passed; its ``reason`` says where to, or why.
+    NODE_PASSED = "NodePassed"
+    #: A parallel or map block, and its branches (map items), by index in ``branch``.
+    BLOCK_STARTED = "BlockStarted"
+    BRANCH_STARTED = "BranchStarted"
+    BRANCH_SUCCEEDED = "BranchSucceeded"
+    BRANCH_FAILED = "BranchFailed"
+    BRANCH_CANCELLED = "BranchCancelled"
+    BLOCK_SUCCEEDED = "BlockSucceeded"
+    BLOCK_FAILED = "BlockFailed"
+    BLOCK_CANCELLED = "BlockCancelled"
+    #: A step in flight that a failed sibling branch cancelled: its reply is still awaited, and
+    #: undone if it succeeded.
+    STEP_CANCELLED = "StepCancelled"
+    #: An awaited event that came before its wait started, kept for it; or that nobody awaits.
+    EVENT_KEPT = "EventKept"
+    EVENT_UNMATCHED = "EventUnmatched"
 
 
 #: Each kind by its stored value, and back: ``Kind(value)`` and ``kind.value`` without the enum
@@ -62,3 +79,8 @@ class JournalEntry(Record, schema="sagalog.JournalEntry"):
     reason: str | None = None
     timer: str | None = None
     due_ms: int | None = None
+    node: str | None = None
+    block: str | None = None
+    branch: int | None = None
+    reply_to: str | None = None
+    reply_key: str | None = None

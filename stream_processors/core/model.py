@@ -4,9 +4,16 @@ A ``SagaDefinition`` is plain data plus pure functions. Python classes (``sagas.
 to it today; a declarative JSON/YAML definition will compile to the same thing. The engine only
 ever sees this model.
 
-The model is a state machine whose *active* states are the steps with a command in flight. More
-than one step may be active at once (``Task.next`` is a tuple), so parallel branches fit without
-changing the model; an instance completes when no step is active and no step is left to start.
+The model is a graph of *nodes*. A ``Task`` sends a command (or waits for an event, or starts a
+child saga) and waits for its reply; the other nodes are control flow (``FlowNode``): a
+``Choice`` branches on the state, a ``Block`` runs branches side by side (``PARALLEL``) or the
+same branch once per item of a list (``MAP``) and joins them, a ``Sleep`` waits on a durable
+timer, an ``End`` succeeds or fails its path with a reason. A path ends at a node with no
+``next``; the root path ending completes the saga, a branch's ending is reported to its block.
+A node may be entered again (a loop) only up to its ``max_visits``.
+
+A ``Task`` whose ``next`` names several steps is a fork: ``implicit_forks`` compiles it into a
+parallel block joined where its branches meet (``stream_processors.core.graph``).
 
 ``validate`` checks a definition and raises ``DeclarationError`` naming the problem; it runs when
 the declaring class is created, so a bad saga fails at import.
@@ -31,6 +38,19 @@ class CommandFailed(Event, schema="sagalog.CommandFailed"):
     message: str
 
 
+class ChildEnded(Event, schema="sagalog.ChildEnded"):
+    """What a child saga sends its parent when it ends: its final status and reason."""
+
+    saga: str
+    instance: str
+    status: str
+    reason: str | None = None
+
+
+#: The error name a child step fails with when its child saga did not complete.
+CHILD_FAILED = "sagalog.ChildFailed"
+
+
 class OperatorAction(Event, schema="sagalog.OperatorAction"):
     """An operator's retry, cancel or resolve, sent to one instance by the ``sagas`` CLI."""
 
@@ -43,14 +63,19 @@ class OperatorAction(Event, schema="sagalog.OperatorAction"):
 OPERATOR_ACTIONS = ("retry", "cancel", "resolve")
 
 #: Inputs every saga takes, whatever it declares.
-ENGINE_INPUTS: tuple[type[Record], ...] = (CommandFailed, OperatorAction)
+ENGINE_INPUTS: tuple[type[Record], ...] = (CommandFailed, OperatorAction, ChildEnded)
 
 
 @dataclass(frozen=True)
 class Fail:
-    """Returned by a handler: fail the saga now (compensating what completed)."""
+    """Returned by a handler: fail the saga now (compensating what completed).
+
+    Declared as a step of a saga, it is a terminal node: reaching it fails the path with
+    ``reason`` (and ``error``, the name a ``catch`` matches; by default ``"Fail"``).
+    """
 
     reason: str
+    error: str = "Fail"
 
 
 @dataclass(frozen=True)
@@ -62,7 +87,10 @@ class Complete:
 Directive = Command | Fail | Complete
 Handler = Callable[[Any, Any, int], Iterable[Directive]]
 Evolver = Callable[[Any, Any], Any]
-Builder = Callable[[Any], Command]
+#: Builds a command (or a child's start event) from the state; inside a map, from (state, item).
+Builder = Callable[..., Command]
+#: A Choice rule's condition: the state (and, inside a map, the item) to a bool. Pure.
+Condition = Callable[..., bool]
 
 
 class ReplyRole(Enum):
@@ -87,13 +115,17 @@ class CommandSpec:
     for at most ``timeout_ms``.
     """
 
-    command: type[Command] | None
+    command: type[Record] | None
     build: Builder | None
     topic: str | None
     success: tuple[type[Event], ...]
     failure: tuple[type[Event], ...] = ()
     retry: RetryPolicy = DEFAULT_RETRY
     timeout_ms: int | None = None
+    #: The child saga this command starts (its start event goes to ``topic``, its inbox).
+    child: str | None = None
+    #: How long an awaited event that arrived before its wait started is kept for it (ms).
+    early_ms: int = 0
 
 
 #: A ``catch`` target that fails the saga (compensating what completed) rather than a step.
@@ -113,6 +145,91 @@ class Task:
     compensation: CommandSpec | None = None
     next: tuple[str, ...] = ()
     catch: Mapping[str, str] = field(default_factory=dict)
+    max_visits: int | None = None
+
+
+@dataclass(frozen=True)
+class When:
+    """A Choice rule: go to ``target`` if ``condition`` holds."""
+
+    condition: Condition
+    target: str
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Go to the first rule's target whose condition holds, else ``default``.
+
+    With no rule matching and no default the path fails, with a reason naming the Choice."""
+
+    name: str
+    rules: tuple[When, ...]
+    default: str | None = None
+    max_visits: int | None = None
+
+
+PARALLEL = "parallel"
+MAP = "map"
+#: How a parallel block joins: when all branches succeeded, or at the first that does.
+JOIN_ALL = "all"
+JOIN_FIRST = "first"
+#: The most items a map takes from the state unless it says otherwise.
+DEFAULT_MAX_ITEMS = 10_000
+#: The most iterations a map runs at once unless it says otherwise; the others queue.
+DEFAULT_MAX_CONCURRENCY = 100
+
+
+@dataclass(frozen=True)
+class Block:
+    """Branches run side by side, then joined.
+
+    ``PARALLEL``: each of ``branches`` names the first node of one branch. ``MAP``: the one
+    branch runs once per item of ``items(state)``, at most ``max_concurrency`` at a time (the
+    rest queue), tolerating ``tolerated_failures`` failed items (or ``tolerated_percentage``
+    of them). ``gather(state, results)`` folds the branches' results (the last reply of each,
+    None for one that failed) into the state, in branch or item order, when the block succeeds.
+    """
+
+    name: str
+    kind: str
+    branches: tuple[str, ...]
+    next: tuple[str, ...] = ()
+    catch: Mapping[str, str] = field(default_factory=dict)
+    join: str = JOIN_ALL
+    gather: Callable[[Any, list[Any]], Any] | None = None
+    items: Callable[..., Any] | None = None
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    max_items: int = DEFAULT_MAX_ITEMS
+    tolerated_failures: int = 0
+    tolerated_percentage: float | None = None
+    max_visits: int | None = None
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """A durable wait: ``delay_ms``, or until the epoch ms that ``until(state)`` returns."""
+
+    name: str
+    delay_ms: int | None = None
+    until: Callable[..., int] | None = None
+    next: tuple[str, ...] = ()
+    max_visits: int | None = None
+
+
+@dataclass(frozen=True)
+class End:
+    """A terminal node: the path succeeds (``succeed``) or fails with ``reason`` and ``error``."""
+
+    name: str
+    succeed: bool
+    reason: str | None = None
+    error: str = "Fail"
+    max_visits: int | None = None
+
+
+#: Nodes that are not tasks: they send nothing and take no reply.
+FlowNode = Choice | Block | Sleep | End
+Node = Task | FlowNode
 
 
 @dataclass(frozen=True)
@@ -131,6 +248,19 @@ class SagaDefinition:
     handlers: Mapping[type[Record], Handler] = field(default_factory=dict)
     replies: Mapping[type[Record], tuple[str, ReplyRole]] = field(default_factory=dict)
     deadline_ms: int | None = None
+    flow: Mapping[str, FlowNode] = field(default_factory=dict)
+
+    def node(self, name: str) -> Node:
+        """The task or flow node ``name`` (KeyError if neither)."""
+        task = self.tasks.get(name)
+        return task if task is not None else self.flow[name]
+
+    @cached_property
+    def placement(self) -> Mapping[str, tuple[str, int]]:
+        """Each node inside a block: (the block's name, the branch's index). Root nodes absent."""
+        from stream_processors.core.graph import placement
+
+        return placement(self)
 
     @cached_property
     def inputs(self) -> frozenset[type[Record]]:
@@ -187,31 +317,19 @@ def validate(definition: SagaDefinition) -> None:
     """Raise DeclarationError, naming the problem, for anything the engine could not run."""
     where = f"saga {definition.name!r}"
     _validate_name(where, definition.name)
-    if not definition.tasks:
+    if not definition.tasks and not definition.flow:
         raise DeclarationError(f"{where}: declares no steps")
     if definition.key not in definition.start.__fields__:
         raise DeclarationError(
             f"{where}: key field {definition.key!r} is not a field of the start event "
             f"{definition.start.__qualname__} (fields: {', '.join(definition.start.__fields__)})"
         )
+    _validate_flow(where, definition)
     for task in definition.tasks.values():
-        for target in task.next:
-            if target not in definition.tasks:
-                raise DeclarationError(
-                    f"{where}: step {task.name!r} goes to unknown step {target!r}"
-                )
         if not task.action.success:
             raise DeclarationError(f"{where}: step {task.name!r} has no success reply")
-        for error, target in task.catch.items():
-            if target != COMPENSATE and target not in definition.tasks:
-                raise DeclarationError(
-                    f"{where}: step {task.name!r} catches {error!r} with unknown step {target!r}"
-                )
         if task.action.command is None and task.action.timeout_ms is None:
             raise DeclarationError(f"{where}: wait step {task.name!r} needs a timeout")
-    for name in definition.first:
-        if name not in definition.tasks:
-            raise DeclarationError(f"{where}: starts with unknown step {name!r}")
     inputs = set(definition.replies)
     if definition.start in inputs:
         raise DeclarationError(f"{where}: the start event is also a step's reply")
@@ -229,6 +347,72 @@ def validate(definition: SagaDefinition) -> None:
                 f"{where}: evolver for {evolved.__qualname__}, which the saga never receives "
                 "(it is not its start, a step's reply or an event it handles)"
             )
+
+
+def _validate_flow(where: str, definition: SagaDefinition) -> None:
+    """Every target exists, every block and choice makes sense, every loop is bounded."""
+    from stream_processors.core.graph import unbounded_loop
+
+    def known(name: str) -> bool:
+        return name in definition.tasks or name in definition.flow
+
+    clash = sorted(set(definition.tasks) & set(definition.flow))
+    if clash:
+        raise DeclarationError(f"{where}: two steps named {clash[0]!r}")
+    for name in definition.first:
+        if not known(name):
+            raise DeclarationError(f"{where}: starts with unknown step {name!r}")
+    for node in (*definition.tasks.values(), *definition.flow.values()):
+        step = f"{where}: step {node.name!r}"
+        for target in getattr(node, "next", ()):
+            if not known(target):
+                raise DeclarationError(f"{step} goes to unknown step {target!r}")
+        for error, target in getattr(node, "catch", {}).items():
+            if target != COMPENSATE and not known(target):
+                raise DeclarationError(f"{step} catches {error!r} with unknown step {target!r}")
+        if node.max_visits is not None and node.max_visits < 1:
+            raise DeclarationError(f"{step}: max_visits must be at least 1")
+        if isinstance(node, Choice):
+            _validate_choice(step, node, known)
+        elif isinstance(node, Block):
+            _validate_block(step, node, known)
+        elif isinstance(node, Sleep) and (node.delay_ms is None) == (node.until is None):
+            raise DeclarationError(f"{step}: a sleep needs either seconds or until, not both")
+    definition.placement  # noqa: B018  raises if a step is on two paths
+    cycle = unbounded_loop(definition)
+    if cycle is not None:
+        raise DeclarationError(
+            f"{where}: steps {' -> '.join(cycle)} form a loop with no bound: declare "
+            "max_visits on one of them"
+        )
+
+
+def _validate_choice(step: str, node: Choice, known: Callable[[str], bool]) -> None:
+    if not node.rules and node.default is None:
+        raise DeclarationError(f"{step}: a choice needs at least one rule or a default")
+    for target in [rule.target for rule in node.rules] + [node.default or node.rules[0].target]:
+        if not known(target):
+            raise DeclarationError(f"{step}: chooses unknown step {target!r}")
+
+
+def _validate_block(step: str, node: Block, known: Callable[[str], bool]) -> None:
+    if node.kind not in (PARALLEL, MAP):
+        raise DeclarationError(f"{step}: kind must be {PARALLEL!r} or {MAP!r}, got {node.kind!r}")
+    if not node.branches or (node.kind == MAP and len(node.branches) != 1):
+        raise DeclarationError(f"{step}: a parallel needs branches, a map exactly one")
+    for start in node.branches:
+        if not known(start):
+            raise DeclarationError(f"{step}: has a branch starting at unknown step {start!r}")
+    if node.join not in (JOIN_ALL, JOIN_FIRST):
+        raise DeclarationError(f"{step}: join must be {JOIN_ALL!r} or {JOIN_FIRST!r}")
+    if node.kind == MAP and node.items is None:
+        raise DeclarationError(f"{step}: a map needs items (the state's list to iterate)")
+    if node.max_concurrency < 1 or node.max_items < 1 or node.tolerated_failures < 0:
+        raise DeclarationError(
+            f"{step}: max_concurrency and max_items must be at least 1, tolerated_failures >= 0"
+        )
+    if node.tolerated_percentage is not None and not 0 <= node.tolerated_percentage <= 100:
+        raise DeclarationError(f"{step}: tolerated_percentage is from 0 to 100")
 
 
 #: Characters Kafka allows in a topic name, and its longest name.
