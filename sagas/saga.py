@@ -43,6 +43,7 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
+from sagas.flow import Target, catches, targets
 from stream_processors.codecs.records import (
     Command,
     DeclarationError,
@@ -97,13 +98,20 @@ class _CommandDeclaration:
         self.retry = retry
         self.timeout_ms = None if timeout is None else round(timeout * 1000)
 
-    def compile(self, where: str, state: type[State]) -> CommandSpec:
+    def compile(self, where: str, state: type[State], in_map: bool = False) -> CommandSpec:
         command = self.command
         if isinstance(self, Wait):
             if not self.success:
                 raise DeclarationError(f"{where}: declares no event to wait for")
             return CommandSpec(
-                None, None, None, self.success, self.failure, self.retry, self.timeout_ms
+                None,
+                None,
+                None,
+                self.success,
+                self.failure,
+                self.retry,
+                self.timeout_ms,
+                early_ms=self.early_ms,
             )
         if command is None or not (isinstance(command, type) and issubclass(command, Command)):
             raise DeclarationError(f"{where}: has no command (got {command!r})")
@@ -114,9 +122,10 @@ class _CommandDeclaration:
             )
         if not self.success:
             raise DeclarationError(f"{where}: declares no success reply")
+        default = _build_from_item if in_map else _build_from_state
         return CommandSpec(
             command,
-            self.build or _build_from_state(where, command, state),
+            self.build or default(where, command, state),
             topic,
             self.success,
             self.failure,
@@ -154,11 +163,12 @@ class Step(_CommandDeclaration):
         compensate: Compensate | None = None,
         build: Builder | None = None,
         topic: str | None = None,
-        next: str | Iterable[str] | None = None,
+        next: Target | Iterable[Target] | None = None,
         end: bool = False,
         retry: RetryPolicy = DEFAULT_RETRY,
         timeout: float | None = None,
-        catch: Mapping[type[Event] | str, str] | None = None,
+        catch: Mapping[type[Event] | str, Target] | None = None,
+        max_visits: int | None = None,
     ) -> None:
         super().__init__(
             command,
@@ -169,20 +179,22 @@ class Step(_CommandDeclaration):
             retry=retry,
             timeout=timeout,
         )
-        self.catch = {
-            error if isinstance(error, str) else error.__name__: target
-            for error, target in (catch or {}).items()
-        }
+        self.catch = catches(catch)
         self.compensate = compensate
-        self.next = (next,) if isinstance(next, str) else None if next is None else tuple(next)
+        self.next = targets(next)
         self.end = end
+        self.max_visits = max_visits
+        self.early_ms = 0
 
 
 class Wait(Step):
     """A step that sends nothing and waits for an event (an approval, a webhook) with a timeout.
 
     The events must name the instance through their key field, like the start event, and come
-    from a topic (their ``topic``) that the processor routes into the saga's inbox.
+    from a topic (their ``topic``) that the processor routes into the saga's inbox. An event
+    that comes before the wait starts is kept (journaled) and satisfies the wait when it starts,
+    if it came at most ``early`` seconds before (by default: the timeout); an event no wait
+    takes is journaled as unmatched.
     """
 
     def __init__(
@@ -192,9 +204,11 @@ class Wait(Step):
         failure: type[Event] | Iterable[type[Event]] | None = None,
         timeout: float,
         compensate: Compensate | None = None,
-        next: str | Iterable[str] | None = None,
+        next: Target | Iterable[Target] | None = None,
         end: bool = False,
-        catch: Mapping[type[Event] | str, str] | None = None,
+        catch: Mapping[type[Event] | str, Target] | None = None,
+        early: float | None = None,
+        max_visits: int | None = None,
     ) -> None:
         super().__init__(
             None,
@@ -206,7 +220,10 @@ class Wait(Step):
             retry=NO_RETRY,
             timeout=timeout,
             catch=catch,
+            max_visits=max_visits,
         )
+        #: An awaited event that comes before the wait starts is kept this long (ms) for it.
+        self.early_ms = round((timeout if early is None else early) * 1000)
 
 
 def _build_from_state(where: str, command: type[Command], state: type[State]) -> Builder:
@@ -234,6 +251,24 @@ def _build_from_state(where: str, command: type[Command], state: type[State]) ->
 
     def build(data: Any) -> Command:
         return command(**{name: getattr(data, name) for name in names})
+
+    return build
+
+
+def _build_from_item(where: str, command: type[Command], state: type[State]) -> Builder:
+    """The default builder inside a map: each command field from the item (a record's field or
+    a JSON object's key) if it has it, else from the state field of the same name."""
+    names = list(command.__fields__)
+
+    def field(data: Any, item: Any, name: str) -> Any:
+        if isinstance(item, Mapping) and name in item:
+            return item[name]
+        if hasattr(item, name):
+            return getattr(item, name)
+        return getattr(data, name)
+
+    def build(data: Any, item: Any) -> Command:
+        return command(**{name: field(data, item, name) for name in names})
 
     return build
 
@@ -315,25 +350,9 @@ class Saga:
                 f"or declare key= on {start.__qualname__}"
             )
 
-        steps = [(n, s) for n, s in cls.__dict__.items() if isinstance(s, Step)]
-        tasks: dict[str, Task] = {}
-        for index, (step_name, step) in enumerate(steps):
-            step_where = f"{where}, step {step_name!r}"
-            following = steps[index + 1][0] if index + 1 < len(steps) else None
-            next_steps = step.next if step.next is not None else (following,) if following else ()
-            compensation = (
-                step.compensate.compile(f"{step_where} compensation", state)
-                if step.compensate is not None
-                else None
-            )
-            tasks[step_name] = Task(
-                step_name,
-                step.compile(step_where, state),
-                compensation,
-                () if step.end else next_steps,
-                step.catch,
-            )
+        from sagas._compile import compile_paths
 
+        tasks, flow, first = compile_paths(where, cls, state)
         evolvers: dict[type[Record], Callable[[Any, Any], Any]] = {}
         handlers: dict[type[Record], Callable[[Any, Any, int], Iterable[Directive]]] = {}
         for member_name, member in cls.__dict__.items():
@@ -361,11 +380,12 @@ class Saga:
             state=state,
             begin=begin,
             tasks=tasks,
-            first=(steps[0][0],) if steps else (),
+            first=(first,) if first else (),
             evolvers=evolvers,
             handlers=handlers,
             replies=_claimed_replies(where, tasks.values()),
             deadline_ms=None if deadline is None else round(deadline * 1000),
+            flow=flow,
         )
         validate(definition)
         _register_upcasters(where, cls.upcasters)

@@ -26,6 +26,7 @@ from rich.table import Table
 from sagas.cli.app import Bootstrap, InstanceId, SagaTarget, app, format_time, saga_class
 from stream_processors.codecs.records import Record, decode_record
 from stream_processors.core.instance import Instance
+from stream_processors.core.journal import FLOW_FIELDS
 from stream_processors.core.model import SagaDefinition
 from stream_processors.engine.processor import WEEK_MS
 from stream_processors.engine.schema_history import SchemaHistory
@@ -77,6 +78,7 @@ def _entry_json(located: Located) -> dict[str, Any]:
         "timer": entry.timer,
         "due_ms": entry.due_ms,
         "saga_version": entry.saga_version,
+        **{name: getattr(entry, name) for name in FLOW_FIELDS},
     }
 
 

@@ -27,7 +27,7 @@ from stream_processors.codecs.records import Event, Record, decode_record, recor
 from stream_processors.core.decide import Decision, Input, decide, decide_timer
 from stream_processors.core.fold import fold
 from stream_processors.core.instance import Instance
-from stream_processors.core.journal import JournalEntry, Kind
+from stream_processors.core.journal import FLOW_FIELDS, JournalEntry, Kind
 from stream_processors.core.model import ENGINE_INPUTS, SagaDefinition
 
 #: The kinds of entry that record an input the saga accepted, which begins a decision.
@@ -298,6 +298,7 @@ def _entry(
         reason=item.get("reason"),
         timer=item.get("timer"),
         due_ms=item.get("due_ms"),
+        **{name: item.get(name) for name in FLOW_FIELDS},
     )
 
 

@@ -41,15 +41,25 @@ without the attempt (``idempotency_key``), stable across retries, for the servic
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from stream_processors.codecs.records import CATALOG, Command, Record
-from stream_processors.core.fold import apply
+from stream_processors.codecs.records import CATALOG
+from stream_processors.core.decider import DEADLINE, MAX_EARLY_EVENTS, ROOT, Decider
+from stream_processors.core.decision import (
+    Decision,
+    Input,
+    OutgoingCommand,
+    command_id,
+    idempotency_key,
+    retry_timer,
+    signal_command_id,
+    sleep_timer,
+    timeout_timer,
+)
 from stream_processors.core.instance import Instance, Status, StepState, StepStatus
-from stream_processors.core.journal import VALUE_OF_KIND, JournalEntry, Kind
+from stream_processors.core.journal import Kind
 from stream_processors.core.model import (
-    COMPENSATE,
+    CHILD_FAILED,
     OPERATOR_ACTIONS,
+    ChildEnded,
     CommandFailed,
     Complete,
     Fail,
@@ -57,255 +67,21 @@ from stream_processors.core.model import (
     ReplyRole,
     SagaDefinition,
 )
-from stream_processors.core.policy import ALL, TIMEOUT, TRANSIENT
+from stream_processors.core.policy import TIMEOUT, TRANSIENT
 
-
-@dataclass(frozen=True, slots=True)
-class Input:
-    """A decoded inbox record. ``raw`` is its framed Avro, journaled as is (never re-encoded).
-
-    ``note`` says who sent it and why, when an operator did (``sagas signal``).
-    """
-
-    record: Record
-    raw: bytes
-    command_id: str | None = None
-    note: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class OutgoingCommand:
-    topic: str
-    key: str
-    command_id: str
-    value: bytes
-
-
-@dataclass(slots=True)
-class Decision:
-    """The outcome of one input. ``ignored`` and ``rejected`` carry a short, stable reason."""
-
-    instance: Instance | None
-    entries: list[JournalEntry] = field(default_factory=list)
-    commands: list[OutgoingCommand] = field(default_factory=list)
-    ignored: str | None = None
-    rejected: str | None = None
-
-
-def command_id(saga: str, instance_id: str, step: str, attempt: int) -> str:
-    return f"{saga}/{instance_id}/{step}/{attempt}"
-
-
-def idempotency_key(command_id: str) -> tuple[str, int]:
-    """(the step's idempotency key, the attempt) of a ``command_id``: its inverse, but one.
-
-    The key is the command id without its attempt (``saga/instance/step``; a compensation's
-    step is ``step.compensation``), so every attempt of a step shares it and a compensation has
-    its own. An id that does not end in an attempt number (not made by ``command_id``) is its
-    own key, attempt 1.
-    """
-    key, _, attempt = command_id.rpartition("/")
-    if not key or not attempt.isdigit():
-        return command_id, 1
-    return key, int(attempt)
-
-
-def signal_command_id(
-    definition: SagaDefinition, instance_id: str, reply: type[Record]
-) -> str | None:
-    """The command id an operator's signal of a ``reply`` type carries, if a step claims it.
-
-    It names the step, not an attempt: ``saga/instance/step`` (``step.compensation`` for a
-    compensation's reply), the step's idempotency key. With a note on the input (the operator
-    path), ``decide`` matches it to whichever attempt of that step is in flight; a worker's
-    reply always carries the full id of its attempt. None for a type no step claims.
-    """
-    claim = definition.replies.get(reply)
-    if claim is None:
-        return None
-    step, role = claim
-    compensation = role in (ReplyRole.COMPENSATED, ReplyRole.COMPENSATION_FAILED)
-    suffix = f"{step}.compensation" if compensation else step
-    return idempotency_key(command_id(definition.name, instance_id, suffix, 1))[0]
-
-
-def timeout_timer(step: str) -> str:
-    return f"timeout:{step}"
-
-
-def retry_timer(step: str) -> str:
-    return f"retry:{step}"
-
-
-DEADLINE = "deadline"
-
-
-class _Decider:
-    """Accumulates entries, folding each one at once so later choices see the new state."""
-
-    def __init__(self, definition: SagaDefinition, instance: Instance | None, now_ms: int) -> None:
-        self.definition = definition
-        self.decision = Decision(instance)
-        self.now_ms = now_ms
-
-    @property
-    def instance(self) -> Instance:
-        assert self.decision.instance is not None
-        return self.decision.instance
-
-    def emit(
-        self, instance_id: str, kind: Kind, decoded: Record | None = None, **fields: object
-    ) -> None:
-        seq = 0 if self.decision.instance is None else self.decision.instance.seq
-        entry = JournalEntry(
-            instance=instance_id,
-            seq=seq,
-            kind=VALUE_OF_KIND[kind],
-            at_ms=self.now_ms,
-            saga_version=self.definition.version,
-            **fields,  # type: ignore[arg-type]
-        )
-        self.decision.instance = apply(self.definition, self.decision.instance, entry, decoded)
-        self.decision.entries.append(entry)
-
-    def note(self, kind: Kind, **fields: object) -> None:
-        self.emit(self.instance.instance_id, kind, None, **fields)
-
-    # -- timers --------------------------------------------------------------------------------
-
-    def schedule(self, name: str, delay_ms: int, step: str | None = None, attempt: int = 0) -> None:
-        due = self.now_ms + delay_ms
-        self.note(Kind.TIMER_SCHEDULED, timer=name, due_ms=due, step=step, attempt=attempt)
-
-    def cancel(self, name: str) -> None:
-        if name in self.instance.timers:
-            self.note(Kind.TIMER_CANCELLED, timer=name)
-
-    # -- commands ------------------------------------------------------------------------------
-
-    def send(self, step: str, compensation: bool = False, attempt: int = 1) -> None:
-        """Start an attempt of a step (or of its compensation), with its timeout timer."""
-        task = self.definition.tasks[step]
-        spec = task.compensation if compensation else task.action
-        assert spec is not None
-        instance = self.instance
-        suffix = f"{step}.compensation" if compensation else step
-        cid = command_id(self.definition.name, instance.instance_id, suffix, attempt)
-        if spec.command is None:  # a wait: nothing to send, only a timeout to keep
-            self.note(Kind.WAIT_STARTED, step=step, command_id=cid, attempt=attempt)
-        else:
-            assert spec.build is not None and spec.topic is not None
-            value = spec.build(instance.data).encode()
-            kind = Kind.COMPENSATION_SENT if compensation else Kind.COMMAND_SENT
-            self.note(kind, step=step, command_id=cid, attempt=attempt, record=value)
-            self.decision.commands.append(
-                OutgoingCommand(spec.topic, instance.instance_id, cid, value)
-            )
-        if spec.timeout_ms is not None:
-            self.schedule(timeout_timer(step), spec.timeout_ms, step, attempt)
-
-    def send_unbound(self, command: Command) -> None:
-        """A handler's command: journaled and sent, but no step waits for its reply."""
-        instance = self.instance
-        topic = command.__topic__
-        if topic is None:
-            raise ValueError(f"{type(command).__qualname__} declares no topic")
-        cid = command_id(self.definition.name, instance.instance_id, f"#{instance.seq}", 1)
-        value = command.encode()
-        self.note(Kind.COMMAND_SENT, command_id=cid, attempt=1, record=value)
-        self.decision.commands.append(OutgoingCommand(topic, instance.instance_id, cid, value))
-
-    def start_steps(self, names: tuple[str, ...]) -> None:
-        for name in names:
-            self.send(name)
-
-    def finish_if_idle(self) -> None:
-        if self.instance.status is Status.RUNNING and not self.instance.active:
-            self.cancel(DEADLINE)
-            self.note(Kind.SAGA_COMPLETED)
-
-    # -- outcomes of an attempt ----------------------------------------------------------------
-
-    def succeeded(self, step: str, current: StepState) -> None:
-        self.cancel(timeout_timer(step))
-        if current.status.compensation:
-            self.note(Kind.COMPENSATION_SUCCEEDED, step=step, command_id=current.command_id)
-            self.continue_compensation()
-            return
-        self.note(Kind.STEP_SUCCEEDED, step=step, command_id=current.command_id)
-        if self.instance.status is Status.RUNNING:
-            self.start_steps(self.definition.tasks[step].next)
-            self.finish_if_idle()
-        elif self.instance.status is Status.COMPENSATING:  # done while compensating: undo it too
-            self.continue_compensation()
-
-    def attempt_failed(self, step: str, current: StepState, errors: list[str], why: str) -> None:
-        """An attempt failed with ``errors`` (names): retry, catch, compensate or park."""
-        self.cancel(timeout_timer(step))
-        task = self.definition.tasks[step]
-        compensation = current.status.compensation
-        spec = task.compensation if compensation else task.action
-        assert spec is not None
-        forward_while_compensating = not compensation and self.instance.status is not Status.RUNNING
-        if not forward_while_compensating and spec.retry.retries(errors, current.attempt):
-            delay = spec.retry.delay_ms(current.attempt, current.command_id)
-            self.note(
-                Kind.ATTEMPT_FAILED,
-                step=step,
-                command_id=current.command_id,
-                attempt=current.attempt,
-                reason=why,
-            )
-            self.schedule(retry_timer(step), delay, step, current.attempt + 1)
-            return
-        if compensation:
-            self.note(
-                Kind.COMPENSATION_FAILED, step=step, command_id=current.command_id, reason=why
-            )
-            self.note(Kind.SAGA_PARKED, reason=f"compensation failed: {why}")
-            return
-        self.note(Kind.STEP_FAILED, step=step, command_id=current.command_id, reason=why)
-        if forward_while_compensating:  # or after the saga ended: nothing more to start
-            if self.instance.status is Status.COMPENSATING:
-                self.continue_compensation()
-            return
-        target = next((task.catch[e] for e in (*errors, ALL) if e in task.catch), COMPENSATE)
-        if target == COMPENSATE:
-            self.fail(why)
-        else:
-            self.send(target)
-
-    def fail(self, reason: str) -> None:
-        """Fail the saga: compensate completed steps in reverse, or fail outright if none."""
-        if self.instance.status is not Status.RUNNING:
-            return
-        self.cancel(DEADLINE)
-        self.note(Kind.SAGA_COMPENSATING, reason=reason)
-        # Steps waiting to retry will not be retried now, and a wait has nothing in flight whose
-        # reply must come first: both fail at once. Commands in flight are awaited.
-        for name in self.instance.active:
-            step = self.instance.steps[name]
-            waits = self.definition.tasks[name].action.command is None
-            if step.status is StepStatus.RETRYING or (waits and step.status is StepStatus.PENDING):
-                self.cancel(retry_timer(name))
-                self.cancel(timeout_timer(name))
-                self.note(Kind.STEP_FAILED, step=name, reason=reason)
-        self.continue_compensation()
-
-    def continue_compensation(self) -> None:
-        """Start the next compensation, or end the saga when none is left and none in flight."""
-        instance = self.instance
-        if instance.active:
-            return  # one compensation at a time; in-flight steps are compensated when they reply
-        for name in reversed(instance.completed):
-            task = self.definition.tasks[name]
-            if instance.steps[name].status is StepStatus.SUCCEEDED and task.compensation:
-                self.send(name, compensation=True)
-                return
-        compensated = any(s.status is StepStatus.COMPENSATED for s in instance.steps.values())
-        self.note(
-            Kind.SAGA_COMPENSATED if compensated else Kind.SAGA_FAILED, reason=instance.reason
-        )
+__all__ = [
+    "DEADLINE",
+    "Decision",
+    "Input",
+    "OutgoingCommand",
+    "command_id",
+    "decide",
+    "decide_timer",
+    "idempotency_key",
+    "retry_timer",
+    "signal_command_id",
+    "timeout_timer",
+]
 
 
 def decide(
@@ -322,7 +98,7 @@ def _decide(
 ) -> Decision:
     record = received.record
     kind_of_input = type(record)
-    decider = _Decider(definition, instance, now_ms)
+    decider = Decider(definition, instance, now_ms)
     decision = decider.decision
 
     if kind_of_input not in definition.inputs:
@@ -332,12 +108,7 @@ def _decide(
         if kind_of_input is not definition.start:
             decision.rejected = "unknown-instance"
             return decision
-        instance_id = str(getattr(record, definition.key))
-        decider.emit(instance_id, Kind.SAGA_STARTED, record, record=received.raw)
-        if definition.deadline_ms is not None:
-            decider.schedule(DEADLINE, definition.deadline_ms)
-        decider.start_steps(definition.first)
-        decider.finish_if_idle()
+        _start(decider, received)
         return decision
     if kind_of_input is definition.start:
         decision.ignored = "duplicate-start"
@@ -349,7 +120,7 @@ def _decide(
         return decision
     if isinstance(record, OperatorAction):
         return _operator(decider, record, received)
-    if isinstance(record, CommandFailed):
+    if isinstance(record, CommandFailed | ChildEnded):
         if received.command_id is None:
             decision.ignored = "no-command-id"
             return decision
@@ -364,7 +135,92 @@ def _decide(
     claim = definition.replies.get(kind_of_input)
     if claim is None:
         return _handle(definition, decider, received)
-    return _reply(decider, received, claim[0], claim[1])
+    node, role = claim
+    key = _activation(definition, instance, received, node, role)
+    if key is None:
+        return _early(decider, received, node, role)
+    return _reply(decider, received, key, role)
+
+
+def _start(decider: Decider, received: Input) -> None:
+    """Start an instance; a child saga's start names its parent (``reply_to``/``reply_key``)."""
+    definition, record = decider.definition, received.record
+    instance_id = str(getattr(record, definition.key))
+    child = received.reply_to is not None
+    decider.emit(
+        instance_id,
+        Kind.SAGA_STARTED,
+        record,
+        record=received.raw,
+        reply_to=received.reply_to,
+        reply_key=received.reply_key if child else None,
+        command_id=received.command_id if child else None,
+    )
+    if definition.deadline_ms is not None:
+        decider.schedule(DEADLINE, definition.deadline_ms)
+    for name in definition.first:
+        decider.enter(name, ROOT)
+    decider.finish_if_idle()
+
+
+def _activation(
+    definition: SagaDefinition, instance: Instance, received: Input, node: str, role: ReplyRole
+) -> str | None:
+    """The step (activation of ``node``) a claimed reply answers: the one its command id names,
+    else (an awaited event: no id) the one waiting for it; None if no activation of the node
+    is there to take it."""
+    given = received.command_id
+    keys = [k for k, s in instance.steps.items() if s.node == node]
+    if given is not None:
+        for key in keys:
+            if _unmatched(received, instance.steps[key], False) is None:
+                return key
+        return keys[-1] if keys else None  # ``_reply`` says why it does not match
+    waiting = _WAITING[role]
+    open_ = [k for k in keys if instance.steps[k].status is waiting]
+    if open_:
+        return open_[0]
+    if keys and not _waited(definition, keys[-1], instance, role):
+        return keys[-1]  # a command's reply without an id: ``_reply`` ignores it as such
+    return None
+
+
+def _early(decider: Decider, received: Input, node: str, role: ReplyRole) -> Decision:
+    """An awaited event whose wait is not running: kept for the wait, or journaled unmatched.
+
+    Kept when the wait may still start (the instance runs, and the wait has not run yet or may
+    run again in a loop) and declares a window for early events; otherwise it is journaled as
+    unmatched, so that it shows in the history."""
+    decision = decider.decision
+    instance = decider.instance
+    task = decider.definition.tasks[node]
+    compensation = role in (ReplyRole.COMPENSATED, ReplyRole.COMPENSATION_FAILED)
+    spec = task.compensation if compensation else task.action
+    if spec is None or spec.command is not None:  # a worker's reply for a step never started
+        decision.ignored = "unexpected-reply"
+        return decision
+    if instance.status.finished:
+        decision.ignored = "finished"
+        return decision
+    room = len(instance.early) < MAX_EARLY_EVENTS
+    runs = sum(1 for step in instance.steps.values() if step.node == node)
+    may_start = runs == 0 or (task.max_visits is not None and runs < task.max_visits)
+    keep = (
+        not compensation
+        and spec.early_ms > 0
+        and room
+        and may_start
+        and instance.status is Status.RUNNING
+    )
+    decider.emit(
+        instance.instance_id,
+        Kind.EVENT_KEPT if keep else Kind.EVENT_UNMATCHED,
+        received.record,
+        step=node,
+        record=received.raw,
+        reason=received.note,
+    )
+    return decision
 
 
 _WAITING = {
@@ -373,24 +229,28 @@ _WAITING = {
     ReplyRole.COMPENSATED: StepStatus.COMPENSATING,
     ReplyRole.COMPENSATION_FAILED: StepStatus.COMPENSATING,
 }
+#: A cancelled step's command is still in flight: its reply is taken like a pending one's.
+_IN_FLIGHT = (StepStatus.PENDING, StepStatus.COMPENSATING, StepStatus.CANCELLED)
 
 
-def _reply(decider: _Decider, received: Input, step: str, role: ReplyRole | None) -> Decision:
-    """A reply for ``step``; ``role`` None is a worker's CommandFailed (a transient error)."""
+def _reply(decider: Decider, received: Input, step: str, role: ReplyRole | None) -> Decision:
+    """A reply for ``step``; ``role`` None is matched by command id alone: a worker's
+    ``CommandFailed`` (a transient error) or a child saga's ``ChildEnded``."""
     instance = decider.instance
     decision = decider.decision
     current = instance.steps.get(step)
     if current is None:  # the step has not started: nothing of it is in flight
         decision.ignored = "unexpected-reply"
         return decision
-    unmatched = _unmatched(received, current, _waited(decider.definition, step, role))
+    unmatched = _unmatched(received, current, _waited(decider.definition, step, instance, role))
     if unmatched is not None:
         decision.ignored = unmatched
         return decision
-    if current.status not in (StepStatus.PENDING, StepStatus.COMPENSATING):
+    if current.status not in _IN_FLIGHT:
         decision.ignored = "duplicate"  # this attempt has had its answer
         return decision
-    if role is not None and current.status is not _WAITING[role]:
+    expected = current.status if current.status is not StepStatus.CANCELLED else StepStatus.PENDING
+    if role is not None and expected is not _WAITING[role]:
         decision.ignored = "unexpected-reply"  # e.g. a compensation's reply to the action
         return decision
 
@@ -406,7 +266,14 @@ def _reply(decider: _Decider, received: Input, step: str, role: ReplyRole | None
         reason=received.note,
     )
     if role in (ReplyRole.SUCCEEDED, ReplyRole.COMPENSATED):
-        decider.succeeded(step, current)
+        decider.succeeded(step, current, received.raw)
+    elif isinstance(record, ChildEnded):
+        if record.status == Status.COMPLETED.value:
+            decider.succeeded(step, current, received.raw)
+        else:
+            why = f"{step}: child saga {record.saga} {record.instance} {record.status}"
+            reason = f": {record.reason}" if record.reason else ""
+            decider.attempt_failed(step, current, [CHILD_FAILED], why + reason)
     elif isinstance(record, CommandFailed):
         why = f"{step}: {record.error}: {record.message}"
         decider.attempt_failed(step, current, [record.error, TRANSIENT], why)
@@ -433,11 +300,16 @@ def _unmatched(received: Input, current: StepState, waited: bool) -> str | None:
     return "stale"
 
 
-def _waited(definition: SagaDefinition, step: str, role: ReplyRole | None) -> bool:
-    """Whether ``role`` (None: a ``CommandFailed``) answers a wait rather than a command."""
+def _waited(
+    definition: SagaDefinition, step: str, instance: Instance, role: ReplyRole | None
+) -> bool:
+    """Whether ``role`` (None: matched by id) answers a wait rather than a command."""
     if role is None:
         return False
-    task = definition.tasks[step]
+    current = instance.steps.get(step)
+    task = definition.tasks.get(current.node if current is not None else step)
+    if task is None:
+        return False
     compensation = role in (ReplyRole.COMPENSATED, ReplyRole.COMPENSATION_FAILED)
     spec = task.compensation if compensation else task.action
     return spec is not None and spec.command is None
@@ -449,7 +321,8 @@ def _mismatch(definition: SagaDefinition, instance: Instance) -> str | None:
     An instance keeps working under a new version of its saga as long as every step it has
     started still exists; see "Changing a saga" in the README for what is safe to change.
     """
-    unknown = [name for name in instance.steps if name not in definition.tasks]
+    used = [s.node for s in instance.steps.values()] + [b.node for b in instance.blocks.values()]
+    unknown = [n for n in used if n not in definition.tasks and n not in definition.flow]
     if not unknown:
         return None
     return (
@@ -469,7 +342,7 @@ def decide_timer(
 def _decide_timer(
     definition: SagaDefinition, instance: Instance | None, name: str, now_ms: int
 ) -> Decision:
-    decider = _Decider(definition, instance, now_ms)
+    decider = Decider(definition, instance, now_ms)
     timer = None if instance is None else instance.timers.get(name)
     if timer is None or timer.due_ms > now_ms:
         decider.decision.ignored = "stale-timer"
@@ -488,25 +361,30 @@ def _decide_timer(
     decider.note(Kind.TIMER_FIRED, timer=name, step=timer.step, attempt=timer.attempt)
     if mismatch is not None:
         return decider.decision
-    step = timer.step
-    current = None if step is None else decider.instance.steps.get(step)
-    if name == DEADLINE:
-        decider.fail("deadline exceeded")
-    elif step is not None and current is not None and name == retry_timer(step):
-        compensation = current.status.compensation
-        if compensation or decider.instance.status is Status.RUNNING:  # not after a Complete
-            decider.send(step, compensation=compensation, attempt=timer.attempt)
-    elif (
-        step is not None
-        and current is not None
-        and current.attempt == timer.attempt
-        and current.status in (StepStatus.PENDING, StepStatus.COMPENSATING)
-    ):
-        decider.attempt_failed(step, current, [TIMEOUT], f"{step}: no reply in time")
+    _fired(decider, name, timer.step, timer.attempt)
     return decider.decision
 
 
-def _operator(decider: _Decider, action: OperatorAction, received: Input) -> Decision:
+def _fired(decider: Decider, name: str, step: str | None, attempt: int) -> None:
+    """Do what a due timer was set for: fail at the deadline, retry, wake, or time out."""
+    current = None if step is None else decider.instance.steps.get(step)
+    if name == DEADLINE:
+        decider.fail("deadline exceeded")
+        return
+    if step is None or current is None:
+        return
+    if name == retry_timer(step):
+        compensation = current.status.compensation
+        if compensation or decider.instance.status is Status.RUNNING:  # not after a Complete
+            decider.resend(step, compensation, attempt)
+    elif name == sleep_timer(step):
+        if current.status is StepStatus.PENDING and decider.instance.status is Status.RUNNING:
+            decider.succeeded(step, current, None)
+    elif current.attempt == attempt and current.status in _IN_FLIGHT:
+        decider.attempt_failed(step, current, [TIMEOUT], f"{step}: no reply in time")
+
+
+def _operator(decider: Decider, action: OperatorAction, received: Input) -> Decision:
     instance = decider.instance
     status = instance.status
     allowed = {
@@ -535,7 +413,7 @@ def _operator(decider: _Decider, action: OperatorAction, received: Input) -> Dec
     return decider.decision
 
 
-def _resume(decider: _Decider) -> None:
+def _resume(decider: Decider) -> None:
     """Pick up where parking stopped the instance (``SagaResumed`` restored its status).
 
     A compensation that finally failed is tried again. Timers the instance kept while parked
@@ -546,17 +424,17 @@ def _resume(decider: _Decider) -> None:
     parked = decider.instance
     for name, step in parked.steps.items():
         if step.status is StepStatus.COMPENSATION_FAILED:
-            decider.send(name, compensation=True, attempt=step.attempt + 1)
+            decider.resend(name, compensation=True, attempt=step.attempt + 1)
             return
     for name, step in parked.steps.items():
         retrying = step.status in (StepStatus.RETRYING, StepStatus.COMPENSATION_RETRYING)
         if retrying and retry_timer(name) not in parked.timers:
-            decider.send(name, compensation=step.status.compensation, attempt=step.attempt + 1)
+            decider.resend(name, step.status.compensation, step.attempt + 1)
     if decider.instance.status is Status.COMPENSATING:
         decider.continue_compensation()
 
 
-def _handle(definition: SagaDefinition, decider: _Decider, received: Input) -> Decision:
+def _handle(definition: SagaDefinition, decider: Decider, received: Input) -> Decision:
     instance = decider.instance
     if instance.status.finished:
         decider.decision.ignored = "finished"

@@ -127,60 +127,11 @@ def apply(
         data = evolve(instance.data, record) if evolve else KEEP
         return _moved(instance, entry, data=data, early=_without(instance.early, entry.record))
     if kind in _SENT:
-        if step is None:  # a handler's fire-and-forget command: history only
-            return _moved(instance, entry)
-        node, block, branch = entry.node or step, entry.block or "", entry.branch or 0
-        sent = StepState(
-            _SENT[kind], entry.command_id or "", entry.attempt, entry.at_ms, node, block, branch
-        )
-        entered = entry.attempt == 1 and kind is not Kind.COMPENSATION_SENT
-        return (
-            _moved(
-                instance,
-                entry,
-                steps={**instance.steps, step: sent},
-                visits=_visited(instance, entry),
-            )
-            if entered
-            else _moved(instance, entry, steps={**instance.steps, step: sent})
-        )
+        return _sent(instance, entry, kind)
     if kind is Kind.NODE_PASSED:
         return _moved(instance, entry, visits=_visited(instance, entry))
-    if kind is Kind.BLOCK_STARTED:
-        if step is None or entry.node is None:
-            raise FoldError(f"{entry.instance}: BlockStarted #{entry.seq} without step or node")
-        count = entry.attempt
-        node = definition.flow.get(entry.node)
-        block = BlockState(
-            entry.node,
-            node.kind if isinstance(node, Block) else "parallel",
-            entry.block or "",
-            entry.branch or 0,
-            BranchStatus.RUNNING,
-            (BranchStatus.QUEUED,) * count,
-            entry.record,
-            (None,) * count,
-        )
-        blocks = {**instance.blocks, step: block}
-        return _moved(instance, entry, blocks=blocks, visits=_visited(instance, entry))
-    if kind in _BRANCH_AFTER:
-        key, block = _block(instance, entry)
-        index = entry.branch or 0
-        branches = list(block.branches)
-        branches[index] = _BRANCH_AFTER[kind]
-        results = block.results
-        if kind is Kind.BRANCH_SUCCEEDED and entry.record is not None:
-            results = (*results[:index], entry.record, *results[index + 1 :])
-        changed = _block_with(block, branches=tuple(branches), results=results)
-        return _moved(instance, entry, blocks={**instance.blocks, key: changed})
-    if kind in _BLOCK_AFTER:
-        key, block = _block(instance, entry)
-        data: Record | _Keep = KEEP
-        if kind is Kind.BLOCK_SUCCEEDED:
-            data = _gathered(definition, block, instance.data)
-        # The results are in the state now (or not wanted): a finished block keeps statuses only.
-        changed = _block_with(block, status=_BLOCK_AFTER[kind], items=None, results=())
-        return _moved(instance, entry, blocks={**instance.blocks, key: changed}, data=data)
+    if kind is Kind.BLOCK_STARTED or kind in _BRANCH_AFTER or kind in _BLOCK_AFTER:
+        return _apply_block(definition, instance, entry, kind)
     if kind is Kind.EVENT_KEPT:
         if entry.record is None:
             raise FoldError(f"{entry.instance}: EventKept #{entry.seq} carries no record")
@@ -247,6 +198,7 @@ def _moved(
     blocks: Mapping[str, BlockState] | _Keep = KEEP,
     visits: Mapping[str, int] | _Keep = KEEP,
     early: tuple[EarlyEvent, ...] | _Keep = KEEP,
+    children: Mapping[str, str] | _Keep = KEEP,
 ) -> Instance:
     """The instance one entry later (``seq`` + 1, updated at the entry's time), with the given
     fields changed: ``dataclasses.replace`` without its introspection, which was most of the
@@ -270,7 +222,70 @@ def _moved(
         instance.reply_to,
         instance.reply_key,
         instance.reply_command,
+        instance.children if children is KEEP else children,
     )
+
+
+def _sent(instance: Instance, entry: JournalEntry, kind: Kind) -> Instance:
+    """A command sent, a wait or sleep started, a compensation sent: the step's new attempt."""
+    key = entry.step
+    if key is None:  # a handler's fire-and-forget command: history only
+        return _moved(instance, entry)
+    node, block, branch = entry.node or key, entry.block or "", entry.branch or 0
+    sent = StepState(
+        _SENT[kind], entry.command_id or "", entry.attempt, entry.at_ms, node, block, branch
+    )
+    entered = entry.attempt == 1 and kind is not Kind.COMPENSATION_SENT
+    children: Mapping[str, str] | _Keep = KEEP
+    if kind is Kind.COMMAND_SENT and entry.reply_key is not None:  # a child saga's start
+        children = {**instance.children, key: entry.reply_key}
+    return _moved(
+        instance,
+        entry,
+        steps={**instance.steps, key: sent},
+        visits=_visited(instance, entry) if entered else KEEP,
+        children=children,
+    )
+
+
+def _apply_block(
+    definition: SagaDefinition, instance: Instance, entry: JournalEntry, kind: Kind
+) -> Instance:
+    """A block started, one of its branches moved, or the block ended."""
+    if kind is Kind.BLOCK_STARTED:
+        if entry.step is None or entry.node is None:
+            raise FoldError(f"{entry.instance}: BlockStarted #{entry.seq} without step or node")
+        count = entry.attempt
+        node = definition.flow.get(entry.node)
+        started = BlockState(
+            entry.node,
+            node.kind if isinstance(node, Block) else "parallel",
+            entry.block or "",
+            entry.branch or 0,
+            BranchStatus.RUNNING,
+            (BranchStatus.QUEUED,) * count,
+            entry.record,
+            (None,) * count,
+        )
+        blocks = {**instance.blocks, entry.step: started}
+        return _moved(instance, entry, blocks=blocks, visits=_visited(instance, entry))
+    key, block = _block(instance, entry)
+    if kind in _BRANCH_AFTER:
+        index = entry.branch or 0
+        branches = list(block.branches)
+        branches[index] = _BRANCH_AFTER[kind]
+        results = block.results
+        if kind is Kind.BRANCH_SUCCEEDED and entry.record is not None:
+            results = (*results[:index], entry.record, *results[index + 1 :])
+        changed = _block_with(block, branches=tuple(branches), results=results)
+        return _moved(instance, entry, blocks={**instance.blocks, key: changed})
+    data: Record | _Keep = KEEP
+    if kind is Kind.BLOCK_SUCCEEDED:
+        data = _gathered(definition, block, instance.data)
+    # The results are in the state now (or not wanted). The items stay: a compensation of an
+    # item's step, later, is built from its item.
+    changed = _block_with(block, status=_BLOCK_AFTER[kind], results=())
+    return _moved(instance, entry, blocks={**instance.blocks, key: changed}, data=data)
 
 
 def _visited(instance: Instance, entry: JournalEntry) -> Mapping[str, int] | _Keep:
@@ -300,7 +315,7 @@ def _block_with(
     *,
     status: BranchStatus | None = None,
     branches: tuple[BranchStatus, ...] | None = None,
-    items: bytes | None | _Keep = KEEP,
+    items: bytes | _Keep | None = KEEP,
     results: tuple[bytes | None, ...] | None = None,
 ) -> BlockState:
     return BlockState(
@@ -326,7 +341,9 @@ def _gathered(definition: SagaDefinition, block: BlockState, data: Record) -> Re
 
 
 def _status(step: StepState, status: StepStatus) -> StepState:
-    return StepState(status, step.command_id, step.attempt, step.sent_at_ms)
+    return StepState(
+        status, step.command_id, step.attempt, step.sent_at_ms, step.node, step.block, step.branch
+    )
 
 
 def _step(instance: Instance, entry: JournalEntry) -> tuple[str, StepState]:

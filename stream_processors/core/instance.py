@@ -153,6 +153,8 @@ class Instance:
     reply_to: str | None = None
     reply_key: str | None = None
     reply_command: str | None = None
+    #: Child sagas started by a step: the step's key to the child's instance id.
+    children: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def active(self) -> tuple[str, ...]:
@@ -231,6 +233,7 @@ def encode_snapshot(instance: Instance) -> bytes:
         "reply_to": instance.reply_to,
         "reply_key": instance.reply_key,
         "reply_command": instance.reply_command,
+        "children": [{"step": k, "instance": v} for k, v in instance.children.items()],
     }
     return encode(_snapshot_schema(), datum)
 
@@ -279,6 +282,7 @@ def decode_snapshot(data: bytes) -> Instance:
         reply_to=datum["reply_to"],
         reply_key=datum["reply_key"],
         reply_command=datum["reply_command"],
+        children={c["step"]: c["instance"] for c in datum["children"]},
     )
 
 

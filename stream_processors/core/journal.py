@@ -84,3 +84,7 @@ class JournalEntry(Record, schema="sagalog.JournalEntry"):
     branch: int | None = None
     reply_to: str | None = None
     reply_key: str | None = None
+
+
+#: An entry's control-flow and child-saga fields: ``history --json`` writes them as they are.
+FLOW_FIELDS = ("node", "block", "branch", "reply_to", "reply_key")

@@ -124,6 +124,8 @@ class CommandSpec:
     timeout_ms: int | None = None
     #: The child saga this command starts (its start event goes to ``topic``, its inbox).
     child: str | None = None
+    #: The child saga's key field: the start event's field that names the child instance.
+    child_key: str | None = None
     #: How long an awaited event that arrived before its wait started is kept for it (ms).
     early_ms: int = 0
 
@@ -276,7 +278,10 @@ class SagaDefinition:
         ]
 
     def command_topics(self) -> frozenset[str]:
-        return frozenset(spec.topic for spec in self.specs() if spec.topic is not None)
+        """Topics the saga's commands go to (not the inboxes of the child sagas it starts)."""
+        return frozenset(
+            spec.topic for spec in self.specs() if spec.topic is not None and spec.child is None
+        )
 
     @cached_property
     def source_inputs(self) -> frozenset[type[Record]]:
@@ -326,7 +331,7 @@ def validate(definition: SagaDefinition) -> None:
         )
     _validate_flow(where, definition)
     for task in definition.tasks.values():
-        if not task.action.success:
+        if not task.action.success and task.action.child is None:
             raise DeclarationError(f"{where}: step {task.name!r} has no success reply")
         if task.action.command is None and task.action.timeout_ms is None:
             raise DeclarationError(f"{where}: wait step {task.name!r} needs a timeout")

@@ -80,7 +80,9 @@ def test_happy_path() -> None:
     state = run.instance
     assert state.instance_id == "o-1"
     assert state.status is Status.RUNNING
-    assert state.steps == {"payment": StepState(StepStatus.PENDING, PAY_ID, 1, T0 + 1_000)}
+    assert state.steps == {
+        "payment": StepState(StepStatus.PENDING, PAY_ID, 1, T0 + 1_000, "payment")
+    }
     assert state.active == ("payment",)
     assert state.started_at_ms == T0 + 1_000
     assert state.data == SAGA.begin(ORDER)
@@ -165,7 +167,9 @@ def test_shipping_failed_refunds_the_payment_then_ends_compensated() -> None:
     state = run.instance
     assert state.status is Status.COMPENSATING
     assert state.reason == "shipping: ShippingFailed"
-    assert state.steps["payment"] == StepState(StepStatus.COMPENSATING, REFUND_ID, 1, run.now_ms)
+    assert state.steps["payment"] == StepState(
+        StepStatus.COMPENSATING, REFUND_ID, 1, run.now_ms, "payment"
+    )
     assert state.steps["shipping"].status is StepStatus.FAILED
     assert state.active == ("payment",)
 

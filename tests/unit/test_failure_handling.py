@@ -247,7 +247,9 @@ def test_command_failed_schedules_a_retry_then_sends_attempt_two_with_a_new_id(k
     )
     state = run.instance
     assert state.status is Status.RUNNING
-    assert state.steps["payment"] == StepState(StepStatus.RETRYING, cid("payment"), 1, T0 + 1_000)
+    assert state.steps["payment"] == StepState(
+        StepStatus.RETRYING, cid("payment"), 1, T0 + 1_000, "payment"
+    )
     assert state.active == ("payment",)
     assert state.timers == {"retry:payment": Timer(due, "payment", 2)}
 
@@ -268,7 +270,9 @@ def test_command_failed_schedules_a_retry_then_sends_attempt_two_with_a_new_id(k
     assert command == PAYMENT
     assert sent.value == run.sent[0].value  # the same command, under a new command id
     assert retried.entries[1].attempt == 2
-    assert run.instance.steps["payment"] == StepState(StepStatus.PENDING, cid("payment", 2), 2, due)
+    assert run.instance.steps["payment"] == StepState(
+        StepStatus.PENDING, cid("payment", 2), 2, due, "payment"
+    )
     assert run.instance.timers == {}
     assert run.fire("retry:payment").ignored == "stale-timer"  # fires once
 
@@ -1074,7 +1078,10 @@ def test_a_wait_step_sends_nothing_and_the_awaited_event_completes_it(kit: Kit) 
     ]
     assert approved.entries[0].step == "approval"
     assert approved.commands[0].command_id == cid("shipping")
-    assert run.feed(kit.approved(order_id="o-1", approver="dan")).ignored == "duplicate"
+    # An awaited event no wait takes any more is journaled as unmatched: visible, not dropped.
+    again = run.feed(kit.approved(order_id="o-1", approver="dan"))
+    assert (again.ignored, kinds(again)) == (None, [Kind.EVENT_UNMATCHED])
+    assert again.entries[0].step == "approval"
     run.feed(SHIPPED, cid("shipping"))
     assert run.instance.status is Status.COMPLETED
     assert run.instance.completed == ("payment", "approval", "shipping")
@@ -1096,8 +1103,10 @@ def test_a_wait_that_times_out_fails_without_retry_and_compensates(kit: Kit) -> 
     assert only_command(timed_out)[1] == REFUND
     assert run.instance.reason == "approval: no reply in time"
     assert run.instance.steps["approval"].status is StepStatus.FAILED
-    # Approving after the timeout changes nothing.
-    assert run.feed(kit.approved(order_id="o-1", approver="carol")).ignored == "duplicate"
+    # Approving after the timeout changes nothing, but shows in the history.
+    late = run.feed(kit.approved(order_id="o-1", approver="carol"))
+    assert kinds(late) == [Kind.EVENT_UNMATCHED]
+    assert run.instance.steps["approval"].status is StepStatus.FAILED
     run.feed(REFUNDED, refund_id(1))
     assert run.instance.status is Status.COMPENSATED
 
@@ -1130,11 +1139,45 @@ def test_a_wait_timeout_follows_its_catch(kit: Kit) -> None:
     assert run.instance.completed == ("payment", "shipping")
 
 
-def test_the_awaited_event_before_the_wait_starts_is_unexpected(kit: Kit) -> None:
+def test_the_awaited_event_before_the_wait_starts_is_kept_and_satisfies_it(kit: Kit) -> None:
     run = Run(declare(kit, wait={}))
     run.feed(ORDER)
-    assert run.feed(kit.approved(order_id="o-1", approver="carol")).ignored == "unexpected-reply"
+    early = run.feed(kit.approved(order_id="o-1", approver="carol"))
+    assert kinds(early) == [Kind.EVENT_KEPT]
     assert "approval" not in run.instance.steps
+    assert len(run.instance.early) == 1
+    paid = run.feed(PAID, cid("payment"))
+    assert kinds(paid) == [
+        Kind.INPUT_ACCEPTED,
+        Kind.STEP_SUCCEEDED,
+        Kind.WAIT_STARTED,
+        Kind.TIMER_SCHEDULED,
+        Kind.INPUT_ACCEPTED,
+        Kind.TIMER_CANCELLED,
+        Kind.STEP_SUCCEEDED,
+        Kind.COMMAND_SENT,
+    ]
+    assert paid.entries[4].step == "approval" and paid.entries[4].record == early.entries[0].record
+    assert run.instance.early == ()
+    assert paid.commands[0].command_id == cid("shipping")
+
+
+def test_an_early_event_older_than_the_window_does_not_satisfy_the_wait(kit: Kit) -> None:
+    run = Run(declare(kit, wait={"early": 60}))
+    run.feed(ORDER)
+    assert kinds(run.feed(kit.approved(order_id="o-1", approver="carol"))) == [Kind.EVENT_KEPT]
+    run.advance(61)
+    paid = run.feed(PAID, cid("payment"))
+    assert kinds(paid)[-2:] == [Kind.WAIT_STARTED, Kind.TIMER_SCHEDULED]
+    assert run.instance.steps["approval"].status is StepStatus.PENDING
+
+
+def test_an_early_event_with_no_window_is_journaled_unmatched(kit: Kit) -> None:
+    run = Run(declare(kit, wait={"early": 0}))
+    run.feed(ORDER)
+    early = run.feed(kit.approved(order_id="o-1", approver="carol"))
+    assert kinds(early) == [Kind.EVENT_UNMATCHED]
+    assert run.instance.early == ()
 
 
 @pytest.mark.parametrize("how", ["cancel", "deadline"])
@@ -1153,7 +1196,8 @@ def test_ending_a_saga_while_it_waits_compensates_at_once(kit: Kit, how: str) ->
     assert ended.entries[2].timer == "timeout:approval"
     assert only_command(ended)[1] == REFUND
     assert run.instance.steps["approval"].status is StepStatus.FAILED
-    assert run.feed(kit.approved(order_id="o-1", approver="carol")).ignored == "duplicate"
+    late = run.feed(kit.approved(order_id="o-1", approver="carol"))
+    assert kinds(late) == [Kind.EVENT_UNMATCHED]
     run.feed(REFUNDED, refund_id(1))
     assert run.instance.status is Status.COMPENSATED
 

@@ -32,6 +32,7 @@ from examples.order_fulfillment.messages import (
 from examples.order_fulfillment.saga import OrderFulfillment
 from sagas import Command, Compensate, DeclarationError, Fail, Saga, Step, Wait, evolve, on
 from stream_processors.core.model import (
+    ChildEnded,
     CommandFailed,
     OperatorAction,
     ReplyRole,
@@ -118,7 +119,13 @@ def test_example_reply_roles_evolvers_and_topics() -> None:
     }
     assert set(definition.evolvers) == {PaymentCompleted, ShippingLabelCreated}
     assert definition.handlers == {}
-    assert definition.inputs == {OrderPlaced, *definition.replies, CommandFailed, OperatorAction}
+    assert definition.inputs == {
+        OrderPlaced,
+        *definition.replies,
+        CommandFailed,
+        OperatorAction,
+        ChildEnded,
+    }
     assert definition.command_topics() == {"payments.commands", "shipping.commands"}
     assert definition.source_topics() == {"orders.events"}
 

@@ -1,0 +1,597 @@
+"""The ``Decider``: one decision being made, entry by entry, and the saga's control flow. Pure.
+
+``decide`` and ``decide_timer`` (``stream_processors.core.decide``) make one ``Decider`` per input.
+Every entry it emits is folded at once (``fold.apply``), so each later choice sees the state the
+journal so far implies, and the decision's instance is by construction the fold of its entries.
+
+Control flow is walked here. A node runs at a ``Place``: the main path, or one branch of a block
+activation (a parallel's branch, a map's item). ``enter`` starts a node there (a task's command,
+a choice, a block, a sleep, an end); a path that reaches a node with no ``next`` ends
+(``path_ended``): the main path's end completes the saga, a branch's end is reported to its block
+(``advance``), which starts queued items, joins, and continues on its own path. A path that fails
+(``path_failed``) fails the saga on the main path, or its branch: a parallel then fails (cancelling
+its running siblings, ``cancel_block``), a map only beyond its tolerated failures; a failed block
+goes where its ``catch`` says, or fails its own path in turn.
+
+A cancelled step whose command is in flight is not forgotten: it is marked ``StepCancelled``, its
+reply is awaited, and if it succeeded it is undone (its compensation) before the saga ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from stream_processors.codecs.records import Command, Record, decode_record
+from stream_processors.core.decision import (
+    CHILD_CANCEL,
+    CHILD_END,
+    CHILD_START,
+    Decision,
+    OutgoingCommand,
+    command_id,
+    retry_timer,
+    sleep_timer,
+    timeout_timer,
+)
+from stream_processors.core.fold import apply
+from stream_processors.core.instance import (
+    BranchStatus,
+    Instance,
+    Status,
+    StepState,
+    StepStatus,
+    visit_key,
+)
+from stream_processors.core.items import decode_items, encode_items
+from stream_processors.core.journal import VALUE_OF_KIND, JournalEntry, Kind
+from stream_processors.core.model import (
+    COMPENSATE,
+    JOIN_FIRST,
+    MAP,
+    Block,
+    ChildEnded,
+    Choice,
+    CommandSpec,
+    End,
+    Node,
+    OperatorAction,
+    SagaDefinition,
+    Sleep,
+    Task,
+)
+from stream_processors.core.policy import ALL
+
+DEADLINE = "deadline"
+#: Error names of the engine's own control-flow failures (a ``catch`` may match them).
+LOOP_EXCEEDED = "sagalog.LoopExceeded"
+NO_CHOICE = "sagalog.NoChoice"
+TOO_MANY_ITEMS = "sagalog.TooManyItems"
+#: Kept early events per instance, at most: beyond, they are journaled as unmatched.
+MAX_EARLY_EVENTS = 100
+_NO_ITEM = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where a node runs: on the main path (``block`` ""), or a block activation's branch."""
+
+    block: str = ""
+    branch: int = 0
+
+
+ROOT = Place()
+
+
+class Decider:
+    """Accumulates entries, folding each one at once so later choices see the new state."""
+
+    def __init__(self, definition: SagaDefinition, instance: Instance | None, now_ms: int) -> None:
+        self.definition = definition
+        self.decision = Decision(instance)
+        self.now_ms = now_ms
+        self._advancing: set[str] = set()
+
+    @property
+    def instance(self) -> Instance:
+        assert self.decision.instance is not None
+        return self.decision.instance
+
+    def emit(
+        self, instance_id: str, kind: Kind, decoded: Record | None = None, **fields: object
+    ) -> None:
+        before = self.decision.instance
+        seq = 0 if before is None else before.seq
+        entry = JournalEntry(
+            instance=instance_id,
+            seq=seq,
+            kind=VALUE_OF_KIND[kind],
+            at_ms=self.now_ms,
+            saga_version=self.definition.version,
+            **fields,  # type: ignore[arg-type]
+        )
+        after = apply(self.definition, before, entry, decoded)
+        self.decision.instance = after
+        self.decision.entries.append(entry)
+        ended = after.status.finished and (before is None or not before.status.finished)
+        if ended and after.reply_to is not None:
+            self._report_to_parent(after)
+
+    def note(self, kind: Kind, **fields: object) -> None:
+        self.emit(self.instance.instance_id, kind, None, **fields)
+
+    def _report_to_parent(self, child: Instance) -> None:
+        """A child saga that ends tells its parent's child step, as a reply to its command."""
+        assert child.reply_to is not None and child.reply_key is not None
+        ended = ChildEnded(
+            self.definition.name, child.instance_id, child.status.value, child.reason
+        )
+        self.decision.commands.append(
+            OutgoingCommand(
+                child.reply_to,
+                child.reply_key,
+                child.reply_command or "",
+                ended.encode(),
+                CHILD_END,
+            )
+        )
+
+    # -- timers --------------------------------------------------------------------------------
+
+    def schedule(self, name: str, delay_ms: int, step: str | None = None, attempt: int = 0) -> None:
+        due = self.now_ms + delay_ms
+        self.note(Kind.TIMER_SCHEDULED, timer=name, due_ms=due, step=step, attempt=attempt)
+
+    def cancel(self, name: str) -> None:
+        if name in self.instance.timers:
+            self.note(Kind.TIMER_CANCELLED, timer=name)
+
+    # -- nodes ---------------------------------------------------------------------------------
+
+    def enter(self, name: str, place: Place) -> None:
+        """Start node ``name`` at ``place`` (a new visit: loops are bounded by ``max_visits``)."""
+        node = self.definition.node(name)
+        base = visit_key(self.instance, name, place.block, place.branch)
+        visit = self.instance.visits.get(base, 0) + 1
+        if node.max_visits is not None and visit > node.max_visits:
+            why = f"step {name!r} would run a visit {visit}; it allows {node.max_visits}"
+            self.path_failed(place, [LOOP_EXCEEDED], why)
+            return
+        key = base if visit == 1 else f"{base}~{visit}"
+        if isinstance(node, Task):
+            self.send(key, name, place)
+        elif isinstance(node, Choice):
+            self._choose(key, node, place)
+        elif isinstance(node, End):
+            self._end(key, node, place)
+        elif isinstance(node, Sleep):
+            self._sleep(key, node, place)
+        else:
+            self._start_block(key, node, place)
+
+    def _where(self, key: str, name: str, place: Place) -> dict[str, Any]:
+        if not place.block:  # the main path: no block fields (smaller entries)
+            return {"step": key, "node": name}
+        return {"step": key, "node": name, "block": place.block, "branch": place.branch}
+
+    def _choose(self, key: str, node: Choice, place: Place) -> None:
+        target = next((r.target for r in node.rules if self.call(r.condition, place)), None)
+        target = target or node.default
+        if target is None:
+            why = f"choice {node.name!r}: no rule matched and there is no default"
+            self.note(Kind.NODE_PASSED, reason=why, **self._where(key, node.name, place))
+            self.path_failed(place, [NO_CHOICE], why)
+            return
+        self.note(Kind.NODE_PASSED, reason=f"-> {target}", **self._where(key, node.name, place))
+        self.enter(target, place)
+
+    def _end(self, key: str, node: End, place: Place) -> None:
+        outcome = "succeed" if node.succeed else "fail"
+        why = node.reason or f"{outcome} at {node.name!r}"
+        self.note(Kind.NODE_PASSED, reason=why, **self._where(key, node.name, place))
+        if node.succeed:
+            self.path_ended(place, None)
+        else:
+            self.path_failed(place, [node.error], why)
+
+    def _sleep(self, key: str, node: Sleep, place: Place) -> None:
+        if node.delay_ms is not None:
+            delay = node.delay_ms
+        else:
+            assert node.until is not None
+            delay = max(0, int(self.call(node.until, place)) - self.now_ms)
+        cid = command_id(self.definition.name, self.instance.instance_id, key, 1)
+        where = self._where(key, node.name, place)
+        self.note(Kind.WAIT_STARTED, command_id=cid, attempt=1, **where)
+        self.schedule(sleep_timer(key), delay, key, 1)
+
+    def call(self, function: Any, place: Place) -> Any:
+        """Call a condition, builder or ``until``: with (state), or (state, item) in a map."""
+        item = self.item(place)
+        data = self.instance.data
+        return function(data) if item is _NO_ITEM else function(data, item)
+
+    def item(self, place: Place) -> Any:
+        """The map item the place runs for (the innermost map's), or ``_NO_ITEM``."""
+        block_key, branch = place.block, place.branch
+        while block_key:
+            block = self.instance.blocks[block_key]
+            if block.kind == MAP:
+                assert block.items is not None
+                return decode_items(block.items)[branch]
+            block_key, branch = block.block, block.branch
+        return _NO_ITEM
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def send(
+        self,
+        key: str,
+        node: str,
+        place: Place,
+        compensation: bool = False,
+        attempt: int = 1,
+    ) -> None:
+        """Start an attempt of a task (or of its compensation), with its timeout timer."""
+        task = self.definition.tasks[node]
+        spec = task.compensation if compensation else task.action
+        assert spec is not None
+        instance = self.instance
+        suffix = f"{key}.compensation" if compensation else key
+        cid = command_id(self.definition.name, instance.instance_id, suffix, attempt)
+        where = self._where(key, node, place)
+        if spec.command is None:  # a wait: nothing to send, only a timeout to keep
+            self.note(Kind.WAIT_STARTED, command_id=cid, attempt=attempt, **where)
+        else:
+            assert spec.build is not None and spec.topic is not None
+            self._send_built(spec, cid, attempt, compensation, place, where)
+        if spec.timeout_ms is not None:
+            self.schedule(timeout_timer(key), spec.timeout_ms, key, attempt)
+        if spec.command is None and not compensation:
+            self._take_early(key, spec)
+
+    def _send_built(
+        self,
+        spec: CommandSpec,
+        cid: str,
+        attempt: int,
+        compensation: bool,
+        place: Place,
+        where: dict[str, Any],
+    ) -> None:
+        assert spec.build is not None and spec.topic is not None
+        built = self.call(spec.build, place)
+        value = built.encode()
+        instance_id = self.instance.instance_id
+        kind = Kind.COMPENSATION_SENT if compensation else Kind.COMMAND_SENT
+        if spec.child is not None and not compensation:
+            child_id = str(getattr(built, spec.child_key or ""))
+            self.note(
+                kind, attempt=attempt, command_id=cid, record=value, reply_key=child_id, **where
+            )
+            self.decision.commands.append(
+                OutgoingCommand(spec.topic, child_id, cid, value, CHILD_START)
+            )
+            return
+        self.note(kind, attempt=attempt, command_id=cid, record=value, **where)
+        self.decision.commands.append(OutgoingCommand(spec.topic, instance_id, cid, value))
+
+    def resend(self, key: str, compensation: bool, attempt: int) -> None:
+        """Another attempt of a step that ran before (a retry, an operator's retry)."""
+        step = self.instance.steps[key]
+        self.send(key, step.node, Place(step.block, step.branch), compensation, attempt)
+
+    def send_unbound(self, command: Command) -> None:
+        """A handler's command: journaled and sent, but no step waits for its reply."""
+        instance = self.instance
+        topic = command.__topic__
+        if topic is None:
+            raise ValueError(f"{type(command).__qualname__} declares no topic")
+        cid = command_id(self.definition.name, instance.instance_id, f"#{instance.seq}", 1)
+        value = command.encode()
+        self.note(Kind.COMMAND_SENT, command_id=cid, attempt=1, record=value)
+        self.decision.commands.append(OutgoingCommand(topic, instance.instance_id, cid, value))
+
+    def cancel_child(self, key: str, reason: str) -> None:
+        """Ask the child saga a step started to cancel (its end is the step's reply)."""
+        child = self.instance.children.get(key)
+        task = self.definition.tasks.get(self.instance.steps[key].node)
+        if child is None or task is None or task.action.child is None:
+            return
+        assert task.action.topic is not None
+        by = f"{self.definition.name}/{self.instance.instance_id}"
+        action = OperatorAction(action="cancel", by=by, reason=reason)
+        cid = self.instance.steps[key].command_id
+        self.decision.commands.append(
+            OutgoingCommand(task.action.topic, child, cid, action.encode(), CHILD_CANCEL)
+        )
+
+    # -- early events --------------------------------------------------------------------------
+
+    def _take_early(self, key: str, spec: CommandSpec) -> None:
+        """A wait that starts takes an awaited event kept for it, if one came in its window."""
+        awaited = (*spec.success, *spec.failure)
+        window = spec.early_ms
+        for kept in self.instance.early:
+            if self.now_ms - kept.at_ms > window:
+                continue
+            record = decode_record(kept.record)
+            if type(record) not in awaited:
+                continue
+            current = self.instance.steps[key]
+            self.note(
+                Kind.INPUT_ACCEPTED,
+                step=key,
+                command_id=current.command_id,
+                attempt=current.attempt,
+                record=kept.record,
+                reason="kept: it came before the wait started",
+            )
+            if type(record) in spec.success:
+                self.succeeded(key, current, kept.record)
+            else:
+                name = type(record).__name__
+                self.attempt_failed(key, current, [name], f"{key}: {name}")
+            return
+
+    # -- outcomes of an attempt ----------------------------------------------------------------
+
+    def succeeded(self, key: str, current: StepState, result: bytes | None) -> None:
+        self.cancel(timeout_timer(key))
+        self.cancel(sleep_timer(key))
+        if current.status.compensation:
+            self.note(Kind.COMPENSATION_SUCCEEDED, step=key, command_id=current.command_id)
+            self.after_compensation()
+            return
+        self.note(Kind.STEP_SUCCEEDED, step=key, command_id=current.command_id)
+        status = self.instance.status
+        if current.status is StepStatus.CANCELLED:  # done after all: undo it
+            if status is Status.RUNNING and self._compensation_of(key) is not None:
+                self.resend_compensation(key)
+            else:
+                self.after_compensation()
+            return
+        if status is Status.RUNNING:
+            self.continue_after(current.node, Place(current.block, current.branch), result)
+            self.finish_if_idle()
+        elif status is Status.COMPENSATING:  # done while compensating: undo it too
+            self.continue_compensation()
+
+    def attempt_failed(self, key: str, current: StepState, errors: list[str], why: str) -> None:
+        """An attempt failed with ``errors`` (names): retry, catch, compensate or park."""
+        self.cancel(timeout_timer(key))
+        task = self.definition.tasks[current.node]
+        compensation = current.status.compensation
+        spec = task.compensation if compensation else task.action
+        assert spec is not None
+        cancelled = current.status is StepStatus.CANCELLED
+        forward_while_compensating = not compensation and self.instance.status is not Status.RUNNING
+        if not (forward_while_compensating or cancelled) and spec.retry.retries(
+            errors, current.attempt
+        ):
+            delay = spec.retry.delay_ms(current.attempt, current.command_id)
+            self.note(
+                Kind.ATTEMPT_FAILED,
+                step=key,
+                command_id=current.command_id,
+                attempt=current.attempt,
+                reason=why,
+            )
+            self.schedule(retry_timer(key), delay, key, current.attempt + 1)
+            return
+        if compensation:
+            self.note(Kind.COMPENSATION_FAILED, step=key, command_id=current.command_id, reason=why)
+            self.note(Kind.SAGA_PARKED, reason=f"compensation failed: {why}")
+            return
+        self.note(Kind.STEP_FAILED, step=key, command_id=current.command_id, reason=why)
+        if forward_while_compensating or cancelled:  # nothing more to start for it
+            self.after_compensation()
+            return
+        place = Place(current.block, current.branch)
+        target = next((task.catch[e] for e in (*errors, ALL) if e in task.catch), COMPENSATE)
+        if target == COMPENSATE:
+            self.path_failed(place, errors, why)
+        else:
+            self.enter(target, place)
+
+    # -- paths and blocks ----------------------------------------------------------------------
+
+    def continue_after(self, name: str, place: Place, result: bytes | None) -> None:
+        """Go on from node ``name``, which finished at ``place`` with ``result``."""
+        following = _next_of(self.definition.node(name))
+        if following:
+            self.enter(following[0], place)
+        else:
+            self.path_ended(place, result)
+
+    def path_ended(self, place: Place, result: bytes | None) -> None:
+        if not place.block:
+            self.finish_if_idle()
+            return
+        block = self.instance.blocks[place.block]
+        if block.status is not BranchStatus.RUNNING:
+            return
+        if block.branches[place.branch] is not BranchStatus.RUNNING:
+            return
+        self.note(Kind.BRANCH_SUCCEEDED, step=place.block, branch=place.branch, record=result)
+        self.advance(place.block)
+
+    def path_failed(self, place: Place, errors: list[str], why: str) -> None:
+        if not place.block:
+            self.fail(why)
+            return
+        key = place.block
+        block = self.instance.blocks[key]
+        if block.status is not BranchStatus.RUNNING:
+            return
+        if block.branches[place.branch] is not BranchStatus.RUNNING:
+            return
+        self.note(Kind.BRANCH_FAILED, step=key, branch=place.branch, reason=why)
+        node = self._block_node(key)
+        if node.kind == MAP and self._tolerated(node, self.instance.blocks[key].branches):
+            self.advance(key)
+            return
+        self.cancel_block(key, f"cancelled: {why}")
+        self.note(Kind.BLOCK_FAILED, step=key, reason=why)
+        outer = Place(block.block, block.branch)
+        target = next((node.catch[e] for e in (*errors, ALL) if e in node.catch), COMPENSATE)
+        if target == COMPENSATE:
+            self.path_failed(outer, errors, why)
+        else:
+            self.enter(target, outer)
+
+    def _block_node(self, key: str) -> Block:
+        node = self.definition.flow[self.instance.blocks[key].node]
+        assert isinstance(node, Block)
+        return node
+
+    @staticmethod
+    def _tolerated(node: Block, branches: tuple[BranchStatus, ...]) -> bool:
+        failed = sum(1 for b in branches if b is BranchStatus.FAILED)
+        if failed <= node.tolerated_failures:
+            return True
+        share = node.tolerated_percentage
+        return share is not None and failed * 100 <= share * len(branches)
+
+    def _start_block(self, key: str, node: Block, place: Place) -> None:
+        where = self._where(key, node.name, place)
+        if node.kind == MAP:
+            assert node.items is not None
+            items = list(self.call(node.items, place))
+            if len(items) > node.max_items:
+                why = f"map {node.name!r}: {len(items)} items, at most {node.max_items} allowed"
+                self.note(Kind.NODE_PASSED, reason=why, **where)
+                self.path_failed(place, [TOO_MANY_ITEMS], why)
+                return
+            self.note(Kind.BLOCK_STARTED, attempt=len(items), record=encode_items(items), **where)
+        else:
+            self.note(Kind.BLOCK_STARTED, attempt=len(node.branches), **where)
+        self.advance(key)
+
+    def advance(self, key: str) -> None:
+        """Start what a block may start now; join it when every branch has ended."""
+        if key in self._advancing:
+            return  # a branch that ended at once, inside the loop below: the loop goes on
+        self._advancing.add(key)
+        try:
+            self._advance(key)
+        finally:
+            self._advancing.discard(key)
+
+    def _advance(self, key: str) -> None:
+        node = self._block_node(key)
+        limit = node.max_concurrency if node.kind == MAP else len(node.branches)
+        while True:
+            block = self.instance.blocks[key]
+            if block.status is not BranchStatus.RUNNING:
+                return
+            branches = block.branches
+            if node.join == JOIN_FIRST and BranchStatus.SUCCEEDED in branches:
+                self.cancel_block(key, "cancelled: another branch finished first")
+                break
+            running = sum(1 for b in branches if b is BranchStatus.RUNNING)
+            queued = next((i for i, b in enumerate(branches) if b is BranchStatus.QUEUED), None)
+            if queued is None or running >= limit:
+                if running or queued is not None:
+                    return
+                break
+            self.note(Kind.BRANCH_STARTED, step=key, branch=queued)
+            start = node.branches[0] if node.kind == MAP else node.branches[queued]
+            self.enter(start, Place(key, queued))
+        block = self.instance.blocks[key]
+        self.note(Kind.BLOCK_SUCCEEDED, step=key)
+        self.continue_after(node.name, Place(block.block, block.branch), None)
+
+    def cancel_block(self, key: str, why: str) -> None:
+        """Stop a block's running branches: their steps are cancelled, their blocks too."""
+        for index, status in enumerate(self.instance.blocks[key].branches):
+            if status is BranchStatus.RUNNING:
+                self.note(Kind.BRANCH_CANCELLED, step=key, branch=index, reason=why)
+        for inner, block in list(self.instance.blocks.items()):
+            if block.block == key and block.status is BranchStatus.RUNNING:
+                self.cancel_block(inner, why)
+                self.note(Kind.BLOCK_CANCELLED, step=inner, reason=why)
+        for name, step in list(self.instance.steps.items()):
+            if step.block == key and step.status in (StepStatus.PENDING, StepStatus.RETRYING):
+                self.cancel_step(name, step, why)
+
+    def cancel_step(self, key: str, step: StepState, why: str) -> None:
+        """A step a failure made unwanted: stopped if nothing is in flight, else awaited."""
+        if self.sends_nothing(step) or step.status is StepStatus.RETRYING:
+            for timer in (retry_timer(key), timeout_timer(key), sleep_timer(key)):
+                self.cancel(timer)
+            self.note(Kind.STEP_FAILED, step=key, reason=why)
+            return
+        self.note(Kind.STEP_CANCELLED, step=key, command_id=step.command_id, reason=why)
+        self.cancel_child(key, why)
+
+    def sends_nothing(self, step: StepState) -> bool:
+        """A wait or a sleep: nothing in flight whose reply must be awaited."""
+        task = self.definition.tasks.get(step.node)
+        return task is None or task.action.command is None
+
+    def finish_if_idle(self) -> None:
+        instance = self.instance
+        if instance.status is not Status.RUNNING or instance.active:
+            return
+        if any(b.status is BranchStatus.RUNNING for b in instance.blocks.values()):
+            return
+        self.cancel(DEADLINE)
+        self.note(Kind.SAGA_COMPLETED)
+
+    # -- failing and compensating --------------------------------------------------------------
+
+    def fail(self, reason: str) -> None:
+        """Fail the saga: compensate completed steps in reverse, or fail outright if none."""
+        if self.instance.status is not Status.RUNNING:
+            return
+        self.cancel(DEADLINE)
+        self.note(Kind.SAGA_COMPENSATING, reason=reason)
+        # Steps waiting to retry will not be retried now, and a wait or sleep has nothing in
+        # flight whose reply must come first: both fail at once. Commands in flight are awaited
+        # (a child saga is asked to cancel: its end is its step's reply).
+        for name in self.instance.active:
+            step = self.instance.steps[name]
+            idle = step.status is StepStatus.RETRYING
+            if idle or (self.sends_nothing(step) and step.status is StepStatus.PENDING):
+                for timer in (retry_timer(name), timeout_timer(name), sleep_timer(name)):
+                    self.cancel(timer)
+                self.note(Kind.STEP_FAILED, step=name, reason=reason)
+            elif step.status is StepStatus.PENDING:
+                self.cancel_child(name, reason)
+        self.continue_compensation()
+
+    def after_compensation(self) -> None:
+        """A compensation (or a cancelled step) finished: go on with what the saga is doing."""
+        if self.instance.status is Status.COMPENSATING:
+            self.continue_compensation()
+        else:
+            self.finish_if_idle()
+
+    def _compensation_of(self, key: str) -> CommandSpec | None:
+        task = self.definition.tasks.get(self.instance.steps[key].node)
+        return None if task is None else task.compensation
+
+    def resend_compensation(self, key: str) -> None:
+        self.resend(key, compensation=True, attempt=1)
+
+    def continue_compensation(self) -> None:
+        """Start the next compensation, or end the saga when none is left and none in flight."""
+        instance = self.instance
+        if instance.active:
+            return  # one compensation at a time; in-flight steps are compensated when they reply
+        for key in reversed(instance.completed):
+            step = instance.steps[key]
+            if step.status is StepStatus.SUCCEEDED and self._compensation_of(key) is not None:
+                self.resend_compensation(key)
+                return
+        compensated = any(s.status is StepStatus.COMPENSATED for s in instance.steps.values())
+        self.note(
+            Kind.SAGA_COMPENSATED if compensated else Kind.SAGA_FAILED, reason=instance.reason
+        )
+
+
+def _next_of(node: Node) -> tuple[str, ...]:
+    if isinstance(node, Choice | End):
+        return ()
+    return node.next
