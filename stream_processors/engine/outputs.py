@@ -50,10 +50,12 @@ _LIFECYCLE = {
 @dataclass(frozen=True)
 class Unstaged:
     """A decision that was not staged because ``too_large`` would not fit; ``parked``: its
-    instance was parked instead (``stream_processors.core.oversize``)."""
+    instance was parked instead (``stream_processors.core.oversize``), and ``why`` (not), for
+    the dead letter's detail."""
 
     too_large: oversize.TooLarge
     parked: bool
+    why: str
 
 
 class Outputs:

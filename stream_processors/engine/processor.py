@@ -398,10 +398,8 @@ class SagaProcessor:
             metrics.count_ignored(self.definition.name, decision.ignored)
             return
         unstaged = self.emit(decision, partition, checked.key, instance, now_ms)
-        if unstaged is not None:  # nothing of the decision was staged; the instance is parked
-            detail = unstaged.too_large.oversize.detail()
-            if unstaged.parked:
-                detail += "; the instance is parked"
+        if unstaged is not None:  # nothing of the decision was staged (the instance parked)
+            detail = f"{unstaged.too_large.oversize.detail()}; {unstaged.why}"
             self._outputs.dead_letter(message, limits.OUTPUTS_TOO_LARGE, detail)
 
     def emit(
@@ -415,22 +413,20 @@ class SagaProcessor:
             return None
         instance_id = key[:200].decode(errors="replace")
         parking = oversize.park(self.definition, before, too_large, now_ms)
+        if parking is None and before is not None:  # parked or finished already: nothing stalls
+            why = f"not parked: the instance is {before.status} already"
+            return Unstaged(too_large, False, why)
         if parking is None:
-            why = "nothing to park" if before is None else f"the instance is {before.status}"
-            log.error("instance %s: %s; not parked (%s)", instance_id, too_large.reason, why)
-            return Unstaged(too_large, parked=False)
-        # The instance as it was plus one entry: it only fails to fit if it nearly did before.
-        again = self._outputs.emit(parking, partition, key, before, now_ms)
-        if again is not None:
-            log.error(
-                "instance %s: %s; not parked either: %s",
-                instance_id,
-                too_large.reason,
-                again.reason,
-            )
-            return Unstaged(too_large, parked=False)
-        log.warning("instance %s parked: %s", instance_id, too_large.reason)
-        return Unstaged(too_large, parked=True)
+            unstaged = Unstaged(too_large, False, "not parked: no instance yet")
+        else:
+            # The instance as it was plus one entry: it only fails to fit if it nearly did before.
+            again = self._outputs.emit(parking, partition, key, before, now_ms)
+            if again is None:
+                log.warning("instance %s parked: %s", instance_id, too_large.reason)
+                return Unstaged(too_large, True, "the instance is parked")
+            unstaged = Unstaged(too_large, False, f"not parked either: {again.reason}")
+        log.error("instance %s: %s; %s", instance_id, too_large.reason, unstaged.why)
+        return unstaged
 
     def dead_letter_timer(self, key: bytes, timer: str, too_large: limits.Oversize) -> None:
         self._outputs.dead_letter_timer(key, timer, too_large)
