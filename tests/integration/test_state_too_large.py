@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Message
-from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from sagas.publisher import Publisher
 from stream_processors.core.journal import JournalEntry, Kind
@@ -41,6 +40,7 @@ from tests.integration.saga_harness import (
     SagaProcesses,
     header_of,
     run_sagas,
+    set_topic_limit,
 )
 
 pytestmark = pytest.mark.kafka
@@ -49,20 +49,6 @@ TARGET = "tests.integration.growing_lists:GrowingLists"
 TOPICS = SagaTopics.for_saga(GrowingLists.definition, 4)
 TOPIC_LIMIT = 20_000  # the snapshots topic's max.message.bytes
 ITEMS, ITEM_BYTES = 30, 1000
-
-
-def _topic_limit(kafka: KafkaCluster, topic: str, limit: int) -> None:
-    resource = ConfigResource(
-        ResourceType.TOPIC,
-        topic,
-        incremental_configs=[
-            ConfigEntry(
-                "max.message.bytes", str(limit), incremental_operation=AlterConfigOpType.SET
-            )
-        ],
-    )
-    for future in kafka.admin.incremental_alter_configs([resource]).values():
-        future.result(timeout=30)
 
 
 @dataclass
@@ -104,7 +90,7 @@ class Lists:
 def lists(kafka: KafkaCluster, tmp_path: Path) -> Iterator[Lists]:
     ensure_topics(TOPICS, kafka.bootstrap)
     ensure_plain_topics([EVENTS], kafka.bootstrap)
-    _topic_limit(kafka, TOPICS.snapshots, TOPIC_LIMIT)  # before the processor reads it
+    set_topic_limit(kafka, TOPICS.snapshots, TOPIC_LIMIT)  # before the processor reads it
     run = uuid.uuid4().hex[:8]
     processes = SagaProcesses(
         kafka.bootstrap, tmp_path / "logs", saga_target=TARGET, worker_targets={}
