@@ -3,9 +3,10 @@
 A decision's journal entries, commands (signed, with their reply address) and the instance's new
 snapshot are staged together or not at all: each is checked against its topic's limits first,
 and if one would not fit, nothing is produced and the record that would not fit is returned, for
-the caller to dead-letter the input. Dead letters are cut to fit the dead-letter topic
-(``limits.fit_dead_letter``). ``produced`` counts the records produced for the input at hand, so
-that a produce refused midway can tell whether anything of the input is in the transaction.
+the caller to park the instance instead (``stream_processors.core.oversize``) and dead-letter
+the input. Dead letters are cut to fit the dead-letter topic (``limits.fit_dead_letter``).
+``produced`` counts the records produced for the input at hand, so that a produce refused midway
+can tell whether anything of the input is in the transaction.
 """
 
 from __future__ import annotations
@@ -179,8 +180,9 @@ class Outputs:
         metrics.count_dead_letter(self.saga, reason)
 
     def dead_letter_timer(self, key: bytes, timer: str, oversize: limits.Oversize) -> None:
-        """A timer's decision that would not fit: left undone, and said so on the DLQ (it has no
-        origin to redrive to; the instance's timer is not fired again)."""
+        """A timer's decision that would not fit, and neither would parking the instance: left
+        undone, and said so on the DLQ (it has no origin to redrive to; the instance's timer is
+        not fired again)."""
         detail = f"timer {timer}: {oversize.detail()}"
         log.error("instance %s: %s", key[:200].decode(errors="replace"), detail)
         marks: list[tuple[str, str | bytes | None]] = [
