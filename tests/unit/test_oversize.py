@@ -231,6 +231,47 @@ def test_a_timer_decision_too_large_parks_and_fires_again_after_a_retry(tmp_path
     rig.processor.close()
 
 
+def test_a_journal_entry_too_large_parks_with_record_too_large(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.start()
+    _limit(rig, rig.topics.journal, 2000)
+    _place(rig)
+    _pay(rig, payment_id="x" * 3000)  # the reply, journaled as it came, does not fit
+
+    [(reason, _)] = _letters(rig)
+    assert reason == "outputs-too-large"
+    parked = _instance(rig)
+    assert parked.status is Status.NEEDS_ATTENTION and parked.reason is not None
+    assert re.fullmatch(
+        r"record-too-large: journal entry InputAccepted for step payment would be \d+ bytes, "
+        r"the limit is 2000",
+        parked.reason,
+    )
+    rig.processor.close()
+
+
+def test_a_timer_decision_whose_park_does_not_fit_leaves_a_timer_letter(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.start()
+    _place(rig)
+    [first] = rig.visible(PAYMENTS)
+    _limit(rig, PAYMENTS, 100)
+    rig.fail_command(first)
+    rig.age_transaction()
+    rig.steps()  # the failure decided: a retry timer, not due yet
+    waiting = rig.stored()
+    assert waiting is not None and "retry:payment" in decode_snapshot(waiting).timers
+    _limit(rig, rig.topics.snapshots, record_size(b"o-1", waiting))
+    rig.clock.now += 60
+    _settle(rig)
+
+    [(reason, detail)] = _letters(rig)
+    assert reason == "outputs-too-large"
+    assert detail is not None and detail.startswith("timer retry:payment: command ")
+    assert rig.stored() == waiting and rig.visible(PAYMENTS) == [first]
+    rig.processor.close()
+
+
 # -- the pure decision -------------------------------------------------------------------------
 
 
