@@ -15,7 +15,8 @@ Two limits apply to every record Sagalog produces, and either one breached fails
 ``Limits`` holds both for one destination and answers ``fits``/``oversize``; the shell
 (``stream_processors.kafka.broker_limits``) reads the topic's limit from the broker. Decisions are
 returned as data: ``first_oversize`` names the first record of a set that would not fit (the
-processor then dead-letters the input as ``outputs-too-large``), and ``fit_dead_letter`` shrinks
+processor then dead-letters the input as ``outputs-too-large`` and parks its instance: see
+``stream_processors.core.oversize``), and ``fit_dead_letter`` shrinks
 a dead letter until it fits: it always keeps the dead-letter headers (reason, detail, origin);
 then, largest first, drops original headers it has no room for (naming them in
 ``sagalog.dlq.dropped_headers``), cuts a key longer than ``MAX_DEAD_LETTER_KEY`` (its original size
@@ -165,10 +166,16 @@ class Outgoing:
 
 def first_oversize(records: Iterable[tuple[Outgoing, Limits]]) -> Oversize | None:
     """The first record that would not fit under its destination's limits, or None."""
-    for record, limits in records:
+    found = first_oversize_at(records)
+    return None if found is None else found[1]
+
+
+def first_oversize_at(records: Iterable[tuple[Outgoing, Limits]]) -> tuple[int, Oversize] | None:
+    """``first_oversize`` with the record's position in ``records``, or None."""
+    for index, (record, limits) in enumerate(records):
         found = limits.oversize(record.what, record.topic, record.key, record.value, record.headers)
         if found is not None:
-            return found
+            return index, found
     return None
 
 
@@ -244,6 +251,7 @@ __all__ = [
     "Outgoing",
     "Oversize",
     "first_oversize",
+    "first_oversize_at",
     "fit_dead_letter",
     "header_size",
     "headers_size",

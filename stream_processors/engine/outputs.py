@@ -3,9 +3,10 @@
 A decision's journal entries, commands (signed, with their reply address) and the instance's new
 snapshot are staged together or not at all: each is checked against its topic's limits first,
 and if one would not fit, nothing is produced and the record that would not fit is returned, for
-the caller to dead-letter the input. Dead letters are cut to fit the dead-letter topic
-(``limits.fit_dead_letter``). ``produced`` counts the records produced for the input at hand, so
-that a produce refused midway can tell whether anything of the input is in the transaction.
+the caller to park the instance instead (``stream_processors.core.oversize``) and dead-letter
+the input. Dead letters are cut to fit the dead-letter topic (``limits.fit_dead_letter``).
+``produced`` counts the records produced for the input at hand, so that a produce refused midway
+can tell whether anything of the input is in the transaction.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from confluent_kafka import KafkaException, Message
 
+from stream_processors.codecs.avro import DecodeError
+from stream_processors.codecs.records import CATALOG, record_type
 from stream_processors.codecs.signing import Keyring, Purpose, signed
-from stream_processors.core import limits
+from stream_processors.core import limits, oversize
 from stream_processors.core.decide import Decision
 from stream_processors.core.instance import Instance, encode_snapshot
 from stream_processors.core.journal import Kind
@@ -42,6 +46,17 @@ _LIFECYCLE = {
     Kind.SAGA_FAILED: "failed",
     Kind.SAGA_PARKED: "parked",
 }
+
+
+@dataclass(frozen=True)
+class Unstaged:
+    """A decision that was not staged because ``too_large`` would not fit; ``parked``: its
+    instance was parked instead (``stream_processors.core.oversize``), and ``why`` (not), for
+    the dead letter's detail."""
+
+    too_large: oversize.TooLarge
+    parked: bool
+    why: str
 
 
 class Outputs:
@@ -90,21 +105,22 @@ class Outputs:
         key: bytes,
         before: Instance | None,
         now_ms: int,
-    ) -> limits.Oversize | None:
+    ) -> oversize.TooLarge | None:
         """Stage a decision: its journal entries, commands and snapshot. Each is checked
         against its topic's limits first; if one would not fit, nothing is staged and that
-        record is returned (the caller dead-letters the input)."""
+        record is returned (the caller parks the instance, or dead-letters what it decided on)."""
         assert decision.instance is not None
         journal = self.topics.journal
         # The record's timestamp is the entry's own time: Kafka's time index then finds an
         # instance's history from its started_at_ms (see stream_processors.tools.history).
-        outgoing = [
+        entries = [
             (
                 limits.Outgoing(f"journal entry {entry.kind}", journal, key, entry.encode()),
                 {"partition": partition, "timestamp": entry.at_ms},
             )
             for entry in decision.entries
         ]
+        commands: list[limits.Outgoing] = []
         signing = self.signing
         for command in decision.commands:
             command_key, topic = command.key.encode(), command.topic
@@ -114,16 +130,22 @@ class Outputs:
                     signing, Purpose.COMMAND, topic, command_key, command.value, headers
                 )
             what = f"command {command.command_id[:200]}"
-            record = limits.Outgoing(what, topic, command_key, command.value, headers)
-            outgoing.append((record, {}))
+            commands.append(limits.Outgoing(what, topic, command_key, command.value, headers))
         snapshot = encode_snapshot(decision.instance)
         snapshots = self.topics.snapshots
-        checks = [(record, self._limit(record.topic)) for record, _ in outgoing]
+        # Commands are checked before the journal entries that carry them: when both are too
+        # large, the reason names the command, what the user's code built.
+        checks = [(record, self._limit(record.topic)) for record in commands]
+        checks += [(record, self._limit(record.topic)) for record, _ in entries]
         record = limits.Outgoing("snapshot", snapshots, key, snapshot)
         checks.append((record, self._limit(snapshots)))
-        oversize = limits.first_oversize(checks)
-        if oversize is not None:
-            return oversize
+        found = limits.first_oversize_at(checks)
+        if found is not None:
+            return oversize.TooLarge(found[1], _described(decision, found[0]))
+        outgoing: list[tuple[limits.Outgoing, dict[str, int]]] = [
+            *entries,
+            *((command, {}) for command in commands),
+        ]
         for record, extra in outgoing:
             self.produce(
                 record.topic, key=record.key, value=record.value, headers=record.headers, **extra
@@ -158,8 +180,9 @@ class Outputs:
         metrics.count_dead_letter(self.saga, reason)
 
     def dead_letter_timer(self, key: bytes, timer: str, oversize: limits.Oversize) -> None:
-        """A timer's decision that would not fit: left undone, and said so on the DLQ (it has no
-        origin to redrive to; the instance's timer is not fired again)."""
+        """A timer's decision that would not fit, and neither would parking the instance: left
+        undone, and said so on the DLQ (it has no origin to redrive to; the instance's timer is
+        not fired again)."""
         detail = f"timer {timer}: {oversize.detail()}"
         log.error("instance %s: %s", key[:200].decode(errors="replace"), detail)
         marks: list[tuple[str, str | bytes | None]] = [
@@ -189,3 +212,27 @@ class Outputs:
                 raise
             log.error("dead letter refused (%s): sending its reason and origin only", error)
             self.produce(dlq, key=letter.key[:1024] if letter.key else None, headers=list(marks))
+
+
+def _described(decision: Decision, index: int) -> str:
+    """What the ``index``-th record ``Outputs.emit`` checked is (``oversize.TooLarge.record``):
+    the decision's commands, then its journal entries, then the snapshot."""
+    commands, entries = decision.commands, decision.entries
+    if index < len(commands):
+        command = commands[index]
+        step = next((e.step for e in entries if e.command_id == command.command_id), None)
+        return oversize.described("command", _type_name(command.value), step)
+    index -= len(commands)
+    if index < len(entries):
+        return oversize.described("journal entry", entries[index].kind, entries[index].step)
+    return oversize.SNAPSHOT
+
+
+def _type_name(value: bytes) -> str | None:
+    """The name of a framed record's class (else its schema's), read off its frame header."""
+    try:
+        full_name = CATALOG.writer_of(value)[0].full_name
+    except DecodeError:
+        return None
+    cls = record_type(full_name)
+    return full_name.rpartition(".")[2] if cls is None else cls.__qualname__

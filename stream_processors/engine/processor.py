@@ -8,7 +8,9 @@ and the source topics' partitions it was given. For each input record, in partit
 - an *inbox record* is checked (``stream_processors.engine.inputs``), its instance loaded (open
   transaction's write cache, then the instance cache, then the local store, else new),
   ``decide``d, and its journal entries and commands produced; the new state is staged as the
-  instance's snapshot (``stream_processors.engine.outputs``);
+  instance's snapshot (``stream_processors.engine.outputs``). A decision with a record too large
+  for its topic is not staged: the instance is parked instead (``stream_processors.core.
+  oversize``) and the input dead-lettered as ``outputs-too-large``;
 - anything unreadable, keyless, too large, of a type the saga does not take, naming an
   unknown instance, or keyed by another instance than it names goes to the dead-letter topic,
   with the reason and origin in headers.
@@ -42,14 +44,14 @@ from pathlib import Path
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from stream_processors.codecs.signing import Keyring, from_environment
-from stream_processors.core import limits
+from stream_processors.core import limits, oversize
 from stream_processors.core.decide import Decision, decide
 from stream_processors.core.instance import Instance, decode_snapshot
 from stream_processors.core.model import SagaDefinition
 from stream_processors.engine import metrics
 from stream_processors.engine.cache import InstanceCache
 from stream_processors.engine.inputs import Rejected, inbox_input
-from stream_processors.engine.outputs import Outputs
+from stream_processors.engine.outputs import Outputs, Unstaged
 from stream_processors.engine.recovery import Recovery
 from stream_processors.engine.source_routing import SourceRouter
 from stream_processors.engine.store import Slot, SnapshotStore, claim_slot, default_state_dir
@@ -395,17 +397,39 @@ class SagaProcessor:
         if decision.ignored is not None:
             metrics.count_ignored(self.definition.name, decision.ignored)
             return
-        oversize = self.emit(decision, partition, checked.key, instance, now_ms)
-        if oversize is not None:  # nothing of the decision was staged
-            self._outputs.dead_letter(message, limits.OUTPUTS_TOO_LARGE, oversize.detail())
+        unstaged = self.emit(decision, partition, checked.key, instance, now_ms)
+        if unstaged is not None:  # nothing of the decision was staged (the instance parked)
+            detail = f"{unstaged.too_large.oversize.detail()}; {unstaged.why}"
+            self._outputs.dead_letter(message, limits.OUTPUTS_TOO_LARGE, detail)
 
     def emit(
         self, decision: Decision, partition: int, key: bytes, before: Instance | None, now_ms: int
-    ) -> limits.Oversize | None:
-        return self._outputs.emit(decision, partition, key, before, now_ms)
+    ) -> Unstaged | None:
+        """Stage a decision. If a record of it would not fit, nothing of it is staged and the
+        instance, as it was ``before``, is parked instead (``stream_processors.core.oversize``),
+        if there is one to park and the park fits; the caller dead-letters what it decided on."""
+        too_large = self._outputs.emit(decision, partition, key, before, now_ms)
+        if too_large is None:
+            return None
+        instance_id = key[:200].decode(errors="replace")
+        parking = oversize.park(self.definition, before, too_large, now_ms)
+        if parking is None and before is not None:  # parked or finished already: nothing stalls
+            why = f"not parked: the instance is {before.status} already"
+            return Unstaged(too_large, False, why)
+        if parking is None:
+            unstaged = Unstaged(too_large, False, "not parked: no instance yet")
+        else:
+            # The instance as it was plus one entry: it only fails to fit if it nearly did before.
+            again = self._outputs.emit(parking, partition, key, before, now_ms)
+            if again is None:
+                log.warning("instance %s parked: %s", instance_id, too_large.reason)
+                return Unstaged(too_large, True, "the instance is parked")
+            unstaged = Unstaged(too_large, False, f"not parked either: {again.reason}")
+        log.error("instance %s: %s; %s", instance_id, too_large.reason, unstaged.why)
+        return unstaged
 
-    def dead_letter_timer(self, key: bytes, timer: str, oversize: limits.Oversize) -> None:
-        self._outputs.dead_letter_timer(key, timer, oversize)
+    def dead_letter_timer(self, key: bytes, timer: str, too_large: limits.Oversize) -> None:
+        self._outputs.dead_letter_timer(key, timer, too_large)
 
     def load(self, partition: int, instance_id: str) -> Instance | None:
         """The instance as the open transaction sees it (None: none, or expired in it)."""

@@ -5,7 +5,9 @@ a timer is still set (a reply may have cancelled it) or whether it is still fini
 enough. Index entries dealt with are recorded in the open transaction and deleted from the store
 with its commit, so if the transaction aborts (or the partition is lost) they are dealt with
 again. What a timer decides is staged like any input's decision, through the ``Stager`` (the
-processor): this module decides *what* is due, not how it is written.
+processor): this module decides *what* is due, not how it is written. A timer's decision that
+would not fit parks the instance with the timer still set (``stream_processors.core.oversize``):
+it fires again after an operator's retry.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from stream_processors.core.decide import Decision, decide_timer
 from stream_processors.core.instance import Instance
 from stream_processors.core.model import SagaDefinition
 from stream_processors.engine import metrics
+from stream_processors.engine.outputs import Unstaged
 from stream_processors.engine.store import Due, SnapshotStore
 from stream_processors.engine.transaction import OpenTransaction
 
@@ -32,7 +35,7 @@ class Stager(Protocol):
     def begin(self) -> None: ...
     def emit(
         self, decision: Decision, partition: int, key: bytes, before: Instance | None, now_ms: int
-    ) -> limits.Oversize | None: ...
+    ) -> Unstaged | None: ...
     def dead_letter_timer(self, key: bytes, timer: str, oversize: limits.Oversize) -> None: ...
 
 
@@ -79,9 +82,11 @@ class DueWork:
             if decision.entries:
                 stager.begin()
                 key = instance_id.encode()
-                oversize = stager.emit(decision, partition, key, before, now_ms)
-                if oversize is not None:  # no input to dead-letter: a record saying so instead
-                    stager.dead_letter_timer(key, name, oversize)
+                unstaged = stager.emit(decision, partition, key, before, now_ms)
+                # Parked, the instance keeps the timer: it fires again once an operator retries.
+                # Not parked, there is no input to dead-letter: a record saying so instead.
+                if unstaged is not None and not unstaged.parked:
+                    stager.dead_letter_timer(key, name, unstaged.too_large.oversize)
 
     def _expire(
         self,

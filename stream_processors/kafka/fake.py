@@ -351,6 +351,8 @@ class FakeClients:
         self.producers: list[FakeProducer] = []
         self.consumers: list[FakeConsumer] = []
         self.restorers: list[FakeConsumer] = []
+        #: Topics' limits, as a test sets them (others: the defaults, as with no override).
+        self.topic_limits: dict[str, limits.Limits] = {}
 
     def prepare(
         self, definition: SagaDefinition, topics: SagaTopics, stopping: threading.Event
@@ -361,7 +363,7 @@ class FakeClients:
         return f"fake-{topic}"
 
     def limits(self, topic: str) -> limits.Limits:
-        return limits.Limits()
+        return self.topic_limits.get(topic) or limits.Limits()
 
     def producer(self, transactional_id: str) -> FakeProducer:
         self.producers.append(FakeProducer(self.broker, transactional_id))

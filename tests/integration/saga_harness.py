@@ -8,7 +8,8 @@ back from Kafka with ``read_committed`` consumers, the way any downstream reader
 - ``CommittedReader`` reads a topic's committed records, from its beginning or from where it was
   when the reader was made, optionally filtered, and can read "up to the current end";
 - ``JournalFollower`` follows the journal and keeps the entries of one run's instances;
-- ``publish_orders`` places planned orders.
+- ``publish_orders`` places planned orders;
+- ``set_topic_limit`` sets a topic's ``max.message.bytes``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from examples.order_fulfillment.saga import OrderFulfillment
 from examples.order_fulfillment.scenario import PlannedOrder, plan_orders
@@ -175,6 +177,21 @@ def wait_for_metric(
         if time.monotonic() > deadline:
             raise AssertionError(f"{name}{labels} stuck at {value} after {timeout:.0f} s")
         time.sleep(0.2)
+
+
+def set_topic_limit(kafka: KafkaCluster, topic: str, limit: int) -> None:
+    """Set ``topic``'s ``max.message.bytes`` (the largest record batch the broker takes)."""
+    resource = ConfigResource(
+        ResourceType.TOPIC,
+        topic,
+        incremental_configs=[
+            ConfigEntry(
+                "max.message.bytes", str(limit), incremental_operation=AlterConfigOpType.SET
+            )
+        ],
+    )
+    for future in kafka.admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
 
 
 # -- reading topics -----------------------------------------------------------------------------

@@ -22,7 +22,6 @@ import time
 
 import pytest
 from confluent_kafka import Message, Producer
-from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from examples.order_fulfillment.messages import MakePayment, OrderPlaced
 from examples.order_fulfillment.saga import OrderFulfillment
@@ -44,7 +43,13 @@ from stream_processors.engine.routing import (
 )
 from stream_processors.kafka.config import producer_config
 from stream_processors.kafka.topics import ensure_plain_topics
-from tests.integration.saga_harness import TOPICS, CommittedReader, SagaRun, header_of
+from tests.integration.saga_harness import (
+    TOPICS,
+    CommittedReader,
+    SagaRun,
+    header_of,
+    set_topic_limit,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -70,20 +75,6 @@ def _exactly(key: bytes, size: int) -> bytes:
     return value
 
 
-def _raise_topic_limit(saga: SagaRun, topic: str, limit: int) -> None:
-    resource = ConfigResource(
-        ResourceType.TOPIC,
-        topic,
-        incremental_configs=[
-            ConfigEntry(
-                "max.message.bytes", str(limit), incremental_operation=AlterConfigOpType.SET
-            )
-        ],
-    )
-    for future in saga.kafka.admin.incremental_alter_configs([resource]).values():
-        future.result(timeout=30)
-
-
 def _wait_for(reader: CommittedReader, keys: set[bytes], timeout: float) -> dict[bytes, Message]:
     found: dict[bytes, Message] = {}
     deadline = time.monotonic() + timeout
@@ -105,8 +96,8 @@ def test_oversized_and_undeliverable_records_are_dead_lettered_and_nothing_crash
     run = saga.run_id
     bootstrap = saga.kafka.bootstrap
     ensure_plain_topics([f"{COMMANDS}.dlq"], bootstrap)
-    _raise_topic_limit(saga, COMMANDS, 20_000_000)
-    _raise_topic_limit(saga, TOPICS.inbox, 2_000_000)
+    set_topic_limit(saga.kafka, COMMANDS, 20_000_000)
+    set_topic_limit(saga.kafka, TOPICS.inbox, 2_000_000)
     worker_dlq = CommittedReader(bootstrap, f"{COMMANDS}.dlq", from_end=True)
     saga.start()
     big = Producer(
