@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from stream_processors.core.graph import successors
@@ -110,15 +110,19 @@ Scope = tuple[str, int] | None
 def mermaid(definition: SagaDefinition, instance: Instance | None = None) -> str:
     """The Mermaid ``stateDiagram-v2`` of ``definition``, highlighting ``instance`` if given."""
     diagram = _Diagram(definition)
-    lines = [*diagram.render()]
     title = f"{definition.name} v{definition.version}"
-    if instance is not None:
-        lines += _Highlight(diagram, instance).render()
+    if instance is None:
+        lines = [*diagram.render({})]
+    else:
+        highlight = _Highlight(diagram, instance)
+        lines = [*diagram.render(highlight.summaries()), *highlight.classes()]
         title += f" · {instance.instance_id} is {instance.status.value}"
         if instance.reason:
             title += f" ({instance.reason})"
     # JSON is YAML: the title is quoted and escaped whatever it holds.
-    return "\n".join(["---", f"title: {json.dumps(title)}", "---", *lines]) + "\n"
+    return (
+        "\n".join(["---", f"title: {json.dumps(title, ensure_ascii=False)}", "---", *lines]) + "\n"
+    )
 
 
 def text(value: str) -> str:
@@ -169,6 +173,7 @@ class _Diagram:
         self.names = [*definition.tasks, *definition.flow]
         self.scopes = self._scopes()
         self.back_edges = _back_edges(definition)
+        self.notes: Mapping[str, str] = {}
         compensated = [t for t in definition.tasks.values() if t.compensation is not None]
         # Nodes first, so that they keep their names as ids; the diagram's own states get what is
         # left (their keys start with a NUL, which no node name holds).
@@ -189,7 +194,9 @@ class _Diagram:
             scopes.setdefault(place.get(name), []).append(name)
         return scopes
 
-    def render(self) -> Iterator[str]:
+    def render(self, notes: Mapping[str, str]) -> Iterator[str]:
+        """The diagram's lines; ``notes`` by node name are put next to their nodes."""
+        self.notes = notes
         yield "stateDiagram-v2"
         yield from self._scope(None, self.definition.first, 1)
 
@@ -212,6 +219,10 @@ class _Diagram:
             for target, labels in edges.items():
                 label = f" : {text(', '.join(labels))}" if labels else ""
                 yield f"{pad}{self.id(name)} --> {target}{label}"
+        # A note goes in the scope of its node: Mermaid lays notes out with their state.
+        for name in names:
+            if name in self.notes:
+                yield f"{pad}note right of {self.id(name)} : {note(self.notes[name])}"
 
     def _declare(self, node: Node, depth: int) -> Iterator[str]:
         pad, ident = "    " * depth, self.id(node.name)
@@ -356,30 +367,33 @@ class _Highlight:
 
     def __init__(self, diagram: _Diagram, instance: Instance) -> None:
         self.diagram, self.instance = diagram, instance
-        self.classes: dict[str, list[str]] = {}  # state id -> the classes of its activations
+        self.kinds: dict[str, list[str]] = {}  # state id -> the classes of its activations
         self.notes: dict[str, Counter[str]] = {}  # node name -> what its activations did
-
-    def render(self) -> Iterator[str]:
         self._steps()
         self._blocks()
         self._flow()
-        sink = _SINK_CLASS.get(self.instance.status)
+        sink = _SINK_CLASS.get(instance.status)
         if sink is not None:
-            self.classes.setdefault(self.diagram.sink, []).append(sink)
-        chosen = {ident: _first(kinds) for ident, kinds in self.classes.items()}
+            self.kinds.setdefault(diagram.sink, []).append(sink)
+
+    def summaries(self) -> dict[str, str]:
+        """What each node's activations did, by node name: "succeeded", "2 succeeded, pending"."""
+        return {
+            name: ", ".join(f"{n} {what}" if n > 1 else what for what, n in counts.items())
+            for name, counts in self.notes.items()
+        }
+
+    def classes(self) -> Iterator[str]:
+        """A ``classDef`` per kind of highlight used, and the states of that kind."""
+        chosen = {ident: _first(kinds) for ident, kinds in self.kinds.items()}
         for kind in _PRECEDENCE:
             members = sorted(ident for ident, chosen_kind in chosen.items() if chosen_kind == kind)
             if members:
                 yield f"    classDef {kind} {_STYLES[kind]}"
                 yield f"    class {','.join(members)} {kind}"
-        for name, counts in self.notes.items():
-            summary = ", ".join(
-                f"{count} {what}" if count > 1 else what for what, count in counts.items()
-            )
-            yield f"    note right of {self.diagram.id(name)} : {note(summary)}"
 
     def _mark(self, name: str, kind: str, what: str) -> None:
-        self.classes.setdefault(self.diagram.id(name), []).append(kind)
+        self.kinds.setdefault(self.diagram.id(name), []).append(kind)
         self.notes.setdefault(name, Counter())[what] += 1
 
     def _steps(self) -> None:
@@ -391,7 +405,7 @@ class _Highlight:
             self._mark(name, _FORWARD_CLASS[step.status], what)
             undo = self.diagram.undo.get(name)
             if undo is not None and step.status in _UNDO_CLASS:
-                self.classes.setdefault(undo, []).append(_UNDO_CLASS[step.status])
+                self.kinds.setdefault(undo, []).append(_UNDO_CLASS[step.status])
 
     def _blocks(self) -> None:
         for block in self.instance.blocks.values():
