@@ -162,6 +162,12 @@ def test_the_order_saga_pays_ships_and_compensates() -> None:
     ]
 
 
+def test_the_readme_shows_the_order_saga_as_the_command_draws_it() -> None:
+    readme = (ROOT / "README.md").read_text()
+    shown = re.findall(r"^```mermaid\n(.*?)^```$", readme, re.MULTILINE | re.DOTALL)
+    assert shown == [ORDER_DIAGRAM]
+
+
 def test_a_saga_without_compensations_fails_to_a_failed_state() -> None:
     shipping = replace(ORDERS.tasks["shipping"], next=())
     definition = replace(ORDERS, tasks={"shipping": shipping}, first=("shipping",))
