@@ -24,7 +24,8 @@ How the model is drawn:
 
 With an instance, ``classDef``/``class`` colour each node by what its activations did (a step's
 keys may be ``node~2`` for a later visit or ``map[3]/node`` for a map's item: ``StepState.node``
-names the node), a note gives the counts, and the title says the instance's status.
+names the node), a note gives the counts, and the title says the instance's status. The title
+also gives the saga's deadline, if it has one (reached in any state, it fails the saga).
 
 Node names may hold characters Mermaid does not take in ids (dots, dashes, spaces): each node
 gets a safe id, and its name is shown through ``state "label" as id``.
@@ -111,6 +112,8 @@ def mermaid(definition: SagaDefinition, instance: Instance | None = None) -> str
     """The Mermaid ``stateDiagram-v2`` of ``definition``, highlighting ``instance`` if given."""
     diagram = _Diagram(definition)
     title = f"{definition.name} v{definition.version}"
+    if definition.deadline_ms is not None:  # from any state: the saga then compensates
+        title += f", deadline {duration(definition.deadline_ms)}"
     if instance is None:
         lines = [*diagram.render({})]
     else:
@@ -210,19 +213,22 @@ class _Diagram:
         for start in starts:
             yield f"{pad}[*] --> {self.id(start)}"
         for name in names:
-            # One edge per target: two errors caught by the same step share it.
-            edges: dict[str, list[str]] = {}
-            for target, label in self._edges(self.definition.node(name), on_main=scope is None):
-                labels = edges.setdefault(target, [])
-                if label and label not in labels:
-                    labels.append(label)
-            for target, labels in edges.items():
-                label = f" : {text(', '.join(labels))}" if labels else ""
-                yield f"{pad}{self.id(name)} --> {target}{label}"
+            yield from self._edge_lines(name, scope is None, pad)
         # A note goes in the scope of its node: Mermaid lays notes out with their state.
         for name in names:
             if name in self.notes:
                 yield f"{pad}note right of {self.id(name)} : {note(self.notes[name])}"
+
+    def _edge_lines(self, name: str, on_main: bool, pad: str) -> Iterator[str]:
+        """The edges leaving ``name``, one per target: errors caught alike share theirs."""
+        edges: dict[str, list[str]] = {}
+        for target, label in self._edges(self.definition.node(name), on_main):
+            labels = edges.setdefault(target, [])
+            if label and label not in labels:
+                labels.append(label)
+        for target, labels in edges.items():
+            label = f" : {text(', '.join(labels))}" if labels else ""
+            yield f"{pad}{self.id(name)} --> {target}{label}"
 
     def _declare(self, node: Node, depth: int) -> Iterator[str]:
         pad, ident = "    " * depth, self.id(node.name)
@@ -398,7 +404,7 @@ class _Highlight:
 
     def _steps(self) -> None:
         for key, step in self.instance.steps.items():
-            name = step.node or key
+            name = step.node or _node_of(key, self.diagram.definition)
             if name not in self.diagram.definition.tasks:
                 continue  # a step of another version of the saga
             what = step.status.value + (f" (attempt {step.attempt})" if step.attempt > 1 else "")

@@ -168,6 +168,11 @@ def test_the_readme_shows_the_order_saga_as_the_command_draws_it() -> None:
     assert shown == [ORDER_DIAGRAM]
 
 
+def test_the_title_gives_the_deadline() -> None:
+    title = mermaid(replace(ORDERS, deadline_ms=86_400_000)).splitlines()[1]
+    assert title == 'title: "order_fulfillment v1, deadline 1d"'
+
+
 def test_a_saga_without_compensations_fails_to_a_failed_state() -> None:
     shipping = replace(ORDERS.tasks["shipping"], next=())
     definition = replace(ORDERS, tasks={"shipping": shipping}, first=("shipping",))
