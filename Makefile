@@ -1,6 +1,7 @@
 # Sagalog's entry points. Each target does its own set-up: the virtualenv, the broker, the topics.
 #   make demo        the order-fulfilment saga end to end on a real broker
 #   make test        ruff, mypy, and pytest (unit + integration) against a real broker
+#   make mermaid     Mermaid's parser (node), for the test that checks `sagas diagram`'s output
 #   make kafka       start a single-node broker (or find one); kafka-stop, kafka-reset
 #                    (KAFKA_BROKERS=3 make kafka: a three-node KRaft cluster instead)
 #   make chaos       the chaos suite, then its cluster phase (chaos-cluster); chaos-quick: short form
@@ -13,7 +14,7 @@ BROKER := tools/kafka/broker.sh
 # broker.sh probes readiness with the project's own client library, from the virtualenv.
 export PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: venv kafka kafka-stop kafka-reset test lint unit demo chaos chaos-cluster chaos-quick clean bench bench-quick bench-venv temporal
+.PHONY: venv mermaid kafka kafka-stop kafka-reset test lint unit demo chaos chaos-cluster chaos-quick clean bench bench-quick bench-venv temporal
 
 venv: $(VENV)/.installed
 
@@ -24,6 +25,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
+
+# Mermaid's own parser, which tests/unit/test_diagram.py runs on the diagrams `sagas diagram` prints.
+# Without npm the target says so and carries on: that test then fails under CI=true.
+MERMAID := tools/mermaid
+mermaid: $(MERMAID)/node_modules/.installed
+
+$(MERMAID)/node_modules/.installed: $(MERMAID)/package-lock.json
+	@if command -v npm >/dev/null; then npm ci --prefix $(MERMAID) --silent --no-audit --no-fund && touch $@; \
+	  else echo "no npm: Mermaid's parser is not installed (the diagram syntax test needs it)"; fi
 
 kafka: venv
 	@$(BROKER) start
@@ -39,7 +49,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint mermaid
 	@$(BROKER) with -- $(BIN)/pytest
 
 # Options go through DEMO_ARGS, e.g. make demo DEMO_ARGS="--orders 5000 --shipping-failure-rate 0.1"

@@ -6,6 +6,7 @@ on the one ``app`` (``sagas.cli.app``) when imported; this package imports them 
     sagas retry examples.order_fulfillment.saga:OrderFulfillment order-17 --reason "card fixed"
     sagas dlq list payments.commands.dlq
     sagas history examples.order_fulfillment.saga:OrderFulfillment order-17
+    sagas diagram examples.order_fulfillment.saga:OrderFulfillment [--instance order-17]
     sagas schemas register shipping-v2.avsc --topic shipping.events
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from sagas.cli import history, operate, run, schemas
+from sagas.cli import diagram, history, operate, run, schemas
 from sagas.cli.app import app
 from sagas.cli.errors import run_cli
 
@@ -22,4 +23,4 @@ def main() -> None:
     sys.exit(run_cli(app))
 
 
-__all__ = ["app", "history", "main", "operate", "run", "schemas"]
+__all__ = ["app", "diagram", "history", "main", "operate", "run", "schemas"]

@@ -179,25 +179,39 @@ def _instance_json(instance: Instance) -> dict[str, Any]:
     }
 
 
-@app.command()
-def state(
-    target: SagaTarget,
-    instance: InstanceId,
-    at: Annotated[
-        str | None,
-        typer.Option(help="A journal position, epoch milliseconds, or ISO time [default: now]"),
-    ] = None,
-    state_dir: StateDir = None,
-    bootstrap: Bootstrap = None,
-) -> None:
-    """An instance's state folded from its journal, now or as of a position or time."""
-    definition = saga_class(target).definition
+At = Annotated[
+    str | None,
+    typer.Option(help="A journal position, epoch milliseconds, or ISO time [default: now]"),
+]
+
+
+def folded_instance(
+    definition: SagaDefinition,
+    instance: str,
+    at: str | None,
+    state_dir: Path | None,
+    bootstrap: str | None,
+) -> Instance:
+    """An instance folded from its journal, now or as of ``at``; exits when there is none."""
     located = _history(definition, instance, state_dir, bootstrap)
     position, at_ms = _point(at) if at is not None else (None, None)
     folded = fold_until(definition, located, position=position, at_ms=at_ms)
     if folded is None:
         typer.echo(f"{instance} had not started at {at}", err=True)
         raise typer.Exit(1)
+    return folded
+
+
+@app.command()
+def state(
+    target: SagaTarget,
+    instance: InstanceId,
+    at: At = None,
+    state_dir: StateDir = None,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """An instance's state folded from its journal, now or as of a position or time."""
+    folded = folded_instance(saga_class(target).definition, instance, at, state_dir, bootstrap)
     typer.echo(json.dumps(_instance_json(folded), indent=2))
 
 
