@@ -270,7 +270,7 @@ class Decider:
                 kind, attempt=attempt, command_id=cid, record=value, reply_key=child_id, **where
             )
             self.decision.commands.append(
-                OutgoingCommand(spec.topic, child_id, cid, value, CHILD_START)
+                OutgoingCommand(spec.topic, child_id, cid, value, CHILD_START, instance_id)
             )
             return
         self.note(kind, attempt=attempt, command_id=cid, record=value, **where)

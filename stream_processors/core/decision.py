@@ -48,6 +48,8 @@ class OutgoingCommand:
     command_id: str
     value: bytes
     kind: str = COMMAND
+    #: A child's start: the instance id of the parent that sends it.
+    parent: str = ""
 
 
 @dataclass(slots=True)

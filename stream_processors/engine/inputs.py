@@ -20,7 +20,15 @@ from stream_processors.core import limits
 from stream_processors.core.decide import Input
 from stream_processors.core.keys import KEY_MISMATCH, key_mismatch
 from stream_processors.core.model import SagaDefinition
-from stream_processors.engine.routing import COMMAND_ID, INSTANCE, NOTE, header, received_headers
+from stream_processors.engine.routing import (
+    COMMAND_ID,
+    INSTANCE,
+    NOTE,
+    PARENT_INSTANCE,
+    REPLY_TO,
+    header,
+    received_headers,
+)
 
 
 @dataclass(frozen=True)
@@ -86,4 +94,7 @@ def inbox_input(
     mismatch = key_mismatch(definition, record, instance_id, command_id, header(headers, INSTANCE))
     if mismatch is not None:
         return Rejected(KEY_MISMATCH, mismatch)
-    return InboxInput(instance_id, key, Input(record, value, command_id, note))
+    reply_to, parent = header(headers, REPLY_TO), header(headers, PARENT_INSTANCE)
+    if type(record) is not definition.start or not (reply_to and reply_to.endswith(".inbox")):
+        reply_to = parent = None  # only a start names a parent, and only a saga's inbox
+    return InboxInput(instance_id, key, Input(record, value, command_id, note, reply_to, parent))

@@ -23,14 +23,15 @@ from stream_processors.codecs.records import CATALOG, record_type
 from stream_processors.codecs.signing import Keyring, Purpose, signed
 from stream_processors.core import limits, oversize
 from stream_processors.core.decide import Decision
+from stream_processors.core.decision import COMMAND
 from stream_processors.core.instance import Instance, encode_snapshot
 from stream_processors.core.journal import Kind
 from stream_processors.engine import metrics
 from stream_processors.engine.routing import (
     DLQ_DETAIL,
     DLQ_REASON,
-    command_headers,
     dead_letter_marks,
+    outgoing_headers,
     received_headers,
 )
 from stream_processors.engine.transaction import OpenTransaction
@@ -124,11 +125,11 @@ class Outputs:
         signing = self.signing
         for command in decision.commands:
             command_key, topic = command.key.encode(), command.topic
-            headers = command_headers(command.command_id, self.topics.inbox, command.key, self.saga)
+            headers = outgoing_headers(command, self.topics.inbox, self.saga)
             if signing is not None:
-                headers = signed(
-                    signing, Purpose.COMMAND, topic, command_key, command.value, headers
-                )
+                # A child saga's start, end or cancel goes to a saga's inbox, not to a worker.
+                purpose = Purpose.COMMAND if command.kind == COMMAND else Purpose.INBOX
+                headers = signed(signing, purpose, topic, command_key, command.value, headers)
             what = f"command {command.command_id[:200]}"
             commands.append(limits.Outgoing(what, topic, command_key, command.value, headers))
         snapshot = encode_snapshot(decision.instance)
@@ -156,11 +157,14 @@ class Outputs:
             if lifecycle is not None:
                 lifecycle.inc()
             elif kind in (Kind.STEP_SUCCEEDED, Kind.STEP_FAILED) and before and entry.step:
-                sent = before.steps[entry.step].sent_at_ms
+                step = before.steps.get(entry.step)
+                if step is None:  # started and ended in this decision (a sleep of 0)
+                    continue
                 outcome = "succeeded" if kind is Kind.STEP_SUCCEEDED else "failed"
+                # Labelled by node: a map item's or a loop's step keys would not be bounded.
                 metrics.STEP_SECONDS.labels(
-                    step=entry.step, outcome=outcome, **self._labels
-                ).observe(max(0, now_ms - sent) / 1000)
+                    step=step.node or entry.step, outcome=outcome, **self._labels
+                ).observe(max(0, now_ms - step.sent_at_ms) / 1000)
         slot = (partition, decision.instance.instance_id)
         self._txn.stage(slot, decision.instance, snapshot)
         return None

@@ -19,6 +19,7 @@ from __future__ import annotations
 from confluent_kafka import Message
 
 from stream_processors.core.decide import idempotency_key
+from stream_processors.core.decision import CHILD_CANCEL, CHILD_END, CHILD_START, OutgoingCommand
 
 #: Headers as the client takes them; values we write are always bytes.
 Headers = list[tuple[str, str | bytes | None]]
@@ -71,6 +72,27 @@ def command_headers(command_id: str, reply_to: str, instance_id: str, saga: str)
         (INSTANCE, instance_id.encode()),
         (SAGA, saga.encode()),
     ]
+
+
+#: A child saga's start: the parent instance its end is reported to (with ``REPLY_TO``).
+PARENT_INSTANCE = "sagalog.parent.instance"
+
+
+def outgoing_headers(command: OutgoingCommand, inbox: str, saga: str) -> Headers:
+    """The headers of a record a decision sends, by what it is (``OutgoingCommand.kind``)."""
+    if command.kind == CHILD_START:
+        # Not ``sagalog.instance``: that names the record's own instance (the child's, its key).
+        return [
+            (COMMAND_ID, command.command_id.encode()),
+            (REPLY_TO, inbox.encode()),
+            (PARENT_INSTANCE, command.parent.encode()),
+            (SAGA, saga.encode()),
+        ]
+    if command.kind == CHILD_END:
+        return reply_headers(command.command_id)
+    if command.kind == CHILD_CANCEL:
+        return [(SAGA, saga.encode())]
+    return command_headers(command.command_id, inbox, command.key, saga)
 
 
 def reply_headers(command_id: str) -> Headers:
