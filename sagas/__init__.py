@@ -2,25 +2,32 @@
 
 What users import lives here: ``Event``, ``Command`` and ``State`` (typed records bound to Avro
 schemas); ``Saga``, ``Step``, ``Wait``, ``Compensate``, ``evolve`` and ``on`` (declaring sagas);
+``Choice``/``When``, ``Parallel``, ``Map``, ``Branch``, ``Sleep``, ``Child``, ``Succeed`` and
+``Fail`` (control flow, ``sagas.flow``; ``CHILD_FAILED`` is a child step's error name);
 ``RetryPolicy`` with the error names ``TRANSIENT``, ``TIMEOUT`` and ``ALL``, and ``COMPENSATE``
 (failure handling); ``Fail`` and ``Complete`` (handler outcomes); ``Publisher`` (publishing domain
 events); and ``Worker``, ``BusinessError`` and ``TransientError`` (services that handle commands).
 The test kit is ``sagas.testing`` (import it from there: it is not loaded here).
 """
 
+from sagas.flow import Branch, Child, Choice, Map, Parallel, Sleep, Succeed, When
 from sagas.publisher import Publisher
 from sagas.saga import Compensate, Saga, Step, Wait, evolve, on
 from sagas.worker import BusinessError, CommandContext, TransientError, Worker
 from stream_processors.codecs.records import Command, DeclarationError, Event, State
-from stream_processors.core.model import COMPENSATE, Complete, Fail
+from stream_processors.core.model import CHILD_FAILED, COMPENSATE, Complete, Fail
 from stream_processors.core.policy import ALL, TIMEOUT, TRANSIENT, RetryPolicy
 
 __all__ = [
     "ALL",
+    "CHILD_FAILED",
     "COMPENSATE",
     "TIMEOUT",
     "TRANSIENT",
+    "Branch",
     "BusinessError",
+    "Child",
+    "Choice",
     "Command",
     "CommandContext",
     "Compensate",
@@ -28,13 +35,18 @@ __all__ = [
     "DeclarationError",
     "Event",
     "Fail",
+    "Map",
+    "Parallel",
     "Publisher",
     "RetryPolicy",
     "Saga",
+    "Sleep",
     "State",
     "Step",
+    "Succeed",
     "TransientError",
     "Wait",
+    "When",
     "Worker",
     "evolve",
     "on",

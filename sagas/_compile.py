@@ -110,7 +110,9 @@ class _Compiler:
             return None
         return node.compensate.compile(f"{step} compensation", self.state, in_map)  # type: ignore[no-any-return]
 
-    def _task(self, step: str, name: str, node: Step, following: str | None, in_map: bool) -> Task:
+    def _task(
+        self, step: str, name: str, node: Step[Any], following: str | None, in_map: bool
+    ) -> Task:
         return Task(
             name,
             node.compile(step, self.state, in_map),

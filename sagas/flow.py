@@ -192,7 +192,7 @@ class Child(Node):
         catch: Mapping[Any, Target] | None = None,
         retry: RetryPolicy = NO_RETRY,
         timeout: float | None = None,
-        compensate: Compensate | None = None,
+        compensate: Compensate[Any] | None = None,
         max_visits: int | None = None,
     ) -> None:
         super().__init__(next=next, end=end, catch=catch, max_visits=max_visits)

@@ -41,7 +41,7 @@ import dataclasses
 import inspect
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from sagas.flow import Target, catches, targets
 from stream_processors.codecs.records import (
@@ -65,8 +65,6 @@ from stream_processors.core.model import (
 )
 from stream_processors.core.policy import NO_RETRY, RetryPolicy
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 
 def _as_tuple(replies: type[Event] | Iterable[type[Event]] | None) -> tuple[type[Event], ...]:
     if replies is None:
@@ -76,16 +74,22 @@ def _as_tuple(replies: type[Event] | Iterable[type[Event]] | None) -> tuple[type
     return tuple(replies)
 
 
-class _CommandDeclaration:
-    """What a step and a compensation share: a command type, how to build it, its replies."""
+C = TypeVar("C", bound=Command)
+
+
+class _CommandDeclaration(Generic[C]):
+    """What a step and a compensation share: a command type, how to build it, its replies.
+
+    Generic in the command: ``build`` must return the declared command type (mypy checks it).
+    """
 
     def __init__(
         self,
-        command: type[Command] | None,
+        command: type[C] | None,
         *,
         success: type[Event] | Iterable[type[Event]] | None,
         failure: type[Event] | Iterable[type[Event]] | None = None,
-        build: Builder | None = None,
+        build: Callable[..., C] | None = None,
         topic: str | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
         timeout: float | None = None,
@@ -134,7 +138,7 @@ class _CommandDeclaration:
         )
 
 
-class Compensate(_CommandDeclaration):
+class Compensate(_CommandDeclaration[C]):
     """The command that undoes a completed step, and the replies that finish it.
 
     A compensation has its own ``retry`` policy and ``timeout``; one that still fails parks the
@@ -142,7 +146,7 @@ class Compensate(_CommandDeclaration):
     """
 
 
-class Step(_CommandDeclaration):
+class Step(_CommandDeclaration[C]):
     """A step: the command it sends, its replies, and what undoes it.
 
     ``next`` names the step(s) to start when this one succeeds; by default the step declared
@@ -156,12 +160,12 @@ class Step(_CommandDeclaration):
 
     def __init__(
         self,
-        command: type[Command] | None,
+        command: type[C] | None,
         *,
         success: type[Event] | Iterable[type[Event]] | None,
         failure: type[Event] | Iterable[type[Event]] | None = None,
-        compensate: Compensate | None = None,
-        build: Builder | None = None,
+        compensate: Compensate[Any] | None = None,
+        build: Callable[..., C] | None = None,
         topic: str | None = None,
         next: Target | Iterable[Target] | None = None,
         end: bool = False,
@@ -187,7 +191,7 @@ class Step(_CommandDeclaration):
         self.early_ms = 0
 
 
-class Wait(Step):
+class Wait(Step[Command]):
     """A step that sends nothing and waits for an event (an approval, a webhook) with a timeout.
 
     The events must name the instance through their key field, like the start event, and come
@@ -203,7 +207,7 @@ class Wait(Step):
         success: type[Event] | Iterable[type[Event]],
         failure: type[Event] | Iterable[type[Event]] | None = None,
         timeout: float,
-        compensate: Compensate | None = None,
+        compensate: Compensate[Any] | None = None,
         next: Target | Iterable[Target] | None = None,
         end: bool = False,
         catch: Mapping[type[Event] | str, Target] | None = None,
@@ -277,27 +281,63 @@ def _allows_none(annotation: Any) -> bool:
     return type(None) in typing.get_args(annotation)
 
 
-def _marking(marker: str, input_type: type[Record]) -> Callable[[F], F]:
-    def mark(function: F) -> F:
-        # On a staticmethod, mark the function inside too: ``Saga.member`` unwraps it.
-        for target in (function, getattr(function, "__func__", None)):
-            if target is not None:
-                setattr(target, marker, input_type)
-        return function
+S = TypeVar("S")
+R = TypeVar("R", bound=Record)
+E = TypeVar("E", bound=Event)
+
+
+class Evolves(Generic[S, R]):
+    """A saga's evolver for ``R``, as ``@evolve(R)`` leaves it in the class body.
+
+    Not a function, so the class does not bind it as a method: no ``@staticmethod`` is needed,
+    and mypy checks ``(state, R) -> state`` against the type given to ``evolve``.
+    """
+
+    __sagalog_evolves__: type[R]
+
+    def __init__(self, input_type: type[R], function: Callable[[S, R], S]) -> None:
+        self.__sagalog_evolves__ = input_type
+        self.function = _unwrap(function)
+
+    def __call__(self, state: S, record: R) -> S:
+        result: S = self.function(state, record)
+        return result
+
+
+class Handles(Generic[S, E]):
+    """A saga's handler for ``E``, as ``@on(E)`` leaves it in the class body (see ``Evolves``)."""
+
+    __sagalog_handles__: type[E]
+
+    def __init__(
+        self, input_type: type[E], function: Callable[[S, E, int], Iterable[Directive]]
+    ) -> None:
+        self.__sagalog_handles__ = input_type
+        self.function = _unwrap(function)
+
+    def __call__(self, state: S, event: E, now_ms: int) -> Iterable[Directive]:
+        result: Iterable[Directive] = self.function(state, event, now_ms)
+        return result
+
+
+def evolve(input_type: type[R]) -> Callable[[Callable[[S, R], S]], Evolves[S, R]]:
+    """Mark a pure function (state, input) -> state that applies an accepted input."""
+
+    def mark(function: Callable[[S, R], S]) -> Evolves[S, R]:
+        return Evolves(input_type, function)
 
     return mark
 
 
-def evolve(input_type: type[Record]) -> Callable[[F], F]:
-    """Mark a pure function (state, input) -> state that applies an accepted input."""
-
-    return _marking("__sagalog_evolves__", input_type)
-
-
-def on(input_type: type[Event]) -> Callable[[F], F]:
+def on(
+    input_type: type[E],
+) -> Callable[[Callable[[S, E, int], Iterable[Directive]]], Handles[S, E]]:
     """Mark a handler (state, event, now_ms) -> iterable of commands, Fail or Complete."""
 
-    return _marking("__sagalog_handles__", input_type)
+    def mark(function: Callable[[S, E, int], Iterable[Directive]]) -> Handles[S, E]:
+        return Handles(input_type, function)
+
+    return mark
 
 
 def _claimed_replies(where: str, tasks: Iterable[Task]) -> dict[type[Record], Any]:
@@ -308,7 +348,12 @@ def _claimed_replies(where: str, tasks: Iterable[Task]) -> dict[type[Record], An
 
 
 def _unwrap(member: Any) -> Any:
-    return member.__func__ if isinstance(member, staticmethod | classmethod) else member
+    """The plain function of a class member (in a staticmethod, an ``Evolves``, a ``Handles``)."""
+    if isinstance(member, staticmethod | classmethod):
+        return member.__func__
+    if isinstance(member, Evolves | Handles):
+        return member.function
+    return member
 
 
 class Saga:

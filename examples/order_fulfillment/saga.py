@@ -56,11 +56,9 @@ class OrderFulfillment(Saga, name="order_fulfillment"):
     shipping = Step(CreateShippingLabel, success=ShippingLabelCreated, failure=ShippingFailed)
 
     @evolve(PaymentCompleted)
-    @staticmethod
     def paid(state: OrderState, event: PaymentCompleted) -> OrderState:
         return replace(state, payment_id=event.payment_id)
 
     @evolve(ShippingLabelCreated)
-    @staticmethod
     def labelled(state: OrderState, event: ShippingLabelCreated) -> OrderState:
         return replace(state, tracking_number=event.tracking_number)
