@@ -167,6 +167,8 @@ def _instance_json(instance: Instance) -> dict[str, Any]:
                 "command_id": step.command_id,
                 "attempt": step.attempt,
                 "sent_at_ms": step.sent_at_ms,
+                "node": step.node,
+                **({"block": step.block, "branch": step.branch} if step.block else {}),
             }
             for name, step in instance.steps.items()
         },
@@ -175,6 +177,21 @@ def _instance_json(instance: Instance) -> dict[str, Any]:
             name: {"due_ms": t.due_ms, "step": t.step, "attempt": t.attempt}
             for name, t in instance.timers.items()
         },
+        "blocks": {
+            key: {
+                "node": block.node,
+                "kind": block.kind,
+                "status": block.status.value,
+                "branches": [b.value for b in block.branches],
+            }
+            for key, block in instance.blocks.items()
+        },
+        "visits": dict(instance.visits),
+        "early_events": len(instance.early),
+        "children": dict(instance.children),
+        "parent": None
+        if instance.reply_key is None
+        else {"inbox": instance.reply_to, "instance": instance.reply_key},
         "data": instance.data.to_avro(),
     }
 

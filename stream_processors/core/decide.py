@@ -381,6 +381,8 @@ def _fired(decider: Decider, name: str, step: str | None, attempt: int) -> None:
         if current.status is StepStatus.PENDING and decider.instance.status is Status.RUNNING:
             decider.succeeded(step, current, None)
     elif current.attempt == attempt and current.status in _IN_FLIGHT:
+        # A child saga that did not end in time is not waited for any more: cancel it.
+        decider.cancel_child(step, f"{step}: no end in time")
         decider.attempt_failed(step, current, [TIMEOUT], f"{step}: no reply in time")
 
 
