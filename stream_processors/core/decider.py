@@ -113,8 +113,8 @@ class Decider:
         after = apply(self.definition, before, entry, decoded)
         self.decision.instance = after
         self.decision.entries.append(entry)
-        ended = after.status.finished and (before is None or not before.status.finished)
-        if ended and after.reply_to is not None:
+        child_ends = after.reply_to is not None and after.status.finished
+        if child_ends and (before is None or not before.status.finished):
             self._report_to_parent(after)
 
     def note(self, kind: Kind, **fields: object) -> None:
@@ -143,7 +143,8 @@ class Decider:
         self.note(Kind.TIMER_SCHEDULED, timer=name, due_ms=due, step=step, attempt=attempt)
 
     def cancel(self, name: str) -> None:
-        if name in self.instance.timers:
+        instance = self.decision.instance
+        if instance is not None and name in instance.timers:
             self.note(Kind.TIMER_CANCELLED, timer=name)
 
     # -- nodes ---------------------------------------------------------------------------------
@@ -151,13 +152,14 @@ class Decider:
     def enter(self, name: str, place: Place) -> None:
         """Start node ``name`` at ``place`` (a new visit: loops are bounded by ``max_visits``)."""
         node = self.definition.node(name)
-        base = visit_key(self.instance, name, place.block, place.branch)
-        visit = self.instance.visits.get(base, 0) + 1
-        if node.max_visits is not None and visit > node.max_visits:
-            why = f"step {name!r} would run a visit {visit}; it allows {node.max_visits}"
-            self.path_failed(place, [LOOP_EXCEEDED], why)
-            return
-        key = base if visit == 1 else f"{base}~{visit}"
+        key = visit_key(self.instance, name, place.block, place.branch)
+        if name in self.definition.revisitable:  # on a loop: count the visits, bounded
+            visit = self.instance.visits.get(key, 0) + 1
+            if node.max_visits is not None and visit > node.max_visits:
+                why = f"step {name!r} would run a visit {visit}; it allows {node.max_visits}"
+                self.path_failed(place, [LOOP_EXCEEDED], why)
+                return
+            key = key if visit == 1 else f"{key}~{visit}"
         if isinstance(node, Task):
             self.send(key, name, place)
         elif isinstance(node, Choice):
@@ -338,7 +340,8 @@ class Decider:
 
     def succeeded(self, key: str, current: StepState, result: bytes | None) -> None:
         self.cancel(timeout_timer(key))
-        self.cancel(sleep_timer(key))
+        if current.node in self.definition.flow:  # a sleep that woke
+            self.cancel(sleep_timer(key))
         if current.status.compensation:
             self.note(Kind.COMPENSATION_SUCCEEDED, step=key, command_id=current.command_id)
             self.after_compensation()
@@ -534,7 +537,9 @@ class Decider:
         instance = self.instance
         if instance.status is not Status.RUNNING or instance.active:
             return
-        if any(b.status is BranchStatus.RUNNING for b in instance.blocks.values()):
+        if instance.blocks and any(
+            b.status is BranchStatus.RUNNING for b in instance.blocks.values()
+        ):
             return
         self.cancel(DEADLINE)
         self.note(Kind.SAGA_COMPLETED)

@@ -125,11 +125,12 @@ def apply(
         record = _record_of(entry, decoded)
         evolve = definition.evolvers.get(type(record))
         data = evolve(instance.data, record) if evolve else KEEP
-        return _moved(instance, entry, data=data, early=_without(instance.early, entry.record))
+        early = _without(instance.early, entry.record) if instance.early else KEEP
+        return _moved(instance, entry, data=data, early=early)
     if kind in _SENT:
-        return _sent(instance, entry, kind)
+        return _sent(definition, instance, entry, kind)
     if kind is Kind.NODE_PASSED:
-        return _moved(instance, entry, visits=_visited(instance, entry))
+        return _moved(instance, entry, visits=_visited(definition, instance, entry))
     if kind is Kind.BLOCK_STARTED or kind in _BRANCH_AFTER or kind in _BLOCK_AFTER:
         return _apply_block(definition, instance, entry, kind)
     if kind is Kind.EVENT_KEPT:
@@ -226,7 +227,9 @@ def _moved(
     )
 
 
-def _sent(instance: Instance, entry: JournalEntry, kind: Kind) -> Instance:
+def _sent(
+    definition: SagaDefinition, instance: Instance, entry: JournalEntry, kind: Kind
+) -> Instance:
     """A command sent, a wait or sleep started, a compensation sent: the step's new attempt."""
     key = entry.step
     if key is None:  # a handler's fire-and-forget command: history only
@@ -243,7 +246,7 @@ def _sent(instance: Instance, entry: JournalEntry, kind: Kind) -> Instance:
         instance,
         entry,
         steps={**instance.steps, key: sent},
-        visits=_visited(instance, entry) if entered else KEEP,
+        visits=_visited(definition, instance, entry) if entered else KEEP,
         children=children,
     )
 
@@ -268,7 +271,8 @@ def _apply_block(
             (None,) * count,
         )
         blocks = {**instance.blocks, entry.step: started}
-        return _moved(instance, entry, blocks=blocks, visits=_visited(instance, entry))
+        visits = _visited(definition, instance, entry)
+        return _moved(instance, entry, blocks=blocks, visits=visits)
     key, block = _block(instance, entry)
     if kind in _BRANCH_AFTER:
         index = entry.branch or 0
@@ -288,9 +292,12 @@ def _apply_block(
     return _moved(instance, entry, blocks={**instance.blocks, key: changed}, data=data)
 
 
-def _visited(instance: Instance, entry: JournalEntry) -> Mapping[str, int] | _Keep:
-    """The visit counts after an entry that enters a node (entries of older releases: KEEP)."""
-    if entry.node is None:
+def _visited(
+    definition: SagaDefinition, instance: Instance, entry: JournalEntry
+) -> Mapping[str, int] | _Keep:
+    """The visit counts after an entry that enters a node that may be entered again (others,
+    and entries of older releases: KEEP)."""
+    if entry.node is None or entry.node not in definition.revisitable:
         return KEEP
     key = visit_key(instance, entry.node, entry.block or "", entry.branch or 0)
     return {**instance.visits, key: instance.visits.get(key, 0) + 1}

@@ -105,6 +105,26 @@ def unbounded_loop(definition: SagaDefinition) -> list[str] | None:
     return None
 
 
+def revisitable(definition: SagaDefinition) -> frozenset[str]:
+    """The nodes an instance may enter more than once: those on a cycle, and every node on a
+    branch of a block that may be entered again. Only their visits are counted (``fold``),
+    which spares linear sagas the bookkeeping."""
+    from stream_processors.core.model import Block
+
+    names = [*definition.tasks, *definition.flow]
+    again = {n for n in names if n in _reach(definition, successors(definition.node(n)))}
+    grown = True
+    while grown:
+        grown = False
+        for block in definition.flow.values():
+            if isinstance(block, Block) and block.name in again:
+                inside = {n for start in block.branches for n in _reach(definition, [start])}
+                if not inside <= again:
+                    again |= inside
+                    grown = True
+    return frozenset(again)
+
+
 def implicit_forks(
     tasks: Mapping[str, Task], flow: Mapping[str, Node]
 ) -> tuple[dict[str, Task], dict[str, Node]]:

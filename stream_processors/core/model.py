@@ -258,6 +258,13 @@ class SagaDefinition:
         return task if task is not None else self.flow[name]
 
     @cached_property
+    def revisitable(self) -> frozenset[str]:
+        """Nodes that may be entered more than once (loops): only their visits are counted."""
+        from stream_processors.core.graph import revisitable
+
+        return revisitable(self)
+
+    @cached_property
     def placement(self) -> Mapping[str, tuple[str, int]]:
         """Each node inside a block: (the block's name, the branch's index). Root nodes absent."""
         from stream_processors.core.graph import placement
