@@ -9,13 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from stream_processors.core.decide import DEADLINE, retry_timer, timeout_timer
+from stream_processors.core.decision import sleep_timer
 from stream_processors.core.fold import fold
 from stream_processors.core.instance import Instance, StepStatus, decode_snapshot, encode_snapshot
 from stream_processors.core.journal import JournalEntry
 from stream_processors.core.model import SagaDefinition
 
 _RETRYING = (StepStatus.RETRYING, StepStatus.COMPENSATION_RETRYING)
-_IN_FLIGHT = (StepStatus.PENDING, StepStatus.COMPENSATING)
+#: A cancelled step's command is still in flight: its timeout still bounds the wait for it.
+_IN_FLIGHT = (StepStatus.PENDING, StepStatus.COMPENSATING, StepStatus.CANCELLED)
 
 
 def expect(condition: bool, message: str) -> None:
@@ -68,9 +70,9 @@ def assert_timers_consistent(state: Instance) -> None:
     """Every timer belongs to something that waits for it, and every retry has its timer.
 
     A ``retry:<step>`` timer belongs to a step waiting to retry, for its next attempt; a
-    ``timeout:<step>`` timer to the step's attempt in flight; the ``deadline`` only to a saga
-    that has not finished; and a step waiting to retry has its retry timer (unless the saga has
-    ended).
+    ``timeout:<step>`` timer to the step's attempt in flight; a ``sleep:<step>`` timer to a
+    sleep that has not woken; the ``deadline`` only to a saga that has not finished; and a step
+    waiting to retry has its retry timer (unless the saga has ended).
     """
     where = f"instance {state.instance_id!r} ({state.status})"
     for name, timer in state.timers.items():
@@ -94,6 +96,11 @@ def assert_timers_consistent(state: Instance) -> None:
             expect(
                 timer.attempt == step.attempt,
                 f"{where}: {name!r} is for attempt {timer.attempt}, the step is at {step.attempt}",
+            )
+        elif name == sleep_timer(timer.step):
+            expect(
+                step.status is StepStatus.PENDING and timer.attempt == step.attempt,
+                f"{where}: {name!r} set, but the sleep is {step}",
             )
         else:
             raise AssertionError(f"{where}: unknown timer {name!r}")
