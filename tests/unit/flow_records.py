@@ -150,6 +150,16 @@ class Approved(Event, schema=f"{NS}.Approved", topic=EVENTS, key="id", derive=Tr
     id: str
 
 
+class Job(Event, schema=f"{NS}.Job", topic=EVENTS, key="id", derive=True):
+    """A child saga's start event (the parent's child step builds it from its state)."""
+
+    id: str
+
+
+def begin_job(event: Job) -> Flow:
+    return Flow(id=event.id)
+
+
 # --- helpers the tests share ----------------------------------------------------------------------
 
 ID = "i-1"
