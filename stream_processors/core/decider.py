@@ -46,6 +46,7 @@ from stream_processors.core.instance import (
 from stream_processors.core.items import decode_items, encode_items
 from stream_processors.core.journal import VALUE_OF_KIND, JournalEntry, Kind
 from stream_processors.core.model import (
+    CHILD_FAILED,
     COMPENSATE,
     JOIN_FIRST,
     MAP,
@@ -387,6 +388,10 @@ class Decider:
         if forward_while_compensating or cancelled:  # nothing more to start for it
             self.after_compensation()
             return
+        if CHILD_FAILED not in errors:
+            # A child step given up on before its child ended (it timed out): the child still
+            # runs, and nothing would stop it; ask it to cancel, as a cancelled parent does.
+            self.cancel_child(key, why)
         place = Place(current.block, current.branch)
         target = next((task.catch[e] for e in (*errors, ALL) if e in task.catch), COMPENSATE)
         if target == COMPENSATE:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sagas import DeclarationError, Saga, Wait, evolve
+from sagas import DeclarationError, RetryPolicy, Saga, Wait, evolve
 from sagas.flow import Branch, Child, Choice, Map, Parallel, Sleep, Succeed, When
 from sagas.testing import START_MS, SagaTest
 from sagas.testing import _saga_test as kit_module
@@ -210,6 +210,45 @@ def test_cancelling_the_parent_cancels_the_child_and_waits_for_its_end() -> None
     assert test.instance.steps["kid"].status is StepStatus.FAILED
     undo(test, A)
     assert test.status == "compensated"
+
+
+class Patient(Saga, name="patient"):
+    start, state, begin = Started, Flow, staticmethod(begin)
+    a = A.step()
+    kid = Child(Kid, lambda s: Job(id=f"{s.id}-kid"), timeout=10)
+
+
+def test_a_child_step_that_times_out_cancels_its_child() -> None:
+    """Fixed: the step failed, the parent compensated, and the child ran on, orphaned."""
+    test, sent = child_started(Patient)
+    (fired,) = test.advance(10)
+    why = "kid: no reply in time"
+    assert kinds(fired) == [
+        Kind.TIMER_FIRED,
+        Kind.STEP_FAILED,
+        Kind.SAGA_COMPENSATING,
+        Kind.COMPENSATION_SENT,
+    ]
+    cancel, undo_a = fired.commands
+    assert (cancel.kind, cancel.topic, cancel.key) == (CHILD_CANCEL, "kid.inbox", KID)
+    assert decode_record(cancel.value) == OperatorAction(
+        action="cancel", by=f"patient/{ID}", reason=why
+    )
+    assert undo_a.command_id == cid("patient", "a.compensation")
+    late = test.feed(ChildEnded(saga="kid", instance=KID, status="compensated"), sent.command_id)
+    assert late.ignored == "duplicate"  # the step has had its answer
+    undo(test, A)
+    assert test.status == "compensated"
+
+
+def test_a_child_step_cannot_be_retried() -> None:
+    """Its child runs once: a second start is a duplicate the child ignores, and the child's
+    end answers the first attempt, which the retried step no longer takes."""
+    with pytest.raises(DeclarationError, match="child step 'kid' cannot be retried"):
+
+        class Retrying(Saga, name="retrying"):
+            start, state, begin = Started, Flow, staticmethod(begin)
+            kid = Child(Kid, lambda s: Job(id=s.id), timeout=10, retry=RetryPolicy(max_attempts=2))
 
 
 @pytest.mark.parametrize(("ok", "status"), [(True, "completed"), (False, "failed")])
