@@ -24,7 +24,8 @@ An input is one of:
   waits for comes from a service's topic and carries no command id: it needs none. An
   operator's signal (``sagas signal``, an input with a ``note``) may name the step instead of
   the attempt: ``signal_command_id`` (``saga/instance/step``, the step's idempotency key)
-  matches whichever attempt of that step is in flight. Ignored inputs change nothing and are
+  matches whichever attempt of that step is in flight (of a node run more than once, a loop's
+  visits or a map's items, the first run in flight). Ignored inputs change nothing and are
   not journaled; the processor counts them by reason;
 - an event the saga has a handler for;
 - an ``OperatorAction``: retry a parked instance's compensation, cancel (compensate now), or
@@ -125,7 +126,7 @@ def _decide(
             decision.ignored = "no-command-id"
             return decision
         step = next(
-            (n for n, s in instance.steps.items() if _unmatched(received, s, False) is None),
+            (n for n, s in instance.steps.items() if _unmatched(received, s, False, n) is None),
             None,
         )
         if step is None:
@@ -172,9 +173,12 @@ def _activation(
     given = received.command_id
     keys = [k for k, s in instance.steps.items() if s.node == node]
     if given is not None:
-        for key in keys:
-            if _unmatched(received, instance.steps[key], False) is None:
-                return key
+        matched = [k for k in keys if _unmatched(received, instance.steps[k], False, k) is None]
+        # An operator's signal that names the node matches each of its runs (a loop's visits, a
+        # map's items): it answers one in flight, not an earlier run that already has its answer.
+        in_flight = [k for k in matched if instance.steps[k].status in _IN_FLIGHT]
+        if in_flight or matched:
+            return (in_flight or matched)[0]
         return keys[-1] if keys else None  # ``_reply`` says why it does not match
     waiting = _WAITING[role]
     open_ = [k for k in keys if instance.steps[k].status is waiting]
@@ -242,7 +246,8 @@ def _reply(decider: Decider, received: Input, step: str, role: ReplyRole | None)
     if current is None:  # the step has not started: nothing of it is in flight
         decision.ignored = "unexpected-reply"
         return decision
-    unmatched = _unmatched(received, current, _waited(decider.definition, step, instance, role))
+    waited = _waited(decider.definition, step, instance, role)
+    unmatched = _unmatched(received, current, waited, step)
     if unmatched is not None:
         decision.ignored = unmatched
         return decision
@@ -283,21 +288,33 @@ def _reply(decider: Decider, received: Input, step: str, role: ReplyRole | None)
     return decision
 
 
-def _unmatched(received: Input, current: StepState, waited: bool) -> str | None:
-    """Why ``received`` does not answer the attempt ``current`` is at, or None if it does.
+def _unmatched(received: Input, current: StepState, waited: bool, step: str) -> str | None:
+    """Why ``received`` does not answer the attempt ``current`` (of ``step``) is at, or None.
 
     A reply names its attempt by ``sagalog.command_id``; only the event a wait step waits for
     (``waited``: it comes from a service's topic, not from a worker) may come without one. An
-    operator's input (it has a note) may name the step instead: its idempotency key.
+    operator's input (it has a note) may name the step instead: its idempotency key, or the
+    node it is a run of (``signal_command_id``: ``saga/instance/b`` for the visit ``b~2``).
     """
     given = received.command_id
     if given is None:
         return None if waited else "no-command-id"
     if given == current.command_id:
         return None
-    if received.note is not None and given == idempotency_key(current.command_id)[0]:
+    if received.note is not None and given in _step_ids(current, step):
         return None
     return "stale"
+
+
+def _step_ids(current: StepState, step: str) -> tuple[str, str]:
+    """The ids an operator's signal may name the step by: its idempotency key, and the one of
+    the node it runs (the same on the main path's first visit)."""
+    key = idempotency_key(current.command_id)[0]
+    suffix = ".compensation" if key.endswith(".compensation") else ""
+    base = key.removesuffix(suffix)
+    if not base.endswith(step):  # not an id ``command_id`` made for this step
+        return key, key
+    return key, f"{base[: len(base) - len(step)]}{current.node}{suffix}"
 
 
 def _waited(

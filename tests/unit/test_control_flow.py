@@ -585,6 +585,16 @@ def test_failures_over_the_tolerance_fail_the_map_cancel_running_items_and_compe
     assert "d" not in test.instance.steps
 
 
+def test_an_operator_signal_answers_a_map_item_by_node_or_by_its_own_key() -> None:
+    test = started_map(mapped("map_signal", max_concurrency=2), 3)
+    by_node = test.signal(Packed(sku="sku-0", box="by-hand"))  # ``map_signal/i-1/pack``
+    assert by_node.entries[0].step == key(0)  # the first item in flight
+    assert [s.step for s in test.outstanding] == [key(1), key(2)]
+    by_key = test.signal(Packed(sku="sku-2", box="b"), command_id=f"map_signal/{ID}/{key(2)}")
+    assert by_key.entries[0].step == key(2)
+    assert [s.step for s in test.outstanding] == [key(1)]
+
+
 def test_a_map_over_max_items_fails_the_saga_with_a_reason() -> None:
     test = started_map(mapped("map_capped", max_items=2), 3)
     why = "map 'lines': 3 items, at most 2 allowed"

@@ -344,6 +344,27 @@ def test_a_loop_beyond_its_bound_fails_the_saga_naming_the_step() -> None:
     assert test.instance.reason == why
 
 
+def test_an_operator_signal_naming_a_looped_step_answers_its_visit_in_flight() -> None:
+    """Fixed: it matched the first visit, which had its answer, and was ignored as a duplicate."""
+    test = SagaTest(looping("loop_signal"))
+    test.start(Started(id=ID, skus=["x", "y", "z"]))
+    reply(test, A)
+    test.signal(B.done(id=ID))  # names the node: ``loop_signal/i-1/b``
+    assert [s.step for s in test.outstanding] == ["b~2"]
+    signalled = test.signal(B.done(id=ID), reason="done by hand")
+    assert (signalled.entries[0].step, signalled.entries[0].command_id) == (
+        "b~2",
+        cid("loop_signal", "b~2"),
+    )
+    # A third visit is over the bound: b~2 is being undone, and a compensation's signal names
+    # the node's compensation (``loop_signal/i-1/b.compensation``).
+    assert test.status == "compensating"
+    assert test.instance.steps["b~2"].status is StepStatus.COMPENSATING
+    assert [s.step for s in test.outstanding] == ["b~2"]
+    test.signal(B.undone(id=ID))
+    assert [s.step for s in test.outstanding] == ["b"]
+
+
 def test_an_unbounded_loop_is_refused_at_declaration_naming_the_cycle() -> None:
     with pytest.raises(DeclarationError, match=r"steps b -> again -> b form a loop with no bound"):
 
