@@ -363,6 +363,48 @@ def test_a_cancelled_sibling_that_fails_leaves_only_the_earlier_steps_to_undo() 
     assert test.status == "compensated"
 
 
+class SlowWithTimeout(Branch):
+    b = B.step(timeout=10)
+
+
+class TimedSiblings(Saga, name="timed_siblings"):
+    start, state, begin = Started, Flow, staticmethod(begin)
+    a = A.step()
+    both = Parallel(SlowWithTimeout, Fails)
+
+
+def test_the_timeout_of_a_cancelled_step_unblocks_the_compensation() -> None:
+    test = SagaTest(TimedSiblings)
+    test.start(Started(id=ID))
+    reply(test, A)
+    reply(test, E, ok=False)
+    assert test.instance.steps["b"].status is StepStatus.CANCELLED
+    assert "timeout:b" in test.timers  # still bounds the wait for its reply
+    (fired,) = test.advance(10)
+    assert kinds(fired) == [Kind.TIMER_FIRED, Kind.STEP_FAILED, Kind.COMPENSATION_SENT]
+    assert [c.command_id for c in fired.commands] == [cid("timed_siblings", "a.compensation")]
+    undo(test, A)
+    assert test.status == "compensated"
+
+
+def results(state: Flow, replies: list[Any]) -> Flow:
+    return replace(state, gathered=[type(r).__name__ for r in replies])
+
+
+class Gathered(Saga, name="gathered"):
+    start, state, begin = Started, Flow, staticmethod(begin)
+    both = Parallel(OnlyB, OnlyC, gather=results)
+
+
+def test_a_parallel_gathers_each_branch_last_reply_in_branch_order() -> None:
+    test = SagaTest(Gathered)
+    test.start(Started(id=ID))
+    reply(test, C)
+    reply(test, B)
+    assert test.status == "completed"
+    assert test.state.gathered == ["BDone", "CDone"]
+
+
 class Ok(Branch):
     b = B.step()
 
@@ -593,6 +635,19 @@ def test_an_operator_signal_answers_a_map_item_by_node_or_by_its_own_key() -> No
     by_key = test.signal(Packed(sku="sku-2", box="b"), command_id=f"map_signal/{ID}/{key(2)}")
     assert by_key.entries[0].step == key(2)
     assert [s.step for s in test.outstanding] == [key(1)]
+
+
+def test_a_map_item_retried_after_a_transient_failure_gets_its_own_attempt_id() -> None:
+    test = started_map(mapped("map_retry"), 2)
+    test.fail_transiently(test.expect_command(Pack, step=key(0)))
+    assert test.due(f"retry:{key(0)}") == test.now_ms + 1_000
+    test.advance(1)
+    retried = test.expect_command(Pack, step=key(0))
+    assert (retried.attempt, retried.command_id) == (2, cid("map_retry", key(0), 2))
+    assert retried.idempotency_key == f"map_retry/{ID}/{key(0)}"
+    packed(test, 0)
+    packed(test, 1)
+    assert test.state.gathered == ["box-0", "box-1"]
 
 
 def test_a_map_over_max_items_fails_the_saga_with_a_reason() -> None:

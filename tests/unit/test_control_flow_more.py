@@ -251,6 +251,33 @@ def test_a_child_step_cannot_be_retried() -> None:
             kid = Child(Kid, lambda s: Job(id=s.id), timeout=10, retry=RetryPolicy(max_attempts=2))
 
 
+class KidBranch(Branch):
+    kid = Child(Kid, lambda s: Job(id=f"{s.id}-kid"))
+
+
+class FailBranch(Branch):
+    e = E.step()
+
+
+class ParentOfBranches(Saga, name="parent_of_branches"):
+    start, state, begin = Started, Flow, staticmethod(begin)
+    both = Parallel(KidBranch, FailBranch)
+
+
+def test_a_failed_sibling_branch_cancels_a_child_and_awaits_its_end() -> None:
+    test = SagaTest(ParentOfBranches)
+    test.start(Started(id=ID))
+    sent = test.expect_command(Job)
+    failed = test.reply(test.expect_command(E.do), E.failed(id=ID))
+    assert Kind.STEP_CANCELLED in kinds(failed)
+    (cancel,) = failed.commands
+    assert (cancel.kind, cancel.topic, cancel.key) == (CHILD_CANCEL, "kid.inbox", KID)
+    assert test.status == "compensating"
+    ended = test.child_ended(sent, "compensated")
+    assert kinds(ended) == [Kind.INPUT_ACCEPTED, Kind.STEP_FAILED, Kind.SAGA_FAILED]
+    assert test.instance.reason == "e: EFailed"
+
+
 @pytest.mark.parametrize(("ok", "status"), [(True, "completed"), (False, "failed")])
 def test_a_child_reports_its_end_to_the_parent_that_started_it(ok: bool, status: str) -> None:
     parent, sent = child_started()
@@ -627,6 +654,36 @@ def test_an_event_no_wait_will_take_is_journaled_unmatched(when: str) -> None:
     assert kinds(unmatched) == [Kind.EVENT_UNMATCHED]
     assert unmatched.entries[0].step == "check"
     assert test.instance.early == ()
+
+
+class Rechecking(Saga, name="rechecking"):
+    start, state, begin = Started, Flow, staticmethod(begin)
+    check = Wait(success=Verified, timeout=600, early=60, max_visits=2)
+    b = B.step()
+    again = Choice(When(lambda s: s.rounds < 2, "check"), default="d")
+    d = D.step()
+
+    @evolve(Verified)
+    def verified(state: Flow, event: Verified) -> Flow:
+        return replace(state, rounds=state.rounds + 1)
+
+
+def test_an_early_event_is_kept_for_the_next_visit_of_a_looped_wait() -> None:
+    test = SagaTest(Rechecking)
+    test.start(Started(id=ID))
+    test.send(Verified(id=ID))  # takes the first visit
+    assert [s.step for s in test.outstanding] == ["b"]
+    assert kinds(test.send(Verified(id=ID))) == [Kind.EVENT_KEPT]  # the wait may run again
+    took = test.reply(test.expect_command(B.do), B.done(id=ID))
+    accepted = [e for e in took.entries if Kind(e.kind) is Kind.INPUT_ACCEPTED]
+    assert [e.step for e in accepted] == ["b", "check~2"]
+    assert test.state.rounds == 2
+    assert test.instance.steps["check~2"].status is StepStatus.SUCCEEDED
+    reply(test, B, step="b~2")
+    reply(test, D)
+    assert test.status == "completed"
+    assert test.instance.early == ()
+    assert test.feed(Verified(id=ID)).ignored == "finished"
 
 
 # --- the kit checks every decision ----------------------------------------------------------------
