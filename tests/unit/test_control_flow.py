@@ -471,6 +471,52 @@ def test_a_fork_joins_where_its_branches_meet_and_sends_the_join_once(first: str
     assert test.instance.blocks["a.fork"].status is BranchStatus.SUCCEEDED
 
 
+class ForkWithFlow(Saga, name="fork_flow"):
+    """A fork whose branches reach the join through a sleep, a choice and a catch."""
+
+    start, state, begin = Started, Flow, staticmethod(begin)
+    a = A.step(next=("b", "nap"))
+    b = B.step(catch={B.failed: "d"}, next="pick")
+    pick = Choice(When(lambda s: s.express, "e"), default="d")
+    e = E.step(next="d")
+    nap = Sleep(seconds=5, next="d")
+    d = D.step()
+
+
+@pytest.mark.parametrize(
+    ("express", "b_ok", "steps"),
+    [(True, True, ["b", "e"]), (False, True, ["b"]), (False, False, ["b"])],
+)
+def test_a_fork_joins_once_whether_its_branches_reach_the_join_by_sleep_choice_or_catch(
+    express: bool, b_ok: bool, steps: list[str]
+) -> None:
+    """Fixed: only a task's ``next`` was cut at the join; a sleep's, a choice's or a catch's
+    way to it made the join a node of two paths, and the saga was refused at declaration."""
+    test = SagaTest(ForkWithFlow)
+    test.start(Started(id=ID, express=express))
+    reply(test, A)
+    reply(test, B, ok=b_ok)
+    if express:
+        reply(test, E)
+    assert not any(isinstance(s.command, D.do) for s in test.sent)
+    (woke,) = test.advance(5)
+    assert [c.command_id for c in woke.commands] == [cid("fork_flow", "d")]
+    reply(test, D)
+    assert test.status == "completed"
+    assert [s.step for s in test.sent] == ["a", *steps, "d"]
+    assert test.instance.completed.count("d") == 1
+
+
+def test_a_fork_branch_ends_where_it_went_to_the_join() -> None:
+    definition = ForkWithFlow.definition
+    assert definition.flow["a.fork"].next == ("d",)  # type: ignore[union-attr]
+    assert definition.tasks["b"].catch == {"BFailed": "a.fork.0.joined"}
+    pick = definition.flow["pick"]
+    assert pick.default == "a.fork.0.joined"  # type: ignore[union-attr]
+    assert definition.tasks["e"].next == ()
+    assert definition.flow["nap"].next == ()  # type: ignore[union-attr]
+
+
 # --- Map ------------------------------------------------------------------------------------------
 
 
