@@ -692,8 +692,9 @@ def test_an_early_event_is_kept_for_the_next_visit_of_a_looped_wait() -> None:
 def test_the_kit_checks_replay_and_snapshots_after_every_decision(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Every decision the constructs above make passes ``assert_replays`` (the kit calls it
-    after each one): a saga with a choice, a parallel, a map, a sleep and a child step."""
+    """The kit calls ``assert_replays`` after every decision it accepts (every test of the
+    constructs here runs through it), on the whole journal so far; and it fails on a journal
+    that does not fold to the state."""
     checked: list[int] = []
     real = kit_module.assert_replays
 
