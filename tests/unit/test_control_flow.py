@@ -248,6 +248,55 @@ def test_join_first_a_late_sibling_failure_only_ends_it() -> None:
     ]
 
 
+def test_join_first_a_branch_that_fails_before_any_succeeded_fails_the_parallel() -> None:
+    test = SagaTest(Race)
+    test.start(Started(id=ID))
+    failed = test.reply(test.expect_command(C.do), C.failed(id=ID))
+    assert kinds(failed) == [
+        Kind.INPUT_ACCEPTED,
+        Kind.STEP_FAILED,
+        Kind.BRANCH_FAILED,
+        Kind.BRANCH_CANCELLED,
+        Kind.STEP_CANCELLED,
+        Kind.BLOCK_FAILED,
+        Kind.SAGA_COMPENSATING,
+    ]
+    undone = test.reply(test.expect_command(B.do), B.done(id=ID))
+    assert [c.command_id for c in undone.commands] == [cid("race", "b.compensation")]
+    undo(test, B)
+    assert test.status == "compensated"
+
+
+class NapBranch(Branch):
+    nap = Sleep(seconds=100)
+
+
+class Timed(Saga, name="timed", deadline=50):
+    start, state, begin = Started, Flow, staticmethod(begin)
+    a = A.step()
+    both = Parallel(OnlyB, NapBranch)
+    d = D.step()
+
+
+def test_the_deadline_in_a_parallel_stops_a_sleep_and_awaits_a_command_before_undoing() -> None:
+    test = SagaTest(Timed)
+    test.start(Started(id=ID))
+    reply(test, A)
+    (fired,) = test.advance(50)
+    assert kinds(fired) == [
+        Kind.TIMER_FIRED,
+        Kind.SAGA_COMPENSATING,
+        Kind.TIMER_CANCELLED,
+        Kind.STEP_FAILED,
+    ]
+    assert (fired.entries[2].timer, fired.entries[3].step) == ("sleep:nap", "nap")
+    assert [s.step for s in test.outstanding] == ["b"]
+    reply(test, B)
+    assert [undo(test, family).step for family in (B, A)] == ["b", "a"]
+    assert test.status == "compensated"
+    assert test.instance.reason == "deadline exceeded"
+
+
 class Two(Branch):
     b1 = B.step()
     b2 = C.step()
