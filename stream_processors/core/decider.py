@@ -70,6 +70,9 @@ NO_CHOICE = "sagalog.NoChoice"
 TOO_MANY_ITEMS = "sagalog.TooManyItems"
 #: Kept early events per instance, at most: beyond, they are journaled as unmatched.
 MAX_EARLY_EVENTS = 100
+#: The reason of the ``InputAccepted`` of a kept early event that a starting wait takes: it is
+#: part of the decision that started the wait, not an input of its own.
+KEPT_EARLY = "kept: it came before the wait started"
 _NO_ITEM = object()
 
 
@@ -326,7 +329,7 @@ class Decider:
                 command_id=current.command_id,
                 attempt=current.attempt,
                 record=kept.record,
-                reason="kept: it came before the wait started",
+                reason=KEPT_EARLY,
             )
             if type(record) in spec.success:
                 self.succeeded(key, current, kept.record)

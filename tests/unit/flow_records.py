@@ -12,11 +12,14 @@ the step. Every command is built from the state's ``id`` (the default builder).
 from __future__ import annotations
 
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from sagas import Command, Compensate, Event, State, Step
-from sagas.testing import SagaTest
+from sagas.testing import SagaTest, verify_histories
 from stream_processors.core.journal import Kind
 
 NS = "tests.unit.flow"
@@ -189,3 +192,21 @@ def undo(test: SagaTest, family: Letter, *, step: str | None = None) -> Any:
     sent = test.expect_command(family.undo, step=step)
     test.reply(sent, family.undone(id=ID))
     return sent
+
+
+def verify_every_journal(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """For an autouse fixture: every ``SagaTest`` a test makes has its journal re-decided at
+    the end by ``verify_histories`` (each recorded input and timer given to ``decide`` again
+    must make the same entries): the decisions are a function of the journal alone."""
+    made: list[SagaTest] = []
+    init = SagaTest.__init__
+
+    def recording(self: SagaTest, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(SagaTest, "__init__", recording)
+    yield
+    for test in made:
+        if test.journal:
+            verify_histories(test.definition, [test.journal]).raise_for_differences()

@@ -9,6 +9,7 @@ and early events are in ``test_control_flow_more.py``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -42,7 +43,14 @@ from tests.unit.flow_records import (
     kinds,
     reply,
     undo,
+    verify_every_journal,
 )
+
+
+@pytest.fixture(autouse=True)
+def decisions_replay(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    yield from verify_every_journal(monkeypatch)
+
 
 # --- Choice ---------------------------------------------------------------------------------------
 

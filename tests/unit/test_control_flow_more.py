@@ -7,6 +7,7 @@ See ``test_control_flow.py`` for Choice, Parallel, the fork's join and Map.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 
 from sagas import DeclarationError, RetryPolicy, Saga, Wait, evolve
 from sagas.flow import Branch, Child, Choice, Map, Parallel, Sleep, Succeed, When
-from sagas.testing import START_MS, SagaTest
+from sagas.testing import START_MS, SagaTest, verify_histories
 from sagas.testing import _saga_test as kit_module
 from stream_processors.codecs.records import decode_record
 from stream_processors.core.decision import CHILD_CANCEL, CHILD_END
@@ -40,7 +41,14 @@ from tests.unit.flow_records import (
     kinds,
     reply,
     undo,
+    verify_every_journal,
 )
+
+
+@pytest.fixture(autouse=True)
+def decisions_replay(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    yield from verify_every_journal(monkeypatch)
+
 
 # --- Sleep ----------------------------------------------------------------------------------------
 
@@ -684,6 +692,26 @@ def test_an_early_event_is_kept_for_the_next_visit_of_a_looped_wait() -> None:
     assert test.status == "completed"
     assert test.instance.early == ()
     assert test.feed(Verified(id=ID)).ignored == "finished"
+
+
+def test_verify_histories_replays_kept_events_and_a_child_start() -> None:
+    """Fixed: an early event's decision (``EventKept``, ``EventUnmatched``) was read as part of
+    the one before it, a kept event taken by a wait as an input of its own, and a child's start
+    was decided again without its parent: every such journal "decided differently"."""
+    early = SagaTest(verifying("verified_history", early=60))
+    early.start(Started(id=ID))
+    early.send(Verified(id=ID))
+    reply(early, A)
+    early.send(Verified(id=ID))  # nobody waits for it any more
+    assert Kind.EVENT_UNMATCHED in kinds(early.journal)
+    _, sent = child_started()
+    child = SagaTest(Kid)
+    child.start(sent.command, parent=sent)
+    reply(child, H)
+    report = verify_histories(Kid, [child.journal])
+    assert (report.ok, report.instances) == (True, 1)
+    report = verify_histories(early.definition, [early.journal])
+    assert (report.ok, report.instances) == (True, 1)
 
 
 # --- the kit checks every decision ----------------------------------------------------------------
