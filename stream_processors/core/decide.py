@@ -125,10 +125,7 @@ def _decide(
         if received.command_id is None:
             decision.ignored = "no-command-id"
             return decision
-        step = next(
-            (n for n, s in instance.steps.items() if _unmatched(received, s, False, n) is None),
-            None,
-        )
+        step = _matched(instance, received, list(instance.steps))
         if step is None:
             decision.ignored = "stale"
             return decision
@@ -173,12 +170,9 @@ def _activation(
     given = received.command_id
     keys = [k for k, s in instance.steps.items() if s.node == node]
     if given is not None:
-        matched = [k for k in keys if _unmatched(received, instance.steps[k], False, k) is None]
-        # An operator's signal that names the node matches each of its runs (a loop's visits, a
-        # map's items): it answers one in flight, not an earlier run that already has its answer.
-        in_flight = [k for k in matched if instance.steps[k].status in _IN_FLIGHT]
-        if in_flight or matched:
-            return (in_flight or matched)[0]
+        matched = _matched(instance, received, keys)
+        if matched is not None:
+            return matched
         return keys[-1] if keys else None  # ``_reply`` says why it does not match
     waiting = _WAITING[role]
     open_ = [k for k in keys if instance.steps[k].status is waiting]
@@ -187,6 +181,17 @@ def _activation(
     if keys and not _waited(definition, keys[-1], instance, role):
         return keys[-1]  # a command's reply without an id: ``_reply`` ignores it as such
     return None
+
+
+def _matched(instance: Instance, received: Input, keys: list[str]) -> str | None:
+    """The step of ``keys`` whose attempt ``received``'s command id names, if any.
+
+    An operator's signal that names a node matches each of its runs (a loop's visits, a map's
+    items): it answers one in flight, not an earlier run that already has its answer."""
+    matched = [k for k in keys if _unmatched(received, instance.steps[k], False, k) is None]
+    in_flight = [k for k in matched if instance.steps[k].status in _IN_FLIGHT]
+    first = in_flight or matched
+    return first[0] if first else None
 
 
 def _early(decider: Decider, received: Input, node: str, role: ReplyRole) -> Decision:

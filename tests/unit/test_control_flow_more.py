@@ -21,7 +21,13 @@ from stream_processors.codecs.records import decode_record
 from stream_processors.core.decision import CHILD_CANCEL, CHILD_END
 from stream_processors.core.instance import Status, StepStatus
 from stream_processors.core.journal import Kind
-from stream_processors.core.model import CHILD_FAILED, ChildEnded, Fail, OperatorAction
+from stream_processors.core.model import (
+    CHILD_FAILED,
+    ChildEnded,
+    CommandFailed,
+    Fail,
+    OperatorAction,
+)
 from tests.unit.flow_records import (
     ID,
     A,
@@ -398,6 +404,17 @@ def test_an_operator_signal_naming_a_looped_step_answers_its_visit_in_flight() -
     assert [s.step for s in test.outstanding] == ["b~2"]
     test.signal(B.undone(id=ID))
     assert [s.step for s in test.outstanding] == ["b"]
+
+
+def test_an_operator_command_failed_naming_a_looped_step_fails_its_visit_in_flight() -> None:
+    test = SagaTest(looping("loop_failed"))
+    test.start(Started(id=ID, skus=["x", "y"]))
+    reply(test, A)
+    reply(test, B)
+    failed = CommandFailed(error="ConnectionError", message="by hand")
+    decision = test.feed(failed, f"loop_failed/{ID}/b", note="signal by tester: test")
+    assert kinds(decision) == [Kind.INPUT_ACCEPTED, Kind.ATTEMPT_FAILED, Kind.TIMER_SCHEDULED]
+    assert decision.entries[0].step == "b~2"
 
 
 def test_an_unbounded_loop_is_refused_at_declaration_naming_the_cycle() -> None:
