@@ -7,6 +7,10 @@ step (a reply names its step), so each *letter* is a family of its own: ``DoA`` 
 the step. Every command is built from the state's ``id`` (the default builder).
 
 ``Line`` is a map item as a record; ``Pack`` is the map's command, built from the item.
+
+Helpers the tests share: ``kinds``, ``cid``, ``reply`` and ``undo`` (answer the one outstanding
+command or compensation of a letter), and ``verify_every_journal`` (for an autouse fixture:
+every journal a test makes is re-decided by ``verify_histories``).
 """
 
 from __future__ import annotations
