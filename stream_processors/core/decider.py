@@ -555,6 +555,13 @@ class Decider:
             return
         self.cancel(DEADLINE)
         self.note(Kind.SAGA_COMPENSATING, reason=reason)
+        # Blocks still running (the saga was cancelled, or its deadline passed, while in one)
+        # stop as a failed branch stops its siblings; left running, a finished instance would
+        # show branches as active (``sagas diagram --instance``). Inner blocks stop with theirs.
+        for key, block in list(self.instance.blocks.items()):
+            if not block.block and block.status is BranchStatus.RUNNING:
+                self.cancel_block(key, f"cancelled: {reason}")
+                self.note(Kind.BLOCK_CANCELLED, step=key, reason=reason)
         # Steps waiting to retry will not be retried now, and a wait or sleep has nothing in
         # flight whose reply must come first: both fail at once. Commands in flight are awaited
         # (a child saga is asked to cancel: its end is its step's reply).

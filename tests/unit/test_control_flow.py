@@ -294,15 +294,56 @@ def test_the_deadline_in_a_parallel_stops_a_sleep_and_awaits_a_command_before_un
     assert kinds(fired) == [
         Kind.TIMER_FIRED,
         Kind.SAGA_COMPENSATING,
+        Kind.BRANCH_CANCELLED,
+        Kind.BRANCH_CANCELLED,
+        Kind.STEP_CANCELLED,  # b: in flight
         Kind.TIMER_CANCELLED,
-        Kind.STEP_FAILED,
+        Kind.STEP_FAILED,  # nap
+        Kind.BLOCK_CANCELLED,
     ]
-    assert (fired.entries[2].timer, fired.entries[3].step) == ("sleep:nap", "nap")
+    assert [e.step for e in fired.entries[4:8]] == ["b", None, "nap", "both"]
+    assert fired.entries[5].timer == "sleep:nap"
+    assert test.instance.blocks["both"].status is BranchStatus.CANCELLED
+    assert test.instance.blocks["both"].branches == (BranchStatus.CANCELLED,) * 2
     assert [s.step for s in test.outstanding] == ["b"]
     reply(test, B)
     assert [undo(test, family).step for family in (B, A)] == ["b", "a"]
     assert test.status == "compensated"
     assert test.instance.reason == "deadline exceeded"
+
+
+def test_cancelling_a_saga_in_a_map_cancels_its_items_and_undoes_those_done() -> None:
+    """Fixed: the map stayed "running" in the compensated instance (its branches shown active)."""
+    test = started_map(mapped("map_cancelled", max_concurrency=2), 4)
+    packed(test, 1)
+    cancelled = test.cancel()
+    assert kinds(cancelled) == [
+        Kind.OPERATOR_ACTION,
+        Kind.SAGA_COMPENSATING,
+        Kind.BRANCH_CANCELLED,  # item 0 (item 1 succeeded, items 2 and 3: 2 runs, 3 queued)
+        Kind.BRANCH_CANCELLED,
+        Kind.STEP_CANCELLED,
+        Kind.STEP_CANCELLED,
+        Kind.BLOCK_CANCELLED,
+    ]
+    assert [e.branch for e in cancelled.entries[2:4]] == [0, 2]
+    assert [e.step for e in cancelled.entries[4:6]] == [key(0), key(2)]
+    assert test.instance.blocks["lines"].branches == (
+        BranchStatus.CANCELLED,
+        BranchStatus.SUCCEEDED,
+        BranchStatus.CANCELLED,
+        BranchStatus.QUEUED,
+    )
+    packed(test, 2, ok=False)
+    packed(test, 0)  # done after all: undone, latest completed first
+    undone = [test.expect_command(Unpack).step]
+    test.reply(test.expect_command(Unpack), Unpacked(sku="sku-0"))
+    undone.append(test.expect_command(Unpack).step)
+    test.reply(test.expect_command(Unpack), Unpacked(sku="sku-1"))
+    assert undone == [key(0), key(1)]
+    undo(test, A)
+    assert test.status == "compensated"
+    assert not any(isinstance(s.command, Pack) and s.step == key(3) for s in test.sent)
 
 
 class Two(Branch):
