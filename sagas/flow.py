@@ -180,7 +180,9 @@ class Succeed(Node):
 class Child(Node):
     """Start the saga ``saga`` with the start event ``input(state)`` returns, and wait for it to
     end: completed is this step's success; failed, compensated or resolved its failure (error
-    ``CHILD_FAILED``). Cancelling the parent (or a failed sibling branch) cancels the child."""
+    ``CHILD_FAILED``). Cancelling the parent (or a failed sibling branch) cancels the child, and
+    so does the step's ``timeout``. A child step is not retried (its child runs once): ``retry``
+    allows one attempt only."""
 
     def __init__(
         self,

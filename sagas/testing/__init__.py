@@ -20,7 +20,9 @@ After every input and every timer the saga accepts, it checks the engine's invar
 state is the fold of the journal, byte for byte also after an Avro round trip of the journal
 and of the snapshot; every command is journaled before it is sent, with a fresh id; every timer
 belongs to a step waiting for it. ``retry``, ``cancel``, ``resolve`` and ``signal`` act as the
-``sagas`` operator commands do.
+``sagas`` operator commands do. Child sagas: ``child_ended(sent, status)`` answers a child step
+as its child would; ``start(event, parent=sent)`` runs the child side, whose report to its parent
+is ``reported``; every record sent (a child's cancel and end too) is in ``outgoing``.
 
 ``command_context`` builds the ``CommandContext`` a worker's handler gets, and ``handle`` runs a
 ``Worker``'s handler as its runtime does (the reply, a ``BusinessError``'s reply, or

@@ -25,13 +25,25 @@ from sagas.saga import Saga
 from sagas.testing._saga_test import definition_of
 from stream_processors.codecs.records import Event, Record, decode_record, record_type
 from stream_processors.core.decide import Decision, Input, decide, decide_timer
+from stream_processors.core.decider import KEPT_EARLY
 from stream_processors.core.fold import fold
 from stream_processors.core.instance import Instance
 from stream_processors.core.journal import FLOW_FIELDS, JournalEntry, Kind
 from stream_processors.core.model import ENGINE_INPUTS, SagaDefinition
 
-#: The kinds of entry that record an input the saga accepted, which begins a decision.
-_INPUTS = frozenset({Kind.SAGA_STARTED, Kind.INPUT_ACCEPTED, Kind.OPERATOR_ACTION})
+#: The kinds of entry that record an input the saga took, which begins a decision (an early
+#: awaited event is kept or journaled unmatched).
+_INPUTS = frozenset(
+    {
+        Kind.SAGA_STARTED,
+        Kind.INPUT_ACCEPTED,
+        Kind.OPERATOR_ACTION,
+        Kind.EVENT_KEPT,
+        Kind.EVENT_UNMATCHED,
+    }
+)
+#: Inputs whose journaled reason is the note the input came with.
+_NOTED = frozenset({Kind.INPUT_ACCEPTED, Kind.EVENT_KEPT, Kind.EVENT_UNMATCHED})
 #: Every kind that begins a decision: an input, or a timer that fired.
 _BEGINS = _INPUTS | {Kind.TIMER_FIRED}
 
@@ -133,7 +145,9 @@ def _decisions(journal: list[JournalEntry]) -> list[list[JournalEntry]]:
     """The journal cut into decisions: each starts with the input or timer it was about."""
     groups: list[list[JournalEntry]] = []
     for entry in journal:
-        if not groups or Kind(entry.kind) in _BEGINS:
+        # A kept early event taken by a wait that starts is accepted inside that decision.
+        taken = entry.kind == Kind.INPUT_ACCEPTED and entry.reason == KEPT_EARLY
+        if not groups or (Kind(entry.kind) in _BEGINS and not taken):
             groups.append([entry])
         else:
             groups[-1].append(entry)
@@ -185,9 +199,15 @@ def _decide_again(
     if Kind(first.kind) not in _INPUTS or first.record is None:
         raise ValueError(f"the journal has {first.kind} at position {first.seq}, not an input")
     record = decode_record(first.record)
+    kind = Kind(first.kind)
+    if kind is Kind.SAGA_STARTED:  # a child saga's start names its parent's step
+        received = Input(
+            record, first.record, first.command_id, None, first.reply_to, first.reply_key
+        )
+        return decide(definition, instance, received, first.at_ms)
     # A reply names its command (the id journaled with it); an operator's note is its reason.
     command_id = first.command_id if first.step is not None else None
-    note = first.reason if Kind(first.kind) is Kind.INPUT_ACCEPTED else None
+    note = first.reason if kind in _NOTED else None
     return decide(definition, instance, Input(record, first.record, command_id, note), first.at_ms)
 
 

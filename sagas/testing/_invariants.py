@@ -16,6 +16,7 @@ from stream_processors.core.journal import JournalEntry
 from stream_processors.core.model import SagaDefinition
 
 _RETRYING = (StepStatus.RETRYING, StepStatus.COMPENSATION_RETRYING)
+#: A cancelled step's command is still in flight: its timeout still bounds the wait for it.
 _IN_FLIGHT = (StepStatus.PENDING, StepStatus.COMPENSATING, StepStatus.CANCELLED)
 
 
@@ -70,9 +71,8 @@ def assert_timers_consistent(state: Instance) -> None:
 
     A ``retry:<step>`` timer belongs to a step waiting to retry, for its next attempt; a
     ``timeout:<step>`` timer to the step's attempt in flight; a ``sleep:<step>`` timer to a
-    sleep that has not woken; the ``deadline`` only to a saga
-    that has not finished; and a step waiting to retry has its retry timer (unless the saga has
-    ended).
+    sleep that has not woken; the ``deadline`` only to a saga that has not finished; and a step
+    waiting to retry has its retry timer (unless the saga has ended).
     """
     where = f"instance {state.instance_id!r} ({state.status})"
     for name, timer in state.timers.items():
@@ -91,13 +91,16 @@ def assert_timers_consistent(state: Instance) -> None:
                 timer.attempt == step.attempt + 1,
                 f"{where}: {name!r} is for attempt {timer.attempt}, the step is at {step.attempt}",
             )
-        elif name == sleep_timer(timer.step):
-            expect(step.status is StepStatus.PENDING, f"{where}: {name!r} set, but {step}")
         elif name == timeout_timer(timer.step):
             expect(step.status in _IN_FLIGHT, f"{where}: {name!r} set, but the step is {step}")
             expect(
                 timer.attempt == step.attempt,
                 f"{where}: {name!r} is for attempt {timer.attempt}, the step is at {step.attempt}",
+            )
+        elif name == sleep_timer(timer.step):
+            expect(
+                step.status is StepStatus.PENDING and timer.attempt == step.attempt,
+                f"{where}: {name!r} set, but the sleep is {step}",
             )
         else:
             raise AssertionError(f"{where}: unknown timer {name!r}")

@@ -5,6 +5,13 @@ the instance is read back from its snapshot before each input, inputs are journa
 arrived, and timers fire inside the same loop. After every input or timer the saga accepts, it
 checks the event-sourcing invariants (see ``_accept`` and ``sagas.testing._invariants``); an
 input or timer the saga ignores or rejects must write nothing and change nothing.
+
+Child sagas: a parent's child step sends the child's start event (``SentCommand.kind``
+``"child-start"``, to the child's inbox); ``child_ended`` answers it as the child would. A
+``SagaTest`` started with ``start(event, parent=sent)`` runs the child side: when it ends, the
+``ChildEnded`` it reports to its parent is in ``reported``. Every record a decision sends,
+including a child's end and a parent's cancel of its child (which are not journaled), is in
+``outgoing``.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from sagas.worker import Worker
 from stream_processors.codecs.records import Command, Event, Record, decode_record
 from stream_processors.core.decide import Decision, Input, decide, decide_timer, signal_command_id
 from stream_processors.core.decide import idempotency_key as step_key
+from stream_processors.core.decision import CHILD_END, CHILD_START, COMMAND, OutgoingCommand
 from stream_processors.core.fold import fold
 from stream_processors.core.instance import (
     Instance,
@@ -30,14 +38,23 @@ from stream_processors.core.instance import (
     encode_snapshot,
 )
 from stream_processors.core.journal import JournalEntry, Kind
-from stream_processors.core.model import CommandFailed, OperatorAction, SagaDefinition
+from stream_processors.core.model import (
+    ChildEnded,
+    CommandFailed,
+    OperatorAction,
+    SagaDefinition,
+)
 
 #: Where a ``SagaTest``'s virtual clock starts: 2023-11-14T22:13:20Z, in epoch milliseconds.
 START_MS = 1_700_000_000_000
 
-C = TypeVar("C", bound=Command)
+#: A command, or (a child step's) the child saga's start event.
+C = TypeVar("C", bound=Record)
 _SENT = (Kind.COMMAND_SENT, Kind.COMPENSATION_SENT)
-_WAITING = (StepStatus.PENDING, StepStatus.COMPENSATING)
+#: What a decision journals before it sends it (a child's end or cancel is not journaled).
+_JOURNALED = (COMMAND, CHILD_START)
+#: A cancelled step's command is still in flight: its reply is awaited (and undone if a success).
+_WAITING = (StepStatus.PENDING, StepStatus.COMPENSATING, StepStatus.CANCELLED)
 
 
 def definition_of(saga: type[Saga] | SagaDefinition) -> SagaDefinition:
@@ -55,8 +72,11 @@ class SentCommand(Generic[C]):
     """A command the saga sent: the typed record, the step and attempt it is for, and its id.
 
     ``step`` is None for a handler's fire-and-forget command; ``compensation`` says it undoes
-    its step. ``command_id`` is the id the worker sees (``saga/instance/step/attempt``), which
-    the reply carries back; ``value`` the command's bytes as sent to ``topic`` with ``key``.
+    its step. ``kind`` is ``"command"``, or ``"child-start"`` for a child step's start of its
+    child saga: ``command`` is then the child's start event, ``topic`` the child's inbox and
+    ``key`` the child's instance id. ``command_id`` is the id the worker sees
+    (``saga/instance/step/attempt``), which the reply carries back; ``value`` the command's
+    bytes as sent to ``topic`` with ``key``.
     """
 
     command: C
@@ -70,6 +90,7 @@ class SentCommand(Generic[C]):
     key: str
     value: bytes
     at_ms: int
+    kind: str = COMMAND
 
     @property
     def idempotency_key(self) -> str:
@@ -103,7 +124,9 @@ class SagaTest:
         self.now_ms = start_ms
         self.tick_ms = round(tick * 1000)
         self.journal: list[JournalEntry] = []
-        self.sent: list[SentCommand[Command]] = []
+        self.sent: list[SentCommand[Record]] = []
+        #: Every record the decisions sent, in order, as the processor would produce it.
+        self.outgoing: list[OutgoingCommand] = []
         self._instance: Instance | None = None
 
     # -- what the instance is now ----------------------------------------------------------------
@@ -141,8 +164,9 @@ class SagaTest:
         return timer.due_ms
 
     @property
-    def outstanding(self) -> list[SentCommand[Command]]:
-        """The commands a step still waits a reply for, oldest first."""
+    def outstanding(self) -> list[SentCommand[Record]]:
+        """The commands a step still waits a reply for, oldest first (also those of steps a
+        failed sibling branch cancelled: their reply is still awaited)."""
         if self._instance is None:
             return []
         steps = self._instance.steps
@@ -172,9 +196,44 @@ class SagaTest:
 
     # -- inputs the saga must accept -------------------------------------------------------------
 
-    def start(self, event: Event) -> Decision:
-        """Start the instance with the saga's start event."""
-        return self._accepted(self.feed(event), f"start event {type(event).__name__}")
+    def start(self, event: Event, *, parent: SentCommand[Any] | None = None) -> Decision:
+        """Start the instance with the saga's start event.
+
+        With ``parent`` (a parent's ``child-start``, from the parent's ``SagaTest``), start it
+        as that parent's child saga: it reports its end to the parent (``reported``).
+        """
+        what = f"start event {type(event).__name__}"
+        if parent is None:
+            return self._accepted(self.feed(event), what)
+        expect(parent.kind == CHILD_START, f"{parent} is not a child saga's start")
+        decision = self.feed(
+            event,
+            parent.command_id,
+            reply_to=f"{parent.saga}.inbox",
+            reply_key=parent.instance_id,
+        )
+        return self._accepted(decision, what)
+
+    @property
+    def reported(self) -> tuple[ChildEnded, str] | None:
+        """What a child saga reported to its parent when it ended: the ``ChildEnded`` and the
+        command id it answers (the parent's child-start), or None while it has not ended."""
+        ends = [c for c in self.outgoing if c.kind == CHILD_END]
+        if not ends:
+            return None
+        ended = decode_record(ends[0].value)
+        assert isinstance(ended, ChildEnded)
+        return ended, ends[0].command_id
+
+    def child_ended(
+        self, sent: SentCommand[Any], status: str = "completed", reason: str | None = None
+    ) -> Decision:
+        """Answer a child step's start (``sent``) as its child saga does when it ends with
+        ``status`` (``completed``, ``compensated``, ``failed``, ``resolved``)."""
+        expect(sent.kind == CHILD_START, f"{sent} is not a child saga's start")
+        child = sent.topic.removesuffix(".inbox")
+        ended = ChildEnded(saga=child, instance=sent.key, status=status, reason=reason)
+        return self.reply(sent, ended)
 
     def reply(self, command: SentCommand[Any] | str, reply: Event) -> Decision:
         """Answer ``command`` (a sent command, or its id) with a worker's ``reply``."""
@@ -290,15 +349,18 @@ class SagaTest:
         *,
         note: str | None = None,
         at_ms: int | None = None,
+        reply_to: str | None = None,
+        reply_key: str | None = None,
     ) -> Decision:
         """Give ``record`` to the saga as its inbox would, ``tick`` later (or at ``at_ms``).
 
-        ``command_id`` is the id a reply carries; ``note`` who sent it and why. Returns the
+        ``command_id`` is the id a reply carries; ``note`` who sent it and why; ``reply_to`` and
+        ``reply_key`` the parent's inbox and instance of a child saga's start. Returns the
         decision whatever it is; an accepted one has passed every invariant check.
         """
         self._tick(at_ms)
         raw = record.encode()
-        received = Input(record, raw, command_id, note)
+        received = Input(record, raw, command_id, note, reply_to, reply_key)
         decision = decide(self.definition, self._restored(), received, self.now_ms)
         if self._unchanged(decision):
             return decision
@@ -392,11 +454,13 @@ class SagaTest:
         # Every command sent is journaled first, with the same id and bytes.
         sent_entries = [e for e in decision.entries if Kind(e.kind) in _SENT]
         journaled = [(e.command_id, e.record) for e in sent_entries]
-        commands = [(c.command_id, c.value) for c in decision.commands]
+        outgoing = [c for c in decision.commands if c.kind in _JOURNALED]
+        commands = [(c.command_id, c.value) for c in outgoing]
         expect(journaled == commands, f"commands sent {commands} but journaled {journaled}")
         # Each attempt has its own command id (the step's idempotency key is shared by all).
-        ids = [c.command_id for c in self.sent] + [c.command_id for c in decision.commands]
+        ids = [c.command_id for c in self.sent] + [c.command_id for c in outgoing]
         expect(len(ids) == len(set(ids)), f"a command id is reused: {ids}")
+        self._check_reported(before, after, decision)
         if before is not None:
             incremental = fold(self.definition, before, decision.entries)
             expect(
@@ -404,10 +468,10 @@ class SagaTest:
                 f"the previous state folded with the new entries gives\n  {incremental}\n"
                 f"not the decision's\n  {after}",
             )
-        for entry, outgoing in zip(sent_entries, decision.commands, strict=True):
-            command = decode_record(outgoing.value)
-            expect(isinstance(command, Command), f"{command} sent as a command")
-            assert isinstance(command, Command)
+        for entry, sent in zip(sent_entries, outgoing, strict=True):
+            command = decode_record(sent.value)
+            wanted = Command if sent.kind == COMMAND else Event  # a child's start: its start event
+            expect(isinstance(command, wanted), f"{command} sent as a {sent.kind}")
             self.sent.append(
                 SentCommand(
                     command=command,
@@ -416,14 +480,32 @@ class SagaTest:
                     step=entry.step,
                     attempt=entry.attempt,
                     compensation=Kind(entry.kind) is Kind.COMPENSATION_SENT,
-                    command_id=outgoing.command_id,
-                    topic=outgoing.topic,
-                    key=outgoing.key,
-                    value=outgoing.value,
+                    command_id=sent.command_id,
+                    topic=sent.topic,
+                    key=sent.key,
+                    value=sent.value,
                     at_ms=entry.at_ms,
+                    kind=sent.kind,
                 )
             )
+        self.outgoing += decision.commands
         self.journal += decision.entries
         self._instance = after
         assert_replays(self.definition, self.journal, after)
         assert_timers_consistent(after)
+
+    def _check_reported(self, before: Instance | None, after: Instance, decision: Decision) -> None:
+        """A child saga reports its end once, when it ends, to its parent's step; others never."""
+        ends = [c for c in decision.commands if c.kind == CHILD_END]
+        ended = after.status.finished and (before is None or not before.status.finished)
+        if not (ended and after.reply_to is not None):
+            expect(ends == [], f"reported an end it did not reach: {ends}")
+            return
+        expect(len(ends) == 1, f"a child that ends reports it once, not {ends}")
+        (end,) = ends
+        where = (end.topic, end.key, end.command_id)
+        expect(
+            where == (after.reply_to, after.reply_key, after.reply_command),
+            f"the end is reported to {where}, not to the parent's step "
+            f"{(after.reply_to, after.reply_key, after.reply_command)}",
+        )

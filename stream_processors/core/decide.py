@@ -24,7 +24,8 @@ An input is one of:
   waits for comes from a service's topic and carries no command id: it needs none. An
   operator's signal (``sagas signal``, an input with a ``note``) may name the step instead of
   the attempt: ``signal_command_id`` (``saga/instance/step``, the step's idempotency key)
-  matches whichever attempt of that step is in flight. Ignored inputs change nothing and are
+  matches whichever attempt of that step is in flight (of a node run more than once, a loop's
+  visits or a map's items, the first run in flight). Ignored inputs change nothing and are
   not journaled; the processor counts them by reason;
 - an event the saga has a handler for;
 - an ``OperatorAction``: retry a parked instance's compensation, cancel (compensate now), or
@@ -124,10 +125,7 @@ def _decide(
         if received.command_id is None:
             decision.ignored = "no-command-id"
             return decision
-        step = next(
-            (n for n, s in instance.steps.items() if _unmatched(received, s, False) is None),
-            None,
-        )
+        step = _matched(instance, received, list(instance.steps))
         if step is None:
             decision.ignored = "stale"
             return decision
@@ -172,9 +170,9 @@ def _activation(
     given = received.command_id
     keys = [k for k, s in instance.steps.items() if s.node == node]
     if given is not None:
-        for key in keys:
-            if _unmatched(received, instance.steps[key], False) is None:
-                return key
+        matched = _matched(instance, received, keys)
+        if matched is not None:
+            return matched
         return keys[-1] if keys else None  # ``_reply`` says why it does not match
     waiting = _WAITING[role]
     open_ = [k for k in keys if instance.steps[k].status is waiting]
@@ -183,6 +181,17 @@ def _activation(
     if keys and not _waited(definition, keys[-1], instance, role):
         return keys[-1]  # a command's reply without an id: ``_reply`` ignores it as such
     return None
+
+
+def _matched(instance: Instance, received: Input, keys: list[str]) -> str | None:
+    """The step of ``keys`` whose attempt ``received``'s command id names, if any.
+
+    An operator's signal that names a node matches each of its runs (a loop's visits, a map's
+    items): it answers one in flight, not an earlier run that already has its answer."""
+    matched = [k for k in keys if _unmatched(received, instance.steps[k], False, k) is None]
+    in_flight = [k for k in matched if instance.steps[k].status in _IN_FLIGHT]
+    first = in_flight or matched
+    return first[0] if first else None
 
 
 def _early(decider: Decider, received: Input, node: str, role: ReplyRole) -> Decision:
@@ -242,7 +251,8 @@ def _reply(decider: Decider, received: Input, step: str, role: ReplyRole | None)
     if current is None:  # the step has not started: nothing of it is in flight
         decision.ignored = "unexpected-reply"
         return decision
-    unmatched = _unmatched(received, current, _waited(decider.definition, step, instance, role))
+    waited = _waited(decider.definition, step, instance, role)
+    unmatched = _unmatched(received, current, waited, step)
     if unmatched is not None:
         decision.ignored = unmatched
         return decision
@@ -283,21 +293,33 @@ def _reply(decider: Decider, received: Input, step: str, role: ReplyRole | None)
     return decision
 
 
-def _unmatched(received: Input, current: StepState, waited: bool) -> str | None:
-    """Why ``received`` does not answer the attempt ``current`` is at, or None if it does.
+def _unmatched(received: Input, current: StepState, waited: bool, step: str) -> str | None:
+    """Why ``received`` does not answer the attempt ``current`` (of ``step``) is at, or None.
 
     A reply names its attempt by ``sagalog.command_id``; only the event a wait step waits for
     (``waited``: it comes from a service's topic, not from a worker) may come without one. An
-    operator's input (it has a note) may name the step instead: its idempotency key.
+    operator's input (it has a note) may name the step instead: its idempotency key, or the
+    node it is a run of (``signal_command_id``: ``saga/instance/b`` for the visit ``b~2``).
     """
     given = received.command_id
     if given is None:
         return None if waited else "no-command-id"
     if given == current.command_id:
         return None
-    if received.note is not None and given == idempotency_key(current.command_id)[0]:
+    if received.note is not None and given in _step_ids(current, step):
         return None
     return "stale"
+
+
+def _step_ids(current: StepState, step: str) -> tuple[str, str]:
+    """The ids an operator's signal may name the step by: its idempotency key, and the one of
+    the node it runs (the same on the main path's first visit)."""
+    key = idempotency_key(current.command_id)[0]
+    suffix = ".compensation" if key.endswith(".compensation") else ""
+    base = key.removesuffix(suffix)
+    if not base.endswith(step):  # not an id ``command_id`` made for this step
+        return key, key
+    return key, f"{base[: len(base) - len(step)]}{current.node}{suffix}"
 
 
 def _waited(
@@ -381,8 +403,6 @@ def _fired(decider: Decider, name: str, step: str | None, attempt: int) -> None:
         if current.status is StepStatus.PENDING and decider.instance.status is Status.RUNNING:
             decider.succeeded(step, current, None)
     elif current.attempt == attempt and current.status in _IN_FLIGHT:
-        # A child saga that did not end in time is not waited for any more: cancel it.
-        decider.cancel_child(step, f"{step}: no end in time")
         decider.attempt_failed(step, current, [TIMEOUT], f"{step}: no reply in time")
 
 

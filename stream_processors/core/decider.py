@@ -46,6 +46,7 @@ from stream_processors.core.instance import (
 from stream_processors.core.items import decode_items, encode_items
 from stream_processors.core.journal import VALUE_OF_KIND, JournalEntry, Kind
 from stream_processors.core.model import (
+    CHILD_FAILED,
     COMPENSATE,
     JOIN_FIRST,
     MAP,
@@ -69,6 +70,9 @@ NO_CHOICE = "sagalog.NoChoice"
 TOO_MANY_ITEMS = "sagalog.TooManyItems"
 #: Kept early events per instance, at most: beyond, they are journaled as unmatched.
 MAX_EARLY_EVENTS = 100
+#: The reason of the ``InputAccepted`` of a kept early event that a starting wait takes: it is
+#: part of the decision that started the wait, not an input of its own.
+KEPT_EARLY = "kept: it came before the wait started"
 _NO_ITEM = object()
 
 
@@ -327,7 +331,7 @@ class Decider:
                 command_id=current.command_id,
                 attempt=current.attempt,
                 record=kept.record,
-                reason="kept: it came before the wait started",
+                reason=KEPT_EARLY,
             )
             if type(record) in spec.success:
                 self.succeeded(key, current, kept.record)
@@ -390,6 +394,10 @@ class Decider:
         if forward_while_compensating or cancelled:  # nothing more to start for it
             self.after_compensation()
             return
+        if CHILD_FAILED not in errors:
+            # A child step given up on before its child ended (it timed out): the child still
+            # runs, and nothing would stop it; ask it to cancel, as a cancelled parent does.
+            self.cancel_child(key, why)
         place = Place(current.block, current.branch)
         target = next((task.catch[e] for e in (*errors, ALL) if e in task.catch), COMPENSATE)
         if target == COMPENSATE:
@@ -552,6 +560,13 @@ class Decider:
             return
         self.cancel(DEADLINE)
         self.note(Kind.SAGA_COMPENSATING, reason=reason)
+        # Blocks still running (the saga was cancelled, or its deadline passed, while in one)
+        # stop as a failed branch stops its siblings; left running, a finished instance would
+        # show branches as active (``sagas diagram --instance``). Inner blocks stop with theirs.
+        for key, block in list(self.instance.blocks.items()):
+            if not block.block and block.status is BranchStatus.RUNNING:
+                self.cancel_block(key, f"cancelled: {reason}")
+                self.note(Kind.BLOCK_CANCELLED, step=key, reason=reason)
         # Steps waiting to retry will not be retried now, and a wait or sleep has nothing in
         # flight whose reply must come first: both fail at once. Commands in flight are awaited
         # (a child saga is asked to cancel: its end is its step's reply).

@@ -12,7 +12,8 @@ Loops are allowed only with a bound: every cycle must pass through a node with `
 ``implicit_forks`` keeps the older way of running steps side by side, a task whose ``next`` names
 several steps, and fixes its join: the fork becomes a parallel block whose branches are the named
 steps, and the first step the branches all reach is its ``next``, started once when every branch
-has ended (before, it was sent once per branch that reached it).
+has ended (before, it was sent once per branch that reached it). Whatever in a branch went to the
+join (a ``next``, a choice's rule, a ``catch``) ends the branch instead.
 """
 
 from __future__ import annotations
@@ -128,7 +129,12 @@ def revisitable(definition: SagaDefinition) -> frozenset[str]:
 def implicit_forks(
     tasks: Mapping[str, Task], flow: Mapping[str, Node]
 ) -> tuple[dict[str, Task], dict[str, Node]]:
-    """Rewrite each task with several ``next`` into a parallel block joined where they meet."""
+    """Rewrite each task with several ``next`` into a parallel block joined where they meet.
+
+    Every way a branch goes to the join (a ``next``, a choice's rule or default, a ``catch``)
+    ends the branch instead: the block starts the join once, when all branches have ended. A
+    choice's or a catch's way to the join goes to an ``End`` of the branch's own
+    (``<fork>.<branch>.joined``): they name a node, and a node belongs to one path."""
     from stream_processors.core.model import PARALLEL, Block
 
     tasks, flow = dict(tasks), dict(flow)
@@ -136,26 +142,58 @@ def implicit_forks(
         if len(task.next) < 2:
             continue
         fork = f"{name}.fork"
-        reach = [_reach_names({**tasks, **flow}, start) for start in task.next]
+        nodes = {**tasks, **flow}
+        reach = [_reach_names(nodes, start) for start in task.next]
         shared = [n for n in reach[0] if all(n in r for r in reach[1:])]
         join = shared[0] if shared else None
-        for branch in reach:
-            for member in branch:
-                node = tasks.get(member)
-                if node is not None and join is not None and join in node.next:
-                    tasks[member] = replace(node, next=tuple(n for n in node.next if n != join))
+        if join is not None:
+            for index, start in enumerate(task.next):
+                # Only the nodes before the join: a node after it may go back to it (a loop).
+                for member in _reach_names(nodes, start, stop=join):
+                    _end_before(tasks, flow, member, join, f"{fork}.{index}.joined")
         tasks[name] = replace(task, next=(fork,))
         flow[fork] = Block(fork, PARALLEL, task.next, next=(join,) if join else ())
     return tasks, flow
 
 
-def _reach_names(nodes: Mapping[str, Node], start: str) -> list[str]:
-    """Breadth-first: the first shared node found is the nearest join."""
+def _end_before(
+    tasks: dict[str, Task], flow: dict[str, Node], name: str, join: str, end: str
+) -> None:
+    """Make node ``name`` end its branch where it went to ``join``."""
+    from stream_processors.core.model import Block, Choice, End, Sleep, Task, When
+
+    node: Node = tasks[name] if name in tasks else flow[name]
+    changed: Node
+    if isinstance(node, Choice):
+        rules = tuple(When(r.condition, end if r.target == join else r.target) for r in node.rules)
+        default = end if node.default == join else node.default
+        changed = replace(node, rules=rules, default=default)
+    elif isinstance(node, Sleep):
+        changed = replace(node, next=tuple(n for n in node.next if n != join))
+    elif isinstance(node, Task | Block):
+        following = tuple(n for n in node.next if n != join)
+        caught = {e: end if t == join else t for e, t in node.catch.items()}
+        changed = replace(node, next=following, catch=caught)
+    else:  # an end goes nowhere
+        return
+    if changed == node:
+        return
+    if end in successors(changed) and end not in flow:
+        flow[end] = End(end, succeed=True)
+    if name in tasks:
+        tasks[name] = changed  # type: ignore[assignment]  # a task stays a task
+    else:
+        flow[name] = changed
+
+
+def _reach_names(nodes: Mapping[str, Node], start: str, stop: str | None = None) -> list[str]:
+    """Breadth-first: the first shared node found is the nearest join. With ``stop``, the nodes
+    reached before it (it and what follows it left out)."""
     seen: dict[str, None] = {}
     queue = [start]
     while queue:
         name = queue.pop(0)
-        if name in seen or name not in nodes:
+        if name in seen or name not in nodes or name == stop:
             continue
         seen[name] = None
         queue.extend(successors(nodes[name]))

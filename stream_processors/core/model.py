@@ -342,6 +342,14 @@ def validate(definition: SagaDefinition) -> None:
             raise DeclarationError(f"{where}: step {task.name!r} has no success reply")
         if task.action.command is None and task.action.timeout_ms is None:
             raise DeclarationError(f"{where}: wait step {task.name!r} needs a timeout")
+        if task.action.child is not None and task.action.retry.max_attempts > 1:
+            # Its child is one instance, named by the start event's key: a second start is a
+            # duplicate the child ignores, and the child's end answers the first attempt's id,
+            # which the retried step no longer takes. The parent would wait for nothing.
+            raise DeclarationError(
+                f"{where}: child step {task.name!r} cannot be retried (its child saga runs once): "
+                "bound it with timeout= and handle its failure with catch="
+            )
     inputs = set(definition.replies)
     if definition.start in inputs:
         raise DeclarationError(f"{where}: the start event is also a step's reply")
