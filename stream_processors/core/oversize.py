@@ -68,6 +68,16 @@ def park(
 ) -> Decision | None:
     """The decision that parks ``before`` (the instance as it was before the decision that did
     not fit) for ``too_large``; None when there is nothing to park (see the module's doc)."""
+    return park_for(definition, before, too_large.reason, now_ms)
+
+
+def park_for(
+    definition: SagaDefinition, before: Instance | None, reason: str, now_ms: int
+) -> Decision | None:
+    """The decision that parks ``before`` with ``reason``; None when there is nothing to park.
+
+    Also what the engine does when the saga's own code raises while deciding (a builder, a
+    condition, ``items``): ``saga-code-failed: <error>`` (see ``code_failed``)."""
     if before is None or before.status is Status.NEEDS_ATTENTION or before.status.finished:
         return None
     # As ``decide`` emits an entry: numbered after the instance's last, folded at once.
@@ -77,9 +87,28 @@ def park(
         kind=VALUE_OF_KIND[Kind.SAGA_PARKED],
         at_ms=now_ms,
         saga_version=definition.version,
-        reason=too_large.reason,
+        reason=reason,
     )
     return Decision(apply(definition, before, entry), entries=[entry])
 
 
-__all__ = ["RECORD_TOO_LARGE", "SNAPSHOT", "STATE_TOO_LARGE", "TooLarge", "described", "park"]
+#: The dead-letter reason of an input (and the park reason's start) when the saga's code raised.
+SAGA_CODE_FAILED = "saga-code-failed"
+
+
+def code_failed(error: Exception) -> str:
+    """The park reason for an exception the saga's own code raised while deciding."""
+    return f"{SAGA_CODE_FAILED}: {type(error).__name__}: {str(error)[:500]}"
+
+
+__all__ = [
+    "RECORD_TOO_LARGE",
+    "SAGA_CODE_FAILED",
+    "SNAPSHOT",
+    "STATE_TOO_LARGE",
+    "TooLarge",
+    "code_failed",
+    "described",
+    "park",
+    "park_for",
+]

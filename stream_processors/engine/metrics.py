@@ -60,6 +60,7 @@ DEAD_LETTER_REASONS = frozenset(
         "definition-mismatch",
         "outputs-too-large",
         "instance-id-too-long",
+        "saga-code-failed",
         # the worker
         "no-handler",
         "no-reply-address",

@@ -388,7 +388,11 @@ class SagaProcessor:
             return
         instance = self.load(partition, checked.instance_id)
         now_ms = int(self.clock() * 1000)
-        decision = decide(self.definition, instance, checked.input, now_ms)
+        try:
+            decision = decide(self.definition, instance, checked.input, now_ms)
+        except Exception as error:  # the saga's own code raised: a builder, a condition...
+            self._code_failed(message, partition, checked.key, instance, error, now_ms)
+            return
         self._inputs_counter.inc()
         record = checked.input.record
         if decision.rejected is not None:
@@ -401,6 +405,33 @@ class SagaProcessor:
         if unstaged is not None:  # nothing of the decision was staged (the instance parked)
             detail = f"{unstaged.too_large.oversize.detail()}; {unstaged.why}"
             self._outputs.dead_letter(message, limits.OUTPUTS_TOO_LARGE, detail)
+
+    def _code_failed(
+        self,
+        message: Message,
+        partition: int,
+        key: bytes,
+        before: Instance | None,
+        error: Exception,
+        now_ms: int,
+    ) -> None:
+        """The saga's code raised on an input: never a crash loop. The input is dead-lettered
+        (``saga-code-failed``) and the instance, as it was, parked with the error as its reason:
+        fix the code, then ``sagas retry`` and redrive the dead letter."""
+        reason = oversize.code_failed(error)
+        log.error("instance %s: %s", key[:200].decode(errors="replace"), reason, exc_info=error)
+        self.park(partition, key, before, reason, now_ms)
+        self._outputs.dead_letter(message, oversize.SAGA_CODE_FAILED, reason)
+
+    def park(
+        self, partition: int, key: bytes, before: Instance | None, reason: str, now_ms: int
+    ) -> bool:
+        """Stage the parking of ``before`` with ``reason``, if it can be parked and it fits."""
+        parking = oversize.park_for(self.definition, before, reason, now_ms)
+        return (
+            parking is not None
+            and self._outputs.emit(parking, partition, key, before, now_ms) is None
+        )
 
     def emit(
         self, decision: Decision, partition: int, key: bytes, before: Instance | None, now_ms: int

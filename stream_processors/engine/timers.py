@@ -12,6 +12,7 @@ it fires again after an operator's retry.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -19,6 +20,7 @@ from stream_processors.core import limits
 from stream_processors.core.decide import Decision, decide_timer
 from stream_processors.core.instance import Instance
 from stream_processors.core.model import SagaDefinition
+from stream_processors.core.oversize import code_failed
 from stream_processors.engine import metrics
 from stream_processors.engine.outputs import Unstaged
 from stream_processors.engine.store import Due, SnapshotStore
@@ -26,6 +28,9 @@ from stream_processors.engine.transaction import OpenTransaction
 
 #: How often (seconds) to look for due timers: the resolution of every timer.
 DUE_CHECK_INTERVAL = 0.05
+
+
+log = logging.getLogger(__name__)
 
 
 class Stager(Protocol):
@@ -37,6 +42,9 @@ class Stager(Protocol):
         self, decision: Decision, partition: int, key: bytes, before: Instance | None, now_ms: int
     ) -> Unstaged | None: ...
     def dead_letter_timer(self, key: bytes, timer: str, oversize: limits.Oversize) -> None: ...
+    def park(
+        self, partition: int, key: bytes, before: Instance | None, reason: str, now_ms: int
+    ) -> bool: ...
 
 
 class DueWork:
@@ -78,7 +86,14 @@ class DueWork:
         due = sorted((t.due_ms, name) for name, t in instance.timers.items() if t.due_ms <= now_ms)
         for _, name in due:
             before = stager.load(partition, instance_id)  # the timer before may have changed it
-            decision = decide_timer(self.definition, before, name, now_ms)
+            try:
+                decision = decide_timer(self.definition, before, name, now_ms)
+            except Exception as error:  # the saga's code raised: park, keeping the timer
+                reason = code_failed(error)
+                log.error("instance %s: timer %s: %s", instance_id, name, reason, exc_info=error)
+                stager.begin()
+                stager.park(partition, instance_id.encode(), before, reason, now_ms)
+                return
             if decision.entries:
                 stager.begin()
                 key = instance_id.encode()

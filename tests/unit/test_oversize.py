@@ -312,3 +312,34 @@ def test_reasons_name_the_record() -> None:
     assert oversize.TooLarge(Oversize("", "t", 9, 8), command).reason == (
         "record-too-large: command MakePayment for step payment would be 9 bytes, the limit is 8"
     )
+
+
+def _raising(state: object, event: PaymentCompleted) -> object:
+    raise ValueError(f"no payment ids like {event.payment_id!r}")
+
+
+def test_saga_code_that_raises_parks_the_instance_and_dead_letters_the_input(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = Rig(tmp_path)
+    rig.start()
+    broken = {**SAGA.evolvers, PaymentCompleted: _raising}
+    rig.processor.definition = replace(SAGA, evolvers=broken)
+    _place(rig)
+    with caplog.at_level(logging.ERROR):
+        _pay(rig, payment_id="bad")
+    [(reason, detail)] = _letters(rig)
+    why = "saga-code-failed: ValueError: no payment ids like 'bad'"
+    assert (reason, detail) == ("saga-code-failed", why)
+    parked = _instance(rig)
+    assert (parked.status, parked.reason) == (Status.NEEDS_ATTENTION, why)
+    assert parked.steps["payment"].status is StepStatus.PENDING  # as it was before the input
+    assert why in caplog.text
+    # The processor goes on: another instance starts as usual.
+    placed = OrderPlaced(
+        order_id="o-2", customer_id="c", amount_cents=1, card_token="t", postcode="1"
+    )
+    rig.broker.publish(SOURCE, b"o-2", placed.encode())
+    _settle(rig)
+    assert len(rig.visible(PAYMENTS)) == 2
+    rig.processor.close()
