@@ -9,6 +9,7 @@ resolved to their names here. A task with several ``next`` becomes a parallel bl
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from sagas import flow as declared
@@ -19,6 +20,40 @@ from stream_processors.core.graph import implicit_forks
 from stream_processors.core.model import MAP, PARALLEL, Block, CommandSpec, FlowNode, Task
 
 _NODE_TYPES = (Step, declared.Node, model.Fail)
+
+
+def _check_functions(step: str, node: Any, in_map: bool) -> None:
+    """Functions run with (state), or (state, item) inside a map: refuse any that cannot."""
+    named: list[tuple[str, Any]] = [
+        ("build", getattr(node, "build", None)),
+        ("input", getattr(node, "input", None)),
+        ("until", getattr(node, "until", None)),
+        ("items", getattr(node, "items", None)),
+    ]
+    named += [
+        (f"rule {i + 1}", rule.condition) for i, rule in enumerate(getattr(node, "rules", ()))
+    ]
+    compensate = getattr(node, "compensate", None)
+    if compensate is not None:
+        named.append(("compensation build", compensate.build))
+    for what, function in named:
+        if function is not None and not _accepts(function, 2 if in_map else 1):
+            shape = "(state, item)" if in_map else "(state)"
+            raise DeclarationError(
+                f"{step}: {what} must take {shape}{' inside a map' if in_map else ''}; "
+                f"{getattr(function, '__name__', function)!r} does not"
+            )
+
+
+def _accepts(function: Any, count: int) -> bool:
+    """Whether ``function`` can be called with ``count`` positional arguments."""
+    try:
+        inspect.signature(function).bind(*range(count))
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (a builtin): trust it
+        return True
+    return True
 
 
 def compile_paths(
@@ -81,6 +116,7 @@ class _Compiler:
 
     def node(self, name: str, node: Any, following: str | None, in_map: bool) -> None:
         step = f"{self.where}, step {name!r}"
+        _check_functions(step, node, in_map)
         if isinstance(node, Step):
             self.tasks[name] = self._task(step, name, node, following, in_map)
         elif isinstance(node, declared.Child):
