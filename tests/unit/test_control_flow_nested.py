@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from sagas import (
-    DeclarationError,
     Branch,
     Child,
     Choice,
+    DeclarationError,
     Map,
     Parallel,
     Saga,
