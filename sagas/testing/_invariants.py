@@ -9,13 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from stream_processors.core.decide import DEADLINE, retry_timer, timeout_timer
+from stream_processors.core.decision import sleep_timer
 from stream_processors.core.fold import fold
 from stream_processors.core.instance import Instance, StepStatus, decode_snapshot, encode_snapshot
 from stream_processors.core.journal import JournalEntry
 from stream_processors.core.model import SagaDefinition
 
 _RETRYING = (StepStatus.RETRYING, StepStatus.COMPENSATION_RETRYING)
-_IN_FLIGHT = (StepStatus.PENDING, StepStatus.COMPENSATING)
+# A cancelled step keeps its attempt in flight (and its timeout) until its reply comes.
+_IN_FLIGHT = (StepStatus.PENDING, StepStatus.COMPENSATING, StepStatus.CANCELLED)
 
 
 def expect(condition: bool, message: str) -> None:
@@ -95,6 +97,8 @@ def assert_timers_consistent(state: Instance) -> None:
                 timer.attempt == step.attempt,
                 f"{where}: {name!r} is for attempt {timer.attempt}, the step is at {step.attempt}",
             )
+        elif name == sleep_timer(timer.step):  # a Sleep node's durable timer: its wait is on
+            expect(step.status in _IN_FLIGHT, f"{where}: {name!r} set, but the step is {step}")
         else:
             raise AssertionError(f"{where}: unknown timer {name!r}")
     if not state.status.finished:
