@@ -57,11 +57,14 @@ class Sizes:
     temporal_workflows: int
     fixed_rates: tuple[float, ...] = (10.0, 50.0)  # sagas/s at which all three systems are timed
     fixed_rate_seconds: float = 30  # how long each fixed rate is kept up
+    control_flow_orders: int = 10_000  # the construct-heavy saga's burst (bench.control_flow)
 
     @classmethod
     def quick(cls) -> Sizes:
         memory = (10_000, 30_000, 100_000)
-        return cls(50_000, 2_000, 5, memory, 10, 300, 100, fixed_rate_seconds=3)
+        return cls(
+            50_000, 2_000, 5, memory, 10, 300, 100, fixed_rate_seconds=3, control_flow_orders=1_000
+        )
 
     @classmethod
     def full(cls) -> Sizes:
@@ -73,14 +76,15 @@ def admin() -> AdminClient:
     return AdminClient(common(None, "sagalog-bench-admin") | {"log_level": 4})
 
 
-def saga_topic_names() -> list[str]:
-    commands = list(TOPICS.commands)
+def saga_topic_names(topics: SagaTopics = TOPICS) -> list[str]:
+    """A saga's topics (by default the order saga's), its command and source topics too."""
+    commands = list(topics.commands)
     return [
-        *TOPICS.co_partitioned(),
-        TOPICS.dlq,
+        *topics.co_partitioned(),
+        topics.dlq,
         *commands,
         *(f"{topic}.dlq" for topic in commands),
-        *TOPICS.sources,
+        *topics.sources,
     ]
 
 

@@ -20,7 +20,17 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from bench import end_to_end, engine, limit, memory, profile, recovery, report, same_shape
+from bench import (
+    control_flow,
+    end_to_end,
+    engine,
+    limit,
+    memory,
+    profile,
+    recovery,
+    report,
+    same_shape,
+)
 from bench.common import BASE, Sizes, machine
 from stream_processors.kafka.config import bootstrap_servers
 
@@ -30,6 +40,7 @@ PHASES = (
     "same_shape",
     "profile",
     "end_to_end",
+    "control_flow",
     "replay",
     "failover",
     "memory",
@@ -98,6 +109,7 @@ def main(
         "end_to_end": lambda: end_to_end.measure(
             sizes.saturation_orders, sizes.latency_seconds, *fixed
         ),
+        "control_flow": lambda: control_flow.measure(sizes.control_flow_orders),
         "replay": recovery.replay,
         "failover": lambda: recovery.failover(e2e_rate(), sizes.failover_seconds),
         "memory": lambda: memory.measure(sizes.memory_instances),
