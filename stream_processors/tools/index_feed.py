@@ -1,0 +1,150 @@
+"""Feeding the instance index (``tools.index``) from a saga's snapshots changelog.
+
+The changelog ``<saga>.snapshots`` is keyed by instance id; each value is the instance's latest
+``sagalog.Snapshot`` and a tombstone deletes it. It is read with ``read_committed`` (only what
+the processors' transactions committed), with no consumer group: the index keeps its own
+offsets, written with the rows. ``IndexFeed.catch_up`` reads to the ends of the moment it
+starts (what ``sagas list`` does before it queries); ``follow`` keeps reading
+(``sagas index --follow``).
+
+An index whose stored offset lies beyond a partition's end was fed from another topic of the
+same name (deleted and created again): it is emptied and rebuilt.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+
+from stream_processors.codecs.avro import DecodeError
+from stream_processors.core.instance import decode_snapshot
+from stream_processors.kafka.config import consumer_config
+from stream_processors.kafka.errors import metadata as kafka_metadata
+from stream_processors.kafka.reading import ReadTimeout, watermarks
+from stream_processors.tools.index import Change, Index, row_of
+
+LOG = logging.getLogger(__name__)
+#: Records applied per SQLite transaction at most (one ``consume`` call's worth).
+BATCH = 5000
+
+
+@dataclass
+class Fed:
+    """What one call applied, and the records it could not decode (left out, and logged)."""
+
+    applied: int = 0
+    undecodable: int = 0
+
+
+def change_of(message: Message) -> Change | None:
+    """The index change of one changelog record; None when its value cannot be decoded."""
+    partition, offset = message.partition() or 0, message.offset() or 0
+    key = (message.key() or b"").decode(errors="replace")
+    value = message.value()
+    if value is None:
+        return Change(partition, offset, key, None)
+    try:
+        instance = decode_snapshot(value)
+    except (DecodeError, KeyError, ValueError) as error:
+        LOG.warning("snapshot of %s at %d:%d not decoded: %s", key, partition, offset, error)
+        return None
+    return Change(partition, offset, key, row_of(instance, partition))
+
+
+class IndexFeed:
+    """A changelog reader assigned to every partition of ``topic`` at the index's offsets."""
+
+    def __init__(self, index: Index, topic: str, bootstrap: str | None = None) -> None:
+        self.index = index
+        self.topic = topic
+        group = f"sagalog-index-{time.time_ns()}"  # assigned, never joined: nothing commits
+        self._consumer = Consumer(consumer_config(bootstrap, "sagalog-index", group))
+        # Watermarks from a consumer that never fetches: asked of the fetching one, each query
+        # waits behind its long-polling fetch.
+        self._probe = Consumer(consumer_config(bootstrap, "sagalog-index", group))
+        try:  # raises MissingTopic (one line naming it) when the saga never ran here
+            topics = kafka_metadata(self._probe, bootstrap, topic).topics
+        except Exception:
+            self.close()
+            raise
+        self.partitions = sorted(topics[topic].partitions)
+        self._assign()
+
+    def _assign(self) -> None:
+        stored = self.index.offsets()
+        ends = self.ends()
+        if any(offset > ends.get(p, 0) for p, offset in stored.items()):
+            LOG.warning("%s is behind the index: a new topic; rebuilding the index", self.topic)
+            self.index.reset()
+            stored = {}
+        self._consumer.assign(
+            [
+                TopicPartition(self.topic, p, stored.get(p, OFFSET_BEGINNING))
+                for p in self.partitions
+            ]
+        )
+
+    def ends(self) -> dict[int, int]:
+        """Each partition's end now (under ``read_committed``: its last stable offset)."""
+        return {
+            p: watermarks(self._probe, TopicPartition(self.topic, p))[1] for p in self.partitions
+        }
+
+    def poll(self, timeout: float) -> Fed:
+        """Apply what arrives within ``timeout`` seconds (up to ``BATCH`` records)."""
+        fed = Fed()
+        changes: list[Change] = []
+        for message in self._consumer.consume(num_messages=BATCH, timeout=timeout):
+            error = message.error()
+            if error is not None:
+                if error.fatal():
+                    raise KafkaException(error)
+                continue
+            change = change_of(message)
+            if change is None:
+                fed.undecodable += 1
+            else:
+                changes.append(change)
+        if changes:
+            fed.applied = self.index.apply(changes)
+        return fed
+
+    def behind(self, ends: dict[int, int]) -> list[int]:
+        """Partitions whose reading position is short of ``ends``."""
+        positions = self._consumer.position([TopicPartition(self.topic, p) for p in ends])
+        stored = self.index.offsets()
+        # Before the first record arrives a position is unknown (negative): the stored offset,
+        # or the end itself for an empty partition, tells where reading stands.
+        return [
+            tp.partition
+            for tp in positions
+            if max(tp.offset, stored.get(tp.partition, 0)) < ends[tp.partition]
+        ]
+
+    def catch_up(self, timeout: float = 120, progress: Callable[[int], None] | None = None) -> Fed:
+        """Read to the ends of the moment this is called; raises ``ReadTimeout`` past timeout."""
+        total = Fed()
+        ends = {p: end for p, end in self.ends().items() if end > 0}
+        deadline = time.monotonic() + timeout
+        while self.behind(ends):
+            if time.monotonic() > deadline:
+                raise ReadTimeout(f"{self.topic} not read to its end in {timeout} s")
+            fed = self.poll(0.2)
+            total.applied += fed.applied
+            total.undecodable += fed.undecodable
+            if progress is not None and fed.applied:
+                progress(fed.applied)
+        return total
+
+    def follow(self, keep_going: Callable[[], bool], each: Callable[[Fed], None]) -> None:
+        """Apply records as they are committed while ``keep_going()``."""
+        while keep_going():
+            each(self.poll(0.5))
+
+    def close(self) -> None:
+        self._consumer.close()
+        self._probe.close()
