@@ -45,6 +45,7 @@ from stream_processors.tools.index import (
     index_path,
     merged,
     parse_where,
+    remove_index,
 )
 from stream_processors.tools.index_feed import IndexFeed
 
@@ -280,7 +281,7 @@ def index(
     """Bring the saga's instance index up to date with its snapshots changelog, or --follow it."""
     definition = saga_class(target).definition
     if rebuild:
-        index_path(state_dir or default_state_dir(definition.name)).unlink(missing_ok=True)
+        remove_index(index_path(state_dir or default_state_dir(definition.name)))
     started = time.monotonic()
     index = open_index(definition, state_dir, bootstrap)
     try:

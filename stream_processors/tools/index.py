@@ -459,6 +459,12 @@ def index_path(state_dir: Path) -> Path:
     return state_dir / INDEX_FILE
 
 
+def remove_index(path: Path) -> None:
+    """Delete an index file with its write-ahead log (the changelog rebuilds it)."""
+    for suffix in ("", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
 def merged(first: Filters, second: Filters) -> Filters:
     """Both sets of conditions (the second's single values win; statuses and fields add)."""
     single: dict[str, Any] = {}
