@@ -47,7 +47,7 @@ from stream_processors.tools.index import (
     parse_where,
     remove_index,
 )
-from stream_processors.tools.index_feed import IndexFeed
+from stream_processors.tools.index_feed import Fed, IndexFeed
 
 StateDir = Annotated[
     Path | None,
@@ -275,6 +275,10 @@ def index(
     rebuild: Annotated[
         bool, typer.Option("--rebuild", help="Start again from the changelog's beginning")
     ] = False,
+    field: Annotated[
+        list[str] | None,
+        typer.Option(help="Index this state field (repeatable): --field filters on it get fast"),
+    ] = None,
     state_dir: StateDir = None,
     bootstrap: Bootstrap = None,
 ) -> None:
@@ -285,8 +289,15 @@ def index(
     started = time.monotonic()
     index = open_index(definition, state_dir, bootstrap)
     try:
-        total = index.total()
-        typer.echo(f"index of {total} instances up to date in {time.monotonic() - started:.1f} s")
+        try:
+            index.index_fields(field or [])
+        except FilterError as error:
+            raise typer.BadParameter(str(error), param_hint="--field") from None
+        fields = ", ".join(index.indexed_fields()) or "none"
+        typer.echo(
+            f"index of {index.total()} instances up to date in "
+            f"{time.monotonic() - started:.1f} s (state fields indexed: {fields})"
+        )
         if follow:
             _follow(index, definition, bootstrap)
     finally:
@@ -294,12 +305,27 @@ def index(
 
 
 def _follow(index: Index, definition: SagaDefinition, bootstrap: str | None) -> None:
+    """Follow until Ctrl-C or SIGTERM, saying every 10 s what was applied and how late."""
     stopping: list[int] = []
     previous = signal.signal(signal.SIGTERM, lambda number, _: stopping.append(number))
     feed = IndexFeed(index, SagaTopics.for_saga(definition).snapshots, bootstrap)
     typer.echo(f"following {feed.topic} (Ctrl-C to stop)")
+    window, worst, shown = Fed(), 0.0, time.monotonic()
+
+    def each(fed: Fed) -> None:
+        nonlocal window, worst, shown
+        window.add(fed)
+        if fed.oldest_ms is not None:  # how late its oldest record was when it was applied
+            worst = max(worst, time.time() * 1000 - fed.oldest_ms)
+        if time.monotonic() - shown >= 10:
+            typer.echo(
+                f"applied {window.applied} of {window.read} records read, "
+                f"at most {worst:.0f} ms behind"
+            )
+            window, worst, shown = Fed(), 0.0, time.monotonic()
+
     try:
-        feed.follow(lambda: not stopping, lambda fed: None)
+        feed.follow(lambda: not stopping, each)
     except KeyboardInterrupt:
         pass
     finally:

@@ -13,9 +13,11 @@ turning ``Filters`` into SQL (values always as parameters, never formatted into 
 Schema, designed for the queries ``sagas list`` makes:
 
 - ``instances``: one row per instance, its state (``data``) as JSON for ``json_extract``;
-  indexes on (status, updated_at_ms), (status, started_at_ms), the times alone and the version,
-  each ending in the instance id so that a sort on a time with the id as tie-breaker is read off
-  the index, in order, and stops after a page;
+  indexes on (status, updated_at_ms) and on each time alone, each ending in the instance id so
+  that a sort on a time with the id as tie-breaker is read off the index, in order, and stops
+  after a page. Every index costs each update of a row (the feed's throughput), so there are
+  no more: a status sorted by start time sorts that status's rows, a version is a filter on
+  the rows read in time order; ``Index.index_fields`` adds indexes on chosen state fields;
 - ``active_steps``: the steps in flight of each instance with their definition node (a side
   table: an instance may wait on several steps at once);
 - ``offsets``: the next changelog offset of each partition.
@@ -59,10 +61,8 @@ CREATE TABLE IF NOT EXISTS instances (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS by_status_updated ON instances (status, updated_at_ms, instance);
-CREATE INDEX IF NOT EXISTS by_status_started ON instances (status, started_at_ms, instance);
 CREATE INDEX IF NOT EXISTS by_updated ON instances (updated_at_ms, instance);
 CREATE INDEX IF NOT EXISTS by_started ON instances (started_at_ms, instance);
-CREATE INDEX IF NOT EXISTS by_version ON instances (saga_version);
 CREATE TABLE IF NOT EXISTS active_steps (
     instance TEXT NOT NULL,
     step TEXT NOT NULL,
@@ -179,6 +179,12 @@ class FieldEquals:
         if not _FIELD_PATH.match(self.path):
             raise FilterError(f"{self.path!r} is not a field path (names joined by dots)")
 
+    def expression(self) -> str:
+        """``json_extract`` of the field, its path written into the SQL: SQLite uses an index
+        on an expression only for the very same text (``Index.index_fields``). The path is
+        safe there: ``_FIELD_PATH`` lets through names, dots and digits in brackets only."""
+        return f"json_extract(data, '$.{self.path}')"
+
     def candidates(self) -> tuple[object, object]:
         """The value as typed JSON (``42``, ``true``, ``"x"``) and as text: a state field of
         either kind matches what an operator types on a command line."""
@@ -238,8 +244,8 @@ class Filters:
             clauses.append("saga_version = ?")
             params.append(self.version)
         for equals in self.fields:
-            clauses.append("json_extract(data, ?) IN (?, ?)")
-            params.extend((f"$.{equals.path}", *equals.candidates()))
+            clauses.append(f"{equals.expression()} IN (?, ?)")
+            params.extend(equals.candidates())
         return " AND ".join(clauses) or "1", params
 
 
@@ -357,6 +363,7 @@ class Index:
         self._db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")  # WAL stays consistent after a crash
+        self._db.execute("PRAGMA cache_size = -65536")  # 64 MiB: updates land all over
         self._check_version()
 
     def _check_version(self) -> None:
@@ -382,11 +389,29 @@ class Index:
         self._db.execute("COMMIT")
 
     def reset(self) -> None:
-        """Forget every row and offset (the changelog was recreated, or the schema changed)."""
+        """Forget every row and offset (the changelog was recreated, or the schema changed);
+        the indexed state fields stay indexed."""
+        fields = self.indexed_fields()
         self._db.executescript(
             "DROP TABLE IF EXISTS instances; DROP TABLE IF EXISTS active_steps;"
             "DROP TABLE IF EXISTS offsets; DROP TABLE IF EXISTS meta;" + _SCHEMA
         )
+        self.index_fields(fields)
+
+    def index_fields(self, paths: Iterable[str]) -> None:
+        """Index state fields (``customer_id``, ``address.city``): a filter on one then reads
+        the matching rows off its index instead of every instance's JSON."""
+        for path in paths:
+            expression = FieldEquals(path, "").expression()  # checks the path
+            name = f"field:{path}".replace('"', "")
+            self._db.execute(f'CREATE INDEX IF NOT EXISTS "{name}" ON instances ({expression})')
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (f"field:{path}", path)
+            )
+
+    def indexed_fields(self) -> list[str]:
+        rows = self._db.execute("SELECT value FROM meta WHERE key LIKE 'field:%' ORDER BY value")
+        return [row[0] for row in rows]
 
     def offsets(self) -> dict[int, int]:
         """The next changelog offset of each partition read so far."""
@@ -398,8 +423,7 @@ class Index:
         with self._transaction() as db:
             stored = dict(db.execute("SELECT partition, next_offset FROM offsets").fetchall())
             fresh = [c for c in changes if c.offset >= stored.get(c.partition, 0)]
-            for change in fresh:
-                _write(db, change)
+            _write(db, latest(fresh))
             ends: dict[int, int] = {}
             for change in fresh:
                 ends[change.partition] = max(ends.get(change.partition, 0), change.offset + 1)
@@ -441,16 +465,27 @@ class Index:
         return [row[3] for row in self._db.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
 
 
-def _write(db: sqlite3.Connection, change: Change) -> None:
-    db.execute("DELETE FROM active_steps WHERE instance = ?", (change.key,))
-    if change.row is None:
-        db.execute("DELETE FROM instances WHERE instance = ?", (change.key,))
-        return
-    row = change.row
-    db.execute(_UPSERT, row.values())
+def latest(changes: Sequence[Change]) -> list[Change]:
+    """The last change of each instance, in offset order: only an instance's latest snapshot
+    counts, so a batch that holds several of one instance writes one (a feeder that is
+    behind reads bigger batches, and so catches up faster)."""
+    last = {change.key: change for change in changes}
+    return sorted(last.values(), key=lambda c: (c.partition, c.offset))
+
+
+def _write(db: sqlite3.Connection, changes: Sequence[Change]) -> None:
+    # The record's key and the snapshot's instance are the same id (the processor keys its
+    # changelog so); the snapshot's is the one its rows are written under.
+    rows = [c.row for c in changes if c.row is not None]
+    deleted = [(c.key,) for c in changes if c.row is None]
+    db.executemany(
+        "DELETE FROM active_steps WHERE instance = ?", [*deleted, *((r.instance,) for r in rows)]
+    )
+    db.executemany("DELETE FROM instances WHERE instance = ?", deleted)
+    db.executemany(_UPSERT, [row.values() for row in rows])
     db.executemany(
         "INSERT INTO active_steps (instance, step, node) VALUES (?, ?, ?)",
-        [(row.instance, step, node) for step, node in row.active],
+        [(row.instance, step, node) for row in rows for step, node in row.active],
     )
 
 

@@ -34,10 +34,26 @@ BATCH = 5000
 
 @dataclass
 class Fed:
-    """What one call applied, and the records it could not decode (left out, and logged)."""
+    """What one call read, what it applied (an instance's latest snapshot in the batch), and
+    the records it could not decode (left out, and logged).
 
+    ``oldest_ms`` and ``newest_ms`` are the earliest and latest record timestamps read (when
+    the records were written): how far behind the index was when it applied them."""
+
+    read: int = 0
     applied: int = 0
     undecodable: int = 0
+    oldest_ms: int | None = None
+    newest_ms: int | None = None
+
+    def add(self, other: Fed) -> None:
+        self.read += other.read
+        self.applied += other.applied
+        self.undecodable += other.undecodable
+        stamps = [t for t in (self.oldest_ms, other.oldest_ms) if t is not None]
+        self.oldest_ms = min(stamps, default=None)
+        stamps = [t for t in (self.newest_ms, other.newest_ms) if t is not None]
+        self.newest_ms = max(stamps, default=None)
 
 
 def change_of(message: Message) -> Change | None:
@@ -97,13 +113,23 @@ class IndexFeed:
     def poll(self, timeout: float) -> Fed:
         """Apply what arrives within ``timeout`` seconds (up to ``BATCH`` records)."""
         fed = Fed()
-        changes: list[Change] = []
+        last: dict[bytes | None, Message] = {}
         for message in self._consumer.consume(num_messages=BATCH, timeout=timeout):
             error = message.error()
             if error is not None:
                 if error.fatal():
                     raise KafkaException(error)
                 continue
+            fed.read += 1
+            _, stamp = message.timestamp()
+            if stamp > 0:
+                fed.oldest_ms = stamp if fed.oldest_ms is None else min(fed.oldest_ms, stamp)
+                fed.newest_ms = stamp if fed.newest_ms is None else max(fed.newest_ms, stamp)
+            # Only an instance's latest snapshot counts: the earlier ones are not even decoded.
+            last.pop(message.key(), None)
+            last[message.key()] = message
+        changes: list[Change] = []
+        for message in last.values():
             change = change_of(message)
             if change is None:
                 fed.undecodable += 1
@@ -134,8 +160,7 @@ class IndexFeed:
             if time.monotonic() > deadline:
                 raise ReadTimeout(f"{self.topic} not read to its end in {timeout} s")
             fed = self.poll(0.2)
-            total.applied += fed.applied
-            total.undecodable += fed.undecodable
+            total.add(fed)
             if progress is not None and fed.applied:
                 progress(fed.applied)
         return total
