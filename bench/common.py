@@ -57,11 +57,24 @@ class Sizes:
     temporal_workflows: int
     fixed_rates: tuple[float, ...] = (10.0, 50.0)  # sagas/s at which all three systems are timed
     fixed_rate_seconds: float = 30  # how long each fixed rate is kept up
+    index_instances: int = 1_000_000  # instances in the index whose queries are timed
+    index_seconds: float = 20  # how long snapshots are produced at each rate the index follows
 
     @classmethod
     def quick(cls) -> Sizes:
         memory = (10_000, 30_000, 100_000)
-        return cls(50_000, 2_000, 5, memory, 10, 300, 100, fixed_rate_seconds=3)
+        return cls(
+            50_000,
+            2_000,
+            5,
+            memory,
+            10,
+            300,
+            100,
+            fixed_rate_seconds=3,
+            index_instances=100_000,
+            index_seconds=5,
+        )
 
     @classmethod
     def full(cls) -> Sizes:

@@ -37,6 +37,9 @@ from stream_processors.tools.index import Change, FieldEquals, Filters, Index, P
 from stream_processors.tools.index_feed import IndexFeed
 
 TOPIC = "bench_index.snapshots"
+#: Snapshots an order saga writes (start, payment reply, shipping reply, end: at most one per
+#: input, fewer when inputs share a transaction): the changelog's rate is this x sagas/s.
+SNAPSHOTS_PER_SAGA = 5
 PARTITIONS = 8
 DAY_MS = 24 * 3600 * 1000
 #: The share of each status among the synthetic instances (most have finished).
