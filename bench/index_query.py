@@ -216,9 +216,12 @@ def _lag_figures(
     window = [b for b in batches if start_ms <= b[1] < end_ms]
     lags = sorted(lag for _, _, lag in window)
     applied = sum(n for n, _, _ in window)
+    applied_at = [oldest + lag for _, oldest, lag in window]
+    span_s = (max(applied_at) - min(applied_at)) / 1000 if len(window) > 1 else 0
     return {
         "produced_per_second": round(sent / seconds),
         "indexed": applied,
+        "indexed_per_second": round(applied / span_s) if span_s else None,
         "lag_p50_ms": round(lags[len(lags) // 2]) if lags else None,
         "lag_p99_ms": round(lags[int(len(lags) * 0.99)]) if lags else None,
         "lag_max_ms": round(lags[-1]) if lags else None,

@@ -122,7 +122,7 @@ def open_index(
     definition: SagaDefinition,
     state_dir: Path | None,
     bootstrap: str | None,
-    timeout: float = 120,
+    stall: float = 120,
 ) -> Index:
     """The saga's index, caught up to the end of its snapshots changelog."""
     SchemaHistory(bootstrap).serve_unknown()  # snapshots written under older schema versions
@@ -130,7 +130,7 @@ def open_index(
     try:
         feed = IndexFeed(index, SagaTopics.for_saga(definition).snapshots, bootstrap)
         try:
-            fed = feed.catch_up(timeout)
+            fed = feed.catch_up(stall)
         finally:
             feed.close()
     except ReadTimeout as error:

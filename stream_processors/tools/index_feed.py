@@ -151,18 +151,21 @@ class IndexFeed:
             if max(tp.offset, stored.get(tp.partition, 0)) < ends[tp.partition]
         ]
 
-    def catch_up(self, timeout: float = 120, progress: Callable[[int], None] | None = None) -> Fed:
-        """Read to the ends of the moment this is called; raises ``ReadTimeout`` past timeout."""
+    def catch_up(self, stall: float = 120, progress: Callable[[int], None] | None = None) -> Fed:
+        """Read to the ends of the moment this is called; raises ``ReadTimeout`` when nothing
+        arrives for ``stall`` seconds short of them (a transaction left open, say)."""
         total = Fed()
         ends = {p: end for p, end in self.ends().items() if end > 0}
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + stall
         while self.behind(ends):
             if time.monotonic() > deadline:
-                raise ReadTimeout(f"{self.topic} not read to its end in {timeout} s")
+                raise ReadTimeout(f"{self.topic}: nothing read for {stall} s short of its end")
             fed = self.poll(0.2)
             total.add(fed)
-            if progress is not None and fed.applied:
-                progress(fed.applied)
+            if fed.read:
+                deadline = time.monotonic() + stall
+            if progress is not None and fed.read:
+                progress(fed.read)
         return total
 
     def follow(self, keep_going: Callable[[], bool], each: Callable[[Fed], None]) -> None:
