@@ -327,21 +327,28 @@ class Listed:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-def select_sql(filters: Filters, page: Page) -> tuple[str, list[object]]:
+def _table(scan: bool) -> str:
+    """``instances``, or read from end to end (``scan``): a filter on a state field that has
+    no index of its own reads every row's state, and reading the table in its order takes a
+    fraction of the time of reading it in a time index's order (one random read per row)."""
+    return "instances NOT INDEXED" if scan else "instances"
+
+
+def select_sql(filters: Filters, page: Page, scan: bool = False) -> tuple[str, list[object]]:
     """The query of one page of instances (with their active steps' nodes, comma-joined)."""
     where, params = filters.where()
     sql = (
         "SELECT instance, status, saga_version, position, started_at_ms, updated_at_ms, reason, "
         "data, (SELECT group_concat(node, ',') FROM active_steps a "
         "WHERE a.instance = instances.instance) "
-        f"FROM instances WHERE {where} {page.order()} LIMIT ? OFFSET ?"
+        f"FROM {_table(scan)} WHERE {where} {page.order()} LIMIT ? OFFSET ?"
     )
     return sql, [*params, page.limit, page.offset]
 
 
-def counts_sql(filters: Filters) -> tuple[str, list[object]]:
+def counts_sql(filters: Filters, scan: bool = False) -> tuple[str, list[object]]:
     where, params = filters.where()
-    return f"SELECT status, count(*) FROM instances WHERE {where} GROUP BY status", params
+    return f"SELECT status, count(*) FROM {_table(scan)} WHERE {where} GROUP BY status", params
 
 
 # -- the database -----------------------------------------------------------------------------
@@ -434,8 +441,12 @@ class Index:
             )
         return len(fresh)
 
+    def _scan(self, filters: Filters) -> bool:
+        indexed = set(self.indexed_fields())
+        return any(equals.path not in indexed for equals in filters.fields)
+
     def page(self, filters: Filters, page: Page) -> list[Listed]:
-        sql, params = select_sql(filters, page)
+        sql, params = select_sql(filters, page, self._scan(filters))
         return [
             Listed(
                 instance=row[0],
@@ -453,7 +464,7 @@ class Index:
 
     def counts(self, filters: Filters = Filters()) -> dict[str, int]:
         """How many instances match, by status (statuses with none left out)."""
-        sql, params = counts_sql(filters)
+        sql, params = counts_sql(filters, self._scan(filters))
         return dict(self._db.execute(sql, params).fetchall())
 
     def total(self, filters: Filters = Filters()) -> int:
@@ -461,7 +472,7 @@ class Index:
 
     def explain(self, filters: Filters, page: Page) -> list[str]:
         """SQLite's plan for a page's query (the benchmark shows it)."""
-        sql, params = select_sql(filters, page)
+        sql, params = select_sql(filters, page, self._scan(filters))
         return [row[3] for row in self._db.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
 
 

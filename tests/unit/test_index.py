@@ -191,6 +191,8 @@ def test_state_fields_step_reason_and_version(index: Index) -> None:
 def test_indexed_fields_are_used_and_survive_a_reset(index: Index) -> None:
     index.apply([_change(_instance(n, customer=f"c-{n % 3}"), n) for n in range(9)])
     by_customer = Filters(fields=(FieldEquals("customer_id", "c-1"),))
+    assert any("SCAN instances" in step for step in index.explain(by_customer, FIRST))
+    assert _ids(index, by_customer) == ["order-007", "order-004", "order-001"]
     index.index_fields(["customer_id"])
     assert any("field:customer_id" in step for step in index.explain(by_customer, FIRST))
     assert _ids(index, by_customer) == ["order-007", "order-004", "order-001"]
