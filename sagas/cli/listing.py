@@ -26,6 +26,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from sagas.cli.app import Bootstrap, SagaTarget, app, fail, format_time, saga_class
@@ -99,7 +100,7 @@ def filters_of(where: list[str] | None, **options: Any) -> Filters:
             if name.endswith(("_after", "_before"))
         }
         own = Filters(
-            statuses=tuple(options["status"] or ()),
+            statuses=tuple(s for text in options["status"] or () for s in text.split(",") if s),
             step=options["step"],
             reason=options["reason"],
             version=options["version"],
@@ -130,7 +131,7 @@ def open_index(
     try:
         feed = IndexFeed(index, SagaTopics.for_saga(definition).snapshots, bootstrap)
         try:
-            fed = feed.catch_up(stall)
+            fed = _catch_up(feed, stall)
         finally:
             feed.close()
     except ReadTimeout as error:
@@ -142,6 +143,20 @@ def open_index(
     if fed.undecodable:
         typer.echo(f"{fed.undecodable} snapshots could not be decoded: left out", err=True)
     return index
+
+
+#: Records behind from which catching up shows its progress (on stderr).
+SHOW_PROGRESS = 50_000
+
+
+def _catch_up(feed: IndexFeed, stall: float) -> Fed:
+    stored = feed.index.offsets()
+    behind = sum(end - stored.get(p, 0) for p, end in feed.ends().items())
+    if behind < SHOW_PROGRESS:
+        return feed.catch_up(stall)
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(f"indexing {feed.topic}", total=behind)
+        return feed.catch_up(stall, lambda read: progress.advance(task, read))
 
 
 def console() -> Console:
