@@ -3,13 +3,15 @@
 The index is fed from the snapshots changelog the processor writes; what it lists is checked
 against the journal (the record of what happened). A bulk ``cancel --where`` sends one action
 per instance, which the processor journals with who and why; its ``--dry-run`` sends nothing.
-Tombstones (finished instances expiring) leave the index, and an index deleted and rebuilt
-from the changelog lists exactly what the one fed incrementally did.
+Tombstones (finished instances expiring) leave the index, an index deleted and rebuilt from the
+changelog lists exactly what the one fed incrementally did, and ``sagas index --follow`` keeps
+one up to date by itself.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,7 +22,7 @@ from typer.testing import CliRunner, Result
 
 from sagas.cli import app
 from stream_processors.core.journal import Kind
-from stream_processors.tools.index import INDEX_FILE, remove_index
+from stream_processors.tools.index import INDEX_FILE, Filters, Index, Page, remove_index
 from tests.conftest import KafkaCluster
 from tests.integration.saga_harness import FLAKY_TARGET, SAGA_TARGET, Jobs, SagaRun
 
@@ -195,6 +197,9 @@ def test_tombstones_leave_the_index_and_a_rebuild_lists_the_same(
 ) -> None:
     # FlakyJobs has topics of its own: retention 0 expires nobody else's state.
     index = tmp_path / "index"
+    followed = tmp_path / "followed"  # an index that `sagas index --follow` keeps up to date
+    command = ["index", FLAKY_TARGET, "--follow", "--state-dir", str(followed)]
+    follower = jobs.processes.program("index", [sys.executable, "-m", "sagas", *command])
     since = _now_ms()
     jobs.processor("--retention-hours", "0")
     ids = [jobs.job(f"ok-{n}") for n in range(6)]
@@ -213,6 +218,21 @@ def test_tombstones_leave_the_index_and_a_rebuild_lists_the_same(
 
     _until(gone)
     everything = _listed(kafka, FLAKY_TARGET, index)
+
+    def followed_alike() -> bool:  # read without catching up: only the follower fed it
+        if not (followed / INDEX_FILE).exists():
+            return False
+        reader = Index(followed / INDEX_FILE)
+        try:
+            rows = reader.page(Filters(), Page(limit=100_000))
+        finally:
+            reader.close()
+        return [(r.instance, r.status) for r in rows] == [
+            (r["instance"], r["status"]) for r in everything
+        ]
+
+    _until(followed_alike)
+    assert follower.running
     remove_index(index / INDEX_FILE)
     assert _listed(kafka, FLAKY_TARGET, index) == everything
     assert not _listed(kafka, FLAKY_TARGET, index, "--started-after", str(since))
