@@ -30,6 +30,10 @@ from stream_processors.tools.index import Change, Index, row_of
 LOG = logging.getLogger(__name__)
 #: Records applied per SQLite transaction at most (one ``consume`` call's worth).
 BATCH = 5000
+#: How long a follower waits for records before applying what it has: a batch is applied at
+#: the latest this long after its first record arrived (the bulk of the index's lag when the
+#: changelog is busy but the feeder keeps up), and an idle follower wakes this often.
+FOLLOW_POLL = 0.05
 
 
 @dataclass
@@ -171,7 +175,7 @@ class IndexFeed:
     def follow(self, keep_going: Callable[[], bool], each: Callable[[Fed], None]) -> None:
         """Apply records as they are committed while ``keep_going()``."""
         while keep_going():
-            each(self.poll(0.5))
+            each(self.poll(FOLLOW_POLL))
 
     def close(self) -> None:
         self._consumer.close()
