@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from examples.order_fulfillment.messages import OrderState
-from sagas.cli.listing import moment
+from sagas.cli.listing import describe_selection, filters_of, moment
 from stream_processors.core.instance import (
     Instance,
     Status,
@@ -238,3 +238,31 @@ def test_moments() -> None:
     assert moment("2026-01-01T01:00:00+01:00") == 1_767_225_600_000
     with pytest.raises(FilterError):
         moment("yesterday")
+
+
+def test_list_options_and_where_items_make_one_filter() -> None:
+    filters = filters_of(
+        ["data.customer_id=c-7", "status=running"],
+        status=["failed,needs_attention"],
+        step="payment",
+        started_after="1700000000000",
+        started_before=None,
+        updated_after=None,
+        updated_before=None,
+        reason=None,
+        version=None,
+        field=["amount_cents=250"],
+    )
+    assert filters.statuses == ("failed", "needs_attention", "running")
+    assert (filters.step, filters.started_after) == ("payment", 1_700_000_000_000)
+    assert filters.fields == (FieldEquals("amount_cents", "250"), FieldEquals("customer_id", "c-7"))
+
+
+def test_a_bulk_selection_names_its_first_instances() -> None:
+    ids = [f"order-{n}" for n in range(25)]
+    said = describe_selection("cancel", ids, dry_run=True)
+    assert said.startswith("would cancel 25 instances: order-0, order-1, ")
+    assert said.endswith("order-19 and 5 more")
+    assert (
+        describe_selection("retry", ids[:2], dry_run=False) == "retry 2 instances: order-0, order-1"
+    )
