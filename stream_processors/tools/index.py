@@ -416,6 +416,19 @@ class Index:
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (f"field:{path}", path)
             )
 
+    def source(self) -> str | None:
+        """The id of the topic the index was fed from (None before the first feed)."""
+        found = self._db.execute("SELECT value FROM meta WHERE key = 'topic_id'").fetchone()
+        return None if found is None else str(found[0])
+
+    def fed_from(self, topic_id: str) -> None:
+        """Feed from the topic with this id: an index fed from another one starts again."""
+        if self.source() not in (None, topic_id):
+            self.reset()
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('topic_id', ?)", (topic_id,)
+        )
+
     def indexed_fields(self) -> list[str]:
         rows = self._db.execute("SELECT value FROM meta WHERE key LIKE 'field:%' ORDER BY value")
         return [row[0] for row in rows]

@@ -7,8 +7,8 @@ offsets, written with the rows. ``IndexFeed.catch_up`` reads to the ends of the 
 starts (what ``sagas list`` does before it queries); ``follow`` keeps reading
 (``sagas index --follow``).
 
-An index whose stored offset lies beyond a partition's end was fed from another topic of the
-same name (deleted and created again): it is emptied and rebuilt.
+An index fed from another topic of the same name (deleted and created again: the broker's topic
+id differs) is emptied and rebuilt.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from stream_processors.core.instance import decode_snapshot
 from stream_processors.kafka.config import consumer_config
 from stream_processors.kafka.errors import metadata as kafka_metadata
 from stream_processors.kafka.reading import ReadTimeout, watermarks
+from stream_processors.kafka.topics import topic_id
 from stream_processors.tools.index import Change, Index, row_of
 
 LOG = logging.getLogger(__name__)
@@ -92,15 +93,12 @@ class IndexFeed:
             self.close()
             raise
         self.partitions = sorted(topics[topic].partitions)
+        # A topic deleted and created again has a new id: its offsets mean other records.
+        index.fed_from(topic_id(topic, bootstrap))
         self._assign()
 
     def _assign(self) -> None:
         stored = self.index.offsets()
-        ends = self.ends()
-        if any(offset > ends.get(p, 0) for p, offset in stored.items()):
-            LOG.warning("%s is behind the index: a new topic; rebuilding the index", self.topic)
-            self.index.reset()
-            stored = {}
         self._consumer.assign(
             [
                 TopicPartition(self.topic, p, stored.get(p, OFFSET_BEGINNING))

@@ -266,3 +266,12 @@ def test_a_bulk_selection_names_its_first_instances() -> None:
     assert (
         describe_selection("retry", ids[:2], dry_run=False) == "retry 2 instances: order-0, order-1"
     )
+
+
+def test_an_index_fed_from_another_topic_starts_again(index: Index) -> None:
+    index.fed_from("topic-a")
+    index.apply([_change(_instance(1), 0)])
+    index.fed_from("topic-a")
+    assert _ids(index) == ["order-001"] and index.source() == "topic-a"
+    index.fed_from("topic-b")  # deleted and created again under the same name
+    assert _ids(index) == [] and index.offsets() == {} and index.source() == "topic-b"
