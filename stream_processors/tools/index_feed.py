@@ -107,7 +107,9 @@ class IndexFeed:
         )
 
     def ends(self) -> dict[int, int]:
-        """Each partition's end now (under ``read_committed``: its last stable offset)."""
+        """Each partition's end offset now. Records of a transaction still open below it are
+        read once it commits (a processor commits every few hundred milliseconds); one left
+        open by a crashed writer is aborted by the broker after the transaction timeout."""
         return {
             p: watermarks(self._probe, TopicPartition(self.topic, p))[1] for p in self.partitions
         }
