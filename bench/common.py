@@ -58,12 +58,24 @@ class Sizes:
     fixed_rates: tuple[float, ...] = (10.0, 50.0)  # sagas/s at which all three systems are timed
     fixed_rate_seconds: float = 30  # how long each fixed rate is kept up
     control_flow_orders: int = 10_000  # the construct-heavy saga's burst (bench.control_flow)
+    index_instances: int = 1_000_000  # instances in the index whose queries are timed
+    index_seconds: float = 20  # how long snapshots are produced at each rate the index follows
 
     @classmethod
     def quick(cls) -> Sizes:
         memory = (10_000, 30_000, 100_000)
         return cls(
-            50_000, 2_000, 5, memory, 10, 300, 100, fixed_rate_seconds=3, control_flow_orders=1_000
+            50_000,
+            2_000,
+            5,
+            memory,
+            10,
+            300,
+            100,
+            fixed_rate_seconds=3,
+            control_flow_orders=1_000,
+            index_instances=100_000,
+            index_seconds=5,
         )
 
     @classmethod

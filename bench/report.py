@@ -178,6 +178,9 @@ def derived(figures: dict[str, Any]) -> dict[str, Any]:
     memory_span = (_get(figures, "memory", "smallest"), _get(figures, "memory", "largest"))
     faust = _get(figures, "faust", "saturation", "sagas_per_second")
     temporal = _get(figures, "temporal", "saturation", "sagas_per_second")
+    indexed = _get(figures, "index", "query", "instances")
+    recent_failed = _get(figures, "index", "query", "recent_failed_100", "median_ms")
+    index_lag = _get(figures, "index", "lag", "paced", "lag_p99_ms")
 
     def ratio(a: Any, b: Any) -> float | None:
         return round(a / b, 3) if a and b else None
@@ -211,6 +214,10 @@ def derived(figures: dict[str, Any]) -> dict[str, Any]:
         "memory: 1,000,000 instances within 1.3x of 10,000": check(
             ratio_memory if memory_span == (10_000, 1_000_000) else None, lambda r: r <= 1.3
         ),
+        "list: 100 most recent failed of 1,000,000 in < 1 s": check(
+            recent_failed if indexed == 1_000_000 else None, lambda ms: ms < 1000
+        ),
+        "index lag p99 < 2 s at saturation's snapshot rate": check(index_lag, lambda ms: ms < 2000),
         ">= 5x faust-streaming": check(out["sagalog_over_faust"], lambda r: r >= 5),
         ">= 10x Temporal": check(out["sagalog_over_temporal"], lambda r: r >= 10),
     }

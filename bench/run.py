@@ -24,6 +24,7 @@ from bench import (
     control_flow,
     end_to_end,
     engine,
+    index_query,
     limit,
     memory,
     profile,
@@ -44,6 +45,7 @@ PHASES = (
     "replay",
     "failover",
     "memory",
+    "index",
     "faust",
     "temporal",
 )
@@ -100,6 +102,11 @@ def main(
         rate = (figures.get("end_to_end") or {}).get("saturation", {}).get("sagas_per_second")
         return max(20.0, (rate or 400.0) / 4)
 
+    def snapshot_rate() -> float:
+        """Snapshots/s the changelog gets at end-to-end saturation (about one per input)."""
+        rate = (figures.get("end_to_end") or {}).get("saturation", {}).get("sagas_per_second")
+        return index_query.SNAPSHOTS_PER_SAGA * (rate or 1_200.0)
+
     fixed = (sizes.fixed_rates, sizes.fixed_rate_seconds)
     phases: dict[str, Callable[[], dict[str, Any]]] = {
         "limit": lambda: limit.measure(sizes.pipe_records),
@@ -113,6 +120,9 @@ def main(
         "replay": recovery.replay,
         "failover": lambda: recovery.failover(e2e_rate(), sizes.failover_seconds),
         "memory": lambda: memory.measure(sizes.memory_instances),
+        "index": lambda: index_query.measure(
+            sizes.index_instances, sizes.index_seconds, snapshot_rate()
+        ),
         "faust": lambda: _faust(sizes.faust_orders, sizes.latency_seconds, fixed),
         "temporal": lambda: _temporal(sizes.temporal_workflows, sizes.latency_seconds, fixed),
     }

@@ -5,7 +5,7 @@ journaled by the processor like any of them, with who sent it and why (the ``sag
 header, ``"<action> by <who>: <why>"``):
 
 - ``send_action`` sends an ``OperatorAction`` (``retry``, ``cancel`` or ``resolve``) to one
-  instance through the saga's inbox;
+  instance through the saga's inbox, ``send_actions`` to many (``sagas cancel --where ...``);
 - ``signal`` sends an event the saga accepts to one instance through the same inbox;
 - ``dead_letters`` reads a dead-letter topic (a saga's ``<saga>.dlq`` or a worker's
   ``<command topic>.dlq``) with the reason and origin of each record;
@@ -229,6 +229,41 @@ def _deliver(producer: Producer, records: Sequence[tuple[str, dict[str, Any]]]) 
     return sent
 
 
+class _Inbox:
+    """Records to a saga's inbox through one producer: the topic is checked once, each record
+    is keyed by its instance, noted, signed when keys are configured, and refused when it
+    would be over the broker's size limit."""
+
+    def __init__(self, definition: SagaDefinition, bootstrap: str | None) -> None:
+        self.topic = SagaTopics.for_saga(definition).inbox
+        client_id = f"sagalog-operator-{definition.name}"
+        self.producer = _producer(bootstrap, client_id)
+        _require_topics(self.producer, [self.topic], bootstrap)
+        settings = producer_config(bootstrap, client_id)
+        self.largest = BrokerLimits(bootstrap, settings).limits(self.topic).max_record_bytes
+        self.signing = from_environment()
+
+    def record(
+        self, instance_id: str, value: bytes, note: str, command_id: str | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        if not instance_id:
+            raise ValueError("an instance id is required")
+        key = instance_id.encode()
+        headers: Headers = [(NOTE, note.encode())]
+        if command_id is not None:
+            headers.append((COMMAND_ID, command_id.encode()))
+        if self.signing is not None:
+            headers = signed(self.signing, Purpose.INBOX, self.topic, key, value, headers)
+        # Refused here, in one line, rather than by the client (or dead-lettered by the processor).
+        size = record_size(key, value, headers)
+        if size > self.largest:
+            raise OperatorError(
+                f"the record would be {size} bytes, over the limit of {self.largest} bytes for "
+                f"{self.topic}: shorten the reason or the instance id"
+            )
+        return self.topic, {"key": key, "value": value, "headers": headers}
+
+
 def _to_instance(
     definition: SagaDefinition,
     instance_id: str,
@@ -239,27 +274,9 @@ def _to_instance(
 ) -> Sent:
     if not instance_id:
         raise ValueError("an instance id is required")
-    inbox = SagaTopics.for_saga(definition).inbox
-    settings = producer_config(bootstrap, f"sagalog-operator-{definition.name}")
-    producer = _producer(bootstrap, f"sagalog-operator-{definition.name}")
-    _require_topics(producer, [inbox], bootstrap)
-    key = instance_id.encode()
-    headers: Headers = [(NOTE, note.encode())]
-    if command_id is not None:
-        headers.append((COMMAND_ID, command_id.encode()))
-    signing = from_environment()
-    if signing is not None:
-        headers = signed(signing, Purpose.INBOX, inbox, key, value, headers)
-    record = {"key": key, "value": value, "headers": headers}
-    # Refused here, in one line, rather than by the client (or dead-lettered by the processor).
-    largest = BrokerLimits(bootstrap, settings).limits(inbox).max_record_bytes
-    size = record_size(key, value, headers)
-    if size > largest:
-        raise OperatorError(
-            f"the record would be {size} bytes, over the limit of {largest} bytes for {inbox}: "
-            "shorten the reason or the instance id"
-        )
-    return replace(_deliver(producer, [(inbox, record)])[0], note=note)
+    inbox = _Inbox(definition, bootstrap)
+    record = inbox.record(instance_id, value, note, command_id)
+    return replace(_deliver(inbox.producer, [record])[0], note=note)
 
 
 def _check_who(by: str, reason: str) -> None:
@@ -284,12 +301,34 @@ def send_action(
     resolve to a parked instance, cancel to a running one) and ignores it otherwise.
     Returns where it was written; raises ``OperatorError`` when it could not be delivered.
     """
+    if not instance_id:
+        raise ValueError("an instance id is required")
+    return send_actions(definition, [instance_id], action, by, reason, bootstrap)[0]
+
+
+def send_actions(
+    definition: SagaDefinition,
+    instance_ids: Sequence[str],
+    action: str,
+    by: str,
+    reason: str,
+    bootstrap: str | None = None,
+) -> list[Sent]:
+    """``send_action`` to each of ``instance_ids`` (one record per instance, each journaled by
+    its processor with who and why), through one producer; returns where each was written.
+
+    Raises ``OperatorError`` when any was not delivered (the others may have been: an action
+    sent twice is journaled as not applicable the second time, so sending again is safe)."""
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
     _check_who(by, reason)
-    record = OperatorAction(action=action, by=by, reason=reason)
+    if not instance_ids:
+        return []
+    value = OperatorAction(action=action, by=by, reason=reason).encode()
     note = f"{action} by {by}: {reason}"
-    return _to_instance(definition, instance_id, record.encode(), note, bootstrap)
+    inbox = _Inbox(definition, bootstrap)
+    records = [inbox.record(instance_id, value, note) for instance_id in instance_ids]
+    return [replace(sent, note=note) for sent in _deliver(inbox.producer, records)]
 
 
 def signal(

@@ -7,6 +7,8 @@ on the one ``app`` (``sagas.cli.app``) when imported; this package imports them 
     sagas dlq list payments.commands.dlq
     sagas history examples.order_fulfillment.saga:OrderFulfillment order-17
     sagas diagram examples.order_fulfillment.saga:OrderFulfillment [--instance order-17]
+    sagas list examples.order_fulfillment.saga:OrderFulfillment --status failed [--json|--counts]
+    sagas cancel examples.order_fulfillment.saga:OrderFulfillment --where status=running --dry-run
     sagas schemas register shipping-v2.avsc --topic shipping.events
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from sagas.cli import diagram, history, operate, run, schemas
+from sagas.cli import diagram, history, listing, operate, run, schemas
 from sagas.cli.app import app
 from sagas.cli.errors import run_cli
 
@@ -23,4 +25,4 @@ def main() -> None:
     sys.exit(run_cli(app))
 
 
-__all__ = ["app", "diagram", "history", "main", "operate", "run", "schemas"]
+__all__ = ["app", "diagram", "history", "listing", "main", "operate", "run", "schemas"]

@@ -1,10 +1,13 @@
 """Operating instances from the command line: operator actions, signals, and the dead-letter
-topics (``sagas retry|skip|resolve``, ``sagas signal``, ``sagas dlq list|redrive``)."""
+topics (``sagas retry|cancel|resolve``, one instance or ``--where`` filters, ``sagas signal``,
+``sagas dlq list|redrive``)."""
 
 from __future__ import annotations
 
 import getpass
 import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -12,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sagas import operator
+from sagas.cli import listing
 from sagas.cli.app import (
     Bootstrap,
     By,
@@ -67,19 +71,75 @@ def _action(
     _sent(action, sent)
 
 
+def _bulk_action(
+    action: str,
+    target: str,
+    where: list[str],
+    selection: _Selection,
+    by: str | None,
+    reason: str,
+    bootstrap: str | None,
+) -> None:
+    """The action to every instance matching ``where`` (one record each), or say which."""
+    definition = saga_class(target).definition
+    who, why = _who(by), _reason(reason)
+    instances = listing.selected(definition, where, selection.state_dir, bootstrap)
+    if not instances:
+        typer.echo(f"no instances match: nothing to {action}")
+        return
+    typer.echo(listing.describe_selection(action, instances, selection.dry_run))
+    if selection.dry_run:
+        return
+    if not selection.yes:
+        typer.confirm(f"{action} these {len(instances)} instances?", abort=True)
+    try:
+        sent = operator.send_actions(definition, instances, action, who, why, bootstrap)
+    except (OperatorError, ValueError) as error:
+        raise fail(error) from error
+    typer.echo(f"sent {action} to {len(sent)} instances via {sent[0].topic}: {sent[0].note}")
+
+
+@dataclass(frozen=True)
+class _Selection:
+    dry_run: bool
+    yes: bool
+    state_dir: Path | None
+
+
 def _operator_command(action: str, summary: str) -> None:
     """Register ``sagas <action>``: the three operator actions differ only in name and help."""
 
     def command(
         target: SagaTarget,
-        instance: InstanceId,
-        reason: Reason,
+        instance: Annotated[
+            str | None,
+            typer.Argument(help="The instance id (the saga's key); or select with --where"),
+        ] = None,
+        reason: Reason = "",
+        where: listing.Where = None,
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="With --where: only say which it would touch")
+        ] = False,
+        yes: Annotated[
+            bool, typer.Option("--yes", help="With --where: do not ask before sending")
+        ] = False,
+        state_dir: listing.StateDir = None,
         by: By = None,
         bootstrap: Bootstrap = None,
     ) -> None:
-        _action(action, target, instance, by, reason, bootstrap)
+        if (instance is None) == (not where):
+            raise typer.BadParameter("name one INSTANCE, or select instances with --where")
+        if where:
+            selection = _Selection(dry_run, yes, state_dir)
+            _bulk_action(action, target, where, selection, by, reason, bootstrap)
+        else:
+            assert instance is not None
+            _action(action, target, instance, by, reason, bootstrap)
 
-    command.__doc__ = summary
+    command.__doc__ = (
+        f"{summary}\n\nWith --where instead of INSTANCE: every instance matching the filters "
+        "(as sagas list finds them), each sent its own action; --dry-run first."
+    )
     app.command(name=action)(command)
 
 

@@ -1,7 +1,7 @@
 """A ``sagas`` command about a saga whose topics do not exist ends with one line naming them.
 
 Against the real broker, for a saga declared in a scratch module and never run: reading its
-history or state, replaying it, and acting on one of its instances.
+history or state, replaying it, acting on one of its instances, listing or selecting them.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ class NeverRun(Saga, name="{name}"):
         ["state", "never_run:NeverRun", "o-1", "--at", "2"],
         ["replay", "never_run:NeverRun", "--verify"],
         ["retry", "never_run:NeverRun", "o-1", "--reason", "checking"],
+        ["list", "never_run:NeverRun", "--status", "failed"],
+        ["cancel", "never_run:NeverRun", "--where", "status=running", "--reason", "x", "--dry-run"],
     ],
 )
 def test_a_saga_never_run_has_no_topics_and_says_so(
