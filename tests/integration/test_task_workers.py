@@ -12,7 +12,9 @@ on the reply topic and on the task topic's dead-letter topic:
   delivered again with the remembered reply, without running its action again;
 - ``ForeignWorker``, a plain confluent-kafka consumer and producer with fastavro (what a team in
   another language writes from docs/wire-contract.md), answers the same tasks with replies whose
-  values are the bytes Sagalog itself encodes, on the partitions Sagalog's partitioner gives.
+  values are the bytes Sagalog itself encodes, on the partitions Sagalog's partitioner gives;
+- a task for an action not deployed yet is parked as ``no-handler``, and answered once a worker
+  that serves the action runs and ``sagas dlq redrive`` sends it back.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from confluent_kafka import Consumer, Message, Producer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from sagas import CommandContext, TaskError, TransientError, Worker
+from sagas.operator import dead_letters, redrive
 from stream_processors.codecs.records import Record, decode_record
 from stream_processors.core.decide import command_id
 from stream_processors.core.model import CommandFailed
@@ -196,6 +199,15 @@ def _committed(reader: CommittedReader, count: int, timeout: float = 60) -> dict
     return found
 
 
+def _dead_letters(kafka: KafkaCluster, service: str) -> CommittedReader:
+    """A reader of the service's task dead letters, once the worker has made their topic."""
+    topic, deadline = f"{service}.tasks.dlq", time.monotonic() + 60
+    while not kafka.admin.list_topics(topic, timeout=10).topics[topic].partitions:
+        assert time.monotonic() < deadline, f"{topic} was not created"
+        time.sleep(0.2)
+    return CommittedReader(kafka.bootstrap, topic)
+
+
 def _serving(target: Callable[[], None]) -> threading.Thread:
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
@@ -248,7 +260,7 @@ def test_a_python_worker_answers_tasks_by_service_and_action(
         )
         tasks.check(replies[mail], "u-1", TaskSucceeded(output="null"))
 
-        dlq = CommittedReader(kafka.bootstrap, f"{auth}.tasks.dlq")
+        dlq = _dead_letters(kafka, auth)
         dead = _committed(dlq, 2)
         dlq.close()
         assert header_of(dead[unknown], DLQ_REASON) == "no-handler"
@@ -300,3 +312,35 @@ def test_a_worker_in_another_language_needs_only_the_schemas_and_a_kafka_client(
     }
     for execution, cid in sent.items():
         tasks.check(replies[cid], execution, expected[execution])
+
+
+def test_a_task_parked_as_no_handler_is_served_once_its_action_is_deployed_and_redriven(
+    kafka: KafkaCluster, tasks: Tasks, unique_name: Callable[[str], str], tmp_path: Path
+) -> None:
+    auth = unique_name("Auth").replace(".", "")
+    kafka.create_topic(f"{auth}.tasks", 3)
+
+    def deployed(*actions: str) -> tuple[Worker, threading.Thread]:
+        worker = Worker("accounts", service=auth)
+        for action in actions:
+            worker.action(action)(lambda input, context: {"deleted": input["user"]})
+        return worker, _serving(lambda: worker.run(kafka.bootstrap, state_dir=tmp_path / "w"))
+
+    old, serving = deployed("createUser")  # the definition is deployed before its worker
+    try:
+        parked = tasks.send(auth, "deleteUser", "u-7", {"user": "u-7"})
+        dlq = _dead_letters(kafka, auth)
+        assert header_of(_committed(dlq, 1)[parked], DLQ_REASON) == "no-handler"
+        dlq.close()
+    finally:
+        old.stop()
+        serving.join(30)
+
+    new, serving = deployed("createUser", "deleteUser")
+    try:
+        letters = dead_letters(f"{auth}.tasks.dlq", kafka.bootstrap, reason="no-handler")
+        assert redrive(f"{auth}.tasks.dlq", letters, kafka.bootstrap) == 1
+        tasks.check(tasks.replies(1)[parked], "u-7", TaskSucceeded(output='{"deleted":"u-7"}'))
+    finally:
+        new.stop()
+        serving.join(30)
