@@ -329,7 +329,9 @@ class Worker:
         except DecodeError as error:
             return self._dead(message, error.reason, error.detail)
         if self._handler(command) is None:
-            return self._dead(message, "no-handler", _command_name(command))
+            task = isinstance(command, TaskCommand)
+            unserved = _command_name(command) if task else type(command).__qualname__
+            return self._dead(message, "no-handler", unserved)
         headers = message.headers()
         reply_to = header(headers, REPLY_TO)
         command_id = header(headers, COMMAND_ID)
@@ -504,7 +506,7 @@ class _HandlerCrashed(Exception):
 
 
 def _command_name(command: Record) -> str:
-    """How logs, metrics and dead letters name a command: its class, or a task's action."""
+    """How logs and metrics name a command: its class, or a task's service and action."""
     if isinstance(command, TaskCommand):
         return f"{command.service}.{command.action}"
     return type(command).__name__
