@@ -6,14 +6,15 @@ schemas); ``Saga``, ``Step``, ``Wait``, ``Compensate``, ``evolve`` and ``on`` (d
 ``Fail`` (control flow, ``sagas.flow``; ``CHILD_FAILED`` is a child step's error name);
 ``RetryPolicy`` with the error names ``TRANSIENT``, ``TIMEOUT`` and ``ALL``, and ``COMPENSATE``
 (failure handling); ``Fail`` and ``Complete`` (handler outcomes); ``Publisher`` (publishing domain
-events); and ``Worker``, ``BusinessError`` and ``TransientError`` (services that handle commands).
+events); and ``Worker``, ``BusinessError``, ``TransientError`` and ``TaskError`` (services that
+handle commands, and the tasks of declarative definitions by action: ``Worker.action``).
 The test kit is ``sagas.testing`` (import it from there: it is not loaded here).
 """
 
 from sagas.flow import Branch, Child, Choice, Map, Parallel, Sleep, Succeed, When
 from sagas.publisher import Publisher
 from sagas.saga import Compensate, Saga, Step, Wait, evolve, on
-from sagas.worker import BusinessError, CommandContext, TransientError, Worker
+from sagas.worker import BusinessError, CommandContext, TaskError, TransientError, Worker
 from stream_processors.codecs.records import Command, DeclarationError, Event, State
 from stream_processors.core.model import CHILD_FAILED, COMPENSATE, Complete, Fail
 from stream_processors.core.policy import ALL, TIMEOUT, TRANSIENT, RetryPolicy
@@ -44,6 +45,7 @@ __all__ = [
     "State",
     "Step",
     "Succeed",
+    "TaskError",
     "TransientError",
     "Wait",
     "When",

@@ -13,35 +13,50 @@ and returns the success reply, or raises ``BusinessError`` carrying the failure 
         return PaymentCompleted(order_id=command.order_id, payment_id=charge(command,
                                 key=context.idempotency_key))
 
+A worker also serves the tasks of declarative definitions, by action name
+(``stream_processors.core.tasks``): the handler gets the task's input decoded from JSON and
+returns its output (anything JSON can hold), or raises ``TaskError`` to fail the task with an
+error name its ``Retry`` and ``Catch`` rules match::
+
+    auth = Worker("auth", service="AuthService")      # serves the topic AuthService.tasks
+
+    @auth.action("createUser")
+    def create_user(input: Any, context: CommandContext) -> Any:
+        if taken(input["email"]):
+            raise TaskError("AuthServiceError", f"{input['email']} is taken")
+        return {"userId": create(input, key=context.idempotency_key)}
+
 The runtime consumes the handled commands' topics in a consumer group (more processes share the
 work) and answers each batch of commands in one Kafka transaction: the replies (to each
 command's reply-to topic, keyed by the instance), the records of the commands handled (on the
 group's ``<group>.handled`` topic, see ``sagas.idempotency``) and the consumed offsets. A
 command delivered again after that commit, to this process or any other of the group, gets the
 remembered reply without its handler running. A crash before the commit repeats the command
-where it lands next: the handler's side effect is at least once, and the idempotency key is
-what makes it effectively once. A handler that raises ``TransientError`` (or one of the
-worker's ``transient`` exception types) answers ``CommandFailed``, which the saga may retry. A
-command that cannot be decoded, has no handler or no reply address, or whose handler crashes
-otherwise, or that is larger than the producer may send (``too-large``), goes to ``<topic>.dlq``
-with the reason: ``sagas dlq redrive`` sends it back once the worker is fixed. A reply that cannot
-be delivered (its topic missing, an invalid name, too large: checked before producing, see
-``stream_processors.core.limits``) goes to the same ``<topic>.dlq`` as ``reply-undeliverable``, with
-``sagalog.dlq.topic`` naming the reply topic (so redrive sends it there once it exists), in the
-transaction of the command's offset; its handled record is written all the same. The runtime
-records each reply schema it sends in the schema history (best effort), and reads commands
-written with a schema it does not know through that history. A command whose reply address the
-worker does not allow (``bad-reply-address``, see ``sagas.reply_addresses``) and, with signing
-keys configured, one whose signature is missing or wrong (``bad-signature``, see
-``stream_processors.codecs.signing``) go to ``<topic>.dlq`` too, before the handler runs or the
-handled
-commands are consulted. With keys, replies are signed. A broker outage does not end a worker:
-started while the broker is down, it waits for it; serving, it aborts what it cannot commit,
-replaces a producer or consumer that failed for good, and serves again once the broker is back.
+where it lands next: the handler's side effect is at least once, and the idempotency key is what
+makes it effectively once. A handler that raises ``TransientError`` (or one of the worker's
+``transient`` exception types) answers ``CommandFailed``, which the saga may retry. A command
+that cannot be decoded, has no handler (a task: none for its service's action) or no reply
+address, or whose handler crashes otherwise, a task whose input is not JSON
+(``bad-task-input``), and a command larger than the producer may send (``too-large``) go to
+``<topic>.dlq`` with the reason: ``sagas dlq redrive`` sends it back once the worker is fixed. A
+reply that cannot be delivered (its topic missing, an invalid name, too large: checked before
+producing, see ``stream_processors.core.limits``) goes to the same ``<topic>.dlq`` as
+``reply-undeliverable``, with ``sagalog.dlq.topic`` naming the reply topic (so redrive sends it
+there once it exists), in the transaction of the command's offset; its handled record is written
+all the same. The runtime records each reply schema it sends in the schema history (best
+effort), and reads commands written with a schema it does not know through that history. A
+command whose reply address the worker does not allow (``bad-reply-address``, see
+``sagas.reply_addresses``) and, with signing keys configured, one whose signature is missing or
+wrong (``bad-signature``, see ``stream_processors.codecs.signing``) go to ``<topic>.dlq`` too,
+before the handler runs or the handled commands are consulted. With keys, replies are signed. A
+broker outage does not end a worker: started while the broker is down, it waits for it; serving,
+it aborts what it cannot commit, replaces a producer or consumer that failed for good, and
+serves again once the broker is back.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
@@ -68,6 +83,13 @@ from stream_processors.codecs.signing import (
 from stream_processors.core import limits
 from stream_processors.core.decide import idempotency_key
 from stream_processors.core.model import CommandFailed
+from stream_processors.core.tasks import (
+    TaskCommand,
+    TaskFailed,
+    TaskSucceeded,
+    json_text,
+    task_topic,
+)
 from stream_processors.engine import metrics
 from stream_processors.engine.routing import (
     ATTEMPT,
@@ -118,6 +140,21 @@ class BusinessError(Exception):
         self.reply = reply
 
 
+class TaskError(BusinessError):
+    """Raised by an action handler to fail its task for good: the worker answers ``TaskFailed``
+    with ``error``, the name the Task's ``Retry`` and ``Catch`` rules match (``ErrorEquals``:
+    ``"AuthServiceError"``, or a predefined one such as ``"States.TaskFailed"``), and ``cause``,
+    an explanation kept in the execution's history. A transient failure is a ``TransientError``
+    instead: it answers ``CommandFailed``, which the Task's retry policy may retry."""
+
+    def __init__(self, error: str, cause: str | None = None) -> None:
+        if not error:
+            raise ValueError("TaskError: the error name is empty")
+        super().__init__(TaskFailed(error=error, cause=cause))
+        self.error = error
+        self.cause = cause
+
+
 @dataclass(frozen=True)
 class CommandContext:
     """What a handler knows about the command besides its fields.
@@ -125,7 +162,8 @@ class CommandContext:
     ``idempotency_key`` names the step (``saga/instance/step``; a compensation's is
     ``saga/instance/step.compensation``) and is the same for every attempt: give it to the
     service that makes the side effect, so a retry or a redelivery does not make it twice.
-    ``command_id`` names this attempt (``<idempotency_key>/<attempt>``).
+    ``command_id`` names this attempt (``<idempotency_key>/<attempt>``). ``task`` is the
+    ``TaskCommand`` itself when the handler serves an action (its state, service, timeouts).
     """
 
     idempotency_key: str
@@ -136,6 +174,7 @@ class CommandContext:
     topic: str
     partition: int
     offset: int
+    task: TaskCommand | None = None
 
 
 def command_context(message: Message, command_id: str, instance_id: str) -> CommandContext:
@@ -160,6 +199,9 @@ def command_context(message: Message, command_id: str, instance_id: str) -> Comm
 
 
 Handler = Callable[[Any, CommandContext], Event]
+#: An action's handler: the task's input decoded from JSON -> its output, as JSON can hold it.
+ActionHandler = Callable[[Any, CommandContext], Any]
+A = TypeVar("A", bound=ActionHandler)
 #: A record to send: (topic, key, value, headers).
 Outgoing = tuple[str, bytes | None, bytes | None, Headers]
 
@@ -180,6 +222,9 @@ class Answer:
 class Worker:
     """A named set of command handlers; ``run()`` serves them until ``stop()``.
 
+    ``service``: the service whose tasks ``action`` registers handlers for, unless it names
+    another (one worker may serve the actions of several services, each on its task topic).
+
     ``reply_to``: the topics (names or ``fnmatch`` patterns) replies may go to, by default every
     saga's inbox (``*.inbox``; see ``sagas.reply_addresses``). ``signing``: the keys commands
     are checked and replies signed with; by default those of the environment
@@ -193,13 +238,17 @@ class Worker:
         transient: tuple[type[Exception], ...] = (ConnectionError, TimeoutError),
         reply_to: Iterable[str] | None = None,
         signing: Keyring | None = None,
+        service: str | None = None,
     ) -> None:
         self.name = name
+        self.service = service
         self.group = group or f"sagalog.worker.{name}"
         self.transient: tuple[type[Exception], ...] = (TransientError, *transient)
         self.reply_addresses = ReplyAddresses.of(reply_to)
         self.signing = signing if signing is not None else from_environment()
         self._handlers: dict[type[Record], Handler] = {}
+        self._actions: dict[tuple[str, str], ActionHandler] = {}  # by (service, action)
+        self._task_topics: dict[str, str] = {}  # by service
         self._stopping = threading.Event()
         self._history: SchemaHistory | None = None  # set by run(): replies' schemas go there
         self._handled: HandledCommands | None = None  # set by run(): replies by command id
@@ -218,9 +267,37 @@ class Worker:
 
         return register
 
+    def action(
+        self, name: str, *, service: str | None = None, topic: str | None = None
+    ) -> Callable[[A], A]:
+        """Register the handler of the tasks of ``service`` (by default the worker's) whose
+        action is ``name``: ``handler(input, context) -> output``, the input decoded from the
+        task's JSON and the output any value JSON can hold. The service's tasks are read from
+        ``topic``, by default ``<service>.tasks`` (``stream_processors.core.tasks.task_topic``);
+        a service has one topic per worker."""
+        service = service or self.service
+        where = f"worker {self.name!r}: action {name!r}"
+        if not service:
+            raise DeclarationError(f"{where} names no service (Worker(..., service=...))")
+        if not name:
+            raise DeclarationError(f"worker {self.name!r}: an action needs a name")
+        if (service, name) in self._actions:
+            raise DeclarationError(f"{where}: two handlers for {service}.{name}")
+        topic = topic or task_topic(service)
+        known = self._task_topics.setdefault(service, topic)
+        if known != topic:
+            raise DeclarationError(f"{where}: {service}'s tasks are read from {known}, not {topic}")
+
+        def register(function: A) -> A:
+            self._actions[(service, name)] = function
+            return function
+
+        return register
+
     @property
     def topics(self) -> list[str]:
-        return sorted({t.__topic__ for t in self._handlers if t.__topic__})  # type: ignore[attr-defined]
+        commands = {t.__topic__ for t in self._handlers if t.__topic__}  # type: ignore[attr-defined]
+        return sorted(commands | set(self._task_topics.values()))
 
     def stop(self) -> None:
         self._stopping.set()
@@ -251,8 +328,10 @@ class Worker:
             command = decode_record(message.value())
         except DecodeError as error:
             return self._dead(message, error.reason, error.detail)
-        if type(command) not in self._handlers:
-            return self._dead(message, "no-handler", type(command).__qualname__)
+        if self._handler(command) is None:
+            task = isinstance(command, TaskCommand)
+            unserved = _command_name(command) if task else type(command).__qualname__
+            return self._dead(message, "no-handler", unserved)
         headers = message.headers()
         reply_to = header(headers, REPLY_TO)
         command_id = header(headers, COMMAND_ID)
@@ -263,6 +342,8 @@ class Worker:
         if refusal is not None:
             return self._dead(message, BAD_REPLY_ADDRESS, refusal)
         context = command_context(message, command_id, instance_id)
+        if isinstance(command, TaskCommand):
+            context = replace(context, task=command)
         known = (remembered or self._remembered)(context)
         if known is not None:  # handled before: answer the same, without a second effect
             refusal = self.reply_addresses.refusal(known.reply_to)  # remembered before a change
@@ -275,7 +356,7 @@ class Worker:
         try:
             reply = self._reply(command, context)
         except _HandlerCrashed as crash:  # a bug in the handler: park the command, keep serving
-            return self._dead(message, "handler-error", str(crash))
+            return self._dead(message, crash.reason, str(crash))
         if self._history is not None:
             self._history.try_record(reply_to, reply.__avro__)
         value = reply.encode()
@@ -299,12 +380,15 @@ class Worker:
     def _reply(self, command: Record, context: CommandContext) -> Event:
         """The handler's reply: its success or failure reply, or ``CommandFailed`` for a
         transient error. Raises ``_HandlerCrashed`` for any other exception."""
-        name = type(command).__name__
+        name = _command_name(command)
         began = time.perf_counter()
         try:
             reply, outcome = self.answer(command, context)
             if outcome == "transient":
                 log.warning("transient failure of %s on %s: %s", name, context.command_id, reply)
+        except BadTaskInput as error:  # the sender's fault, not the handler's: it did not run
+            log.warning("task %s on %s: %s", name, context.command_id, error)
+            raise _HandlerCrashed(str(error), BAD_TASK_INPUT) from error
         except Exception as error:
             log.exception("handler for %s crashed on %s", name, context.command_id)
             raise _HandlerCrashed(f"{type(error).__name__}: {error}") from error
@@ -317,8 +401,15 @@ class Worker:
 
     def _count(self, command: Record, outcome: str) -> None:
         metrics.COMMANDS_HANDLED.labels(
-            worker=self.name, command=type(command).__name__, outcome=outcome
+            worker=self.name, command=_command_name(command), outcome=outcome
         ).inc()
+
+    def _handler(self, command: Record) -> Handler | None:
+        """The handler of ``command``: its class's, or for a task its service's action's."""
+        if isinstance(command, TaskCommand):
+            action = self._actions.get((command.service, command.action))
+            return None if action is None else functools.partial(_run_action, action)
+        return self._handlers.get(type(command))
 
     def answer(self, command: Record, context: CommandContext) -> tuple[Event, str]:
         """Run the handler for ``command``, in memory: (reply, outcome). No Kafka, no metrics.
@@ -327,13 +418,18 @@ class Worker:
         a ``BusinessError``) or ``"transient"`` (a ``CommandFailed`` naming a transient error).
         Any other exception propagates: the runtime dead-letters the command. ``handle`` and
         ``sagas.testing.handle`` both answer through here. Raises ``LookupError`` when the
-        worker has no handler for the command's type.
+        worker has no handler for the command's type (for a task: its service's action).
+        A task's outcomes are ``TaskSucceeded`` with the handler's output as JSON, ``TaskFailed``
+        from a ``TaskError``, and ``CommandFailed``; a task whose input is not JSON raises
+        ``BadTaskInput``, an output JSON cannot hold ``TypeError`` or ``ValueError``.
         """
-        handler = self._handlers.get(type(command))
+        handler = self._handler(command)
         if handler is None:
-            raise LookupError(f"worker {self.name!r} has no handler for {type(command).__name__}")
+            raise LookupError(f"worker {self.name!r} has no handler for {_command_name(command)}")
         try:
             return handler(command, context), "succeeded"
+        except BadTaskInput:
+            raise  # whatever the worker counts as transient: sending it again cannot help
         except BusinessError as error:
             return error.reply, "failed"
         except self.transient as error:
@@ -362,7 +458,7 @@ class Worker:
         """Serve until ``stop()``. ``remember`` keeps replies by command id on the group's
         handled topic, so a repeated command is not redone. ``state_dir`` (default
         ``$SAGALOG_STATE_DIR/workers/<name>``) keeps this process's identity across restarts."""
-        if not self._handlers:
+        if not self.topics:
             raise DeclarationError(f"worker {self.name!r} has no handlers")
         if not wait_until_reachable(bootstrap, f"worker {self.name}", self._stopping):
             return  # stopped before the broker came
@@ -392,8 +488,37 @@ DLQ_COMMAND = "sagalog.dlq.command"
 POLL_TIMEOUT = 0.1
 
 
+#: The dead-letter reason of a task whose input is not JSON (its handler does not run).
+BAD_TASK_INPUT = "bad-task-input"
+
+
+class BadTaskInput(ValueError):
+    """A task's input is not JSON: the command is malformed, whoever sent it."""
+
+
 class _HandlerCrashed(Exception):
-    """A handler raised something other than a business or transient error."""
+    """A handler raised something other than a business or transient error (``reason``: the
+    command's dead-letter reason)."""
+
+    def __init__(self, detail: str, reason: str = "handler-error") -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def _command_name(command: Record) -> str:
+    """How logs and metrics name a command: its class, or a task's service and action."""
+    if isinstance(command, TaskCommand):
+        return f"{command.service}.{command.action}"
+    return type(command).__name__
+
+
+def _run_action(action: ActionHandler, task: TaskCommand, context: CommandContext) -> Event:
+    """An action handler run as a command handler: JSON in, ``TaskSucceeded`` out."""
+    try:
+        given = task.input_value()
+    except ValueError as error:
+        raise BadTaskInput(f"the input of {_command_name(task)} is not JSON: {error}") from None
+    return TaskSucceeded(output=json_text(action(given, context)))
 
 
 class _Serving:

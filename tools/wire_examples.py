@@ -27,6 +27,7 @@ import re
 import struct
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 from unittest import mock
@@ -46,7 +47,7 @@ from examples.order_fulfillment.messages import (  # noqa: E402
 )
 from examples.order_fulfillment.saga import OrderFulfillment  # noqa: E402
 from sagas.idempotency import HandledCommand  # noqa: E402
-from sagas.worker import CommandContext, Worker  # noqa: E402
+from sagas.worker import CommandContext, Outgoing, TaskError, Worker  # noqa: E402
 from stream_processors.codecs.avro import AvroSchema, SchemaCatalog, decode  # noqa: E402
 from stream_processors.codecs.records import CATALOG  # noqa: E402
 from stream_processors.codecs.signing import (  # noqa: E402
@@ -60,6 +61,13 @@ from stream_processors.codecs.signing import (  # noqa: E402
 from stream_processors.core.decide import Input, command_id, decide, idempotency_key  # noqa: E402
 from stream_processors.core.instance import encode_snapshot  # noqa: E402
 from stream_processors.core.model import CommandFailed, OperatorAction  # noqa: E402
+from stream_processors.core.tasks import (  # noqa: E402
+    TaskCommand,
+    TaskFailed,
+    TaskSucceeded,
+    json_text,
+    task_topic,
+)
 from stream_processors.engine import routing, schema_history  # noqa: E402
 from stream_processors.kafka.topics import SagaTopics  # noqa: E402
 from stream_processors.tools.history import murmur2, partition_for  # noqa: E402
@@ -195,19 +203,34 @@ def _field_bytes(schema: Any, value: Any) -> bytes:
     return out.getvalue()
 
 
+def _what(avro_type: Any, value: Any, encoded: bytes) -> str:
+    """What the bytes of one field say: a string, an int or long, or a ``["null", x]`` union."""
+    if isinstance(avro_type, list):  # the branch's index as a zigzag varint, then the branch
+        branch = 0 if value is None else 1
+        said = "null" if value is None else _what(avro_type[branch], value, encoded[1:])
+        return f"union branch {branch} (zigzag varint {encoded[0]:02x}), then {said}"
+    if avro_type == "string":
+        size = len(value.encode())
+        prefix = encoded[: len(encoded) - size]
+        return f"length {size} (zigzag varint {spaced(prefix)}), then {value!r}"
+    return f"{value} as a zigzag varint"
+
+
 def annotated_body(schema: AvroSchema, datum: Mapping[str, Any]) -> tuple[str, bytes]:
-    """Each field of a flat record of primitives: its bytes and what they say."""
+    """Each field of a flat record of primitives (and unions with null): its bytes (the first
+    9 of a longer field) and what they say."""
     lines, body = [], b""
-    for field in schema.definition["fields"]:
-        encoded = _field_bytes(field["type"], datum[field["name"]])
+    fields = schema.definition["fields"]
+    kinds = ["|".join(f["type"]) if isinstance(f["type"], list) else f["type"] for f in fields]
+    width = max(13, *(len(field["name"]) + 1 for field in fields))
+    kind_width = max(7, *(len(kind) for kind in kinds))
+    for field, kind in zip(fields, kinds, strict=True):
+        value, avro_type = datum[field["name"]], field["type"]
+        encoded = _field_bytes(avro_type, value)
         body += encoded
-        if field["type"] == "string":
-            size = len(datum[field["name"]].encode())
-            prefix = encoded[: len(encoded) - size]
-            what = f"length {size} (zigzag varint {spaced(prefix)}), then {datum[field['name']]!r}"
-        else:
-            what = f"{datum[field['name']]} as a zigzag varint"
-        lines.append(f"  {field['name']:<13} {field['type']:<7} {spaced(encoded):<30} {what}")
+        shown = spaced(encoded) if len(encoded) <= 10 else f"{spaced(encoded[:9])} ..."
+        what = _what(avro_type, value, encoded)
+        lines.append(f"  {field['name']:<{width}} {kind:<{kind_width}} {shown:<30} {what}")
     return "\n".join(lines), body
 
 
@@ -439,6 +462,81 @@ def example_handled() -> str:
     )
 
 
+# -- tasks for any language ----------------------------------------------------------------------
+
+#: The seed's onboarding: its first Task, CreateUser, runs AuthService's createUser.
+TASK = TaskCommand(
+    service="AuthService",
+    action="createUser",
+    input=json_text({"email": "ada@example.com", "name": "Ada"}),
+    workflow="user_onboarding",
+    execution="u-1001",
+    state="CreateUser",
+    attempt=1,
+    timeout_seconds=30,
+)
+
+
+def _task_record(task: TaskCommand = TASK) -> tuple[str, bytes, bytes, Headers]:
+    """The task as the engine sends it: to the service's task topic, with ``command_headers``."""
+    cid = command_id(task.workflow, task.execution, task.state, task.attempt)
+    inbox = f"{task.workflow}.inbox"
+    headers = routing.command_headers(cid, inbox, task.execution, task.workflow)
+    return task_topic(task.service), task.execution.encode(), task.encode(), headers
+
+
+def _task_reply(task: TaskCommand) -> Outgoing:
+    """What the worker answers ``task``, read from partition 0 at offset 5 of its topic."""
+    topic, key, value, headers = _task_record(task)
+    answer = _auth_worker().handle(_Message(topic, 0, 5, key, value, headers).received())
+    assert not answer.dead, answer
+    return answer.outgoing
+
+
+def _auth_worker() -> Worker:
+    auth = Worker("auth", service="AuthService", signing=None)
+
+    @auth.action("createUser")
+    def create_user(input: Any, context: CommandContext) -> Any:
+        if input["email"].startswith("taken"):
+            raise TaskError("AuthServiceError", f"{input['email']} is taken")
+        return {"userId": "user_123"}
+
+    return auth
+
+
+def _annotated(record: TaskCommand | TaskFailed) -> str:
+    lines, body = annotated_body(record.__avro__, record.to_avro())
+    value = record.encode()
+    assert value == record.__avro__.header + body
+    return "\n".join(
+        [
+            f"  marker, fingerprint  c3 01, {spaced(record.__avro__.fingerprint)}",
+            "  body, the fields in schema order:",
+            lines,
+        ]
+    )
+
+
+def example_task_command() -> str:
+    topic, key, value, headers = _task_record()
+    return "\n".join([show_record(topic, key, value, headers), "", _annotated(TASK)])
+
+
+def example_task_succeeded() -> str:
+    topic, key, value, headers = _task_reply(TASK)
+    assert TaskSucceeded.decode(value or b"") == TaskSucceeded(output='{"userId":"user_123"}')
+    return show_record(topic, key, value, headers)
+
+
+def example_task_failed() -> str:
+    taken = replace(TASK, input=json_text({"email": "taken@example.com", "name": "Bo"}))
+    failed = TaskFailed.decode(_task_reply(taken)[2] or b"")
+    return "\n".join(
+        [f"TaskFailed{failed.to_avro()}", "", hexdump(failed.encode()), "", _annotated(failed)]
+    )
+
+
 # -- routed events, operator actions, dead letters -------------------------------------------
 
 
@@ -577,6 +675,9 @@ EXAMPLES: dict[str, Callable[[], str]] = {
     "command": example_command,
     "reply": example_reply,
     "command-failed": example_command_failed,
+    "task-command": example_task_command,
+    "task-succeeded": example_task_succeeded,
+    "task-failed": example_task_failed,
     "handled": example_handled,
     "signature": example_signature,
     "command-signature": example_command_signature,

@@ -26,7 +26,8 @@ is ``reported``; every record sent (a child's cancel and end too) is in ``outgoi
 
 ``command_context`` builds the ``CommandContext`` a worker's handler gets, and ``handle`` runs a
 ``Worker``'s handler as its runtime does (the reply, a ``BusinessError``'s reply, or
-``CommandFailed`` for a transient error).
+``CommandFailed`` for a transient error). ``task_command`` builds the ``TaskCommand`` a
+declarative Task sends, so ``handle`` runs a worker's action handler (``Worker.action``).
 
 ``verify_histories`` replays recorded journals (``SagaTest.journal``, entries read from the
 journal topic, or files saved with ``sagas history --json`` and read by ``load_histories``)
@@ -44,7 +45,7 @@ from sagas.testing._histories import (
 )
 from sagas.testing._invariants import assert_replays, assert_timers_consistent
 from sagas.testing._saga_test import START_MS, SagaTest, SentCommand
-from sagas.testing._workers import command_context, handle
+from sagas.testing._workers import command_context, handle, task_command
 
 __all__ = [
     "START_MS",
@@ -59,5 +60,6 @@ __all__ = [
     "describe",
     "handle",
     "load_histories",
+    "task_command",
     "verify_histories",
 ]

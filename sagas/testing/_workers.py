@@ -1,4 +1,5 @@
-"""Unit-testing worker handlers: a ``CommandContext`` built by hand, and a handler run in memory."""
+"""Unit-testing worker handlers: a ``CommandContext`` built by hand, a task command built from a
+value, and a handler (or an action's) run in memory."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from sagas.worker import CommandContext, Worker
 from stream_processors.codecs.records import Command, Event
 from stream_processors.core.decide import command_id as attempt_id
 from stream_processors.core.decide import idempotency_key as step_key
+from stream_processors.core.tasks import TaskCommand, json_text, task_topic
 
 if TYPE_CHECKING:
     from sagas.testing._saga_test import SentCommand
@@ -28,13 +30,23 @@ def command_context(
 ) -> CommandContext:
     """The ``CommandContext`` a worker's handler gets for ``command``, as the runtime builds it.
 
-    Given a command a ``SagaTest`` sent, its saga, instance, step, attempt and topic come from
-    it. Otherwise they default to ``saga="saga"``, ``instance_id="instance"``, the command's
-    class name as the step, attempt 1 and the command's topic. ``idempotency_key`` defaults to
-    ``saga/instance/step`` (the same for every attempt of a step) and ``command_id`` to
-    ``saga/instance/step/attempt`` (one per attempt); pass either to override it.
+    Given a command a ``SagaTest`` sent, its saga, instance, step, attempt and topic come from it;
+    given a ``TaskCommand``, from its workflow, execution, state and attempt, the topic being its
+    service's task topic (and the context's ``task`` is the command). Otherwise they default to
+    ``saga="saga"``, ``instance_id="instance"``, the command's class name as the step, attempt 1 and
+    the command's topic. ``idempotency_key`` defaults to ``saga/instance/step`` (the same for every
+    attempt of a step) and ``command_id`` to ``saga/instance/step/attempt`` (one per attempt); pass
+    either to override it.
     """
-    if isinstance(command, Command):
+    if isinstance(command, TaskCommand):
+        defaults = (
+            command.workflow,
+            command.execution,
+            command.state,
+            command.attempt,
+            task_topic(command.service),
+        )
+    elif isinstance(command, Command):
         defaults = ("saga", "instance", type(command).__name__, 1, command.__topic__ or "")
     else:
         prefix = f"{command.saga}/{command.instance_id}/"
@@ -54,16 +66,52 @@ def command_context(
         topic=topic if topic is not None else defaults[4],
         partition=partition,
         offset=offset,
+        task=command if isinstance(command, TaskCommand) else None,
+    )
+
+
+def task_command(
+    action: str,
+    input: Any = None,
+    *,
+    service: str,
+    workflow: str = "workflow",
+    execution: str = "execution",
+    state: str | None = None,
+    attempt: int = 1,
+    timeout_seconds: int | None = None,
+    heartbeat_seconds: int | None = None,
+) -> TaskCommand:
+    """The ``TaskCommand`` a definition's Task sends ``service`` for ``action``, with ``input``
+    (any value JSON can hold) as its JSON; ``state`` defaults to the action's name. Give it to
+    ``handle`` to run the worker's handler of the action::
+
+        reply = handle(auth, task_command("createUser", {"email": "ada@example.com"},
+                                          service="AuthService"))
+        assert reply.output_value() == {"userId": "u-1"}   # a TaskSucceeded
+    """
+    return TaskCommand(
+        service=service,
+        action=action,
+        input=json_text(input),
+        workflow=workflow,
+        execution=execution,
+        state=state if state is not None else action,
+        attempt=attempt,
+        timeout_seconds=timeout_seconds,
+        heartbeat_seconds=heartbeat_seconds,
     )
 
 
 def handle(worker: Worker, command: Command, context: CommandContext | None = None) -> Event:
     """What ``worker`` answers to ``command``, run in memory as its runtime runs it.
 
-    The handler's reply; or the failure reply of the ``BusinessError`` it raised; or a
-    ``CommandFailed`` naming a transient error (``TransientError``, or a type the worker lists
-    in ``transient=``). Any other exception propagates, as a bug (the runtime dead-letters the
-    command). ``context`` defaults to ``command_context(command)``.
+    The handler's reply (for a ``TaskCommand``, ``TaskSucceeded`` with its action handler's
+    output as JSON, or ``TaskFailed`` from a ``TaskError``); or the failure reply of the
+    ``BusinessError`` it raised; or a ``CommandFailed`` naming a transient error
+    (``TransientError``, or a type the worker lists in ``transient=``). Any other exception
+    propagates, as a bug (the runtime dead-letters the command). ``context`` defaults to
+    ``command_context(command)``.
     """
     reply, _ = worker.answer(command, context or command_context(command))
     return reply
