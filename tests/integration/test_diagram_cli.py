@@ -1,6 +1,8 @@
 """``sagas diagram --instance`` reads the instance from the saga's journal on the real broker.
 
-The order saga's journal gets one instance's entries as the processor would write them (the
+A saga of its own (the order saga's steps under another name, so that its hand-written
+journal is no other test's business: a replay of the order saga's topics must not meet an
+instance with no snapshot) gets one instance's entries as the processor would write them (the
 decisions of ``decide``, keyed by instance, in its partition, stamped with their times); no
 processor runs. The command folds them like ``sagas state`` and colours the diagram: now (the
 payment succeeded, the shipping is in flight) and as of the journal position where only the
@@ -17,8 +19,9 @@ import pytest
 from confluent_kafka import Producer
 from typer.testing import CliRunner, Result
 
-from examples.order_fulfillment.messages import OrderPlaced, PaymentCompleted
+from examples.order_fulfillment.messages import OrderPlaced, OrderState, PaymentCompleted
 from examples.order_fulfillment.saga import OrderFulfillment
+from sagas import Saga
 from sagas.cli import app
 from stream_processors.core.decide import Input, decide
 from stream_processors.core.journal import JournalEntry, Kind
@@ -29,8 +32,21 @@ from tests.conftest import KafkaCluster
 
 pytestmark = pytest.mark.kafka
 
-TARGET = "examples.order_fulfillment.saga:OrderFulfillment"
-DEFINITION = OrderFulfillment.definition
+
+class DiagramOrders(Saga, name="diagram_test_orders"):
+    """The order saga's steps and evolvers, on topics of its own."""
+
+    start = OrderPlaced
+    state = OrderState
+    begin = staticmethod(OrderFulfillment.begin)
+    payment = OrderFulfillment.payment
+    shipping = OrderFulfillment.shipping
+    paid = OrderFulfillment.paid
+    labelled = OrderFulfillment.labelled
+
+
+TARGET = f"{__name__}:DiagramOrders"
+DEFINITION = DiagramOrders.definition
 TOPICS = SagaTopics.for_saga(DEFINITION, 8)
 
 
