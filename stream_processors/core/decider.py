@@ -213,8 +213,10 @@ class Decider:
 
     def call(self, function: Any, place: Place) -> Any:
         """Call a condition, builder or ``until``: with (state), or (state, item) in a map."""
-        item = self.item(place)
         data = self.instance.data
+        if not place.block:  # the main path: no item (most calls, and every start)
+            return function(data)
+        item = self.item(place)
         return function(data) if item is _NO_ITEM else function(data, item)
 
     def item(self, place: Place) -> Any:
