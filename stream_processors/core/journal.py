@@ -84,6 +84,10 @@ class JournalEntry(Record, schema="sagalog.JournalEntry"):
     branch: int | None = None
     reply_to: str | None = None
     reply_key: str | None = None
+    #: SagaStarted: the W3C trace context of the event that started the instance (plain text:
+    #: the core knows nothing of tracing; ``stream_processors.engine.tracing`` reads it).
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 #: An entry's control-flow and child-saga fields: ``history --json`` writes them as they are.
