@@ -168,7 +168,7 @@ class Outputs:
                     step=step.node or entry.step, outcome=outcome, **self._labels
                 ).observe(max(0, now_ms - step.sent_at_ms) / 1000)
         if trace is not None:
-            self._txn.spans += tracing.decision_spans(self.saga, decision, before, now_ms)
+            self._txn.spans += tracing.decision_spans(self.saga, trace, decision, before, now_ms)
         slot = (partition, decision.instance.instance_id)
         self._txn.stage(slot, decision.instance, snapshot)
         return None

@@ -37,10 +37,12 @@ import hashlib
 import importlib.metadata
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from stream_processors.core.decision import CHILD_START, COMMAND, Decision, OutgoingCommand
@@ -195,25 +197,41 @@ _CHOSEN = threading.local()
 # -- the trace context, as plain text ----------------------------------------------------------
 
 
+#: W3C Trace Context's ``traceparent``: version-trace id-parent id-flags in lower-case hex; a
+#: later version may append fields (``-...``), version 00 may not, and ff is invalid.
+_TRACEPARENT = re.compile(
+    r"[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?[ \t]*"
+)
+_MAX_TRACEPARENT = 512
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
+
+
 def incoming(headers: ReceivedHeaders) -> tuple[str | None, str | None]:
     """The valid W3C trace context of a received record, normalised (version 00), or Nones.
 
-    Parsed by OpenTelemetry's own propagator: headers come from anyone, and only a well-formed
-    context may reach the journal."""
+    Headers come from anyone: only a well-formed context may reach the journal. The
+    ``traceparent`` is checked by the W3C rules (as OpenTelemetry's propagator does, without
+    its per-call cost: this runs for every start); a ``tracestate`` by OpenTelemetry's parser."""
     traceparent = header(headers, TRACEPARENT)
-    if traceparent is None:
+    if traceparent is None or len(traceparent) > _MAX_TRACEPARENT:
         return None, None
-    from opentelemetry import trace
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+    found = _TRACEPARENT.fullmatch(traceparent)
+    if found is None:
+        return None, None
+    version, trace_hex, span_hex, flags, rest = found.groups()
+    invalid = version == "ff" or (version == "00" and rest is not None)
+    if invalid or trace_hex == _ZERO_TRACE or span_hex == _ZERO_SPAN:
+        return None, None
+    return f"00-{trace_hex}-{span_hex}-{flags}", _tracestate(header(headers, TRACESTATE))
 
-    carrier = {TRACEPARENT: traceparent, TRACESTATE: header(headers, TRACESTATE) or ""}
-    context = trace.get_current_span(TraceContextTextMapPropagator().extract(carrier))
-    found = context.get_span_context()
-    if not found.is_valid:
-        return None, None
-    state = found.trace_state.to_header() or None
-    normalised = _traceparent(found.trace_id, found.span_id, found.trace_flags)
-    return normalised, state if state is None or len(state) <= MAX_TRACESTATE else None
+
+def _tracestate(value: str | None) -> str | None:
+    """A valid ``tracestate``, as OpenTelemetry re-writes it; None if absent, bad or too long."""
+    if not value or len(value) > MAX_TRACESTATE:
+        return None
+    from opentelemetry.trace import TraceState
+
+    return TraceState.from_header([value]).to_header() or None
 
 
 def _traceparent(trace_id: int, span_id: int, flags: int) -> str:
@@ -244,13 +262,20 @@ class SagaTrace:
 def saga_trace(saga: str, instance: Instance) -> SagaTrace:
     """The trace of an instance, from the context it was started with (journaled, normalised
     by ``incoming``), or, started without one, derived from the saga and instance id."""
-    if instance.traceparent:
-        _, trace_hex, span_hex, flags_hex = instance.traceparent.split("-")
+    return _saga_trace(saga, instance.instance_id, instance.traceparent, instance.tracestate)
+
+
+@lru_cache(maxsize=4096)  # an instance's decisions follow each other: derive its ids once
+def _saga_trace(
+    saga: str, instance_id: str, traceparent: str | None, tracestate: str | None
+) -> SagaTrace:
+    if traceparent:
+        _, trace_hex, span_hex, flags_hex = traceparent.split("-")
         trace_id, parent_id, flags = int(trace_hex, 16), int(span_hex, 16), int(flags_hex, 16)
     else:
-        trace_id, parent_id, flags = _derived_id(128, saga, instance.instance_id), None, _SAMPLED
-    span_id = _derived_id(64, f"{trace_id:032x}", "saga", saga, instance.instance_id)
-    return SagaTrace(trace_id, span_id, parent_id, flags, instance.tracestate)
+        trace_id, parent_id, flags = _derived_id(128, saga, instance_id), None, _SAMPLED
+    span_id = _derived_id(64, f"{trace_id:032x}", "saga", saga, instance_id)
+    return SagaTrace(trace_id, span_id, parent_id, flags, tracestate)
 
 
 def command_trace(trace: SagaTrace, command: OutgoingCommand) -> Headers:
@@ -282,13 +307,14 @@ class Ended:
 
 
 def decision_spans(
-    saga: str, decision: Decision, before: Instance | None, now_ms: int
+    saga: str, trace: SagaTrace, decision: Decision, before: Instance | None, now_ms: int
 ) -> list[Ended]:
     """The spans ``decision`` ends: each attempt whose reply (or timeout) it decided on, and
-    the saga's if it finished the instance."""
+    the saga's if it finished the instance (``trace``: its ``saga_trace``)."""
     after = decision.instance
     assert after is not None
-    trace = saga_trace(saga, after)
+    if before is None and not after.status.finished:
+        return []  # a start: nothing was out, nothing ended
     failures = {
         entry.step: entry.reason or entry.kind
         for entry in decision.entries

@@ -75,13 +75,20 @@ def test_an_incoming_context_is_normalised_or_dropped() -> None:
     )
     assert tracing.incoming([*valid, (TRACESTATE, b"a=1,b=2")])[1] == "a=1,b=2"
     upper = TRACEPARENT_VALUE.upper()  # W3C: lower-case hex only
+    zero_span = f"00-{TRACE_ID:032x}-{0:016x}-01"
+    extra = f"{TRACEPARENT_VALUE}-more"  # version 00 has no more fields
     for bad in (
+        zero_span,
+        extra,
         upper,
         "garbage",
         f"00-{0:032x}-{PARENT:016x}-01",
         f"ff-{TRACE_ID:032x}-{PARENT:016x}-01",
     ):
         assert tracing.incoming([(TRACEPARENT, bad.encode())]) == (None, None), bad
+    later = f"01-{TRACE_ID:032x}-{PARENT:016x}-01-more"  # a later version: its first fields
+    assert tracing.incoming([(TRACEPARENT, later.encode())])[0] == TRACEPARENT_VALUE
+    assert tracing.incoming([*valid, (TRACESTATE, b"not a tracestate!")])[1] is None
     long_state = ",".join(f"k{n}={'v' * 60}" for n in range(20)).encode()  # > MAX_TRACESTATE
     assert (
         tracing.incoming([(TRACEPARENT, TRACEPARENT_VALUE.encode()), (TRACESTATE, long_state)])[1]
