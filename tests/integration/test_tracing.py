@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -34,6 +35,8 @@ from sagas.publisher import Publisher
 from sagas.worker import CommandContext, TransientError, Worker
 from stream_processors.engine import tracing
 from stream_processors.engine.processor import ProcessorConfig, SagaProcessor
+from stream_processors.kafka.config import consumer_config
+from stream_processors.kafka.reading import watermarks
 from stream_processors.kafka.topics import ensure_topics
 from tests.conftest import KafkaCluster
 from tests.integration.saga_harness import TOPICS
@@ -68,6 +71,21 @@ def _workers(run: str, flaky: str) -> list[Worker]:
     payments.handles(services.RefundPayment)(services.refund)
     shipping.handles(CreateShippingLabel)(services.label)
     return [payments, shipping]
+
+
+def _from_the_end(bootstrap: str, worker: Worker) -> None:
+    """Commit the worker's new group at the end of its command topics: it serves this test's
+    commands only, not those earlier runs on the broker left there."""
+    consumer = Consumer(consumer_config(bootstrap, "tracing-test", worker.group))
+    try:
+        ends = []
+        for topic in worker.topics:
+            for partition in consumer.list_topics(topic, timeout=15).topics[topic].partitions:
+                tp = TopicPartition(topic, partition)
+                ends.append(TopicPartition(topic, partition, watermarks(consumer, tp)[1]))
+        consumer.commit(offsets=ends, asynchronous=False)
+    finally:
+        consumer.close()
 
 
 def _in_threads(*runs: tuple[Callable[[], None], Callable[[], None]]) -> Callable[[], None]:
@@ -115,12 +133,14 @@ def test_each_saga_is_one_trace_across_the_processor_and_both_workers_with_a_ret
     run = uuid.uuid4().hex[:8]
     flaky, plain = f"trace-{run}-flaky", f"trace-{run}-plain"
     publisher_spans = {flaky: (uuid.uuid4().int, 0x1111), plain: (uuid.uuid4().int, 0x2222)}
-    ensure_topics(TOPICS, kafka.bootstrap)
+    ensure_topics(TOPICS, kafka.bootstrap)  # the command topics too: workers start at their ends
     config = ProcessorConfig(
         bootstrap=kafka.bootstrap, partitions=TOPICS.partitions, state_dir=tmp_path / "processor"
     )
     processor = SagaProcessor(OrderFulfillment.definition, config)
     workers = _workers(run, flaky)
+    for worker in workers:
+        _from_the_end(kafka.bootstrap, worker)
     stop = _in_threads(
         (processor.run, processor.stop),
         *(
