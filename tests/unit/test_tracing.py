@@ -13,17 +13,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, Message
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
+from examples.order_fulfillment import messages as m
 from examples.order_fulfillment.saga import OrderFulfillment
+from sagas import Child, Event, Saga, Step
 from stream_processors.core.decide import Input, decide
-from stream_processors.core.decision import CHILD_END, COMMAND, OutgoingCommand
+from stream_processors.core.decision import CHILD_END, CHILD_START, COMMAND, OutgoingCommand
 from stream_processors.core.instance import decode_snapshot, encode_snapshot
 from stream_processors.core.journal import JournalEntry
 from stream_processors.engine import tracing
+from stream_processors.engine.inputs import InboxInput, inbox_input
 from stream_processors.engine.routing import (
     COMMAND_ID,
     TRACEPARENT,
@@ -270,3 +273,70 @@ def test_an_attempts_span_is_exported_once_its_transaction_commits_never_if_it_a
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes is not None and span.attributes["sagalog.outcome"] == "retrying"
     rig.processor.close()
+
+
+# -- a child saga's trace is its parent's ------------------------------------------------------
+
+
+class Invoice(Event, schema="tests.unit.tracing.Invoice", derive=True, key="order_id"):
+    order_id: str
+    customer_id: str
+    amount_cents: int
+    card_token: str
+
+
+class Invoicing(Saga, name="tracing_invoicing"):
+    start = Invoice
+    state = m.OrderState
+
+    @staticmethod
+    def begin(event: Invoice) -> m.OrderState:
+        return m.OrderState(event.order_id, event.customer_id, event.amount_cents, "t", "1")
+
+    payment = Step(m.MakePayment, success=m.PaymentCompleted)
+
+
+class Billed(Saga, name="tracing_billed"):
+    start = m.OrderPlaced
+    state = m.OrderState
+
+    @staticmethod
+    def begin(event: m.OrderPlaced) -> m.OrderState:
+        return m.OrderState(
+            event.order_id, event.customer_id, event.amount_cents, event.card_token, event.postcode
+        )
+
+    bill = Child(
+        Invoicing,
+        input=lambda s: Invoice(s.order_id, s.customer_id, s.amount_cents, s.card_token),
+    )
+
+
+def test_a_child_sagas_start_carries_its_parents_attempt_and_the_child_joins_that_trace(
+    exporter: InMemorySpanExporter,
+) -> None:
+    parent, child = Billed.definition, Invoicing.definition
+    event = order()
+    started = decide(parent, None, Input(event, event.encode(), traceparent=TRACEPARENT_VALUE), 1)
+    assert started.instance is not None
+    (start,) = [c for c in started.commands if c.kind == CHILD_START]
+    parent_trace = tracing.saga_trace(parent.name, started.instance)
+    inbox = f"{parent.name}.inbox"
+    headers = outgoing_headers(
+        start, inbox, parent.name, tracing.command_trace(parent_trace, start)
+    )
+    message = Message(
+        topic=start.topic,
+        partition=0,
+        offset=0,
+        key=start.key.encode(),
+        value=start.value,
+        headers=headers,
+    )
+    checked = inbox_input(message, child, start.topic, None, 1_000_000, 256)
+    assert isinstance(checked, InboxInput)
+    begun = decide(child, None, checked.input, 2).instance
+    assert begun is not None
+    child_trace = tracing.saga_trace(child.name, begun)
+    assert child_trace.trace_id == TRACE_ID
+    assert child_trace.parent_id == parent_trace.attempt_id(start.command_id)
