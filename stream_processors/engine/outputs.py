@@ -126,8 +126,9 @@ class Outputs:
         trace = tracing.saga_trace(self.saga, decision.instance) if tracing.ENABLED else None
         for command in decision.commands:
             command_key, topic = command.key.encode(), command.topic
-            carried = None if trace is None else tracing.command_trace(trace, command)
-            headers = outgoing_headers(command, self.topics.inbox, self.saga, carried)
+            headers = outgoing_headers(command, self.topics.inbox, self.saga)
+            if trace is not None:
+                headers += tracing.command_trace(trace, command)
             if signing is not None:
                 # A child saga's start, end or cancel goes to a saga's inbox, not to a worker.
                 purpose = Purpose.COMMAND if command.kind == COMMAND else Purpose.INBOX

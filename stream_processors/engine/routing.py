@@ -83,16 +83,9 @@ def command_headers(command_id: str, reply_to: str, instance_id: str, saga: str)
 PARENT_INSTANCE = "sagalog.parent.instance"
 
 
-def outgoing_headers(
-    command: OutgoingCommand, inbox: str, saga: str, trace: Headers | None = None
-) -> Headers:
-    """The headers of a record a decision sends, by what it is (``OutgoingCommand.kind``),
-    followed by its ``trace`` context (``trace_headers``), if any."""
-    headers = _outgoing_headers(command, inbox, saga)
-    return headers + trace if trace else headers
-
-
-def _outgoing_headers(command: OutgoingCommand, inbox: str, saga: str) -> Headers:
+def outgoing_headers(command: OutgoingCommand, inbox: str, saga: str) -> Headers:
+    """The headers of a record a decision sends, by what it is (``OutgoingCommand.kind``); a
+    new list, which the trace context (``tracing.command_trace``) may be added to."""
     if command.kind == CHILD_START:
         # Not ``sagalog.instance``: that names the record's own instance (the child's, its key).
         return [
