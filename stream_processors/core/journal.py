@@ -90,5 +90,6 @@ class JournalEntry(Record, schema="sagalog.JournalEntry"):
     tracestate: str | None = None
 
 
-#: An entry's control-flow and child-saga fields: ``history --json`` writes them as they are.
-FLOW_FIELDS = ("node", "block", "branch", "reply_to", "reply_key")
+#: An entry's control-flow, child-saga and trace-context fields: ``history --json`` writes them
+#: as they are (and ``sagas.testing.load_histories`` reads them back).
+FLOW_FIELDS = ("node", "block", "branch", "reply_to", "reply_key", "traceparent", "tracestate")
