@@ -34,7 +34,6 @@ again, and would otherwise be reported twice.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import logging
 import os
 import re
@@ -125,6 +124,8 @@ def configure() -> bool:
 def _exporters() -> list[SpanExporter]:
     """The exporters ``OTEL_TRACES_EXPORTER`` names, from their entry points (as the SDK's own
     auto-configuration finds them): ``otlp`` by the protocol the environment names."""
+    import importlib.metadata
+
     from opentelemetry.sdk.trace.export import SpanExporter as Exporter
 
     protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
