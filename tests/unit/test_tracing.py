@@ -19,10 +19,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from examples.order_fulfillment import messages as m
+from examples.order_fulfillment import services
 from examples.order_fulfillment.saga import OrderFulfillment
 from sagas import Child, Event, Saga, Step
 from stream_processors.core.decide import Input, decide
-from stream_processors.core.decision import CHILD_END, CHILD_START, OutgoingCommand
+from stream_processors.core.decision import CHILD_END, CHILD_START, COMMAND, OutgoingCommand
 from stream_processors.core.instance import decode_snapshot, encode_snapshot
 from stream_processors.core.journal import JournalEntry
 from stream_processors.engine import tracing
@@ -31,6 +32,7 @@ from stream_processors.engine.routing import (
     COMMAND_ID,
     TRACEPARENT,
     TRACESTATE,
+    Headers,
     header,
     outgoing_headers,
     reply_headers,
@@ -336,3 +338,45 @@ def test_a_child_sagas_start_carries_its_parents_attempt_and_the_child_joins_tha
     child_trace = tracing.saga_trace(child.name, begun)
     assert child_trace.trace_id == TRACE_ID
     assert child_trace.parent_id == parent_trace.attempt_id(start.command_id)
+
+
+# -- the worker: the handler's span, and its context on the reply ------------------------------
+
+
+def _command_message(trace: Headers) -> Message:
+    """The order saga's first command to o-1, with ``trace`` headers, as a worker reads it."""
+    command = m.MakePayment(order_id="o-1", customer_id="c", amount_cents=100, card_token="t")
+    command_id = "order_fulfillment/o-1/payment/1"
+    sent = OutgoingCommand(PAYMENTS, "o-1", command_id, command.encode(), COMMAND)
+    headers = outgoing_headers(sent, "order_fulfillment.inbox", "order_fulfillment") + trace
+    return Message(
+        topic=PAYMENTS, partition=0, offset=7, key=b"o-1", value=sent.value, headers=headers
+    )
+
+
+def test_a_worker_runs_the_handler_in_a_child_span_of_the_attempt_and_replies_with_its_context(
+    exporter: InMemorySpanExporter,
+) -> None:
+    attempt = f"00-{TRACE_ID:032x}-{PARENT:016x}-01"
+    answer = services.payments.handle(_command_message(trace_headers(attempt, "v=1")), _unknown)
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "handle MakePayment" and span.context is not None
+    assert span.parent is not None and span.parent.span_id == PARENT
+    assert span.context.trace_id == TRACE_ID
+    assert span.attributes is not None and span.attributes["sagalog.worker"] == "payments"
+    _, _, _, reply_headers_ = answer.outgoing
+    expected = f"00-{TRACE_ID:032x}-{span.context.span_id:016x}-01"
+    assert header(reply_headers_, TRACEPARENT) == expected
+    assert header(reply_headers_, TRACESTATE) == "v=1"
+    assert header(reply_headers_, COMMAND_ID) == "order_fulfillment/o-1/payment/1"
+
+
+def test_a_worker_without_tracing_adds_no_trace_to_its_reply() -> None:
+    attempt = f"00-{TRACE_ID:032x}-{PARENT:016x}-01"
+    answer = services.payments.handle(_command_message(trace_headers(attempt, None)), _unknown)
+    _, _, _, headers = answer.outgoing
+    assert [name for name, _ in headers] == [COMMAND_ID]
+
+
+def _unknown(context: object) -> None:
+    return None  # no command was handled before
