@@ -155,10 +155,9 @@ class Instance:
     reply_command: str | None = None
     #: Child sagas started by a step: the step's key to the child's instance id.
     children: Mapping[str, str] = field(default_factory=dict)
-    #: The W3C trace context the instance was started with (its SagaStarted entry's): the
-    #: engine's spans for it belong to that trace (``stream_processors.engine.tracing``).
-    traceparent: str | None = None
-    tracestate: str | None = None
+    #: The W3C trace context the instance was started with (its SagaStarted entry's ``trace``):
+    #: the engine's spans for it belong to that trace (``stream_processors.engine.tracing``).
+    trace: str | None = None
 
     @property
     def active(self) -> tuple[str, ...]:
@@ -238,8 +237,7 @@ def encode_snapshot(instance: Instance) -> bytes:
         "reply_key": instance.reply_key,
         "reply_command": instance.reply_command,
         "children": [{"step": k, "instance": v} for k, v in instance.children.items()],
-        "traceparent": instance.traceparent,
-        "tracestate": instance.tracestate,
+        "trace": instance.trace,
     }
     return encode(_snapshot_schema(), datum)
 
@@ -289,8 +287,7 @@ def decode_snapshot(data: bytes) -> Instance:
         reply_key=datum["reply_key"],
         reply_command=datum["reply_command"],
         children={c["step"]: c["instance"] for c in datum["children"]},
-        traceparent=datum["traceparent"],
-        tracestate=datum["tracestate"],
+        trace=datum["trace"],
     )
 
 

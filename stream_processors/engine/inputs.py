@@ -98,8 +98,8 @@ def inbox_input(
     reply_to, parent = header(headers, REPLY_TO), header(headers, PARENT_INSTANCE)
     if type(record) is not definition.start or not (reply_to and reply_to.endswith(".inbox")):
         reply_to = parent = None  # only a start names a parent, and only a saga's inbox
-    traceparent = tracestate = None
+    trace = None
     if tracing.ENABLED and type(record) is definition.start:  # a saga's trace is its start's
-        traceparent, tracestate = tracing.incoming(headers)
-    received = Input(record, value, command_id, note, reply_to, parent, traceparent, tracestate)
+        trace = tracing.incoming(headers)
+    received = Input(record, value, command_id, note, reply_to, parent, trace)
     return InboxInput(instance_id, key, received)

@@ -5,17 +5,17 @@ Off by default. ``configure()`` turns it on from the standard ``OTEL_*`` environ
 protocol ``OTEL_EXPORTER_OTLP_PROTOCOL`` names; ``console``; any installed exporter's entry
 point), the resource from ``OTEL_SERVICE_NAME``/``OTEL_RESOURCE_ATTRIBUTES``, the sampler from
 ``OTEL_TRACES_SAMPLER``, batching from ``OTEL_BSP_*``. The SDK (the ``sagalog[tracing]`` extra) is
-imported only then: while tracing is off the engine's only cost is reading ``ENABLED``, once per
-input and once per decision.
+imported only then: while tracing is off the engine's cost is reading ``ENABLED``, once per input
+and once per decision (and the null ``trace`` field of each journal entry and snapshot).
 
 The trace of a saga instance is that of the event that started it: the start's ``traceparent``
-header is journaled on its ``SagaStarted`` entry and kept in the instance (plain text: the pure
-core knows nothing of OpenTelemetry), so every process that later owns the instance, after any
-restart, continues the same trace. A start without one gets a trace id derived from the saga and
-instance (``saga_trace``). An instance lives across many transactions and processes, so its spans
-cannot be held open: each is emitted whole, with its real start and end times, when it ends, and
-span ids are derived from journaled data, so that a command sent by one process and answered in
-another names the same parent:
+header (and ``tracestate``) is journaled on its ``SagaStarted`` entry (``trace``, one string) and
+kept in the instance (plain text: the pure core knows nothing of OpenTelemetry), so every process
+that later owns the instance, after any restart, continues the same trace. A start without one gets
+a trace id derived from the saga and instance (``saga_trace``). An instance lives across many
+transactions and processes, so its spans cannot be held open: each is emitted whole, with its real
+start and end times, when it ends, and span ids are derived from journaled data, so that a command
+sent by one process and answered in another names the same parent:
 
 - the saga span (``saga <name>``): from ``SagaStarted`` to the terminal entry; its id is derived
   from the trace, saga and instance; its parent, the span of the start's ``traceparent``;
@@ -207,23 +207,27 @@ _MAX_TRACEPARENT = 512
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 
 
-def incoming(headers: ReceivedHeaders) -> tuple[str | None, str | None]:
-    """The valid W3C trace context of a received record, normalised (version 00), or Nones.
+def incoming(headers: ReceivedHeaders) -> str | None:
+    """The valid W3C trace context of a received record as journaled (``JournalEntry.trace``):
+    its ``traceparent`` normalised (version 00), then a space and its ``tracestate`` if it has a
+    valid one; None without a valid ``traceparent``.
 
     Headers come from anyone: only a well-formed context may reach the journal. The
     ``traceparent`` is checked by the W3C rules (as OpenTelemetry's propagator does, without
     its per-call cost: this runs for every start); a ``tracestate`` by OpenTelemetry's parser."""
     traceparent = header(headers, TRACEPARENT)
     if traceparent is None or len(traceparent) > _MAX_TRACEPARENT:
-        return None, None
+        return None
     found = _TRACEPARENT.fullmatch(traceparent)
     if found is None:
-        return None, None
+        return None
     version, trace_hex, span_hex, flags, rest = found.groups()
     invalid = version == "ff" or (version == "00" and rest is not None)
     if invalid or trace_hex == _ZERO_TRACE or span_hex == _ZERO_SPAN:
-        return None, None
-    return f"00-{trace_hex}-{span_hex}-{flags}", _tracestate(header(headers, TRACESTATE))
+        return None
+    normalised = f"00-{trace_hex}-{span_hex}-{flags}"
+    tracestate = _tracestate(header(headers, TRACESTATE))
+    return normalised if tracestate is None else f"{normalised} {tracestate}"
 
 
 def _tracestate(value: str | None) -> str | None:
@@ -261,22 +265,22 @@ class SagaTrace:
 
 
 def saga_trace(saga: str, instance: Instance) -> SagaTrace:
-    """The trace of an instance, from the context it was started with (journaled, normalised
-    by ``incoming``), or, started without one, derived from the saga and instance id."""
-    return _saga_trace(saga, instance.instance_id, instance.traceparent, instance.tracestate)
+    """The trace of an instance, from the context it was started with (journaled by
+    ``incoming``), or, started without one, derived from the saga and instance id."""
+    return _saga_trace(saga, instance.instance_id, instance.trace)
 
 
 @lru_cache(maxsize=4096)  # an instance's decisions follow each other: derive its ids once
-def _saga_trace(
-    saga: str, instance_id: str, traceparent: str | None, tracestate: str | None
-) -> SagaTrace:
-    if traceparent:
+def _saga_trace(saga: str, instance_id: str, trace: str | None) -> SagaTrace:
+    tracestate = None
+    if trace:
+        traceparent, _, tracestate = trace.partition(" ")  # a traceparent has no space
         _, trace_hex, span_hex, flags_hex = traceparent.split("-")
         trace_id, parent_id, flags = int(trace_hex, 16), int(span_hex, 16), int(flags_hex, 16)
     else:
         trace_id, parent_id, flags = _derived_id(128, saga, instance_id), None, _SAMPLED
     span_id = _derived_id(64, f"{trace_id:032x}", "saga", saga, instance_id)
-    return SagaTrace(trace_id, span_id, parent_id, flags, tracestate)
+    return SagaTrace(trace_id, span_id, parent_id, flags, tracestate or None)
 
 
 def command_trace(trace: SagaTrace, command: OutgoingCommand) -> Headers:
