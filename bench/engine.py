@@ -77,6 +77,7 @@ def run(
     running = [processor(name, env=env).start() for name in names]
     try:
         _wait_for_partitions(running)
+        cpu = _cpu_seconds(running)
         fill(TOPICS.inbox, order_records(records, "engine"), headers)
         drain = follow_drain(
             PROCESSOR_GROUP,
@@ -85,6 +86,7 @@ def run(
             timeout,
             lambda: all(process.running for process in running),
         )
+        cpu = _cpu_seconds(running) - cpu
         counted = sum(p.metric("sagalog_inputs_processed_total") for p in running)
     finally:
         stop_all(running)
@@ -95,7 +97,17 @@ def run(
         "seconds": round(drain.seconds, 3),
         "inputs_per_second": round(drain.per_second, 1),
         "inputs_processed_metric": counted,
+        # Less disturbed than the rate by other processes on a shared machine.
+        "cpu_us_per_input": round(cpu / records * 1e6, 1),
     }
+
+
+def _cpu_seconds(processes: list[LocalProcess]) -> float:
+    """CPU time (user and system, all threads) the processes have used so far."""
+    import psutil  # type: ignore[import-untyped]  # the bench extra's; imported where used
+
+    times = [psutil.Process(p.popen.pid).cpu_times() for p in processes if p.popen is not None]
+    return sum(t.user + t.system for t in times)
 
 
 def _headers(message: Message) -> list[tuple[str, bytes]]:
@@ -176,20 +188,25 @@ def traceparent(n: int) -> list[tuple[str, bytes]]:
 def tracing_cost(records: int, rounds: int = 3, timeout: float = 600) -> dict[str, Any]:
     """One processor's inputs/s with tracing off and on (inputs with a ``traceparent``),
     alternating, ``rounds`` times each: the medians, and on over off."""
-    off: list[float] = []
-    on: list[float] = []
+    off: list[dict[str, Any]] = []
+    on: list[dict[str, Any]] = []
     for _ in range(rounds):
-        off.append(run(records, 1, timeout)["inputs_per_second"])
-        traced = run(records, 1, timeout, env=TRACING_ENV, headers=traceparent)
-        on.append(traced["inputs_per_second"])
-    median_off, median_on = statistics.median(off), statistics.median(on)
+        off.append(run(records, 1, timeout))
+        on.append(run(records, 1, timeout, env=TRACING_ENV, headers=traceparent))
+
+    def median(runs: list[dict[str, Any]], key: str) -> float:
+        return float(statistics.median(r[key] for r in runs))
+
+    median_off, median_on = median(off, "inputs_per_second"), median(on, "inputs_per_second")
     return {
         "records": records,
-        "off_inputs_per_second": off,
-        "on_inputs_per_second": on,
+        "off_inputs_per_second": [r["inputs_per_second"] for r in off],
+        "on_inputs_per_second": [r["inputs_per_second"] for r in on],
         "median_off": median_off,
         "median_on": median_on,
         "on_over_off": round(median_on / median_off, 3) if median_off else None,
+        "median_off_cpu_us_per_input": median(off, "cpu_us_per_input"),
+        "median_on_cpu_us_per_input": median(on, "cpu_us_per_input"),
     }
 
 
