@@ -284,13 +284,20 @@ def _saga_trace(saga: str, instance_id: str, trace: str | None) -> SagaTrace:
 
 
 def command_trace(trace: SagaTrace, command: OutgoingCommand) -> Headers:
-    """The trace headers of a record a decision sends: a command (or a child's start) is the
-    span of its attempt; a child's end or cancel, of the saga that sends it."""
-    if command.kind in (COMMAND, CHILD_START):
+    """The trace headers of a record a decision sends: a step's command (or a child's start) is
+    the span of its attempt; a child's end or cancel, and a handler's fire-and-forget command
+    (no step waits for it: its id names ``#<position>``, not a step), of the saga that sends it."""
+    if command.kind in (COMMAND, CHILD_START) and not _unbound(command.command_id):
         span_id = trace.attempt_id(command.command_id)
     else:
         span_id = trace.span_id
     return trace_headers(_traceparent(trace.trace_id, span_id, trace.flags), trace.tracestate)
+
+
+def _unbound(command_id: str) -> bool:
+    """Whether a command id is a handler's command's (``Decider.send_unbound``): no attempt span
+    will ever end for it, so it must not name one."""
+    return command_id.rsplit("/", 2)[-2].startswith("#")
 
 
 # -- spans ended by a decision -----------------------------------------------------------------

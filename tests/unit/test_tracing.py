@@ -206,6 +206,11 @@ def test_span_ids_are_derived_from_the_journal_the_same_in_every_process() -> No
         trace.attempt_id(command.command_id),
     )
     assert parent == (TRACEPARENT, f"00-{TRACE_ID:032x}-{attempt:016x}-01".encode())
+    unbound = OutgoingCommand(PAYMENTS, "o-1", "order_fulfillment/o-1/#3/1", b"")  # a handler's
+    assert (
+        tracing.command_trace(trace, unbound)[0][1].split(b"-")[2]
+        == f"{trace.span_id:016x}".encode()
+    )
     end = OutgoingCommand("parent.inbox", "p-1", "x/p-1/child/1", b"", CHILD_END)
     assert (
         tracing.command_trace(trace, end)[0][1].split(b"-")[2] == f"{trace.span_id:016x}".encode()
