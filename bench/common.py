@@ -127,14 +127,20 @@ def fresh_saga_topics() -> None:
     ensure_topics(TOPICS, extra=[f"{topic}.dlq" for topic in TOPICS.commands])
 
 
-def fill(topic: str, records: Iterable[tuple[bytes, bytes]]) -> int:
-    """Produce (key, value) records to ``topic`` as fast as the producer takes them."""
+def fill(
+    topic: str,
+    records: Iterable[tuple[bytes, bytes]],
+    headers: Callable[[int], list[tuple[str, bytes]]] | None = None,
+) -> int:
+    """Produce (key, value) records to ``topic`` as fast as the producer takes them; the
+    ``n``th with ``headers(n)``, if given."""
     producer = Producer(producer_config(None, "sagalog-bench-fill") | {"linger.ms": 20})
     count = 0
     for key, value in records:
+        extra = {} if headers is None else {"headers": headers(count)}
         while True:
             try:
-                producer.produce(topic, key=key, value=value)
+                producer.produce(topic, key=key, value=value, **extra)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -220,9 +226,12 @@ def follow_drain(
         consumer.close()
 
 
-def processor(name: str = "processor", *args: str) -> LocalProcess:
-    """A ``sagas run`` of the order saga on the bench's store folder (not started)."""
-    env = {"SAGALOG_STATE_DIR": str(STATE.resolve())}
+def processor(
+    name: str = "processor", *args: str, env: dict[str, str] | None = None
+) -> LocalProcess:
+    """A ``sagas run`` of the order saga on the bench's store folder (not started), with
+    ``env`` added to its environment."""
+    env = {"SAGALOG_STATE_DIR": str(STATE.resolve()), **(env or {})}
     log = BASE / "logs" / f"{name}.log"
     log.unlink(missing_ok=True)
     command = ["run", "examples.order_fulfillment.saga:OrderFulfillment"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Message
@@ -62,14 +63,22 @@ def _wait_for_partitions(processes: list[LocalProcess], timeout: float = 120) ->
         time.sleep(0.5)
 
 
-def run(records: int, processes: int, timeout: float = 600) -> dict[str, Any]:
-    """``processes`` processors draining ``records`` inputs, filled once they are ready."""
+def run(
+    records: int,
+    processes: int,
+    timeout: float = 600,
+    env: dict[str, str] | None = None,
+    headers: Callable[[int], list[tuple[str, bytes]]] | None = None,
+) -> dict[str, Any]:
+    """``processes`` processors (with ``env``) draining ``records`` inputs (the ``n``th with
+    ``headers(n)``), filled once they are ready."""
     fresh_saga_topics()
     names = ["processor", *(f"processor-{n}" for n in range(2, processes + 1))]
-    running = [processor(name).start() for name in names]
+    running = [processor(name, env=env).start() for name in names]
     try:
         _wait_for_partitions(running)
-        fill(TOPICS.inbox, order_records(records, "engine"))
+        cpu = _cpu_seconds(running)
+        fill(TOPICS.inbox, order_records(records, "engine"), headers)
         drain = follow_drain(
             PROCESSOR_GROUP,
             TOPICS.inbox,
@@ -77,6 +86,7 @@ def run(records: int, processes: int, timeout: float = 600) -> dict[str, Any]:
             timeout,
             lambda: all(process.running for process in running),
         )
+        cpu = _cpu_seconds(running) - cpu
         counted = sum(p.metric("sagalog_inputs_processed_total") for p in running)
     finally:
         stop_all(running)
@@ -87,7 +97,17 @@ def run(records: int, processes: int, timeout: float = 600) -> dict[str, Any]:
         "seconds": round(drain.seconds, 3),
         "inputs_per_second": round(drain.per_second, 1),
         "inputs_processed_metric": counted,
+        # Less disturbed than the rate by other processes on a shared machine.
+        "cpu_us_per_input": round(cpu / records * 1e6, 1),
     }
+
+
+def _cpu_seconds(processes: list[LocalProcess]) -> float:
+    """CPU time (user and system, all threads) the processes have used so far."""
+    import psutil  # type: ignore[import-untyped]  # the bench extra's; imported where used
+
+    times = [psutil.Process(p.popen.pid).cpu_times() for p in processes if p.popen is not None]
+    return sum(t.user + t.system for t in times)
 
 
 def _headers(message: Message) -> list[tuple[str, bytes]]:
@@ -147,6 +167,46 @@ def shape() -> dict[str, Any]:
         "per_topic": figures,
         "template_records": len(template),
         "template_bytes": sum(len(o.value or b"") for o in template),
+    }
+
+
+#: Tracing on, the standard way: OTLP, to a collector that need not be there. The engine alone
+#: ends no span (no worker answers its commands), so this measures what tracing costs every
+#: input: the start's ``traceparent`` read, checked and journaled, and each command's made.
+TRACING_ENV = {
+    "OTEL_TRACES_EXPORTER": "otlp",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
+    "OTEL_SERVICE_NAME": "bench-processor",
+}
+
+
+def traceparent(n: int) -> list[tuple[str, bytes]]:
+    """The ``n``th input's trace context: a publisher's span of its own trace."""
+    return [("traceparent", f"00-{n + 1:032x}-{n + 1:016x}-01".encode())]
+
+
+def tracing_cost(records: int, rounds: int = 3, timeout: float = 600) -> dict[str, Any]:
+    """One processor's inputs/s with tracing off and on (inputs with a ``traceparent``),
+    alternating, ``rounds`` times each: the medians, and on over off."""
+    off: list[dict[str, Any]] = []
+    on: list[dict[str, Any]] = []
+    for _ in range(rounds):
+        off.append(run(records, 1, timeout))
+        on.append(run(records, 1, timeout, env=TRACING_ENV, headers=traceparent))
+
+    def median(runs: list[dict[str, Any]], key: str) -> float:
+        return float(statistics.median(r[key] for r in runs))
+
+    median_off, median_on = median(off, "inputs_per_second"), median(on, "inputs_per_second")
+    return {
+        "records": records,
+        "off_inputs_per_second": [r["inputs_per_second"] for r in off],
+        "on_inputs_per_second": [r["inputs_per_second"] for r in on],
+        "median_off": median_off,
+        "median_on": median_on,
+        "on_over_off": round(median_on / median_off, 3) if median_off else None,
+        "median_off_cpu_us_per_input": median(off, "cpu_us_per_input"),
+        "median_on_cpu_us_per_input": median(on, "cpu_us_per_input"),
     }
 
 

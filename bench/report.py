@@ -282,6 +282,14 @@ def markdown(figures: dict[str, Any], command: str, profile: Path, json_path: Pa
             "",
         ),
         (
+            "2. engine: tracing off / on (OTLP configured), medians",
+            f"{_fmt(_get(figures, 'tracing', 'median_off'))} / "
+            f"{_fmt(_get(figures, 'tracing', 'median_on'))} inputs/s "
+            f"(on: {_percent(_get(figures, 'tracing', 'on_over_off'))} of off)",
+            "",
+            "",
+        ),
+        (
             "3. end to end, saturation",
             f"{_fmt(_get(e2e, 'saturation', 'sagas_per_second'))} sagas/s",
             ">= 2,000 sagas/s",

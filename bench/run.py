@@ -38,6 +38,7 @@ from stream_processors.kafka.config import bootstrap_servers
 PHASES = (
     "limit",
     "engine",
+    "tracing",
     "same_shape",
     "profile",
     "end_to_end",
@@ -111,6 +112,7 @@ def main(
     phases: dict[str, Callable[[], dict[str, Any]]] = {
         "limit": lambda: limit.measure(sizes.pipe_records),
         "engine": lambda: engine.measure(sizes.pipe_records),
+        "tracing": lambda: engine.tracing_cost(sizes.pipe_records),
         "same_shape": lambda: same_shape.measure(sizes.pipe_records),
         "profile": lambda: profile.measure(sizes.pipe_records // 5, profile_path),
         "end_to_end": lambda: end_to_end.measure(

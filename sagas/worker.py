@@ -90,7 +90,7 @@ from stream_processors.core.tasks import (
     json_text,
     task_topic,
 )
-from stream_processors.engine import metrics
+from stream_processors.engine import metrics, tracing
 from stream_processors.engine.routing import (
     ATTEMPT,
     COMMAND_ID,
@@ -102,6 +102,7 @@ from stream_processors.engine.routing import (
     REPLY_TO,
     SAGA,
     Headers,
+    ReceivedHeaders,
     carried_headers,
     dead_letter_headers,
     header,
@@ -354,7 +355,7 @@ class Worker:
             cut = None if known.truncated is None else f"reply of {known.truncated} bytes"
             return Answer(self.reply_record(*again), undeliverable=cut)
         try:
-            reply = self._reply(command, context)
+            reply, trace = self._traced_reply(command, context, headers)
         except _HandlerCrashed as crash:  # a bug in the handler: park the command, keep serving
             return self._dead(message, crash.reason, str(crash))
         if self._history is not None:
@@ -363,11 +364,15 @@ class Worker:
         handled = HandledCommand(
             command_id, reply_to, instance_id, value, context.topic, context.partition
         )
-        return Answer(self.reply_record(reply_to, instance_id.encode(), value, command_id), handled)
+        outgoing = self.reply_record(reply_to, instance_id.encode(), value, command_id, trace)
+        return Answer(outgoing, handled)
 
-    def reply_record(self, topic: str, key: bytes, value: bytes, command_id: str) -> Outgoing:
-        """A reply to send: (topic, key, value, headers), signed when the worker has keys."""
-        headers = reply_headers(command_id)
+    def reply_record(
+        self, topic: str, key: bytes, value: bytes, command_id: str, trace: Headers | None = None
+    ) -> Outgoing:
+        """A reply to send: (topic, key, value, headers), signed when the worker has keys;
+        ``trace``: the handler span's context (``tracing.handling``), with tracing on."""
+        headers = reply_headers(command_id, trace)
         if self.signing is not None:
             headers = signed(self.signing, Purpose.INBOX, topic, key, value, headers)
         return (topic, key, value, headers)
@@ -376,6 +381,26 @@ class Worker:
         if self._handled is None:
             return None
         return self._handled.reply(context.topic, context.partition, context.command_id)
+
+    def _traced_reply(
+        self, command: Record, context: CommandContext, headers: ReceivedHeaders
+    ) -> tuple[Event, Headers | None]:
+        """``_reply``, inside the handler's span while tracing is on: (reply, its trace headers)."""
+        if not tracing.ENABLED:
+            return self._reply(command, context), None
+        attributes: dict[str, str | int] = {
+            "messaging.system": "kafka",
+            "messaging.destination.name": context.topic,
+            "sagalog.worker": self.name,
+            "sagalog.command_id": context.command_id,
+            "sagalog.attempt": context.attempt,
+            "sagalog.instance": context.instance_id,
+        }
+        with tracing.handling(headers, type(command).__name__, attributes) as span:
+            reply = self._reply(command, context)
+            if isinstance(reply, CommandFailed):
+                span.failed(f"{reply.error}: {reply.message}")
+        return reply, span.headers
 
     def _reply(self, command: Record, context: CommandContext) -> Event:
         """The handler's reply: its success or failure reply, or ``CommandFailed`` for a
@@ -460,6 +485,7 @@ class Worker:
         ``$SAGALOG_STATE_DIR/workers/<name>``) keeps this process's identity across restarts."""
         if not self.topics:
             raise DeclarationError(f"worker {self.name!r} has no handlers")
+        tracing.configure()  # from the OTEL_* environment: off (and free) unless it asks
         if not wait_until_reachable(bootstrap, f"worker {self.name}", self._stopping):
             return  # stopped before the broker came
         ensure_plain_topics(self.topics, bootstrap)

@@ -64,6 +64,7 @@ from faust.serializers import codecs
 from sagas.idempotency import HandledCommand
 from sagas.worker import CommandContext, Outgoing, Worker
 from stream_processors.codecs.records import Event, Record, decode_record
+from stream_processors.engine import tracing
 from stream_processors.engine.routing import COMMAND_ID, REPLY_TO, Headers, header
 from stream_processors.engine.schema_history import SchemaHistory
 from stream_processors.kafka.config import bootstrap_servers
@@ -173,6 +174,7 @@ def worker_agent(
         )
     if not worker.topics:
         raise ValueError(f"worker {worker.name!r} has no handlers")
+    tracing.configure()  # handler spans, as ``Worker.run`` makes them, when OTEL_* asks
     count = partitions or int(app.conf.topic_partitions)
     ensure_plain_topics(worker.topics, bootstrap, partitions=count)
     ensure_plain_topics([f"{t}.dlq" for t in worker.topics], bootstrap, config=DLQ_POLICY)

@@ -153,6 +153,7 @@ def _start(decider: Decider, received: Input) -> None:
         reply_to=received.reply_to,
         reply_key=received.reply_key if child else None,
         command_id=received.command_id if child else None,
+        trace=received.trace,
     )
     if definition.deadline_ms is not None:
         decider.schedule(DEADLINE, definition.deadline_ms)

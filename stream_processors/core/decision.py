@@ -35,6 +35,9 @@ class Input:
     #: A child saga's start from its parent: the parent's inbox and instance id.
     reply_to: str | None = None
     reply_key: str | None = None
+    #: The W3C trace context it came with, as journaled (``JournalEntry.trace``): read only
+    #: while tracing is on, and only for a start.
+    trace: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,6 +115,7 @@ def apply(
             reply_to=entry.reply_to,
             reply_key=entry.reply_key,
             reply_command=entry.command_id if entry.reply_to else None,
+            trace=entry.trace,
         )
     if entry.seq != instance.seq:
         raise FoldError(
@@ -224,6 +225,7 @@ def _moved(
         instance.reply_key,
         instance.reply_command,
         instance.children if children is KEEP else children,
+        instance.trace,
     )
 
 

@@ -155,6 +155,9 @@ class Instance:
     reply_command: str | None = None
     #: Child sagas started by a step: the step's key to the child's instance id.
     children: Mapping[str, str] = field(default_factory=dict)
+    #: The W3C trace context the instance was started with (its SagaStarted entry's ``trace``):
+    #: the engine's spans for it belong to that trace (``stream_processors.engine.tracing``).
+    trace: str | None = None
 
     @property
     def active(self) -> tuple[str, ...]:
@@ -234,6 +237,7 @@ def encode_snapshot(instance: Instance) -> bytes:
         "reply_key": instance.reply_key,
         "reply_command": instance.reply_command,
         "children": [{"step": k, "instance": v} for k, v in instance.children.items()],
+        "trace": instance.trace,
     }
     return encode(_snapshot_schema(), datum)
 
@@ -283,6 +287,7 @@ def decode_snapshot(data: bytes) -> Instance:
         reply_key=datum["reply_key"],
         reply_command=datum["reply_command"],
         children={c["step"]: c["instance"] for c in datum["children"]},
+        trace=datum["trace"],
     )
 
 

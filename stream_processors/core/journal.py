@@ -84,7 +84,13 @@ class JournalEntry(Record, schema="sagalog.JournalEntry"):
     branch: int | None = None
     reply_to: str | None = None
     reply_key: str | None = None
+    #: SagaStarted: the W3C trace context of the event that started the instance, as one string:
+    #: its ``traceparent``, then a space and its ``tracestate`` if it had one (plain text: the
+    #: core knows nothing of tracing; ``stream_processors.engine.tracing`` reads and writes it).
+    #: One field, not two: every field costs each entry, instance and snapshot made.
+    trace: str | None = None
 
 
-#: An entry's control-flow and child-saga fields: ``history --json`` writes them as they are.
-FLOW_FIELDS = ("node", "block", "branch", "reply_to", "reply_key")
+#: An entry's control-flow, child-saga and trace-context fields: ``history --json`` writes them
+#: as they are (and ``sagas.testing.load_histories`` reads them back).
+FLOW_FIELDS = ("node", "block", "branch", "reply_to", "reply_key", "trace")

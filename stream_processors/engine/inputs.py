@@ -20,6 +20,7 @@ from stream_processors.core import limits
 from stream_processors.core.decide import Input
 from stream_processors.core.keys import KEY_MISMATCH, key_mismatch
 from stream_processors.core.model import SagaDefinition
+from stream_processors.engine import tracing
 from stream_processors.engine.routing import (
     COMMAND_ID,
     INSTANCE,
@@ -97,4 +98,8 @@ def inbox_input(
     reply_to, parent = header(headers, REPLY_TO), header(headers, PARENT_INSTANCE)
     if type(record) is not definition.start or not (reply_to and reply_to.endswith(".inbox")):
         reply_to = parent = None  # only a start names a parent, and only a saga's inbox
-    return InboxInput(instance_id, key, Input(record, value, command_id, note, reply_to, parent))
+    trace = None
+    if tracing.ENABLED and type(record) is definition.start:  # a saga's trace is its start's
+        trace = tracing.incoming(headers)
+    received = Input(record, value, command_id, note, reply_to, parent, trace)
+    return InboxInput(instance_id, key, received)

@@ -26,7 +26,7 @@ from stream_processors.core.decide import Decision
 from stream_processors.core.decision import COMMAND
 from stream_processors.core.instance import Instance, encode_snapshot
 from stream_processors.core.journal import Kind
-from stream_processors.engine import metrics
+from stream_processors.engine import metrics, tracing
 from stream_processors.engine.routing import (
     DLQ_DETAIL,
     DLQ_REASON,
@@ -123,9 +123,12 @@ class Outputs:
         ]
         commands: list[limits.Outgoing] = []
         signing = self.signing
+        trace = tracing.saga_trace(self.saga, decision.instance) if tracing.ENABLED else None
         for command in decision.commands:
             command_key, topic = command.key.encode(), command.topic
             headers = outgoing_headers(command, self.topics.inbox, self.saga)
+            if trace is not None:
+                headers += tracing.command_trace(trace, command)
             if signing is not None:
                 # A child saga's start, end or cancel goes to a saga's inbox, not to a worker.
                 purpose = Purpose.COMMAND if command.kind == COMMAND else Purpose.INBOX
@@ -165,6 +168,8 @@ class Outputs:
                 metrics.STEP_SECONDS.labels(
                     step=step.node or entry.step, outcome=outcome, **self._labels
                 ).observe(max(0, now_ms - step.sent_at_ms) / 1000)
+        if trace is not None:
+            self._txn.spans += tracing.decision_spans(self.saga, trace, decision, before, now_ms)
         slot = (partition, decision.instance.instance_id)
         self._txn.stage(slot, decision.instance, snapshot)
         return None

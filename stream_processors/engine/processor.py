@@ -48,7 +48,7 @@ from stream_processors.core import limits, oversize
 from stream_processors.core.decide import Decision, decide
 from stream_processors.core.instance import Instance, decode_snapshot
 from stream_processors.core.model import SagaDefinition
-from stream_processors.engine import metrics
+from stream_processors.engine import metrics, tracing
 from stream_processors.engine.cache import InstanceCache
 from stream_processors.engine.inputs import Rejected, inbox_input
 from stream_processors.engine.outputs import Outputs, Unstaged
@@ -131,6 +131,7 @@ class SagaProcessor:
             config.bootstrap, definition.name, config.create_topics
         )
         self._stopping = threading.Event()
+        tracing.configure()  # from the OTEL_* environment: off (and free) unless it asks
         self._slot: Slot = claim_slot(config.state_dir or default_state_dir(definition.name))
         self.store = SnapshotStore(self._slot.path / "rocksdb")
         self._transactional_id = f"sagalog.{definition.name}.{self._slot.identity}"
@@ -513,6 +514,8 @@ class SagaProcessor:
             self._txn.done,
         )
         self._cache.committed(self._txn.staged)
+        if self._txn.spans:  # only ever filled with tracing on
+            tracing.export(self._txn.spans)
         self._txn.reset()
 
     def _recreate_consumer(self, error: KafkaException) -> None:

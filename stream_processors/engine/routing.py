@@ -10,6 +10,8 @@ Headers are the envelope around an Avro payload, so routing never needs to decod
 - a worker's record of a handled command (``sagas.idempotency``) carries the command's reply
   address and ``sagalog.handled.topic`` and ``.partition``: where the command was read;
 - a routed source event carries where it came from (``sagalog.origin.*``);
+- with tracing on (``stream_processors.engine.tracing``), a command and a reply carry the W3C
+  trace context, ``traceparent`` and ``tracestate``, after Sagalog's own headers;
 - a dead letter keeps the original headers and adds ``sagalog.dlq.reason``, ``.detail``,
   ``.topic``, ``.partition`` and ``.offset``.
 """
@@ -40,6 +42,9 @@ DLQ_DETAIL = "sagalog.dlq.detail"
 DLQ_TOPIC = "sagalog.dlq.topic"
 DLQ_PARTITION = "sagalog.dlq.partition"
 DLQ_OFFSET = "sagalog.dlq.offset"
+#: W3C Trace Context, as Kafka headers (the names OpenTelemetry's Kafka instrumentations use).
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
 
 
 def _pairs(headers: ReceivedHeaders) -> Headers:
@@ -79,7 +84,8 @@ PARENT_INSTANCE = "sagalog.parent.instance"
 
 
 def outgoing_headers(command: OutgoingCommand, inbox: str, saga: str) -> Headers:
-    """The headers of a record a decision sends, by what it is (``OutgoingCommand.kind``)."""
+    """The headers of a record a decision sends, by what it is (``OutgoingCommand.kind``); a
+    new list, which the trace context (``tracing.command_trace``) may be added to."""
     if command.kind == CHILD_START:
         # Not ``sagalog.instance``: that names the record's own instance (the child's, its key).
         return [
@@ -95,8 +101,17 @@ def outgoing_headers(command: OutgoingCommand, inbox: str, saga: str) -> Headers
     return command_headers(command.command_id, inbox, command.key, saga)
 
 
-def reply_headers(command_id: str) -> Headers:
-    return [(COMMAND_ID, command_id.encode())]
+def reply_headers(command_id: str, trace: Headers | None = None) -> Headers:
+    headers: Headers = [(COMMAND_ID, command_id.encode())]
+    return headers + trace if trace else headers
+
+
+def trace_headers(traceparent: str | None, tracestate: str | None) -> Headers:
+    """The W3C trace context as headers: none without a ``traceparent``."""
+    if not traceparent:
+        return []
+    headers: Headers = [(TRACEPARENT, traceparent.encode())]
+    return [*headers, (TRACESTATE, tracestate.encode())] if tracestate else headers
 
 
 def _location(message: Message, prefix: str) -> Headers:

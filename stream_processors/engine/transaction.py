@@ -38,6 +38,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 
 from stream_processors.core.instance import Instance, schedule
 from stream_processors.engine.store import DueRef, index_entries
+from stream_processors.engine.tracing import Ended
 from stream_processors.kafka.clients import Consumer, Producer, Stopping
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ class OpenTransaction:
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     #: Due-index entries dealt with: deleted from the store at commit, dealt with again if not.
     done: set[DueRef] = field(default_factory=set)
+    #: Spans its decisions ended (tracing on): exported once it commits, forgotten otherwise.
+    spans: list[Ended] = field(default_factory=list)
 
     @property
     def is_open(self) -> bool:
@@ -129,6 +132,7 @@ class OpenTransaction:
         self.encoded.clear()
         self.offsets.clear()
         self.done.clear()
+        self.spans.clear()
 
 
 #: An input's place: (topic, partition, offset).
