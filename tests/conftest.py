@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from stream_processors.engine import tracing
 from stream_processors.kafka.config import common
 
 
@@ -58,3 +61,14 @@ def unique_name() -> Iterator[Callable[[str], str]]:
     """Topic and group names unique to one test, so tests never see each other's records."""
     run = uuid.uuid4().hex[:8]
     yield lambda prefix: f"{prefix}.{run}"
+
+
+@pytest.fixture
+def exporter() -> Iterator[InMemorySpanExporter]:
+    """Spans the engine and workers of this process export, for the test to read."""
+    spans = InMemorySpanExporter()
+    tracing.install(SimpleSpanProcessor(spans))
+    try:
+        yield spans
+    finally:
+        tracing.uninstall()

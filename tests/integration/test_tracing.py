@@ -13,13 +13,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
@@ -33,7 +32,6 @@ from examples.order_fulfillment.messages import (
 from examples.order_fulfillment.saga import OrderFulfillment
 from sagas.publisher import Publisher
 from sagas.worker import CommandContext, TransientError, Worker
-from stream_processors.engine import tracing
 from stream_processors.engine.processor import ProcessorConfig, SagaProcessor
 from stream_processors.kafka.config import consumer_config
 from stream_processors.kafka.reading import watermarks
@@ -44,16 +42,6 @@ from tests.integration.saga_harness import TOPICS
 pytestmark = pytest.mark.kafka
 
 SAGA = OrderFulfillment.definition.name
-
-
-@pytest.fixture
-def exporter() -> Iterator[InMemorySpanExporter]:
-    spans = InMemorySpanExporter()
-    tracing.install(SimpleSpanProcessor(spans))
-    try:
-        yield spans
-    finally:
-        tracing.uninstall()
 
 
 def _workers(run: str, flaky: str) -> list[Worker]:

@@ -9,12 +9,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from confluent_kafka import KafkaError, Message
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
@@ -44,16 +42,6 @@ TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
 PARENT = 0xB7AD6B7169203331
 TRACEPARENT_VALUE = f"00-{TRACE_ID:032x}-{PARENT:016x}-01"
 ABORTABLE = KafkaError(KafkaError._STATE, "abortable", txn_requires_abort=True)
-
-
-@pytest.fixture
-def exporter() -> Iterator[InMemorySpanExporter]:
-    spans = InMemorySpanExporter()
-    tracing.install(SimpleSpanProcessor(spans))
-    try:
-        yield spans
-    finally:
-        tracing.uninstall()
 
 
 # -- headers -----------------------------------------------------------------------------------
