@@ -169,6 +169,13 @@ def _activation(
     else (an awaited event: no id) the one waiting for it; None if no activation of the node
     is there to take it."""
     given = received.command_id
+    if given is not None and received.note is None:
+        # A worker's reply names its attempt: the step's key is in the id (the common case,
+        # found without scanning every step of the instance: a map's items may be thousands).
+        key = _key_in(definition, instance, given)
+        step = None if key is None else instance.steps.get(key)
+        if step is not None and step.node == node and step.command_id == given:
+            return key
     keys = [k for k, s in instance.steps.items() if s.node == node]
     if given is not None:
         matched = _matched(instance, received, keys)
@@ -182,6 +189,17 @@ def _activation(
     if keys and not _waited(definition, keys[-1], instance, role):
         return keys[-1]  # a command's reply without an id: ``_reply`` ignores it as such
     return None
+
+
+def _key_in(definition: SagaDefinition, instance: Instance, given: str) -> str | None:
+    """The step key a command id of this instance names (``saga/instance/key/attempt``; a
+    compensation's key ends in ``.compensation``, which is not a step's); None otherwise."""
+    prefix = f"{definition.name}/{instance.instance_id}/"
+    stem = idempotency_key(given)[0]
+    if not stem.startswith(prefix):
+        return None
+    key = stem[len(prefix) :]
+    return key.removesuffix(".compensation")
 
 
 def _matched(instance: Instance, received: Input, keys: list[str]) -> str | None:
