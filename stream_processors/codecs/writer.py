@@ -8,8 +8,8 @@ generates ``__init__``), so a call does only the work of the datum: about 3x fas
 fastavro for a journal entry.
 
 It covers what Sagalog's own records and typical saga records use: ``null``, ``boolean``,
-``int``, ``long``, ``string`` and ``bytes``, unions of ``null`` with one of those, arrays, and
-records defined inline. For any other schema (enums, maps, fixed, floats, logical types, named
+``int``, ``long``, ``string`` and ``bytes``, unions of ``null`` with one of those, arrays, maps
+and records defined inline. For any other schema (enums, fixed, floats, logical types, named
 references, wider unions) it returns None and fastavro writes it. The bytes are fastavro's, byte
 for byte: where fastavro has a choice to make (a union's branch, a value of a type the field
 does not declare, an integer out of range, a missing field and its default), the writer raises
@@ -117,6 +117,16 @@ def _emit(source: _Source, schema: Any, value: str, depth: int) -> None:
         source.add(depth + 1, f"for {item} in {value}:")
         _emit(source, schema["items"], item, depth + 2)
         source.add(depth, "append(0)")  # the block that ends the array
+    elif kind == "map":
+        key, item = source.name(), source.name()
+        source.add(depth, f"if type({value}) is not dict: raise Unwritable")
+        source.add(depth, f"if {value}:")
+        for line_depth, line in _length(depth + 1, f"len({value}) << 1"):
+            source.add(line_depth, line)
+        source.add(depth + 1, f"for {key}, {item} in {value}.items():")
+        _emit(source, "string", key, depth + 2)
+        _emit(source, schema["values"], item, depth + 2)
+        source.add(depth, "append(0)")  # the block that ends the map
     elif isinstance(kind, str) and kind in ("null", "boolean", "int", "long", "string", "bytes"):
         _emit(source, kind, value, depth)
     else:

@@ -69,6 +69,7 @@ from stream_processors.core.model import (
     SagaDefinition,
 )
 from stream_processors.core.policy import TIMEOUT, TRANSIENT
+from stream_processors.core.tasks import TASK_FAILED, TaskFailed, TaskSucceeded
 
 __all__ = [
     "DEADLINE",
@@ -121,11 +122,13 @@ def _decide(
         return decision
     if isinstance(record, OperatorAction):
         return _operator(decider, record, received)
-    if isinstance(record, CommandFailed | ChildEnded):
+    if isinstance(record, _MATCHED_BY_ID):
         if received.command_id is None:
             decision.ignored = "no-command-id"
             return decision
-        step = _matched(instance, received, list(instance.steps))
+        step = _key_in(definition, instance, received.command_id)
+        if step is None or step not in instance.steps or received.note is not None:
+            step = _matched(instance, received, list(instance.steps))
         if step is None:
             decision.ignored = "stale"
             return decision
@@ -138,6 +141,10 @@ def _decide(
     if key is None:
         return _early(decider, received, node, role)
     return _reply(decider, received, key, role)
+
+
+#: Replies any step may take: matched to their step by command id alone (``_reply``).
+_MATCHED_BY_ID = (CommandFailed, ChildEnded, TaskSucceeded, TaskFailed)
 
 
 def _start(decider: Decider, received: Input) -> None:
@@ -294,8 +301,11 @@ def _reply(decider: Decider, received: Input, step: str, role: ReplyRole | None)
         record=received.raw,
         reason=received.note,
     )
-    if role in (ReplyRole.SUCCEEDED, ReplyRole.COMPENSATED):
+    if role in (ReplyRole.SUCCEEDED, ReplyRole.COMPENSATED) or isinstance(record, TaskSucceeded):
         decider.succeeded(step, current, received.raw)
+    elif isinstance(record, TaskFailed):
+        why = f"{step}: {record.error}" + (f": {record.cause}" if record.cause else "")
+        decider.attempt_failed(step, current, [record.error, TASK_FAILED], why)
     elif isinstance(record, ChildEnded):
         if record.status == Status.COMPLETED.value:
             decider.succeeded(step, current, received.raw)

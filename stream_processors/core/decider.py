@@ -19,6 +19,7 @@ reply is awaited, and if it succeeded it is undone (its compensation) before the
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,14 @@ from stream_processors.core.decision import (
     retry_timer,
     sleep_timer,
     timeout_timer,
+)
+from stream_processors.core.documents import (
+    DocumentFlow,
+    PathFailure,
+    Scope,
+    document_text,
+    documents_of,
+    scope_of,
 )
 from stream_processors.core.fold import apply
 from stream_processors.core.instance import (
@@ -57,11 +66,13 @@ from stream_processors.core.model import (
     End,
     Node,
     OperatorAction,
+    Pass,
     SagaDefinition,
     Sleep,
     Task,
 )
 from stream_processors.core.policy import ALL
+from stream_processors.core.tasks import TaskSucceeded
 
 DEADLINE = "deadline"
 #: Error names of the engine's own control-flow failures (a ``catch`` may match them).
@@ -95,6 +106,7 @@ class Decider:
         self.decision = Decision(instance)
         self.now_ms = now_ms
         self._advancing: set[str] = set()
+        self.documents: DocumentFlow | None = definition.documents
 
     @property
     def instance(self) -> Instance:
@@ -172,6 +184,10 @@ class Decider:
             self._end(key, node, place)
         elif isinstance(node, Sleep):
             self._sleep(key, node, place)
+        elif isinstance(node, Pass):
+            self.note(Kind.NODE_PASSED, **self._where(key, node.name, place))
+            if self._flow_output(node.name, place):
+                self.continue_after(node.name, place, None)
         else:
             self._start_block(key, node, place)
 
@@ -181,7 +197,13 @@ class Decider:
         return {"step": key, "node": name, "block": place.block, "branch": place.branch}
 
     def _choose(self, key: str, node: Choice, place: Place) -> None:
-        target = next((r.target for r in node.rules if self.call(r.condition, place)), None)
+        try:
+            matched = (r.target for r in node.rules if self.call(r.condition, place, node.name))
+            target = next(matched, None)
+        except PathFailure as failure:
+            self.note(Kind.NODE_PASSED, reason=failure.cause, **self._where(key, node.name, place))
+            self.path_failed(place, [failure.error], failure.cause)
+            return
         target = target or node.default
         if target is None:
             why = f"choice {node.name!r}: no rule matched and there is no default"
@@ -189,35 +211,102 @@ class Decider:
             self.path_failed(place, [NO_CHOICE], why)
             return
         self.note(Kind.NODE_PASSED, reason=f"-> {target}", **self._where(key, node.name, place))
-        self.enter(target, place)
+        if self._flow_output(node.name, place):
+            self.enter(target, place)
 
     def _end(self, key: str, node: End, place: Place) -> None:
         outcome = "succeed" if node.succeed else "fail"
         why = node.reason or f"{outcome} at {node.name!r}"
+        error = node.error
+        if self.documents is not None and not node.succeed:
+            error, why = self._failure(node.name, place)
         self.note(Kind.NODE_PASSED, reason=why, **self._where(key, node.name, place))
         if node.succeed:
-            self.path_ended(place, None)
+            if self._flow_output(node.name, place):
+                self.path_ended(place, None)
         else:
-            self.path_failed(place, [node.error], why)
+            self.path_failed(place, [error], why)
+
+    def _failure(self, node: str, place: Place) -> tuple[str, str]:
+        assert self.documents is not None
+        try:
+            return self.documents.failure(node, self.scope(place, node))
+        except PathFailure as failure:
+            return failure.error, failure.cause
 
     def _sleep(self, key: str, node: Sleep, place: Place) -> None:
         if node.delay_ms is not None:
             delay = node.delay_ms
         else:
             assert node.until is not None
-            delay = max(0, int(self.call(node.until, place)) - self.now_ms)
+            try:
+                delay = max(0, int(self.call(node.until, place, node.name)) - self.now_ms)
+            except PathFailure as failure:
+                where = self._where(key, node.name, place)
+                self.note(Kind.NODE_PASSED, reason=failure.cause, **where)
+                self.path_failed(place, [failure.error], failure.cause)
+                return
         cid = command_id(self.definition.name, self.instance.instance_id, key, 1)
         where = self._where(key, node.name, place)
         self.note(Kind.WAIT_STARTED, command_id=cid, attempt=1, **where)
         self.schedule(sleep_timer(key), delay, key, 1)
 
-    def call(self, function: Any, place: Place) -> Any:
-        """Call a condition, builder or ``until``: with (state), or (state, item) in a map."""
+    def call(self, function: Any, place: Place, node: str = "") -> Any:
+        """Call a condition, builder or ``until``: with (state), or (state, item) in a map; a
+        document-flow definition's, with its path's ``Scope``."""
         data = self.instance.data
+        if self.documents is not None:
+            return function(self.scope(place, node))
         if not place.block:  # the main path: no item (most calls, and every start)
             return function(data)
         item = self.item(place)
         return function(data) if item is _NO_ITEM else function(data, item)
+
+    def scope(self, place: Place, node: str, attempt: int = 1) -> Scope:
+        """What a document-flow definition's function sees at ``place``, in node ``node``."""
+        instance = self.instance
+        data = documents_of(instance.data)
+        item = self.item(place)
+        index = None
+        if item is not _NO_ITEM:
+            index = self._item_index(place)
+        return Scope(
+            document=data.document(scope_of(place.block, place.branch)),
+            execution=instance.instance_id,
+            state=node,
+            entered_ms=self.now_ms,
+            started_ms=instance.started_at_ms,
+            input=data.document("$input"),
+            retry_count=attempt - 1,
+            item_index=index,
+            item=None if item is _NO_ITEM else item,
+        )
+
+    def _item_index(self, place: Place) -> int:
+        """The index of the (innermost) map item ``place`` runs for."""
+        block_key, branch = place.block, place.branch
+        while self.instance.blocks[block_key].kind != MAP:
+            outer = self.instance.blocks[block_key]
+            block_key, branch = outer.block, outer.branch
+        return branch
+
+    def set_document(self, place: Place, document: Any) -> None:
+        """Journal a path's new document."""
+        text = document_text(document)
+        self.note(Kind.DOCUMENT_SET, step=scope_of(place.block, place.branch), record=text.encode())
+
+    def _flow_output(self, node: str, place: Place) -> bool:
+        """A flow node passed: its path's new document (a document-flow definition). False if
+        it could not be made (the path has failed)."""
+        if self.documents is None:
+            return True
+        try:
+            document = self.documents.flow_output(node, self.scope(place, node))
+        except PathFailure as failure:
+            self.path_failed(place, [failure.error], failure.cause)
+            return False
+        self.set_document(place, document)
+        return True
 
     def item(self, place: Place) -> Any:
         """The map item the place runs for (the innermost map's), or ``_NO_ITEM``."""
@@ -252,7 +341,12 @@ class Decider:
             self.note(Kind.WAIT_STARTED, command_id=cid, attempt=attempt, **where)
         else:
             assert spec.build is not None and spec.topic is not None
-            self._send_built(spec, cid, attempt, compensation, place, where)
+            try:
+                self._send_built(spec, cid, attempt, compensation, place, where)
+            except PathFailure as failure:  # its input could not be made: it fails at once
+                self.note(Kind.NODE_PASSED, reason=failure.cause, **where)
+                self.caught_or_failed(node, place, [failure.error], failure.cause)
+                return
         if spec.timeout_ms is not None:
             self.schedule(timeout_timer(key), spec.timeout_ms, key, attempt)
         if spec.command is None and not compensation:
@@ -268,7 +362,7 @@ class Decider:
         where: dict[str, Any],
     ) -> None:
         assert spec.build is not None and spec.topic is not None
-        built = self.call(spec.build, place)
+        built = self.call(spec.build, place, where["node"])
         value = built.encode()
         instance_id = self.instance.instance_id
         kind = Kind.COMPENSATION_SENT if compensation else Kind.COMMAND_SENT
@@ -361,10 +455,79 @@ class Decider:
                 self.after_compensation()
             return
         if status is Status.RUNNING:
-            self.continue_after(current.node, Place(current.block, current.branch), result)
+            place = Place(current.block, current.branch)
+            if self.documents is not None and not self._output_of(current, place, result):
+                return
+            self.continue_after(current.node, place, result)
             self.finish_if_idle()
         elif status is Status.COMPENSATING:  # done while compensating: undo it too
             self.continue_compensation()
+
+    def _output_of(self, current: StepState, place: Place, result: bytes | None) -> bool:
+        """The path's document after a document-flow step succeeded; False if the result could
+        not be placed (the path goes on as its catchers say, or fails)."""
+        assert self.documents is not None
+        node, scope = current.node, self.scope(place, current.node, current.attempt)
+        try:
+            if node in self.definition.flow:  # a wait that woke
+                document = self.documents.flow_output(node, scope)
+            else:
+                document = self.documents.task_output(node, scope, _task_result(result))
+        except PathFailure as failure:
+            self.caught_or_failed(node, place, [failure.error], failure.cause)
+            return False
+        self.set_document(place, document)
+        return True
+
+    def caught_or_failed(self, node: str, place: Place, errors: list[str], why: str) -> None:
+        """Node ``node`` failed for good at ``place``: go where its catch says, or fail the
+        path."""
+        target = self._catch(node, place, errors, why)
+        if target is None:
+            self.path_failed(place, errors, why)
+        else:
+            self.enter(target, place)
+
+    def _catch(self, node: str, place: Place, errors: list[str], why: str) -> str | None:
+        """The catch target for ``errors`` of ``node`` (a document-flow catcher also sets the
+        path's document), or None: the path fails."""
+        if self.documents is not None:
+            caught = self.documents.caught(node, errors, why, self.scope(place, node))
+            if caught is None:
+                return None
+            target, document = caught
+            self.set_document(place, document)
+            return target
+        catch = getattr(self.definition.node(node), "catch", {})
+        named: str = next((catch[e] for e in (*errors, ALL) if e in catch), COMPENSATE)
+        return None if named == COMPENSATE else named
+
+    def _retry(
+        self, key: str, current: StepState, spec: CommandSpec, errors: list[str], why: str
+    ) -> bool:
+        """Schedule another attempt if the step's retry rules take this failure."""
+        if self.documents is None:
+            if not spec.retry.retries(errors, current.attempt):
+                return False
+            retrier = None
+            delay = spec.retry.delay_ms(current.attempt, current.command_id)
+        else:
+            documents = self.documents
+            spent = documents_of(self.instance.data).spent(key, documents.retriers(current.node))
+            picked = documents.retry(current.node, errors, spent, current.command_id)
+            if picked is None:
+                return False
+            retrier, delay = picked
+        self.note(
+            Kind.ATTEMPT_FAILED,
+            step=key,
+            command_id=current.command_id,
+            attempt=current.attempt,
+            reason=why,
+            branch=retrier,
+        )
+        self.schedule(retry_timer(key), delay, key, current.attempt + 1)
+        return True
 
     def attempt_failed(self, key: str, current: StepState, errors: list[str], why: str) -> None:
         """An attempt failed with ``errors`` (names): retry, catch, compensate or park."""
@@ -375,18 +538,9 @@ class Decider:
         assert spec is not None
         cancelled = current.status is StepStatus.CANCELLED
         forward_while_compensating = not compensation and self.instance.status is not Status.RUNNING
-        if not (forward_while_compensating or cancelled) and spec.retry.retries(
-            errors, current.attempt
+        if not (forward_while_compensating or cancelled) and self._retry(
+            key, current, spec, errors, why
         ):
-            delay = spec.retry.delay_ms(current.attempt, current.command_id)
-            self.note(
-                Kind.ATTEMPT_FAILED,
-                step=key,
-                command_id=current.command_id,
-                attempt=current.attempt,
-                reason=why,
-            )
-            self.schedule(retry_timer(key), delay, key, current.attempt + 1)
             return
         if compensation:
             self.note(Kind.COMPENSATION_FAILED, step=key, command_id=current.command_id, reason=why)
@@ -400,12 +554,7 @@ class Decider:
             # A child step given up on before its child ended (it timed out): the child still
             # runs, and nothing would stop it; ask it to cancel, as a cancelled parent does.
             self.cancel_child(key, why)
-        place = Place(current.block, current.branch)
-        target = next((task.catch[e] for e in (*errors, ALL) if e in task.catch), COMPENSATE)
-        if target == COMPENSATE:
-            self.path_failed(place, errors, why)
-        else:
-            self.enter(target, place)
+        self.caught_or_failed(current.node, Place(current.block, current.branch), errors, why)
 
     # -- paths and blocks ----------------------------------------------------------------------
 
@@ -426,6 +575,9 @@ class Decider:
             return
         if block.branches[place.branch] is not BranchStatus.RUNNING:
             return
+        if self.documents is not None:  # a branch's output is its last document
+            scope = scope_of(place.block, place.branch)
+            result = documents_of(self.instance.data).documents[scope].encode()
         self.note(Kind.BRANCH_SUCCEEDED, step=place.block, branch=place.branch, record=result)
         self.advance(place.block)
 
@@ -444,14 +596,14 @@ class Decider:
         if node.kind == MAP and self._tolerated(node, self.instance.blocks[key].branches):
             self.advance(key)
             return
+        self._block_failed(key, errors, why)
+
+    def _block_failed(self, key: str, errors: list[str], why: str) -> None:
+        """Block ``key`` failed: its running branches stop, and its catch takes over."""
+        block = self.instance.blocks[key]
         self.cancel_block(key, f"cancelled: {why}")
         self.note(Kind.BLOCK_FAILED, step=key, reason=why)
-        outer = Place(block.block, block.branch)
-        target = next((node.catch[e] for e in (*errors, ALL) if e in node.catch), COMPENSATE)
-        if target == COMPENSATE:
-            self.path_failed(outer, errors, why)
-        else:
-            self.enter(target, outer)
+        self.caught_or_failed(block.node, Place(block.block, block.branch), errors, why)
 
     def _block_node(self, key: str) -> Block:
         node = self.definition.flow[self.instance.blocks[key].node]
@@ -468,6 +620,9 @@ class Decider:
 
     def _start_block(self, key: str, node: Block, place: Place) -> None:
         where = self._where(key, node.name, place)
+        if self.documents is not None:
+            self._start_document_block(key, node, place, where)
+            return
         if node.kind == MAP:
             assert node.items is not None
             items = list(self.call(node.items, place))
@@ -479,6 +634,25 @@ class Decider:
             self.note(Kind.BLOCK_STARTED, attempt=len(items), record=encode_items(items), **where)
         else:
             self.note(Kind.BLOCK_STARTED, attempt=len(node.branches), **where)
+        self.advance(key)
+
+    def _start_document_block(
+        self, key: str, node: Block, place: Place, where: dict[str, Any]
+    ) -> None:
+        """A document-flow block: its branches' inputs, journaled with its start."""
+        assert self.documents is not None
+        try:
+            inputs = self.documents.branch_inputs(node.name, self.scope(place, node.name))
+        except PathFailure as failure:
+            self.note(Kind.NODE_PASSED, reason=failure.cause, **where)
+            self.caught_or_failed(node.name, place, [failure.error], failure.cause)
+            return
+        if len(inputs) > node.max_items:
+            why = f"map {node.name!r}: {len(inputs)} items, at most {node.max_items} allowed"
+            self.note(Kind.NODE_PASSED, reason=why, **where)
+            self.caught_or_failed(node.name, place, [TOO_MANY_ITEMS], why)
+            return
+        self.note(Kind.BLOCK_STARTED, attempt=len(inputs), record=encode_items(inputs), **where)
         self.advance(key)
 
     def advance(self, key: str) -> None:
@@ -510,10 +684,30 @@ class Decider:
                 break
             self.note(Kind.BRANCH_STARTED, step=key, branch=queued)
             start = node.branches[0] if node.kind == MAP else node.branches[queued]
+            if self.documents is not None:  # the branch's first document: its input
+                assert block.items is not None
+                self.set_document(Place(key, queued), decode_items(block.items)[queued])
             self.enter(start, Place(key, queued))
         block = self.instance.blocks[key]
+        outer = Place(block.block, block.branch)
+        if self.documents is not None and not self._joined(key, node, outer):
+            return
         self.note(Kind.BLOCK_SUCCEEDED, step=key)
-        self.continue_after(node.name, Place(block.block, block.branch), None)
+        self.continue_after(node.name, outer, None)
+
+    def _joined(self, key: str, node: Block, outer: Place) -> bool:
+        """A document-flow block joins: the outer path's document from its branches' outputs
+        (null for a tolerated failure). False if it failed instead."""
+        assert self.documents is not None
+        block = self.instance.blocks[key]
+        results = [None if raw is None else json.loads(raw) for raw in block.results]
+        try:
+            document = self.documents.joined(node.name, self.scope(outer, node.name), results)
+        except PathFailure as failure:
+            self._block_failed(key, [failure.error], failure.cause)
+            return False
+        self.set_document(outer, document)
+        return True
 
     def cancel_block(self, key: str, why: str) -> None:
         """Stop a block's running branches: their steps are cancelled, their blocks too."""
@@ -617,3 +811,11 @@ def _next_of(node: Node) -> tuple[str, ...]:
     if isinstance(node, Choice | End):
         return ()
     return node.next
+
+
+def _task_result(raw: bytes | None) -> Any:
+    """A document-flow task's result: a ``TaskSucceeded``'s output, or a record as its fields."""
+    if raw is None:
+        return None
+    record = decode_record(raw)
+    return record.output_value() if isinstance(record, TaskSucceeded) else None

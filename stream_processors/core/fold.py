@@ -14,6 +14,12 @@ from collections.abc import Iterable, Mapping
 from enum import Enum
 
 from stream_processors.codecs.records import Record, decode_record
+from stream_processors.core.documents import (
+    documents_after_block,
+    documents_of,
+    with_document,
+    with_retry,
+)
 from stream_processors.core.instance import (
     BlockState,
     BranchStatus,
@@ -141,12 +147,22 @@ def apply(
         return _moved(instance, entry, early=early)
     if kind is Kind.EVENT_UNMATCHED:
         return _moved(instance, entry)
+    if kind is Kind.DOCUMENT_SET:
+        return _document_set(instance, entry)
     if kind is Kind.ATTEMPT_FAILED:
         name, current = _step(instance, entry)
         status = (
             StepStatus.COMPENSATION_RETRYING if current.status.compensation else StepStatus.RETRYING
         )
-        return _moved(instance, entry, steps={**instance.steps, name: _status(current, status)})
+        # A document-flow step's retry names the retrier that took it (in ``branch``): each
+        # retrier counts its own retries.
+        retried = (
+            KEEP
+            if entry.branch is None
+            else with_retry(documents_of(instance.data), name, entry.branch)
+        )
+        steps = {**instance.steps, name: _status(current, status)}
+        return _moved(instance, entry, steps=steps, data=retried)
     if kind is Kind.TIMER_SCHEDULED:
         if entry.timer is None or entry.due_ms is None:
             raise FoldError(f"{entry.instance}: TimerScheduled #{entry.seq} without timer or due")
@@ -288,10 +304,20 @@ def _apply_block(
     data: Record | _Keep = KEEP
     if kind is Kind.BLOCK_SUCCEEDED:
         data = _gathered(definition, block, instance.data)
+    if definition.documents is not None:  # the branches' documents are done with
+        data = documents_after_block(instance.data, key) or KEEP
     # The results are in the state now (or not wanted). The items stay: a compensation of an
     # item's step, later, is built from its item.
     changed = _block_with(block, status=_BLOCK_AFTER[kind], results=())
     return _moved(instance, entry, blocks={**instance.blocks, key: changed}, data=data)
+
+
+def _document_set(instance: Instance, entry: JournalEntry) -> Instance:
+    """A path's new document (``entry.step`` is its scope, ``entry.record`` the JSON)."""
+    if entry.step is None or entry.record is None:
+        raise FoldError(f"{entry.instance}: DocumentSet #{entry.seq} without scope or document")
+    data = with_document(documents_of(instance.data), entry.step, entry.record.decode())
+    return _moved(instance, entry, data=data)
 
 
 def _visited(

@@ -56,6 +56,8 @@ class Kind(StrEnum):
     #: An awaited event that came before its wait started, kept for it; or that nobody awaits.
     EVENT_KEPT = "EventKept"
     EVENT_UNMATCHED = "EventUnmatched"
+    #: A document-flow definition's path document changed (``stream_processors.core.documents``).
+    DOCUMENT_SET = "DocumentSet"
 
 
 #: Each kind by its stored value, and back: ``Kind(value)`` and ``kind.value`` without the enum

@@ -28,7 +28,9 @@ from functools import cached_property
 from typing import Any
 
 from stream_processors.codecs.records import Command, DeclarationError, Event, Record, State
+from stream_processors.core.documents import DocumentFlow
 from stream_processors.core.policy import RetryPolicy
+from stream_processors.core.tasks import TaskCommand, TaskFailed, TaskSucceeded
 
 
 class CommandFailed(Event, schema="sagalog.CommandFailed"):
@@ -62,8 +64,11 @@ class OperatorAction(Event, schema="sagalog.OperatorAction"):
 #: The actions an ``OperatorAction`` may name; the processor ignores any other.
 OPERATOR_ACTIONS = ("retry", "cancel", "resolve")
 
-#: Inputs every saga takes, whatever it declares.
+#: Inputs every saga takes, whatever it declares. Replies that any step may take (a transient
+#: failure, a child's end) are matched to their step by command id alone.
 ENGINE_INPUTS: tuple[type[Record], ...] = (CommandFailed, OperatorAction, ChildEnded)
+#: The replies of a ``TaskCommand``, taken by a saga that sends one, matched by id alone too.
+TASK_REPLIES: tuple[type[Record], ...] = (TaskSucceeded, TaskFailed)
 
 
 @dataclass(frozen=True)
@@ -219,6 +224,16 @@ class Sleep:
 
 
 @dataclass(frozen=True)
+class Pass:
+    """A node that only passes on: a document-flow definition's ``Pass`` state (its document
+    changes as ``SagaDefinition.documents`` says)."""
+
+    name: str
+    next: tuple[str, ...] = ()
+    max_visits: int | None = None
+
+
+@dataclass(frozen=True)
 class End:
     """A terminal node: the path succeeds (``succeed``) or fails with ``reason`` and ``error``."""
 
@@ -230,7 +245,7 @@ class End:
 
 
 #: Nodes that are not tasks: they send nothing and take no reply.
-FlowNode = Choice | Block | Sleep | End
+FlowNode = Choice | Block | Sleep | End | Pass
 Node = Task | FlowNode
 
 
@@ -251,6 +266,9 @@ class SagaDefinition:
     replies: Mapping[type[Record], tuple[str, ReplyRole]] = field(default_factory=dict)
     deadline_ms: int | None = None
     flow: Mapping[str, FlowNode] = field(default_factory=dict)
+    #: Set for a definition whose state is JSON documents, one per path (a declarative one):
+    #: its functions take a ``Scope``, and the decider journals each path's new document.
+    documents: DocumentFlow | None = None
 
     def node(self, name: str) -> Node:
         """The task or flow node ``name`` (KeyError if neither)."""
@@ -274,7 +292,9 @@ class SagaDefinition:
     @cached_property
     def inputs(self) -> frozenset[type[Record]]:
         """Every record type this saga accepts on its inbox (computed once: asked per input)."""
-        return frozenset({self.start, *self.replies, *self.handlers, *ENGINE_INPUTS})
+        tasks = any(spec.command is TaskCommand for spec in self.specs())
+        replies = TASK_REPLIES if tasks else ()
+        return frozenset({self.start, *self.replies, *self.handlers, *ENGINE_INPUTS, *replies})
 
     def specs(self) -> list[CommandSpec]:
         return [
@@ -338,7 +358,8 @@ def validate(definition: SagaDefinition) -> None:
         )
     _validate_flow(where, definition)
     for task in definition.tasks.values():
-        if not task.action.success and task.action.child is None:
+        answered_by_id = task.action.child is not None or task.action.command is TaskCommand
+        if not task.action.success and not answered_by_id:
             raise DeclarationError(f"{where}: step {task.name!r} has no success reply")
         if task.action.command is None and task.action.timeout_ms is None:
             raise DeclarationError(f"{where}: wait step {task.name!r} needs a timeout")

@@ -43,6 +43,12 @@ def _values(field_type: Any, variant: int) -> Any:
         return _datum(field_type, variant)
     if field_type["type"] == "array":
         return [_values(field_type["items"], variant + i) for i in range(variant % 4)]
+    if field_type["type"] == "map":
+        keys = _SAMPLES["string"]
+        return {
+            keys[(variant + i) % len(keys)] + str(i): _values(field_type["values"], variant + i)
+            for i in range(variant % 4)
+        }
     return _values(field_type["type"], variant)
 
 
@@ -126,7 +132,7 @@ def test_what_the_writer_declines_fastavro_writes_or_refuses(datum: dict[str, An
     "field_type",
     [
         "double",
-        {"type": "map", "values": "string"},
+        {"type": "map", "values": "double"},
         {"type": "enum", "name": "E", "symbols": ["A"]},
         ["null", "string", "long"],
         {"type": "long", "logicalType": "timestamp-millis"},
