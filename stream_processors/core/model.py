@@ -133,6 +133,9 @@ class CommandSpec:
     child_key: str | None = None
     #: How long an awaited event that arrived before its wait started is kept for it (ms).
     early_ms: int = 0
+    #: What the step does, in words, where the command's type says too little (a declarative
+    #: task's ``Service.Action``): diagrams and listings show it.
+    label: str | None = None
 
 
 #: A ``catch`` target that fails the saga (compensating what completed) rather than a step.

@@ -50,6 +50,7 @@ from stream_processors.core.model import (
     CommandSpec,
     End,
     Node,
+    Pass,
     SagaDefinition,
     Sleep,
     Task,
@@ -267,7 +268,7 @@ class _Diagram:
         yield from (self._to(node, target, "") for target in node.next)
         if not node.next:
             yield "[*]", ""
-        if isinstance(node, Sleep):
+        if isinstance(node, Sleep | Pass):
             return
         for error, target in node.catch.items():
             if target != COMPENSATE:  # catching to compensate is what "failed" below draws
@@ -302,6 +303,8 @@ def _describe(node: Node) -> str:
         if node.delay_ms is not None:
             return f"sleep {duration(node.delay_ms)}"
         return f"sleep until {getattr(node.until, '__name__', 'a time')}"
+    if isinstance(node, Pass):
+        return "pass"
     assert isinstance(node, End)
     outcome = "succeed" if node.succeed else "fail"
     return f"{outcome} ({node.reason})" if node.reason else outcome
@@ -309,6 +312,8 @@ def _describe(node: Node) -> str:
 
 def _spec(spec: CommandSpec) -> str:
     """What a step (or its compensation) does: sends a command, waits, or starts a child."""
+    if spec.label is not None:
+        return spec.label
     if spec.child is not None:
         return f"child saga {spec.child}"
     if spec.command is None:
