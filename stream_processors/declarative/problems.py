@@ -1,0 +1,81 @@
+"""What a definition's problems look like: ``DefinitionError`` and ``Problem``.
+
+Every problem found in a definition, at load, by the schema or by a compiler, names the state,
+the field and, when the loader knows it, the line, so that a user can find it in the file. The
+message reads ``state 'X', field 'Y' (line N): ...``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from stream_processors.codecs.records import DeclarationError
+
+#: Where a node sits in a definition: the keys and list indexes from the root.
+NodePath = tuple[str | int, ...]
+#: The 1-based line of each node the loader saw (for a mapping member, the line of its key).
+LineMap = Mapping[NodePath, int]
+
+
+def describe(state: str | None, field: str | None, line: int | None, message: str) -> str:
+    """``state 'X', field 'Y' (line N): message``, leaving out what is unknown."""
+    where = [f"state '{state}'"] if state is not None else []
+    if field:
+        where.append(f"field '{field}'")
+    head = ", ".join(where) or "definition"
+    if line is not None:
+        head += f" (line {line})"
+    return f"{head}: {message}"
+
+
+class DefinitionError(DeclarationError):
+    """A definition that cannot run as written, naming the state, the field and the line."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        state: str | None = None,
+        field: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        super().__init__(describe(state, field, line, message))
+        self.state = state
+        self.field = field
+        self.line = line
+        self.reason = message
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem the schema found; ``str()`` gives the same text as ``DefinitionError``."""
+
+    state: str | None
+    field: str | None
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        return describe(self.state, self.field, self.line, self.message)
+
+    def error(self) -> DefinitionError:
+        """This problem as an exception, for a caller that stops at the first one."""
+        return DefinitionError(self.message, state=self.state, field=self.field, line=self.line)
+
+
+def field_name(parts: Sequence[str | int]) -> str:
+    """``("Retry", 0, "MaxAttempts")`` as ``Retry[0].MaxAttempts``."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def line_of(lines: LineMap, path: NodePath) -> int | None:
+    """The line of ``path``, or of its nearest ancestor the loader saw."""
+    for end in range(len(path), -1, -1):
+        line = lines.get(path[:end])
+        if line is not None:
+            return line
+    return None
