@@ -305,7 +305,8 @@ def _reply(decider: Decider, received: Input, step: str, role: ReplyRole | None)
         decider.succeeded(step, current, received.raw)
     elif isinstance(record, TaskFailed):
         why = f"{step}: {record.error}" + (f": {record.cause}" if record.cause else "")
-        decider.attempt_failed(step, current, [record.error, TASK_FAILED], why)
+        errors = [record.error, TASK_FAILED]
+        decider.attempt_failed(step, current, errors, why, record.cause or "")
     elif isinstance(record, ChildEnded):
         if record.status == Status.COMPLETED.value:
             decider.succeeded(step, current, received.raw)
@@ -315,7 +316,7 @@ def _reply(decider: Decider, received: Input, step: str, role: ReplyRole | None)
             decider.attempt_failed(step, current, [CHILD_FAILED], why + reason)
     elif isinstance(record, CommandFailed):
         why = f"{step}: {record.error}: {record.message}"
-        decider.attempt_failed(step, current, [record.error, TRANSIENT], why)
+        decider.attempt_failed(step, current, [record.error, TRANSIENT], why, record.message)
     else:
         name = type(record).__name__
         decider.attempt_failed(step, current, [name], f"{step}: {name}")

@@ -201,8 +201,8 @@ class Decider:
             matched = (r.target for r in node.rules if self.call(r.condition, place, node.name))
             target = next(matched, None)
         except PathFailure as failure:
-            self.note(Kind.NODE_PASSED, reason=failure.cause, **self._where(key, node.name, place))
-            self.path_failed(place, [failure.error], failure.cause)
+            self.note(Kind.NODE_PASSED, reason=str(failure), **self._where(key, node.name, place))
+            self.path_failed(place, [failure.error], str(failure))
             return
         target = target or node.default
         if target is None:
@@ -243,8 +243,8 @@ class Decider:
                 delay = max(0, int(self.call(node.until, place, node.name)) - self.now_ms)
             except PathFailure as failure:
                 where = self._where(key, node.name, place)
-                self.note(Kind.NODE_PASSED, reason=failure.cause, **where)
-                self.path_failed(place, [failure.error], failure.cause)
+                self.note(Kind.NODE_PASSED, reason=str(failure), **where)
+                self.path_failed(place, [failure.error], str(failure))
                 return
         cid = command_id(self.definition.name, self.instance.instance_id, key, 1)
         where = self._where(key, node.name, place)
@@ -303,7 +303,7 @@ class Decider:
         try:
             document = self.documents.flow_output(node, self.scope(place, node))
         except PathFailure as failure:
-            self.path_failed(place, [failure.error], failure.cause)
+            self.path_failed(place, [failure.error], str(failure))
             return False
         self.set_document(place, document)
         return True
@@ -344,8 +344,8 @@ class Decider:
             try:
                 self._send_built(spec, cid, attempt, compensation, place, where)
             except PathFailure as failure:  # its input could not be made: it fails at once
-                self.note(Kind.NODE_PASSED, reason=failure.cause, **where)
-                self.caught_or_failed(node, place, [failure.error], failure.cause)
+                self.note(Kind.NODE_PASSED, reason=str(failure), **where)
+                self.caught_or_failed(node, place, [failure.error], str(failure), failure.cause)
                 return
         if spec.timeout_ms is not None:
             self.schedule(timeout_timer(key), spec.timeout_ms, key, attempt)
@@ -474,15 +474,17 @@ class Decider:
             else:
                 document = self.documents.task_output(node, scope, _task_result(result))
         except PathFailure as failure:
-            self.caught_or_failed(node, place, [failure.error], failure.cause)
+            self.caught_or_failed(node, place, [failure.error], str(failure), failure.cause)
             return False
         self.set_document(place, document)
         return True
 
-    def caught_or_failed(self, node: str, place: Place, errors: list[str], why: str) -> None:
+    def caught_or_failed(
+        self, node: str, place: Place, errors: list[str], why: str, cause: str | None = None
+    ) -> None:
         """Node ``node`` failed for good at ``place``: go where its catch says, or fail the
-        path."""
-        target = self._catch(node, place, errors, why)
+        path. ``cause`` is the failure's own words (a worker's), if ``why`` adds to them."""
+        target = self._catch(node, place, errors, cause or why)
         if target is None:
             self.path_failed(place, errors, why)
         else:
@@ -529,7 +531,14 @@ class Decider:
         self.schedule(retry_timer(key), delay, key, current.attempt + 1)
         return True
 
-    def attempt_failed(self, key: str, current: StepState, errors: list[str], why: str) -> None:
+    def attempt_failed(
+        self,
+        key: str,
+        current: StepState,
+        errors: list[str],
+        why: str,
+        cause: str | None = None,
+    ) -> None:
         """An attempt failed with ``errors`` (names): retry, catch, compensate or park."""
         self.cancel(timeout_timer(key))
         task = self.definition.tasks[current.node]
@@ -554,7 +563,8 @@ class Decider:
             # A child step given up on before its child ended (it timed out): the child still
             # runs, and nothing would stop it; ask it to cancel, as a cancelled parent does.
             self.cancel_child(key, why)
-        self.caught_or_failed(current.node, Place(current.block, current.branch), errors, why)
+        place = Place(current.block, current.branch)
+        self.caught_or_failed(current.node, place, errors, why, cause)
 
     # -- paths and blocks ----------------------------------------------------------------------
 
@@ -644,8 +654,8 @@ class Decider:
         try:
             inputs = self.documents.branch_inputs(node.name, self.scope(place, node.name))
         except PathFailure as failure:
-            self.note(Kind.NODE_PASSED, reason=failure.cause, **where)
-            self.caught_or_failed(node.name, place, [failure.error], failure.cause)
+            self.note(Kind.NODE_PASSED, reason=str(failure), **where)
+            self.caught_or_failed(node.name, place, [failure.error], str(failure), failure.cause)
             return
         if len(inputs) > node.max_items:
             why = f"map {node.name!r}: {len(inputs)} items, at most {node.max_items} allowed"
@@ -704,7 +714,7 @@ class Decider:
         try:
             document = self.documents.joined(node.name, self.scope(outer, node.name), results)
         except PathFailure as failure:
-            self._block_failed(key, [failure.error], failure.cause)
+            self._block_failed(key, [failure.error], str(failure))
             return False
         self.set_document(outer, document)
         return True
