@@ -79,3 +79,28 @@ def line_of(lines: LineMap, path: NodePath) -> int | None:
         if line is not None:
             return line
     return None
+
+
+def _opens_states(path: NodePath, at: int) -> bool:
+    """Whether ``path[at]`` is a ``States`` map: the root's, a branch's or a Map's processor's."""
+    key = path[at]
+    if at == 0:
+        return key in ("States", "states")
+    before = path[at - 1]
+    in_branch = isinstance(before, int) and at >= 2 and path[at - 2] == "Branches"
+    return key == "States" and (in_branch or before in ("ItemProcessor", "Iterator"))
+
+
+def locate(path: NodePath) -> tuple[str | None, str | None]:
+    """The innermost state a node belongs to and the field within it, for messages.
+
+    ``("States", "P", "Branches", 0, "States", "Q", "Retry", 1)`` is state ``Q``, field
+    ``Retry[1]``; a node outside any state has no state, and its path is the field.
+    """
+    state: str | None = None
+    start = 0
+    for at in range(len(path) - 1):
+        name = path[at + 1]
+        if isinstance(name, str) and _opens_states(path, at):
+            state, start = name, at + 2
+    return state, field_name(path[start:]) or None
