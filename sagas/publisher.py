@@ -8,10 +8,16 @@ The first time a publisher sends an event type to a topic, it records the event'
 schema history (``stream_processors.engine.schema_history``) before sending, so that readers whose
 current schema is a later version can still read it. That is best effort: if the history cannot
 be written, a warning is logged and the event is published all the same.
+
+``publisher.start(definition, input)`` starts an execution of a declarative definition: an
+``ExecutionStarted`` (its id and its input as JSON) to the saga's inbox, keyed by the id (signed
+when signing keys are configured, as every inbox record must then be). Starting twice with the
+same id starts one execution: the processor ignores the second as a duplicate start.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -19,9 +25,14 @@ from typing import Any
 from confluent_kafka import Producer
 
 from stream_processors.codecs.records import Event
+from stream_processors.codecs.signing import Purpose, from_environment, signed
+from stream_processors.core.model import SagaDefinition
+from stream_processors.core.tasks import json_text
+from stream_processors.declarative.machine import ExecutionStarted
 from stream_processors.engine.routing import Headers
 from stream_processors.engine.schema_history import SchemaHistory
 from stream_processors.kafka.config import producer_config
+from stream_processors.kafka.topics import SagaTopics
 
 
 class Publisher:
@@ -64,6 +75,26 @@ class Publisher:
             except BufferError:  # the local queue is full: let deliveries drain, then retry
                 self._producer.poll(0.1)
         self._producer.poll(0)
+
+    def start(self, definition: SagaDefinition, input: Any, execution: str | None = None) -> str:
+        """Queue the start of an execution of ``definition`` (a declarative one, started by
+        ``ExecutionStarted``) with ``input`` (any JSON value); returns its id (``execution``, or
+        a new UUID). The same id twice is one execution."""
+        if definition.start is not ExecutionStarted:
+            raise ValueError(
+                f"{definition.name} starts from {definition.start.__qualname__}, not from "
+                "ExecutionStarted: publish that event instead"
+            )
+        execution = execution or str(uuid.uuid4())
+        event = ExecutionStarted(execution=execution, input=json_text(input))
+        inbox = SagaTopics.for_saga(definition).inbox
+        keyring = from_environment()
+        headers: Headers | None = None
+        if keyring is not None:  # a signed inbox takes only signed records
+            key, value = execution.encode(), event.encode()
+            headers = signed(keyring, Purpose.INBOX, inbox, key, value, [])
+        self.publish(event, topic=inbox, headers=headers)
+        return execution
 
     def flush(self, timeout: float = 30) -> int:
         """Wait for every queued event to be acknowledged; returns how many are still queued."""

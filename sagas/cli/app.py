@@ -32,6 +32,9 @@ from typing import Annotated, Any
 import typer
 
 from sagas.saga import Saga
+from stream_processors.codecs.records import DeclarationError
+from stream_processors.core.model import SagaDefinition
+from stream_processors.declarative.definition import is_definition_file, load_definition
 from stream_processors.kafka import config as kafka_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
@@ -47,7 +50,9 @@ Bootstrap = Annotated[
 ]
 Partitions = Annotated[int, typer.Option(help="Partitions of inbox, journal and snapshots")]
 LogLevel = Annotated[str, typer.Option(help="Logging level")]
-SagaTarget = Annotated[str, typer.Argument(help="module:SagaClass")]
+SagaTarget = Annotated[
+    str, typer.Argument(help="module:SagaClass, or a definition file (.json, .yaml)")
+]
 InstanceId = Annotated[str, typer.Argument(help="The instance id (the saga's key, e.g. order id)")]
 By = Annotated[
     str | None,
@@ -92,6 +97,19 @@ def saga_class(target: str) -> type[Saga]:
     if not (isinstance(saga, type) and issubclass(saga, Saga)):
         raise typer.BadParameter(f"{target} is not a Saga class")
     return saga
+
+
+def saga_definition(target: str) -> SagaDefinition:
+    """The definition a command runs: a declarative file's (``.json``, ``.yaml``), compiled,
+    or a Saga class's (``module:SagaClass``)."""
+    if is_definition_file(target):
+        if not Path(target).is_file():
+            raise typer.BadParameter(f"no definition file {target!r}")
+        try:
+            return load_definition(target)
+        except DeclarationError as error:
+            raise typer.BadParameter(str(error)) from None
+    return saga_class(target).definition
 
 
 @app.callback()

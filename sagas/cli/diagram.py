@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from sagas.cli.app import Bootstrap, SagaTarget, app, saga_class
+from sagas.cli.app import Bootstrap, SagaTarget, app, saga_definition
 from sagas.cli.history import At, StateDir, folded_instance
 from stream_processors.tools.diagram import mermaid
 
@@ -30,7 +30,7 @@ def diagram(
     bootstrap: Bootstrap = None,
 ) -> None:
     """A Mermaid stateDiagram-v2 of the saga; with --instance, coloured by that instance."""
-    definition = saga_class(target).definition
+    definition = saga_definition(target)
     if instance is None and at is not None:
         raise typer.BadParameter("--at needs --instance", param_hint="--at")
     folded = None

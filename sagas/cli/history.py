@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from sagas.cli.app import Bootstrap, InstanceId, SagaTarget, app, format_time, saga_class
+from sagas.cli.app import Bootstrap, InstanceId, SagaTarget, app, format_time, saga_definition
 from stream_processors.codecs.records import Record, decode_record
 from stream_processors.core.instance import Instance
 from stream_processors.core.journal import FLOW_FIELDS
@@ -112,7 +112,7 @@ def history(
     bootstrap: Bootstrap = None,
 ) -> None:
     """An instance's journal: every decision and accepted input, in order."""
-    located = _history(saga_class(target).definition, instance, state_dir, bootstrap)
+    located = _history(saga_definition(target), instance, state_dir, bootstrap)
     if as_json:
         typer.echo(json.dumps([_entry_json(x) for x in located], indent=2))
         return
@@ -228,7 +228,7 @@ def state(
     bootstrap: Bootstrap = None,
 ) -> None:
     """An instance's state folded from its journal, now or as of a position or time."""
-    folded = folded_instance(saga_class(target).definition, instance, at, state_dir, bootstrap)
+    folded = folded_instance(saga_definition(target), instance, at, state_dir, bootstrap)
     typer.echo(json.dumps(_instance_json(folded), indent=2))
 
 
@@ -258,7 +258,7 @@ def replay(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Rebuild every snapshot from the journal (processors stopped), or --verify them."""
-    definition = saga_class(target).definition
+    definition = saga_definition(target)
     topics = SagaTopics.for_saga(definition)
     existing = journal_partitions(topics, bootstrap)
     if not existing:

@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from sagas.cli.app import Bootstrap, SagaTarget, app, fail, format_time, saga_class
+from sagas.cli.app import Bootstrap, SagaTarget, app, fail, format_time, saga_definition
 from stream_processors.core.model import SagaDefinition
 from stream_processors.engine.schema_history import SchemaHistory
 from stream_processors.engine.store import default_state_dir
@@ -238,7 +238,7 @@ def list_(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Find instances by status, active step, times, reason, version or state fields."""
-    definition = saga_class(target).definition
+    definition = saga_definition(target)
     filters = filters_of(
         where,
         status=status,
@@ -298,7 +298,7 @@ def index(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Bring the saga's instance index up to date with its snapshots changelog, or --follow it."""
-    definition = saga_class(target).definition
+    definition = saga_definition(target)
     if rebuild:
         remove_index(index_path(state_dir or default_state_dir(definition.name)))
     started = time.monotonic()

@@ -28,11 +28,11 @@ from sagas.cli.app import (
     fail,
     format_time,
     load_target,
-    saga_class,
+    saga_definition,
 )
 from sagas.operator import DeadLetter, OperatorError, Sent
-from sagas.saga import Saga
 from stream_processors.codecs.records import Record
+from stream_processors.core.model import SagaDefinition
 from stream_processors.kafka.topics import SagaTopics
 
 
@@ -61,7 +61,7 @@ def _sent(what: str, sent: Sent) -> None:
 def _action(
     action: str, target: str, instance: str, by: str | None, reason: str, bootstrap: str | None
 ) -> None:
-    definition = saga_class(target).definition
+    definition = saga_definition(target)
     try:
         sent = operator.send_action(
             definition, instance, action, _who(by), _reason(reason), bootstrap
@@ -81,7 +81,7 @@ def _bulk_action(
     bootstrap: str | None,
 ) -> None:
     """The action to every instance matching ``where`` (one record each), or say which."""
-    definition = saga_class(target).definition
+    definition = saga_definition(target)
     who, why = _who(by), _reason(reason)
     instances = listing.selected(definition, where, selection.state_dir, bootstrap)
     if not instances:
@@ -152,9 +152,9 @@ _operator_command(
 )
 
 
-def _event_type(saga: type[Saga], name: str) -> type[Record]:
+def _event_type(definition: SagaDefinition, name: str) -> type[Record]:
     """A class among the saga's inputs by ``__name__``, or any record class as module:Class."""
-    inputs = saga.definition.inputs
+    inputs = definition.inputs
     accepted = ", ".join(sorted(t.__name__ for t in inputs))
     if ":" in name:
         cls = load_target(name)
@@ -162,14 +162,14 @@ def _event_type(saga: type[Saga], name: str) -> type[Record]:
             raise typer.BadParameter(f"{name} is not a record class", param_hint="EVENT_TYPE")
         if cls not in inputs:
             raise typer.BadParameter(
-                f"{saga.definition.name} does not accept {name}; it accepts {accepted}",
+                f"{definition.name} does not accept {name}; it accepts {accepted}",
                 param_hint="EVENT_TYPE",
             )
         return cls
     matches = [t for t in inputs if t.__name__ == name]
     if not matches:
         raise typer.BadParameter(
-            f"{saga.definition.name} accepts no {name!r}; it accepts {accepted}",
+            f"{definition.name} accepts no {name!r}; it accepts {accepted}",
             param_hint="EVENT_TYPE",
         )
     if len(matches) > 1:
@@ -213,11 +213,11 @@ def signal_(
     ] = None,
 ) -> None:
     """Send an event to one instance, as if a service had sent it (journaled with who and why)."""
-    saga = saga_class(target)
-    event = _build(_event_type(saga, event_type), data)
+    definition = saga_definition(target)
+    event = _build(_event_type(definition, event_type), data)
     try:
         sent = operator.signal(
-            saga.definition, instance, event, _who(by), _reason(reason), bootstrap, command_id
+            definition, instance, event, _who(by), _reason(reason), bootstrap, command_id
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
@@ -231,7 +231,7 @@ def signal_(
 
 def _dlq_topic(source: str) -> str:
     if ":" in source:
-        return SagaTopics.for_saga(saga_class(source).definition).dlq
+        return SagaTopics.for_saga(saga_definition(source)).dlq
     if ".dlq" not in source:
         raise typer.BadParameter(
             f"{source!r} is neither a dead-letter topic (name.dlq) nor module:SagaClass",

@@ -17,7 +17,7 @@ from sagas.cli.app import (
     configure_logging,
     fail,
     load_target,
-    saga_class,
+    saga_definition,
     topics_app,
 )
 from sagas.reply_addresses import ReplyAddresses
@@ -30,7 +30,7 @@ from stream_processors.kafka.topics import SagaTopics, ensure_topics
 
 @app.command()
 def run(
-    target: Annotated[str, typer.Argument(help="module:SagaClass")],
+    target: Annotated[str, typer.Argument(help="module:SagaClass, or a definition file")],
     bootstrap: Bootstrap = None,
     partitions: Partitions = 8,
     commit_interval_ms: Annotated[int, typer.Option(help="Transaction commit interval")] = 100,
@@ -54,7 +54,7 @@ def run(
     """Host a saga processor until interrupted (SIGINT or SIGTERM commit and exit); started
     while the broker is down, it waits for it (``KafkaClients.prepare``)."""
     configure_logging(log_level)
-    definition = saga_class(target).definition
+    definition = saga_definition(target)
     port = metrics.serve(metrics_port)
     logging.getLogger("sagas").info("metrics on port %s", port)
     processor = SagaProcessor(
@@ -118,12 +118,12 @@ def worker(
 
 @topics_app.command("create")
 def topics_create(
-    target: Annotated[str, typer.Argument(help="module:SagaClass")],
+    target: Annotated[str, typer.Argument(help="module:SagaClass, or a definition file")],
     bootstrap: Bootstrap = None,
     partitions: Partitions = 8,
 ) -> None:
     """Create the saga's topics (inbox, journal, snapshots, DLQ, command and source topics)."""
-    topics = SagaTopics.for_saga(saga_class(target).definition, partitions)
+    topics = SagaTopics.for_saga(saga_definition(target), partitions)
     created = ensure_topics(topics, bootstrap)
     for name in created:
         typer.echo(f"created {name}")
