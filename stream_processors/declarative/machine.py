@@ -685,10 +685,12 @@ def _service_action(name: str, body: Mapping[str, Any]) -> tuple[str, str]:
             state=name,
             field="Resource",
         )
-    # An ARN's last part names the function or activity: the service and its one action.
-    last = resource.rsplit(":", 1)[-1] if resource.startswith("arn:") else resource
-    service = _ARN_NAME.sub("-", last).strip("-") or "resource"
-    return service, last
+    if resource.startswith("arn:"):
+        # An ARN's last part names the function or activity: the service and its one action.
+        last = resource.rsplit(":", 1)[-1]
+        return _ARN_NAME.sub("-", last).strip("-") or "resource", last
+    service, colon, action = resource.partition(":")  # "service:action", or one name for both
+    return service, (action if colon else service)
 
 
 def _topic(name: str, service: str) -> str:
