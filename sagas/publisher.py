@@ -77,14 +77,13 @@ class Publisher:
         self._producer.poll(0)
 
     def start(self, definition: SagaDefinition, input: Any, execution: str | None = None) -> str:
-        """Queue the start of an execution of ``definition`` (a declarative one, started by
-        ``ExecutionStarted``) with ``input`` (any JSON value); returns its id (``execution``, or
-        a new UUID). The same id twice is one execution."""
+        """Queue the start of an execution of a declarative ``definition`` with ``input`` (any
+        JSON value); returns its id (``execution``, or a new UUID). The same id twice is one
+        execution. A definition that starts from an event on a service's topic (``StartOn``) is
+        started by publishing that event, built from ``input`` (an object of its fields; the id,
+        if given, goes in its key field)."""
         if definition.start is not ExecutionStarted:
-            raise ValueError(
-                f"{definition.name} starts from {definition.start.__qualname__}, not from "
-                "ExecutionStarted: publish that event instead"
-            )
+            return self._start_event(definition, input, execution)
         execution = execution or str(uuid.uuid4())
         event = ExecutionStarted(execution=execution, input=json_text(input))
         inbox = SagaTopics.for_saga(definition).inbox
@@ -95,6 +94,23 @@ class Publisher:
             headers = signed(keyring, Purpose.INBOX, inbox, key, value, [])
         self.publish(event, topic=inbox, headers=headers)
         return execution
+
+    def _start_event(self, definition: SagaDefinition, input: Any, execution: str | None) -> str:
+        if not isinstance(input, dict):
+            raise ValueError(
+                f"{definition.name} starts from {definition.start.__qualname__}: give its "
+                "fields as a JSON object"
+            )
+        fields = dict(input)
+        if execution is not None:
+            fields[definition.key] = execution
+        try:
+            event = definition.start(**fields)
+        except TypeError as error:
+            raise ValueError(f"{definition.start.__qualname__}: {error}") from None
+        assert isinstance(event, Event)
+        self.publish(event)
+        return str(getattr(event, definition.key))
 
     def flush(self, timeout: float = 30) -> int:
         """Wait for every queued event to be acknowledged; returns how many are still queued."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from stream_processors.codecs.records import load_schema_directory, schema_path_folders
 from stream_processors.core.model import SagaDefinition
 from stream_processors.declarative import loader, schema
 from stream_processors.declarative.loader import LoadedDefinition
@@ -68,6 +69,9 @@ def load_definition(path: str | Path) -> SagaDefinition:
 
 
 def _compiled(loaded: LoadedDefinition, name: str) -> SagaDefinition:
+    # The schemas of the events it starts from: beside the definition, or on the schema path.
+    for folder in (Path(loaded.source).parent / "schemas", *schema_path_folders()):
+        load_schema_directory(folder)
     document = loaded.doc
     if schema.dialect_of(document) == "state-machine":
         return compile_machine(to_states_language(document, name), name)

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from stream_processors.codecs.records import Event, Record
+from stream_processors.codecs.dynamic import event_class
+from stream_processors.codecs.records import DeclarationError, Event, Record
 from stream_processors.core.documents import PathFailure, Scope, begin_documents
 from stream_processors.core.model import (
     DEFAULT_MAX_ITEMS,
@@ -737,6 +738,39 @@ def _begin(record: Any) -> Any:
     return begin_documents(_json_of(record))
 
 
+def _start_on(spec: object) -> tuple[type[Event], str] | None:
+    """The event a ``StartOn`` names (its schema's full name), read from its ``Topic`` and keyed
+    by the field its ``Id`` (``$.field``) names; None without a ``StartOn``."""
+    if spec is None:
+        return None
+    if not isinstance(spec, Mapping):
+        raise DefinitionError("an object with Topic, Event and Id", field="StartOn")
+    unknown = sorted(set(spec) - {"Topic", "Event", "Id"})
+    if unknown:
+        raise DefinitionError(f"{unknown[0]!r} is not a field of StartOn", field="StartOn")
+    for name in ("Topic", "Event", "Id"):
+        if not isinstance(spec.get(name), str) or not spec[name]:
+            raise DefinitionError("must be a non-empty string", field=f"StartOn.{name}")
+    field_match = re.fullmatch(r"\$\.([A-Za-z_][A-Za-z0-9_]*)", spec["Id"])
+    if field_match is None:
+        raise DefinitionError(
+            f"{spec['Id']!r} must name a top-level field of the event, as $.field",
+            field="StartOn.Id",
+        )
+    key = field_match.group(1)
+    try:
+        event = event_class(spec["Event"], spec["Topic"], key)
+    except DeclarationError as error:
+        raise DefinitionError(str(error), field="StartOn.Event") from None
+    if event.__topic__ != spec["Topic"] or event.__key__ != key:
+        raise DefinitionError(
+            f"{event.__qualname__} is declared with topic {event.__topic__!r} and key "
+            f"{event.__key__!r}, not {spec['Topic']!r} and {key!r}",
+            field="StartOn",
+        )
+    return event, key
+
+
 def compile_machine(
     document: Mapping[str, Any], name: str, start: tuple[type[Event], str] | None = None
 ) -> SagaDefinition:
@@ -763,7 +797,7 @@ def compile_machine(
         document.get("States"), document.get(start_field), "(machine)", start_field
     )
     timeout = _seconds("(machine)", document, "TimeoutSeconds")
-    event, key = start if start is not None else (ExecutionStarted, "execution")
+    event, key = start or _start_on(document.get("StartOn")) or (ExecutionStarted, "execution")
     definition = SagaDefinition(
         name=saga_name,
         version=_version(document.get("Version")),
