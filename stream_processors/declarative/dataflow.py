@@ -218,3 +218,68 @@ def apply_result(
     if result_selector is not None:
         result = parameters(dict(result_selector), result, context, seed)
     return select(place(state_input, result, result_path), output_path, context)
+
+
+def template_problems(template: JSON, where: str = "") -> list[tuple[str, str]]:
+    """``(field, message)`` for each ``.$`` entry of a payload template that cannot run.
+
+    A ``.$`` value must be a string: a path (checked as JSONPath) or an intrinsic function call
+    (checked by parsing it). ``field`` is the entry's place in the template, ``a.b.$``.
+    """
+    if isinstance(template, list):
+        return [
+            p for i, item in enumerate(template) for p in template_problems(item, f"{where}[{i}]")
+        ]
+    if not isinstance(template, dict):
+        return []
+    found: list[tuple[str, str]] = []
+    for key, value in template.items():
+        field = f"{where}.{key}" if where else key
+        if not key.endswith(".$"):
+            found += template_problems(value, field)
+        elif not isinstance(value, str):
+            found.append(
+                (field, f"a '.$' field takes a path or an intrinsic function, not {compact(value)}")
+            )
+        elif value.startswith("$"):
+            problem = path_problem(value)
+            found += [(field, problem)] if problem else []
+        else:
+            try:
+                intrinsics.parse(value)
+            except ValueError as exc:
+                found.append((field, str(exc)))
+    return found
+
+
+def map_item_inputs(
+    effective: JSON,
+    items_path: str = WHOLE,
+    item_selector: Mapping[str, JSON] | None = None,
+    context: JSON = None,
+    seed: str = "",
+) -> list[JSON]:
+    """The inputs of a Map state's iterations, from its effective input.
+
+    ``ItemsPath`` must select an array (else ``States.Runtime``). Without ``ItemSelector`` (or
+    the older ``Parameters``) each item is its iteration's input; with it, the template is
+    filled from the effective input, with ``$$.Map.Item.Index`` and ``$$.Map.Item.Value`` in
+    the context object.
+    """
+    items = select(effective, items_path, context)
+    if not isinstance(items, list):
+        raise StatesError(
+            RUNTIME, f"ItemsPath {items_path!r} selects {compact(items)[:200]}, not an array"
+        )
+    if item_selector is None:
+        return list(items)
+    base = context if isinstance(context, dict) else {}
+    return [
+        parameters(
+            dict(item_selector),
+            effective,
+            {**base, "Map": {"Item": {"Index": index, "Value": item}}},
+            f"{seed}/{index}",
+        )
+        for index, item in enumerate(items)
+    ]
