@@ -59,11 +59,14 @@ def _compiled(path: str) -> jsonpath.JSONPath:
     return compiled
 
 
-def path_problem(path: str, *, reference: bool = False) -> str | None:
+def path_problem(path: str, *, reference: bool = False, context: bool = True) -> str | None:
     """What is wrong with ``path`` as a Path (or, with ``reference``, a Reference Path), or None.
 
-    The compiler calls it for every path in a definition, so a bad path fails at load.
+    The compiler calls it for every path in a definition, so a bad path fails at load. Pass
+    ``context=False`` where a ``$$`` path cannot stand (``ResultPath`` writes into the input).
     """
+    if path.startswith("$$") and not context:
+        return f"{path!r}: a path here cannot read the context object ($$)"
     text = path[1:] if path.startswith("$$") else path
     if not text.startswith("$"):
         return f"{path!r} is not a path (a path begins with '$')"

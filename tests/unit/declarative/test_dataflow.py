@@ -188,6 +188,7 @@ def test_result_selector_then_result_path_then_output_path() -> None:
         ("$..a", True, False),
         ("a.b", False, False),
         ("$.a[", False, False),
+        ("$$.Task.Token", True, True),
     ],
 )
 def test_path_problem_checks_paths_at_compile_time(path: str, reference: bool, ok: bool) -> None:
@@ -195,3 +196,9 @@ def test_path_problem_checks_paths_at_compile_time(path: str, reference: bool, o
     assert (problem is None) == ok
     if problem is not None:
         assert path in problem
+
+
+def test_a_result_path_cannot_name_the_context_object() -> None:
+    assert path_problem("$.result", reference=True, context=False) is None
+    problem = path_problem("$$.Execution", reference=True, context=False)
+    assert problem is not None and "context object" in problem
