@@ -102,6 +102,7 @@ def test_the_format_follows_the_extension_then_the_content(
         ("States:\n  A: [\n", "d.yaml", 3, None, None, "YAML"),
         ('{\n"StartAt": "A",\n"States": {}\n,}', "d.json", 4, None, None, "JSON"),
         ("- 1\n- 2\n", "d.yaml", 1, None, None, "object"),
+        ('{"Seconds": NaN}', "d.json", None, None, None, "NaN is not a JSON number"),
         ("", "d.yaml", None, None, None, "empty"),
     ],
 )
