@@ -92,15 +92,25 @@ def select(doc: JSON, path: str | None, context: JSON = None, *, error: str = RU
     if path == WHOLE:
         return doc
     try:
-        compiled = _compiled(path)
+        steps = _reference_steps(path)
     except jsonpath.JSONPathError as exc:
         raise StatesError(error, f"invalid path {path!r}: {exc}") from None
-    found: list[JSON] = compiled.findall(doc)  # type: ignore[assignment]
-    if not compiled.singular_query():
+    if steps is None:
+        found: list[JSON] = _compiled(path).findall(doc)  # type: ignore[assignment]
         return found
-    if not found:
-        raise StatesError(error, f"the path {path!r} selects nothing in {_excerpt(doc)}")
-    return found[0]
+    for step in steps:
+        doc = _child(doc, step, error, path)
+    return doc
+
+
+def _child(doc: JSON, step: str | int, error: str, path: str) -> JSON:
+    """One step of a Reference Path, as python-jsonpath takes it (a name in an object, an index,
+    negative from the end, in an array), done directly: it is the hot path of every state."""
+    if isinstance(step, str) and isinstance(doc, dict) and step in doc:
+        return doc[step]
+    if isinstance(step, int) and isinstance(doc, list) and -len(doc) <= step < len(doc):
+        return doc[step]
+    raise StatesError(error, f"the path {path!r} selects nothing in {_excerpt(doc)}")
 
 
 def _excerpt(doc: JSON) -> str:
@@ -163,12 +173,13 @@ def place(state_input: JSON, result: JSON, result_path: str | None) -> JSON:
     if result_path == WHOLE:
         return result
     try:
-        compiled = _compiled(result_path)
+        steps = _reference_steps(result_path)
     except jsonpath.JSONPathError as exc:
         raise StatesError(
             RESULT_PATH_MATCH_FAILURE, f"invalid path {result_path!r}: {exc}"
         ) from None
-    steps = _steps(compiled, result_path)
+    if not steps:  # None: not a Reference Path; (): "$" written another way
+        raise StatesError(RESULT_PATH_MATCH_FAILURE, f"{result_path!r} is not a Reference Path")
     output = copy.deepcopy(state_input)
     holder: JSON = output
     for index, step in enumerate(steps):
@@ -177,17 +188,18 @@ def place(state_input: JSON, result: JSON, result_path: str | None) -> JSON:
     return output
 
 
-def _steps(compiled: jsonpath.JSONPath, path: str) -> list[str | int]:
+@lru_cache(maxsize=4096)
+def _reference_steps(path: str) -> tuple[str | int, ...] | None:
+    """The names and indexes of a Reference Path (a singular query), or None for other paths."""
+    compiled = _compiled(path)
     if not compiled.singular_query():
-        raise StatesError(RESULT_PATH_MATCH_FAILURE, f"{path!r} is not a Reference Path")
-    steps: list[str | int] = []
-    for segment in compiled.segments:
-        selector = segment.selectors[0]
-        steps.append(selector.name if isinstance(selector, NameSelector) else _index(selector))
-    return steps
+        return None
+    return tuple(_step(segment.selectors[0]) for segment in compiled.segments)
 
 
-def _index(selector: object) -> int:
+def _step(selector: object) -> str | int:
+    if isinstance(selector, NameSelector):
+        return selector.name
     assert isinstance(selector, IndexSelector)  # a singular query holds names and indexes only
     return selector.index
 
