@@ -10,6 +10,7 @@ compiled definition's decisions stay replayable.
 - ``dataflow``: ``InputPath``, ``Parameters``, ``ResultSelector``, ``ResultPath``, ``OutputPath``.
 - ``intrinsics``: the ``States.*`` intrinsic functions used in payload templates.
 - ``choice``: Choice rules compiled to predicates.
+- ``timing``: a Wait state's deadline and timeouts read from paths.
 - ``loader``: reading a JSON or YAML definition file with a line for every node.
 - ``schema``: the JSON Schemas shipped with the package, and ``validate``.
 """

@@ -59,11 +59,14 @@ def _compiled(path: str) -> jsonpath.JSONPath:
     return compiled
 
 
-def path_problem(path: str, *, reference: bool = False) -> str | None:
+def path_problem(path: str, *, reference: bool = False, context: bool = True) -> str | None:
     """What is wrong with ``path`` as a Path (or, with ``reference``, a Reference Path), or None.
 
-    The compiler calls it for every path in a definition, so a bad path fails at load.
+    The compiler calls it for every path in a definition, so a bad path fails at load. Pass
+    ``context=False`` where a ``$$`` path cannot stand (``ResultPath`` writes into the input).
     """
+    if path.startswith("$$") and not context:
+        return f"{path!r}: a path here cannot read the context object ($$)"
     text = path[1:] if path.startswith("$$") else path
     if not text.startswith("$"):
         return f"{path!r} is not a path (a path begins with '$')"
@@ -89,15 +92,25 @@ def select(doc: JSON, path: str | None, context: JSON = None, *, error: str = RU
     if path == WHOLE:
         return doc
     try:
-        compiled = _compiled(path)
+        steps = _reference_steps(path)
     except jsonpath.JSONPathError as exc:
         raise StatesError(error, f"invalid path {path!r}: {exc}") from None
-    found: list[JSON] = compiled.findall(doc)  # type: ignore[assignment]
-    if not compiled.singular_query():
+    if steps is None:
+        found: list[JSON] = _compiled(path).findall(doc)  # type: ignore[assignment]
         return found
-    if not found:
-        raise StatesError(error, f"the path {path!r} selects nothing in {_excerpt(doc)}")
-    return found[0]
+    for step in steps:
+        doc = _child(doc, step, error, path)
+    return doc
+
+
+def _child(doc: JSON, step: str | int, error: str, path: str) -> JSON:
+    """One step of a Reference Path, as python-jsonpath takes it (a name in an object, an index,
+    negative from the end, in an array), done directly: it is the hot path of every state."""
+    if isinstance(step, str) and isinstance(doc, dict) and step in doc:
+        return doc[step]
+    if isinstance(step, int) and isinstance(doc, list) and -len(doc) <= step < len(doc):
+        return doc[step]
+    raise StatesError(error, f"the path {path!r} selects nothing in {_excerpt(doc)}")
 
 
 def _excerpt(doc: JSON) -> str:
@@ -160,12 +173,13 @@ def place(state_input: JSON, result: JSON, result_path: str | None) -> JSON:
     if result_path == WHOLE:
         return result
     try:
-        compiled = _compiled(result_path)
+        steps = _reference_steps(result_path)
     except jsonpath.JSONPathError as exc:
         raise StatesError(
             RESULT_PATH_MATCH_FAILURE, f"invalid path {result_path!r}: {exc}"
         ) from None
-    steps = _steps(compiled, result_path)
+    if not steps:  # None: not a Reference Path; (): "$" written another way
+        raise StatesError(RESULT_PATH_MATCH_FAILURE, f"{result_path!r} is not a Reference Path")
     output = copy.deepcopy(state_input)
     holder: JSON = output
     for index, step in enumerate(steps):
@@ -174,17 +188,18 @@ def place(state_input: JSON, result: JSON, result_path: str | None) -> JSON:
     return output
 
 
-def _steps(compiled: jsonpath.JSONPath, path: str) -> list[str | int]:
+@lru_cache(maxsize=4096)
+def _reference_steps(path: str) -> tuple[str | int, ...] | None:
+    """The names and indexes of a Reference Path (a singular query), or None for other paths."""
+    compiled = _compiled(path)
     if not compiled.singular_query():
-        raise StatesError(RESULT_PATH_MATCH_FAILURE, f"{path!r} is not a Reference Path")
-    steps: list[str | int] = []
-    for segment in compiled.segments:
-        selector = segment.selectors[0]
-        steps.append(selector.name if isinstance(selector, NameSelector) else _index(selector))
-    return steps
+        return None
+    return tuple(_step(segment.selectors[0]) for segment in compiled.segments)
 
 
-def _index(selector: object) -> int:
+def _step(selector: object) -> str | int:
+    if isinstance(selector, NameSelector):
+        return selector.name
     assert isinstance(selector, IndexSelector)  # a singular query holds names and indexes only
     return selector.index
 
@@ -218,3 +233,68 @@ def apply_result(
     if result_selector is not None:
         result = parameters(dict(result_selector), result, context, seed)
     return select(place(state_input, result, result_path), output_path, context)
+
+
+def template_problems(template: JSON, where: str = "") -> list[tuple[str, str]]:
+    """``(field, message)`` for each ``.$`` entry of a payload template that cannot run.
+
+    A ``.$`` value must be a string: a path (checked as JSONPath) or an intrinsic function call
+    (checked by parsing it). ``field`` is the entry's place in the template, ``a.b.$``.
+    """
+    if isinstance(template, list):
+        return [
+            p for i, item in enumerate(template) for p in template_problems(item, f"{where}[{i}]")
+        ]
+    if not isinstance(template, dict):
+        return []
+    found: list[tuple[str, str]] = []
+    for key, value in template.items():
+        field = f"{where}.{key}" if where else key
+        if not key.endswith(".$"):
+            found += template_problems(value, field)
+        elif not isinstance(value, str):
+            found.append(
+                (field, f"a '.$' field takes a path or an intrinsic function, not {compact(value)}")
+            )
+        elif value.startswith("$"):
+            problem = path_problem(value)
+            found += [(field, problem)] if problem else []
+        else:
+            try:
+                intrinsics.parse(value)
+            except ValueError as exc:
+                found.append((field, str(exc)))
+    return found
+
+
+def map_item_inputs(
+    effective: JSON,
+    items_path: str = WHOLE,
+    item_selector: Mapping[str, JSON] | None = None,
+    context: JSON = None,
+    seed: str = "",
+) -> list[JSON]:
+    """The inputs of a Map state's iterations, from its effective input.
+
+    ``ItemsPath`` must select an array (else ``States.Runtime``). Without ``ItemSelector`` (or
+    the older ``Parameters``) each item is its iteration's input; with it, the template is
+    filled from the effective input, with ``$$.Map.Item.Index`` and ``$$.Map.Item.Value`` in
+    the context object.
+    """
+    items = select(effective, items_path, context)
+    if not isinstance(items, list):
+        raise StatesError(
+            RUNTIME, f"ItemsPath {items_path!r} selects {compact(items)[:200]}, not an array"
+        )
+    if item_selector is None:
+        return list(items)
+    base = context if isinstance(context, dict) else {}
+    return [
+        parameters(
+            dict(item_selector),
+            effective,
+            {**base, "Map": {"Item": {"Index": index, "Value": item}}},
+            f"{seed}/{index}",
+        )
+        for index, item in enumerate(items)
+    ]

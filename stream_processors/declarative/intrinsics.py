@@ -24,6 +24,7 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from stream_processors.declarative.errors import INTRINSIC_FAILURE, StatesError, unit_fraction
 from stream_processors.declarative.values import JSON, canonical, compact, is_number
@@ -120,6 +121,7 @@ class _Parser:
         raise ValueError(f"unexpected {text!r} in {self.text!r}")
 
 
+@lru_cache(maxsize=1024)
 def parse(expression: str) -> Call:
     """Read an intrinsic function call; ``ValueError`` says what is wrong with it."""
     parser = _Parser(expression)

@@ -146,6 +146,10 @@ def _reject_duplicates(pairs: list[tuple[str, JSON]]) -> dict[str, JSON]:
     return members
 
 
+def _reject_constant(name: str) -> JSON:
+    raise DefinitionError(f"{name} is not a JSON number")
+
+
 def _read_json(text: str) -> tuple[JSON, dict[NodePath, int]]:
     try:
         _, lines = _read_yaml(text)
@@ -155,7 +159,9 @@ def _read_json(text: str) -> tuple[JSON, dict[NodePath, int]]:
         else:
             raise
     try:
-        doc: JSON = json.loads(text, object_pairs_hook=_reject_duplicates)
+        doc: JSON = json.loads(
+            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+        )
     except json.JSONDecodeError as exc:
         raise DefinitionError(f"not valid JSON: {exc.msg}", line=exc.lineno) from None
     return doc, lines

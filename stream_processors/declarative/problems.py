@@ -104,3 +104,37 @@ def locate(path: NodePath) -> tuple[str | None, str | None]:
         if isinstance(name, str) and _opens_states(path, at):
             state, start = name, at + 2
     return state, field_name(path[start:]) or None
+
+
+def line_for(lines: LineMap, state: str | None, field: str | None) -> int | None:
+    """The line of ``field`` in ``state`` (or of the nearest part of it the file has).
+
+    The inverse of ``locate``, for errors raised where only the document was at hand (a
+    compiler's ``DefinitionError``): a field the file lacks (a missing ``Next``) gives the line
+    of its parent, then of the state. Two states of one name (in different branches) give the
+    first one's line.
+    """
+    wanted = field or ""
+    best: tuple[int, int] | None = None  # (how much of the field matched, line)
+    for path, line in lines.items():
+        where, found = locate(path)
+        found = found or ""
+        if where != state:
+            continue
+        if found == wanted:
+            return line
+        rest = wanted[len(found) :] if wanted.startswith(found) else "-"
+        covers = not found or rest[:1] in ("", ".", "[")
+        if covers and (best is None or len(found) > best[0]):
+            best = (len(found), line)
+    return best[1] if best else None
+
+
+def with_line(error: DefinitionError, lines: LineMap) -> DefinitionError:
+    """``error`` with its line from ``lines`` (itself when it has one, or none is known)."""
+    if error.line is not None:
+        return error
+    line = line_for(lines, error.state, error.field)
+    if line is None:
+        return error
+    return DefinitionError(error.reason, state=error.state, field=error.field, line=line)

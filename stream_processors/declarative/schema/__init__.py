@@ -47,12 +47,9 @@ UNSUPPORTED = frozenset(
         "ItemReader",
         "ResultWriter",
         "ItemBatcher",
-        "ToleratedFailureCount",
-        "ToleratedFailurePercentage",
         "ToleratedFailureCountPath",
         "ToleratedFailurePercentagePath",
         "MaxConcurrencyPath",
-        "Label",
         "Condition",
         "Items",
     }

@@ -7,6 +7,7 @@ null/``$``/nested), plus the error each documented failure reports.
 
 from __future__ import annotations
 
+import jsonpath
 import pytest
 
 from stream_processors.declarative.dataflow import (
@@ -188,6 +189,7 @@ def test_result_selector_then_result_path_then_output_path() -> None:
         ("$..a", True, False),
         ("a.b", False, False),
         ("$.a[", False, False),
+        ("$$.Task.Token", True, True),
     ],
 )
 def test_path_problem_checks_paths_at_compile_time(path: str, reference: bool, ok: bool) -> None:
@@ -195,3 +197,32 @@ def test_path_problem_checks_paths_at_compile_time(path: str, reference: bool, o
     assert (problem is None) == ok
     if problem is not None:
         assert path in problem
+
+
+def test_a_result_path_cannot_name_the_context_object() -> None:
+    assert path_problem("$.result", reference=True, context=False) is None
+    problem = path_problem("$$.Execution", reference=True, context=False)
+    assert problem is not None and "context object" in problem
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "$.store",
+        "$.store.book[0].author",
+        "$.store.book[-1].price",
+        "$['store']['bicycle']",
+        "$.store.book[3]",
+        "$.store.bicycle[0]",
+        "$.store.book.author",
+        "$.store.book[-4]",
+    ],
+)
+def test_reference_paths_select_what_python_jsonpath_selects(path: str) -> None:
+    # select walks Reference Paths itself (the hot path); the library is the reference.
+    expected = jsonpath.findall(path, STORE)
+    if expected:
+        assert select(STORE, path) == expected[0]
+    else:
+        with pytest.raises(StatesError):
+            select(STORE, path)

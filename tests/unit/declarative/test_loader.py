@@ -10,7 +10,7 @@ import pytest
 
 from stream_processors.codecs.records import DeclarationError
 from stream_processors.declarative.loader import DefinitionError, load, loads
-from stream_processors.declarative.problems import locate
+from stream_processors.declarative.problems import line_for, locate, with_line
 
 DEFINITIONS = Path(__file__).parent / "definitions"
 SEED_001 = DEFINITIONS / "seed_001_user_onboarding.json"
@@ -102,6 +102,7 @@ def test_the_format_follows_the_extension_then_the_content(
         ("States:\n  A: [\n", "d.yaml", 3, None, None, "YAML"),
         ('{\n"StartAt": "A",\n"States": {}\n,}', "d.json", 4, None, None, "JSON"),
         ("- 1\n- 2\n", "d.yaml", 1, None, None, "object"),
+        ('{"Seconds": NaN}', "d.json", None, None, None, "NaN is not a JSON number"),
         ("", "d.yaml", None, None, None, "empty"),
     ],
 )
@@ -147,3 +148,29 @@ def test_a_missing_file() -> None:
 )
 def test_locate(path: tuple[str | int, ...], expected: tuple[str | None, str | None]) -> None:
     assert locate(path) == expected
+
+
+@pytest.mark.parametrize(
+    ("state", "field", "line"),
+    [
+        ("CreateUser", "Retry[0].MaxAttempts", 9),
+        ("CreateUser", "Retry[0]", 8),
+        ("CreateUser", "Retry[0].BackoffRate", 8),  # absent: its Retrier's line
+        ("CreateUser", "Next", 10),
+        ("CreateUser", "Catch[0].Next", 4),  # no Catch at all: the state's line
+        ("Wait", None, 11),
+        ("Nope", "Next", None),
+    ],
+)
+def test_line_for_finds_a_compilers_error_in_the_file(
+    state: str, field: str | None, line: int | None
+) -> None:
+    loaded = loads(YAML, source="flow.yaml")
+    assert line_for(loaded.lines, state, field) == line
+
+
+def test_with_line_fills_in_the_line() -> None:
+    loaded = loads(YAML, source="flow.yaml")
+    error = with_line(DefinitionError("names no state", state="Wait", field="Next"), loaded.lines)
+    assert str(error) == "state 'Wait', field 'Next' (line 14): names no state"
+    assert with_line(error, {}) is error

@@ -16,6 +16,7 @@ from stream_processors.declarative.schema import dialect_of, schema, validate
 
 DEFINITIONS = Path(__file__).parent / "definitions"
 TIMESTAMP = schema("states-language")["$defs"]["Timestamp"]["pattern"]
+RESULT_PATH = schema("states-language")["$defs"]["ResultPath"]["pattern"]
 
 
 @pytest.mark.parametrize("dialect", ["states-language", "state-machine"])
@@ -116,6 +117,10 @@ def S(*lines: str) -> str:
                 6,
                 f"'2016-03-14' does not match {TIMESTAMP!r}",
             ),
+        ),
+        (
+            S("Type: Pass", "End: true", "ResultPath: $$.Execution"),
+            ("A", "ResultPath", 6, f"'$$.Execution' does not match {RESULT_PATH!r}"),
         ),
         (S("Type: Choice", "Choices: []"), ("A", "Choices", 5, "[] should be non-empty")),
         (
