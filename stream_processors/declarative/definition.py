@@ -22,7 +22,7 @@ from stream_processors.core.model import SagaDefinition
 from stream_processors.declarative import loader, schema
 from stream_processors.declarative.loader import LoadedDefinition
 from stream_processors.declarative.machine import compile_machine
-from stream_processors.declarative.problems import DefinitionError, Problem, line_of
+from stream_processors.declarative.problems import DefinitionError, Problem, with_line
 from stream_processors.declarative.state_machine import to_states_language
 
 #: File names ``sagas`` commands take as a definition rather than as ``module:Class``.
@@ -79,23 +79,6 @@ def _compiled(loaded: LoadedDefinition, name: str) -> SagaDefinition:
 
 
 def _located(error: DefinitionError, loaded: LoadedDefinition) -> Problem:
-    """A compiler's problem with the line of its state's field, found in the line map."""
-    line = error.line
-    if line is None and error.state is not None:
-        line = _line_of_state(loaded, error.state, error.field)
-    return Problem(error.state, error.field, line, error.reason)
-
-
-def _line_of_state(loaded: LoadedDefinition, state: str, field: str | None) -> int | None:
-    """The line of ``field`` of the state named ``state``, wherever it is nested."""
-    head = re.split(r"[.\[]", field)[0] if field else None
-    best: int | None = None
-    for path in loaded.lines:
-        for at in range(1, len(path)):
-            if path[at] == state and path[at - 1] in ("States", "states"):
-                rest = path[at + 1 :]
-                if head is not None and rest[:1] == (head,):
-                    return line_of(loaded.lines, path[: at + 2])
-                if not rest:
-                    best = line_of(loaded.lines, path)
-    return best
+    """A compiler's problem, with the line of its state's field from the line map."""
+    error = with_line(error, loaded.lines)
+    return Problem(error.state, error.field, error.line, error.reason)

@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from stream_processors.codecs.dynamic import event_class
 from stream_processors.codecs.records import DeclarationError, Event, Record
@@ -49,11 +49,13 @@ from stream_processors.core.model import (
 )
 from stream_processors.core.policy import NO_RETRY, TIMEOUT, TRANSIENT
 from stream_processors.core.tasks import TaskCommand, json_text, task_topic
-from stream_processors.declarative import choice, dataflow
+from stream_processors.declarative import choice, dataflow, timing
 from stream_processors.declarative import errors as states_errors
 from stream_processors.declarative.errors import Catcher, Retrier, StatesError
 from stream_processors.declarative.problems import DefinitionError
 from stream_processors.declarative.values import JSON
+
+T = TypeVar("T")
 
 #: The fields every state may have, and those of each type (the supported set: see the table
 #: in docs/definitions.md).
@@ -172,7 +174,8 @@ class Machine:
     def _state(self, node: str) -> _State:
         return self.states[node]
 
-    def _run(self, work: Callable[[], JSON]) -> JSON:
+    def _run(self, work: Callable[[], T]) -> T:
+        """``work()``, its States Language errors raised as the engine's ``PathFailure``."""
         try:
             return work()
         except StatesError as error:
@@ -212,9 +215,10 @@ class Machine:
         if state.type == "Pass":
             effective = self.effective_input(node, scope)
             result = state.raw.get("Result", effective)
+            context = _context(self.name, scope)
             return self._run(
                 lambda: dataflow.apply_result(
-                    scope.document, result, None, state.result_path, state.output_path
+                    scope.document, result, None, state.result_path, state.output_path, context
                 )
             )
         context = _context(self.name, scope)
@@ -261,21 +265,15 @@ class Machine:
             return [effective] * len(state.get("Branches"))
         context = _context(self.name, scope)
         selected = self._run(lambda: dataflow.select(scope.document, state.input_path, context))
-        items_path = state.get("ItemsPath", dataflow.WHOLE)
-        items = self._run(lambda: dataflow.select(selected, items_path, context))
-        if not isinstance(items, list):
-            raise PathFailure(
-                states_errors.RUNTIME, f"Map {node!r}: ItemsPath {items_path} is not an array"
+        return self._run(
+            lambda: dataflow.map_item_inputs(
+                selected,
+                state.get("ItemsPath", dataflow.WHOLE),
+                state.item_selector,
+                context,
+                f"{scope.execution}/{node}",
             )
-        if state.item_selector is None:
-            return list(items)
-        return [self._item(state, scope, selected, index, item) for index, item in enumerate(items)]
-
-    def _item(self, state: _State, scope: Scope, selected: JSON, index: int, item: JSON) -> JSON:
-        item_scope = dataclasses.replace(scope, item_index=index, item=item)
-        context = _context(self.name, item_scope)
-        seed = f"{scope.execution}/{state.name}/{index}"
-        return self._run(lambda: dataflow.parameters(state.item_selector, selected, context, seed))
+        )
 
     def joined(self, node: str, scope: Scope, results: Sequence[Any]) -> Any:
         return self._output(node, scope, list(results))
@@ -300,28 +298,7 @@ class Machine:
         state = self._state(node)
         context = _context(self.name, scope)
         selected = self._run(lambda: dataflow.select(scope.document, state.input_path, context))
-        if "SecondsPath" in state.raw:
-            seconds = self._run(
-                lambda: dataflow.select(selected, state.get("SecondsPath"), context)
-            )
-            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
-                raise PathFailure(
-                    states_errors.RUNTIME,
-                    f"Wait {node!r}: SecondsPath gave {seconds!r}, not a non-negative number",
-                )
-            return scope.entered_ms + round(seconds * 1000)
-        if "TimestampPath" in state.raw:
-            stamp = self._run(
-                lambda: dataflow.select(selected, state.get("TimestampPath"), context)
-            )
-        else:
-            stamp = state.get("Timestamp")
-        moment = choice.timestamp(stamp)
-        if moment is None:
-            raise PathFailure(
-                states_errors.RUNTIME, f"Wait {node!r}: {stamp!r} is not an RFC 3339 timestamp"
-            )
-        return int(moment.timestamp() * 1000)
+        return self._run(lambda: timing.wait_until_ms(state.raw, selected, scope.entered_ms))
 
 
 # -- compiling --------------------------------------------------------------------------------
@@ -411,14 +388,18 @@ class _Compiler:
             value = body.get(key, dataflow.WHOLE)
             if value is None:
                 continue
-            reference = key == "ResultPath"
+            result = key == "ResultPath"  # a place in the document: no context object
             problem = (
-                dataflow.path_problem(value, reference=reference)
+                dataflow.path_problem(value, reference=result, context=not result)
                 if isinstance(value, str)
                 else f"{value!r} is not a path"
             )
             if problem is not None:
                 raise DefinitionError(problem, state=name, field=key)
+        for key in ("Parameters", "ResultSelector", "ItemSelector"):
+            if key in body:
+                for where, message in dataflow.template_problems(body[key], key):
+                    raise DefinitionError(message, state=name, field=where)
 
     def errors_of(
         self, name: str, body: Mapping[str, Any], siblings: Mapping[str, Any]
@@ -428,7 +409,7 @@ class _Compiler:
         for index, catcher in enumerate(catchers):
             self.known(name, f"Catch[{index}].Next", catcher.next, siblings)
             if catcher.result_path is not None:
-                problem = dataflow.path_problem(catcher.result_path, reference=True)
+                problem = dataflow.path_problem(catcher.result_path, reference=True, context=False)
                 if problem:
                     raise DefinitionError(problem, state=name, field=f"Catch[{index}].ResultPath")
         return retriers, catchers
