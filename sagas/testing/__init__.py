@@ -29,12 +29,18 @@ is ``reported``; every record sent (a child's cancel and end too) is in ``outgoi
 ``CommandFailed`` for a transient error). ``task_command`` builds the ``TaskCommand`` a
 declarative Task sends, so ``handle`` runs a worker's action handler (``Worker.action``).
 
+``DefinitionTest`` runs one execution of a declarative definition (a file, a loaded States
+Language document, or a compiled definition): ``start_execution(input)``, ``expect_task(state)``,
+``succeed_task(state, output)``, ``fail_task(state, error, cause)``, ``task_input(task)``,
+``document(scope)`` and ``output``; the clock and the checks are ``SagaTest``'s.
+
 ``verify_histories`` replays recorded journals (``SagaTest.journal``, entries read from the
 journal topic, or files saved with ``sagas history --json`` and read by ``load_histories``)
 against a new version of a saga, and reports every instance that would decide differently, with
 the journal position of the first difference: a CI check before deploying a change.
 """
 
+from sagas.testing._definitions import DefinitionTest
 from sagas.testing._histories import (
     Difference,
     HistoriesDiffer,
@@ -49,6 +55,7 @@ from sagas.testing._workers import command_context, handle, task_command
 
 __all__ = [
     "START_MS",
+    "DefinitionTest",
     "Difference",
     "HistoriesDiffer",
     "HistoryReport",

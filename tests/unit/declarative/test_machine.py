@@ -348,3 +348,19 @@ def test_an_unsupported_or_wrong_field_is_refused_naming_state_and_field(
         compile_machine(machine, "m")
     assert refused.value.state == state
     assert refused.value.field == field
+
+
+def test_the_test_kit_runs_a_definition_file_by_state_names() -> None:
+    from sagas.testing import DefinitionTest
+
+    test = DefinitionTest(SEED_001)
+    test.start_execution({"email": "ada@example.com"}, execution="u-9")
+    assert test.task_input("CreateUser") == {"email": "ada@example.com"}
+    test.succeed_task("CreateUser", {"userId": "u-9"})
+    test.fail_task("ProvisionResources", "ProvisioningError", "full")
+    test.advance(seconds=5)
+    test.succeed_task("ProvisionResources", {"bucket": "b"})
+    test.succeed_task("SendWelcomeEmail")
+    test.succeed_task("NotifyInternalTeams", {"done": True})
+    assert test.status == "completed"
+    assert test.output == {"done": True}
