@@ -68,6 +68,7 @@ from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from sagas.heartbeats import Heartbeats
 from sagas.idempotency import HandledCommand, HandledCommands, ensure_handled_topic
 from sagas.reply_addresses import BAD_REPLY_ADDRESS, ReplyAddresses
 from stream_processors.codecs.avro import DecodeError
@@ -176,6 +177,15 @@ class CommandContext:
     partition: int
     offset: int
     task: TaskCommand | None = None
+    #: Sends this task's heartbeat (``sagas.heartbeats``); None where none is expected.
+    beat: Callable[[], None] | None = None
+
+    def heartbeat(self) -> None:
+        """Tell the saga a task's action is still running: a Task with ``HeartbeatSeconds``
+        fails with ``States.HeartbeatTimeout`` when none comes within that interval. Does
+        nothing for a command that asks for no heartbeats, or outside ``sagas worker``."""
+        if self.beat is not None:
+            self.beat()
 
 
 def command_context(message: Message, command_id: str, instance_id: str) -> CommandContext:
@@ -253,6 +263,7 @@ class Worker:
         self._stopping = threading.Event()
         self._history: SchemaHistory | None = None  # set by run(): replies' schemas go there
         self._handled: HandledCommands | None = None  # set by run(): replies by command id
+        self._heartbeats: Heartbeats | None = None  # set by run(): task heartbeats go there
 
     def handles(self, command: type[C]) -> Callable[[Callable[[C, CommandContext], Event]], Any]:
         if not (isinstance(command, type) and issubclass(command, Command)):
@@ -344,7 +355,10 @@ class Worker:
             return self._dead(message, BAD_REPLY_ADDRESS, refusal)
         context = command_context(message, command_id, instance_id)
         if isinstance(command, TaskCommand):
-            context = replace(context, task=command)
+            beat = None
+            if command.heartbeat_seconds and self._heartbeats is not None:
+                beat = self._heartbeats.sender(reply_to, instance_id, command_id)
+            context = replace(context, task=command, beat=beat)
         known = (remembered or self._remembered)(context)
         if known is not None:  # handled before: answer the same, without a second effect
             refusal = self.reply_addresses.refusal(known.reply_to)  # remembered before a change
@@ -497,11 +511,16 @@ class Worker:
         self._history = SchemaHistory(bootstrap)
         self._history.serve_unknown()
         slot = claim_slot(state_dir or default_state_dir("workers") / self.name)
+        self._heartbeats = Heartbeats(
+            bootstrap, f"worker-{self.name}-heartbeats", self.reply_record
+        )
         try:
             _Serving(self, bootstrap, f"{self.group}.{slot.identity}").serve(batch_size)
         except transactions.Stopped:  # asked to stop while it waited on the broker
             log.warning("worker %s stopped while waiting on the broker", self.name)
         finally:
+            self._heartbeats.close()
+            self._heartbeats = None
             self._history.close()
             slot.release()
 

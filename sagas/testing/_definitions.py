@@ -25,7 +25,13 @@ from sagas.testing._saga_test import START_MS, SagaTest, SentCommand
 from stream_processors.core.decide import Decision
 from stream_processors.core.documents import ROOT_SCOPE, Documents
 from stream_processors.core.model import SagaDefinition
-from stream_processors.core.tasks import TaskCommand, TaskFailed, TaskSucceeded, json_text
+from stream_processors.core.tasks import (
+    TaskCommand,
+    TaskFailed,
+    TaskHeartbeat,
+    TaskSucceeded,
+    json_text,
+)
 from stream_processors.declarative.definition import load_definition
 from stream_processors.declarative.machine import ExecutionStarted, compile_machine
 
@@ -74,6 +80,11 @@ class DefinitionTest(SagaTest):
     def fail_task(self, task: TaskRef, error: str, cause: str | None = None) -> Decision:
         """Answer a task as its worker does when the action failed with ``error``."""
         return self.reply(self._sent(task), TaskFailed(error=error, cause=cause))
+
+    def heartbeat(self, task: TaskRef) -> Decision:
+        """Send a task's heartbeat, as its worker's ``context.heartbeat()`` does."""
+        sent = self._sent(task)
+        return self._accepted(self.feed(TaskHeartbeat(), sent.command_id), "TaskHeartbeat")
 
     def document(self, scope: str = ROOT_SCOPE) -> Any:
         """A path's document now: the main path's by default (after the end: the output)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from stream_processors.core.decide import DEADLINE, retry_timer, timeout_timer
-from stream_processors.core.decision import sleep_timer
+from stream_processors.core.decision import heartbeat_timer, sleep_timer
 from stream_processors.core.fold import fold
 from stream_processors.core.instance import Instance, StepStatus, decode_snapshot, encode_snapshot
 from stream_processors.core.journal import JournalEntry
@@ -70,9 +70,9 @@ def assert_timers_consistent(state: Instance) -> None:
     """Every timer belongs to something that waits for it, and every retry has its timer.
 
     A ``retry:<step>`` timer belongs to a step waiting to retry, for its next attempt; a
-    ``timeout:<step>`` timer to the step's attempt in flight; a ``sleep:<step>`` timer to a
-    sleep that has not woken; the ``deadline`` only to a saga that has not finished; and a step
-    waiting to retry has its retry timer (unless the saga has ended).
+    ``timeout:<step>`` or ``heartbeat:<step>`` timer to the step's attempt in flight; a
+    ``sleep:<step>`` timer to a sleep that has not woken; the ``deadline`` only to a saga that
+    has not finished; and a step waiting to retry has its retry timer (unless the saga ended).
     """
     where = f"instance {state.instance_id!r} ({state.status})"
     for name, timer in state.timers.items():
@@ -91,7 +91,7 @@ def assert_timers_consistent(state: Instance) -> None:
                 timer.attempt == step.attempt + 1,
                 f"{where}: {name!r} is for attempt {timer.attempt}, the step is at {step.attempt}",
             )
-        elif name == timeout_timer(timer.step):
+        elif name in (timeout_timer(timer.step), heartbeat_timer(timer.step)):
             expect(step.status in _IN_FLIGHT, f"{where}: {name!r} set, but the step is {step}")
             expect(
                 timer.attempt == step.attempt,

@@ -180,7 +180,7 @@ def _compile(definition: Mapping[str, Any], *, attributes: bool) -> Any:
             "    buf = bytearray(header)",
             "    append = buf.append",
             "    try:",
-            *source.lines,
+            *(source.lines or ["        pass  # a record with no fields: no bytes of its own"]),
             "    except (KeyError, AttributeError):  # a missing field: fastavro uses its default",
             "        raise Unwritable from None",
             "    return bytes(buf)",

@@ -42,13 +42,14 @@ without the attempt (``idempotency_key``), stable across retries, for the servic
 
 from __future__ import annotations
 
-from stream_processors.codecs.records import CATALOG
+from stream_processors.codecs.records import CATALOG, Record
 from stream_processors.core.decider import DEADLINE, MAX_EARLY_EVENTS, ROOT, Decider
 from stream_processors.core.decision import (
     Decision,
     Input,
     OutgoingCommand,
     command_id,
+    heartbeat_timer,
     idempotency_key,
     retry_timer,
     signal_command_id,
@@ -68,8 +69,8 @@ from stream_processors.core.model import (
     ReplyRole,
     SagaDefinition,
 )
-from stream_processors.core.policy import TIMEOUT, TRANSIENT
-from stream_processors.core.tasks import TASK_FAILED, TaskFailed, TaskSucceeded
+from stream_processors.core.policy import HEARTBEAT_TIMEOUT, TIMEOUT, TRANSIENT
+from stream_processors.core.tasks import TASK_FAILED, TaskFailed, TaskHeartbeat, TaskSucceeded
 
 __all__ = [
     "DEADLINE",
@@ -144,7 +145,7 @@ def _decide(
 
 
 #: Replies any step may take: matched to their step by command id alone (``_reply``).
-_MATCHED_BY_ID = (CommandFailed, ChildEnded, TaskSucceeded, TaskFailed)
+_MATCHED_BY_ID = (CommandFailed, ChildEnded, TaskSucceeded, TaskFailed, TaskHeartbeat)
 
 
 def _start(decider: Decider, received: Input) -> None:
@@ -291,6 +292,10 @@ def _reply(decider: Decider, received: Input, step: str, role: ReplyRole | None)
         return decision
 
     record = received.record
+    heartbeat = _heartbeat_interval(decider.definition, current, record)
+    if isinstance(record, TaskHeartbeat) and heartbeat is None:
+        decision.ignored = "no-heartbeat-expected"
+        return decision
     decider.emit(
         instance.instance_id,
         Kind.INPUT_ACCEPTED,
@@ -301,7 +306,9 @@ def _reply(decider: Decider, received: Input, step: str, role: ReplyRole | None)
         record=received.raw,
         reason=received.note,
     )
-    if role in (ReplyRole.SUCCEEDED, ReplyRole.COMPENSATED) or isinstance(record, TaskSucceeded):
+    if heartbeat is not None:  # the attempt lives on: its heartbeat timer starts again
+        decider.schedule(heartbeat_timer(step), heartbeat, step, current.attempt)
+    elif role in (ReplyRole.SUCCEEDED, ReplyRole.COMPENSATED) or isinstance(record, TaskSucceeded):
         decider.succeeded(step, current, received.raw)
     elif isinstance(record, TaskFailed):
         why = f"{step}: {record.error}" + (f": {record.cause}" if record.cause else "")
@@ -321,6 +328,17 @@ def _reply(decider: Decider, received: Input, step: str, role: ReplyRole | None)
         name = type(record).__name__
         decider.attempt_failed(step, current, [name], f"{step}: {name}")
     return decision
+
+
+def _heartbeat_interval(
+    definition: SagaDefinition, current: StepState, record: Record
+) -> int | None:
+    """The heartbeat interval a ``TaskHeartbeat`` restarts: its task's, while its attempt is
+    in flight; None for any other input, or a heartbeat nothing expects."""
+    if not isinstance(record, TaskHeartbeat) or current.status is not StepStatus.PENDING:
+        return None
+    task = definition.tasks.get(current.node)
+    return None if task is None else task.action.heartbeat_ms
 
 
 def _unmatched(received: Input, current: StepState, waited: bool, step: str) -> str | None:
@@ -432,7 +450,12 @@ def _fired(decider: Decider, name: str, step: str | None, attempt: int) -> None:
     elif name == sleep_timer(step):
         if current.status is StepStatus.PENDING and decider.instance.status is Status.RUNNING:
             decider.succeeded(step, current, None)
-    elif current.attempt == attempt and current.status in _IN_FLIGHT:
+    elif current.attempt != attempt or current.status not in _IN_FLIGHT:
+        return
+    elif name == heartbeat_timer(step):
+        why = f"{step}: no heartbeat in time"
+        decider.attempt_failed(step, current, [HEARTBEAT_TIMEOUT], why)
+    else:
         decider.attempt_failed(step, current, [TIMEOUT], f"{step}: no reply in time")
 
 

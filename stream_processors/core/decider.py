@@ -31,8 +31,10 @@ from stream_processors.core.decision import (
     Decision,
     OutgoingCommand,
     command_id,
+    heartbeat_timer,
     retry_timer,
     sleep_timer,
+    step_timers,
     timeout_timer,
 )
 from stream_processors.core.documents import (
@@ -349,6 +351,8 @@ class Decider:
                 return
         if spec.timeout_ms is not None:
             self.schedule(timeout_timer(key), spec.timeout_ms, key, attempt)
+        if spec.heartbeat_ms is not None and spec.command is not None:
+            self.schedule(heartbeat_timer(key), spec.heartbeat_ms, key, attempt)
         if spec.command is None and not compensation:
             self._take_early(key, spec)
 
@@ -440,6 +444,7 @@ class Decider:
 
     def succeeded(self, key: str, current: StepState, result: bytes | None) -> None:
         self.cancel(timeout_timer(key))
+        self.cancel(heartbeat_timer(key))
         if current.node in self.definition.flow:  # a sleep that woke
             self.cancel(sleep_timer(key))
         if current.status.compensation:
@@ -541,6 +546,7 @@ class Decider:
     ) -> None:
         """An attempt failed with ``errors`` (names): retry, catch, compensate or park."""
         self.cancel(timeout_timer(key))
+        self.cancel(heartbeat_timer(key))
         task = self.definition.tasks[current.node]
         compensation = current.status.compensation
         spec = task.compensation if compensation else task.action
@@ -735,7 +741,7 @@ class Decider:
     def cancel_step(self, key: str, step: StepState, why: str) -> None:
         """A step a failure made unwanted: stopped if nothing is in flight, else awaited."""
         if self.sends_nothing(step) or step.status is StepStatus.RETRYING:
-            for timer in (retry_timer(key), timeout_timer(key), sleep_timer(key)):
+            for timer in step_timers(key):
                 self.cancel(timer)
             self.note(Kind.STEP_FAILED, step=key, reason=why)
             return
@@ -780,7 +786,7 @@ class Decider:
             step = self.instance.steps[name]
             idle = step.status is StepStatus.RETRYING
             if idle or (self.sends_nothing(step) and step.status is StepStatus.PENDING):
-                for timer in (retry_timer(name), timeout_timer(name), sleep_timer(name)):
+                for timer in step_timers(name):
                     self.cancel(timer)
                 self.note(Kind.STEP_FAILED, step=name, reason=reason)
             elif step.status is StepStatus.PENDING:

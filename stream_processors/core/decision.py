@@ -116,3 +116,13 @@ DEADLINE = "deadline"
 
 def sleep_timer(step: str) -> str:
     return f"sleep:{step}"
+
+
+def heartbeat_timer(step: str) -> str:
+    """The timer a task with a heartbeat interval fails by when no heartbeat came in time."""
+    return f"heartbeat:{step}"
+
+
+def step_timers(step: str) -> tuple[str, ...]:
+    """Every timer a step may have set: all go when it stops."""
+    return (retry_timer(step), timeout_timer(step), sleep_timer(step), heartbeat_timer(step))

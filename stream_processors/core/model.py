@@ -30,7 +30,7 @@ from typing import Any
 from stream_processors.codecs.records import Command, DeclarationError, Event, Record, State
 from stream_processors.core.documents import DocumentFlow
 from stream_processors.core.policy import RetryPolicy
-from stream_processors.core.tasks import TaskCommand, TaskFailed, TaskSucceeded
+from stream_processors.core.tasks import TaskCommand, TaskFailed, TaskHeartbeat, TaskSucceeded
 
 
 class CommandFailed(Event, schema="sagalog.CommandFailed"):
@@ -68,7 +68,7 @@ OPERATOR_ACTIONS = ("retry", "cancel", "resolve")
 #: failure, a child's end) are matched to their step by command id alone.
 ENGINE_INPUTS: tuple[type[Record], ...] = (CommandFailed, OperatorAction, ChildEnded)
 #: The replies of a ``TaskCommand``, taken by a saga that sends one, matched by id alone too.
-TASK_REPLIES: tuple[type[Record], ...] = (TaskSucceeded, TaskFailed)
+TASK_REPLIES: tuple[type[Record], ...] = (TaskSucceeded, TaskFailed, TaskHeartbeat)
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,9 @@ class CommandSpec:
     #: What the step does, in words, where the command's type says too little (a declarative
     #: task's ``Service.Action``): diagrams and listings show it.
     label: str | None = None
+    #: A task's heartbeat interval (ms): its worker must send a ``TaskHeartbeat`` at least this
+    #: often while the action runs, or the attempt fails with ``HEARTBEAT_TIMEOUT``.
+    heartbeat_ms: int | None = None
 
 
 #: A ``catch`` target that fails the saga (compensating what completed) rather than a step.

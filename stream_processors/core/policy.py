@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 TRANSIENT = "sagalog.Transient"
 TIMEOUT = "sagalog.Timeout"
+#: A task with a heartbeat interval whose worker sent no heartbeat in time.
+HEARTBEAT_TIMEOUT = "sagalog.HeartbeatTimeout"
 ALL = "*"
 
 

@@ -69,6 +69,10 @@ class TaskFailed(Event, schema="sagalog.TaskFailed"):
     cause: str | None = None
 
 
+class TaskHeartbeat(Event, schema="sagalog.TaskHeartbeat"):
+    """A worker's sign of life for a task whose action still runs (``HeartbeatSeconds``)."""
+
+
 def task_topic(service: str) -> str:
     """The topic a service's task commands go to by default: ``<service>.tasks``.
 

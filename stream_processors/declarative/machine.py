@@ -47,7 +47,7 @@ from stream_processors.core.model import (
     When,
     validate,
 )
-from stream_processors.core.policy import NO_RETRY, TIMEOUT, TRANSIENT
+from stream_processors.core.policy import HEARTBEAT_TIMEOUT, NO_RETRY, TIMEOUT, TRANSIENT
 from stream_processors.core.tasks import TaskCommand, json_text, task_topic
 from stream_processors.declarative import choice, dataflow, timing
 from stream_processors.declarative import errors as states_errors
@@ -86,6 +86,7 @@ _BRANCH_FIELDS = frozenset({"StartAt", "States", "Comment", "ProcessorConfig"})
 #: Engine error names as the States Language calls them.
 _ERROR_NAMES = {
     TIMEOUT: states_errors.TIMEOUT,
+    HEARTBEAT_TIMEOUT: states_errors.HEARTBEAT_TIMEOUT,
     "sagalog.NoChoice": states_errors.NO_CHOICE_MATCHED,
     "sagalog.TooManyItems": states_errors.DATA_LIMIT_EXCEEDED,
 }
@@ -431,6 +432,10 @@ class _Compiler:
         service, action = _service_action(name, body)
         timeout = _seconds(name, body, "TimeoutSeconds")
         heartbeat = _seconds(name, body, "HeartbeatSeconds")
+        if heartbeat is not None and timeout is not None and heartbeat >= timeout:
+            raise DefinitionError(
+                "must be smaller than TimeoutSeconds", state=name, field="HeartbeatSeconds"
+            )
         topic = body.get("Topic") or _topic(name, service)
         self.add(_State(name, "Task", body, retriers, catchers))
         machine = self.machine
@@ -456,6 +461,7 @@ class _Compiler:
             success=(),
             retry=NO_RETRY,
             timeout_ms=None if timeout is None else timeout * 1000,
+            heartbeat_ms=None if heartbeat is None else heartbeat * 1000,
             label=f"{service}.{action}",
         )
         self.tasks[name] = Task(name, spec, next=following, catch=self.catch_map(catchers))

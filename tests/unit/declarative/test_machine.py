@@ -364,3 +364,62 @@ def test_the_test_kit_runs_a_definition_file_by_state_names() -> None:
     test.succeed_task("NotifyInternalTeams", {"done": True})
     assert test.status == "completed"
     assert test.output == {"done": True}
+
+
+HEARTBEATS = {
+    "StartAt": "Long",
+    "States": {
+        "Long": {
+            **TASK,
+            "TimeoutSeconds": 60,
+            "HeartbeatSeconds": 10,
+            "Catch": [{"ErrorEquals": ["States.HeartbeatTimeout"], "Next": "Lost"}],
+            "End": True,
+        },
+        "Lost": {"Type": "Pass", "Result": "lost", "End": True},
+    },
+}
+
+
+def test_heartbeats_keep_a_task_alive_until_its_timeout() -> None:
+    from sagas.testing import DefinitionTest
+
+    test = DefinitionTest(HEARTBEATS)
+    test.start_execution()
+    assert test.task_input("Long") == {}
+    assert test.due("heartbeat:Long") - test.now_ms == 10_000
+    for _ in range(4):  # every 8 s: the heartbeat timer starts again each time
+        test.advance(seconds=8)
+        test.heartbeat("Long")
+    assert test.due("heartbeat:Long") - test.now_ms == 10_000
+    test.succeed_task("Long", "done")
+    assert test.status == "completed"
+    assert not test.timers
+    assert test.output == "done"
+
+
+def test_a_missing_heartbeat_fails_the_attempt_with_heartbeat_timeout() -> None:
+    from sagas.testing import DefinitionTest
+
+    test = DefinitionTest(HEARTBEATS)
+    test.start_execution()
+    test.advance(seconds=10)
+    assert test.status == "completed"
+    assert test.output == "lost"
+    # As the spec says, States.TaskFailed covers a heartbeat timeout (not a timeout).
+    by_task_failed = json.loads(json.dumps(HEARTBEATS))
+    by_task_failed["States"]["Long"]["Catch"][0]["ErrorEquals"] = ["States.TaskFailed"]
+    caught = DefinitionTest(by_task_failed)
+    caught.start_execution()
+    caught.advance(seconds=10)
+    assert caught.output == "lost"
+
+
+def test_heartbeat_seconds_must_be_below_timeout_seconds() -> None:
+    machine = {
+        "StartAt": "T",
+        "States": {"T": {**TASK, "TimeoutSeconds": 5, "HeartbeatSeconds": 5, "End": True}},
+    }
+    with pytest.raises(DefinitionError) as refused:
+        compile_machine(machine, "m")
+    assert refused.value.field == "HeartbeatSeconds"
