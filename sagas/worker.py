@@ -228,6 +228,9 @@ class Answer:
     dead: bool = False
     #: Why a remembered reply cannot be sent again (it was recorded cut: too large).
     undeliverable: str | None = None
+    #: Commit at once, not at the batch's end: a task kept alive by heartbeats would otherwise
+    #: wait, silent, for the commands after it in the batch (and time out).
+    commit_now: bool = False
 
 
 class Worker:
@@ -359,6 +362,8 @@ class Worker:
             if command.heartbeat_seconds and self._heartbeats is not None:
                 beat = self._heartbeats.sender(reply_to, instance_id, command_id)
             context = replace(context, task=command, beat=beat)
+            if beat is not None:  # the action starts now: its heartbeat interval runs from here
+                beat()
         known = (remembered or self._remembered)(context)
         if known is not None:  # handled before: answer the same, without a second effect
             refusal = self.reply_addresses.refusal(known.reply_to)  # remembered before a change
@@ -379,7 +384,7 @@ class Worker:
             command_id, reply_to, instance_id, value, context.topic, context.partition
         )
         outgoing = self.reply_record(reply_to, instance_id.encode(), value, command_id, trace)
-        return Answer(outgoing, handled)
+        return Answer(outgoing, handled, commit_now=context.beat is not None)
 
     def reply_record(
         self, topic: str, key: bytes, value: bytes, command_id: str, trace: Headers | None = None
@@ -619,7 +624,8 @@ class _Serving:
                     for message in messages:
                         if self.stopping.is_set():  # the batch's transaction is left to abort
                             raise transactions.Stopped()
-                        self._serve(message)
+                        if self._serve(message):
+                            self._commit()
                     if self.open:
                         self._commit()
                 except transactions.ConsumerFailed as error:
@@ -637,9 +643,10 @@ class _Serving:
         except KafkaException as error:  # the broker is down: the group notices on its own
             log.warning("consumer not closed cleanly: %s", error.args[0])
 
-    def _serve(self, message: Message) -> None:
+    def _serve(self, message: Message) -> bool:
+        """Answer one command in the open transaction; True if it must commit now."""
         if not transactions.consumed(message):
-            return
+            return False
         if not self.open:
             self.producer.begin_transaction()
             self.open = True
@@ -656,6 +663,7 @@ class _Serving:
                 self._record(answer.handled)
         where = (message.topic() or "", message.partition() or 0)
         self.offsets[where] = (message.offset() or 0) + 1
+        return answer.commit_now
 
     # -- limits: nothing the worker sends may fail for its size or address (stream_processors.
     # limits); what would goes to the command topic's DLQ, in the command's transaction.

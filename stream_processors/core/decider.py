@@ -351,8 +351,6 @@ class Decider:
                 return
         if spec.timeout_ms is not None:
             self.schedule(timeout_timer(key), spec.timeout_ms, key, attempt)
-        if spec.heartbeat_ms is not None and spec.command is not None:
-            self.schedule(heartbeat_timer(key), spec.heartbeat_ms, key, attempt)
         if spec.command is None and not compensation:
             self._take_early(key, spec)
 

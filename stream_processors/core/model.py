@@ -136,8 +136,10 @@ class CommandSpec:
     #: What the step does, in words, where the command's type says too little (a declarative
     #: task's ``Service.Action``): diagrams and listings show it.
     label: str | None = None
-    #: A task's heartbeat interval (ms): its worker must send a ``TaskHeartbeat`` at least this
-    #: often while the action runs, or the attempt fails with ``HEARTBEAT_TIMEOUT``.
+    #: A task's heartbeat interval (ms): from its worker's first ``TaskHeartbeat`` (sent as the
+    #: action starts), the next must come within this interval while the action runs, or the
+    #: attempt fails with ``HEARTBEAT_TIMEOUT``. A command still queued for its worker is
+    #: bounded by ``timeout_ms`` alone.
     heartbeat_ms: int | None = None
 
 

@@ -387,8 +387,10 @@ def test_heartbeats_keep_a_task_alive_until_its_timeout() -> None:
     test = DefinitionTest(HEARTBEATS)
     test.start_execution()
     assert test.task_input("Long") == {}
-    assert test.due("heartbeat:Long") - test.now_ms == 10_000
-    for _ in range(4):  # every 8 s: the heartbeat timer starts again each time
+    assert "heartbeat:Long" not in test.timers  # the interval runs from the action's start
+    test.advance(seconds=30)  # queued at its worker: only TimeoutSeconds bounds it
+    test.heartbeat("Long")  # the worker's first, as the action starts
+    for _ in range(3):  # every 8 s: the heartbeat timer starts again each time
         test.advance(seconds=8)
         test.heartbeat("Long")
     assert test.due("heartbeat:Long") - test.now_ms == 10_000
@@ -403,6 +405,7 @@ def test_a_missing_heartbeat_fails_the_attempt_with_heartbeat_timeout() -> None:
 
     test = DefinitionTest(HEARTBEATS)
     test.start_execution()
+    test.heartbeat("Long")
     test.advance(seconds=10)
     assert test.status == "completed"
     assert test.output == "lost"
@@ -411,6 +414,7 @@ def test_a_missing_heartbeat_fails_the_attempt_with_heartbeat_timeout() -> None:
     by_task_failed["States"]["Long"]["Catch"][0]["ErrorEquals"] = ["States.TaskFailed"]
     caught = DefinitionTest(by_task_failed)
     caught.start_execution()
+    caught.heartbeat("Long")
     caught.advance(seconds=10)
     assert caught.output == "lost"
 
