@@ -2,6 +2,7 @@
 #   make demo        the order-fulfilment saga end to end on a real broker
 #   make test        ruff, mypy, and pytest (unit + integration) against a real broker
 #   make mermaid     Mermaid's parser (node), for the test that checks `sagas diagram`'s output
+#   make chromium    the system's Chromium, for the console's browser test (apt-get, when missing)
 #   make kafka       start a single-node broker (or find one); kafka-stop, kafka-reset
 #                    (KAFKA_BROKERS=3 make kafka: a three-node KRaft cluster instead)
 #   make chaos       the chaos suite, then its cluster phase (chaos-cluster); chaos-quick: short form
@@ -14,7 +15,7 @@ BROKER := tools/kafka/broker.sh
 # broker.sh probes readiness with the project's own client library, from the virtualenv.
 export PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: venv mermaid kafka kafka-stop kafka-reset test lint unit demo chaos chaos-cluster chaos-quick clean bench bench-quick bench-venv temporal
+.PHONY: venv mermaid chromium kafka kafka-stop kafka-reset test lint unit demo chaos chaos-cluster chaos-quick clean bench bench-quick bench-venv temporal
 
 venv: $(VENV)/.installed
 
@@ -35,6 +36,16 @@ $(MERMAID)/node_modules/.installed: $(MERMAID)/package-lock.json
 	@if command -v npm >/dev/null; then npm ci --prefix $(MERMAID) --silent --no-audit --no-fund && touch $@; \
 	  else echo "no npm: Mermaid's parser is not installed (the diagram syntax test needs it)"; fi
 
+# The system's Chromium, which tests/integration/test_console.py drives through Playwright (no
+# browser download: Playwright is given its path). Without apt-get or root the target says so
+# and carries on: that test then fails under CI=true.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	       && echo "installing chromium (apt-get)" \
+	       && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "no chromium and no way to install it here: the console's browser test needs it"
+
 kafka: venv
 	@$(BROKER) start
 
@@ -49,7 +60,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint mermaid
+test: lint mermaid chromium
 	@$(BROKER) with -- $(BIN)/pytest
 
 # Options go through DEMO_ARGS, e.g. make demo DEMO_ARGS="--orders 5000 --shipping-failure-rate 0.1"

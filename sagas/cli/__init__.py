@@ -10,13 +10,14 @@ on the one ``app`` (``sagas.cli.app``) when imported; this package imports them 
     sagas list examples.order_fulfillment.saga:OrderFulfillment --status failed [--json|--counts]
     sagas cancel examples.order_fulfillment.saga:OrderFulfillment --where status=running --dry-run
     sagas schemas register shipping-v2.avsc --topic shipping.events
+    sagas console examples.order_fulfillment.saga:OrderFulfillment
 """
 
 from __future__ import annotations
 
 import sys
 
-from sagas.cli import diagram, history, listing, operate, run, schemas
+from sagas.cli import console, diagram, history, listing, operate, run, schemas
 from sagas.cli.app import app
 from sagas.cli.errors import run_cli
 
@@ -25,4 +26,4 @@ def main() -> None:
     sys.exit(run_cli(app))
 
 
-__all__ = ["app", "diagram", "history", "listing", "main", "operate", "run", "schemas"]
+__all__ = ["app", "console", "diagram", "history", "listing", "main", "operate", "run", "schemas"]
