@@ -99,13 +99,9 @@ def _record_json(record: Record) -> str:
     return json.dumps(json.loads(record_json(record)), indent=2)
 
 
-def _summary(entry: JournalEntry, record: Record | None) -> str:
-    parts = [
-        entry.step or "",
-        type(record).__name__ if record is not None else "",
-        entry.timer or "",
-        entry.reason or "",
-    ]
+def _summary(entry: JournalEntry) -> str:
+    """Step, timer, reason and due time (the record has a line of its own)."""
+    parts = [entry.step or "", entry.timer or "", entry.reason or ""]
     if entry.due_ms is not None:
         parts.append("due " + _time(entry.due_ms))
     return " · ".join(part for part in parts if part)
@@ -131,7 +127,7 @@ def timeline(history: list[Located]) -> list[Item]:
                 step=entry.step,
                 attempt=entry.attempt,
                 record_type=None if record is None else type(record).__name__,
-                summary=_summary(entry, record),
+                summary=_summary(entry),
                 record_json=None if record is None else _record_json(record),
                 by=record.by if isinstance(record, OperatorAction) else None,
             )

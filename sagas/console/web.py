@@ -74,6 +74,7 @@ def _templates() -> Jinja2Templates:
         "ACTIONS": ACTIONS,
         "CATEGORIES": CATEGORIES,
         "POLL_SECONDS": POLL_SECONDS,
+        "PER_PAGE": PER_PAGE,
     }
     return Jinja2Templates(env=environment)
 

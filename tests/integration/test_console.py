@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
 from confluent_kafka import Producer
 from playwright.sync_api import Browser, expect, sync_playwright
 
-from sagas.local import LocalProcess, free_port
+from sagas.console.process import start_console
 from stream_processors.core.journal import JournalEntry, Kind
 from tests.conftest import KafkaCluster
-from tests.integration.saga_harness import SAGA_TARGET, TOPICS, SagaRun, log_text
+from tests.integration.saga_harness import REPO_ROOT, SAGA_TARGET, TOPICS, SagaRun
 
 pytestmark = pytest.mark.kafka
 
@@ -48,20 +46,6 @@ def chromium_path() -> str:
     pytest.skip(message)
 
 
-def _wait_http(process: LocalProcess, url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        assert process.running, f"the console exited:\n{log_text(process)[-3000:]}"
-        assert time.monotonic() < deadline, f"no console at {url}:\n{log_text(process)[-3000:]}"
-        time.sleep(0.2)
-
-
 @pytest.fixture
 def browser() -> Iterator[Browser]:
     executable = chromium_path()
@@ -73,14 +57,22 @@ def browser() -> Iterator[Browser]:
             launched.close()
 
 
-def _start_console(saga: SagaRun) -> tuple[LocalProcess, str]:
-    port = free_port()
-    saga.processes.env["SAGALOG_STATE_DIR"] = str(saga.state_dir)  # the processor's, its index
-    command = [sys.executable, "-m", "sagas", "console", SAGA_TARGET, "--port", str(port)]
-    console = saga.processes.program("console", [*command, "--token", TOKEN])
-    url = f"http://127.0.0.1:{port}"
-    _wait_http(console, f"{url}/login")
-    return console, url
+@pytest.fixture
+def console(saga: SagaRun, kafka: KafkaCluster) -> Iterator[str]:
+    """``sagas console`` of the order saga, as its own process, next to the run's processor
+    (its state folder: the console keeps its index there); yields its URL."""
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+        "SAGALOG_STATE_DIR": str(saga.state_dir),
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    log = saga.tmp_path / "logs" / "console.log"
+    process, url = start_console([SAGA_TARGET], log, TOKEN, env)
+    try:
+        yield url
+        assert process.running, process.log_tail()
+    finally:
+        process.stop()
 
 
 def _journaled(saga: SagaRun, instance: str, kind: Kind, timeout: float = 30) -> JournalEntry:
@@ -102,7 +94,7 @@ def _undecodable(kafka: KafkaCluster, key: str) -> None:
 
 
 def test_console_lists_filters_opens_and_cancels(
-    saga: SagaRun, kafka: KafkaCluster, browser: Browser
+    saga: SagaRun, kafka: KafkaCluster, browser: Browser, console: str
 ) -> None:
     saga.start_processor()
     workers = saga.processes.workers()
@@ -119,7 +111,7 @@ def test_console_lists_filters_opens_and_cancels(
     garbage = f"{saga.prefix}garbage"
     _undecodable(kafka, garbage)
 
-    console, url = _start_console(saga)
+    url = console  # up before the run: its index follows the changelog as the run goes
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.set_default_timeout(20_000)
 
@@ -181,4 +173,3 @@ def test_console_lists_filters_opens_and_cancels(
         assert time.monotonic() < deadline, "the redriven record was not dead-lettered again"
         time.sleep(1)
         page.reload()
-    assert console.running
