@@ -13,6 +13,7 @@ imported only when the command runs, so the rest of ``sagas`` works without them
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -95,4 +96,7 @@ def _serve(
     typer.echo(f"Sagalog console on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
     if show_token:
         typer.echo(f"log in with any name and the token {gate.token}", err=True)
+    # uvicorn stops gracefully on SIGTERM, then raises it again to the handler it found: a
+    # handler that does nothing lets the command end with 0, like the processor and workers.
+    signal.signal(signal.SIGTERM, lambda number, frame: None)
     uvicorn.run(web, host=host, port=port, log_level="warning")
