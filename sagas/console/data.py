@@ -42,7 +42,7 @@ class SagaView:
     definition: SagaDefinition
     state_dir: Path
     bootstrap: str | None
-    fed: threading.Event = field(default_factory=threading.Event)
+    _local: threading.local = field(default_factory=threading.local, repr=False)
 
     @property
     def name(self) -> str:
@@ -67,12 +67,12 @@ class SagaView:
 
     @contextmanager
     def index(self) -> Iterator[Index]:
-        """The index, opened for one request (SQLite connections stay in their thread)."""
-        opened = Index(self.index_file)
-        try:
-            yield opened
-        finally:
-            opened.close()
+        """The index, opened once per thread (a SQLite connection stays in its thread; the
+        web server's pool reuses its threads, and opening writes the schema's check)."""
+        opened: Index | None = getattr(self._local, "index", None)
+        if opened is None:
+            opened = self._local.index = Index(self.index_file)
+        yield opened
 
     # -- instances ---------------------------------------------------------------------------
 
@@ -207,8 +207,6 @@ class Feeds:
         try:
             feed = IndexFeed(index, view.topics.snapshots, self.bootstrap)
             try:
-                feed.catch_up()
-                view.fed.set()
                 feed.follow(lambda: not self._stop.is_set(), lambda _: None)
             finally:
                 feed.close()
