@@ -12,6 +12,7 @@ imported only when the command runs, so the rest of ``sagas`` works without them
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from pathlib import Path
@@ -96,6 +97,9 @@ def _serve(
     typer.echo(f"Sagalog console on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
     if show_token:
         typer.echo(f"log in with any name and the token {gate.token}", err=True)
+    # Who did what from the console (and the index feeds' troubles) go to its output.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("sagas.console").setLevel(logging.INFO)
     # uvicorn stops gracefully on SIGTERM, then raises it again to the handler it found: a
     # handler that does nothing lets the command end with 0, like the processor and workers.
     signal.signal(signal.SIGTERM, lambda number, frame: None)

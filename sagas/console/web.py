@@ -215,6 +215,7 @@ class Console:
         else:
             sender = lambda: view.act(instance, action, user, reason)  # noqa: E731
         await _run_reporting(request, sender, f"{action} of {instance}")
+        LOG.info("%s: %s of %s in %s: %s", user, action, instance, view.name, reason)
         return RedirectResponse(f"/s/{quote(view.name)}/i/{quote(instance, safe='')}", 303)
 
     async def redrive(self, request: Request) -> Response:
@@ -229,7 +230,7 @@ class Console:
             _flash(request, "choose the dead letters to send back", ok=False)
         else:
             user = request.session["user"]
-            LOG.info("%s redrives %d dead letters of %s", user, len(chosen), topic)
+            LOG.info("%s: redrive of %d dead letters of %s", user, len(chosen), topic)
             await _run_reporting(request, lambda: view.redrive(topic, chosen), f"redrive {topic}")
         return RedirectResponse(f"/s/{quote(view.name)}/dlq", 303)
 

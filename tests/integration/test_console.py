@@ -1,8 +1,9 @@
 """The web console in a real headless Chromium, on the real broker, with real processes.
 
-A processor and the order saga's workers run some orders (some fail, some are compensated);
-then the workers stop and a few more orders wait on their payment. The test starts
-``sagas console`` as its own process, logs in, sees the counts, filters the list, searches,
+``sagas console`` runs as its own process from the start (its index follows the snapshots
+changelog as the run goes). A processor and the order saga's workers run some orders (some fail,
+some are compensated); then the workers stop and a few more orders wait on their payment. The
+test logs in, sees the saga, searches the list and filters it by status,
 opens a waiting instance (state, diagram, timeline), cancels it from the page, and checks in the
 journal that the processor applied the cancel under the logged-in user's name; the page shows it
 without a reload. A record the processor could not decode is dead-lettered, found on the

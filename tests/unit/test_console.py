@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
+from typer.testing import CliRunner
 
 from examples.order_fulfillment.messages import OrderPlaced, OrderState
 from examples.order_fulfillment.saga import OrderFulfillment
+from sagas.cli import app
 from sagas.console.auth import AuthError, Gate, hash_password, password_matches, read_users
 from sagas.console.data import SagaView
 from sagas.console.timeline import COMMAND, OPERATOR, OUTCOME, REPLY, category, timeline
@@ -60,6 +62,21 @@ def test_bad_users_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(AuthError, match="not both"):
         Gate.from_options("t", users)
     assert Gate.from_options(None, None).token  # one made up
+
+
+def test_add_user_appends_a_hashed_line(tmp_path: Path) -> None:
+    users = tmp_path / "users"
+    runner = CliRunner()
+    for name in ("alice", "bob"):
+        result = runner.invoke(
+            app, ["console", "--add-user", name, "--users", str(users)], input="pw\npw\n"
+        )
+        assert result.exit_code == 0, result.output
+    lines = [line.split(":", 1) for line in users.read_text().splitlines()]
+    assert [name for name, _ in lines] == ["alice", "bob"]
+    assert all(stored.startswith("scrypt$") for _, stored in lines)  # never the password
+    gate = Gate.from_options(None, users)
+    assert gate.login("bob", "pw") == "bob" and gate.login("alice", "pw") == "alice"
 
 
 # -- the timeline -----------------------------------------------------------------------------
