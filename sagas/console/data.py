@@ -80,10 +80,10 @@ class SagaView:
         with self.index() as index:
             return index.counts(filters or Filters())
 
-    def page(self, filters: Filters, page: Page) -> tuple[list[Listed], int]:
-        """One page of the instances matching ``filters``, and how many match in all."""
+    def rows(self, filters: Filters, page: Page) -> list[Listed]:
+        """One page of the instances matching ``filters``."""
         with self.index() as index:
-            return index.page(filters, page), index.total(filters)
+            return index.page(filters, page)
 
     def find(self, instance: str) -> Listed | None:
         with self.index() as index:

@@ -46,8 +46,10 @@ from stream_processors.tools.index import STATUSES, FilterError, Filters, Page, 
 LOG = logging.getLogger(__name__)
 #: Rows of the instance list per page.
 PER_PAGE = 25
-#: Seconds between an htmx page's polls (the templates read it).
+#: Seconds between the polls of an instance page, and of the overview and the list (whose
+#: counts read the whole status index: about 0.2 s at 1,000,000 instances).
 POLL_SECONDS = 2
+LIST_POLL_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ def _templates() -> Jinja2Templates:
         "ACTIONS": ACTIONS,
         "CATEGORIES": CATEGORIES,
         "POLL_SECONDS": POLL_SECONDS,
+        "LIST_POLL_SECONDS": LIST_POLL_SECONDS,
         "PER_PAGE": PER_PAGE,
     }
     return Jinja2Templates(env=environment)
@@ -152,9 +155,12 @@ class Console:
         view = self.view(request)
         query = ListQuery.of(request.query_params)
         try:
-            filters, page = query.filters(), query.page()
-            rows, total = view.page(filters, page)
+            rows = view.rows(query.filters(), query.page())
+            # One count, by status, serves both the summary and the total (at 1,000,000
+            # instances a count reads the status index: ~0.2 s here).
             counts = view.counts(query.filters(with_status=False))
+            shown = tuple(dict.fromkeys(query.statuses)) or tuple(counts)
+            total = sum(counts.get(status, 0) for status in shown)
             error = None
         except FilterError as problem:
             rows, total, counts, error = [], 0, {}, str(problem)
