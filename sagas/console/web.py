@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import jinja2
+from confluent_kafka import KafkaException
 from starlette.applications import Starlette
 from starlette.datastructures import FormData, QueryParams
 from starlette.exceptions import HTTPException
@@ -41,6 +42,7 @@ from sagas.console.auth import Gate
 from sagas.console.data import Feeds, SagaView
 from sagas.console.timeline import CATEGORIES
 from sagas.operator import ACTIONS, OperatorError
+from stream_processors.kafka.errors import KafkaUnavailable, MissingTopic
 from stream_processors.tools.index import STATUSES, FilterError, Filters, Page, parse_where
 
 LOG = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ PER_PAGE = 25
 #: counts read the whole status index: about 0.2 s at 1,000,000 instances).
 POLL_SECONDS = 2
 LIST_POLL_SECONDS = 5
+#: What reading an instance's journal may raise when Kafka cannot answer it now.
+UNREADABLE = (KafkaException, KafkaUnavailable, MissingTopic, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -178,7 +182,10 @@ class Console:
     def instance(self, request: Request) -> Response:
         view = self.view(request)
         instance = request.path_params["instance"]
-        detail = view.detail(instance)
+        try:
+            detail = view.detail(instance)
+        except UNREADABLE as error:
+            raise HTTPException(503, f"cannot read {view.topics.journal} now: {error}") from error
         if detail is None:
             raise HTTPException(404, f"{view.name} has no instance {instance!r}")
         return self.render(request, "instance.html", view=view, detail=detail)
@@ -191,7 +198,10 @@ class Console:
         shown = request.query_params.get("position")
         if listed is not None and shown == str(listed.position):
             return Response(status_code=204)
-        detail = view.detail(instance)
+        try:
+            detail = view.detail(instance)
+        except UNREADABLE:
+            return Response(status_code=204)  # the next poll tries again
         if detail is None:
             return Response(status_code=204)
         return self.render(request, "_instance_body.html", view=view, detail=detail)

@@ -141,6 +141,10 @@ def test_console_lists_filters_opens_and_cancels(
     page.locator("input[name=status][value=failed]").uncheck()
     page.locator("input[name=status][value=running]").check()
     expect(links).to_have_count(len(waiting))
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: the list still fits
+    expect(page.locator("th.wide").first).to_be_hidden()
+    expect(links.first).to_be_in_viewport()
+    page.set_viewport_size({"width": 1280, "height": 900})
 
     # An instance waiting on its payment: state, diagram with where it is, timeline.
     links.filter(has_text=waiting[0]).click()

@@ -213,6 +213,12 @@ def test_overview_and_list_show_the_index(client: TestClient) -> None:
     assert client.get("/s/nope").status_code == 404
 
 
+def test_an_instance_page_polls_for_nothing_while_its_position_stands(client: TestClient) -> None:
+    _log_in(client)
+    live = client.get("/s/order_fulfillment/live/order-001?position=2")  # seq 3: position 2
+    assert live.status_code == 204  # answered from the index: the journal is not read
+
+
 def test_index_finds_by_id_and_prefix(tmp_path: Path) -> None:
     index = Index(tmp_path / "i.sqlite3")
     index.apply(
