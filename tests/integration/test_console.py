@@ -24,7 +24,9 @@ import pytest
 from confluent_kafka import Producer
 from playwright.sync_api import Browser, expect, sync_playwright
 
+from examples.order_fulfillment.saga import OrderFulfillment
 from sagas.console.process import start_console
+from sagas.operator import send_action
 from stream_processors.core.journal import JournalEntry, Kind
 from tests.conftest import KafkaCluster
 from tests.integration.saga_harness import REPO_ROOT, SAGA_TARGET, TOPICS, SagaRun
@@ -164,6 +166,18 @@ def test_console_lists_filters_opens_and_cancels(
     # ... and the open page shows it by itself (no reload).
     expect(page.get_by_test_id("by").first).to_have_text(f"by {USER}")
     expect(page.get_by_test_id("status")).not_to_have_text("running")
+    expect(page.locator("[data-testid=diagram] svg")).to_be_visible()  # drawn again
+
+    # Live: the other waiting order's page, open, shows a cancel sent from elsewhere.
+    page.goto(f"{url}/s/{TOPICS.saga}/i/{waiting[1]}")
+    expect(page.get_by_test_id("status")).to_have_text("running")
+    page.evaluate("document.body.dataset.loaded = 'once'")  # gone if the page reloads
+    send_action(
+        OrderFulfillment.definition, waiting[1], "cancel", "bob", "by hand", kafka.bootstrap
+    )
+    expect(page.get_by_test_id("by").first).to_have_text("by bob")
+    expect(page.locator("[data-testid=diagram] svg")).to_be_visible()
+    assert page.evaluate("document.body.dataset.loaded") == "once"
 
     # The undecodable record: on the dead-letter page, sent back, dead-lettered again.
     page.goto(f"{url}/s/{TOPICS.saga}/dlq")
