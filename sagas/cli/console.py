@@ -95,6 +95,11 @@ def _serve(
     views = [SagaView(d, default_state_dir(d.name), bootstrap) for d in definitions]
     web = create_app(Settings(views=views, gate=gate, bootstrap=bootstrap))
     typer.echo(f"Sagalog console on http://{host}:{port}/ (Ctrl-C to stop)", err=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(
+            f"{host} lets other machines in over plain HTTP: put the console behind TLS",
+            err=True,
+        )
     if show_token:
         typer.echo(f"log in with any name and the token {gate.token}", err=True)
     # Who did what from the console (and the index feeds' troubles) go to its output.
