@@ -201,9 +201,11 @@ def test_overview_and_list_show_the_index(client: TestClient) -> None:
     assert 'data-testid="count-completed">30<' in overview
     assert 'data-testid="count-running">2<' in overview
     page = client.get("/s/order_fulfillment").text
-    assert f"1-{PER_PAGE} of 35" in page and "Older →" in page
+    assert f"1-{PER_PAGE} of 35" in page and "Next →" in page
     second = client.get("/s/order_fulfillment?page=2", headers={"HX-Request": "true"}).text
     assert "<html" not in second and f"{PER_PAGE + 1}-35 of 35" in second
+    oldest = client.get("/s/order_fulfillment?asc=1&sort=started").text
+    assert oldest.index(">order-000<") < oldest.index(">order-001<")
     running = client.get("/s/order_fulfillment?status=running").text
     assert running.count('data-testid="instance-link"') == 2
     searched = client.get("/s/order_fulfillment?q=order-03").text
