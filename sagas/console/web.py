@@ -20,6 +20,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from importlib.resources import files
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -27,6 +28,7 @@ from urllib.parse import quote, urlencode
 import jinja2
 from confluent_kafka import KafkaException
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, QueryParams
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -225,11 +227,10 @@ class Console:
         action, reason = _text(form, "action"), _text(form, "reason")
         user = request.session["user"]
         if action == "signal":
-            sender: Callable[[], Any] = lambda: view.signal(  # noqa: E731
-                instance, _text(form, "event_type"), _text(form, "data"), user, reason
-            )
+            event_type, data = _text(form, "event_type"), _text(form, "data")
+            sender = partial(view.signal, instance, event_type, data, user, reason)
         else:
-            sender = lambda: view.act(instance, action, user, reason)  # noqa: E731
+            sender = partial(view.act, instance, action, user, reason)
         await _run_reporting(request, sender, f"{action} of {instance}")
         LOG.info("%s: %s of %s in %s: %s", user, action, instance, view.name, reason)
         return RedirectResponse(f"/s/{quote(view.name)}/i/{quote(instance, safe='')}", 303)
@@ -253,8 +254,6 @@ class Console:
 
 async def _run_reporting(request: Request, call: Callable[[], Any], what: str) -> None:
     """Run a blocking operator call in the thread pool and flash what came of it."""
-    from starlette.concurrency import run_in_threadpool
-
     try:
         outcome = await run_in_threadpool(call)
     except (OperatorError, ValueError) as error:
