@@ -221,6 +221,22 @@ def test_an_instance_page_polls_for_nothing_while_its_position_stands(client: Te
     assert live.status_code == 204  # answered from the index: the journal is not read
 
 
+def test_a_signal_that_cannot_be_built_says_why_and_sends_nothing(client: TestClient) -> None:
+    _log_in(client)
+    url = "/s/order_fulfillment/act/order-001"
+    cases = {
+        ("PaymentCompleted", "{not json"): "not JSON",
+        ("PaymentCompleted", '{"nope": 1}'): "PaymentCompleted(",
+        ("Nothing", "{}"): "accepts no &#39;Nothing&#39;",
+    }
+    for (event_type, data), expected in cases.items():
+        form = {"action": "signal", "event_type": event_type, "data": data, "reason": "r"}
+        sent = client.post(url, data=form, follow_redirects=False)
+        assert sent.headers["location"] == "/s/order_fulfillment/i/order-001"
+        page = client.get("/").text  # the flash shows on the next page (this one needs no Kafka)
+        assert 'data-testid="flash"' in page and expected in page, page
+
+
 def test_index_finds_by_id_and_prefix(tmp_path: Path) -> None:
     index = Index(tmp_path / "i.sqlite3")
     index.apply(
