@@ -113,7 +113,8 @@ class Console:
     def render(self, request: Request, name: str, **context: Any) -> Response:
         context |= {
             "user": request.session.get("user"),
-            "flash": request.session.pop("flash", None),
+            # Only a whole page shows the flash: a poll's fragment must not take it.
+            "flash": None if _htmx(request) else request.session.pop("flash", None),
             "sagas": list(self.views),
         }
         return TEMPLATES.TemplateResponse(request, name, context)
