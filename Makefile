@@ -1,7 +1,8 @@
 # Sagalog's entry points. Each target does its own set-up: the virtualenv, the broker, the topics.
-#   make demo        the order-fulfilment saga end to end on a real broker
+#   make demo        the order-fulfilment saga end to end on a real broker (KEEP=1: then the console)
 #   make test        ruff, mypy, and pytest (unit + integration) against a real broker
 #   make mermaid     Mermaid's parser (node), for the test that checks `sagas diagram`'s output
+#   make chromium    the system's Chromium, for the console's browser test (apt-get, when missing)
 #   make kafka       start a single-node broker (or find one); kafka-stop, kafka-reset
 #                    (KAFKA_BROKERS=3 make kafka: a three-node KRaft cluster instead)
 #   make chaos       the chaos suite, then its cluster phase (chaos-cluster); chaos-quick: short form
@@ -14,7 +15,7 @@ BROKER := tools/kafka/broker.sh
 # broker.sh probes readiness with the project's own client library, from the virtualenv.
 export PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: venv mermaid kafka kafka-stop kafka-reset test lint unit demo chaos chaos-cluster chaos-quick clean bench bench-quick bench-venv temporal
+.PHONY: venv mermaid chromium console-screenshots kafka kafka-stop kafka-reset test lint unit demo chaos chaos-cluster chaos-quick clean bench bench-quick bench-venv temporal
 
 venv: $(VENV)/.installed
 
@@ -35,6 +36,16 @@ $(MERMAID)/node_modules/.installed: $(MERMAID)/package-lock.json
 	@if command -v npm >/dev/null; then npm ci --prefix $(MERMAID) --silent --no-audit --no-fund && touch $@; \
 	  else echo "no npm: Mermaid's parser is not installed (the diagram syntax test needs it)"; fi
 
+# The system's Chromium, which tests/integration/test_console.py drives through Playwright (no
+# browser download: Playwright is given its path). Without apt-get or root the target says so
+# and carries on: that test then fails under CI=true.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	       && echo "installing chromium (apt-get)" \
+	       && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "no chromium and no way to install it here: the console's browser test needs it"
+
 kafka: venv
 	@$(BROKER) start
 
@@ -49,12 +60,18 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint mermaid
+test: lint mermaid chromium
 	@$(BROKER) with -- $(BIN)/pytest
 
-# Options go through DEMO_ARGS, e.g. make demo DEMO_ARGS="--orders 5000 --shipping-failure-rate 0.1"
+# Options go through DEMO_ARGS, e.g. make demo DEMO_ARGS="--orders 5000 --shipping-failure-rate 0.1";
+# make demo KEEP=1 keeps the processes and the broker up afterwards, with the web console open.
 demo: venv
-	@$(BROKER) with -- $(BIN)/python -m examples.order_fulfillment.demo $(DEMO_ARGS)
+	@$(BROKER) with -- $(BIN)/python -m examples.order_fulfillment.demo $(if $(KEEP),--keep) $(DEMO_ARGS)
+
+# The console's screenshots in docs/ (tools/console_screenshots.py), on a broker of their own.
+SCREENSHOTS_PORT ?= 9394
+console-screenshots: venv chromium
+	@KAFKA_PORT=$(SCREENSHOTS_PORT) $(BROKER) with -- $(BIN)/python tools/console_screenshots.py
 
 # Benchmarks get their own broker port, so that other brokers (tests, chaos) do not disturb it,
 # and their own extra (matplotlib, pyinstrument, faust-streaming, temporalio).

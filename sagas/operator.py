@@ -453,3 +453,33 @@ def redrive(dlq_topic: str, selected: Sequence[DeadLetter], bootstrap: str | Non
             record["partition"] = letter.origin_partition
         records.append((letter.origin_topic, record))
     return len(_deliver(producer, records))
+
+
+# -- building a signal -----------------------------------------------------------------------
+
+
+def input_named(definition: SagaDefinition, name: str) -> type[Record]:
+    """The saga's input class called ``name`` (its ``__name__``); ``ValueError`` when it has
+    none or several of that name."""
+    accepted = ", ".join(sorted(t.__name__ for t in definition.inputs))
+    matches = [t for t in definition.inputs if t.__name__ == name]
+    if not matches:
+        raise ValueError(f"{definition.name} accepts no {name!r}; it accepts {accepted}")
+    if len(matches) > 1:
+        spelled = ", ".join(sorted(f"{t.__module__}:{t.__qualname__}" for t in matches))
+        raise ValueError(f"{name!r} is ambiguous: {spelled}")
+    return matches[0]
+
+
+def event_of(cls: type[Record], fields: object) -> Record:
+    """A ``cls`` record from decoded JSON ``fields``; ``ValueError`` when they do not make one
+    that fits its schema."""
+    if not isinstance(fields, dict):
+        raise ValueError("give a JSON object of the event's fields")
+    try:
+        event = cls(**fields)
+        event.encode()  # the values must fit the schema, not just the field names
+    except (TypeError, ValueError, AttributeError) as error:
+        names = ", ".join(cls.__fields__)
+        raise ValueError(f"{cls.__name__}({names}): {error}") from None
+    return event

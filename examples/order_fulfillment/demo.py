@@ -11,6 +11,9 @@ same broker (see ``main``): the two would share its topics and consumer group.
 
     python -m examples.order_fulfillment.demo --orders 5000 --shipping-failure-rate 0.1
 
+With ``--keep`` (``make demo KEEP=1``) the processes stay up afterwards, with the web console
+(``sagas console``) open on them, until Ctrl-C; without it, the demo ends by saying so.
+
 Kafka is found through ``KAFKA_BOOTSTRAP_SERVERS`` (default 127.0.0.1:9092); ``make demo`` sets
 it. Logs go to ``.sagalog/demo/logs/``, the processor's store to ``.sagalog/demo/state/``.
 """
@@ -18,6 +21,7 @@ it. Logs go to ``.sagalog/demo/logs/``, the processor's store to ``.sagalog/demo
 from __future__ import annotations
 
 import random
+import secrets
 import signal
 import time
 import uuid
@@ -31,6 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from examples.order_fulfillment.measure import (
+    SAGA,
     Journal,
     Results,
     publish,
@@ -40,11 +45,13 @@ from examples.order_fulfillment.measure import (
 )
 from examples.order_fulfillment.saga import OrderFulfillment
 from examples.order_fulfillment.scenario import PlannedOrder, plan_orders
+from sagas.console.process import start_console
 from sagas.local import LocalProcess, journal_end, journal_outcomes_from, percentile
 from stream_processors.kafka.config import bootstrap_servers
 from stream_processors.kafka.topics import SagaTopics, ensure_topics
 
 DEMO_DIR = Path(".sagalog/demo")
+SAGA_NAME = OrderFulfillment.definition.name
 STATES = ("completed", "compensated", "failed")
 SHOWN = 10  # wrong or missing instances listed on failure
 LOG_LINES = 25  # lines of each process's log shown on failure
@@ -124,6 +131,29 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # so that ``finally`` stops the processes on SIGTERM too
 
 
+def keep_open(run_id: str, port: int, processes: dict[str, LocalProcess]) -> bool:
+    """Start the web console next to the processes (adding it to them, to be stopped with
+    them), say how to log in, and wait for Ctrl-C (or SIGTERM); returns whether that came (a
+    Ctrl-C reaches every process of the terminal: their exit codes then say nothing)."""
+    token = secrets.token_urlsafe(12)
+    env = {"SAGALOG_STATE_DIR": str((DEMO_DIR / "state").resolve())}
+    process, url = start_console([SAGA], DEMO_DIR / "logs" / "console.log", token, env, port)
+    processes["console"] = process
+    console.print(
+        f"\nThe web console is at [bold]{url}/[/bold]: log in with any name and the token "
+        f"[bold]{token}[/bold].\nThis run's orders: {url}/s/{SAGA_NAME}?q=order-{run_id}-\n"
+        "The processes and the broker keep running; Ctrl-C stops them all."
+    )
+    try:
+        while process.running:
+            time.sleep(1)
+        console.print(f"[red]the console exited:[/red]\n{process.log_tail(LOG_LINES)}")
+        return False
+    except KeyboardInterrupt:
+        console.print("stopping")
+        return True
+
+
 @app.command()
 def main(
     orders: Annotated[int, typer.Option(min=1, help="Orders to publish")] = 1000,
@@ -142,6 +172,15 @@ def main(
     partitions: Annotated[
         int, typer.Option(min=1, help="Partitions of the saga's topics, when creating them")
     ] = 8,
+    keep: Annotated[
+        bool,
+        typer.Option(
+            "--keep",
+            help="Afterwards keep the processes running with the web console open, "
+            "until Ctrl-C (make demo KEEP=1)",
+        ),
+    ] = False,
+    console_port: Annotated[int, typer.Option(help="The console's port, with --keep")] = 8600,
 ) -> None:
     """Run the order-fulfilment saga end to end and check every saga's outcome."""
     if payment_failure_rate + shipping_failure_rate > 1:
@@ -176,7 +215,7 @@ def main(
             raise typer.Exit(1)
     signal.signal(signal.SIGTERM, _terminate)
     processes: dict[str, LocalProcess] = {}
-    ok = interrupted = False
+    ok = interrupted = closed = False
     journal = Journal(topics.journal, journal_end(topics.journal))
     began = time.monotonic()
     try:
@@ -197,6 +236,8 @@ def main(
             report_failures(results)
         if crashed:
             console.print(f"[red]FAILED: exited before the end: {', '.join(crashed)}[/red]")
+        if keep:
+            closed = keep_open(run_id, console_port, processes)
     except (TimeoutError, RuntimeError) as error:
         console.print(f"[red]FAILED: {error}[/red]")
     except KeyboardInterrupt:
@@ -205,7 +246,7 @@ def main(
     finally:
         codes = {name: process.stop() for name, process in processes.items()}
         unclean = {name: code for name, code in codes.items() if code != 0}
-        if unclean and not interrupted:
+        if unclean and not (interrupted or closed):
             console.print(f"[red]FAILED: did not stop cleanly (exit codes): {unclean}[/red]")
             ok = False
         if not ok and not interrupted:
@@ -217,6 +258,11 @@ def main(
     if not ok:
         raise typer.Exit(1)
     console.print("[green]OK: every saga reached the state its injected outcome implies[/green]")
+    if not keep:
+        console.print(
+            "To see a run in the web console: [bold]make demo KEEP=1[/bold] (the processes and "
+            "the broker then stay up after the run, with the console open, until Ctrl-C)"
+        )
 
 
 if __name__ == "__main__":

@@ -12,13 +12,14 @@ on the one ``app`` (``sagas.cli.app``) when imported; this package imports them 
     sagas schemas register shipping-v2.avsc --topic shipping.events
     sagas validate examples/user_onboarding/onboarding.json
     sagas start examples/user_onboarding/onboarding.json --input '{"email": "a@b.c"}' --wait 30
+    sagas console examples.order_fulfillment.saga:OrderFulfillment
 """
 
 from __future__ import annotations
 
 import sys
 
-from sagas.cli import definitions, diagram, history, listing, operate, run, schemas
+from sagas.cli import console, definitions, diagram, history, listing, operate, run, schemas
 from sagas.cli.app import app
 from sagas.cli.errors import run_cli
 
@@ -29,6 +30,7 @@ def main() -> None:
 
 __all__ = [
     "app",
+    "console",
     "definitions",
     "diagram",
     "history",

@@ -61,7 +61,8 @@ Where = Annotated[
     typer.Option(
         help="A filter NAME=VALUE (repeatable): status=failed,needs_attention, step=NODE, "
         "started-after=T, started-before=T, updated-after=T, updated-before=T, reason=TEXT, "
-        "version=N, data.FIELD=VALUE; T is ISO time, epoch ms, or an age like 30m, 2h, 7d",
+        "version=N, id-prefix=TEXT, data.FIELD=VALUE; T is ISO time, epoch ms, or an age "
+        "like 30m, 2h, 7d",
     ),
 ]
 Time = Annotated[str | None, typer.Option(help="ISO time, epoch ms, or an age (30m, 2h, 7d)")]
@@ -94,7 +95,7 @@ def filters_of(where: list[str] | None, **options: Any) -> Filters:
     try:
         where_filters = parse_where(where or [], moment)
         fields = tuple(_field(text) for text in options.pop("field") or [])
-        times = {
+        times: dict[str, Any] = {
             name: None if value is None else moment(value)
             for name, value in options.items()
             if name.endswith(("_after", "_before"))

@@ -166,16 +166,10 @@ def _event_type(definition: SagaDefinition, name: str) -> type[Record]:
                 param_hint="EVENT_TYPE",
             )
         return cls
-    matches = [t for t in inputs if t.__name__ == name]
-    if not matches:
-        raise typer.BadParameter(
-            f"{definition.name} accepts no {name!r}; it accepts {accepted}",
-            param_hint="EVENT_TYPE",
-        )
-    if len(matches) > 1:
-        spelled = ", ".join(sorted(f"{t.__module__}:{t.__qualname__}" for t in matches))
-        raise typer.BadParameter(f"{name!r} is ambiguous: {spelled}", param_hint="EVENT_TYPE")
-    return matches[0]
+    try:
+        return operator.input_named(definition, name)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="EVENT_TYPE") from None
 
 
 def _build(cls: type[Record], data: str) -> Record:
@@ -183,15 +177,10 @@ def _build(cls: type[Record], data: str) -> Record:
         fields = json.loads(data)
     except json.JSONDecodeError as error:
         raise typer.BadParameter(f"not JSON: {error}", param_hint="--data") from None
-    if not isinstance(fields, dict):
-        raise typer.BadParameter("give a JSON object of the event's fields", param_hint="--data")
     try:
-        event = cls(**fields)
-        event.encode()  # the values must fit the schema, not just the field names
-    except (TypeError, ValueError, AttributeError) as error:
-        names = ", ".join(cls.__fields__)
-        raise typer.BadParameter(f"{cls.__name__}({names}): {error}", param_hint="--data") from None
-    return event
+        return operator.event_of(cls, fields)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--data") from None
 
 
 @app.command(name="signal")

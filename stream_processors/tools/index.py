@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from stream_processors.codecs.records import Record
 from stream_processors.core.instance import Instance, Status
 
 #: The file under a saga's state folder (``default_state_dir``) that holds its index.
@@ -107,7 +108,12 @@ def _json_default(value: object) -> object:
 
 def state_json(instance: Instance) -> str:
     """The saga's own state as JSON: the record's Avro datum, as ``sagas state`` shows it."""
-    return json.dumps(instance.data.to_avro(), default=_json_default, separators=(",", ":"))
+    return record_json(instance.data)
+
+
+def record_json(record: Record) -> str:
+    """A record's Avro datum as compact JSON (logical types as text, bytes as base64)."""
+    return json.dumps(record.to_avro(), default=_json_default, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -212,6 +218,10 @@ class Filters:
     reason: str | None = None
     version: int | None = None
     fields: tuple[FieldEquals, ...] = ()
+    #: Instance ids that start with this (the console's search box): a range on the key.
+    id_prefix: str | None = None
+    #: Exactly these instances.
+    ids: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.statuses if s not in STATUSES]
@@ -246,6 +256,13 @@ class Filters:
         for equals in self.fields:
             clauses.append(f"{equals.expression()} IN (?, ?)")
             params.extend(equals.candidates())
+        if self.id_prefix:
+            # A range, not LIKE: it reads the primary key's index, and "%" or "_" mean nothing.
+            clauses.append("instance >= ? AND instance < ?")
+            params.extend((self.id_prefix, self.id_prefix + "\U0010ffff"))
+        if self.ids:
+            clauses.append(f"instance IN ({', '.join('?' * len(self.ids))})")
+            params.extend(self.ids)
         return " AND ".join(clauses) or "1", params
 
 
@@ -259,6 +276,7 @@ WHERE_NAMES = {
     "updated-before": "updated_before",
     "reason": "reason",
     "version": "version",
+    "id-prefix": "id_prefix",
 }
 
 
@@ -483,6 +501,11 @@ class Index:
     def total(self, filters: Filters = Filters()) -> int:
         return sum(self.counts(filters).values())
 
+    def find(self, instance: str) -> Listed | None:
+        """One instance's row, or None when the index has none."""
+        found = self.page(Filters(ids=(instance,)), Page(limit=1))
+        return found[0] if found else None
+
     def explain(self, filters: Filters, page: Page) -> list[str]:
         """SQLite's plan for a page's query (the benchmark shows it)."""
         sql, params = select_sql(filters, page, self._scan(filters))
@@ -527,11 +550,13 @@ def remove_index(path: Path) -> None:
 def merged(first: Filters, second: Filters) -> Filters:
     """Both sets of conditions (the second's single values win; statuses and fields add)."""
     single: dict[str, Any] = {}
-    for name in (f.name for f in fields(Filters) if f.name not in ("statuses", "fields")):
+    adding = ("statuses", "fields", "ids")
+    for name in (f.name for f in fields(Filters) if f.name not in adding):
         value = getattr(second, name)
         single[name] = getattr(first, name) if value is None else value
     return Filters(
         statuses=(*first.statuses, *second.statuses),
         fields=(*first.fields, *second.fields),
+        ids=(*first.ids, *second.ids),
         **single,
     )
