@@ -5,6 +5,7 @@ or history counts); an unknown instance is refused without creating one. No Kafk
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,8 @@ from stream_processors.core.instance import Instance, Status
 from stream_processors.core.journal import REFUSAL_SEQ, JournalEntry, Kind, stateless
 from stream_processors.core.model import OperatorAction
 from stream_processors.core.oversize import park_for
+from stream_processors.engine.routing import NOTE, OPERATOR_ID
+from tests.unit.processor_rig import Rig
 from tests.unit.saga_run import SAGA, Run
 
 NOW = 1_900_000_000_000
@@ -193,3 +196,32 @@ def test_a_refusal_reason_reads_back_even_when_the_note_has_the_same_shape() -> 
     reason = refusal_reason(note, code, "cancel applies to ...")
     assert refusal_parts(reason) == (note, code, "cancel applies to ...")
     assert refusal_parts("not a refusal") == ("", "", "not a refusal")
+
+
+def test_the_processor_journals_a_refusal_alone_and_dead_letters_nothing(tmp_path: Path) -> None:
+    """On in-memory Kafka: an action for an unknown instance and one that does not apply are
+    journaled as refusals, in the input's transaction, with no snapshot and no dead letter."""
+    rig = Rig(tmp_path)
+    try:
+        rig.start()
+        rig.place("o-1")
+        rig.steps(3)
+        stored, journal = rig.stored("o-1"), len(rig.visible(rig.topics.journal))
+        for key, action, request in ((b"o-1", "retry", b"r-1"), (b"nobody", "cancel", b"r-2")):
+            value = OperatorAction(action=action, by="alice", reason="why").encode()
+            headers = [(NOTE, f"{action} by alice: why".encode()), (OPERATOR_ID, request)]
+            rig.broker.publish(rig.topics.inbox, key, value, headers)
+        rig.steps(2)
+        written = rig.visible(rig.topics.journal)[journal:]
+        entries = [JournalEntry.decode(message.value() or b"") for message in written]
+        assert [(e.instance, e.kind, e.seq, e.operator_id) for e in entries] == [
+            ("o-1", "OperatorRefused", -1, "r-1"),
+            ("nobody", "OperatorRefused", -1, "r-2"),
+        ]
+        assert [m.key() for m in written] == [b"o-1", b"nobody"]
+        assert rig.visible(rig.topics.dlq) == []
+        assert rig.stored("o-1") == stored and rig.stored("nobody") is None
+        snapshots = [m.key() for m in rig.visible(rig.topics.snapshots)]
+        assert b"nobody" not in snapshots and snapshots.count(b"o-1") == 1
+    finally:
+        rig.processor.close()
