@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from sagas import operator
@@ -297,10 +296,10 @@ def _as_json(letter: DeadLetter) -> dict[str, Any]:
     }
 
 
-def _shorten(text: str | None, width: int) -> str:
+def _shorten(text: str | None, width: int | None) -> str:
     if text is None:
         return ""
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return text if width is None or len(text) <= width else text[: width - 1] + "…"
 
 
 def _read_dlq(topic: str, bootstrap: str | None, **kwargs: Any) -> list[DeadLetter]:
@@ -327,6 +326,9 @@ def dlq_list(
     if not letters:
         typer.echo(f"no dead letters in {topic}" + (f" with reason {reason}" if reason else ""))
         return
+    out = listing.console()
+    # On a terminal long keys and details are shortened to fit; piped, every value is whole.
+    width = (40, 60) if out.is_terminal else (None, None)
     table = Table(title=f"{topic}: {len(letters)} dead letters")
     for column in ("partition", "offset"):
         table.add_column(column, justify="right")
@@ -338,12 +340,12 @@ def dlq_list(
             str(letter.partition),
             str(letter.offset),
             format_time(letter.timestamp),
-            _shorten(letter.key_text, 40),
+            _shorten(letter.key_text, width[0]),
             letter.reason or "?",
-            _shorten(letter.detail, 60),
+            _shorten(letter.detail, width[1]),
             letter.origin,
         )
-    Console().print(table)
+    out.print(table)
 
 
 def _position(text: str) -> tuple[int, int]:
