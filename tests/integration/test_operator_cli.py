@@ -528,3 +528,40 @@ def test_no_verdict_in_time_exits_3_and_says_what_to_check(
     assert 2 <= waited < 20
     (message,) = inbox.read(_keyed(instance))  # it was sent all the same
     assert header(message.headers(), OPERATOR_ID) in result.output
+
+
+def test_an_instance_waiting_on_a_dead_lettered_command_is_found_stuck_and_acted_on(
+    jobs: Jobs,
+) -> None:
+    """``work`` has no timeout: a job whose command a worker dead-lettered waits for ever.
+    ``sagas list --stuck`` finds it, saying why; ``--where stuck=...`` acts on it in bulk."""
+    dlq = CommittedReader(jobs.kafka.bootstrap, "flaky.work.dlq", from_end=True)
+    jobs.flag("work-misconfigured", on=True)
+    jobs.start()
+    job = jobs.job("ok")
+    deadline = time.monotonic() + 60
+    dead: list[Message] = []
+    while not dead and time.monotonic() < deadline:
+        dead = [m for m in dlq.poll(0.5) if m.key() == job.encode()]
+    dlq.close()
+    assert dead, jobs.processes.log_tails()
+    command = header(dead[0].headers(), COMMAND_ID)
+
+    index = ["--state-dir", str(jobs.tmp / "index")]
+    found = _sagas(jobs, "list", FLAKY_TARGET, "--stuck", "--older-than", "1h", "--json", *index)
+    assert found.returncode == 0, found.stderr
+    stuck = {i["instance"]: i["stuck"] for i in json.loads(found.stdout)["instances"]}
+    assert stuck[job] == [f"work: {command} dead-lettered (handler-error)"]
+    table = _sagas(jobs, "list", FLAKY_TARGET, "--stuck", *index)  # piped: nothing cut
+    assert f"work: {command} dead-lettered (handler-error)" in table.stdout
+
+    mine = ["--where", "stuck=1h", "--where", f"data.job_id={job}", "--yes", *index]
+    retry = _sagas(jobs, "retry", FLAKY_TARGET, *mine, "--reason", "bulk test")
+    assert retry.returncode == 1, (retry.stdout, retry.stderr)
+    assert f"refused retry to {job}: retry applies to a parked instance" in retry.stdout
+    cancel = _sagas(jobs, "cancel", FLAKY_TARGET, *mine, "--reason", "bulk test", "--json")
+    assert cancel.returncode == 0, (cancel.stdout, cancel.stderr)
+    (verdict,) = json.loads(cancel.stdout)
+    assert (verdict["instance"], verdict["outcome"]) == (job, "applied")
+    # Cancelled while its command is in flight (dead-lettered): the saga waits for its reply.
+    assert _entry(jobs, job, Kind.SAGA_COMPENSATING).seq == verdict["seq"] + 1
