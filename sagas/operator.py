@@ -316,7 +316,7 @@ def send_requests(
         journal = inbox.topics.journal
         count = len(_require_topics(inbox.producer, [journal], bootstrap)[journal].partitions)
         used = {partition_for(r.instance_id.encode(), count) for r in requests}
-        watch = JournalWatch(journal, used, bootstrap)
+        watch = JournalWatch(journal, used, inbox.topics.dlq, bootstrap)
     try:
         sent = _deliver(inbox.producer, records)
     except BaseException:

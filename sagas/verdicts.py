@@ -7,7 +7,9 @@ an ``OperatorRefused`` entry with the id says why (``stream_processors.core.deci
 
 ``JournalWatch`` notes where each journal partition ends *before* the requests are sent (so no
 answer can be written before that point) and then reads, read committed, from there for the
-entries answering them, until each has one or the time is up. ``Verdict`` is one request's
+entries answering them, until each has one or the time is up. It watches the saga's
+dead-letter topic the same way: a request dead-lettered before any decision (a bad signature,
+the saga's code raising) keeps its headers there, request id included. ``Verdict`` is one request's
 outcome; ``summary`` groups many (a bulk action's) into lines: applied n, refused m by reason.
 """
 
@@ -20,17 +22,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from stream_processors.core.decide import refusal_parts
 from stream_processors.core.journal import JournalEntry, Kind
+from stream_processors.engine.routing import DLQ_DETAIL, DLQ_REASON, OPERATOR_ID, header
 from stream_processors.kafka.config import consumer_config
 from stream_processors.kafka.reading import watermarks
 
-#: ``Verdict.outcome``: the processor applied it; refused it (``why``); no answer came in time;
-#: sent without waiting (``--no-wait``).
+#: ``Verdict.outcome``: the processor applied it; refused it (``why``); dead-lettered it before
+#: deciding (a bad signature, the saga's code raising...); no answer came in time; sent without
+#: waiting (``--no-wait``).
 APPLIED = "applied"
 REFUSED = "refused"
+DEAD_LETTERED = "dead-lettered"
 NO_VERDICT = "no-verdict"
 SENT = "sent"
 #: How many instance ids ``summary`` names per group, at most.
@@ -77,6 +82,8 @@ class Verdict:
         if self.outcome == REFUSED:
             written = f"journaled at {self.journal_position}"
             return f"refused {subject}: {self.why} [{self.code}] ({written})"
+        if self.outcome == DEAD_LETTERED:
+            return f"dead-lettered {subject}: [{self.code}] {self.why}"
         sent = f"inbox[{self.inbox_partition}]@{self.inbox_offset}"
         if self.outcome == SENT:
             return f"sent {subject} ({sent}, request {self.request}); not waiting for the verdict"
@@ -107,18 +114,37 @@ def unanswered(pending: Verdict, saga: str, timeout: float) -> Verdict:
     return _with(pending, outcome=NO_VERDICT, why=why)
 
 
-class JournalWatch:
-    """Where a saga's journal partitions end now; later, the entries answering requests."""
+def dead_lettered(pending: Verdict, message: Message) -> Verdict:
+    """``pending`` dead-lettered before any decision (a bad signature, a key that names
+    another instance, the saga's code raising...): the dead letter's reason and where it is."""
+    headers = message.headers()
+    where = f"{message.topic()}[{message.partition()}]@{message.offset()}"
+    detail = header(headers, DLQ_DETAIL) or "no detail"
+    why = f"{detail} (dead letter {where}: see sagas dlq list)"
+    return _with(pending, outcome=DEAD_LETTERED, code=header(headers, DLQ_REASON), why=why)
 
-    def __init__(self, journal: str, partitions: Iterable[int], bootstrap: str | None) -> None:
+
+class JournalWatch:
+    """Where a saga's journal partitions (and its dead-letter topic's) end now; later, the
+    entries answering requests, or the dead letters they became."""
+
+    def __init__(
+        self, journal: str, partitions: Iterable[int], dlq: str | None, bootstrap: str | None
+    ) -> None:
         self.journal = journal
         # The client wants a group id; this consumer is assigned partitions, never joins it.
         group = f"sagalog-operator-verdicts-{uuid.uuid4().hex}"
         self._consumer = Consumer(consumer_config(bootstrap, "sagalog-operator-verdicts", group))
         try:
-            self.starts = {
-                p: watermarks(self._consumer, TopicPartition(journal, p))[1] for p in partitions
-            }
+            watched = [TopicPartition(journal, p) for p in partitions]
+            if dlq is not None:  # every partition: a dead letter is keyed as its input was
+                found = self._consumer.list_topics(dlq, timeout=15).topics.get(dlq)
+                ours = [] if found is None or found.error else sorted(found.partitions)
+                watched += [TopicPartition(dlq, p) for p in ours]
+            self.starts = [
+                TopicPartition(tp.topic, tp.partition, watermarks(self._consumer, tp)[1])
+                for tp in watched
+            ]
         except BaseException:
             self._consumer.close()
             raise
@@ -129,22 +155,30 @@ class JournalWatch:
         keys = {verdict.instance.encode() for verdict in pending}
         found: dict[str, Verdict] = {}
         try:
-            assigned = [TopicPartition(self.journal, p, o) for p, o in self.starts.items()]
-            self._consumer.assign(assigned)
+            self._consumer.assign(self.starts)
             deadline = time.monotonic() + timeout
             while waiting and time.monotonic() < deadline:
                 for message in self._consumer.consume(num_messages=500, timeout=0.2):
                     if message.error() is not None or message.key() not in keys:
                         continue
-                    entry = JournalEntry.decode(message.value() or b"")
-                    verdict = waiting.pop(entry.operator_id or "", None)
+                    verdict = self._answer(message, waiting)
                     if verdict is not None:
-                        partition, offset = message.partition() or 0, message.offset() or 0
-                        found[verdict.request] = answered(verdict, entry, partition, offset)
+                        found[verdict.request] = verdict
         finally:
             self._consumer.close()
         late = {request: unanswered(verdict, saga, timeout) for request, verdict in waiting.items()}
         return [found.get(v.request) or late[v.request] for v in pending]
+
+    def _answer(self, message: Message, waiting: dict[str, Verdict]) -> Verdict | None:
+        """The verdict ``message`` gives one of ``waiting`` (taken out of it), if any."""
+        if message.topic() != self.journal:
+            verdict = waiting.pop(header(message.headers(), OPERATOR_ID) or "", None)
+            return None if verdict is None else dead_lettered(verdict, message)
+        entry = JournalEntry.decode(message.value() or b"")
+        verdict = waiting.pop(entry.operator_id or "", None)
+        if verdict is None:
+            return None
+        return answered(verdict, entry, message.partition() or 0, message.offset() or 0)
 
     def close(self) -> None:
         self._consumer.close()
@@ -155,8 +189,8 @@ def summary(verdicts: Sequence[Verdict], what: str) -> list[str]:
     the instances without a verdict) with the instances it concerns."""
     counts = Counter(v.outcome for v in verdicts)
     shown = ", ".join(
-        f"{outcome.replace('-', ' ')} {counts[outcome]}"
-        for outcome in (APPLIED, REFUSED, NO_VERDICT, SENT)
+        f"{'no verdict' if outcome == NO_VERDICT else outcome} {counts[outcome]}"
+        for outcome in (APPLIED, REFUSED, DEAD_LETTERED, NO_VERDICT, SENT)
         if counts.get(outcome)
     )
     lines = [f"{what}: {len(verdicts)} instances: {shown or 'none'}"]
@@ -182,8 +216,8 @@ EXIT_NO_VERDICT = 3
 
 def exit_code(verdicts: Iterable[Verdict]) -> int:
     """0 when every request was applied (or sent without waiting); ``EXIT_NO_VERDICT`` when any
-    got no verdict in time, else ``EXIT_REFUSED`` when any was refused."""
+    got no verdict in time, else ``EXIT_REFUSED`` when any was refused or dead-lettered."""
     outcomes = {verdict.outcome for verdict in verdicts}
     if NO_VERDICT in outcomes:
         return EXIT_NO_VERDICT
-    return EXIT_REFUSED if REFUSED in outcomes else 0
+    return EXIT_REFUSED if outcomes & {REFUSED, DEAD_LETTERED} else 0

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from confluent_kafka import Message
+
 from sagas.verdicts import (
     APPLIED,
+    DEAD_LETTERED,
     EXIT_NO_VERDICT,
     EXIT_REFUSED,
     NO_VERDICT,
@@ -14,6 +17,7 @@ from sagas.verdicts import (
     SENT,
     Verdict,
     answered,
+    dead_lettered,
     exit_code,
     summary,
     unanswered,
@@ -89,3 +93,22 @@ def test_a_summary_counts_outcomes_and_groups_refusals_by_reason() -> None:
     assert exit_code([*applied, *completed]) == EXIT_REFUSED
     assert exit_code([*applied, *completed, late]) == EXIT_NO_VERDICT
     assert summary([], "cancel") == ["cancel: 0 instances: none"]
+
+
+def test_a_request_dead_lettered_before_any_decision_says_the_dead_letters_reason() -> None:
+    headers = [
+        ("sagalog.operator_id", b"req-1"),
+        ("sagalog.dlq.reason", b"bad-signature"),
+        ("sagalog.dlq.detail", b"no sagalog.signature header"),
+    ]
+    letter = Message(
+        topic="order_fulfillment.dlq", partition=5, offset=9, key=b"o-1", headers=headers
+    )
+    verdict = dead_lettered(PENDING, letter)
+    assert (verdict.outcome, verdict.code) == (DEAD_LETTERED, "bad-signature")
+    assert verdict.describe() == (
+        "dead-lettered retry to o-1: [bad-signature] no sagalog.signature header "
+        "(dead letter order_fulfillment.dlq[5]@9: see sagas dlq list)"
+    )
+    assert exit_code([verdict]) == EXIT_REFUSED and not verdict.ok
+    assert summary([verdict], "retry")[0] == "retry: 1 instances: dead-lettered 1"
