@@ -134,7 +134,12 @@ class JournalWatch:
         self.journal = journal
         # The client wants a group id; this consumer is assigned partitions, never joins it.
         group = f"sagalog-operator-verdicts-{uuid.uuid4().hex}"
-        self._consumer = Consumer(consumer_config(bootstrap, "sagalog-operator-verdicts", group))
+        # Short fetch waits: an answer becomes visible when its transaction commits, which a
+        # long-polling fetch (500 ms by default) may not be woken for.
+        config = consumer_config(
+            bootstrap, "sagalog-operator-verdicts", group, **{"fetch.wait.max.ms": 50}
+        )
+        self._consumer = Consumer(config)
         try:
             watched = [TopicPartition(journal, p) for p in partitions]
             if dlq is not None:  # every partition: a dead letter is keyed as its input was

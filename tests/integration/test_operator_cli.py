@@ -482,6 +482,10 @@ def test_operator_commands_wait_for_the_processors_verdict(jobs: Jobs) -> None:
     assert journaled.operator_id == verdict["request"]
     assert jobs.entries(unknown) == [journaled]  # and no instance: nothing else, no snapshot
     assert _snapshots_of(jobs, unknown) == []
+    history = _sagas(jobs, "history", FLAKY_TARGET, unknown)  # the refusal, at no position
+    assert history.returncode == 0 and "OperatorRefused" in history.stdout, history.stderr
+    state = _sagas(jobs, "state", FLAKY_TARGET, unknown)
+    assert state.returncode == 1 and f"{unknown} had not started" in state.stderr
 
     resolve = _sagas(jobs, "resolve", FLAKY_TARGET, parked, "--reason", "undone by hand", "--json")
     assert resolve.returncode == 0, (resolve.stdout, resolve.stderr)
