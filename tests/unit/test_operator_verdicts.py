@@ -5,6 +5,7 @@ or history counts); an unknown instance is refused without creating one. No Kafk
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from examples.order_fulfillment.messages import (
     ShippingFailed,
     ShippingLabelCreated,
 )
-from sagas.testing import SagaTest
+from sagas.testing import SagaTest, verify_histories
 from stream_processors.core.decide import Input, decide, refusal_parts, refusal_reason
 from stream_processors.core.decision import command_id
 from stream_processors.core.fold import apply, fold
@@ -225,3 +226,21 @@ def test_the_processor_journals_a_refusal_alone_and_dead_letters_nothing(tmp_pat
         assert b"nobody" not in snapshots and snapshots.count(b"o-1") == 1
     finally:
         rig.processor.close()
+
+
+def test_recorded_histories_with_verdicts_decide_the_same_again() -> None:
+    """A journal as the processor writes it, with an applied request (its id on the entry) and
+    refusals (one of an id that never started), replays without a difference."""
+    before = instance_in(Status.RUNNING)
+    run = Run()
+    _running(run)
+    journal = list(run.journal)
+    cancelled = decide(SAGA, before, _action("cancel", "op-9"), NOW)
+    refused = decide(SAGA, cancelled.instance, _action("cancel", "op-10"), NOW + 1)
+    nobody = decide(SAGA, None, _action("retry", "op-11"), NOW + 2)
+    assert cancelled.entries[0].operator_id == "op-9"
+    assert refused.refusal is not None and nobody.refusal is not None
+    recorded = [*journal, *cancelled.entries, refused.refusal, nobody.refusal]
+    nobody_id = replace(nobody.refusal, instance="nobody")
+    report = verify_histories(SAGA, [*recorded, nobody_id])
+    assert report.instances == 1 and report.differences == ()
