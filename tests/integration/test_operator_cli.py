@@ -10,6 +10,7 @@ shown by the end-to-end tests.
 
 from __future__ import annotations
 
+import getpass
 import json
 import subprocess
 import time
@@ -44,6 +45,7 @@ from tests.integration.saga_harness import (
     FLAKY_TOPICS,
     CommittedReader,
     Jobs,
+    SagaRun,
     sagas_cli,
 )
 
@@ -569,3 +571,41 @@ def test_an_instance_waiting_on_a_dead_lettered_command_is_found_stuck_and_acted
     assert (verdict["instance"], verdict["outcome"]) == (job, "applied")
     # Cancelled while its command is in flight (dead-lettered): the saga waits for its reply.
     assert _entry(jobs, job, Kind.SAGA_COMPENSATING).seq == verdict["seq"] + 1
+
+
+def test_a_signal_is_applied_or_refused_and_says_so(saga: SagaRun) -> None:
+    """No worker answers the payment: a signalled PaymentCompleted is applied (journaled at the
+    printed position) and the same signal again is refused, the attempt being answered."""
+    saga.start_processor()
+    (order,) = saga.plan(1, seed=3, failures=0)
+    order_id = order.event.order_id
+    saga.publish([order])
+    _until_journaled(saga, order_id, Kind.COMMAND_SENT)
+    data = json.dumps({"order_id": order_id, "payment_id": "paid-by-phone"})
+    args = ["signal", SAGA_TARGET, order_id, "PaymentCompleted", "--data", data]
+    applied = sagas_cli(saga.kafka.bootstrap, *args, "--reason", "bank says paid", "--json")
+    assert applied.returncode == 0, (applied.stdout, applied.stderr)
+    (verdict,) = json.loads(applied.stdout)
+    assert (verdict["outcome"], verdict["kind"], verdict["what"]) == (
+        "applied",
+        "InputAccepted",
+        "signal PaymentCompleted",
+    )
+    accepted = _until_journaled(saga, order_id, Kind.INPUT_ACCEPTED)
+    assert (accepted.seq, accepted.operator_id) == (verdict["seq"], verdict["request"])
+    assert accepted.reason == f"signal by {getpass.getuser()}: bank says paid"
+    again = sagas_cli(saga.kafka.bootstrap, *args, "--reason", "once more")
+    assert again.returncode == 1, (again.stdout, again.stderr)
+    assert again.stdout.startswith(f"refused signal PaymentCompleted to {order_id}: ")
+    assert "[duplicate]" in again.stdout
+
+
+def _until_journaled(saga: SagaRun, instance: str, kind: Kind) -> JournalEntry:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        saga.journal.catch_up()
+        found = [e for e in saga.journal.entries.get(instance, []) if e.kind == kind.value]
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    raise AssertionError(f"{instance}: no {kind.value}\n{saga.processes.log_tails()}")
