@@ -2,20 +2,24 @@
 
 Every action is a record on Kafka, so it is ordered with the instance's other inputs and
 journaled by the processor like any of them, with who sent it and why (the ``sagalog.note``
-header, ``"<action> by <who>: <why>"``):
+header, ``"<action> by <who>: <why>"``), and a request id of its own (``sagalog.operator_id``)
+by which the processor's verdict is found in the journal (``sagas.verdicts``):
 
-- ``send_action`` sends an ``OperatorAction`` (``retry``, ``cancel`` or ``resolve``) to one
-  instance through the saga's inbox, ``send_actions`` to many (``sagas cancel --where ...``);
-- ``signal`` sends an event the saga accepts to one instance through the same inbox;
+- ``send_and_wait`` sends an ``OperatorAction`` (``retry``, ``cancel`` or ``resolve``) to one
+  instance through the saga's inbox and returns the ``Verdict``: applied (where in the
+  journal), refused (why: journaled too), or none within the timeout; ``act`` does so for many
+  (``sagas cancel --where ...``) through one producer, ``signal_and_wait`` for an event the
+  saga accepts; ``send_requests`` is what they share (``wait=False``: send only). The web
+  console and the CLI call these;
+- ``send_action``, ``send_actions`` and ``signal`` send without waiting, and say where;
 - ``dead_letters`` reads a dead-letter topic (a saga's ``<saga>.dlq`` or a worker's
   ``<command topic>.dlq``) with the reason and origin of each record;
 - ``redrive`` sends chosen dead letters back to the topic they came from.
 
 With signing keys in the environment (``SAGALOG_SIGNING_KEYS`` or ``SAGALOG_SIGNING_KEYS_FILE``,
 see ``stream_processors.codecs.signing``), actions and signals are signed with them, as the
-processor
-then requires of every inbox record; ``redrive`` sends records back with the headers, and so
-the signatures, they had.
+processor then requires of every inbox record (the request id is not signed: it decides
+nothing); ``redrive`` sends records back with the headers, and so the signatures, they had.
 
 Nothing here joins a consumer group or commits offsets, and every producer is idempotent
 (``acks=all``). Topics are never created here: a missing topic is an ``OperatorError`` (creating
@@ -24,13 +28,15 @@ a saga's inbox by accident would give it the wrong partition count).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, KafkaException, Message, Producer
 from confluent_kafka import Consumer as KafkaConsumer
 
+from sagas.verdicts import SENT, JournalWatch, Verdict
 from stream_processors.codecs.records import Event, Record
 from stream_processors.codecs.signing import Purpose, from_environment, signed
 from stream_processors.core.decide import signal_command_id
@@ -54,6 +60,7 @@ from stream_processors.engine.routing import (
     DLQ_REASON,
     DLQ_TOPIC,
     NOTE,
+    OPERATOR_ID,
     Headers,
 )
 from stream_processors.kafka.broker_limits import BrokerLimits
@@ -61,6 +68,7 @@ from stream_processors.kafka.config import consumer_config, producer_config
 from stream_processors.kafka.errors import metadata as kafka_metadata
 from stream_processors.kafka.reading import ReadTimeout, committed_records
 from stream_processors.kafka.topics import SagaTopics
+from stream_processors.tools.history import partition_for
 
 #: What ``send_action`` may send; the processor journals anything else as not applicable.
 ACTIONS = OPERATOR_ACTIONS
@@ -72,6 +80,8 @@ DLQ_PREFIX = "sagalog.dlq."
 _CUT = frozenset({DLQ_TRUNCATED, DLQ_KEY_TRUNCATED, DLQ_DROPPED_HEADERS})
 #: How long a send may take before it counts as failed (librdkafka's default is 5 minutes).
 DELIVERY_TIMEOUT_MS = 30_000
+#: How long to wait for the processor's verdict on a request, by default (seconds).
+DEFAULT_TIMEOUT = 30.0
 
 
 class OperatorError(Exception):
@@ -194,64 +204,68 @@ def _require_topics(
 
 
 def _deliver(producer: Producer, records: Sequence[tuple[str, dict[str, Any]]]) -> list[Sent]:
-    """Produce ``(topic, produce kwargs)`` records, flush, and raise if any was not delivered."""
-    sent: list[Sent] = []
+    """Produce ``(topic, produce kwargs)`` records, flush, and raise if any was not delivered;
+    where each was written, in the order of ``records``."""
+    sent: list[Sent | None] = [None] * len(records)
     failures: list[str] = []
 
-    def report(error: KafkaError | None, message: Message) -> None:
-        if error is not None:
-            failures.append(f"{message.topic()}: {error}")
-            return
-        key = message.key()
-        sent.append(
-            Sent(
+    def reporter(index: int) -> Any:
+        def report(error: KafkaError | None, message: Message) -> None:
+            if error is not None:
+                failures.append(f"{message.topic()}: {error}")
+                return
+            key = message.key()
+            sent[index] = Sent(
                 topic=message.topic() or "",
                 partition=message.partition() or 0,
                 offset=message.offset() or 0,
                 key=None if key is None else key.decode(errors="replace"),
             )
-        )
 
-    for topic, kwargs in records:
+        return report
+
+    for index, (topic, kwargs) in enumerate(records):
         while True:
             try:
-                producer.produce(topic, on_delivery=report, **kwargs)
+                producer.produce(topic, on_delivery=reporter(index), **kwargs)
                 break
             except BufferError:  # the local queue is full: let deliveries drain, then retry
                 producer.poll(0.1)
         producer.poll(0)
     remaining = producer.flush(DELIVERY_TIMEOUT_MS / 1000 + 5)
+    delivered = [where for where in sent if where is not None]
     if failures or remaining:
         problems = [*failures, *([f"{remaining} not acknowledged"] if remaining else [])]
         raise OperatorError(
-            f"{len(sent)} of {len(records)} records delivered; failed: {'; '.join(problems)}"
+            f"{len(delivered)} of {len(records)} records delivered; failed: {'; '.join(problems)}"
         )
-    return sent
+    return delivered
 
 
 class _Inbox:
     """Records to a saga's inbox through one producer: the topic is checked once, each record
-    is keyed by its instance, noted, signed when keys are configured, and refused when it
-    would be over the broker's size limit."""
+    is keyed by its instance, noted, given a request id, signed when keys are configured, and
+    refused when it would be over the broker's size limit."""
 
     def __init__(self, definition: SagaDefinition, bootstrap: str | None) -> None:
-        self.topic = SagaTopics.for_saga(definition).inbox
+        self.topics = SagaTopics.for_saga(definition)
+        self.topic = self.topics.inbox
         client_id = f"sagalog-operator-{definition.name}"
         self.producer = _producer(bootstrap, client_id)
-        _require_topics(self.producer, [self.topic], bootstrap)
+        self.metadata = _require_topics(self.producer, [self.topic], bootstrap)
         settings = producer_config(bootstrap, client_id)
         self.largest = BrokerLimits(bootstrap, settings).limits(self.topic).max_record_bytes
         self.signing = from_environment()
 
-    def record(
-        self, instance_id: str, value: bytes, note: str, command_id: str | None = None
-    ) -> tuple[str, dict[str, Any]]:
-        if not instance_id:
+    def record(self, request: Request, operator_id: str) -> tuple[str, dict[str, Any]]:
+        if not request.instance_id:
             raise ValueError("an instance id is required")
-        key = instance_id.encode()
-        headers: Headers = [(NOTE, note.encode())]
-        if command_id is not None:
-            headers.append((COMMAND_ID, command_id.encode()))
+        key, value = request.instance_id.encode(), request.value
+        headers: Headers = [(NOTE, request.note.encode())]
+        if request.command_id is not None:
+            headers.append((COMMAND_ID, request.command_id.encode()))
+        # Not signed (the signature's headers are fixed): it decides nothing, it names the request.
+        headers.append((OPERATOR_ID, operator_id.encode()))
         if self.signing is not None:
             headers = signed(self.signing, Purpose.INBOX, self.topic, key, value, headers)
         # Refused here, in one line, rather than by the client (or dead-lettered by the processor).
@@ -264,19 +278,58 @@ class _Inbox:
         return self.topic, {"key": key, "value": value, "headers": headers}
 
 
-def _to_instance(
+@dataclass(frozen=True)
+class Request:
+    """One record for one instance: an action or a signal, with its note (who and why)."""
+
+    instance_id: str
+    value: bytes
+    note: str
+    #: What it is, for people: ``retry``, ``signal PaymentCompleted``.
+    what: str
+    command_id: str | None = None
+
+
+def send_requests(
     definition: SagaDefinition,
-    instance_id: str,
-    value: bytes,
-    note: str,
-    bootstrap: str | None,
-    command_id: str | None = None,
-) -> Sent:
-    if not instance_id:
-        raise ValueError("an instance id is required")
+    requests: Sequence[Request],
+    bootstrap: str | None = None,
+    *,
+    wait: bool = True,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> list[Verdict]:
+    """Send each request to the saga's inbox with a request id of its own, through one
+    producer, and (``wait``) read the journal for the processor's verdict on each, for at most
+    ``timeout`` seconds after they were delivered; returns the verdicts in the order of
+    ``requests`` (``SENT`` ones without ``wait``, ``NO_VERDICT`` ones not answered in time).
+
+    Raises ``OperatorError`` when a topic is missing or a record was not delivered."""
+    if not requests:
+        return []
     inbox = _Inbox(definition, bootstrap)
-    record = inbox.record(instance_id, value, note, command_id)
-    return replace(_deliver(inbox.producer, [record])[0], note=note)
+    ids = [str(uuid.uuid4()) for _ in requests]
+    records = [
+        inbox.record(request, request_id) for request, request_id in zip(requests, ids, strict=True)
+    ]
+    watch = None
+    if wait:  # where the journal ends before anything is sent: no answer can come before it
+        journal = inbox.topics.journal
+        count = len(_require_topics(inbox.producer, [journal], bootstrap)[journal].partitions)
+        used = {partition_for(r.instance_id.encode(), count) for r in requests}
+        watch = JournalWatch(journal, used, inbox.topics.dlq, bootstrap)
+    try:
+        sent = _deliver(inbox.producer, records)
+    except BaseException:
+        if watch is not None:
+            watch.close()
+        raise
+    pending = [
+        Verdict(r.instance_id, r.what, request_id, SENT, where.partition, where.offset)
+        for r, request_id, where in zip(requests, ids, sent, strict=True)
+    ]
+    if watch is None:
+        return pending
+    return watch.wait(pending, definition.name, timeout)
 
 
 def _check_who(by: str, reason: str) -> None:
@@ -286,61 +339,72 @@ def _check_who(by: str, reason: str) -> None:
         raise ValueError("say why (reason)")
 
 
-def send_action(
+def action_requests(
+    instance_ids: Sequence[str], action: str, by: str, reason: str
+) -> list[Request]:
+    """An ``OperatorAction`` request for each instance, noted ``"<action> by <by>: <reason>"``."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+    _check_who(by, reason)
+    if any(not instance_id for instance_id in instance_ids):
+        raise ValueError("an instance id is required")
+    value = OperatorAction(action=action, by=by, reason=reason).encode()
+    note = f"{action} by {by}: {reason}"
+    return [Request(instance_id, value, note, action) for instance_id in instance_ids]
+
+
+def send_and_wait(
     definition: SagaDefinition,
     instance_id: str,
     action: str,
     by: str,
     reason: str,
     bootstrap: str | None = None,
-) -> Sent:
-    """Send an operator's ``retry``, ``cancel`` or ``resolve`` to one instance of the saga.
+    *,
+    wait: bool = True,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Verdict:
+    """An operator's ``retry``, ``cancel`` or ``resolve`` to one instance, and the processor's
+    verdict on it: ``APPLIED`` (where in the journal), ``REFUSED`` (why), or ``NO_VERDICT``
+    within ``timeout`` seconds (``SENT`` without ``wait``).
 
-    The ``OperatorAction`` goes to the saga's inbox keyed by the instance id, with the note
-    ``"<action> by <by>: <reason>"``. The processor journals it when it applies (retry and
-    resolve to a parked instance, cancel to a running one) and ignores it otherwise.
-    Returns where it was written; raises ``OperatorError`` when it could not be delivered.
-    """
-    if not instance_id:
-        raise ValueError("an instance id is required")
-    return send_actions(definition, [instance_id], action, by, reason, bootstrap)[0]
+    Retry and resolve apply to a parked instance, cancel to a running one; anything else,
+    an unknown instance included, is refused and the refusal journaled with who and why."""
+    return send_requests(
+        definition,
+        action_requests([instance_id], action, by, reason),
+        bootstrap,
+        wait=wait,
+        timeout=timeout,
+    )[0]
 
 
-def send_actions(
+def act(
     definition: SagaDefinition,
     instance_ids: Sequence[str],
     action: str,
     by: str,
     reason: str,
     bootstrap: str | None = None,
-) -> list[Sent]:
-    """``send_action`` to each of ``instance_ids`` (one record per instance, each journaled by
-    its processor with who and why), through one producer; returns where each was written.
-
-    Raises ``OperatorError`` when any was not delivered (the others may have been: an action
-    sent twice is journaled as not applicable the second time, so sending again is safe)."""
-    if action not in ACTIONS:
-        raise ValueError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
-    _check_who(by, reason)
-    if not instance_ids:
-        return []
-    value = OperatorAction(action=action, by=by, reason=reason).encode()
-    note = f"{action} by {by}: {reason}"
-    inbox = _Inbox(definition, bootstrap)
-    records = [inbox.record(instance_id, value, note) for instance_id in instance_ids]
-    return [replace(sent, note=note) for sent in _deliver(inbox.producer, records)]
+    *,
+    wait: bool = True,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> list[Verdict]:
+    """``send_and_wait`` to each of ``instance_ids`` (one record each, each journaled by its
+    processor with who and why), through one producer; the verdicts in the same order."""
+    requests = action_requests(instance_ids, action, by, reason)
+    return send_requests(definition, requests, bootstrap, wait=wait, timeout=timeout)
 
 
-def signal(
+def signal_request(
     definition: SagaDefinition,
     instance_id: str,
     event: Record,
     by: str,
     reason: str,
-    bootstrap: str | None = None,
     command_id: str | None = None,
-) -> Sent:
-    """Send ``event`` to one instance of the saga, as if a service had sent it.
+) -> Request:
+    """The request that sends ``event`` to one instance, as if a service had sent it.
 
     The event must be one of the saga's inputs (its start event, a step's reply, an event it
     has a handler for). An event whose key field names another instance is refused. The note is
@@ -352,6 +416,8 @@ def signal(
     whichever attempt of it is in flight. A ``CommandFailed`` names no step: it needs
     ``command_id``.
     """
+    if not instance_id:
+        raise ValueError("an instance id is required")
     accepted = definition.inputs
     if type(event) not in accepted:
         names = ", ".join(sorted(t.__name__ for t in accepted))
@@ -368,7 +434,64 @@ def signal(
     _check_who(by, reason)
     note = f"signal by {by}: {reason}"
     cid = command_id or signal_command_id(definition, instance_id, type(event))
-    return _to_instance(definition, instance_id, event.encode(), note, bootstrap, cid)
+    what = f"signal {type(event).__name__}"
+    return Request(instance_id, event.encode(), note, what, cid)
+
+
+def signal_and_wait(
+    definition: SagaDefinition,
+    instance_id: str,
+    event: Record,
+    by: str,
+    reason: str,
+    bootstrap: str | None = None,
+    command_id: str | None = None,
+    *,
+    wait: bool = True,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Verdict:
+    """Send ``event`` to one instance (``signal_request``) and return the processor's verdict."""
+    request = signal_request(definition, instance_id, event, by, reason, command_id)
+    return send_requests(definition, [request], bootstrap, wait=wait, timeout=timeout)[0]
+
+
+def _sent(
+    definition: SagaDefinition, requests: Sequence[Request], bootstrap: str | None
+) -> list[Sent]:
+    verdicts = send_requests(definition, requests, bootstrap, wait=False)
+    inbox = SagaTopics.for_saga(definition).inbox
+    return [
+        Sent(inbox, v.inbox_partition, v.inbox_offset, v.instance, r.note)
+        for v, r in zip(verdicts, requests, strict=True)
+    ]
+
+
+def send_action(
+    definition: SagaDefinition,
+    instance_id: str,
+    action: str,
+    by: str,
+    reason: str,
+    bootstrap: str | None = None,
+) -> Sent:
+    """``send_and_wait`` without waiting: where the action was written (its verdict is
+    journaled all the same: sending again is safe, an action that no longer applies is refused).
+    """
+    return _sent(definition, action_requests([instance_id], action, by, reason), bootstrap)[0]
+
+
+def signal(
+    definition: SagaDefinition,
+    instance_id: str,
+    event: Record,
+    by: str,
+    reason: str,
+    bootstrap: str | None = None,
+    command_id: str | None = None,
+) -> Sent:
+    """``signal_and_wait`` without waiting: where the event was written."""
+    request = signal_request(definition, instance_id, event, by, reason, command_id)
+    return _sent(definition, [request], bootstrap)[0]
 
 
 # -- dead letters ----------------------------------------------------------------------------

@@ -575,7 +575,10 @@ def example_operator_action() -> str:
         TOPICS.inbox,
         key,
         value,
-        [(routing.NOTE, b"retry by alice: bank is back")],
+        [
+            (routing.NOTE, b"retry by alice: bank is back"),
+            (routing.OPERATOR_ID, b"5f0c6a52-8e2b-4d1a-9c3e-7b1f2a6d4e90"),
+        ],
     )
     return show_record(TOPICS.inbox, key, value, headers)
 

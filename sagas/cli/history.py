@@ -19,14 +19,14 @@ from typing import Annotated, Any
 
 import typer
 from confluent_kafka import Consumer, TopicPartition
-from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from sagas.cli import listing
 from sagas.cli.app import Bootstrap, InstanceId, SagaTarget, app, format_time, saga_definition
 from stream_processors.codecs.records import Record, decode_record
 from stream_processors.core.instance import Instance
-from stream_processors.core.journal import FLOW_FIELDS
+from stream_processors.core.journal import FLOW_FIELDS, stateless
 from stream_processors.core.model import SagaDefinition
 from stream_processors.engine.processor import WEEK_MS
 from stream_processors.engine.schema_history import SchemaHistory
@@ -117,15 +117,19 @@ def history(
         typer.echo(json.dumps([_entry_json(x) for x in located], indent=2))
         return
     table = Table(title=f"{instance}: {len(located)} journal entries")
-    for column in ("#", "time (UTC)", "event", "step", "concerns", "attempt", "detail"):
-        table.add_column(column, justify="right" if column in ("#", "attempt") else "left")
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("time (UTC)", no_wrap=True)
+    for column in ("event", "step", "concerns"):
+        table.add_column(column, overflow="fold")  # wrap, never cut
+    table.add_column("attempt", justify="right")
+    table.add_column("detail", overflow="fold")
     for item in located:
         entry = item.entry
         record_type, _ = _record_of(entry.record)
         concerns = record_type or entry.timer or ""
         millis = f"{entry.at_ms % 1000:03d}"
         table.add_row(
-            str(entry.seq),
+            "-" if stateless(entry) else str(entry.seq),  # a refusal is no position
             f"{format_time(entry.at_ms)}.{millis}",
             entry.kind,
             entry.step or "",
@@ -133,7 +137,7 @@ def history(
             str(entry.attempt) if entry.attempt else "",
             entry.reason or entry.command_id or "",
         )
-    Console().print(table)
+    listing.console().print(table)
 
 
 def _point(at: str) -> tuple[int | None, int | None]:
@@ -213,8 +217,9 @@ def folded_instance(
     located = _history(definition, instance, state_dir, bootstrap)
     position, at_ms = _point(at) if at is not None else (None, None)
     folded = fold_until(definition, located, position=position, at_ms=at_ms)
-    if folded is None:
-        typer.echo(f"{instance} had not started at {at}", err=True)
+    if folded is None:  # only refusals of operator requests name it, or it started later
+        when = "" if at is None else f" at {at}"
+        typer.echo(f"{instance} had not started{when}", err=True)
         raise typer.Exit(1)
     return folded
 

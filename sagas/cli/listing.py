@@ -19,6 +19,7 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,7 +31,9 @@ from rich.progress import Progress
 from rich.table import Table
 
 from sagas.cli.app import Bootstrap, SagaTarget, app, fail, format_time, saga_definition
+from sagas.operator import OperatorError, dead_letters
 from stream_processors.core.model import SagaDefinition
+from stream_processors.engine.routing import COMMAND_ID
 from stream_processors.engine.schema_history import SchemaHistory
 from stream_processors.engine.store import default_state_dir
 from stream_processors.kafka.reading import ReadTimeout
@@ -61,8 +64,8 @@ Where = Annotated[
     typer.Option(
         help="A filter NAME=VALUE (repeatable): status=failed,needs_attention, step=NODE, "
         "started-after=T, started-before=T, updated-after=T, updated-before=T, reason=TEXT, "
-        "version=N, id-prefix=TEXT, data.FIELD=VALUE; T is ISO time, epoch ms, or an age "
-        "like 30m, 2h, 7d",
+        "version=N, id-prefix=TEXT, data.FIELD=VALUE, stuck=T (see --stuck); T is ISO time, "
+        "epoch ms, or an age like 30m, 2h, 7d",
     ),
 ]
 Time = Annotated[str | None, typer.Option(help="ISO time, epoch ms, or an age (30m, 2h, 7d)")]
@@ -146,6 +149,37 @@ def open_index(
     return index
 
 
+def _stuck_in(
+    index: Index, definition: SagaDefinition, filters: Filters, bootstrap: str | None
+) -> Callable[[list[str]], dict[str, list[str]]]:
+    """With a ``stuck`` filter, load the command ids of the saga's dead letters into the index
+    (its command topics' ``.dlq`` and its own); returns what says why instances are stuck."""
+    if filters.stuck_before is None:
+        return lambda instances: {}
+    index.dead_lettered(dead_command_ids(definition, bootstrap))
+    now_ms = int(time.time() * 1000)
+    stuck_before = filters.stuck_before
+    return lambda instances: index.why_stuck(instances, stuck_before, now_ms)
+
+
+def dead_command_ids(definition: SagaDefinition, bootstrap: str | None) -> dict[str, str]:
+    """The command id of each dead letter on the saga's dead-letter topics, with its reason:
+    commands a worker dead-lettered (``<command topic>.dlq``), replies and other inputs the
+    processor did (``<saga>.dlq``). A topic that does not exist has none."""
+    topics = SagaTopics.for_saga(definition)
+    found: dict[str, str] = {}
+    for topic in (*(f"{t}.dlq" for t in sorted(topics.commands)), topics.dlq):
+        try:
+            letters = dead_letters(topic, bootstrap)
+        except OperatorError:
+            continue  # no such topic: nothing dead-lettered there
+        for letter in letters:
+            command_id = next((v for k, v in letter.headers if k == COMMAND_ID and v), None)
+            if command_id is not None:
+                found[command_id.decode(errors="replace")] = letter.reason or "?"
+    return found
+
+
 #: Records behind from which catching up shows its progress (on stderr).
 SHOW_PROGRESS = 50_000
 
@@ -172,7 +206,7 @@ def _listed_json(listed: Listed) -> dict[str, Any]:
     return asdict(listed) | {"steps": list(listed.steps)}
 
 
-def _table(rows: list[Listed], title: str) -> Table:
+def _table(rows: list[Listed], title: str, stuck: dict[str, list[str]]) -> Table:
     table = Table(title=title)
     table.add_column("instance", overflow="fold")
     table.add_column("status", no_wrap=True)
@@ -182,6 +216,8 @@ def _table(rows: list[Listed], title: str) -> Table:
     table.add_column("started (UTC)", no_wrap=True)
     table.add_column("updated (UTC)", no_wrap=True)
     table.add_column("reason", overflow="fold")  # wrap, never cut
+    if stuck:
+        table.add_column("stuck on", overflow="fold")
     for row in rows:
         table.add_row(
             row.instance,
@@ -192,6 +228,7 @@ def _table(rows: list[Listed], title: str) -> Table:
             format_time(row.started_at_ms),
             format_time(row.updated_at_ms),
             row.reason or "",
+            *(["; ".join(stuck.get(row.instance, []))] if stuck else []),
         )
     return table
 
@@ -234,11 +271,23 @@ def list_(
     counts: Annotated[
         bool, typer.Option("--counts", help="Counts of the matching instances by status")
     ] = False,
+    stuck: Annotated[
+        bool,
+        typer.Option(
+            "--stuck",
+            help="Only instances waiting on a step whose command or reply was dead-lettered, "
+            "or on a step with no timeout for longer than --older-than",
+        ),
+    ] = False,
+    older_than: Annotated[
+        str, typer.Option(help="With --stuck: how long a step may wait with no timeout")
+    ] = "10m",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
     state_dir: StateDir = None,
     bootstrap: Bootstrap = None,
 ) -> None:
-    """Find instances by status, active step, times, reason, version or state fields."""
+    """Find instances by status, active step, times, reason, version or state fields; or the
+    stuck ones (--stuck), saying on what."""
     definition = saga_definition(target)
     filters = filters_of(
         where,
@@ -254,12 +303,16 @@ def list_(
     )
     try:
         page = Page(sort=sort, descending=not ascending, limit=limit, offset=offset)
-    except FilterError as error:
+        if stuck:
+            filters = merged(filters, Filters(stuck_before=moment(older_than)))
+    except (FilterError, ValueError) as error:
         raise typer.BadParameter(str(error)) from None
     index = open_index(definition, state_dir, bootstrap)
     try:
+        stuck_on = _stuck_in(index, definition, filters, bootstrap)
         by_status = index.counts(filters)
         rows = [] if counts else index.page(filters, page)
+        why = stuck_on([row.instance for row in rows])
     finally:
         index.close()
     if counts:
@@ -270,7 +323,8 @@ def list_(
         return
     total = sum(by_status.values())
     if as_json:
-        document = {"total": total, "offset": offset, "instances": [_listed_json(r) for r in rows]}
+        listed = [_listed_json(r) | ({"stuck": why[r.instance]} if stuck else {}) for r in rows]
+        document = {"total": total, "offset": offset, "instances": listed}
         typer.echo(json.dumps(document, indent=2))
         return
     if not rows:
@@ -279,7 +333,7 @@ def list_(
         )
         return
     shown = f"{offset + 1}-{offset + len(rows)} of {total}"
-    console().print(_table(rows, f"{definition.name}: {shown} by {sort} time"))
+    console().print(_table(rows, f"{definition.name}: {shown} by {sort} time", why))
 
 
 @app.command()
@@ -368,6 +422,7 @@ def selected(
         raise typer.BadParameter(str(error), param_hint="--where") from None
     index = open_index(definition, state_dir, bootstrap)
     try:
+        _stuck_in(index, definition, filters, bootstrap)
         total = index.total(filters)
         if not total:
             return []

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import getpass
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from sagas import operator
@@ -30,7 +30,8 @@ from sagas.cli.app import (
     load_target,
     saga_definition,
 )
-from sagas.operator import DeadLetter, OperatorError, Sent
+from sagas.operator import DEFAULT_TIMEOUT, DeadLetter, OperatorError
+from sagas.verdicts import Verdict, exit_code, summary
 from stream_processors.codecs.records import Record
 from stream_processors.core.model import SagaDefinition
 from stream_processors.kafka.topics import SagaTopics
@@ -51,59 +52,85 @@ def _reason(reason: str) -> str:
     return reason
 
 
-def _sent(what: str, sent: Sent) -> None:
-    typer.echo(
-        f"sent {what} to {sent.topic}[{sent.partition}]@{sent.offset} "
-        f"(instance {sent.key}): {sent.note}"
-    )
+Timeout = Annotated[
+    float,
+    typer.Option(min=0, help="How long to wait for the processor's verdict, in seconds"),
+]
+NoWait = Annotated[
+    bool,
+    typer.Option("--no-wait", help="Send and exit; the verdict is journaled all the same"),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the verdicts as JSON")]
 
 
-def _action(
-    action: str, target: str, instance: str, by: str | None, reason: str, bootstrap: str | None
-) -> None:
-    definition = saga_definition(target)
+@dataclass(frozen=True)
+class _Waiting:
+    """How a command waits for verdicts and says them."""
+
+    timeout: float
+    no_wait: bool
+    as_json: bool
+
+
+def _report(verdicts: list[Verdict], waiting: _Waiting, what: str) -> None:
+    """Print the verdicts (one line, a summary for many, or JSON) and exit with their code:
+    0 applied, 1 refused, 3 no verdict in time."""
+    if waiting.as_json:
+        typer.echo(json.dumps([verdict.as_json() for verdict in verdicts], indent=2))
+    elif len(verdicts) == 1:
+        typer.echo(verdicts[0].describe())
+    else:
+        typer.echo("\n".join(summary(verdicts, what)))
+    code = exit_code(verdicts)
+    if code:
+        raise typer.Exit(code)
+
+
+def _send(waiting: _Waiting, send: Callable[..., list[Verdict]], *args: Any) -> list[Verdict]:
     try:
-        sent = operator.send_action(
-            definition, instance, action, _who(by), _reason(reason), bootstrap
-        )
+        return send(*args, wait=not waiting.no_wait, timeout=waiting.timeout)
     except (OperatorError, ValueError) as error:
         raise fail(error) from error
-    _sent(action, sent)
 
 
-def _bulk_action(
+def _act(
     action: str,
     target: str,
-    where: list[str],
+    instance: str | None,
     selection: _Selection,
+    waiting: _Waiting,
     by: str | None,
     reason: str,
-    bootstrap: str | None,
 ) -> None:
-    """The action to every instance matching ``where`` (one record each), or say which."""
+    """The action to ``instance``, or to every instance ``selection.where`` matches (one record
+    each, after saying which), then the verdicts."""
     definition = saga_definition(target)
     who, why = _who(by), _reason(reason)
-    instances = listing.selected(definition, where, selection.state_dir, bootstrap)
-    if not instances:
-        typer.echo(f"no instances match: nothing to {action}")
-        return
-    typer.echo(listing.describe_selection(action, instances, selection.dry_run))
-    if selection.dry_run:
-        return
-    if not selection.yes:
-        typer.confirm(f"{action} these {len(instances)} instances?", abort=True)
-    try:
-        sent = operator.send_actions(definition, instances, action, who, why, bootstrap)
-    except (OperatorError, ValueError) as error:
-        raise fail(error) from error
-    typer.echo(f"sent {action} to {len(sent)} instances via {sent[0].topic}: {sent[0].note}")
+    bootstrap = selection.bootstrap
+    if instance is not None:
+        instances = [instance]
+    else:
+        instances = listing.selected(definition, selection.where, selection.state_dir, bootstrap)
+        if not instances:
+            typer.echo(f"no instances match: nothing to {action}")
+            return
+        if not waiting.as_json or selection.dry_run:
+            typer.echo(listing.describe_selection(action, instances, selection.dry_run))
+        if selection.dry_run:
+            return
+        if not selection.yes:
+            typer.confirm(f"{action} these {len(instances)} instances?", abort=True)
+    verdicts = _send(waiting, operator.act, definition, instances, action, who, why, bootstrap)
+    _report(verdicts, waiting, action)
 
 
 @dataclass(frozen=True)
 class _Selection:
+    where: list[str]
     dry_run: bool
     yes: bool
     state_dir: Path | None
+    bootstrap: str | None
 
 
 def _operator_command(action: str, summary: str) -> None:
@@ -124,21 +151,24 @@ def _operator_command(action: str, summary: str) -> None:
             bool, typer.Option("--yes", help="With --where: do not ask before sending")
         ] = False,
         state_dir: listing.StateDir = None,
+        timeout: Timeout = DEFAULT_TIMEOUT,
+        no_wait: NoWait = False,
+        as_json: AsJson = False,
         by: By = None,
         bootstrap: Bootstrap = None,
     ) -> None:
         if (instance is None) == (not where):
             raise typer.BadParameter("name one INSTANCE, or select instances with --where")
-        if where:
-            selection = _Selection(dry_run, yes, state_dir)
-            _bulk_action(action, target, where, selection, by, reason, bootstrap)
-        else:
-            assert instance is not None
-            _action(action, target, instance, by, reason, bootstrap)
+        waiting = _Waiting(timeout, no_wait, as_json)
+        selection = _Selection(where or [], dry_run, yes, state_dir, bootstrap)
+        _act(action, target, instance, selection, waiting, by, reason)
 
     command.__doc__ = (
-        f"{summary}\n\nWith --where instead of INSTANCE: every instance matching the filters "
-        "(as sagas list finds them), each sent its own action; --dry-run first."
+        f"{summary}\n\nWaits for the processor's verdict and prints it: applied (where in the "
+        "journal), or refused and why (journaled too); exits 1 when refused, 3 when no verdict "
+        "came within --timeout. With --where instead of INSTANCE: every instance matching the "
+        "filters (as sagas list finds them), each sent its own action, and a summary of the "
+        "verdicts; --dry-run first."
     )
     app.command(name=action)(command)
 
@@ -194,6 +224,9 @@ def signal_(
     data: Annotated[str, typer.Option(help="The event's fields as a JSON object")] = "{}",
     by: By = None,
     bootstrap: Bootstrap = None,
+    timeout: Timeout = DEFAULT_TIMEOUT,
+    no_wait: NoWait = False,
+    as_json: AsJson = False,
     command_id: Annotated[
         str | None,
         typer.Option(
@@ -201,18 +234,18 @@ def signal_(
         ),
     ] = None,
 ) -> None:
-    """Send an event to one instance, as if a service had sent it (journaled with who and why)."""
+    """Send an event to one instance, as if a service had sent it (journaled with who and why),
+    and print the processor's verdict (exit 1 when refused, 3 when none came in time)."""
     definition = saga_definition(target)
     event = _build(_event_type(definition, event_type), data)
+    who, why = _who(by), _reason(reason)
     try:
-        sent = operator.signal(
-            definition, instance, event, _who(by), _reason(reason), bootstrap, command_id
-        )
+        request = operator.signal_request(definition, instance, event, who, why, command_id)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    except OperatorError as error:
-        raise fail(error) from error
-    _sent(type(event).__name__, sent)
+    waiting = _Waiting(timeout, no_wait, as_json)
+    verdicts = _send(waiting, operator.send_requests, definition, [request], bootstrap)
+    _report(verdicts, waiting, request.what)
 
 
 # -- dead letters ----------------------------------------------------------------------------
@@ -252,10 +285,10 @@ def _as_json(letter: DeadLetter) -> dict[str, Any]:
     }
 
 
-def _shorten(text: str | None, width: int) -> str:
+def _shorten(text: str | None, width: int | None) -> str:
     if text is None:
         return ""
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return text if width is None or len(text) <= width else text[: width - 1] + "…"
 
 
 def _read_dlq(topic: str, bootstrap: str | None, **kwargs: Any) -> list[DeadLetter]:
@@ -282,6 +315,9 @@ def dlq_list(
     if not letters:
         typer.echo(f"no dead letters in {topic}" + (f" with reason {reason}" if reason else ""))
         return
+    out = listing.console()
+    # On a terminal long keys and details are shortened to fit; piped, every value is whole.
+    width = (40, 60) if out.is_terminal else (None, None)
     table = Table(title=f"{topic}: {len(letters)} dead letters")
     for column in ("partition", "offset"):
         table.add_column(column, justify="right")
@@ -293,12 +329,12 @@ def dlq_list(
             str(letter.partition),
             str(letter.offset),
             format_time(letter.timestamp),
-            _shorten(letter.key_text, 40),
+            _shorten(letter.key_text, width[0]),
             letter.reason or "?",
-            _shorten(letter.detail, 60),
+            _shorten(letter.detail, width[1]),
             letter.origin,
         )
-    Console().print(table)
+    out.print(table)
 
 
 def _position(text: str) -> tuple[int, int]:

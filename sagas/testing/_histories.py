@@ -28,7 +28,7 @@ from stream_processors.core.decide import Decision, Input, decide, decide_timer
 from stream_processors.core.decider import KEPT_EARLY
 from stream_processors.core.fold import fold
 from stream_processors.core.instance import Instance
-from stream_processors.core.journal import FLOW_FIELDS, JournalEntry, Kind
+from stream_processors.core.journal import FLOW_FIELDS, JournalEntry, Kind, stateless
 from stream_processors.core.model import ENGINE_INPUTS, SagaDefinition
 
 #: The kinds of entry that record an input the saga took, which begins a decision (an early
@@ -135,10 +135,12 @@ def verify_histories(saga: type[Saga] | SagaDefinition, histories: Histories) ->
 def _entries(histories: Histories) -> Iterable[JournalEntry]:
     items = histories.values() if isinstance(histories, Mapping) else histories
     for item in items:
+        # An operator's refusal is no part of the state, and no decision to take again.
         if isinstance(item, JournalEntry):
-            yield item
+            if not stateless(item):
+                yield item
         else:
-            yield from item
+            yield from (entry for entry in item if not stateless(entry))
 
 
 def _decisions(journal: list[JournalEntry]) -> list[list[JournalEntry]]:
@@ -202,13 +204,20 @@ def _decide_again(
     kind = Kind(first.kind)
     if kind is Kind.SAGA_STARTED:  # a child saga's start names its parent's step
         received = Input(
-            record, first.record, first.command_id, None, first.reply_to, first.reply_key
+            record,
+            first.record,
+            first.command_id,
+            None,
+            first.reply_to,
+            first.reply_key,
+            operator_id=first.operator_id,
         )
         return decide(definition, instance, received, first.at_ms)
     # A reply names its command (the id journaled with it); an operator's note is its reason.
     command_id = first.command_id if first.step is not None else None
     note = first.reason if kind in _NOTED else None
-    return decide(definition, instance, Input(record, first.record, command_id, note), first.at_ms)
+    received = Input(record, first.record, command_id, note, operator_id=first.operator_id)
+    return decide(definition, instance, received, first.at_ms)
 
 
 def same_entry(recorded: JournalEntry, now: JournalEntry) -> bool:

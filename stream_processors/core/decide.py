@@ -34,6 +34,13 @@ An input is one of:
   that is none of ``OPERATOR_ACTIONS``: reasons are a fixed set, they become metric labels);
 - anything else is *rejected*: the processor sends it to the dead-letter topic with the reason.
 
+An operator's action or signal that carries a request id (``Input.operator_id``, the
+``sagalog.operator_id`` header the ``sagas`` CLI sets) gets a verdict in the journal
+(``_verdict``): applied, the first entry of the decision carries the id; not applied (ignored
+or rejected, an unknown instance included), ``Decision.refusal`` is an ``OperatorRefused`` entry
+with the reason, which the processor journals alone and which changes no state (``fold`` skips
+it). Such an input is never dead-lettered by ``decide``: the operator hears why at once.
+
 Timers are kept in the instance (``TimerScheduled``/``TimerFired``): a step's timeout, the wait
 before a retry, the saga's deadline. Command ids are deterministic (saga, instance, step,
 attempt), so a replayed decision produces the same id; the step's idempotency key is the id
@@ -41,6 +48,9 @@ without the attempt (``idempotency_key``), stable across retries, for the servic
 """
 
 from __future__ import annotations
+
+import re
+from dataclasses import replace
 
 from stream_processors.codecs.records import CATALOG, Record
 from stream_processors.core.decider import DEADLINE, MAX_EARLY_EVENTS, ROOT, Decider
@@ -57,7 +67,7 @@ from stream_processors.core.decision import (
     timeout_timer,
 )
 from stream_processors.core.instance import Instance, Status, StepState, StepStatus
-from stream_processors.core.journal import Kind
+from stream_processors.core.journal import REFUSAL_SEQ, JournalEntry, Kind
 from stream_processors.core.model import (
     CHILD_FAILED,
     OPERATOR_ACTIONS,
@@ -81,6 +91,8 @@ __all__ = [
     "decide",
     "decide_timer",
     "idempotency_key",
+    "refusal_parts",
+    "refusal_reason",
     "retry_timer",
     "signal_command_id",
     "timeout_timer",
@@ -93,7 +105,10 @@ def decide(
     """What the saga does with ``received``, given the instance's current state (None if new)."""
     # Commands are encoded here; with a schema registry configured, encoding must not call it.
     with CATALOG.offline():
-        return _decide(definition, instance, received, now_ms)
+        decision = _decide(definition, instance, received, now_ms)
+    if received.operator_id is not None:
+        _verdict(definition, instance, received, decision, now_ms)
+    return decision
 
 
 def _decide(
@@ -532,3 +547,101 @@ def _handle(definition: SagaDefinition, decider: Decider, received: Input) -> De
         else:
             decider.send_unbound(directive)
     return decider.decision
+
+
+# -- operator verdicts ------------------------------------------------------------------------
+
+
+def _verdict(
+    definition: SagaDefinition,
+    before: Instance | None,
+    received: Input,
+    decision: Decision,
+    now_ms: int,
+) -> None:
+    """Answer an operator's request: applied, its first entry carries the request id; not
+    applied, the decision is ignored with its reason code and ``refusal`` says why."""
+    if decision.entries:
+        decision.entries[0] = replace(decision.entries[0], operator_id=received.operator_id)
+        return
+    code = decision.ignored or decision.rejected or "not-applied"
+    # Refused, never dead-lettered: the operator is told now, and may send it again later.
+    decision.rejected, decision.ignored = None, code
+    instance_id = before.instance_id if before is not None else received.key or ""
+    why = _refusal_why(definition, before, received, code)
+    decision.refusal = JournalEntry(
+        instance=instance_id,
+        seq=REFUSAL_SEQ,
+        kind=Kind.OPERATOR_REFUSED.value,
+        at_ms=now_ms,
+        saga_version=definition.version,
+        command_id=received.command_id,
+        record=received.raw,
+        reason=refusal_reason(_note(received), code, why),
+        operator_id=received.operator_id,
+    )
+
+
+def _note(received: Input) -> str:
+    """Who asked for what, and why: an action's own fields, or a signal's note."""
+    record = received.record
+    if isinstance(record, OperatorAction):
+        return f"{record.action} by {record.by}: {record.reason}"
+    return received.note or f"signal {type(record).__name__}"
+
+
+#: What an action needs the instance to be, by action.
+_APPLIES_TO = {
+    "retry": "a parked instance (needs_attention)",
+    "resolve": "a parked instance (needs_attention)",
+    "cancel": "a running instance",
+}
+#: Why an input was not applied, by ``Decision.ignored``/``rejected`` reason code.
+_WHY = {
+    "duplicate-start": "the instance exists already",
+    "stale": "it answers no attempt the instance waits for",
+    "duplicate": "the attempt it answers has had its answer",
+    "unexpected-reply": "the step does not expect this reply in its state",
+    "no-command-id": "a step's reply needs the command id of the attempt it answers",
+    "unexpected-type": "the saga does not take this type of record",
+}
+
+
+def _refusal_why(
+    definition: SagaDefinition, before: Instance | None, received: Input, code: str
+) -> str:
+    if before is None:
+        return (
+            f"there is no instance {received.key!r} of {definition.name} (never started, or "
+            "expired some time after it finished)"
+        )
+    status = before.status.value
+    record = received.record
+    if code == "definition-mismatch":
+        return _mismatch(definition, before) or code
+    if isinstance(record, OperatorAction):
+        needs = _APPLIES_TO.get(record.action)
+        if needs is None:
+            return f"unknown action {record.action!r}: one of {', '.join(OPERATOR_ACTIONS)}"
+        return f"{record.action} applies to {needs}; this one is {status}"
+    if code == "finished":
+        return f"the instance is {status}: it takes no more events"
+    return _WHY.get(code, code)
+
+
+_REFUSAL = re.compile(r"(?s)(.*); refused \(([^)]*)\): (.*)")
+
+
+def refusal_reason(note: str, code: str, why: str) -> str:
+    """An ``OperatorRefused`` entry's reason: who asked for what and why, the reason code
+    (as counted in ``sagalog_inputs_ignored_total``), and why it was refused."""
+    return f"{note}; refused ({code}): {why}"
+
+
+def refusal_parts(reason: str) -> tuple[str, str, str]:
+    """(note, code, why) of an ``OperatorRefused`` entry's reason (``refusal_reason``)."""
+    found = _REFUSAL.fullmatch(reason)
+    if found is None:
+        return "", "", reason
+    note, code, why = found.groups()
+    return note, code, why

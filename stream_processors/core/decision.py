@@ -38,6 +38,12 @@ class Input:
     #: The W3C trace context it came with, as journaled (``JournalEntry.trace``): read only
     #: while tracing is on, and only for a start.
     trace: str | None = None
+    #: An operator's request id (``sagalog.operator_id``): it asks for a verdict, so a decision
+    #: that does not apply the input journals why (``Decision.refusal``).
+    operator_id: str | None = None
+    #: The instance id the record was keyed by: a refusal names it, also when there is no
+    #: instance (set by the processor; ``decide`` reads it only for a refusal).
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +70,9 @@ class Decision:
     commands: list[OutgoingCommand] = field(default_factory=list)
     ignored: str | None = None
     rejected: str | None = None
+    #: An operator's input not applied (``ignored`` says the reason code): the
+    #: ``OperatorRefused`` entry to journal, alone (no snapshot: it changes no state).
+    refusal: JournalEntry | None = None
 
 
 def command_id(saga: str, instance_id: str, step: str, attempt: int) -> str:

@@ -6,6 +6,10 @@ applies many. Neither reads the clock, the network or randomness: times come fro
 
 The saga's own state changes in exactly two places: ``SagaStarted`` (the saga's ``begin`` builds
 it from the start event) and ``InputAccepted`` (the saga's evolver for that input type, if any).
+
+An operator's refusal (``OperatorRefused``) is journaled but is no part of the state: ``apply``
+returns the instance as it was (not even ``seq`` moves), and ``fold`` skips it, also where it is
+all an id has (a refused action to an instance that does not exist creates none).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from stream_processors.core.instance import (
     Timer,
     visit_key,
 )
-from stream_processors.core.journal import KIND_BY_VALUE, JournalEntry, Kind
+from stream_processors.core.journal import KIND_BY_VALUE, JournalEntry, Kind, stateless
 from stream_processors.core.model import Block, SagaDefinition
 
 
@@ -102,6 +106,8 @@ def apply(
 ) -> Instance:
     """The instance after ``entry``. ``decoded`` is ``entry.record`` already decoded, if at hand."""
     kind = KIND_BY_VALUE.get(entry.kind) or Kind(entry.kind)  # the latter raises if unknown
+    if kind is Kind.OPERATOR_REFUSED and instance is not None:
+        return instance
     if instance is None:
         if kind is not Kind.SAGA_STARTED:
             raise FoldError(f"{entry.instance}: history starts with {entry.kind}, not SagaStarted")
@@ -390,7 +396,8 @@ def _step(instance: Instance, entry: JournalEntry) -> tuple[str, StepState]:
 def fold(
     definition: SagaDefinition, instance: Instance | None, entries: Iterable[JournalEntry]
 ) -> Instance | None:
-    """The instance after all ``entries``, in order."""
+    """The instance after all ``entries``, in order (refusals skipped: ``stateless``)."""
     for entry in entries:
-        instance = apply(definition, instance, entry)
+        if not stateless(entry):
+            instance = apply(definition, instance, entry)
     return instance

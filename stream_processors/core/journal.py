@@ -58,6 +58,10 @@ class Kind(StrEnum):
     EVENT_UNMATCHED = "EventUnmatched"
     #: A document-flow definition's path document changed (``stream_processors.core.documents``).
     DOCUMENT_SET = "DocumentSet"
+    #: An operator's action or signal that was not applied, and why (``reason``). It is no part
+    #: of the instance's state: ``seq`` is ``REFUSAL_SEQ``, ``fold`` skips it, and it may name an
+    #: instance that does not exist (it then creates none).
+    OPERATOR_REFUSED = "OperatorRefused"
 
 
 #: Each kind by its stored value, and back: ``Kind(value)`` and ``kind.value`` without the enum
@@ -91,8 +95,23 @@ class JournalEntry(Record, schema="sagalog.JournalEntry"):
     #: core knows nothing of tracing; ``stream_processors.engine.tracing`` reads and writes it).
     #: One field, not two: every field costs each entry, instance and snapshot made.
     trace: str | None = None
+    #: The id of the operator's request (the ``sagalog.operator_id`` header of an action or a
+    #: signal) this entry answers: on the first entry of the decision that applied it, or on its
+    #: ``OperatorRefused``. The ``sagas`` CLI finds its verdict in the journal by it.
+    operator_id: str | None = None
 
 
-#: An entry's control-flow, child-saga and trace-context fields: ``history --json`` writes them
-#: as they are (and ``sagas.testing.load_histories`` reads them back).
-FLOW_FIELDS = ("node", "block", "branch", "reply_to", "reply_key", "trace")
+#: The ``seq`` of an ``OperatorRefused`` entry: not a position in the instance's history.
+REFUSAL_SEQ = -1
+_REFUSED = Kind.OPERATOR_REFUSED.value
+
+
+def stateless(entry: JournalEntry) -> bool:
+    """Whether ``entry`` is no part of the instance's state (an operator's refusal): folding,
+    replaying and counting an instance's entries skip it."""
+    return entry.kind == _REFUSED
+
+
+#: An entry's control-flow, child-saga, trace-context and operator-request fields: ``history
+#: --json`` writes them as they are (and ``sagas.testing.load_histories`` reads them back).
+FLOW_FIELDS = ("node", "block", "branch", "reply_to", "reply_key", "trace", "operator_id")

@@ -25,6 +25,7 @@ from stream_processors.engine.routing import (
     COMMAND_ID,
     INSTANCE,
     NOTE,
+    OPERATOR_ID,
     PARENT_INSTANCE,
     REPLY_TO,
     header,
@@ -101,5 +102,9 @@ def inbox_input(
     trace = None
     if tracing.ENABLED and type(record) is definition.start:  # a saga's trace is its start's
         trace = tracing.incoming(headers)
-    received = Input(record, value, command_id, note, reply_to, parent, trace)
+    operator_id = header(headers, OPERATOR_ID)
+    key_text = instance_id if operator_id is not None else None  # a refusal names the instance
+    received = Input(
+        record, value, command_id, note, reply_to, parent, trace, operator_id, key_text
+    )
     return InboxInput(instance_id, key, received)

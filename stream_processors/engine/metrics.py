@@ -34,6 +34,11 @@ IGNORED_REASONS = frozenset(
         "stale-timer",
         "parked",
         *(f"operator-{action}-not-applicable" for action in (*OPERATOR_ACTIONS, OTHER)),
+        # An operator's request refused rather than dead-lettered (``decide``'s verdicts).
+        "unknown-instance",
+        "definition-mismatch",
+        "unexpected-type",
+        "not-applied",
     }
 )
 #: Why a processor or worker dead-letters a record: ``DecodeError`` reasons, ``decide``'s

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from confluent_kafka import KafkaException, Message
 
@@ -25,7 +25,7 @@ from stream_processors.core import limits, oversize
 from stream_processors.core.decide import Decision
 from stream_processors.core.decision import COMMAND
 from stream_processors.core.instance import Instance, encode_snapshot
-from stream_processors.core.journal import Kind
+from stream_processors.core.journal import JournalEntry, Kind
 from stream_processors.engine import metrics, tracing
 from stream_processors.engine.routing import (
     DLQ_DETAIL,
@@ -173,6 +173,15 @@ class Outputs:
         slot = (partition, decision.instance.instance_id)
         self._txn.stage(slot, decision.instance, snapshot)
         return None
+
+    def journal_alone(self, entry: JournalEntry, partition: int, key: bytes) -> None:
+        """Stage one journal entry that changes no state (an operator's refusal): no snapshot.
+        Too large with the operator's record in it, it goes without (its reason says why)."""
+        journal = self.topics.journal
+        value = entry.encode()
+        if self._limit(journal).oversize("refusal", journal, key, value, None) is not None:
+            value = replace(entry, record=None, reason=(entry.reason or "")[:2000]).encode()
+        self.produce(journal, key=key, value=value, partition=partition, timestamp=entry.at_ms)
 
     def dead_letter(self, message: Message, reason: str, detail: str) -> None:
         log.warning(

@@ -396,6 +396,8 @@ class SagaProcessor:
             return
         self._inputs_counter.inc()
         record = checked.input.record
+        if decision.refusal is not None:  # an operator's request not applied: journal why
+            self._outputs.journal_alone(decision.refusal, partition, checked.key)
         if decision.rejected is not None:
             self._outputs.dead_letter(message, decision.rejected, type(record).__qualname__)
             return

@@ -37,6 +37,9 @@ REPLY_TO = "sagalog.reply_to"
 INSTANCE = "sagalog.instance"
 SAGA = "sagalog.saga"
 NOTE = "sagalog.note"
+#: An operator's request id on an action or signal: asks the processor for a verdict in the
+#: journal (``JournalEntry.operator_id``). Not signed: it decides nothing, it only names.
+OPERATOR_ID = "sagalog.operator_id"
 DLQ_REASON = "sagalog.dlq.reason"
 DLQ_DETAIL = "sagalog.dlq.detail"
 DLQ_TOPIC = "sagalog.dlq.topic"

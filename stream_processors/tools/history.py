@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from stream_processors.core.fold import apply
 from stream_processors.core.instance import Instance, decode_snapshot
-from stream_processors.core.journal import JournalEntry
+from stream_processors.core.journal import JournalEntry, stateless
 from stream_processors.core.model import SagaDefinition
 from stream_processors.engine.store import SnapshotStore
 from stream_processors.kafka.config import consumer_config
@@ -132,8 +132,9 @@ def _read(
             stats.records += 1
             if message.error() is not None or message.key() != key:
                 continue
-            found += 1
-            yield Located(message.offset() or 0, JournalEntry.decode(message.value() or b""))
+            entry = JournalEntry.decode(message.value() or b"")
+            found += 0 if stateless(entry) else 1  # a refusal is no position of the history
+            yield Located(message.offset() or 0, entry)
             if expected is not None and found >= expected:
                 return
         if (consumer.position([tp])[0].offset or 0) >= high:
@@ -156,7 +157,8 @@ def fold_until(
             break
         if at_ms is not None and entry.at_ms > at_ms:
             break
-        instance = apply(definition, instance, entry)
+        if not stateless(entry):
+            instance = apply(definition, instance, entry)
     return instance
 
 

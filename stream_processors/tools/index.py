@@ -18,8 +18,11 @@ Schema, designed for the queries ``sagas list`` makes:
   after a page. Every index costs each update of a row (the feed's throughput), so there are
   no more: a status sorted by start time sorts that status's rows, a version is a filter on
   the rows read in time order; ``Index.index_fields`` adds indexes on chosen state fields;
-- ``active_steps``: the steps in flight of each instance with their definition node (a side
-  table: an instance may wait on several steps at once);
+- ``active_steps``: the steps in flight of each instance with their definition node, the
+  command id of their attempt, when it was sent and whether a timer of the step (its timeout,
+  retry or sleep) will move it on (a side table: an instance may wait on several steps at once);
+- ``dead_commands`` (temporary, per connection): command ids found in dead-letter topics,
+  loaded by ``Index.dead_lettered`` before a ``stuck`` query;
 - ``offsets``: the next changelog offset of each partition.
 """
 
@@ -40,12 +43,13 @@ from typing import Any
 from uuid import UUID
 
 from stream_processors.codecs.records import Record
+from stream_processors.core.decision import retry_timer, sleep_timer, timeout_timer
 from stream_processors.core.instance import Instance, Status
 
 #: The file under a saga's state folder (``default_state_dir``) that holds its index.
 INDEX_FILE = "index.sqlite3"
 #: Bumped when the schema changes: an index of another version is rebuilt from the changelog.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -68,10 +72,16 @@ CREATE TABLE IF NOT EXISTS active_steps (
     instance TEXT NOT NULL,
     step TEXT NOT NULL,
     node TEXT NOT NULL,
+    command_id TEXT NOT NULL,
+    sent_at_ms INTEGER NOT NULL,
+    timed INTEGER NOT NULL,
     PRIMARY KEY (instance, step)
 );
 CREATE INDEX IF NOT EXISTS active_by_node ON active_steps (node, instance);
+CREATE TEMP TABLE IF NOT EXISTS dead_commands (command_id TEXT PRIMARY KEY, reason TEXT);
 """
+#: The statuses in which an instance waits on its steps (parked and finished ones do not).
+MOVING = ("running", "compensating")
 
 _COLUMNS = (
     "instance",
@@ -129,11 +139,30 @@ class Row:
     updated_at_ms: int
     reason: str | None
     data: str
-    #: (step key, definition node) of each active step.
-    active: tuple[tuple[str, str], ...] = ()
+    #: Each active step: its key, definition node, attempt's command id, when that was sent,
+    #: and whether a timer of the step (timeout, retry or sleep) will move it on.
+    active: tuple[Active, ...] = ()
 
     def values(self) -> tuple[object, ...]:
         return tuple(getattr(self, column) for column in _COLUMNS)
+
+
+@dataclass(frozen=True)
+class Active:
+    """One active step of an instance, as the index keeps it."""
+
+    step: str
+    node: str
+    command_id: str
+    sent_at_ms: int
+    timed: bool
+
+
+def _active(instance: Instance, name: str) -> Active:
+    step = instance.steps[name]
+    timers = (timeout_timer(name), retry_timer(name), sleep_timer(name))
+    timed = any(timer in instance.timers for timer in timers)
+    return Active(name, step.node or name, step.command_id, step.sent_at_ms, timed)
 
 
 def row_of(instance: Instance, partition: int) -> Row:
@@ -148,7 +177,7 @@ def row_of(instance: Instance, partition: int) -> Row:
         updated_at_ms=instance.updated_at_ms,
         reason=instance.reason,
         data=state_json(instance),
-        active=tuple((name, instance.steps[name].node or name) for name in instance.active),
+        active=tuple(_active(instance, name) for name in instance.active),
     )
 
 
@@ -222,6 +251,10 @@ class Filters:
     id_prefix: str | None = None
     #: Exactly these instances.
     ids: tuple[str, ...] = ()
+    #: Stuck: running or compensating, and waiting on a step whose command (or reply) was
+    #: dead-lettered (the ids ``Index.dead_lettered`` loaded), or on a step that no timer will
+    #: move on, sent before this time.
+    stuck_before: int | None = None
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.statuses if s not in STATUSES]
@@ -263,7 +296,17 @@ class Filters:
         if self.ids:
             clauses.append(f"instance IN ({', '.join('?' * len(self.ids))})")
             params.extend(self.ids)
+        if self.stuck_before is not None:
+            clauses.append(f"status IN {MOVING} AND instance IN ({_STUCK_STEPS})")
+            params.append(self.stuck_before)
         return " AND ".join(clauses) or "1", params
+
+
+#: The instances with a stuck active step (one parameter: sent before when, untimed).
+_STUCK_STEPS = (
+    "SELECT instance FROM active_steps WHERE command_id IN (SELECT command_id FROM dead_commands)"
+    " OR (timed = 0 AND sent_at_ms < ?)"
+)
 
 
 #: ``--where`` names and the ``Filters`` field each sets; ``data.PATH`` names a state field.
@@ -277,6 +320,7 @@ WHERE_NAMES = {
     "reason": "reason",
     "version": "version",
     "id-prefix": "id_prefix",
+    "stuck": "stuck_before",
 }
 
 
@@ -506,10 +550,52 @@ class Index:
         found = self.page(Filters(ids=(instance,)), Page(limit=1))
         return found[0] if found else None
 
+    def dead_lettered(self, reasons: dict[str, str]) -> None:
+        """The command ids found on dead-letter topics, with their reasons, for ``stuck``
+        filters and ``why_stuck`` (this connection only: they are no part of the changelog)."""
+        self._db.execute("DELETE FROM dead_commands")
+        self._db.executemany("INSERT OR REPLACE INTO dead_commands VALUES (?, ?)", reasons.items())
+
+    def why_stuck(
+        self, instances: Sequence[str], stuck_before: int, now_ms: int
+    ) -> dict[str, list[str]]:
+        """For each of ``instances``, why it is stuck: each active step whose command or reply
+        was dead-lettered, or that no timer moves on and was sent before ``stuck_before``."""
+        found: dict[str, list[str]] = {}
+        marks = ", ".join("?" * len(instances))
+        rows = self._db.execute(
+            "SELECT a.instance, a.node, a.command_id, a.sent_at_ms, a.timed, d.reason "
+            "FROM active_steps a LEFT JOIN dead_commands d ON d.command_id = a.command_id "
+            f"WHERE a.instance IN ({marks}) ORDER BY a.instance, a.sent_at_ms",
+            list(instances),
+        )
+        for instance, node, command, sent_at_ms, timed, reason in rows:
+            if reason is not None:
+                why = f"{node}: {command} dead-lettered ({reason})"
+            elif not timed and sent_at_ms < stuck_before:
+                why = f"{node}: no answer for {_age(now_ms - sent_at_ms)}, and no timeout"
+            else:
+                continue
+            found.setdefault(instance, []).append(why)
+        return found
+
     def explain(self, filters: Filters, page: Page) -> list[str]:
         """SQLite's plan for a page's query (the benchmark shows it)."""
         sql, params = select_sql(filters, page, self._scan(filters))
         return [row[3] for row in self._db.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+
+
+def _age(ms: int) -> str:
+    """A duration the way an operator reads it: ``45s``, ``12m``, ``3h5m``, ``2d4h``."""
+    seconds = max(0, ms) // 1000
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes}m"
+    return f"{minutes}m" if minutes else f"{seconds}s"
 
 
 def latest(changes: Sequence[Change]) -> list[Change]:
@@ -531,8 +617,13 @@ def _write(db: sqlite3.Connection, changes: Sequence[Change]) -> None:
     db.executemany("DELETE FROM instances WHERE instance = ?", deleted)
     db.executemany(_UPSERT, [row.values() for row in rows])
     db.executemany(
-        "INSERT INTO active_steps (instance, step, node) VALUES (?, ?, ?)",
-        [(row.instance, step, node) for row in rows for step, node in row.active],
+        "INSERT INTO active_steps (instance, step, node, command_id, sent_at_ms, timed) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (row.instance, a.step, a.node, a.command_id, a.sent_at_ms, int(a.timed))
+            for row in rows
+            for a in row.active
+        ],
     )
 
 

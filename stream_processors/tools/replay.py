@@ -27,7 +27,7 @@ from confluent_kafka.admin import AdminClient
 from stream_processors.codecs.avro import DecodeError
 from stream_processors.core.fold import apply
 from stream_processors.core.instance import Instance, decode_snapshot, encode_snapshot, schedule
-from stream_processors.core.journal import JournalEntry
+from stream_processors.core.journal import JournalEntry, stateless
 from stream_processors.core.model import SagaDefinition
 from stream_processors.engine.store import DueRef, SnapshotStore, index_entries
 from stream_processors.kafka.config import producer_config
@@ -72,6 +72,8 @@ def fold_partition(
     count = 0
     for count, (_, value, _) in enumerate(_read_partition(bootstrap, journal, partition), 1):
         entry = JournalEntry.decode(value or b"")
+        if stateless(entry):  # an operator's refusal: it may name an instance that never was
+            continue
         folded = apply(definition, instances.get(entry.instance), entry)
         instances[entry.instance] = folded
         if progress is not None and count % 1000 == 0:

@@ -164,7 +164,7 @@ def test_list_matches_the_journal_and_bulk_cancel_is_applied(
             str(index),
         )
     )
-    assert "sent cancel to 10 instances" in sent
+    assert "cancel: 10 instances: applied 10" in sent  # each verdict waited for
 
     def cancelled() -> dict[str, list[str]]:
         saga.journal.catch_up()

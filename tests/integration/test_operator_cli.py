@@ -10,7 +10,9 @@ shown by the end-to-end tests.
 
 from __future__ import annotations
 
+import getpass
 import json
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,11 +26,13 @@ from examples.order_fulfillment.saga import OrderFulfillment
 from sagas.cli import app
 from sagas.operator import REDRIVEN_FROM
 from stream_processors.codecs.records import decode_record
+from stream_processors.core.journal import JournalEntry, Kind
 from stream_processors.core.model import OperatorAction
 from stream_processors.engine.routing import (
     COMMAND_ID,
     DLQ_REASON,
     NOTE,
+    OPERATOR_ID,
     dead_letter_headers,
     header,
 )
@@ -36,6 +40,14 @@ from stream_processors.kafka.config import consumer_config
 from stream_processors.kafka.reading import watermarks
 from stream_processors.kafka.topics import SagaTopics, ensure_topics
 from tests.conftest import KafkaCluster
+from tests.integration.saga_harness import (
+    FLAKY_TARGET,
+    FLAKY_TOPICS,
+    CommittedReader,
+    Jobs,
+    SagaRun,
+    sagas_cli,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -309,13 +321,15 @@ def test_operator_action_goes_to_the_inbox_keyed_by_instance_with_a_note(
 ) -> None:
     instance = f"opcli-{uuid.uuid4().hex}"
     reason = f"ticket {instance[-6:]}: card replaced"
-    out = _ok(_cli(kafka, action, SAGA_TARGET, instance, "--by", "alice", "--reason", reason))
-    assert f"sent {action} to {TOPICS.inbox}[" in out and instance in out
+    args = [action, SAGA_TARGET, instance, "--by", "alice", "--reason", reason, "--no-wait"]
+    out = _ok(_cli(kafka, *args))
+    assert out.startswith(f"sent {action} to {instance} (inbox[")
 
     (message,) = inbox.read(_keyed(instance))
     record = decode_record(message.value())
     assert record == OperatorAction(action=action, by="alice", reason=reason)
     assert header(message.headers(), NOTE) == f"{action} by alice: {reason}"
+    assert header(message.headers(), OPERATOR_ID) in out  # the request id, printed
 
 
 def test_by_defaults_to_the_os_user(
@@ -323,7 +337,7 @@ def test_by_defaults_to_the_os_user(
 ) -> None:
     monkeypatch.setattr("getpass.getuser", lambda: "os-user-bob")
     instance = f"opcli-{uuid.uuid4().hex}"
-    _ok(_cli(kafka, "resolve", SAGA_TARGET, instance, "--reason", "refunded by hand"))
+    _ok(_cli(kafka, "resolve", SAGA_TARGET, instance, "--reason", "refunded by hand", "--no-wait"))
     (message,) = inbox.read(_keyed(instance))
     record = decode_record(message.value())
     assert isinstance(record, OperatorAction) and record.by == "os-user-bob"
@@ -346,8 +360,8 @@ def test_signal_sends_the_event_to_the_instance(
     instance = f"opcli-{uuid.uuid4().hex}"
     data = json.dumps({"order_id": instance, "payment_id": "pay-by-phone-1"})
     args = ["signal", SAGA_TARGET, instance, event_type, "--data", data]
-    out = _ok(_cli(kafka, *args, "--by", "carol", "--reason", "paid by phone"))
-    assert "sent PaymentCompleted" in out
+    out = _ok(_cli(kafka, *args, "--by", "carol", "--reason", "paid by phone", "--no-wait"))
+    assert f"sent signal PaymentCompleted to {instance}" in out
 
     (message,) = inbox.read(_keyed(instance))
     assert decode_record(message.value()) == PaymentCompleted(
@@ -364,7 +378,7 @@ def test_signal_names_the_attempt_it_is_told_to(kafka: KafkaCluster, inbox: Topi
     data = json.dumps({"order_id": instance, "payment_id": "p"})
     attempt = f"order_fulfillment/{instance}/payment/2"
     args = ["signal", SAGA_TARGET, instance, "PaymentCompleted", "--data", data]
-    _ok(_cli(kafka, *args, "--reason", "paid", "--command-id", attempt))
+    _ok(_cli(kafka, *args, "--reason", "paid", "--command-id", attempt, "--no-wait"))
     (message,) = inbox.read(_keyed(instance))
     assert header(message.headers(), COMMAND_ID) == attempt
 
@@ -420,3 +434,178 @@ def test_signal_refuses_a_bad_type_or_bad_fields(kafka: KafkaCluster, inbox: Top
     unknown = _cli(kafka, *failures["unknown type"])
     assert "PaymentCompleted" in unknown.output  # the message names the accepted types
     assert inbox.read(_keyed(instance)) == []
+
+
+# -- verdicts: a processor decides, the command says what it decided ---------------------------
+
+
+def _sagas(jobs: Jobs, *args: str) -> subprocess.CompletedProcess[str]:
+    """``sagas <args>`` as an operator runs it, whatever its exit code."""
+    return sagas_cli(jobs.kafka.bootstrap, *args)
+
+
+def _entry(jobs: Jobs, instance: str, kind: Kind) -> JournalEntry:
+    return jobs.wait_for(instance, kind, timeout=30)
+
+
+def test_operator_commands_wait_for_the_processors_verdict(jobs: Jobs) -> None:
+    """Retry of a completed instance and cancel of an unknown one are refused (exit 1) and the
+    refusal journaled; a resolve of a parked instance is applied, at the journal position the
+    command prints."""
+    jobs.flag("undo-broken", on=True)
+    jobs.start()
+    done, parked = jobs.job("ok"), jobs.job("fail-finish")
+    jobs.wait_for(done, Kind.SAGA_COMPLETED)
+    jobs.wait_for(parked, Kind.SAGA_PARKED)
+
+    retry = _sagas(jobs, "retry", FLAKY_TARGET, done, "--by", "alice", "--reason", "try again")
+    assert retry.returncode == 1, (retry.stdout, retry.stderr)
+    why = "retry applies to a parked instance (needs_attention); this one is completed"
+    assert retry.stdout.startswith(f"refused retry to {done}: {why} ")
+    refusal = _entry(jobs, done, Kind.OPERATOR_REFUSED)
+    assert refusal.seq == -1 and refusal.operator_id
+    assert (
+        refusal.reason
+        == f"retry by alice: try again; refused (operator-retry-not-applicable): {why}"
+    )
+    assert decode_record(refusal.record) == OperatorAction(
+        action="retry", by="alice", reason="try again"
+    )
+
+    unknown = f"{jobs.run}-never-started"
+    cancel = _sagas(
+        jobs, "cancel", FLAKY_TARGET, unknown, "--by", "bob", "--reason", "typo", "--json"
+    )
+    assert cancel.returncode == 1, (cancel.stdout, cancel.stderr)
+    (verdict,) = json.loads(cancel.stdout)
+    assert (verdict["outcome"], verdict["code"]) == ("refused", "unknown-instance")
+    assert verdict["why"].startswith(f"there is no instance '{unknown}' of flaky_jobs")
+    journaled = _entry(jobs, unknown, Kind.OPERATOR_REFUSED)
+    assert journaled.operator_id == verdict["request"]
+    assert jobs.entries(unknown) == [journaled]  # and no instance: nothing else, no snapshot
+    assert _snapshots_of(jobs, unknown) == []
+    history = _sagas(jobs, "history", FLAKY_TARGET, unknown)  # the refusal, at no position
+    assert history.returncode == 0 and "OperatorRefused" in history.stdout, history.stderr
+    state = _sagas(jobs, "state", FLAKY_TARGET, unknown)
+    assert state.returncode == 1 and f"{unknown} had not started" in state.stderr
+
+    resolve = _sagas(jobs, "resolve", FLAKY_TARGET, parked, "--reason", "undone by hand", "--json")
+    assert resolve.returncode == 0, (resolve.stdout, resolve.stderr)
+    (applied,) = json.loads(resolve.stdout)
+    assert (applied["outcome"], applied["kind"]) == ("applied", "OperatorAction")
+    action = _entry(jobs, parked, Kind.OPERATOR_ACTION)
+    assert (action.seq, action.operator_id) == (applied["seq"], applied["request"])
+    journal = CommittedReader(jobs.kafka.bootstrap, FLAKY_TOPICS.journal, from_end=False)
+    try:
+        at = _record_at(journal, applied["journal_partition"], applied["journal_offset"])
+    finally:
+        journal.close()
+    assert JournalEntry.decode(at.value()) == action
+    _entry(jobs, parked, Kind.SAGA_RESOLVED)
+
+
+def _snapshots_of(jobs: Jobs, instance: str) -> list[Message]:
+    reader = CommittedReader(
+        jobs.kafka.bootstrap, FLAKY_TOPICS.snapshots, from_end=False, keep=_keyed(instance)
+    )
+    try:
+        return reader.read_to_end()
+    finally:
+        reader.close()
+
+
+def _record_at(reader: CommittedReader, partition: int, offset: int) -> Message:
+    found = [m for m in reader.read_to_end() if (m.partition(), m.offset()) == (partition, offset)]
+    assert len(found) == 1, (partition, offset)
+    return found[0]
+
+
+def test_no_verdict_in_time_exits_3_and_says_what_to_check(
+    kafka: KafkaCluster, inbox: TopicTail
+) -> None:
+    """No processor of the order saga runs here: the command waits --timeout, then says so."""
+    instance = f"opcli-{uuid.uuid4().hex}"
+    started = time.monotonic()
+    result = _cli(kafka, "retry", SAGA_TARGET, instance, "--reason", "test", "--timeout", "2")
+    waited = time.monotonic() - started
+    assert result.exit_code == 3, result.output
+    assert result.output.startswith(f"no verdict on retry to {instance}: none within 2 s")
+    assert "is a processor of order_fulfillment running" in result.output
+    assert 2 <= waited < 20
+    (message,) = inbox.read(_keyed(instance))  # it was sent all the same
+    assert header(message.headers(), OPERATOR_ID) in result.output
+
+
+def test_an_instance_waiting_on_a_dead_lettered_command_is_found_stuck_and_acted_on(
+    jobs: Jobs,
+) -> None:
+    """``work`` has no timeout: a job whose command a worker dead-lettered waits for ever.
+    ``sagas list --stuck`` finds it, saying why; ``--where stuck=...`` acts on it in bulk."""
+    dlq = CommittedReader(jobs.kafka.bootstrap, "flaky.work.dlq", from_end=True)
+    jobs.flag("work-misconfigured", on=True)
+    jobs.start()
+    job = jobs.job("ok")
+    deadline = time.monotonic() + 60
+    dead: list[Message] = []
+    while not dead and time.monotonic() < deadline:
+        dead = [m for m in dlq.poll(0.5) if m.key() == job.encode()]
+    dlq.close()
+    assert dead, jobs.processes.log_tails()
+    command = header(dead[0].headers(), COMMAND_ID)
+
+    index = ["--state-dir", str(jobs.tmp / "index")]
+    found = _sagas(jobs, "list", FLAKY_TARGET, "--stuck", "--older-than", "1h", "--json", *index)
+    assert found.returncode == 0, found.stderr
+    stuck = {i["instance"]: i["stuck"] for i in json.loads(found.stdout)["instances"]}
+    assert stuck[job] == [f"work: {command} dead-lettered (handler-error)"]
+    table = _sagas(jobs, "list", FLAKY_TARGET, "--stuck", *index)  # piped: nothing cut
+    assert f"work: {command} dead-lettered (handler-error)" in table.stdout
+
+    mine = ["--where", "stuck=1h", "--where", f"data.job_id={job}", "--yes", *index]
+    retry = _sagas(jobs, "retry", FLAKY_TARGET, *mine, "--reason", "bulk test")
+    assert retry.returncode == 1, (retry.stdout, retry.stderr)
+    assert f"refused retry to {job}: retry applies to a parked instance" in retry.stdout
+    cancel = _sagas(jobs, "cancel", FLAKY_TARGET, *mine, "--reason", "bulk test", "--json")
+    assert cancel.returncode == 0, (cancel.stdout, cancel.stderr)
+    (verdict,) = json.loads(cancel.stdout)
+    assert (verdict["instance"], verdict["outcome"]) == (job, "applied")
+    # Cancelled while its command is in flight (dead-lettered): the saga waits for its reply.
+    assert _entry(jobs, job, Kind.SAGA_COMPENSATING).seq == verdict["seq"] + 1
+
+
+def test_a_signal_is_applied_or_refused_and_says_so(saga: SagaRun) -> None:
+    """No worker answers the payment: a signalled PaymentCompleted is applied (journaled at the
+    printed position) and the same signal again is refused, the attempt being answered."""
+    saga.start_processor()
+    (order,) = saga.plan(1, seed=3, failures=0)
+    order_id = order.event.order_id
+    saga.publish([order])
+    _until_journaled(saga, order_id, Kind.COMMAND_SENT)
+    data = json.dumps({"order_id": order_id, "payment_id": "paid-by-phone"})
+    args = ["signal", SAGA_TARGET, order_id, "PaymentCompleted", "--data", data]
+    applied = sagas_cli(saga.kafka.bootstrap, *args, "--reason", "bank says paid", "--json")
+    assert applied.returncode == 0, (applied.stdout, applied.stderr)
+    (verdict,) = json.loads(applied.stdout)
+    assert (verdict["outcome"], verdict["kind"], verdict["what"]) == (
+        "applied",
+        "InputAccepted",
+        "signal PaymentCompleted",
+    )
+    accepted = _until_journaled(saga, order_id, Kind.INPUT_ACCEPTED)
+    assert (accepted.seq, accepted.operator_id) == (verdict["seq"], verdict["request"])
+    assert accepted.reason == f"signal by {getpass.getuser()}: bank says paid"
+    again = sagas_cli(saga.kafka.bootstrap, *args, "--reason", "once more")
+    assert again.returncode == 1, (again.stdout, again.stderr)
+    assert again.stdout.startswith(f"refused signal PaymentCompleted to {order_id}: ")
+    assert "[duplicate]" in again.stdout
+
+
+def _until_journaled(saga: SagaRun, instance: str, kind: Kind) -> JournalEntry:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        saga.journal.catch_up()
+        found = [e for e in saga.journal.entries.get(instance, []) if e.kind == kind.value]
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    raise AssertionError(f"{instance}: no {kind.value}\n{saga.processes.log_tails()}")

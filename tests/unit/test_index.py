@@ -14,10 +14,12 @@ from stream_processors.core.instance import (
     Status,
     StepState,
     StepStatus,
+    Timer,
     decode_snapshot,
     encode_snapshot,
 )
 from stream_processors.tools.index import (
+    Active,
     Change,
     FieldEquals,
     FilterError,
@@ -41,6 +43,7 @@ def _instance(
     steps: dict[str, StepState] | None = None,
     reason: str | None = None,
     version: int = 1,
+    timers: dict[str, Timer] | None = None,
 ) -> Instance:
     return Instance(
         instance_id=f"order-{number:03d}",
@@ -51,6 +54,7 @@ def _instance(
         updated_at_ms=2_000 + number if updated is None else updated,
         reason=reason,
         steps=steps or {},
+        timers=timers or {},
         completed=(),
         data=OrderState(
             order_id=f"order-{number:03d}",
@@ -86,7 +90,8 @@ def test_a_row_holds_what_a_snapshot_says() -> None:
     row = row_of(decode_snapshot(encode_snapshot(instance)), partition=3)
     assert (row.instance, row.partition, row.status, row.position) == ("order-007", 3, "running", 4)
     assert (row.started_at_ms, row.updated_at_ms, row.reason) == (1_007, 2_007, "x")
-    assert row.active == (("charge_payment#2", "charge_payment"),)  # only the active step
+    # Only the active step: its attempt, when it was sent, and no timer of its own to move it.
+    assert row.active == (Active("charge_payment#2", "charge_payment", "cmd-1", 1_500, False),)
     assert '"customer_id":"c-1"' in row.data and '"amount_cents":100' in row.data
 
 
@@ -275,3 +280,42 @@ def test_an_index_fed_from_another_topic_starts_again(index: Index) -> None:
     assert _ids(index) == ["order-001"] and index.source() == "topic-a"
     index.fed_from("topic-b")  # deleted and created again under the same name
     assert _ids(index) == [] and index.offsets() == {} and index.source() == "topic-b"
+
+
+def _waiting(
+    number: int, sent_at_ms: int, *, timed: bool = False, status: Status = Status.RUNNING
+) -> Instance:
+    step = StepState(StepStatus.PENDING, f"cmd-{number}", 1, sent_at_ms, node="payment")
+    timers = {"timeout:payment": Timer(sent_at_ms + 60_000, "payment", 1)} if timed else None
+    return _instance(number, status, steps={"payment": step}, timers=timers)
+
+
+def test_stuck_instances_wait_on_a_dead_lettered_command_or_untimed_for_too_long(
+    index: Index,
+) -> None:
+    index.apply(
+        [
+            _change(_waiting(1, sent_at_ms=1_000), 0),  # untimed, long ago: stuck
+            _change(_waiting(2, sent_at_ms=9_000), 1),  # untimed, recent: not yet
+            _change(_waiting(3, sent_at_ms=1_000, timed=True), 2),  # its timeout moves it
+            _change(_waiting(4, sent_at_ms=9_000, timed=True), 3),  # dead-lettered command
+            _change(_waiting(5, sent_at_ms=1_000, status=Status.NEEDS_ATTENTION), 4),  # parked
+            _change(_instance(6), 5),  # no active step
+        ]
+    )
+    index.dead_lettered({"cmd-4": "handler-error", "cmd-5": "handler-error"})
+    stuck = Filters(stuck_before=5_000)
+    assert sorted(_ids(index, stuck)) == ["order-001", "order-004"]
+    assert index.total(merged(stuck, Filters(statuses=("running",)))) == 2
+    why = index.why_stuck(["order-001", "order-004", "order-002"], 5_000, now_ms=3_601_000)
+    assert why == {
+        "order-001": ["payment: no answer for 1h0m, and no timeout"],
+        "order-004": ["payment: cmd-4 dead-lettered (handler-error)"],
+    }
+    index.dead_lettered({})  # loaded again for each query: none dead-lettered now
+    assert _ids(index, stuck) == ["order-001"]
+
+
+def test_where_stuck_is_an_age() -> None:
+    filters = parse_where(["stuck=30m"], lambda text: {"30m": 42}[text])
+    assert filters.stuck_before == 42
