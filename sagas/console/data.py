@@ -20,7 +20,8 @@ from pathlib import Path
 
 from sagas import operator
 from sagas.console.timeline import Item, timeline
-from sagas.operator import DeadLetter, OperatorError, Sent
+from sagas.operator import DeadLetter, OperatorError
+from sagas.verdicts import Verdict
 from stream_processors.core.instance import Instance
 from stream_processors.core.model import ENGINE_INPUTS, SagaDefinition
 from stream_processors.engine.schema_history import SchemaHistory
@@ -29,6 +30,10 @@ from stream_processors.tools.diagram import mermaid
 from stream_processors.tools.history import fold_until, instance_history, read_history
 from stream_processors.tools.index import Filters, Index, Listed, Page, index_path
 from stream_processors.tools.index_feed import IndexFeed
+
+#: How long an action from the console waits for the processor's verdict (seconds): the page
+#: says what became of it, or that none came yet (the timeline shows it when it does).
+VERDICT_WAIT = 10.0
 
 LOG = logging.getLogger(__name__)
 #: Seconds between attempts to start following a changelog that is not there yet.
@@ -129,10 +134,13 @@ class SagaView:
 
     # -- acting ------------------------------------------------------------------------------
 
-    def act(self, instance: str, action: str, by: str, reason: str) -> Sent:
-        return operator.send_action(self.definition, instance, action, by, reason, self.bootstrap)
+    def act(self, instance: str, action: str, by: str, reason: str) -> Verdict:
+        """An operator action, and the processor's verdict on it (waited for, briefly)."""
+        return operator.send_and_wait(
+            self.definition, instance, action, by, reason, self.bootstrap, timeout=VERDICT_WAIT
+        )
 
-    def signal(self, instance: str, event_type: str, data: str, by: str, reason: str) -> Sent:
+    def signal(self, instance: str, event_type: str, data: str, by: str, reason: str) -> Verdict:
         """Send the saga's input ``event_type`` built from JSON ``data`` to one instance."""
         cls = operator.input_named(self.definition, event_type)
         try:
@@ -140,7 +148,9 @@ class SagaView:
         except json.JSONDecodeError as error:
             raise ValueError(f"the fields are not JSON: {error}") from None
         event = operator.event_of(cls, fields)
-        return operator.signal(self.definition, instance, event, by, reason, self.bootstrap)
+        return operator.signal_and_wait(
+            self.definition, instance, event, by, reason, self.bootstrap, timeout=VERDICT_WAIT
+        )
 
     def redrive(self, topic: str, positions: set[tuple[int, int]]) -> int:
         """Send the dead letters at ``(partition, offset)`` of ``topic`` back where they came

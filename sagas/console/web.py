@@ -262,12 +262,8 @@ async def _run_reporting(request: Request, call: Callable[[], Any], what: str) -
         return
     if isinstance(outcome, int):
         _flash(request, f"{what}: sent {outcome} back")
-    else:
-        _flash(
-            request,
-            f"{what}: sent to {outcome.topic}[{outcome.partition}]@{outcome.offset} "
-            f"({outcome.note}); the timeline shows it once the processor has taken it",
-        )
+    else:  # the processor's verdict: applied, refused (and why), or none in time
+        _flash(request, outcome.describe(), ok=outcome.ok)
 
 
 def _text(form: FormData, name: str) -> str:

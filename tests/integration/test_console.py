@@ -160,7 +160,7 @@ def test_console_lists_filters_opens_and_cancels(
     page.get_by_test_id("action").select_option("cancel")
     page.get_by_test_id("reason").fill("customer called")
     page.get_by_test_id("send-action").click()
-    expect(page.get_by_test_id("flash")).to_contain_text("cancel of")
+    expect(page.get_by_test_id("flash")).to_contain_text(f"applied cancel to {waiting[0]}")
     action = _journaled(saga, waiting[0], Kind.OPERATOR_ACTION)
     assert action.reason == f"cancel by {USER}: customer called"
     # ... and the open page shows it by itself (no reload).
