@@ -30,11 +30,12 @@ from stream_processors.engine import metrics, tracing
 from stream_processors.engine.routing import (
     DLQ_DETAIL,
     DLQ_REASON,
+    SCHEDULE,
     dead_letter_marks,
     outgoing_headers,
     received_headers,
 )
-from stream_processors.engine.transaction import OpenTransaction
+from stream_processors.engine.transaction import OpenTransaction, planned
 from stream_processors.kafka.clients import Producer, Stopping
 from stream_processors.kafka.topics import SagaTopics
 
@@ -137,11 +138,12 @@ class Outputs:
             commands.append(limits.Outgoing(what, topic, command_key, command.value, headers))
         snapshot = encode_snapshot(decision.instance)
         snapshots = self.topics.snapshots
+        plan = planned(decision.instance)
         # Commands are checked before the journal entries that carry them: when both are too
         # large, the reason names the command, what the user's code built.
         checks = [(record, self._limit(record.topic)) for record in commands]
         checks += [(record, self._limit(record.topic)) for record, _ in entries]
-        record = limits.Outgoing("snapshot", snapshots, key, snapshot)
+        record = limits.Outgoing("snapshot", snapshots, key, snapshot, [(SCHEDULE, plan[2])])
         checks.append((record, self._limit(snapshots)))
         found = limits.first_oversize_at(checks)
         if found is not None:
@@ -171,7 +173,7 @@ class Outputs:
         if trace is not None:
             self._txn.spans += tracing.decision_spans(self.saga, trace, decision, before, now_ms)
         slot = (partition, decision.instance.instance_id)
-        self._txn.stage(slot, decision.instance, snapshot)
+        self._txn.stage(slot, decision.instance, snapshot, plan)
         return None
 
     def journal_alone(self, entry: JournalEntry, partition: int, key: bytes) -> None:

@@ -53,6 +53,7 @@ from stream_processors.engine.cache import InstanceCache
 from stream_processors.engine.inputs import Rejected, inbox_input
 from stream_processors.engine.outputs import Outputs, Unstaged
 from stream_processors.engine.recovery import Recovery
+from stream_processors.engine.routing import SCHEDULE
 from stream_processors.engine.source_routing import SourceRouter
 from stream_processors.engine.store import Slot, SnapshotStore, claim_slot, default_state_dir
 from stream_processors.engine.timers import DUE_CHECK_INTERVAL, DueWork
@@ -489,14 +490,15 @@ class SagaProcessor:
                 partition, offset = message.partition() or 0, message.offset() or 0
                 changelog_offsets[partition] = max(changelog_offsets.get(partition, -1), offset)
 
-        written, index = self._txn.store_writes(self.config.retention_ms)
+        written, index, schedules = self._txn.store_writes(self.config.retention_ms)
         try:
-            for partition, instance_id, value in written:
+            for (partition, instance_id, value), due in zip(written, schedules, strict=True):
                 # Encoded when its decision was checked against the limits (see ``emit``).
                 self._outputs.produce(
                     self.topics.snapshots,
                     key=instance_id.encode(),
                     value=value,
+                    headers=None if due is None else [(SCHEDULE, due)],
                     partition=partition,
                     on_delivery=delivered,
                 )

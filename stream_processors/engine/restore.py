@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 
 from stream_processors.codecs.avro import DecodeError
-from stream_processors.core.instance import snapshot_schedule
+from stream_processors.core.instance import is_snapshot, parse_schedule, snapshot_schedule
+from stream_processors.engine.routing import SCHEDULE
 from stream_processors.engine.store import DueRef, SnapshotStore, index_entries
 from stream_processors.kafka.clients import Consumer
 
@@ -44,7 +45,7 @@ def _restored(
     key, value = message.key(), message.value()
     try:
         instance_id = (key or b"").decode()
-        schedule = None if value is None else snapshot_schedule(value)
+        schedule = None if value is None else _schedule(value, message.headers())
     except (UnicodeDecodeError, DecodeError, KeyError, ValueError, TypeError) as error:
         log.warning(
             "changelog %s[%s]@%s is not a snapshot, skipped: %s",
@@ -57,6 +58,16 @@ def _restored(
     if not instance_id:
         return None
     return instance_id, value, schedule
+
+
+def _schedule(value: bytes, headers: object) -> tuple[list[int], int | None]:
+    """A snapshot record's schedule: from its ``sagalog.schedule`` header when it has one (the
+    value is then only checked to be framed as a snapshot), else decoded from the value (records
+    written before the header existed)."""
+    for name, text in headers if isinstance(headers, list) else ():
+        if name == SCHEDULE and isinstance(text, bytes) and is_snapshot(value):
+            return parse_schedule(text)
+    return snapshot_schedule(value)
 
 
 class PartitionRestore:

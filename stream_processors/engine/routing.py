@@ -40,6 +40,9 @@ NOTE = "sagalog.note"
 #: An operator's request id on an action or signal: asks the processor for a verdict in the
 #: journal (``JournalEntry.operator_id``). Not signed: it decides nothing, it only names.
 OPERATOR_ID = "sagalog.operator_id"
+#: On a snapshots changelog record: when its timers are due and when it finished
+#: (``stream_processors.core.instance.schedule_text``), read by a restore instead of the value.
+SCHEDULE = "sagalog.schedule"
 DLQ_REASON = "sagalog.dlq.reason"
 DLQ_DETAIL = "sagalog.dlq.detail"
 DLQ_TOPIC = "sagalog.dlq.topic"

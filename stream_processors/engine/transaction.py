@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
-from stream_processors.core.instance import Instance, schedule
+from stream_processors.core.instance import Instance, schedule, schedule_text
 from stream_processors.engine.store import DueRef, index_entries
 from stream_processors.engine.tracing import Ended
 from stream_processors.kafka.clients import Consumer, Producer, Stopping
@@ -71,14 +71,26 @@ class TransactionAborted(Exception):
         self.recreated = recreated
 
 
+#: A staged snapshot's timers' due times, when it finished, and the changelog header of both.
+Schedule = tuple[list[int], int | None, bytes]
+
+
+def planned(instance: Instance) -> Schedule:
+    """An instance's ``Schedule``, computed once when its decision is staged."""
+    due, finished = schedule(instance)
+    return due, finished, schedule_text(due, finished)
+
+
 @dataclass
 class OpenTransaction:
     """What the open transaction staged; ``started`` is None while none is open."""
 
     started: float | None = None
-    #: New snapshot per instance (None: expired, a tombstone), and its encoding.
+    #: New snapshot per instance (None: expired, a tombstone), its encoding, and its schedule
+    #: (when its timers are due, when it finished) with the changelog header that carries it.
     staged: dict[Slot, Instance | None] = field(default_factory=dict)
     encoded: dict[Slot, bytes] = field(default_factory=dict)
+    schedules: dict[Slot, Schedule] = field(default_factory=dict)
     #: Next offset to commit per (topic, partition) consumed.
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     #: Due-index entries dealt with: deleted from the store at commit, dealt with again if not.
@@ -93,13 +105,15 @@ class OpenTransaction:
     def age(self) -> float:
         return 0.0 if self.started is None else time.monotonic() - self.started
 
-    def stage(self, slot: Slot, instance: Instance, encoded: bytes) -> None:
+    def stage(self, slot: Slot, instance: Instance, encoded: bytes, planned: Schedule) -> None:
         self.staged[slot] = instance
         self.encoded[slot] = encoded
+        self.schedules[slot] = planned
 
     def tombstone(self, slot: Slot) -> None:
         self.staged[slot] = None
         self.encoded.pop(slot, None)
+        self.schedules.pop(slot, None)
 
     def consumed(self, topic: str, partition: int, offset: int) -> None:
         self.offsets[(topic, partition)] = offset + 1
@@ -113,23 +127,30 @@ class OpenTransaction:
 
     def store_writes(
         self, retention_ms: int | None
-    ) -> tuple[list[tuple[int, str, bytes | None]], list[DueRef]]:
-        """The store's rows (partition, id, snapshot or None) and the index entries to add."""
+    ) -> tuple[list[tuple[int, str, bytes | None]], list[DueRef], list[bytes | None]]:
+        """The store's rows (partition, id, snapshot or None), the index entries to add, and
+        each row's schedule as its changelog record carries it (None for a tombstone)."""
         written: list[tuple[int, str, bytes | None]] = []
         index: list[DueRef] = []
-        for (partition, instance_id), instance in self.staged.items():
+        schedules: list[bytes | None] = []
+        for slot, instance in self.staged.items():
+            partition, instance_id = slot
             if instance is None:
                 written.append((partition, instance_id, None))
+                schedules.append(None)
                 continue
-            written.append((partition, instance_id, self.encoded[(partition, instance_id)]))
-            index += index_entries(partition, instance_id, *schedule(instance), retention_ms)
-        return written, index
+            written.append((partition, instance_id, self.encoded[slot]))
+            due, finished, header = self.schedules[slot]
+            index += index_entries(partition, instance_id, due, finished, retention_ms)
+            schedules.append(header)
+        return written, index, schedules
 
     def reset(self) -> None:
         """Forget everything: after a commit, an abort or a loss."""
         self.started = None
         self.staged.clear()
         self.encoded.clear()
+        self.schedules.clear()
         self.offsets.clear()
         self.done.clear()
         self.spans.clear()

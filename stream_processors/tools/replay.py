@@ -26,10 +26,12 @@ from confluent_kafka.admin import AdminClient
 
 from stream_processors.codecs.avro import DecodeError
 from stream_processors.core.fold import apply
-from stream_processors.core.instance import Instance, decode_snapshot, encode_snapshot, schedule
+from stream_processors.core.instance import Instance, decode_snapshot, encode_snapshot
 from stream_processors.core.journal import JournalEntry, stateless
 from stream_processors.core.model import SagaDefinition
+from stream_processors.engine.routing import SCHEDULE
 from stream_processors.engine.store import DueRef, SnapshotStore, index_entries
+from stream_processors.engine.transaction import planned
 from stream_processors.kafka.config import producer_config
 from stream_processors.kafka.errors import connect_admin
 from stream_processors.kafka.reading import committed_records
@@ -254,11 +256,13 @@ def rebuild(
                 continue
             value = encode_snapshot(instance)
             written.append((partition, instance_id, value))
-            index += index_entries(partition, instance_id, *schedule(instance), retention_ms)
+            due, ended, header = planned(instance)
+            index += index_entries(partition, instance_id, due, ended, retention_ms)
             producer.produce(
                 topics.snapshots,
                 key=instance_id.encode(),
                 value=value,
+                headers=[(SCHEDULE, header)],
                 partition=partition,
                 on_delivery=delivered,
             )
