@@ -39,6 +39,8 @@ from examples.order_fulfillment.scenario import plan_orders
 from sagas.local import LocalProcess, journal_end, journal_outcomes_from
 from stream_processors.core.decide import Input, decide
 from stream_processors.core.instance import encode_snapshot
+from stream_processors.engine.routing import SCHEDULE
+from stream_processors.engine.transaction import planned
 from stream_processors.kafka.config import consumer_config, producer_config
 from stream_processors.kafka.reading import watermarks
 from stream_processors.tools.replay import fold_partition
@@ -55,10 +57,14 @@ def fill_snapshots(count: int) -> None:
     for number in range(count):
         instance_id = f"order-restore-{number:07d}"
         data = replace(template.data, order_id=instance_id)  # type: ignore[type-var]
-        value = encode_snapshot(replace(template, instance_id=instance_id, data=data))
+        instance = replace(template, instance_id=instance_id, data=data)
+        value = encode_snapshot(instance)
+        headers = [(SCHEDULE, planned(instance)[2])]  # as the processor writes them
         while True:
             try:
-                producer.produce(TOPICS.snapshots, key=instance_id.encode(), value=value)
+                producer.produce(
+                    TOPICS.snapshots, key=instance_id.encode(), value=value, headers=headers
+                )
                 break
             except BufferError:
                 producer.poll(0.05)

@@ -176,6 +176,15 @@ class SchemaCatalog:
         self._unknown.pop(schema.fingerprint, None)
         return schema
 
+    def frame_headers(self, full_name: str) -> frozenset[bytes]:
+        """The single-object frame headers (marker and fingerprint) of every known version of
+        ``full_name``: telling a record's type by its first bytes, without a lookup."""
+        return frozenset(
+            MAGIC + fingerprint
+            for fingerprint, schema in self._by_fingerprint.items()
+            if schema.full_name == full_name
+        )
+
     def add_writer(self, schema: AvroSchema) -> None:
         """Know an older (or other) version of a schema well enough to read its records."""
         self._by_fingerprint.setdefault(schema.fingerprint, schema)

@@ -230,6 +230,27 @@ class SnapshotStore:
             batch.put(_offset_key(partition), _OFFSET.pack(offset))
         self._db.write(batch)
 
+    def write_restored(
+        self,
+        partition: int,
+        snapshots: Iterable[tuple[bytes, bytes | None]],
+        offset: int,
+        index: Iterable[DueRef],
+    ) -> None:
+        """``write`` for a restore: one partition's snapshots keyed by the changelog records'
+        own key bytes (the instance id, UTF-8), not decoded and encoded again."""
+        batch = WriteBatch(raw_mode=True)
+        for ref in index:
+            batch.put(_due_key(ref), b"")
+        prefix = b"s" + _PARTITION.pack(partition)
+        for key, value in snapshots:
+            if value is None:
+                batch.delete(prefix + key)
+            else:
+                batch.put(prefix + key, value)
+        batch.put(_offset_key(partition), _OFFSET.pack(offset))
+        self._db.write(batch)
+
     def due(self, index: Due, partition: int, now_ms: int) -> Iterator[DueRef]:
         """Entries of ``index`` in ``partition`` due at or before ``now_ms``, earliest first."""
         prefix = index.value + _PARTITION.pack(partition)
