@@ -32,11 +32,15 @@ from examples.order_fulfillment.saga import OrderFulfillment
 from examples.order_fulfillment.scenario import PlannedOrder, plan_orders
 from sagas.local import TERMINAL, LocalProcess
 from sagas.publisher import Publisher
+from stream_processors.core.fold import fold
+from stream_processors.core.instance import Instance
 from stream_processors.core.journal import JournalEntry, Kind
+from stream_processors.core.model import SagaDefinition
 from stream_processors.engine.routing import COMMAND_ID, INSTANCE, ReceivedHeaders, header
 from stream_processors.kafka.config import consumer_config
 from stream_processors.kafka.reading import watermarks
 from stream_processors.kafka.topics import SagaTopics, ensure_topics
+from stream_processors.tools.history import read_history
 from tests.conftest import KafkaCluster
 from tests.integration.flaky_jobs import FlakyJobs, Job
 
@@ -539,3 +543,18 @@ def run_sagas(bootstrap: str, *args: str) -> subprocess.CompletedProcess[str]:
     result = sagas_cli(bootstrap, *args)
     assert result.returncode == 0, f"sagas {' '.join(args)}:\n{result.stdout}{result.stderr}"
     return result
+
+
+def finished_instance(
+    definition: SagaDefinition, bootstrap: str, instance_id: str, timeout: float = 60
+) -> Instance:
+    """The instance as its committed journal folds, once it has finished (polls its history)."""
+    journal = SagaTopics.for_saga(definition).journal
+    deadline = time.monotonic() + timeout
+    while True:
+        entries = [x.entry for x in read_history(journal, instance_id, bootstrap)]
+        instance = fold(definition, None, entries) if entries else None
+        if instance is not None and instance.status.finished:
+            return instance
+        assert time.monotonic() < deadline, f"{instance_id} did not finish: {instance}"
+        time.sleep(0.5)

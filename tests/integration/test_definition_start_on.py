@@ -12,7 +12,6 @@ starts nothing new.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from pathlib import Path
 
@@ -20,14 +19,16 @@ import pytest
 
 from sagas.publisher import Publisher
 from stream_processors.core.documents import Documents
-from stream_processors.core.fold import fold
-from stream_processors.core.instance import Instance
-from stream_processors.core.model import SagaDefinition
 from stream_processors.declarative.definition import load_definition
 from stream_processors.kafka.topics import SagaTopics, ensure_topics
 from stream_processors.tools.history import read_history
 from tests.conftest import KafkaCluster
-from tests.integration.saga_harness import SagaProcesses, restored_partitions, wait_for_log
+from tests.integration.saga_harness import (
+    SagaProcesses,
+    finished_instance,
+    restored_partitions,
+    wait_for_log,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -56,18 +57,6 @@ States:
 """
 
 
-def _finished(definition: SagaDefinition, bootstrap: str, execution: str) -> Instance:
-    journal = SagaTopics.for_saga(definition).journal
-    deadline = time.monotonic() + 60
-    while True:
-        entries = [x.entry for x in read_history(journal, execution, bootstrap)]
-        instance = fold(definition, None, entries) if entries else None
-        if instance is not None and instance.status.finished:
-            return instance
-        assert time.monotonic() < deadline, f"{execution} did not finish: {instance}"
-        time.sleep(0.5)
-
-
 def test_an_event_on_the_source_topic_starts_an_execution(
     kafka: KafkaCluster, tmp_path: Path
 ) -> None:
@@ -92,7 +81,7 @@ def test_an_event_on_the_source_topic_starts_an_execution(
         assert (free, again) == (f"u-{run}-1", f"u-{run}-1")
         outputs = {}
         for execution in (free, paid):
-            instance = _finished(definition, kafka.bootstrap, execution)
+            instance = finished_instance(definition, kafka.bootstrap, execution)
             assert instance.status.value == "completed"
             assert isinstance(instance.data, Documents)
             outputs[execution] = instance.data.document("")

@@ -9,7 +9,6 @@ after the action started, which its Catch takes (the late reply, when it comes, 
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,14 +17,17 @@ import pytest
 
 from sagas.publisher import Publisher
 from stream_processors.core.documents import Documents
-from stream_processors.core.fold import fold
 from stream_processors.core.instance import Instance
-from stream_processors.core.model import SagaDefinition
 from stream_processors.declarative.definition import load_definition
 from stream_processors.kafka.topics import SagaTopics, ensure_topics
 from stream_processors.tools.history import read_history
 from tests.conftest import KafkaCluster
-from tests.integration.saga_harness import SagaProcesses, restored_partitions, wait_for_log
+from tests.integration.saga_harness import (
+    SagaProcesses,
+    finished_instance,
+    restored_partitions,
+    wait_for_log,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -50,20 +52,6 @@ States:
     ResultPath: $.outcome
     End: true
 """
-
-
-def _finished(
-    definition: SagaDefinition, bootstrap: str, execution: str, timeout: float
-) -> Instance:
-    journal = SagaTopics.for_saga(definition).journal
-    deadline = time.monotonic() + timeout
-    while True:
-        entries = [x.entry for x in read_history(journal, execution, bootstrap)]
-        instance = fold(definition, None, entries) if entries else None
-        if instance is not None and instance.status.finished:
-            return instance
-        assert time.monotonic() < deadline, f"{execution} did not finish: {instance}"
-        time.sleep(0.5)
 
 
 def _output(instance: Instance) -> Any:
@@ -95,8 +83,8 @@ def test_heartbeats_keep_a_long_task_alive_and_their_absence_fails_it(
         with Publisher(kafka.bootstrap, client_id="heartbeat-test") as publisher:
             publisher.start(definition, {"beat": True}, alive)
             publisher.start(definition, {"beat": False}, silent)
-        kept = _finished(definition, kafka.bootstrap, alive, 60)
-        lost = _finished(definition, kafka.bootstrap, silent, 60)
+        kept = finished_instance(definition, kafka.bootstrap, alive)
+        lost = finished_instance(definition, kafka.bootstrap, silent)
     except BaseException:
         print(processes.log_tails())
         raise
