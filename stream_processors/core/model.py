@@ -251,6 +251,8 @@ class SagaDefinition:
     replies: Mapping[type[Record], tuple[str, ReplyRole]] = field(default_factory=dict)
     deadline_ms: int | None = None
     flow: Mapping[str, FlowNode] = field(default_factory=dict)
+    #: How long an instance should take, start to finish (ms): metrics only, never a decision.
+    sla_ms: int | None = None
 
     def node(self, name: str) -> Node:
         """The task or flow node ``name`` (KeyError if neither)."""
