@@ -39,9 +39,8 @@ from tests.unit.flow_records import ID, A, Flow, Started, Verified, begin
 SLA_S = 10
 
 
-TIMED_ORDER = dataclasses.replace(
-    OrderFulfillment.definition, name="timed_order", sla_ms=SLA_S * 1000
-)
+TIMED_ORDER = dataclasses.replace(OrderFulfillment.definition, sla_ms=SLA_S * 1000)
+UNTIMED_ORDER = dataclasses.replace(OrderFulfillment.definition, sla_ms=None)
 
 
 class Approval(Saga, name="approval", sla=timedelta(minutes=1)):
@@ -117,7 +116,7 @@ def test_a_failed_step_counts_its_error_type_and_a_saga_over_its_sla() -> None:
 
 
 def test_a_saga_without_an_sla_judges_nothing() -> None:
-    run = Recorder(OrderFulfillment)
+    run = Recorder(UNTIMED_ORDER)
     run(lambda t: t.start(order()))
     payment = run.test.expect_command(MakePayment)
     failed = run(lambda t: t.reply(payment, PaymentFailed(order_id="o-1", reason="card")))
@@ -191,7 +190,7 @@ def test_instance_counts_move_rebuild_forget_and_see_the_sla_pass() -> None:
 
 def test_the_sla_option_takes_seconds_a_timedelta_or_a_class_attribute() -> None:
     assert Approval.definition.sla_ms == 60_000
-    assert OrderFulfillment.definition.sla_ms is None
+    assert OrderFulfillment.definition.sla_ms == 5 * 60_000
     assert declared(name="by_seconds", sla=2.5).definition.sla_ms == 2500
     by_attribute = declared(name="by_attribute", attributes={"sla": timedelta(seconds=1.5)})
     assert by_attribute.definition.sla_ms == 1500
