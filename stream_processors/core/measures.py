@@ -2,10 +2,11 @@
 
 The processor already knows everything the seeds' metrics need when it stages a decision: the
 journal entries it writes and the instance before and after. This module turns them into
-measures (``Measurer.measure``: lifecycle points, step outcomes and times, failures by error
-type, saga times against the saga's SLA), and keeps the count of unfinished instances by status per
-partition (``InstanceCounts``), moved by each committed snapshot and rebuilt from the store when
-a partition is assigned. ``stream_processors.engine.metrics`` feeds both to Prometheus.
+measures (``Measurer.measure``, into a ``Tally``: lifecycle points, step outcomes and times,
+failures by error type, saga times against the saga's SLA), and keeps the count of unfinished
+instances by status per partition (``InstanceCounts``), moved by each committed snapshot and
+rebuilt from the store when a partition is assigned. ``stream_processors.engine.metrics`` feeds
+both to Prometheus.
 
 Every label value here comes from the definition or from fixed sets (statuses, outcomes): a
 step's time is labelled by its node (never by a map item's or a loop visit's key), an error by
@@ -57,18 +58,6 @@ _CHILD = "child saga "
 
 
 @dataclass(frozen=True, slots=True)
-class StepMeasure:
-    """A step's attempt ended: ``outcome`` succeeded, failed (finally) or retried; ``seconds``
-    from its command to its end (None when it began in the same decision); ``error``: why it
-    failed (None when it succeeded)."""
-
-    node: str
-    outcome: str
-    seconds: float | None
-    error: str | None
-
-
-@dataclass(frozen=True, slots=True)
 class Finish:
     """An instance finished: its outcome, time from its start, and whether within its SLA
     (None: the saga declares none)."""
@@ -83,12 +72,24 @@ Counted = tuple[str, int] | None
 
 
 @dataclass(slots=True)
-class Measures:
-    """What one decision counts."""
+class Tally:
+    """What the decisions of one transaction count, summed by label (counted once it commits:
+    one increment per label and transaction, not per input)."""
 
-    lifecycle: list[str] = field(default_factory=list)
-    steps: list[StepMeasure] = field(default_factory=list)
+    lifecycle: Counter[str] = field(default_factory=Counter)
+    #: Step attempts ended, by (node, outcome); failed ones by (node, error).
+    steps: Counter[tuple[str, str]] = field(default_factory=Counter)
+    failures: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: (node, outcome, seconds) of the attempts whose command was sent by an earlier decision.
+    step_seconds: list[tuple[str, str, float]] = field(default_factory=list)
     finishes: list[Finish] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.lifecycle.clear()
+        self.steps.clear()
+        self.failures.clear()
+        self.step_seconds.clear()
+        self.finishes.clear()
 
 
 class Measurer:
@@ -104,19 +105,21 @@ class Measurer:
         ) | frozenset(definition.flow)
 
     def measure(
-        self, before: Instance | None, entries: Sequence[JournalEntry], after: Instance
-    ) -> Measures | None:
-        """What ``entries`` (one decision's, turning ``before`` into ``after``) count; None if
-        nothing (most decisions: a command sent, an input accepted)."""
-        measures: Measures | None = None
+        self,
+        before: Instance | None,
+        entries: Sequence[JournalEntry],
+        after: Instance,
+        tally: Tally,
+    ) -> None:
+        """Add to ``tally`` what ``entries`` (one decision's, turning ``before`` into ``after``)
+        count. Most entries count nothing (a command sent, an input accepted)."""
         for entry in entries:
             kind = KIND_BY_VALUE[entry.kind]
             event = LIFECYCLE.get(kind)
             if event is not None:
-                measures = measures or Measures()
-                measures.lifecycle.append(event)
+                tally.lifecycle[event] += 1
                 if kind in FINISHES:
-                    measures.finishes.append(self._finish(event, entry.at_ms, after))
+                    tally.finishes.append(self._finish(event, entry.at_ms, after))
                 continue
             outcome = _STEP_OUTCOMES.get(kind)
             # A step failed without a command id was cancelled or given up on, not answered.
@@ -127,9 +130,7 @@ class Measurer:
             step = _step_state(entry.step, before, after)
             if step is None or step.status.compensation or step.node not in self.definition.tasks:
                 continue  # a compensation's attempt, or a sleep that woke
-            measures = measures or Measures()
-            measures.steps.append(self._step(outcome, entry, step, before))
-        return measures
+            self._step(outcome, entry, step, before, tally)
 
     def _finish(self, outcome: str, at_ms: int, after: Instance) -> Finish:
         took_ms = max(0, at_ms - after.started_at_ms)
@@ -137,13 +138,19 @@ class Measurer:
         return Finish(outcome, took_ms / 1000, None if sla is None else took_ms <= sla)
 
     def _step(
-        self, outcome: str, entry: JournalEntry, step: StepState, before: Instance | None
-    ) -> StepMeasure:
-        key = entry.step or ""
-        began_before = before is not None and key in before.steps
-        seconds = max(0, entry.at_ms - step.sent_at_ms) / 1000 if began_before else None
-        error = None if outcome == "succeeded" else self.error_type(key, entry.reason)
-        return StepMeasure(step.node, outcome, seconds, error)
+        self,
+        outcome: str,
+        entry: JournalEntry,
+        step: StepState,
+        before: Instance | None,
+        tally: Tally,
+    ) -> None:
+        key, node = entry.step or "", step.node
+        tally.steps[(node, outcome)] += 1
+        if before is not None and key in before.steps:  # else it began in this decision
+            tally.step_seconds.append((node, outcome, max(0, entry.at_ms - step.sent_at_ms) / 1000))
+        if outcome != "succeeded":
+            tally.failures[(node, self.error_type(key, entry.reason))] += 1
 
     def error_type(self, key: str, reason: str | None) -> str:
         """The error a failure entry's ``reason`` names (decide writes ``"<step>: <error>..."``)
@@ -284,7 +291,6 @@ __all__ = [
     "Finish",
     "InstanceCounts",
     "Measurer",
-    "Measures",
-    "StepMeasure",
+    "Tally",
     "declared_errors",
 ]

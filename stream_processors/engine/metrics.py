@@ -36,7 +36,7 @@ from stream_processors.codecs.avro import DecodeError, decode
 from stream_processors.codecs.records import CATALOG
 from stream_processors.core.decision import Decision
 from stream_processors.core.instance import Instance
-from stream_processors.core.measures import Counted, InstanceCounts, Measurer, Measures
+from stream_processors.core.measures import Counted, InstanceCounts, Measurer, Tally
 from stream_processors.core.model import OPERATOR_ACTIONS, SagaDefinition
 from stream_processors.engine.store import SnapshotStore
 from stream_processors.kafka.clients import Consumer
@@ -189,7 +189,7 @@ class SagaMetrics:
         self.counts = InstanceCounts(definition.sla_ms)
         self.lag: dict[tuple[str, int], int] = {}
         self._lock = threading.Lock()
-        self._pending: list[Measures] = []
+        self._tally = Tally()
         # Each instance staged in the open transaction as it was committed before it.
         self._before: dict[tuple[int, str], Instance | None] = {}
         self._lag_read = 0.0
@@ -199,7 +199,7 @@ class SagaMetrics:
 
     def begin(self) -> None:
         """A transaction opens: what an aborted one staged is forgotten."""
-        self._pending.clear()
+        self._tally.clear()
         self._before.clear()
 
     def staged(self, slot: tuple[int, str], before: Instance | None, decision: Decision) -> None:
@@ -207,14 +207,11 @@ class SagaMetrics:
         assert decision.instance is not None
         if slot not in self._before:  # the first in this transaction: the committed state
             self._before[slot] = before
-        measures = self.measurer.measure(before, decision.entries, decision.instance)
-        if measures is not None:
-            self._pending.append(measures)
+        self.measurer.measure(before, decision.entries, decision.instance, self._tally)
 
     def committed(self, staged: Mapping[tuple[int, str], Instance | None]) -> None:
         """The transaction that staged ``staged`` (None: expired) committed: count it."""
-        for measures in self._pending:
-            self._count(measures)
+        self._count(self._tally)
         counted = self.measurer.counted
         with self._lock:
             for slot, after in staged.items():
@@ -256,28 +253,28 @@ class SagaMetrics:
     def close(self) -> None:
         _LIVE.discard(self)
 
-    def _count(self, measures: Measures) -> None:
-        for event in measures.lifecycle:
-            self._child(SAGAS, event=event).inc()
-        for step in measures.steps:
-            self._child(STEPS, step=step.node, outcome=step.outcome).inc()
-            if step.seconds is not None:
-                self._child(STEP_SECONDS, step=step.node, outcome=step.outcome).observe(
-                    step.seconds
-                )
-            if step.error is not None:
-                self._child(STEP_FAILURES, step=step.node, error=step.error).inc()
-        for finish in measures.finishes:
-            self._child(SAGA_SECONDS, outcome=finish.outcome).observe(finish.seconds)
+    def _count(self, tally: Tally) -> None:
+        for event, times in tally.lifecycle.items():
+            self._child(SAGAS, "event", event).inc(times)
+        for (node, outcome), times in tally.steps.items():
+            self._child(STEPS, "step", node, "outcome", outcome).inc(times)
+        for node, outcome, seconds in tally.step_seconds:
+            self._child(STEP_SECONDS, "step", node, "outcome", outcome).observe(seconds)
+        for (node, error), times in tally.failures.items():
+            self._child(STEP_FAILURES, "step", node, "error", error).inc(times)
+        for finish in tally.finishes:
+            self._child(SAGA_SECONDS, "outcome", finish.outcome).observe(finish.seconds)
             if finish.within_sla is not None:
                 verdict = "within" if finish.within_sla else "over"
-                self._child(SLA, outcome=finish.outcome, verdict=verdict).inc()
+                self._child(SLA, "outcome", finish.outcome, "verdict", verdict).inc()
 
-    def _child(self, family: Any, **labels: str) -> Any:
-        key = (family, *labels.values())
+    def _child(self, family: Any, *names_and_values: str) -> Any:
+        """``family``'s child labelled with this saga and (name, value, ...), looked up once."""
+        key = (family, *names_and_values)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = family.labels(saga=self.saga, **labels)
+            pairs = zip(names_and_values[::2], names_and_values[1::2], strict=True)
+            child = self._children[key] = family.labels(saga=self.saga, **dict(pairs))
         return child
 
     def snapshot(self, now_ms: int) -> tuple[dict[str, int], int | None]:
