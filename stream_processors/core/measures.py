@@ -18,8 +18,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
+from stream_processors.codecs.records import CATALOG
 from stream_processors.core.instance import ACTIVE_STEP, Instance, Status, StepState
 from stream_processors.core.journal import KIND_BY_VALUE, JournalEntry, Kind
 from stream_processors.core.model import CHILD_FAILED, SagaDefinition
@@ -221,6 +223,42 @@ def declared_errors(definition: SagaDefinition) -> frozenset[str]:
 
 
 _ACTIVE = frozenset(status.value for status in ACTIVE_STEP)
+#: The first fields of a snapshot, which ``snapshot_status`` reads without decoding the rest.
+_PEEKED = (("instance", "string"), ("saga_version", "int"), ("status", "string"))
+FINISHED = frozenset(status.value for status in Status if status.finished)
+
+
+def snapshot_status(value: bytes) -> str | None:
+    """The status of an encoded snapshot, read off its first fields without decoding the rest
+    (a store holds mostly finished instances, which restore then skips cheaply); None when its
+    writer is not the current snapshot schema or that schema does not begin with ``_PEEKED``."""
+    header = _peekable_header()
+    if header is None or not value.startswith(header):
+        return None
+    size, position = _varint(value, len(header))  # instance: a string's length, then its bytes
+    _, position = _varint(value, position + size)  # saga_version
+    size, position = _varint(value, position)
+    return value[position : position + size].decode()
+
+
+@cache
+def _peekable_header() -> bytes | None:
+    """The frame header of the current snapshot schema, if it begins with ``_PEEKED``."""
+    schema = CATALOG.current("sagalog.Snapshot")
+    fields = tuple((f["name"], f["type"]) for f in schema.definition["fields"][:3])
+    return schema.header if fields == _PEEKED else None
+
+
+def _varint(data: bytes, position: int) -> tuple[int, int]:
+    """The Avro (zig-zag) variable-length integer at ``position``, and where the next begins."""
+    shift = result = 0
+    while True:
+        byte = data[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return (result >> 1) ^ -(result & 1), position
+        shift += 7
 
 
 class InstanceCounts:
@@ -238,11 +276,18 @@ class InstanceCounts:
     def partitions(self) -> frozenset[int]:
         return frozenset(self._counts)
 
-    def rebuild(self, partition: int, rows: Iterable[Counted]) -> None:
+    def rebuild(self, partition: int, rows: Iterable[Counted] = ()) -> None:
+        """Count ``partition`` afresh from ``rows``; more may be ``include``d later (moves in
+        between apply as deltas: a scan of the store as of when it began, plus every move
+        committed since, is the count)."""
         self._counts[partition] = Counter()
         self._started[partition] = Counter()
-        for row in rows:
-            self._add(partition, row, 1)
+        self.include(partition, rows)
+
+    def include(self, partition: int, rows: Iterable[Counted]) -> None:
+        if partition in self._counts:
+            for row in rows:
+                self._add(partition, row, 1)
 
     def forget(self, partition: int) -> None:
         self._counts.pop(partition, None)
@@ -293,4 +338,5 @@ __all__ = [
     "Measurer",
     "Tally",
     "declared_errors",
+    "snapshot_status",
 ]

@@ -25,6 +25,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
+from itertools import chain, islice
 from typing import Any
 
 from confluent_kafka import KafkaException
@@ -36,7 +37,14 @@ from stream_processors.codecs.avro import DecodeError, decode
 from stream_processors.codecs.records import CATALOG
 from stream_processors.core.decision import Decision
 from stream_processors.core.instance import Instance
-from stream_processors.core.measures import Counted, InstanceCounts, Measurer, Tally
+from stream_processors.core.measures import (
+    FINISHED,
+    Counted,
+    InstanceCounts,
+    Measurer,
+    Tally,
+    snapshot_status,
+)
 from stream_processors.core.model import OPERATOR_ACTIONS, SagaDefinition
 from stream_processors.engine.store import SnapshotStore
 from stream_processors.kafka.clients import Consumer
@@ -170,6 +178,10 @@ HANDLER_SECONDS = Histogram(
 
 #: How often the consumer lag is read (from the client's cached watermarks: no request).
 LAG_INTERVAL = 1.0
+#: The longest one turn of the loop spends counting a restored partition's instances, and how
+#: many snapshots it reads between looks at the clock.
+SCAN_SECONDS = 0.02
+SCAN_CHUNK = 256
 _LIVE: weakref.WeakSet[SagaMetrics] = weakref.WeakSet()
 
 
@@ -193,6 +205,7 @@ class SagaMetrics:
         # Each instance staged in the open transaction as it was committed before it.
         self._before: dict[tuple[int, str], Instance | None] = {}
         self._lag_read = 0.0
+        self._scans: dict[int, Iterator[Counted]] = {}
         # Labelled children looked up once each: ``labels()`` costs more than the increment.
         self._children: dict[tuple[Any, ...], Any] = {}
         _LIVE.add(self)
@@ -221,36 +234,70 @@ class SagaMetrics:
         self.begin()
 
     def restored(self, partitions: Iterable[int], store: SnapshotStore) -> None:
-        """``partitions`` are restored: their counts are rebuilt from ``store`` (whatever they
-        were: another process may have moved them since this one last held them)."""
+        """``partitions`` are restored: count them afresh (another process may have moved them
+        since this one last held them), scanning the store a chunk per turn (``follow``)."""
         for partition in partitions:
-            rows = list(self._rows(store.instances(partition)))
             with self._lock:
-                self.counts.rebuild(partition, rows)
+                self.counts.rebuild(partition)
+            # The store's iterator reads the store as it was when the iterator was made; moves
+            # committed since apply as deltas, so the scan plus the moves is the count once
+            # the scan ends. Its first snapshot is read now: that makes the iterator now.
+            snapshots = store.instances(partition)
+            first = next(snapshots, None)
+            self._scans[partition] = self._rows(chain([] if first is None else [first], snapshots))
 
     def follow(self, owned: set[int], consumer: Consumer) -> None:
-        """Drop the counts of partitions no longer ``owned``; read the consumer lag every
-        ``LAG_INTERVAL``."""
+        """Drop the counts of partitions no longer ``owned``, scan the store for
+        ``SCAN_SECONDS`` at most, and read the consumer lag every ``LAG_INTERVAL``."""
         gone = self.counts.partitions - owned
         if gone:
             with self._lock:
                 for partition in gone:
                     self.counts.forget(partition)
+                    self._scans.pop(partition, None)
+        if self._scans:
+            self._scan(time.monotonic() + SCAN_SECONDS)
         if time.monotonic() - self._lag_read >= LAG_INTERVAL:
             self._lag_read = time.monotonic()
             self.lag = consumer_lag(consumer)
 
+    @property
+    def scanning(self) -> bool:
+        """Whether a partition's count is still being read from the store."""
+        return bool(self._scans)
+
+    def _scan(self, deadline: float) -> None:
+        """Count restored partitions' snapshots until ``deadline``, a chunk at least."""
+        for partition, rows in list(self._scans.items()):
+            while True:
+                chunk = list(islice(rows, SCAN_CHUNK))
+                with self._lock:
+                    self.counts.include(partition, chunk)
+                if len(chunk) < SCAN_CHUNK:  # the end of the partition
+                    del self._scans[partition]
+                    break
+                if time.monotonic() >= deadline:
+                    return
+
     def _rows(self, snapshots: Iterable[tuple[str, bytes]]) -> Iterator[Counted]:
+        """Each snapshot's (status, start) if unfinished, else None: one per snapshot, so that
+        a chunk is a bounded amount of work. Finished ones are told by their status alone."""
         label = self.measurer.snapshot_label
         for instance_id, value in snapshots:
+            if snapshot_status(value) in FINISHED:
+                yield None
+                continue
             try:
                 _, datum = decode(CATALOG, value)
             except DecodeError as error:  # never stop the loop for a gauge
                 log.warning("instance %s: snapshot unreadable for metrics: %s", instance_id, error)
+                yield None
                 continue
             yield label(datum)
 
     def close(self) -> None:
+        """Before the store closes: its iterators go first."""
+        self._scans.clear()
         _LIVE.discard(self)
 
     def _count(self, tally: Tally) -> None:

@@ -4,14 +4,21 @@ and after a rebalance."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import pytest
 from confluent_kafka import KafkaError, TopicPartition
 from prometheus_client import REGISTRY
 
 from examples.order_fulfillment.messages import PaymentFailed
+from examples.order_fulfillment.saga import OrderFulfillment
+from sagas.testing import SagaTest
+from stream_processors.core.instance import Status, encode_snapshot
+from stream_processors.core.measures import snapshot_status
+from stream_processors.engine import metrics
 from stream_processors.engine.routing import COMMAND_ID, header, reply_headers
-from tests.unit.processor_rig import PAYMENTS, SAGA, Rig
+from tests.unit.processor_rig import PAYMENTS, SAGA, Rig, order
 
 ABORTABLE = KafkaError(KafkaError._STATE, "abortable", txn_requires_abort=True)
 ORDERS = [f"o-{n}" for n in range(6)]
@@ -89,3 +96,37 @@ def test_a_decision_is_counted_once_though_its_transaction_aborted(tmp_path: Pat
     assert started_total() == before + 1
     assert running(rig) == {"running": 1}
     rig.processor.close()
+
+
+def test_a_restored_partition_is_counted_a_chunk_per_turn_with_moves_in_between(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = Rig(tmp_path / "a")
+    rig.start()
+    for order_id in ORDERS:
+        rig.place(order_id)
+    turn(rig)
+    rig.processor.close()
+
+    monkeypatch.setattr(metrics, "SCAN_SECONDS", 0.0)  # one chunk of two snapshots per turn
+    monkeypatch.setattr(metrics, "SCAN_CHUNK", 2)
+    again = Rig(tmp_path / "a", broker=rig.broker)
+    again.start()  # restored; the first chunks counted
+    assert again.processor._measures.scanning
+    refuse_payment(again, "o-5")  # one finishes while its partition is being counted
+    turn(again, steps=6)
+    assert not again.processor._measures.scanning
+    assert running(again) == {"running": 5}
+    again.processor.close()
+
+
+def test_a_snapshot_status_is_read_off_its_first_fields() -> None:
+    test = SagaTest(OrderFulfillment)
+    test.start(order())
+    for status in Status:
+        for instance_id in ("o", "é" * 200):
+            instance = dataclasses.replace(
+                test.instance, status=status, instance_id=instance_id, saga_version=70_000
+            )
+            assert snapshot_status(encode_snapshot(instance)) == status.value
+    assert snapshot_status(order().encode()) is None  # not a snapshot
