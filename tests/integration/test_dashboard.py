@@ -4,7 +4,8 @@ A processor and both workers of the order saga run on the broker; orders are pla
 declined, some unshippable), one twice (an ignored duplicate start) and one record that is not
 Avro (a dead letter). Prometheus (the system's package: ``make prometheus``) scrapes the three
 processes every second; then each panel's query must return data, and the completed count
-Prometheus sees must be the number of ``SagaCompleted`` entries the journal got meanwhile.
+Prometheus sees must be the number of ``SagaCompleted`` entries the journal got meanwhile (and
+the SLA verdicts and failures by step, the journal's finished instances and failed attempts).
 Under CI=true a missing Prometheus fails the test.
 """
 
@@ -18,6 +19,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from tests.integration.saga_harness import TOPICS, CommittedReader, SagaRun, pub
 pytestmark = pytest.mark.kafka
 
 SCRAPE_SECONDS = 1
+FAILED_ATTEMPTS = (Kind.ATTEMPT_FAILED, Kind.STEP_FAILED)
 BATCHES = 3
 
 
@@ -148,17 +151,25 @@ def test_every_panel_of_the_dashboard_shows_data_from_a_real_run(
         saga.outcomes(placed)
         time.sleep(2 * SCRAPE_SECONDS)
 
-    completed = sum(
-        JournalEntry.decode(m.value() or b"").kind == Kind.SAGA_COMPLETED
-        for m in journal.read_to_end()
-    )
+    # What the journal got meanwhile (this run's, and any instance a former test left behind):
+    # the processor's counters must say the same.
+    entries = [JournalEntry.decode(m.value() or b"") for m in journal.read_to_end()]
     journal.close()
+    kinds = Counter(entry.kind for entry in entries)
+    completed = kinds[Kind.SAGA_COMPLETED]
     assert completed >= sum(o.expected == "completed" for o in orders)
     seen = 'sum(sagalog_sagas_total{event="completed"})'
     prometheus.wait_until(
         f"{completed} completed", lambda: _value(prometheus.query(seen)) == completed, 30
     )
     assert processor.metric("sagalog_sagas_total", event="completed") == completed
+    finished = completed + kinds[Kind.SAGA_COMPENSATED] + kinds[Kind.SAGA_FAILED]
+    assert _value(prometheus.query("sum(sagalog_sla_total)")) == finished
+    failed_attempts = Counter(
+        entry.step for entry in entries if entry.kind in FAILED_ATTEMPTS and entry.command_id
+    )
+    by_step = prometheus.query("sum by (step) (sagalog_step_failures_total)")
+    assert {r["metric"]["step"]: float(r["value"][1]) for r in by_step} == failed_attempts
     time.sleep(2 * SCRAPE_SECONDS)  # rates over the last scrapes: every series has two samples
 
     empty = {}
