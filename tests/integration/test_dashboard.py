@@ -158,18 +158,17 @@ def test_every_panel_of_the_dashboard_shows_data_from_a_real_run(
     kinds = Counter(entry.kind for entry in entries)
     completed = kinds[Kind.SAGA_COMPLETED]
     assert completed >= sum(o.expected == "completed" for o in orders)
-    seen = 'sum(sagalog_sagas_total{event="completed"})'
-    prometheus.wait_until(
-        f"{completed} completed", lambda: _value(prometheus.query(seen)) == completed, 30
-    )
-    assert processor.metric("sagalog_sagas_total", event="completed") == completed
     finished = completed + kinds[Kind.SAGA_COMPENSATED] + kinds[Kind.SAGA_FAILED]
-    assert _value(prometheus.query("sum(sagalog_sla_total)")) == finished
     failed_attempts = Counter(
         entry.step for entry in entries if entry.kind in FAILED_ATTEMPTS and entry.command_id
     )
-    by_step = prometheus.query("sum by (step) (sagalog_step_failures_total)")
-    assert {r["metric"]["step"]: float(r["value"][1]) for r in by_step} == failed_attempts
+    journaled = (completed, finished, dict(failed_attempts))
+    prometheus.wait_until(
+        f"{journaled} (completed, SLA verdicts, failed attempts by step)",
+        lambda: _counted(prometheus) == journaled,
+        30,
+    )
+    assert processor.metric("sagalog_sagas_total", event="completed") == completed
     time.sleep(2 * SCRAPE_SECONDS)  # rates over the last scrapes: every series has two samples
 
     empty = {}
@@ -179,6 +178,14 @@ def test_every_panel_of_the_dashboard_shows_data_from_a_real_run(
         if not any(math.isfinite(value) for value in values):
             empty[f"{query.panel} {query.ref}"] = (query.expr, result)
     assert empty == {}, f"{sorted(empty)}\n{json.dumps(empty, indent=1)[:3000]}"
+
+
+def _counted(prometheus: Prometheus) -> tuple[float, float, dict[str, float]]:
+    """What Prometheus last scraped: completed, SLA verdicts, failed attempts by step."""
+    completed = _value(prometheus.query('sum(sagalog_sagas_total{event="completed"})'))
+    verdicts = _value(prometheus.query("sum(sagalog_sla_total)"))
+    by_step = prometheus.query("sum by (step) (sagalog_step_failures_total)")
+    return completed, verdicts, {r["metric"]["step"]: float(r["value"][1]) for r in by_step}
 
 
 def _targets_up(prometheus: Prometheus) -> int:
