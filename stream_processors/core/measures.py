@@ -101,9 +101,12 @@ class Measurer:
         self.definition = definition
         self.sla_ms = definition.sla_ms
         self.errors = declared_errors(definition)
-        # Nodes that send nothing (waits for an event, sleeps): an instance only at those waits.
+        # Nodes at which an instance waits, with no worker's command in flight: waits for an
+        # event, sleeps, child sagas (the child is counted as running in its own saga).
         self.waits = frozenset(
-            name for name, task in definition.tasks.items() if task.action.command is None
+            name
+            for name, task in definition.tasks.items()
+            if task.action.command is None or task.action.child is not None
         ) | frozenset(definition.flow)
 
     def measure(

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 
+from examples.control_flow.saga import Fulfilment
 from examples.order_fulfillment.messages import (
     MakePayment,
     OrderPlaced,
@@ -154,6 +155,12 @@ def test_waits_timeouts_and_parking_have_their_labels() -> None:
     assert ended(run.measured(before, timed_out)) == [("a", "retried", 5.0, TIMEOUT)]
     run.test.advance(5 + 5)  # the retry's attempt times out too: the saga fails
     assert run.label() is None
+
+
+def test_an_instance_at_a_child_saga_or_a_sleep_is_waiting() -> None:
+    waits = Measurer(Fulfilment.definition).waits
+    assert {"invoice", "batch"} <= waits  # the child saga, the sleep
+    assert not waits & {"reserve", "charge", "courier", "pack_line"}  # workers' commands
 
 
 def test_the_error_type_is_bounded_by_the_declaration() -> None:
