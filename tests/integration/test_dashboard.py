@@ -6,6 +6,8 @@ Avro (a dead letter). Prometheus (the system's package: ``make prometheus``) scr
 processes every second; then each panel's query must return data, and the completed count
 Prometheus sees must be the number of ``SagaCompleted`` entries the journal got meanwhile (and
 the SLA verdicts and failures by step, the journal's finished instances and failed attempts).
+Then, with shipping stopped and a few orders waiting on it, a restarted processor counts the
+same instances by status from its store.
 Under CI=true a missing Prometheus fails the test.
 """
 
@@ -27,11 +29,21 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
+from examples.order_fulfillment.scenario import plan_orders
 from sagas.local import LocalProcess, free_port
 from stream_processors.core.journal import JournalEntry, Kind
 from stream_processors.kafka.config import producer_config
 from tests.dashboard import load, queries
-from tests.integration.saga_harness import TOPICS, CommittedReader, SagaRun, publish_orders
+from tests.integration.saga_harness import (
+    PARTITIONS,
+    TOPICS,
+    CommittedReader,
+    SagaRun,
+    publish_orders,
+    restored_partitions,
+    wait_for_log,
+    wait_for_metric,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -178,6 +190,28 @@ def test_every_panel_of_the_dashboard_shows_data_from_a_real_run(
         if not any(math.isfinite(value) for value in values):
             empty[f"{query.panel} {query.ref}"] = (query.expr, result)
     assert empty == {}, f"{sorted(empty)}\n{json.dumps(empty, indent=1)[:3000]}"
+
+    _instances_by_status_survive_a_restart(saga, processor)
+
+
+def _instances_by_status_survive_a_restart(saga: SagaRun, processor: LocalProcess) -> None:
+    """With shipping stopped, paid orders wait on it (running); a processor restarted on the
+    same store counts them again from the store."""
+    shipping = next(p for p in saga.processes.started if "shipping" in p.log_path.name)
+    shipping.stop()
+    # Ids of their own (a plan numbers its orders from 0: those of the run's plan are taken).
+    saga.publish(plan_orders(5, 0, 0, seed=14, run_id=f"{saga.run_id}-w"))
+    before = wait_for_metric(processor, "sagalog_instances", lambda n: n >= 5, 30, status="running")
+    processor.stop()
+    again = saga.start_processor()
+    wait_for_log(again, lambda text: len(restored_partitions(text)) == PARTITIONS, 60, "restore")
+    wait_for_metric(again, "sagalog_instances", lambda n: n == before, 20, status="running")
+    assert again.metrics_by_label("sagalog_instances", "status") == {
+        "running": before,
+        "waiting": 0,
+        "compensating": 0,
+        "parked": 0,
+    }
 
 
 def _counted(prometheus: Prometheus) -> tuple[float, float, dict[str, float]]:
