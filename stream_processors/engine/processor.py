@@ -512,7 +512,6 @@ class SagaProcessor:
         self._kafka.commit(self._txn.offsets, patience, interruptible)
         metrics.TRANSACTIONS.labels(outcome="committed", **self._labels).inc()
         metrics.COMMIT_SECONDS.labels(**self._labels).observe(time.monotonic() - began)
-        self._measures.committed(self._txn.staged)
         # The commit marker follows our last snapshot in each partition (we are its only writer),
         # so the store is current up to the marker: a restart then finds nothing to read.
         self.store.write(
@@ -522,6 +521,7 @@ class SagaProcessor:
             self._txn.done,
         )
         self._cache.committed(self._txn.staged)
+        self._measures.committed(self._txn.staged)
         if self._txn.spans:  # only ever filled with tracing on
             tracing.export(self._txn.spans)
         self._txn.reset()
