@@ -238,10 +238,13 @@ def snapshot_status(value: bytes) -> str | None:
     header = _peekable_header()
     if header is None or not value.startswith(header):
         return None
-    size, position = _varint(value, len(header))  # instance: a string's length, then its bytes
-    _, position = _varint(value, position + size)  # saga_version
-    size, position = _varint(value, position)
-    return value[position : position + size].decode()
+    try:
+        size, position = _varint(value, len(header))  # instance: a string's length, its bytes
+        _, position = _varint(value, position + size)  # saga_version
+        size, position = _varint(value, position)
+        return value[position : position + size].decode()
+    except (IndexError, UnicodeDecodeError):  # cut short or corrupt: decoding it will say
+        return None
 
 
 @cache

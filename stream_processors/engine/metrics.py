@@ -39,6 +39,8 @@ from stream_processors.core.decision import Decision
 from stream_processors.core.instance import Instance
 from stream_processors.core.measures import (
     FINISHED,
+    OVER,
+    WITHIN,
     Counted,
     InstanceCounts,
     Measurer,
@@ -312,7 +314,7 @@ class SagaMetrics:
         for finish in tally.finishes:
             self._child(SAGA_SECONDS, "outcome", finish.outcome).observe(finish.seconds)
             if finish.within_sla is not None:
-                verdict = "within" if finish.within_sla else "over"
+                verdict = WITHIN if finish.within_sla else OVER
                 self._child(SLA, "outcome", finish.outcome, "verdict", verdict).inc()
 
     def _child(self, family: Any, *names_and_values: str) -> Any:

@@ -130,3 +130,5 @@ def test_a_snapshot_status_is_read_off_its_first_fields() -> None:
             )
             assert snapshot_status(encode_snapshot(instance)) == status.value
     assert snapshot_status(order().encode()) is None  # not a snapshot
+    value = encode_snapshot(test.instance)
+    assert snapshot_status(value[:12]) is None  # cut short
