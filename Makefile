@@ -3,6 +3,7 @@
 #   make test        ruff, mypy, and pytest (unit + integration) against a real broker
 #   make mermaid     Mermaid's parser (node), for the test that checks `sagas diagram`'s output
 #   make chromium    the system's Chromium, for the console's browser test (apt-get, when missing)
+#   make prometheus  Prometheus' server (Debian's package), for the dashboard's integration test
 #   make kafka       start a single-node broker (or find one); kafka-stop, kafka-reset
 #                    (KAFKA_BROKERS=3 make kafka: a three-node KRaft cluster instead)
 #   make chaos       the chaos suite, then its cluster phase (chaos-cluster); chaos-quick: short form
@@ -15,7 +16,7 @@ BROKER := tools/kafka/broker.sh
 # broker.sh probes readiness with the project's own client library, from the virtualenv.
 export PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: venv mermaid chromium console-screenshots kafka kafka-stop kafka-reset test lint unit demo chaos chaos-cluster chaos-quick clean bench bench-quick bench-venv temporal
+.PHONY: venv mermaid chromium prometheus console-screenshots kafka kafka-stop kafka-reset test lint unit demo chaos chaos-cluster chaos-quick clean bench bench-quick bench-venv temporal
 
 venv: $(VENV)/.installed
 
@@ -45,6 +46,14 @@ chromium:
 	       && echo "installing chromium (apt-get)" \
 	       && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "no chromium and no way to install it here: the console's browser test needs it"
+# Prometheus' server, which tests/integration/test_dashboard.py runs to evaluate every query of the
+# Grafana dashboard. Installed from the system's packages when missing (as root, with apt-get);
+# otherwise the target says so and carries on: that test then fails under CI=true.
+prometheus:
+	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && { apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+	       || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }; }; } \
+	  || echo "no prometheus: the dashboard's integration test needs it (apt-get install prometheus)"
 
 kafka: venv
 	@$(BROKER) start
@@ -60,7 +69,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint mermaid chromium
+test: lint mermaid chromium prometheus
 	@$(BROKER) with -- $(BIN)/pytest
 
 # Options go through DEMO_ARGS, e.g. make demo DEMO_ARGS="--orders 5000 --shipping-failure-rate 0.1";

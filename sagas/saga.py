@@ -41,6 +41,7 @@ import dataclasses
 import inspect
 import typing
 from collections.abc import Callable, Iterable, Mapping
+from datetime import timedelta
 from typing import Any, ClassVar, Generic, TypeVar
 
 from sagas.flow import Target, catches, targets
@@ -358,12 +359,17 @@ def _unwrap(member: Any) -> Any:
 
 class Saga:
     """Base class of declared sagas. Subclass with ``name=``, and optionally ``version=`` and
-    ``deadline=`` (seconds from the start after which a running instance compensates)."""
+    ``deadline=`` (seconds from the start after which a running instance compensates), and
+    ``sla=`` (seconds or a ``timedelta``: how long an instance should take, start to finish; the
+    metrics count instances finished within and over it, and those running past it). An ``sla``
+    class attribute does the same as the keyword."""
 
     definition: ClassVar[SagaDefinition]
     start: ClassVar[type[Event]]
     state: ClassVar[type[State]]
     key: ClassVar[str | None] = None
+    #: How long an instance should take (seconds or a timedelta); the ``sla=`` keyword wins.
+    sla: ClassVar[float | timedelta | None] = None
     #: Older versions of the saga's records: {record class: function(old fields) -> fields}.
     upcasters: ClassVar[Mapping[type[Record], Upcaster]] = {}
 
@@ -373,6 +379,7 @@ class Saga:
         name: str | None = None,
         version: int = 1,
         deadline: float | None = None,
+        sla: float | timedelta | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
@@ -431,10 +438,22 @@ class Saga:
             replies=_claimed_replies(where, tasks.values()),
             deadline_ms=None if deadline is None else round(deadline * 1000),
             flow=flow,
+            sla_ms=_sla_ms(where, sla if sla is not None else getattr(cls, "sla", None)),
         )
         validate(definition)
         _register_upcasters(where, cls.upcasters)
         cls.definition = definition
+
+
+def _sla_ms(where: str, sla: object) -> int | None:
+    """The ``sla`` option in ms: seconds (a number) or a ``timedelta``, positive."""
+    if sla is None:
+        return None
+    if isinstance(sla, timedelta):
+        sla = sla.total_seconds()
+    if isinstance(sla, bool) or not isinstance(sla, int | float) or sla <= 0:
+        raise DeclarationError(f"{where}: sla must be positive seconds or a timedelta, not {sla!r}")
+    return round(sla * 1000)
 
 
 def _register_upcasters(where: str, upcasters: Mapping[type[Record], Upcaster]) -> None:

@@ -277,6 +277,8 @@ class SagaDefinition:
     #: Set for a definition whose state is JSON documents, one per path (a declarative one):
     #: its functions take a ``Scope``, and the decider journals each path's new document.
     documents: DocumentFlow | None = None
+    #: How long an instance should take, start to finish (ms): metrics only, never a decision.
+    sla_ms: int | None = None
 
     def node(self, name: str) -> Node:
         """The task or flow node ``name`` (KeyError if neither)."""

@@ -8,15 +8,48 @@ what a record says: each new value is a new time series, and records come from a
 go through ``count_ignored`` and ``count_dead_letter``, which count a reason outside
 ``IGNORED_REASONS`` or ``DEAD_LETTER_REASONS`` as ``unknown``; step names are the saga's steps
 and command names the worker's handlers (a command without one is dead-lettered first).
+
+The seeds' metrics (instances by status now, step outcomes, failures by error type, saga times
+and the SLA) are derived by ``stream_processors.core.measures`` from what the processor stages;
+``SagaMetrics`` counts them when the transaction that staged them commits (an aborted one's
+inputs are decided again: counted once), and keeps the instances by status of the partitions
+this process owns, rebuilt from the store as each is restored. Gauges that depend on the
+partitions held (instances by status, past the SLA, consumer lag) are collected at scrape time
+(``_Collector``) from every live ``SagaMetrics``. docs/observability.md lists every metric.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import chain, islice
+from typing import Any
 
+from confluent_kafka import KafkaException
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import REGISTRY, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-from stream_processors.core.model import OPERATOR_ACTIONS
+from stream_processors.codecs.avro import DecodeError, decode
+from stream_processors.codecs.records import CATALOG
+from stream_processors.core.decision import Decision
+from stream_processors.core.instance import Instance
+from stream_processors.core.measures import (
+    FINISHED,
+    OVER,
+    WITHIN,
+    Counted,
+    InstanceCounts,
+    Measurer,
+    Tally,
+    snapshot_status,
+)
+from stream_processors.core.model import OPERATOR_ACTIONS, SagaDefinition
+from stream_processors.engine.store import SnapshotStore
+from stream_processors.kafka.clients import Consumer
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +115,8 @@ ROUTED = Counter(
 )
 SAGAS = Counter(
     "sagalog_sagas_total",
-    "Saga instances reaching a lifecycle point (started, completed, compensated, failed, parked)",
+    "Saga instances reaching a lifecycle point (started, completed, compensated, failed, "
+    "parked, resumed, resolved)",
     ["saga", "event"],
 )
 IGNORED = Counter(
@@ -93,9 +127,31 @@ IGNORED = Counter(
 DEAD_LETTERS = Counter(
     "sagalog_dead_letters_total", "Records sent to a dead-letter topic", ["owner", "reason"]
 )
+STEPS = Counter(
+    "sagalog_steps_total",
+    "Step attempts ended, by outcome: succeeded, failed (finally), retried (failed, tried again)",
+    ["saga", "step", "outcome"],
+)
+STEP_FAILURES = Counter(
+    "sagalog_step_failures_total",
+    "Failed step attempts by error type (a failure reply's type, a declared error name, "
+    "sagalog.Timeout; unknown for an undeclared one)",
+    ["saga", "step", "error"],
+)
+SAGA_SECONDS = Histogram(
+    "sagalog_saga_seconds",
+    "From an instance's start to its end, by outcome (completed, compensated, failed)",
+    ["saga", "outcome"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400),
+)
+SLA = Counter(
+    "sagalog_sla_total",
+    "Instances finished within or over their saga's SLA, by outcome (sagas that declare one)",
+    ["saga", "outcome", "verdict"],
+)
 STEP_SECONDS = Histogram(
     "sagalog_step_seconds",
-    "From a step's command being sent to its reply being accepted",
+    "From a step's command being sent to its attempt ending (reply, timeout)",
     ["saga", "step", "outcome"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
@@ -125,6 +181,222 @@ COMMANDS_HANDLED = Counter(
 HANDLER_SECONDS = Histogram(
     "sagalog_worker_handler_seconds", "Time in a worker's command handler", ["worker", "command"]
 )
+
+
+#: How often the consumer lag is read (from the client's cached watermarks: no request).
+LAG_INTERVAL = 1.0
+#: The longest one turn of the loop spends counting a restored partition's instances, and how
+#: many snapshots it reads between looks at the clock.
+SCAN_SECONDS = 0.02
+SCAN_CHUNK = 256
+_LIVE: weakref.WeakSet[SagaMetrics] = weakref.WeakSet()
+
+
+class SagaMetrics:
+    """One processor's seeds' metrics: what its decisions count, once committed, and its
+    unfinished instances by status (``stream_processors.core.measures``).
+
+    Called from the processor's loop: ``begin`` when a transaction opens, ``staged`` per
+    decision staged, ``committed`` after a commit, ``restored`` with the partitions restored,
+    ``follow`` every turn (partitions no longer held, and the consumer lag). Scrapes read it
+    from the HTTP server's thread, under ``_lock``.
+    """
+
+    def __init__(self, definition: SagaDefinition) -> None:
+        self.saga = definition.name
+        self.measurer = Measurer(definition)
+        self.counts = InstanceCounts(definition.sla_ms)
+        self.lag: dict[tuple[str, int], int] = {}
+        self._lock = threading.Lock()
+        self._tally = Tally()
+        # Each instance staged in the open transaction as it was committed before it.
+        self._before: dict[tuple[int, str], Instance | None] = {}
+        self._lag_read = 0.0
+        self._scans: dict[int, Iterator[Counted]] = {}
+        # Labelled children looked up once each: ``labels()`` costs more than the increment.
+        self._children: dict[tuple[Any, ...], Any] = {}
+        _LIVE.add(self)
+
+    def begin(self) -> None:
+        """A transaction opens: what an aborted one staged is forgotten."""
+        self._tally.clear()
+        self._before.clear()
+
+    def staged(self, slot: tuple[int, str], before: Instance | None, decision: Decision) -> None:
+        """A decision is staged for ``slot`` (its instance as the transaction saw it before)."""
+        assert decision.instance is not None
+        if slot not in self._before:  # the first in this transaction: the committed state
+            self._before[slot] = before
+        self.measurer.measure(before, decision.entries, decision.instance, self._tally)
+
+    def committed(self, staged: Mapping[tuple[int, str], Instance | None]) -> None:
+        """The transaction that staged ``staged`` (None: expired) committed: count it."""
+        self._count(self._tally)
+        counted = self.measurer.counted
+        with self._lock:
+            for slot, after in staged.items():
+                # Not staged by a decision (expired): it was finished, so never counted.
+                before = self._before.get(slot)
+                self.counts.moved(slot[0], counted(before), counted(after))
+        self.begin()
+
+    def restored(self, partitions: Iterable[int], store: SnapshotStore) -> None:
+        """``partitions`` are restored: count them afresh (another process may have moved them
+        since this one last held them), scanning the store a chunk per turn (``follow``)."""
+        for partition in partitions:
+            with self._lock:
+                self.counts.rebuild(partition)
+            # The store's iterator reads the store as it was when the iterator was made; moves
+            # committed since apply as deltas, so the scan plus the moves is the count once
+            # the scan ends. Its first snapshot is read now: that makes the iterator now.
+            snapshots = store.instances(partition)
+            first = next(snapshots, None)
+            self._scans[partition] = self._rows(chain([] if first is None else [first], snapshots))
+
+    def follow(self, owned: set[int], consumer: Consumer) -> None:
+        """Drop the counts of partitions no longer ``owned``, scan the store for
+        ``SCAN_SECONDS`` at most, and read the consumer lag every ``LAG_INTERVAL``."""
+        gone = self.counts.partitions - owned
+        if gone:
+            with self._lock:
+                for partition in gone:
+                    self.counts.forget(partition)
+                    self._scans.pop(partition, None)
+        if self._scans:
+            self._scan(time.monotonic() + SCAN_SECONDS)
+        if time.monotonic() - self._lag_read >= LAG_INTERVAL:
+            self._lag_read = time.monotonic()
+            self.lag = consumer_lag(consumer)
+
+    @property
+    def scanning(self) -> bool:
+        """Whether a partition's count is still being read from the store."""
+        return bool(self._scans)
+
+    def _scan(self, deadline: float) -> None:
+        """Count restored partitions' snapshots until ``deadline``, a chunk at least."""
+        for partition, rows in list(self._scans.items()):
+            while True:
+                chunk = list(islice(rows, SCAN_CHUNK))
+                with self._lock:
+                    self.counts.include(partition, chunk)
+                if len(chunk) < SCAN_CHUNK:  # the end of the partition
+                    del self._scans[partition]
+                    break
+                if time.monotonic() >= deadline:
+                    return
+
+    def _rows(self, snapshots: Iterable[tuple[str, bytes]]) -> Iterator[Counted]:
+        """Each snapshot's (status, start) if unfinished, else None: one per snapshot, so that
+        a chunk is a bounded amount of work. Finished ones are told by their status alone."""
+        label = self.measurer.snapshot_label
+        for instance_id, value in snapshots:
+            if snapshot_status(value) in FINISHED:
+                yield None
+                continue
+            try:
+                _, datum = decode(CATALOG, value)
+            except DecodeError as error:  # never stop the loop for a gauge
+                log.warning("instance %s: snapshot unreadable for metrics: %s", instance_id, error)
+                yield None
+                continue
+            yield label(datum)
+
+    def close(self) -> None:
+        """Before the store closes: its iterators go first."""
+        self._scans.clear()
+        _LIVE.discard(self)
+
+    def _count(self, tally: Tally) -> None:
+        for event, times in tally.lifecycle.items():
+            self._child(SAGAS, "event", event).inc(times)
+        for (node, outcome), times in tally.steps.items():
+            self._child(STEPS, "step", node, "outcome", outcome).inc(times)
+        for node, outcome, seconds in tally.step_seconds:
+            self._child(STEP_SECONDS, "step", node, "outcome", outcome).observe(seconds)
+        for (node, error), times in tally.failures.items():
+            self._child(STEP_FAILURES, "step", node, "error", error).inc(times)
+        for finish in tally.finishes:
+            self._child(SAGA_SECONDS, "outcome", finish.outcome).observe(finish.seconds)
+            if finish.within_sla is not None:
+                verdict = WITHIN if finish.within_sla else OVER
+                self._child(SLA, "outcome", finish.outcome, "verdict", verdict).inc()
+
+    def _child(self, family: Any, *names_and_values: str) -> Any:
+        """``family``'s child labelled with this saga and (name, value, ...), looked up once."""
+        key = (family, *names_and_values)
+        child = self._children.get(key)
+        if child is None:
+            pairs = zip(names_and_values[::2], names_and_values[1::2], strict=True)
+            child = self._children[key] = family.labels(saga=self.saga, **dict(pairs))
+        return child
+
+    def snapshot(self, now_ms: int) -> tuple[dict[str, int], int | None]:
+        """Instances by status, and past the SLA, now (for a scrape)."""
+        with self._lock:
+            return self.counts.by_status(), self.counts.past_sla(now_ms)
+
+
+def consumer_lag(consumer: Consumer) -> dict[tuple[str, int], int]:
+    """Records between the consumer's position and each assigned partition's high watermark,
+    from the client's cached watermarks (no request); {} if the client cannot say."""
+    lag: dict[tuple[str, int], int] = {}
+    try:
+        assignment = consumer.assignment()
+        for tp in consumer.position(assignment):
+            _, high = consumer.get_watermark_offsets(tp, cached=True)
+            if tp.offset >= 0 and high >= 0:
+                lag[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+    except (KafkaException, RuntimeError) as error:  # closed, or fenced: read again next time
+        log.debug("consumer lag not read: %s", error)
+    return lag
+
+
+class _Collector(Collector):
+    """The gauges of what the live processors hold, read at scrape time."""
+
+    def collect(self) -> Iterator[Metric]:
+        instances = GaugeMetricFamily(
+            "sagalog_instances",
+            "Unfinished instances now, by status (running, waiting, compensating, parked), in "
+            "the partitions this process owns",
+            labels=["saga", "status"],
+        )
+        past_sla = GaugeMetricFamily(
+            "sagalog_instances_past_sla",
+            "Unfinished instances started longer ago than their saga's SLA, now",
+            labels=["saga"],
+        )
+        lag = GaugeMetricFamily(
+            "sagalog_consumer_lag_records",
+            "Records between the processor's position and the partition's high watermark",
+            labels=["saga", "topic", "partition"],
+        )
+        now_ms = int(time.time() * 1000)
+        by_saga: dict[str, dict[str, int]] = {}
+        past: dict[str, int] = {}
+        lags: dict[tuple[str, str, str], int] = {}
+        for live in list(_LIVE):  # several processors of one saga in a process: summed
+            statuses, over = live.snapshot(now_ms)
+            totals = by_saga.setdefault(live.saga, dict.fromkeys(statuses, 0))
+            for status, count in statuses.items():
+                totals[status] += count
+            if over is not None:
+                past[live.saga] = past.get(live.saga, 0) + over
+            for (topic, partition), records in dict(live.lag).items():
+                where = (live.saga, topic, str(partition))
+                lags[where] = lags.get(where, 0) + records
+        for saga, totals in by_saga.items():
+            for status, count in totals.items():
+                instances.add_metric([saga, status], count)
+        for saga, count in past.items():
+            past_sla.add_metric([saga], count)
+        for where, records in lags.items():
+            lag.add_metric(list(where), records)
+        yield from (instances, past_sla, lag)
+
+
+REGISTRY.register(_Collector())
 
 
 def bounded(value: str, allowed: frozenset[str]) -> str:

@@ -25,7 +25,7 @@ from stream_processors.core import limits, oversize
 from stream_processors.core.decide import Decision
 from stream_processors.core.decision import COMMAND
 from stream_processors.core.instance import Instance, encode_snapshot
-from stream_processors.core.journal import JournalEntry, Kind
+from stream_processors.core.journal import JournalEntry
 from stream_processors.engine import metrics, tracing
 from stream_processors.engine.routing import (
     DLQ_DETAIL,
@@ -40,14 +40,6 @@ from stream_processors.kafka.clients import Producer, Stopping
 from stream_processors.kafka.topics import SagaTopics
 
 log = logging.getLogger(__name__)
-
-_LIFECYCLE = {
-    Kind.SAGA_STARTED: "started",
-    Kind.SAGA_COMPLETED: "completed",
-    Kind.SAGA_COMPENSATED: "compensated",
-    Kind.SAGA_FAILED: "failed",
-    Kind.SAGA_PARKED: "parked",
-}
 
 
 @dataclass(frozen=True)
@@ -71,6 +63,7 @@ class Outputs:
         producer: Callable[[], Producer],
         transaction: OpenTransaction,
         stopping: threading.Event,
+        measures: metrics.SagaMetrics,
     ) -> None:
         self.saga = saga
         self.topics = topics
@@ -80,12 +73,7 @@ class Outputs:
         self._txn = transaction
         self._stopping = stopping
         self.produced = 0
-        self._labels = {"saga": saga}
-        # Labelled children looked up once: ``labels()`` costs more than the increment itself.
-        self._lifecycle_counters = {
-            kind: metrics.SAGAS.labels(event=event, **self._labels)
-            for kind, event in _LIFECYCLE.items()
-        }
+        self._measures = measures
 
     def produce(self, topic: str, **record: object) -> None:
         """Produce one record; waits while the local queue is full (unless stopping)."""
@@ -156,23 +144,10 @@ class Outputs:
             self.produce(
                 record.topic, key=record.key, value=record.value, headers=record.headers, **extra
             )
-        for entry in decision.entries:
-            kind = Kind(entry.kind)
-            lifecycle = self._lifecycle_counters.get(kind)
-            if lifecycle is not None:
-                lifecycle.inc()
-            elif kind in (Kind.STEP_SUCCEEDED, Kind.STEP_FAILED) and before and entry.step:
-                step = before.steps.get(entry.step)
-                if step is None:  # started and ended in this decision (a sleep of 0)
-                    continue
-                outcome = "succeeded" if kind is Kind.STEP_SUCCEEDED else "failed"
-                # Labelled by node: a map item's or a loop's step keys would not be bounded.
-                metrics.STEP_SECONDS.labels(
-                    step=step.node or entry.step, outcome=outcome, **self._labels
-                ).observe(max(0, now_ms - step.sent_at_ms) / 1000)
         if trace is not None:
             self._txn.spans += tracing.decision_spans(self.saga, trace, decision, before, now_ms)
         slot = (partition, decision.instance.instance_id)
+        self._measures.staged(slot, before, decision)  # counted once the transaction commits
         self._txn.stage(slot, decision.instance, snapshot, plan)
         return None
 

@@ -138,6 +138,7 @@ class SagaProcessor:
         self._transactional_id = f"sagalog.{definition.name}.{self._slot.identity}"
         self._txn = OpenTransaction()
         self._poison = Poisoned()
+        self._measures = metrics.SagaMetrics(definition)
         self._outputs = Outputs(
             definition.name,
             self.topics,
@@ -146,6 +147,7 @@ class SagaProcessor:
             self._producer,
             self._txn,
             self._stopping,
+            self._measures,
         )
         self._cache = InstanceCache(config.cache_size)
         self._owned: set[int] = set()  # inbox partitions assigned and restored
@@ -249,7 +251,10 @@ class SagaProcessor:
         interval = config.commit_interval_ms / 1000
         idle = min(interval, config.idle_commit_ms / 1000)
         if self._recovery.pending:
-            self._owned.update(self._recovery.step(self.consumer))
+            restored = self._recovery.step(self.consumer)
+            self._owned.update(restored)
+            self._measures.restored(restored, self.store)
+        self._measures.follow(self._owned, self.consumer)
         try:
             messages = take(self.consumer, config.batch_size, self._wait(idle))
             for message in messages:
@@ -306,6 +311,7 @@ class SagaProcessor:
             for consumer in consumers:
                 if consumer is not None:
                     _bounded(consumer.close, CLOSE_TIMEOUT, "closing a consumer")
+            self._measures.close()
             self.store.close()
             if self._history is not None:
                 self._history.close()
@@ -320,6 +326,7 @@ class SagaProcessor:
             assert self._kafka is not None
             self._kafka.begin()
             self._txn.started = time.monotonic()
+            self._measures.begin()
 
     def _handle(self, message: Message) -> None:
         if not transactions.consumed(message):
@@ -518,6 +525,7 @@ class SagaProcessor:
             self._txn.done,
         )
         self._cache.committed(self._txn.staged)
+        self._measures.committed(self._txn.staged)
         if self._txn.spans:  # only ever filled with tracing on
             tracing.export(self._txn.spans)
         self._txn.reset()
