@@ -13,7 +13,8 @@ records; the definitions' topics (``UserOnboardingWorkflow.*``, ``user_signup.*`
   in the journal's at_ms): the timer set for exactly that, the retry sent within ``LATE_MS``;
 - the seed 000 state machine (``examples/user_signup``): success, a failing task to each
   ``on_failure`` path, and its ``final_state``; ``sagas start`` twice with one ``--id`` starts
-  one execution, and so does ``Publisher.start`` twice at once;
+  one execution, and so does ``Publisher.start`` twice at once; ``sagas history --json`` saves
+  an execution's journal, documents included, that loads back and replays clean;
 - ``definitions/all_states.yaml`` (Pass, Task with Retry and Catch, Choice, Wait, Parallel,
   Map, Succeed, Fail): 120 executions with a kill -9 of the processor mid-run; each ends as its
   input implies, and each command id of the run is committed once on the task topics.
@@ -38,6 +39,7 @@ import pytest
 
 from sagas.local import LocalProcess
 from sagas.publisher import Publisher
+from sagas.testing import load_histories, verify_histories
 from stream_processors.core.documents import ROOT_SCOPE, Documents
 from stream_processors.core.fold import fold
 from stream_processors.core.journal import JournalEntry, Kind
@@ -537,3 +539,21 @@ def _check_all_states_output(run: DefinitionRun, name: str, planned: Planned) ->
     assert sorted(t for t in timers if t and t.startswith(("sleep:", "retry:"))) == sorted(
         waits + retries
     ), (name, timers)
+
+
+def test_sagas_history_of_an_execution_saves_a_journal_that_replays_clean(
+    signup: DefinitionRun, tmp_path: Path
+) -> None:
+    signup.execute({"history": {"email": "h@x.org", "simulate": {"fail": ["send_email"]}}})
+    assert signup.outcomes(["history"], 60) == {"history": "completed"}
+    execution = f"{signup.prefix}history"
+    saved = sagas_cli(signup.kafka.bootstrap, "history", str(SIGNUP), execution, "--json")
+    assert saved.returncode == 0, saved.stdout + saved.stderr
+    path = tmp_path / "history.json"
+    path.write_text(saved.stdout)
+    entries = json.loads(saved.stdout)
+    documents = [e["document"] for e in entries if e["event"] == Kind.DOCUMENT_SET.value]
+    assert documents[-1]["final_state"] == "COMPLETED_WITH_WARNING"
+    loaded = load_histories(path)
+    assert loaded == {execution: signup.entries("history")}
+    assert verify_histories(signup.definition, loaded).ok
