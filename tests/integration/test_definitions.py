@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Message
 
 from sagas.local import LocalProcess
 from sagas.publisher import Publisher
@@ -47,7 +48,12 @@ from stream_processors.core.model import SagaDefinition
 from stream_processors.core.tasks import TaskCommand
 from stream_processors.declarative.definition import load_definition
 from stream_processors.engine.routing import COMMAND_ID, INSTANCE
-from stream_processors.kafka.topics import SagaTopics, ensure_topics
+from stream_processors.kafka.topics import (
+    DLQ_POLICY,
+    SagaTopics,
+    ensure_plain_topics,
+    ensure_topics,
+)
 from tests.conftest import KafkaCluster
 from tests.integration.saga_harness import (
     REPO_ROOT,
@@ -56,6 +62,7 @@ from tests.integration.saga_harness import (
     SagaProcesses,
     header_of,
     header_prefix,
+    key_prefix,
     restored_partitions,
     sagas_cli,
     wait_for_log,
@@ -96,6 +103,14 @@ class DefinitionRun:
         self.tasks = [
             CommittedReader(bootstrap, t, from_end=True, keep=header_prefix(INSTANCE, self.prefix))
             for t in self.topics.commands
+        ]
+        # What nobody could process: the saga's dead letters, and each task topic's (made here
+        # as the workers make them, so that the readers see their partitions).
+        dead = [f"{t}.dlq" for t in self.topics.commands]
+        ensure_plain_topics(dead, bootstrap, config=DLQ_POLICY)
+        self.dead_letters = [
+            CommittedReader(bootstrap, t, from_end=True, keep=key_prefix(self.prefix))
+            for t in (self.topics.dlq, *dead)
         ]
 
     @property
@@ -150,15 +165,22 @@ class DefinitionRun:
         (by name, with counts) as the workers received them."""
         ids: Counter[str] = Counter()
         actions: dict[str, Counter[str]] = {}
-        with ThreadPoolExecutor(len(self.tasks)) as pool:  # a read takes seconds, mostly waiting
-            read = list(pool.map(CommittedReader.read_to_end, self.tasks))
-        for messages in read:
+        for messages in _read_all(self.tasks):
             for message in messages:
                 ids[header_of(message, COMMAND_ID) or "<none>"] += 1
                 task = TaskCommand.decode(message.value() or b"")
                 name = (header_of(message, INSTANCE) or "").removeprefix(self.prefix)
                 actions.setdefault(name, Counter())[task.action] += 1
         return ids, actions
+
+    def dead(self) -> list[str]:
+        """The run's dead letters (topic: key), on the saga's DLQ and the task topics' DLQs."""
+        read = _read_all(self.dead_letters)
+        return [
+            f"{reader.topic}: {message.key()!r}"
+            for reader, messages in zip(self.dead_letters, read, strict=True)
+            for message in messages
+        ]
 
     def journaled_sends(self) -> set[str]:
         """The command ids the journal followed so far records as sent."""
@@ -180,8 +202,15 @@ class DefinitionRun:
         try:
             self.processes.stop_all()
         finally:
-            for reader in (self.journal.reader, *self.tasks):
+            for reader in (self.journal.reader, *self.tasks, *self.dead_letters):
                 reader.close()
+
+
+def _read_all(readers: list[CommittedReader]) -> list[list[Message]]:
+    """Each reader's committed records up to its topic's current end, read side by side (a
+    read takes seconds, mostly waiting)."""
+    with ThreadPoolExecutor(len(readers)) as pool:
+        return list(pool.map(CommittedReader.read_to_end, readers))
 
 
 def _all_restored(log: str) -> bool:
@@ -314,6 +343,7 @@ def _onboard(onboarding: DefinitionRun) -> None:
     ids, actions = onboarding.committed_tasks()
     assert {i: n for i, n in ids.items() if n != 1} == {}
     assert set(ids) == onboarding.journaled_sends()
+    assert onboarding.dead() == []
     state_actions = {name: state["Action"] for name, state in _states(ONBOARDING).items()}
     lates: list[int] = []
     for name, kind in by_name.items():
@@ -507,6 +537,7 @@ def _kill_mid_run(all_states: DefinitionRun) -> None:
     ids, actions = all_states.committed_tasks()
     assert {i: n for i, n in ids.items() if n != 1} == {}
     assert set(ids) == all_states.journaled_sends()
+    assert all_states.dead() == []
     assert {n: sum(a.values()) for n, a in actions.items()} == {
         n: p.commands for n, p in plan.items()
     }
