@@ -724,7 +724,7 @@ class Decider:
         try:
             document = self.documents.joined(node.name, self.scope(outer, node.name), results)
         except PathFailure as failure:
-            self._block_failed(key, [failure.error], str(failure))
+            self._block_failed(key, [failure.error], str(failure), failure.cause)
             return False
         self.set_document(outer, document)
         return True

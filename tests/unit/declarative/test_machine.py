@@ -377,3 +377,32 @@ def test_an_unsupported_or_wrong_field_is_refused_naming_state_and_field(
         compile_machine(machine, "m")
     assert refused.value.state == state
     assert refused.value.field == field
+
+
+def test_a_parallel_whose_result_cannot_be_placed_is_caught_with_the_path_failure_as_cause() -> (
+    None
+):
+    machine = {
+        "StartAt": "P",
+        "States": {
+            "P": {
+                "Type": "Parallel",
+                "Branches": [{"StartAt": "B", "States": {"B": {"Type": "Pass", "End": True}}}],
+                "ResultPath": "$.a.b",
+                "Catch": [
+                    {
+                        "ErrorEquals": ["States.ResultPathMatchFailure"],
+                        "ResultPath": "$.err",
+                        "Next": "C",
+                    }
+                ],
+                "End": True,
+            },
+            "C": {"Type": "Pass", "End": True},
+        },
+    }
+    test = _run(machine, {"a": "text"})
+    assert test.status == "completed"
+    error = _output(test)["err"]
+    assert error["Error"] == "States.ResultPathMatchFailure"
+    assert error["Cause"].startswith("cannot apply ResultPath '$.a.b'")  # the name not repeated
