@@ -26,7 +26,7 @@ from sagas.cli import listing
 from sagas.cli.app import Bootstrap, InstanceId, SagaTarget, app, format_time, saga_definition
 from stream_processors.codecs.records import Record, decode_record
 from stream_processors.core.instance import Instance
-from stream_processors.core.journal import FLOW_FIELDS, stateless
+from stream_processors.core.journal import FLOW_FIELDS, JournalEntry, Kind, stateless
 from stream_processors.core.model import SagaDefinition
 from stream_processors.engine.processor import WEEK_MS
 from stream_processors.engine.schema_history import SchemaHistory
@@ -57,10 +57,19 @@ def _record_of(entry_record: bytes | None) -> tuple[str | None, Record | None]:
     return type(record).__name__, record
 
 
+def _document_of(entry: JournalEntry) -> Any:
+    """A ``DocumentSet`` entry's document (a declarative definition's JSON), else None: its
+    record is the document's JSON text, not an Avro record."""
+    if entry.kind != Kind.DOCUMENT_SET.value or entry.record is None:
+        return None
+    return json.loads(entry.record)
+
+
 def _entry_json(located: Located) -> dict[str, Any]:
     """One entry of ``history --json``; ``sagas.testing.load_histories`` reads them back."""
     entry = located.entry
-    record_type, record = _record_of(entry.record)
+    document = _document_of(entry)
+    record_type, record = _record_of(None if document is not None else entry.record)
     return {
         "instance": entry.instance,
         "offset": located.offset,
@@ -79,6 +88,7 @@ def _entry_json(located: Located) -> dict[str, Any]:
         "due_ms": entry.due_ms,
         "saga_version": entry.saga_version,
         **{name: getattr(entry, name) for name in FLOW_FIELDS},
+        **({} if document is None else {"document": document}),
     }
 
 
@@ -125,8 +135,9 @@ def history(
     table.add_column("detail", overflow="fold")
     for item in located:
         entry = item.entry
-        record_type, _ = _record_of(entry.record)
-        concerns = record_type or entry.timer or ""
+        document = _document_of(entry)
+        record_type, _ = _record_of(None if document is not None else entry.record)
+        concerns = "document" if document is not None else record_type or entry.timer or ""
         millis = f"{entry.at_ms % 1000:03d}"
         table.add_row(
             "-" if stateless(entry) else str(entry.seq),  # a refusal is no position
@@ -135,9 +146,17 @@ def history(
             entry.step or "",
             concerns,
             str(entry.attempt) if entry.attempt else "",
-            entry.reason or entry.command_id or "",
+            entry.reason or entry.command_id or _shown(document),
         )
     listing.console().print(table)
+
+
+def _shown(document: Any, width: int = 200) -> str:
+    """A document in the table's detail column: its JSON, cut to ``width`` characters."""
+    if document is None:
+        return ""
+    text = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _point(at: str) -> tuple[int | None, int | None]:

@@ -26,6 +26,7 @@ from sagas.testing._saga_test import definition_of
 from stream_processors.codecs.records import Event, Record, decode_record, record_type
 from stream_processors.core.decide import Decision, Input, decide, decide_timer
 from stream_processors.core.decider import KEPT_EARLY
+from stream_processors.core.documents import document_text
 from stream_processors.core.fold import fold
 from stream_processors.core.instance import Instance
 from stream_processors.core.journal import FLOW_FIELDS, JournalEntry, Kind, stateless
@@ -309,7 +310,9 @@ def _entry(
 ) -> JournalEntry:
     where = f"{file}: position {item.get('position')}"
     record: bytes | None = None
-    if item.get("record") is not None:
+    if "document" in item:  # a DocumentSet's record is the document's JSON text
+        record = document_text(item["document"]).encode()
+    elif item.get("record") is not None:
         cls = _record_class(item, definition, where)
         record = cls.from_avro(item["record"]).encode()
     elif item.get("record_type") is not None:

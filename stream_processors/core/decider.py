@@ -219,15 +219,18 @@ class Decider:
     def _end(self, key: str, node: End, place: Place) -> None:
         outcome = "succeed" if node.succeed else "fail"
         why = node.reason or f"{outcome} at {node.name!r}"
-        error = node.error
+        error, cause = node.error, None
         if self.documents is not None and not node.succeed:
-            error, why = self._failure(node.name, place)
+            # As a failed Task's: the reason names the state and the error, a catch's Cause is
+            # the Fail state's own.
+            error, cause = self._failure(node.name, place)
+            why = f"{node.name}: {error}: {cause}"
         self.note(Kind.NODE_PASSED, reason=why, **self._where(key, node.name, place))
         if node.succeed:
             if self._flow_output(node.name, place):
                 self.path_ended(place, None)
         else:
-            self.path_failed(place, [error], why)
+            self.path_failed(place, [error], why, cause)
 
     def _failure(self, node: str, place: Place) -> tuple[str, str]:
         assert self.documents is not None
@@ -489,7 +492,7 @@ class Decider:
         path. ``cause`` is the failure's own words (a worker's), if ``why`` adds to them."""
         target = self._catch(node, place, errors, cause or why)
         if target is None:
-            self.path_failed(place, errors, why)
+            self.path_failed(place, errors, why, cause)
         else:
             self.enter(target, place)
 
@@ -595,7 +598,12 @@ class Decider:
         self.note(Kind.BRANCH_SUCCEEDED, step=place.block, branch=place.branch, record=result)
         self.advance(place.block)
 
-    def path_failed(self, place: Place, errors: list[str], why: str) -> None:
+    def path_failed(
+        self, place: Place, errors: list[str], why: str, cause: str | None = None
+    ) -> None:
+        """The path at ``place`` failed with ``errors``: the saga fails (the main path), or the
+        branch's block does, its catch taking the failure's own words (``cause``) as a caught
+        node's does."""
         if not place.block:
             self.fail(why)
             return
@@ -610,14 +618,16 @@ class Decider:
         if node.kind == MAP and self._tolerated(node, self.instance.blocks[key].branches):
             self.advance(key)
             return
-        self._block_failed(key, errors, why)
+        self._block_failed(key, errors, why, cause)
 
-    def _block_failed(self, key: str, errors: list[str], why: str) -> None:
+    def _block_failed(
+        self, key: str, errors: list[str], why: str, cause: str | None = None
+    ) -> None:
         """Block ``key`` failed: its running branches stop, and its catch takes over."""
         block = self.instance.blocks[key]
         self.cancel_block(key, f"cancelled: {why}")
         self.note(Kind.BLOCK_FAILED, step=key, reason=why)
-        self.caught_or_failed(block.node, Place(block.block, block.branch), errors, why)
+        self.caught_or_failed(block.node, Place(block.block, block.branch), errors, why, cause)
 
     def _block_node(self, key: str) -> Block:
         node = self.definition.flow[self.instance.blocks[key].node]
@@ -718,7 +728,7 @@ class Decider:
         try:
             document = self.documents.joined(node.name, self.scope(outer, node.name), results)
         except PathFailure as failure:
-            self._block_failed(key, [failure.error], str(failure))
+            self._block_failed(key, [failure.error], str(failure), failure.cause)
             return False
         self.set_document(outer, document)
         return True

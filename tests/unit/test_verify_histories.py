@@ -29,6 +29,7 @@ from examples.order_fulfillment.messages import (
     ShippingLabelCreated,
 )
 from examples.order_fulfillment.saga import OrderFulfillment
+from examples.user_signup.workers import signup as signup_worker
 from sagas import Compensate, RetryPolicy, Saga, Step
 from sagas.cli.history import _entry_json
 from sagas.testing import (
@@ -38,6 +39,8 @@ from sagas.testing import (
     verify_histories,
 )
 from stream_processors.core.journal import JournalEntry
+from stream_processors.declarative.definition import load_definition
+from stream_processors.declarative.machine import ExecutionStarted
 from stream_processors.tools.history import Located
 
 Journal = list[JournalEntry]
@@ -290,3 +293,25 @@ def test_load_histories_of_a_file_with_several(tmp_path: Path) -> None:
     path.write_text('"nope"')
     with pytest.raises(ValueError, match="not a journal saved by"):
         load_histories(path)
+
+
+def test_a_declarative_execution_saved_and_loaded_replays_clean(tmp_path: Path) -> None:
+    """A definition's documents (``DocumentSet`` entries: JSON, not Avro) are saved readable
+    and load back to the same bytes."""
+    definition = load_definition(
+        Path(__file__).parents[2] / "examples/user_signup/user_signup.json"
+    )
+    test = SagaTest(definition)
+    test.start(ExecutionStarted(execution="s-1", input='{"email": "a@b.c", "n": 1.5}'))
+    while test.outstanding:
+        test.handle(test.outstanding[0], signup_worker)
+    assert test.status.value == "completed"
+    path = tmp_path / "s-1.json"
+    save(test.journal, path)
+    saved = json.loads(path.read_text())
+    documents = [item["document"] for item in saved if item["event"] == "DocumentSet"]
+    assert documents[-1]["final_state"] == "COMPLETED" and documents[-1]["n"] == 1.5
+    assert {item["record_type"] for item in saved if item["event"] == "DocumentSet"} == {None}
+    loaded = load_histories(path)
+    assert loaded == {"s-1": test.journal}
+    assert verify_histories(definition, loaded).ok

@@ -323,7 +323,36 @@ def test_fail_state_error_and_cause() -> None:
     machine = {"StartAt": "F", "States": {"F": {"Type": "Fail", "Error": "E", "Cause": "why"}}}
     test = _run(machine, {})
     assert test.status == "failed"
-    assert "why" in (test.instance.reason or "")
+    assert test.instance.reason == "F: E: why"  # the error too, as a failed Task's reason
+
+
+@pytest.mark.parametrize("failing", ["task", "fail"])
+def test_a_branch_failure_reaches_the_parallel_catch_with_its_own_error_and_cause(
+    failing: str,
+) -> None:
+    """The Parallel's error output is its failed branch's Error and Cause as they were given
+    (a worker's TaskFailed, a Fail state's Cause), not the engine's description of them."""
+    branch = {**TASK, "End": True} if failing == "task" else {"Type": "Fail", "Error": "Boom"}
+    if failing == "fail":
+        branch["Cause"] = "the cause"
+    machine = {
+        "StartAt": "P",
+        "States": {
+            "P": {
+                "Type": "Parallel",
+                "Branches": [{"StartAt": "A", "States": {"A": branch}}],
+                "Catch": [{"ErrorEquals": ["Boom"], "ResultPath": "$.error", "Next": "Caught"}],
+                "End": True,
+            },
+            "Caught": {"Type": "Pass", "End": True},
+        },
+    }
+    test = _run(machine, {"x": 1})
+    if failing == "task":
+        sent, _ = _task(test)
+        test.reply(sent, TaskFailed(error="Boom", cause="the cause"))
+    assert test.status == "completed"
+    assert _output(test) == {"x": 1, "error": {"Error": "Boom", "Cause": "the cause"}}
 
 
 @pytest.mark.parametrize(
@@ -427,3 +456,32 @@ def test_heartbeat_seconds_must_be_below_timeout_seconds() -> None:
     with pytest.raises(DefinitionError) as refused:
         compile_machine(machine, "m")
     assert refused.value.field == "HeartbeatSeconds"
+
+
+def test_a_parallel_whose_result_cannot_be_placed_is_caught_with_the_path_failure_as_cause() -> (
+    None
+):
+    machine = {
+        "StartAt": "P",
+        "States": {
+            "P": {
+                "Type": "Parallel",
+                "Branches": [{"StartAt": "B", "States": {"B": {"Type": "Pass", "End": True}}}],
+                "ResultPath": "$.a.b",
+                "Catch": [
+                    {
+                        "ErrorEquals": ["States.ResultPathMatchFailure"],
+                        "ResultPath": "$.err",
+                        "Next": "C",
+                    }
+                ],
+                "End": True,
+            },
+            "C": {"Type": "Pass", "End": True},
+        },
+    }
+    test = _run(machine, {"a": "text"})
+    assert test.status == "completed"
+    error = _output(test)["err"]
+    assert error["Error"] == "States.ResultPathMatchFailure"
+    assert error["Cause"].startswith("cannot apply ResultPath '$.a.b'")  # the name not repeated
