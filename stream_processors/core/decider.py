@@ -757,9 +757,11 @@ class Decider:
         self.cancel_child(key, why)
 
     def sends_nothing(self, step: StepState) -> bool:
-        """A wait or a sleep: nothing in flight whose reply must be awaited."""
+        """Nothing in flight whose reply must be awaited: a wait or a sleep; or, in a
+        document-flow definition, any task (nothing there is ever undone, so a late reply could
+        change nothing: a failed or timed-out execution ends at once, as Step Functions' do)."""
         task = self.definition.tasks.get(step.node)
-        return task is None or task.action.command is None
+        return task is None or task.action.command is None or self.documents is not None
 
     def finish_if_idle(self) -> None:
         instance = self.instance
@@ -789,7 +791,8 @@ class Decider:
                 self.note(Kind.BLOCK_CANCELLED, step=key, reason=reason)
         # Steps waiting to retry will not be retried now, and a wait or sleep has nothing in
         # flight whose reply must come first: both fail at once. Commands in flight are awaited
-        # (a child saga is asked to cancel: its end is its step's reply).
+        # (a child saga is asked to cancel: its end is its step's reply), unless nothing would
+        # ever undo them (``sends_nothing``).
         for name in self.instance.active:
             step = self.instance.steps[name]
             idle = step.status is StepStatus.RETRYING

@@ -288,10 +288,11 @@ def test_a_failed_branch_fails_the_parallel_into_its_catch() -> None:
         },
     }
     test = _run(machine, {})
-    sent, _ = _task(test)
-    test.reply(sent, TaskSucceeded(output="1"))  # the cancelled branch's reply still comes
+    # The other branch's task is stopped at once (nothing would undo it): no reply awaited.
     assert test.status == "completed"
     assert _output(test)["Error"] == "Nope"
+    sent = test.sent[0]
+    assert test.feed(TaskSucceeded(output="1"), sent.command_id).ignored
 
 
 def test_map_items_selector_concurrency_and_results() -> None:
@@ -485,3 +486,17 @@ def test_a_parallel_whose_result_cannot_be_placed_is_caught_with_the_path_failur
     error = _output(test)["err"]
     assert error["Error"] == "States.ResultPathMatchFailure"
     assert error["Cause"].startswith("cannot apply ResultPath '$.a.b'")  # the name not repeated
+
+
+def test_an_execution_past_its_timeout_fails_at_once_with_a_task_in_flight() -> None:
+    from sagas.testing import DefinitionTest
+
+    machine = {"TimeoutSeconds": 30, "StartAt": "T", "States": {"T": {**TASK, "End": True}}}
+    test = DefinitionTest(machine)
+    test.start_execution()
+    sent = test.expect_task("T")
+    test.advance(seconds=30)
+    assert test.status == "failed"  # not compensating until the worker answers
+    assert "deadline" in (test.instance.reason or "")
+    late = test.feed(TaskSucceeded(output="1"), sent.command_id)
+    assert late.ignored  # the late answer changes nothing
