@@ -29,6 +29,7 @@ from typing import Any
 
 from stream_processors.codecs.records import Command, DeclarationError, Event, Record, State
 from stream_processors.core.policy import RetryPolicy
+from stream_processors.core.throttle import Throttle
 
 
 class CommandFailed(Event, schema="sagalog.CommandFailed"):
@@ -251,6 +252,8 @@ class SagaDefinition:
     replies: Mapping[type[Record], tuple[str, ReplyRole]] = field(default_factory=dict)
     deadline_ms: int | None = None
     flow: Mapping[str, FlowNode] = field(default_factory=dict)
+    #: Flow control (``stream_processors.core.throttle``): limits, priority, aging. None: none.
+    throttle: Throttle | None = None
 
     def node(self, name: str) -> Node:
         """The task or flow node ``name`` (KeyError if neither)."""

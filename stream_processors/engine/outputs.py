@@ -23,10 +23,11 @@ from stream_processors.codecs.records import CATALOG, record_type
 from stream_processors.codecs.signing import Keyring, Purpose, signed
 from stream_processors.core import limits, oversize
 from stream_processors.core.decide import Decision
-from stream_processors.core.decision import COMMAND
+from stream_processors.core.decision import COMMAND, OutgoingCommand
 from stream_processors.core.instance import Instance, encode_snapshot
 from stream_processors.core.journal import Kind
 from stream_processors.engine import metrics, tracing
+from stream_processors.engine.flow import FlowGate
 from stream_processors.engine.routing import (
     DLQ_DETAIL,
     DLQ_REASON,
@@ -79,6 +80,8 @@ class Outputs:
         self._txn = transaction
         self._stopping = stopping
         self.produced = 0
+        #: Flow control (set by the processor when the saga declares limits).
+        self.gate: FlowGate | None = None
         self._labels = {"saga": saga}
         # Labelled children looked up once: ``labels()`` costs more than the increment itself.
         self._lifecycle_counters = {
@@ -121,20 +124,8 @@ class Outputs:
             )
             for entry in decision.entries
         ]
-        commands: list[limits.Outgoing] = []
-        signing = self.signing
         trace = tracing.saga_trace(self.saga, decision.instance) if tracing.ENABLED else None
-        for command in decision.commands:
-            command_key, topic = command.key.encode(), command.topic
-            headers = outgoing_headers(command, self.topics.inbox, self.saga)
-            if trace is not None:
-                headers += tracing.command_trace(trace, command)
-            if signing is not None:
-                # A child saga's start, end or cancel goes to a saga's inbox, not to a worker.
-                purpose = Purpose.COMMAND if command.kind == COMMAND else Purpose.INBOX
-                headers = signed(signing, purpose, topic, command_key, command.value, headers)
-            what = f"command {command.command_id[:200]}"
-            commands.append(limits.Outgoing(what, topic, command_key, command.value, headers))
+        commands = [self._command(command, trace) for command in decision.commands]
         snapshot = encode_snapshot(decision.instance)
         snapshots = self.topics.snapshots
         # Commands are checked before the journal entries that carry them: when both are too
@@ -146,9 +137,14 @@ class Outputs:
         found = limits.first_oversize_at(checks)
         if found is not None:
             return oversize.TooLarge(found[1], _described(decision, found[0]))
+        # Commands their limits hold back are queued by the gate, in this transaction too.
+        held = set() if self.gate is None else self.gate.admit(partition, decision, now_ms)
+        sent = [
+            c for c, o in zip(commands, decision.commands, strict=True) if o.command_id not in held
+        ]
         outgoing: list[tuple[limits.Outgoing, dict[str, int]]] = [
             *entries,
-            *((command, {}) for command in commands),
+            *((command, {}) for command in sent),
         ]
         for record, extra in outgoing:
             self.produce(
@@ -172,7 +168,31 @@ class Outputs:
             self._txn.spans += tracing.decision_spans(self.saga, trace, decision, before, now_ms)
         slot = (partition, decision.instance.instance_id)
         self._txn.stage(slot, decision.instance, snapshot)
+        if self.gate is not None:
+            self.gate.settle(partition, decision.instance)
         return None
+
+    def _command(
+        self, command: OutgoingCommand, trace: tracing.SagaTrace | None
+    ) -> limits.Outgoing:
+        """A command as produced: with its reply address, trace context and signature."""
+        command_key, topic = command.key.encode(), command.topic
+        headers = outgoing_headers(command, self.topics.inbox, self.saga)
+        if trace is not None:
+            headers += tracing.command_trace(trace, command)
+        if self.signing is not None:
+            # A child saga's start, end or cancel goes to a saga's inbox, not to a worker.
+            purpose = Purpose.COMMAND if command.kind == COMMAND else Purpose.INBOX
+            headers = signed(self.signing, purpose, topic, command_key, command.value, headers)
+        what = f"command {command.command_id[:200]}"
+        return limits.Outgoing(what, topic, command_key, command.value, headers)
+
+    def send_released(self, command: OutgoingCommand, instance: Instance) -> None:
+        """Produce a command its limit held back, now released (``stream_processors.engine.
+        flow``); it was checked against its topic's limits when it was queued."""
+        trace = tracing.saga_trace(self.saga, instance) if tracing.ENABLED else None
+        record = self._command(command, trace)
+        self.produce(record.topic, key=record.key, value=record.value, headers=record.headers)
 
     def dead_letter(self, message: Message, reason: str, detail: str) -> None:
         log.warning(

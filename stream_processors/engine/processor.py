@@ -46,10 +46,12 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from stream_processors.codecs.signing import Keyring, from_environment
 from stream_processors.core import limits, oversize
 from stream_processors.core.decide import Decision, decide
+from stream_processors.core.decision import OutgoingCommand
 from stream_processors.core.instance import Instance, decode_snapshot
 from stream_processors.core.model import SagaDefinition
 from stream_processors.engine import metrics, tracing
 from stream_processors.engine.cache import InstanceCache
+from stream_processors.engine.flow import FlowGate
 from stream_processors.engine.inputs import Rejected, inbox_input
 from stream_processors.engine.outputs import Outputs, Unstaged
 from stream_processors.engine.recovery import Recovery
@@ -147,6 +149,13 @@ class SagaProcessor:
             self._stopping,
         )
         self._cache = InstanceCache(config.cache_size)
+        self._flow: FlowGate | None = None
+        if definition.throttle is not None:
+            partitions = self.topics.partitions
+            self._flow = FlowGate(
+                definition, definition.throttle, partitions, self.store, self._txn, clock
+            )
+            self._outputs.gate = self._flow
         self._owned: set[int] = set()  # inbox partitions assigned and restored
         self._due = DueWork(definition, self.store, config.retention_ms)
         self._router = SourceRouter(
@@ -248,7 +257,10 @@ class SagaProcessor:
         interval = config.commit_interval_ms / 1000
         idle = min(interval, config.idle_commit_ms / 1000)
         if self._recovery.pending:
-            self._owned.update(self._recovery.step(self.consumer))
+            restored = self._recovery.step(self.consumer)
+            self._owned.update(restored)
+            if self._flow is not None and restored:
+                self._flow.restored(restored)
         try:
             messages = take(self.consumer, config.batch_size, self._wait(idle))
             for message in messages:
@@ -282,7 +294,10 @@ class SagaProcessor:
         """Timers and retention (``stream_processors.engine.timers``) in the open transaction."""
         assert self._kafka is not None
         try:
-            self._due.run(self._owned, self._txn, self, self.clock())
+            now = self.clock()
+            self._due.run(self._owned, self._txn, self, now)
+            if self._flow is not None:
+                self._flow.run(self, int(now * 1000))
         except KafkaException as error:  # a produce refused (a fenced producer, say)
             self._kafka.end_badly(error)
 
@@ -403,6 +418,8 @@ class SagaProcessor:
             metrics.count_ignored(self.definition.name, decision.ignored)
             return
         unstaged = self.emit(decision, partition, checked.key, instance, now_ms)
+        if self._flow is not None and unstaged is None and instance is None:
+            self._flow.started(partition, checked.instance_id, record)
         if unstaged is not None:  # nothing of the decision was staged (the instance parked)
             detail = f"{unstaged.too_large.oversize.detail()}; {unstaged.why}"
             self._outputs.dead_letter(message, limits.OUTPUTS_TOO_LARGE, detail)
@@ -459,6 +476,10 @@ class SagaProcessor:
             unstaged = Unstaged(too_large, False, f"not parked either: {again.reason}")
         log.error("instance %s: %s; %s", instance_id, too_large.reason, unstaged.why)
         return unstaged
+
+    def send_released(self, command: OutgoingCommand, instance: Instance) -> None:
+        """Produce a command its limit held back (``stream_processors.engine.flow``)."""
+        self._outputs.send_released(command, instance)
 
     def dead_letter_timer(self, key: bytes, timer: str, too_large: limits.Oversize) -> None:
         self._outputs.dead_letter_timer(key, timer, too_large)
@@ -544,6 +565,8 @@ class SagaProcessor:
             metrics.TRANSACTIONS.labels(outcome="aborted", **self._labels).inc()
         self._recovery.abandon(self._recovery.pending)
         self._cache.forget(self._owned)
+        if self._flow is not None:
+            self._flow.forget(self._owned)
         self._owned.clear()
 
     def _after_abort(self, aborted: TransactionAborted) -> None:
@@ -555,7 +578,11 @@ class SagaProcessor:
         if aborted.recreated:
             self._cache.forget(self._owned)
             self._recovery.mark(self.consumer, self._owned)
+            if self._flow is not None:
+                self._flow.forget(self._owned)
             self._owned.clear()
+        elif self._flow is not None:
+            self._flow.reload()  # its state followed the aborted transaction: read it again
 
     # -- rebalancing (called inside ``consume``) ---------------------------------------------
 
@@ -610,6 +637,8 @@ class SagaProcessor:
         assert self._recovery is not None
         revoked = {tp.partition for tp in partitions if tp.topic == self.topics.inbox}
         self._owned -= revoked
+        if self._flow is not None:
+            self._flow.forget(revoked)
         self._recovery.abandon(revoked)
         self._cache.forget(revoked)
 

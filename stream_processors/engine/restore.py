@@ -18,7 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 
 from stream_processors.codecs.avro import DecodeError
 from stream_processors.core.instance import snapshot_schedule
-from stream_processors.engine.store import DueRef, SnapshotStore, index_entries
+from stream_processors.engine.store import FLOW_ROWS, DueRef, SnapshotStore, index_entries
 from stream_processors.kafka.clients import Consumer
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ def _restored(
     key, value = message.key(), message.value()
     try:
         instance_id = (key or b"").decode()
+        if instance_id.startswith(FLOW_ROWS):  # a partition's flow-control row: no timers
+            return instance_id, value, None
         schedule = None if value is None else snapshot_schedule(value)
     except (UnicodeDecodeError, DecodeError, KeyError, ValueError, TypeError) as error:
         log.warning(

@@ -85,6 +85,9 @@ class OpenTransaction:
     done: set[DueRef] = field(default_factory=set)
     #: Spans its decisions ended (tracing on): exported once it commits, forgotten otherwise.
     spans: list[Ended] = field(default_factory=list)
+    #: Flow-control rows (``stream_processors.engine.flow``): changelog key to value (None:
+    #: deleted), committed with the snapshots.
+    flow: dict[Slot, bytes | None] = field(default_factory=dict)
 
     @property
     def is_open(self) -> bool:
@@ -123,6 +126,7 @@ class OpenTransaction:
                 continue
             written.append((partition, instance_id, self.encoded[(partition, instance_id)]))
             index += index_entries(partition, instance_id, *schedule(instance), retention_ms)
+        written += [(partition, key, value) for (partition, key), value in self.flow.items()]
         return written, index
 
     def reset(self) -> None:
@@ -133,6 +137,7 @@ class OpenTransaction:
         self.offsets.clear()
         self.done.clear()
         self.spans.clear()
+        self.flow.clear()
 
 
 #: An input's place: (topic, partition, offset).

@@ -22,6 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 
 from stream_processors.codecs.avro import DecodeError
 from stream_processors.core.instance import decode_snapshot
+from stream_processors.engine.store import FLOW_ROWS
 from stream_processors.kafka.config import consumer_config
 from stream_processors.kafka.errors import metadata as kafka_metadata
 from stream_processors.kafka.reading import ReadTimeout, watermarks
@@ -66,6 +67,8 @@ def change_of(message: Message) -> Change | None:
     partition, offset = message.partition() or 0, message.offset() or 0
     key = (message.key() or b"").decode(errors="replace")
     value = message.value()
+    if key.startswith(FLOW_ROWS):  # a partition's flow-control row, not an instance
+        return None
     if value is None:
         return Change(partition, offset, key, None)
     try:
