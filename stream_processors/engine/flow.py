@@ -144,9 +144,8 @@ class FlowGate:
             for key, value in self.store.instances(partition, FLOW_PREFIX):
                 self._load_row(state, FLOW_PREFIX + key, json.loads(value))
             for name, limit in self.throttle.limits.items():
-                # Send times are not durable: start with a full window, never with a burst.
-                rate = Capacity.of(limit, partition, self.partitions).rate or 0
-                state.sent[name] = deque([now_ms] * rate)
+                # Send times are not durable: start as if one was just sent, never with a burst.
+                state.sent[name] = deque([now_ms] if limit.rate is not None else [])
                 state.dirty.add(name)
         self._gauge()
 

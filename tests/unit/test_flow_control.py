@@ -57,16 +57,15 @@ def test_in_flight_bound_releases_only_into_free_places() -> None:
     assert release(queue, capacity, in_flight=2, sent_ms=[], now_ms=0).send == []
 
 
-def test_the_rate_window_releases_its_share_then_wakes_when_the_oldest_send_leaves_it() -> None:
+def test_a_rate_sends_one_at_a_time_spread_evenly_over_its_window() -> None:
     capacity = Capacity(3, WINDOW, None)
     queue = [queued(n) for n in range(10)]
     first = release(queue, capacity, 0, [], now_ms=0)
-    assert len(first.send) == 3
-    assert first.wake_ms == WINDOW
-    # Before the window has moved on, nothing; once it has, the next three.
-    assert release(queue[3:], capacity, 0, [0, 0, 0], now_ms=WINDOW - 1).send == []
-    later = release(queue[3:], capacity, 0, [0, 0, 0], now_ms=WINDOW)
-    assert [q.command_id for q in later.send] == ["c3", "c4", "c5"]
+    assert [q.command_id for q in first.send] == ["c0"]
+    assert first.wake_ms == capacity.gap_ms == 500
+    assert release(queue[1:], capacity, 0, [0], now_ms=capacity.gap_ms - 1).send == []
+    later = release(queue[1:], capacity, 0, [0], now_ms=capacity.gap_ms)
+    assert [q.command_id for q in later.send] == ["c1"]
 
 
 def test_a_virtual_clock_never_sees_more_than_the_rate_in_any_window() -> None:
@@ -83,6 +82,31 @@ def test_a_virtual_clock_never_sees_more_than_the_rate_in_any_window() -> None:
     assert len(sent) == 40
     for start in sent:
         assert sum(1 for at in sent if start <= at < start + WINDOW) <= 3
+        # The declared window (1 s) gets fewer still: the guard is room for delivery delays.
+        assert sum(1 for at in sent if start <= at < start + 1000) <= 2
+
+
+@pytest.mark.parametrize(("rate", "partitions"), [(20, 8), (20, 3), (8, 8), (100, 8), (9, 8)])
+def test_the_partitions_shares_of_a_rate_hold_in_total_in_any_second(
+    rate: int, partitions: int
+) -> None:
+    """Each partition sends on its own clock, started at any moment: together they never
+    exceed the limit in any one-second window."""
+    limit = Limit(rate=rate)
+    sent: list[int] = []
+    for partition in range(partitions):
+        capacity = Capacity.of(limit, partition, partitions)
+        mine: list[int] = []
+        now = partition * 137  # out of phase with each other
+        for _ in range(50):
+            decided = release([queued(0)], capacity, 0, mine, now)
+            if decided.send:
+                mine.append(now)
+            now = decided.wake_ms or now + 1
+        sent += mine
+    sent.sort()
+    busiest = max(sum(1 for at in sent if start <= at < start + 1000) for start in sent)
+    assert 0 < busiest <= rate
 
 
 def test_higher_priority_first_then_oldest_then_first_come() -> None:
