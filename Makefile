@@ -14,7 +14,7 @@ BROKER := tools/kafka/broker.sh
 # broker.sh probes readiness with the project's own client library, from the virtualenv.
 export PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: venv mermaid kafka kafka-stop kafka-reset test lint unit demo chaos chaos-cluster chaos-quick clean bench bench-quick bench-venv temporal
+.PHONY: venv mermaid kafka kafka-stop kafka-reset test lint unit demo flow-control chaos chaos-cluster chaos-quick clean bench bench-quick bench-venv temporal
 
 venv: $(VENV)/.installed
 

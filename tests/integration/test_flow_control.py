@@ -5,7 +5,7 @@
   ``make test``; ``make flow-control`` runs the full sizes);
 - an in-flight limit of 5 is never exceeded while the worker is slow (from each command's
   produce time to the processor's decision on its reply);
-- 200 high-priority sagas started after a backlog of 2,000 low-priority ones (70 and 700 in
+- 200 high-priority sagas started after a backlog of 2,000 low-priority ones (50 and 500 in
   ``make test``) finish with a median completion time under a quarter of the low-priority one's;
 - a processor killed with SIGKILL while commands are queued loses none and sends none twice.
 
@@ -19,6 +19,7 @@ import statistics
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import pytest
 from sagas.local import LocalProcess
 from sagas.publisher import Publisher
 from stream_processors.core.journal import JournalEntry, Kind
-from stream_processors.engine.routing import COMMAND_ID, header
+from stream_processors.engine.routing import COMMAND_ID, DLQ_REASON, header
 from stream_processors.kafka.topics import SagaTopics, ensure_topics
 from tests.conftest import KafkaCluster
 from tests.integration import throttled
@@ -47,7 +48,7 @@ MODULE = "tests.integration.throttled"
 #: sagas at 20 per second take 90 s).
 FULL = os.environ.get("SAGALOG_FLOW_FULL") == "1"
 RATE_SAGAS = 1000 if FULL else 300
-BACKLOG, PRIORITY_SAGAS = (2000, 200) if FULL else (700, 70)
+BACKLOG, PRIORITY_SAGAS = (2000, 200) if FULL else (500, 50)
 
 
 @dataclass
@@ -80,7 +81,9 @@ class LimitedRun:
         (command_topic,) = definition.command_topics()
         self.commands = CommittedReader(self.kafka.bootstrap, command_topic, from_end=True)
         self.ended: dict[str, int] = {}
+        self.started: set[str] = set()
         self.entries: list[JournalEntry] = []
+        self.dlq = CommittedReader(self.kafka.bootstrap, self.topics.dlq, from_end=True)
 
     @property
     def prefix(self) -> str:
@@ -119,20 +122,31 @@ class LimitedRun:
 
     def wait_ended(self, instances: set[str], timeout: float) -> dict[str, int]:
         """Follow the journal until every one of ``instances`` completed; {instance: at_ms}."""
+        self._follow(lambda: instances <= self.ended.keys(), timeout, "completed")
+        return {i: self.ended[i] for i in instances}
+
+    def wait_started(self, instances: set[str], timeout: float) -> None:
+        self._follow(lambda: instances <= self.started, timeout, "started")
+
+    def _follow(self, done: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
-        while instances - self.ended.keys():
+        while not done():
             for message in self.journal.poll(0.5):
                 entry = JournalEntry.decode(message.value() or b"")
                 self.entries.append(entry)
-                if entry.kind == Kind.SAGA_COMPLETED.value:
+                if entry.kind == Kind.SAGA_STARTED.value:
+                    self.started.add(entry.instance)
+                elif entry.kind == Kind.SAGA_COMPLETED.value:
                     self.ended[entry.instance] = entry.at_ms
             if time.monotonic() > deadline:
-                missing = len(instances - self.ended.keys())
                 raise AssertionError(
-                    f"{missing} of {len(instances)} sagas unfinished after {timeout:.0f} s\n"
-                    + self.processes.log_tails()
+                    f"sagas not {what} after {timeout:.0f} s ({len(self.started)} started, "
+                    f"{len(self.ended)} completed)\n" + self.processes.log_tails()
                 )
-        return {i: self.ended[i] for i in instances}
+
+    def dead_letters(self) -> list[str]:
+        """Reasons of the dead letters written since the run began."""
+        return [header(m.headers(), DLQ_REASON) or "" for m in self.dlq.read_to_end()]
 
     def received(self) -> list[tuple[float, str]]:
         """(time, command id) of each command the worker's handler got, this run's only."""
@@ -153,6 +167,7 @@ class LimitedRun:
         self.processes.stop_all()
         self.journal.close()
         self.commands.close()
+        self.dlq.close()
 
 
 @pytest.fixture
@@ -191,6 +206,7 @@ def test_a_rate_limit_holds_across_two_processors_while_the_sagas_complete(runs:
     print(f"{RATE_SAGAS} commands over {elapsed:.1f} s; at most {busiest} in any 1 s window")
     assert busiest <= 20
     assert sum(run.sent_ids().values()) == RATE_SAGAS
+    assert run.dead_letters() == []
 
 
 def test_an_in_flight_limit_is_never_exceeded_while_the_worker_is_slow(runs: Any) -> None:
@@ -218,12 +234,14 @@ def test_high_priority_sagas_overtake_a_low_priority_backlog(runs: Any) -> None:
     run = runs(throttled.Prioritized, "busysvc")
     run.start()
     low = run.publish(BACKLOG, priority=0)
+    run.wait_started(set(low), timeout=120)  # the backlog: started, and queued for the service
     high = run.publish(PRIORITY_SAGAS, priority=10, first=BACKLOG)
-    ended = run.wait_ended(set(low) | set(high), timeout=180)
+    ended = run.wait_ended(set(low) | set(high), timeout=BACKLOG / 20 + 60)
     low_median = statistics.median(ended[i] / 1000 - low[i] for i in low)
     high_median = statistics.median(ended[i] / 1000 - high[i] for i in high)
     print(f"median completion: low {low_median:.2f} s, high {high_median:.2f} s")
     assert high_median < low_median / 4
+    assert run.dead_letters() == []
 
 
 def test_a_processor_killed_while_commands_are_queued_loses_none_and_sends_none_twice(
@@ -233,6 +251,8 @@ def test_a_processor_killed_while_commands_are_queued_loses_none_and_sends_none_
     processors = run.start()
     published = run.publish(200)
     time.sleep(3)  # 20 per second: most are queued
+    queued = processors[0].metric("sagalog_limit_queued")
+    assert queued > 0, "the processor killed has commands queued"
     processors[0].kill()
     time.sleep(2)
     run.processor("a")  # restarted: the same identity fences the dead one at once
@@ -240,3 +260,5 @@ def test_a_processor_killed_while_commands_are_queued_loses_none_and_sends_none_
     ids = run.sent_ids()
     assert len(ids) == 200
     assert [c for c, n in ids.items() if n > 1] == []
+    assert run.dead_letters() == []
+    print(f"killed with {queued:.0f} commands queued; 200 sent once each")

@@ -4,8 +4,8 @@ Each saga has its own start topic and service so that the tests do not meet:
 
 - ``RateLimited``: its service ``ratelimited`` takes at most 20 commands per second;
 - ``InFlightLimited``: its service ``slowsvc`` has at most 5 commands in flight;
-- ``Prioritized``: its service ``busysvc`` has at most 16 in flight, and an instance's priority is
-  its start event's ``priority`` field.
+- ``Prioritized``: its service ``busysvc`` takes at most 40 commands per second, and an
+  instance's priority is its start event's ``priority`` field.
 
 Each service's worker writes one line per command it handles to ``$THROTTLED_LOG`` (the time it
 got the command, then its id) and sleeps ``$THROTTLED_SLEEP`` seconds in the handler.
@@ -84,4 +84,4 @@ def _saga(
 
 RateLimited, ratelimited = _saga("rate_limited", "ratelimited", Limit(rate=20))
 InFlightLimited, slowsvc = _saga("in_flight_limited", "slowsvc", Limit(in_flight=5))
-Prioritized, busysvc = _saga("prioritized", "busysvc", Limit(in_flight=16), priority="priority")
+Prioritized, busysvc = _saga("prioritized", "busysvc", Limit(rate=40), priority="priority")
