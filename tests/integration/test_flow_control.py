@@ -38,6 +38,7 @@ from tests.integration.saga_harness import (
     SagaProcesses,
     key_prefix,
     wait_for_log,
+    wait_for_metric,
 )
 
 pytestmark = pytest.mark.kafka
@@ -90,7 +91,7 @@ class LimitedRun:
         return f"job-{self.run_id}-"
 
     def processor(self, slot: str) -> LocalProcess:
-        args = ("--partitions", str(self.partitions), "--metrics-port", "0")
+        args = ("--partitions", str(self.partitions))
         return self.processes.processor(self.tmp_path / slot, f"processor-{slot}", args)
 
     def start(self) -> list[LocalProcess]:
@@ -251,8 +252,7 @@ def test_a_processor_killed_while_commands_are_queued_loses_none_and_sends_none_
     processors = run.start()
     published = run.publish(200)
     time.sleep(3)  # 20 per second: most are queued
-    queued = processors[0].metric("sagalog_limit_queued")
-    assert queued > 0, "the processor killed has commands queued"
+    queued = wait_for_metric(processors[0], "sagalog_limit_queued", lambda n: n > 0, 20)
     processors[0].kill()
     time.sleep(2)
     run.processor("a")  # restarted: the same identity fences the dead one at once
