@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -35,6 +36,7 @@ from typing import Any, Protocol
 from stream_processors.core.decision import COMMAND, Decision, OutgoingCommand
 from stream_processors.core.instance import Instance, Status, StepStatus
 from stream_processors.core.model import SagaDefinition
+from stream_processors.core.release import released
 from stream_processors.core.throttle import (
     Capacity,
     Queued,
@@ -44,8 +46,11 @@ from stream_processors.core.throttle import (
     validate_shares,
 )
 from stream_processors.engine import metrics
+from stream_processors.engine.outputs import Unstaged
 from stream_processors.engine.store import FLOW_ROWS, SnapshotStore
 from stream_processors.engine.transaction import OpenTransaction
+
+log = logging.getLogger(__name__)
 
 #: Changelog keys that are a partition's flow-control rows, not instances.
 FLOW_PREFIX = FLOW_ROWS
@@ -67,6 +72,9 @@ class Sender(Protocol):
     def load(self, partition: int, instance_id: str) -> Instance | None: ...
     def begin(self) -> None: ...
     def send_released(self, command: OutgoingCommand, instance: Instance) -> None: ...
+    def emit(
+        self, decision: Decision, partition: int, key: bytes, before: Instance | None, now_ms: int
+    ) -> Unstaged | None: ...
 
 
 @dataclass
@@ -300,11 +308,26 @@ class FlowGate:
                 continue
             sender.send_released(held.command, instance)
             self._sending(partition, state, limit, queued.command_id, queued.instance, now_ms)
+            self._restart_timeout(sender, partition, instance, held, now_ms)
             self._waited[limit].observe(max(0, now_ms - queued.queued_ms) / 1000)
             self._sent[limit].inc()
         if dropped and queue:
             state.dirty.add(limit)
         self._gauge()
+
+    def _restart_timeout(
+        self, sender: Sender, partition: int, instance: Instance, held: _Held, now_ms: int
+    ) -> None:
+        """The step's timeout runs from now, when its command is sent (``core.release``)."""
+        queued = held.queued
+        decision = released(
+            self.definition, instance, queued.command_id, held.limit, queued.queued_ms, now_ms
+        )
+        if decision is None:
+            return
+        key = instance.instance_id.encode()
+        if sender.emit(decision, partition, key, instance, now_ms) is not None:
+            log.error("instance %s: its timeout could not be restarted", instance.instance_id)
 
     # -- helpers -----------------------------------------------------------------------------
 

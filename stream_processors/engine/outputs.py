@@ -15,6 +15,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from confluent_kafka import KafkaException, Message
 
@@ -27,7 +28,6 @@ from stream_processors.core.decision import COMMAND, OutgoingCommand
 from stream_processors.core.instance import Instance, encode_snapshot
 from stream_processors.core.journal import Kind
 from stream_processors.engine import metrics, tracing
-from stream_processors.engine.flow import FlowGate
 from stream_processors.engine.routing import (
     DLQ_DETAIL,
     DLQ_REASON,
@@ -38,6 +38,9 @@ from stream_processors.engine.routing import (
 from stream_processors.engine.transaction import OpenTransaction
 from stream_processors.kafka.clients import Producer, Stopping
 from stream_processors.kafka.topics import SagaTopics
+
+if TYPE_CHECKING:  # the gate stages through these outputs: imported for the type only
+    from stream_processors.engine.flow import FlowGate
 
 log = logging.getLogger(__name__)
 

@@ -257,3 +257,36 @@ def test_a_rate_limit_spreads_commands_over_windows(tmp_path: Path) -> None:
     assert all(b - a <= 2 for a, b in itertools.pairwise(seen))
     assert seen[-1] == 6
     r.processor.close()
+
+
+def test_a_queued_steps_timeout_runs_from_when_it_is_sent(tmp_path: Path) -> None:
+    payment = SAGA.tasks["payment"]
+    timed = dataclasses.replace(
+        payment, action=dataclasses.replace(payment.action, timeout_ms=5000)
+    )
+    saga = dataclasses.replace(
+        SAGA,
+        tasks={**SAGA.tasks, "payment": timed},
+        throttle=Throttle({"payments": Limit(in_flight=2)}),
+    )
+    r = Rig(tmp_path, saga=saga)
+    r.start()
+    # Two orders in one partition: one place in flight there, so the second waits.
+    same = [n for n in range(40) if r.broker.partition_of(f"o-{n}".encode()) == 0][:2]
+    for n in same:
+        r.place(f"o-{n}")
+    r.steps(4)
+    first, second = (f"o-{n}" for n in same)
+    assert [m.key() for m in payments(r)] == [first.encode()]
+    queued_at = r.clock.now
+    r.clock.now += 3
+    pay(r, payments(r)[0])
+    r.steps(4)
+    assert [m.key() for m in payments(r)][-1] == second.encode()
+    stored = r.stored(second)
+    assert stored is not None
+    from stream_processors.core.instance import decode_snapshot
+
+    timer = decode_snapshot(stored).timers["timeout:payment"]
+    assert timer.due_ms == int((queued_at + 3) * 1000) + 5000  # from the send, not the queueing
+    r.processor.close()
