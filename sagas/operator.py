@@ -46,6 +46,7 @@ from stream_processors.core.model import (
     OperatorAction,
     SagaDefinition,
 )
+from stream_processors.core.throttle import PRIORITIZE, prioritize_reason
 from stream_processors.engine.routing import (
     COMMAND_ID,
     DLQ_DETAIL,
@@ -453,3 +454,28 @@ def redrive(dlq_topic: str, selected: Sequence[DeadLetter], bootstrap: str | Non
             record["partition"] = letter.origin_partition
         records.append((letter.origin_topic, record))
     return len(_deliver(producer, records))
+
+
+# -- priority (flow control) ----------------------------------------------------------------------
+
+
+def prioritize(
+    definition: SagaDefinition,
+    instance_id: str,
+    priority: int,
+    by: str,
+    reason: str,
+    bootstrap: str | None = None,
+) -> Sent:
+    """Give a running instance a new priority (``sagas prioritize``): its commands waiting for a
+    limit are released before those of lower priority (``stream_processors.core.throttle``).
+
+    An ``OperatorAction`` ``prioritize`` whose reason starts with the priority; the processor
+    keeps it in the partition's flow state (not the journal: a priority orders a queue, it is not
+    the instance's state) and ignores it for an instance that is not running."""
+    _check_who(by, reason)
+    why = prioritize_reason(priority, reason)
+    value = OperatorAction(action=PRIORITIZE, by=by, reason=why).encode()
+    note = f"{PRIORITIZE} by {by}: {why}"
+    inbox = _Inbox(definition, bootstrap)
+    return replace(_deliver(inbox.producer, [inbox.record(instance_id, value, note)])[0], note=note)

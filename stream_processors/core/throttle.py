@@ -97,6 +97,27 @@ class Throttle:
         return int(value or 0)
 
 
+#: An operator's change of an instance's priority: an ``OperatorAction`` with this action and
+#: the new priority at the start of its reason (``prioritize_reason``). Applied by the processor
+#: to the partition's flow state (``stream_processors.engine.flow``), not by ``decide``: a
+#: priority orders a partition's queue, it is not the instance's state.
+PRIORITIZE = "prioritize"
+_PRIORITY_PREFIX = "priority "
+
+
+def prioritize_reason(priority: int, why: str) -> str:
+    """The ``OperatorAction.reason`` of a ``prioritize``: the priority, then why."""
+    return f"{_PRIORITY_PREFIX}{priority}: {why}"
+
+
+def priority_in(reason: str) -> int | None:
+    """The priority a ``prioritize`` action's reason sets, or None if it names none."""
+    head = reason.removeprefix(_PRIORITY_PREFIX).split(":", 1)[0]
+    if not reason.startswith(_PRIORITY_PREFIX) or not head.lstrip("-").isdigit():
+        return None
+    return int(head)
+
+
 def service_of(topic: str) -> str:
     """The service a command topic belongs to: its name up to the first dot."""
     return topic.split(".", 1)[0]

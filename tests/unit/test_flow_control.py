@@ -290,3 +290,31 @@ def test_a_queued_steps_timeout_runs_from_when_it_is_sent(tmp_path: Path) -> Non
     timer = decode_snapshot(stored).timers["timeout:payment"]
     assert timer.due_ms == int((queued_at + 3) * 1000) + 5000  # from the send, not the queueing
     r.processor.close()
+
+
+def test_an_operators_priority_reorders_the_queue(tmp_path: Path) -> None:
+    from stream_processors.core.model import OperatorAction
+    from stream_processors.core.throttle import PRIORITIZE, prioritize_reason
+
+    r = rig(tmp_path, Limit(in_flight=2))
+    r.start()
+    same = [f"o-{n}" for n in range(60) if r.broker.partition_of(f"o-{n}".encode()) == 0][:3]
+    for order_id in same:
+        r.place(order_id)
+        r.steps(2)
+    first, _second, third = same
+    assert [m.key() for m in payments(r)] == [first.encode()]
+    action = OperatorAction(action=PRIORITIZE, by="ops", reason=prioritize_reason(5, "vip"))
+    r.broker.publish(r.topics.inbox, third.encode(), action.encode())
+    r.steps(2)
+    pay(r, payments(r)[0])
+    r.steps(4)
+    assert [m.key() for m in payments(r)] == [first.encode(), third.encode()]
+    r.processor.close()
+
+
+def test_a_prioritize_reason_carries_the_priority() -> None:
+    from stream_processors.core.throttle import prioritize_reason, priority_in
+
+    assert priority_in(prioritize_reason(-3, "later: much later")) == -3
+    assert priority_in("because") is None
