@@ -318,3 +318,72 @@ def test_a_prioritize_reason_carries_the_priority() -> None:
 
     assert priority_in(prioritize_reason(-3, "later: much later")) == -3
     assert priority_in("because") is None
+
+
+# -- through the test kit --------------------------------------------------------------------------
+
+
+def _limited_saga(**options: object) -> type:
+    from examples.order_fulfillment import messages as m
+    from sagas import Saga, Step
+
+    class Limited(Saga, name="limited_orders", **options):  # type: ignore[call-arg]
+        start = m.OrderPlaced
+        state = SAGA.state
+
+        @staticmethod
+        def begin(event: m.OrderPlaced) -> object:
+            return SAGA.begin(event)
+
+        payment = Step(m.MakePayment, success=m.PaymentCompleted)
+
+    return Limited
+
+
+def test_the_kit_releases_by_priority_from_the_start_event_then_oldest() -> None:
+    from examples.order_fulfillment.messages import OrderPlaced
+    from sagas.testing import LimitQueue
+
+    saga = _limited_saga(
+        limits={"payments": Limit(in_flight=1)},
+        priority=lambda event: 1 if event.amount_cents >= 1000 else 0,
+    )
+    queue = LimitQueue(saga, "payments")
+    big, small = (
+        OrderPlaced(order_id="o", customer_id="c", amount_cents=cents, card_token="t", postcode="1")
+        for cents in (5000, 100)
+    )
+    assert queue.offer("first", start=small)
+    assert not queue.offer("small-1", start=small)
+    assert not queue.offer("big", start=big)
+    assert not queue.offer("small-2", start=small)
+    for instance in ("first", "big", "small-1"):
+        queue.reply(instance)
+    assert queue.sent_order == ["first", "big", "small-1", "small-2"]
+
+
+def test_the_kit_ages_low_priorities_so_they_are_not_starved() -> None:
+    from sagas.testing import LimitQueue
+
+    saga = _limited_saga(limits={"payments": Limit(in_flight=1)}, aging=10)
+    queue = LimitQueue(saga, "payments")
+    queue.offer("busy")
+    queue.offer("low", priority=0)
+    queue.advance(seconds=35)  # 3 levels of ageing
+    queue.offer("high", priority=2)
+    queue.reply("busy")
+    queue.reply("low")
+    assert queue.sent_order == ["busy", "low", "high"]
+
+
+def test_the_kit_spaces_a_rate_over_virtual_time() -> None:
+    from sagas.testing import LimitQueue
+
+    saga = _limited_saga(limits={"payments": Limit(rate=4)})
+    queue = LimitQueue(saga, "payments")
+    for n in range(8):
+        queue.offer(f"i{n}")
+    queue.advance(seconds=3)
+    times = [at - queue.sent[0][0] for at, _ in queue.sent]
+    assert times == [0, 375, 750, 1125, 1500, 1875, 2250, 2625]
+    assert len(queue.queued) == 0
