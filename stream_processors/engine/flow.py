@@ -47,14 +47,14 @@ from stream_processors.core.throttle import (
 )
 from stream_processors.engine import metrics
 from stream_processors.engine.outputs import Unstaged
-from stream_processors.engine.store import FLOW_ROWS, SnapshotStore
+from stream_processors.engine.store import FLOW_ROWS, QUEUE_ROWS, SnapshotStore
 from stream_processors.engine.transaction import OpenTransaction
 
 log = logging.getLogger(__name__)
 
 #: Changelog keys that are a partition's flow-control rows, not instances.
 FLOW_PREFIX = FLOW_ROWS
-_QUEUED = FLOW_PREFIX + "q\x00"
+_QUEUED = QUEUE_ROWS
 _IN_FLIGHT = FLOW_PREFIX + "i\x00"
 _PRIORITY = FLOW_PREFIX + "p\x00"
 #: A step's attempt is still awaited in these statuses (a cancelled one's reply too).

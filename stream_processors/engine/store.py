@@ -43,6 +43,8 @@ _PARTITION = struct.Struct(">H")
 #: Keys of the flow-control rows the snapshots changelog also holds, besides instances
 #: (``stream_processors.engine.flow``): no instance id starts with a NUL.
 FLOW_ROWS = "\x00sagalog.flow\x00"
+#: Of those, the rows of commands queued for their limit (read by the instance index too).
+QUEUE_ROWS = FLOW_ROWS + "q\x00"
 _OFFSET = struct.Struct(">q")
 
 

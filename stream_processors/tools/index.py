@@ -44,7 +44,7 @@ from stream_processors.core.instance import Instance, Status
 #: The file under a saga's state folder (``default_state_dir``) that holds its index.
 INDEX_FILE = "index.sqlite3"
 #: Bumped when the schema changes: an index of another version is rebuilt from the changelog.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -70,6 +70,12 @@ CREATE TABLE IF NOT EXISTS active_steps (
     PRIMARY KEY (instance, step)
 );
 CREATE INDEX IF NOT EXISTS active_by_node ON active_steps (node, instance);
+CREATE TABLE IF NOT EXISTS waiting (
+    command_id TEXT PRIMARY KEY,
+    instance TEXT NOT NULL,
+    limit_name TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS waiting_by_instance ON waiting (instance, limit_name);
 """
 
 _COLUMNS = (
@@ -148,12 +154,18 @@ def row_of(instance: Instance, partition: int) -> Row:
 
 @dataclass(frozen=True)
 class Change:
-    """One changelog record: a row to upsert, or the tombstone (``row`` None) of ``key``."""
+    """One changelog record: a row to upsert, or the tombstone (``row`` None) of ``key``.
+
+    A flow-control queue row (``stream_processors.engine.flow``: a step's command waiting for
+    its limit) is a change with ``waiting`` set: (instance, limit) while queued, None once it
+    left the queue (``key`` is then the row's key, not an instance)."""
 
     partition: int
     offset: int
     key: str
     row: Row | None
+    queue_row: bool = False
+    waiting: tuple[str, str] | None = None
 
 
 # -- filters ----------------------------------------------------------------------------------
@@ -212,6 +224,8 @@ class Filters:
     reason: str | None = None
     version: int | None = None
     fields: tuple[FieldEquals, ...] = ()
+    #: Only instances with a step waiting for this limit ("*": any limit).
+    waiting_on: str | None = None
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.statuses if s not in STATUSES]
@@ -246,6 +260,11 @@ class Filters:
         for equals in self.fields:
             clauses.append(f"{equals.expression()} IN (?, ?)")
             params.extend(equals.candidates())
+        if self.waiting_on == "*":
+            clauses.append("instance IN (SELECT instance FROM waiting)")
+        elif self.waiting_on is not None:
+            clauses.append("instance IN (SELECT instance FROM waiting WHERE limit_name = ?)")
+            params.append(self.waiting_on)
         return " AND ".join(clauses) or "1", params
 
 
@@ -259,6 +278,7 @@ WHERE_NAMES = {
     "updated-before": "updated_before",
     "reason": "reason",
     "version": "version",
+    "waiting-on-limit": "waiting_on",
 }
 
 
@@ -498,6 +518,15 @@ def latest(changes: Sequence[Change]) -> list[Change]:
 
 
 def _write(db: sqlite3.Connection, changes: Sequence[Change]) -> None:
+    queue = [c for c in changes if c.queue_row]
+    db.executemany(
+        "INSERT OR REPLACE INTO waiting (command_id, instance, limit_name) VALUES (?, ?, ?)",
+        [(c.key, *c.waiting) for c in queue if c.waiting is not None],
+    )
+    db.executemany(
+        "DELETE FROM waiting WHERE command_id = ?", [(c.key,) for c in queue if c.waiting is None]
+    )
+    changes = [c for c in changes if not c.queue_row]
     # The record's key and the snapshot's instance are the same id (the processor keys its
     # changelog so); the snapshot's is the one its rows are written under.
     rows = [c.row for c in changes if c.row is not None]
@@ -506,6 +535,7 @@ def _write(db: sqlite3.Connection, changes: Sequence[Change]) -> None:
         "DELETE FROM active_steps WHERE instance = ?", [*deleted, *((r.instance,) for r in rows)]
     )
     db.executemany("DELETE FROM instances WHERE instance = ?", deleted)
+    db.executemany("DELETE FROM waiting WHERE instance = ?", deleted)
     db.executemany(_UPSERT, [row.values() for row in rows])
     db.executemany(
         "INSERT INTO active_steps (instance, step, node) VALUES (?, ?, ?)",

@@ -387,3 +387,41 @@ def test_the_kit_spaces_a_rate_over_virtual_time() -> None:
     times = [at - queue.sent[0][0] for at, _ in queue.sent]
     assert times == [0, 375, 750, 1125, 1500, 1875, 2250, 2625]
     assert len(queue.queued) == 0
+
+
+def test_the_index_lists_instances_waiting_on_a_limit(tmp_path: Path) -> None:
+    import json
+
+    from confluent_kafka import Message as Record
+
+    from sagas.testing import SagaTest
+    from stream_processors.core.instance import encode_snapshot
+    from stream_processors.engine.store import QUEUE_ROWS
+    from stream_processors.tools.index import Filters, Index, Page
+    from stream_processors.tools.index_feed import change_of
+    from tests.unit.processor_rig import order
+
+    test = SagaTest(SAGA)
+    test.start(order("o-1"))
+    snapshot = Record(
+        topic="s", partition=0, offset=0, key=b"o-1", value=encode_snapshot(test.instance)
+    )
+    queued_key = (QUEUE_ROWS + "order_fulfillment/o-1/payment/1").encode()
+    row = json.dumps({"instance": "o-1", "limit": "payments"}).encode()
+    queued = Record(topic="s", partition=0, offset=1, key=queued_key, value=row)
+    left = Record(topic="s", partition=0, offset=2, key=queued_key, value=None)
+    index = Index(tmp_path / "index.sqlite3")
+    changes = [change_of(m) for m in (snapshot, queued)]
+    index.apply([c for c in changes if c is not None])
+
+    def waiting(on: str) -> list[str]:
+        return [r.instance for r in index.page(Filters(waiting_on=on), Page())]
+
+    assert waiting("*") == ["o-1"] == waiting("payments")
+    assert waiting("other") == []
+    gone = change_of(left)
+    assert gone is not None
+    index.apply([gone])
+    assert waiting("*") == []
+    assert index.total() == 1
+    index.close()
