@@ -149,11 +149,11 @@ class LimitedRun:
         """Reasons of the dead letters written since the run began."""
         return [header(m.headers(), DLQ_REASON) or "" for m in self.dlq.read_to_end()]
 
-    def received(self) -> list[tuple[float, str]]:
-        """(time, command id) of each command the worker's handler got, this run's only."""
+    def received(self) -> list[tuple[float, float, str]]:
+        """(began, ended, command id) of each command the worker's handler ran, this run's."""
         lines = self.log.read_text().splitlines() if self.log.exists() else []
-        got = [(float(t), c) for t, c in (line.split(" ", 1) for line in lines)]
-        return sorted(g for g in got if f"/{self.prefix}" in g[1])
+        got = [(float(b), float(e), c) for b, e, c in (line.split(" ", 2) for line in lines)]
+        return sorted(g for g in got if f"/{self.prefix}" in g[2])
 
     def sent_ids(self) -> Counter[str]:
         """Command ids committed on the command topic, with counts (this run's only)."""
@@ -195,12 +195,22 @@ def most_in_any_window(times: list[float], seconds: float) -> int:
     return most
 
 
+def peak(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals open at one moment (at equal times an end comes first: -1 < 1)."""
+    changes = sorted([(b, 1) for b, _ in intervals] + [(e, -1) for _, e in intervals])
+    level, most = 0, 0
+    for _, change in changes:
+        level += change
+        most = max(most, level)
+    return most
+
+
 def test_a_rate_limit_holds_across_two_processors_while_the_sagas_complete(runs: Any) -> None:
     run = runs(throttled.RateLimited, "ratelimited")
     run.start()
     published = run.publish(RATE_SAGAS)
     run.wait_ended(set(published), timeout=RATE_SAGAS / 8 + 30)
-    times = [t for t, _ in run.received()]
+    times = [began for began, _, _ in run.received()]
     assert len(times) == RATE_SAGAS
     busiest = most_in_any_window(times, 1.0)
     elapsed = times[-1] - times[0]
@@ -218,17 +228,13 @@ def test_an_in_flight_limit_is_never_exceeded_while_the_worker_is_slow(runs: Any
     # In flight: from the command's produce (its record's time) to the decision on its reply.
     sent = {header(m.headers(), COMMAND_ID): m.timestamp()[1] for m in run.commands.read_to_end()}
     answered = {e.command_id: e.at_ms for e in run.entries if e.kind == Kind.INPUT_ACCEPTED.value}
-    events = sorted(
-        [(at, 1) for c, at in sent.items() if c in answered]
-        + [(at, -1) for c, at in answered.items() if c in sent]
-    )
-    assert len(events) == 300
-    level, most = 0, 0
-    for _, change in events:  # at equal times a decision frees before a send takes
-        level += change
-        most = max(most, level)
-    print(f"at most {most} commands in flight")
+    flights = [(at, answered[c]) for c, at in sent.items() if c in answered]
+    assert len(flights) == 150
+    most = peak(flights)
+    at_worker = peak([(began, ended) for began, ended, _ in run.received()])
+    print(f"at most {most} commands in flight; {at_worker} handlers at once in the worker")
     assert most <= 5
+    assert 1 < at_worker <= 5  # the worker runs them side by side (concurrency 8)
 
 
 def test_high_priority_sagas_overtake_a_low_priority_backlog(runs: Any) -> None:

@@ -7,8 +7,9 @@ Each saga has its own start topic and service so that the tests do not meet:
 - ``Prioritized``: its service ``busysvc`` takes at most 40 commands per second, and an
   instance's priority is its start event's ``priority`` field.
 
-Each service's worker writes one line per command it handles to ``$THROTTLED_LOG`` (the time it
-got the command, then its id) and sleeps ``$THROTTLED_SLEEP`` seconds in the handler.
+Each service's worker writes one line per command it handles to ``$THROTTLED_LOG`` (when the
+handler got the command and when it ended, then its id) and sleeps ``$THROTTLED_SLEEP``
+seconds in the handler; ``slowsvc``'s worker runs up to 8 handlers at once.
 
     sagas run tests.integration.throttled:RateLimited
     sagas worker tests.integration.throttled:ratelimited
@@ -26,15 +27,17 @@ NS = "tests.throttled"
 
 
 def _log(context: CommandContext) -> None:
+    """One line per command: when the handler got it, when it ended, and the command's id."""
+    began = time.time()
+    time.sleep(float(os.environ.get("THROTTLED_SLEEP", "0")))
     path = os.environ.get("THROTTLED_LOG")
     if path:
-        with open(path, "a") as log:
-            log.write(f"{time.time():.4f} {context.command_id}\n")
-    time.sleep(float(os.environ.get("THROTTLED_SLEEP", "0")))
+        with open(path, "a") as log:  # one write per line: whole lines, whatever the threads
+            log.write(f"{began:.4f} {time.time():.4f} {context.command_id}\n")
 
 
 def _saga(
-    name: str, service: str, limit: Limit, priority: str | None = None
+    name: str, service: str, limit: Limit, priority: str | None = None, concurrency: int = 1
 ) -> tuple[type[Saga], Worker]:
     """A one-step saga calling ``service`` under ``limit``, and the service's worker."""
     prefix = name.title().replace("_", "")
@@ -72,7 +75,7 @@ def _saga(
         name=name,
         **options,
     )
-    worker = Worker(service)
+    worker = Worker(service, concurrency=concurrency)
 
     @worker.handles(Do)
     def handle(command: Any, context: CommandContext) -> Done:
@@ -83,5 +86,5 @@ def _saga(
 
 
 RateLimited, ratelimited = _saga("rate_limited", "ratelimited", Limit(rate=20))
-InFlightLimited, slowsvc = _saga("in_flight_limited", "slowsvc", Limit(in_flight=5))
+InFlightLimited, slowsvc = _saga("in_flight_limited", "slowsvc", Limit(in_flight=5), concurrency=8)
 Prioritized, busysvc = _saga("prioritized", "busysvc", Limit(rate=40), priority="priority")
