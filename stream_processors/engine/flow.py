@@ -97,6 +97,8 @@ class _Partition:
     wake: dict[str, int] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
     seq: int = 0
+    #: Restored: its rows are checked against their instances at the next ``run``.
+    unchecked: bool = True
 
     def track(self, instance: str, command_id: str) -> None:
         self.mine.setdefault(instance, set()).add(command_id)
@@ -264,11 +266,28 @@ class FlowGate:
     def run(self, sender: Sender, now_ms: int) -> None:
         """Send what the limits allow now, in the partitions whose room may have changed."""
         for partition, state in list(self._owned.items()):
+            if state.unchecked:
+                self._check(sender, partition, state)
             for limit in list(state.queues):
                 wake = state.wake.get(limit)
                 if limit in state.dirty or (wake is not None and wake <= now_ms):
                     state.dirty.discard(limit)
                     self._release(sender, partition, state, limit, now_ms)
+
+    def _check(self, sender: Sender, partition: int, state: _Partition) -> None:
+        """Settle a restored partition's rows against their instances: a place held for an
+        instance that no longer waits for its command (it was expired, say, or a version of the
+        engine without flow control decided on it) is freed, never held for ever."""
+        state.unchecked = False
+        for instance_id in list(state.mine):
+            instance = sender.load(partition, instance_id)
+            if instance is None:
+                sender.begin()
+                for command_id in list(state.mine.get(instance_id, ())):
+                    self._settle_one(partition, state, instance_id, command_id)
+            elif state.mine.get(instance_id, set()) - awaited(instance):
+                sender.begin()
+                self.settle(partition, instance)
 
     def _release(
         self, sender: Sender, partition: int, state: _Partition, limit: str, now_ms: int

@@ -425,3 +425,18 @@ def test_the_index_lists_instances_waiting_on_a_limit(tmp_path: Path) -> None:
     assert waiting("*") == []
     assert index.total() == 1
     index.close()
+
+
+def test_a_place_held_for_an_instance_that_is_gone_is_freed_on_restore(tmp_path: Path) -> None:
+    import json
+
+    r = rig(tmp_path, Limit(in_flight=2))  # one place per partition
+    ghost = (FLOW_ROWS + "i\x00order_fulfillment/ghost/payment/1").encode()
+    row = json.dumps({"limit": "payments", "instance": "ghost", "sent_ms": 0}).encode()
+    r.broker.append(r.topics.snapshots, 0, None, key=ghost, value=row)
+    r.start()
+    order_id = next(f"o-{n}" for n in range(40) if r.broker.partition_of(f"o-{n}".encode()) == 0)
+    r.place(order_id)
+    r.steps(4)
+    assert [m.key() for m in payments(r)] == [order_id.encode()]
+    r.processor.close()
