@@ -245,6 +245,13 @@ class FlowGate:
             del state.priorities[instance.instance_id]
             self._stage(partition, _PRIORITY + instance.instance_id, None)
 
+    def gone(self, partition: int, instance_id: str) -> None:
+        """An input named an instance the partition does not have: free whatever it held."""
+        state = self._owned.get(partition)
+        if state is not None:
+            for command_id in list(state.mine.get(instance_id, ())):
+                self._settle_one(partition, state, instance_id, command_id)
+
     def _settle_one(
         self, partition: int, state: _Partition, instance: str, command_id: str
     ) -> None:

@@ -418,6 +418,8 @@ class SagaProcessor:
         record = checked.input.record
         if decision.rejected is not None:
             self._outputs.dead_letter(message, decision.rejected, type(record).__qualname__)
+            if self._flow is not None and instance is None:
+                self._flow.gone(partition, checked.instance_id)
             return
         if decision.ignored is not None:
             metrics.count_ignored(self.definition.name, decision.ignored)
