@@ -81,7 +81,7 @@ bench-quick: bench-venv temporal
 	@KAFKA_PORT=$(BENCH_PORT) $(BROKER) with -- $(BIN)/python -m bench --quick $(BENCH_ARGS)
 
 # Flow control's integration tests at the issue's full sizes (1,000 sagas at 20 per second,
-# a backlog of 2,000): about 3 minutes; make test runs them at a third of that.
+# a backlog of 2,000): about 5 minutes here; make test runs them smaller (about 2.5 minutes).
 flow-control: venv
 	@SAGALOG_FLOW_FULL=1 $(BROKER) with -- $(BIN)/pytest tests/integration/test_flow_control.py -s
 
