@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -261,12 +263,24 @@ def test_high_priority_sagas_overtake_a_low_priority_backlog(runs: Any) -> None:
     run.start()
     low = run.publish(BACKLOG, priority=0)
     run.wait_started(set(low), timeout=120)  # the backlog: started, and queued for the service
+    last = max(low)  # the backlog's youngest, last in line: an operator moves it up
+    why = ["--reason", "the customer called", "--by", "test"]
+    cli = subprocess.run(
+        [sys.executable, "-m", "sagas", "prioritize", f"{MODULE}:Prioritized", last, "20", *why],
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": run.kafka.bootstrap},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli.returncode == 0, cli.stderr
     high = run.publish(PRIORITY_SAGAS, priority=10, first=BACKLOG)
     ended = run.wait_ended(set(low) | set(high), timeout=BACKLOG / 20 + 60)
     low_median = statistics.median(ended[i] / 1000 - low[i] for i in low)
     high_median = statistics.median(ended[i] / 1000 - high[i] for i in high)
     print(f"median completion: low {low_median:.2f} s, high {high_median:.2f} s")
     assert high_median < low_median / 4
+    # Prioritized before the high ones were published, the last of the backlog went early.
+    assert ended[last] < min(ended[i] for i in high)
     assert run.dead_letters() == []
 
 
