@@ -145,6 +145,18 @@ class FlowGate:
 
     # -- partitions --------------------------------------------------------------------------
 
+    def repartition(self, partitions: int) -> None:
+        """The inbox's partition count as the cluster has it (the shares are over it)."""
+        validate_shares(self.throttle, partitions)
+        if partitions != self.partitions:
+            log.warning(
+                "the inbox has %s partitions, not %s: shares are over %s",
+                partitions,
+                self.partitions,
+                partitions,
+            )
+        self.partitions = partitions
+
     def restored(self, partitions: Iterable[int]) -> None:
         """Read the flow rows of newly restored partitions from the store."""
         now_ms = int(self._clock() * 1000)

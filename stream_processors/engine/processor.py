@@ -199,6 +199,8 @@ class SagaProcessor:
         away; False if stopped first."""
         try:
             self._history = self.clients.prepare(self.definition, self.topics, self._stopping)
+            if self._flow is not None:  # shares of the limits: over the inbox's real count
+                self._flow.repartition(self.clients.partition_count(self.topics.inbox))
             changelog = self.clients.changelog_id(self.topics.snapshots)
             if self.store.adopt_changelog(changelog):
                 log.warning("the snapshots changelog was recreated: the local store starts afresh")
