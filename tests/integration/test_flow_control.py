@@ -6,7 +6,8 @@
 - an in-flight limit of 5 is never exceeded while the worker is slow (from each command's
   produce time to the processor's decision on its reply);
 - 200 high-priority sagas started after a backlog of 2,000 low-priority ones (50 and 500 in
-  ``make test``) finish with a median completion time under a quarter of the low-priority one's;
+  ``make test``) finish with a median completion time under a quarter of the low-priority one's,
+  and ``sagas prioritize`` moves the backlog's last saga ahead of them;
 - a processor killed with SIGKILL while commands are queued loses none and sends none twice.
 
 The sagas and services are in ``tests.integration.throttled``.
