@@ -5,7 +5,8 @@ schemas); ``Saga``, ``Step``, ``Wait``, ``Compensate``, ``evolve`` and ``on`` (d
 ``Choice``/``When``, ``Parallel``, ``Map``, ``Branch``, ``Sleep``, ``Child``, ``Succeed`` and
 ``Fail`` (control flow, ``sagas.flow``; ``CHILD_FAILED`` is a child step's error name);
 ``RetryPolicy`` with the error names ``TRANSIENT``, ``TIMEOUT`` and ``ALL``, and ``COMPENSATE``
-(failure handling); ``Fail`` and ``Complete`` (handler outcomes); ``Publisher`` (publishing domain
+(failure handling); ``Limit`` (flow control: ``limits=`` on a saga, ``limit=`` on a step);
+``Fail`` and ``Complete`` (handler outcomes); ``Publisher`` (publishing domain
 events); and ``Worker``, ``BusinessError``, ``TransientError`` and ``TaskError`` (services that
 handle commands, and the tasks of declarative definitions by action: ``Worker.action``).
 The test kit is ``sagas.testing`` (import it from there: it is not loaded here).
@@ -18,6 +19,7 @@ from sagas.worker import BusinessError, CommandContext, TaskError, TransientErro
 from stream_processors.codecs.records import Command, DeclarationError, Event, State
 from stream_processors.core.model import CHILD_FAILED, COMPENSATE, Complete, Fail
 from stream_processors.core.policy import ALL, TIMEOUT, TRANSIENT, RetryPolicy
+from stream_processors.core.throttle import Limit
 
 __all__ = [
     "ALL",
@@ -36,6 +38,7 @@ __all__ = [
     "DeclarationError",
     "Event",
     "Fail",
+    "Limit",
     "Map",
     "Parallel",
     "Publisher",

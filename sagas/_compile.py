@@ -57,11 +57,14 @@ def _accepts(function: Any, count: int) -> bool:
 
 
 def compile_paths(
-    where: str, saga: type, state: type[State]
+    where: str, saga: type, state: type[State], limits: dict[str, Any] | None = None
 ) -> tuple[dict[str, Task], dict[str, FlowNode], str | None]:
-    """The saga's tasks and flow nodes, and the name of its first node."""
+    """The saga's tasks and flow nodes, and the name of its first node; into ``limits``, the
+    steps that declare a ``limit=`` (a name, or a ``Limit`` of their own)."""
     compiler = _Compiler(where, state)
     first = compiler.path(saga, in_map=False)
+    if limits is not None:
+        limits.update(compiler.limits)
     tasks, flow = implicit_forks(compiler.tasks, compiler.flow)
     return tasks, flow, first  # type: ignore[return-value]
 
@@ -77,6 +80,7 @@ class _Compiler:
         self.tasks: dict[str, Task] = {}
         self.flow: dict[str, FlowNode] = {}
         self.names: dict[int, str] = {}
+        self.limits: dict[str, Any] = {}
 
     def path(self, container: type, in_map: bool) -> str | None:
         """Compile the nodes of one class body; the name of its first node."""
@@ -119,6 +123,8 @@ class _Compiler:
         _check_functions(step, node, in_map)
         if isinstance(node, Step):
             self.tasks[name] = self._task(step, name, node, following, in_map)
+            if getattr(node, "limit", None) is not None:
+                self.limits[name] = node.limit
         elif isinstance(node, declared.Child):
             self.tasks[name] = self._child(step, name, node, following)
         elif isinstance(node, model.Fail):

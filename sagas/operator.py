@@ -52,6 +52,7 @@ from stream_processors.core.model import (
     OperatorAction,
     SagaDefinition,
 )
+from stream_processors.core.throttle import PRIORITIZE, prioritize_reason
 from stream_processors.engine.routing import (
     COMMAND_ID,
     DLQ_DETAIL,
@@ -606,3 +607,28 @@ def event_of(cls: type[Record], fields: object) -> Record:
         names = ", ".join(cls.__fields__)
         raise ValueError(f"{cls.__name__}({names}): {error}") from None
     return event
+
+
+# -- priority (flow control) ----------------------------------------------------------------------
+
+
+def prioritize(
+    definition: SagaDefinition,
+    instance_id: str,
+    priority: int,
+    by: str,
+    reason: str,
+    bootstrap: str | None = None,
+) -> Sent:
+    """Give a running instance a new priority (``sagas prioritize``): its commands waiting for a
+    limit are released before those of lower priority (``stream_processors.core.throttle``).
+
+    An ``OperatorAction`` ``prioritize`` whose reason starts with the priority; the processor
+    keeps it in the partition's flow state (not the journal: a priority orders a queue, it is not
+    the instance's state) and ignores it for an instance that is not running."""
+    _check_who(by, reason)
+    why = prioritize_reason(priority, reason)
+    value = OperatorAction(action=PRIORITIZE, by=by, reason=why).encode()
+    note = f"{PRIORITIZE} by {by}: {why}"
+    # Not journaled (a priority orders a queue): there is no verdict to wait for.
+    return _sent(definition, [Request(instance_id, value, note, PRIORITIZE)], bootstrap)[0]

@@ -65,6 +65,7 @@ from stream_processors.core.model import (
     validate,
 )
 from stream_processors.core.policy import NO_RETRY, RetryPolicy
+from stream_processors.core.throttle import Limit, PrioritySource, Throttle
 
 
 def _as_tuple(replies: type[Event] | Iterable[type[Event]] | None) -> tuple[type[Event], ...]:
@@ -174,6 +175,7 @@ class Step(_CommandDeclaration[C]):
         timeout: float | None = None,
         catch: Mapping[type[Event] | str, Target] | None = None,
         max_visits: int | None = None,
+        limit: str | Limit | None = None,
     ) -> None:
         super().__init__(
             command,
@@ -190,6 +192,9 @@ class Step(_CommandDeclaration[C]):
         self.end = end
         self.max_visits = max_visits
         self.early_ms = 0
+        #: The limit its commands count against: one of the saga's ``limits`` by name, or its
+        #: own (``stream_processors.core.throttle``); by default its service's, if declared.
+        self.limit = limit
 
 
 class Wait(Step[Command]):
@@ -380,6 +385,9 @@ class Saga:
         version: int = 1,
         deadline: float | None = None,
         sla: float | timedelta | None = None,
+        limits: Mapping[str, Limit] | None = None,
+        priority: PrioritySource | None = None,
+        aging: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
@@ -404,7 +412,9 @@ class Saga:
 
         from sagas._compile import compile_paths
 
-        tasks, flow, first = compile_paths(where, cls, state)
+        step_limits: dict[str, str | Limit] = {}
+        tasks, flow, first = compile_paths(where, cls, state, step_limits)
+        throttle = _throttle(where, start, limits, step_limits, priority, aging)
         evolvers: dict[type[Record], Callable[[Any, Any], Any]] = {}
         handlers: dict[type[Record], Callable[[Any, Any, int], Iterable[Directive]]] = {}
         for member_name, member in cls.__dict__.items():
@@ -439,6 +449,7 @@ class Saga:
             deadline_ms=None if deadline is None else round(deadline * 1000),
             flow=flow,
             sla_ms=_sla_ms(where, sla if sla is not None else getattr(cls, "sla", None)),
+            throttle=throttle,
         )
         validate(definition)
         _register_upcasters(where, cls.upcasters)
@@ -454,6 +465,43 @@ def _sla_ms(where: str, sla: object) -> int | None:
     if isinstance(sla, bool) or not isinstance(sla, int | float) or sla <= 0:
         raise DeclarationError(f"{where}: sla must be positive seconds or a timedelta, not {sla!r}")
     return round(sla * 1000)
+
+
+def _throttle(
+    where: str,
+    start: type[Event],
+    limits: Mapping[str, Limit] | None,
+    step_limits: Mapping[str, str | Limit],
+    priority: PrioritySource | None,
+    aging: float | None,
+) -> Throttle | None:
+    """The saga's flow control (``limits=``, steps' ``limit=``, ``priority=``, ``aging=``)."""
+    if not limits and not step_limits and priority is None:
+        return None
+    named = dict(limits or {})
+    for name, limit in named.items():
+        if not isinstance(limit, Limit):
+            raise DeclarationError(f"{where}: limits[{name!r}] must be a Limit, got {limit!r}")
+    steps: dict[str, str] = {}
+    for step, given in step_limits.items():
+        if isinstance(given, Limit):
+            named[step] = given  # a step's own limit is named after the step
+            steps[step] = step
+        elif given in named:
+            steps[step] = given
+        else:
+            raise DeclarationError(
+                f"{where}: step {step!r} names limit {given!r}, which is not one of the "
+                f"saga's limits ({', '.join(sorted(named)) or 'none declared'})"
+            )
+    if isinstance(priority, str) and priority not in start.__fields__:
+        raise DeclarationError(
+            f"{where}: priority field {priority!r} is not a field of {start.__qualname__}"
+        )
+    if aging is not None and aging <= 0:
+        raise DeclarationError(f"{where}: aging must be a positive number of seconds")
+    aging_ms = None if aging is None else round(aging * 1000)
+    return Throttle(named, steps, priority, aging_ms)
 
 
 def _register_upcasters(where: str, upcasters: Mapping[type[Record], Upcaster]) -> None:

@@ -52,16 +52,24 @@ before the handler runs or the handled commands are consulted. With keys, replie
 broker outage does not end a worker: started while the broker is down, it waits for it; serving,
 it aborts what it cannot commit, replaces a producer or consumer that failed for good, and
 serves again once the broker is back.
+
+``Worker(concurrency=K)`` runs up to K handlers at once (threads; ``async def`` handlers too),
+the commands of one saga instance one after the other, and commits a batch once all of its
+commands are answered; ``Worker(rate=N)`` starts at most N handlers per second in the process
+(see ``sagas.worker_pool``). The next batch is consumed only when the last is done: that bounds
+memory, however slow the handlers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
 import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -71,6 +79,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from sagas.heartbeats import Heartbeats
 from sagas.idempotency import HandledCommand, HandledCommands, ensure_handled_topic
 from sagas.reply_addresses import BAD_REPLY_ADDRESS, ReplyAddresses
+from sagas.worker_pool import Pace, run_by_key
 from stream_processors.codecs.avro import DecodeError
 from stream_processors.codecs.records import Command, DeclarationError, Event, Record, decode_record
 from stream_processors.codecs.signing import (
@@ -228,9 +237,6 @@ class Answer:
     dead: bool = False
     #: Why a remembered reply cannot be sent again (it was recorded cut: too large).
     undeliverable: str | None = None
-    #: Commit at once, not at the batch's end: a task kept alive by heartbeats would otherwise
-    #: wait, silent, for the commands after it in the batch (and time out).
-    commit_now: bool = False
 
 
 class Worker:
@@ -253,8 +259,17 @@ class Worker:
         reply_to: Iterable[str] | None = None,
         signing: Keyring | None = None,
         service: str | None = None,
+        concurrency: int = 1,
+        rate: float | None = None,
     ) -> None:
+        if concurrency < 1:
+            raise DeclarationError(f"worker {name!r}: concurrency must be at least 1")
         self.name = name
+        #: Handlers run at once (threads; an ``async def`` handler runs in its own event loop),
+        #: one instance's commands in order (``sagas.worker_pool``).
+        self.concurrency = concurrency
+        #: At most this many handlers start per second, in this process (None: no limit).
+        self.pace = Pace(rate)
         self.service = service
         self.group = group or f"sagalog.worker.{name}"
         self.transient: tuple[type[Exception], ...] = (TransientError, *transient)
@@ -384,7 +399,10 @@ class Worker:
             command_id, reply_to, instance_id, value, context.topic, context.partition
         )
         outgoing = self.reply_record(reply_to, instance_id.encode(), value, command_id, trace)
-        return Answer(outgoing, handled, commit_now=context.beat is not None)
+        if context.beat is not None and self._heartbeats is not None and context.task is not None:
+            # Answered, but the reply commits with its batch: until then, still alive.
+            self._heartbeats.answered(context.command_id, context.beat, context.task)
+        return Answer(outgoing, handled)
 
     def reply_record(
         self, topic: str, key: bytes, value: bytes, command_id: str, trace: Headers | None = None
@@ -425,6 +443,7 @@ class Worker:
         """The handler's reply: its success or failure reply, or ``CommandFailed`` for a
         transient error. Raises ``_HandlerCrashed`` for any other exception."""
         name = _command_name(command)
+        self.pace.wait(self._stopping)
         began = time.perf_counter()
         try:
             reply, outcome = self.answer(command, context)
@@ -471,7 +490,7 @@ class Worker:
         if handler is None:
             raise LookupError(f"worker {self.name!r} has no handler for {_command_name(command)}")
         try:
-            return handler(command, context), "succeeded"
+            return _settled(handler(command, context)), "succeeded"
         except BadTaskInput:
             raise  # whatever the worker counts as transient: sending it again cannot help
         except BusinessError as error:
@@ -538,6 +557,11 @@ DLQ_COMMAND = "sagalog.dlq.command"
 POLL_TIMEOUT = 0.1
 
 
+def _key_of(message: Message) -> tuple[str, bytes | None]:
+    """Commands of one instance (their key) run in order: (topic, key)."""
+    return message.topic() or "", message.key()
+
+
 #: The dead-letter reason of a task whose input is not JSON (its handler does not run).
 BAD_TASK_INPUT = "bad-task-input"
 
@@ -553,6 +577,17 @@ class _HandlerCrashed(Exception):
     def __init__(self, detail: str, reason: str = "handler-error") -> None:
         super().__init__(detail)
         self.reason = reason
+
+
+def _settled(result: Any) -> Any:
+    """A handler's reply; an ``async def`` handler's, awaited in an event loop of its own."""
+    if inspect.isawaitable(result):
+        return asyncio.run(_awaited(result))
+    return result
+
+
+async def _awaited(result: Awaitable[Any]) -> Any:
+    return await result
 
 
 def _command_name(command: Record) -> str:
@@ -603,6 +638,7 @@ class _Serving:
         self.consumer_settings = consumer_config(bootstrap, client, worker.group, **membership)
         self.consumer = self._subscribed()
         self.offsets: dict[tuple[str, int], int] = {}
+        self.lock = threading.Lock()
         self.open = False
         self.committing = False  # commit_transaction called: its outcome is known once it returns
 
@@ -621,11 +657,7 @@ class _Serving:
                 # Returns at the first input; the bound is how late a stop is seen.
                 messages = take(self.consumer, batch_size, POLL_TIMEOUT)
                 try:
-                    for message in messages:
-                        if self.stopping.is_set():  # the batch's transaction is left to abort
-                            raise transactions.Stopped()
-                        if self._serve(message):
-                            self._commit()
+                    self._serve_batch(messages)
                     if self.open:
                         self._commit()
                 except transactions.ConsumerFailed as error:
@@ -637,19 +669,24 @@ class _Serving:
             # during a wait) for the broker to abort, and its records with it.
             self._close_consumer()
 
+    def _serve_batch(self, messages: list[Message]) -> None:
+        """Answer a batch, up to ``concurrency`` commands at once, one instance's in order; the
+        batch's transaction commits once all are answered (``sagas.worker_pool``)."""
+        consumed = [m for m in messages if transactions.consumed(m)]
+        if consumed and not self.open:
+            self.producer.begin_transaction()
+            self.open = True
+        run_by_key(consumed, _key_of, self._serve, self.worker.concurrency)
+
     def _close_consumer(self) -> None:
         try:
             self.consumer.close()
         except KafkaException as error:  # the broker is down: the group notices on its own
             log.warning("consumer not closed cleanly: %s", error.args[0])
 
-    def _serve(self, message: Message) -> bool:
-        """Answer one command in the open transaction; True if it must commit now."""
-        if not transactions.consumed(message):
-            return False
-        if not self.open:
-            self.producer.begin_transaction()
-            self.open = True
+    def _serve(self, message: Message) -> None:
+        if self.stopping.is_set():  # the batch's transaction is left to abort
+            raise transactions.Stopped()
         answer = self._answer(message)
         if answer.dead:
             self._dead_letter(message, answer.outgoing)
@@ -660,10 +697,11 @@ class _Serving:
             if why is not None:
                 self._reply_dead_letter(message, answer.outgoing, why)
             if answer.handled is not None and self.handled is not None:
-                self._record(answer.handled)
+                with self.lock:  # the handled commands' staging is shared by the threads
+                    self._record(answer.handled)
         where = (message.topic() or "", message.partition() or 0)
-        self.offsets[where] = (message.offset() or 0) + 1
-        return answer.commit_now
+        with self.lock:  # handled out of order across instances: the batch's highest offset
+            self.offsets[where] = max(self.offsets.get(where, 0), (message.offset() or 0) + 1)
 
     # -- limits: nothing the worker sends may fail for its size or address (stream_processors.
     # limits); what would goes to the command topic's DLQ, in the command's transaction.
@@ -820,6 +858,8 @@ class _Serving:
         self.open = False
         self.committing = False
         self.offsets.clear()
+        if self.worker._heartbeats is not None:  # committed or aborted: answered at last
+            self.worker._heartbeats.settled()
 
     # -- rebalancing: the transaction is never open here (each batch commits before the next
     # consume, which is where these run), so there is nothing to commit or abort.

@@ -109,6 +109,7 @@ def filters_of(where: list[str] | None, **options: Any) -> Filters:
             reason=options["reason"],
             version=options["version"],
             fields=fields,
+            waiting_on="*" if options.pop("waiting_on_limit", False) else None,
             **times,
         )
         return merged(own, where_filters)
@@ -263,6 +264,14 @@ def list_(
         list[str] | None,
         typer.Option(help="A field of the state equal to a value, PATH=VALUE (repeatable)"),
     ] = None,
+    waiting_on_limit: Annotated[
+        bool,
+        typer.Option(
+            "--waiting-on-limit",
+            help="Only instances with a step queued for a limit (one limit: --where "
+            "waiting-on-limit=NAME)",
+        ),
+    ] = False,
     where: Where = None,
     sort: Annotated[str, typer.Option(help="updated or started")] = "updated",
     ascending: Annotated[bool, typer.Option("--asc", help="Oldest first")] = False,
@@ -300,6 +309,7 @@ def list_(
         reason=reason,
         version=version,
         field=field,
+        waiting_on_limit=waiting_on_limit,
     )
     try:
         page = Page(sort=sort, descending=not ascending, limit=limit, offset=offset)

@@ -398,3 +398,27 @@ def dlq_redrive(
         destinations[destination] = destinations.get(destination, 0) + 1
     spread = ", ".join(f"{n} to {name}" for name, n in sorted(destinations.items()))
     typer.echo(f"sent {count} dead letters from {topic} back: {spread}")
+
+
+@app.command(name="prioritize")
+def prioritize(
+    target: SagaTarget,
+    instance: InstanceId,
+    priority: Annotated[int, typer.Argument(help="The new priority (higher is released first)")],
+    reason: Reason = "",
+    by: By = None,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Give a running instance a new priority: its steps waiting for a limit go before those of
+    lower priority (flow control; the saga must declare limits)."""
+    definition = saga_definition(target)
+    try:
+        sent = operator.prioritize(
+            definition, instance, priority, _who(by), _reason(reason), bootstrap
+        )
+    except (OperatorError, ValueError) as error:
+        raise fail(error) from error
+    typer.echo(
+        f"sent prioritize to {sent.topic}[{sent.partition}]@{sent.offset} "
+        f"(instance {sent.key}): {sent.note}"
+    )

@@ -34,6 +34,10 @@ Language document, or a compiled definition): ``start_execution(input)``, ``expe
 ``succeed_task(state, output)``, ``fail_task(state, error, cause)``, ``task_input(task)``,
 ``document(scope)`` and ``output``; the clock and the checks are ``SagaTest``'s.
 
+``LimitQueue`` keeps one declared limit's queue in one partition on a virtual clock, as the
+processor does (flow control): which queued step goes next, by priority, age and ageing, and
+when the rate lets it.
+
 ``verify_histories`` replays recorded journals (``SagaTest.journal``, entries read from the
 journal topic, or files saved with ``sagas history --json`` and read by ``load_histories``)
 against a new version of a saga, and reports every instance that would decide differently, with
@@ -50,6 +54,7 @@ from sagas.testing._histories import (
     verify_histories,
 )
 from sagas.testing._invariants import assert_replays, assert_timers_consistent
+from sagas.testing._limits import LimitQueue
 from sagas.testing._saga_test import START_MS, SagaTest, SentCommand
 from sagas.testing._workers import command_context, handle, task_command
 
@@ -59,6 +64,7 @@ __all__ = [
     "Difference",
     "HistoriesDiffer",
     "HistoryReport",
+    "LimitQueue",
     "SagaTest",
     "SentCommand",
     "assert_replays",

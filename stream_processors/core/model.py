@@ -31,6 +31,7 @@ from stream_processors.codecs.records import Command, DeclarationError, Event, R
 from stream_processors.core.documents import DocumentFlow
 from stream_processors.core.policy import RetryPolicy
 from stream_processors.core.tasks import TaskCommand, TaskFailed, TaskHeartbeat, TaskSucceeded
+from stream_processors.core.throttle import Throttle
 
 
 class CommandFailed(Event, schema="sagalog.CommandFailed"):
@@ -279,6 +280,8 @@ class SagaDefinition:
     documents: DocumentFlow | None = None
     #: How long an instance should take, start to finish (ms): metrics only, never a decision.
     sla_ms: int | None = None
+    #: Flow control (``stream_processors.core.throttle``): limits, priority, aging. None: none.
+    throttle: Throttle | None = None
 
     def node(self, name: str) -> Node:
         """The task or flow node ``name`` (KeyError if neither)."""

@@ -399,6 +399,25 @@ class _Collector(Collector):
 REGISTRY.register(_Collector())
 
 
+# -- flow control (stream_processors.engine.flow): labelled by the saga's declared limits only --
+LIMIT_QUEUED = Gauge(
+    "sagalog_limit_queued",
+    "Commands waiting for their limit, in this process's partitions",
+    ["saga", "limit"],
+)
+LIMIT_QUEUED_SECONDS = Histogram(
+    "sagalog_limit_queued_seconds",
+    "Time a command waited for its limit before it was sent",
+    ["saga", "limit"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
+)
+LIMIT_SENT = Counter(
+    "sagalog_limit_sent_total",
+    "Commands sent under a limit (rate(...) gives commands per second per limit)",
+    ["saga", "limit"],
+)
+
+
 def bounded(value: str, allowed: frozenset[str]) -> str:
     """``value`` if it is one of ``allowed``, else ``OTHER``: a label value from a fixed set."""
     return value if value in allowed else OTHER

@@ -15,6 +15,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from confluent_kafka import KafkaException, Message
 
@@ -23,7 +24,7 @@ from stream_processors.codecs.records import CATALOG, record_type
 from stream_processors.codecs.signing import Keyring, Purpose, signed
 from stream_processors.core import limits, oversize
 from stream_processors.core.decide import Decision
-from stream_processors.core.decision import COMMAND
+from stream_processors.core.decision import COMMAND, OutgoingCommand
 from stream_processors.core.instance import Instance, encode_snapshot
 from stream_processors.core.journal import JournalEntry
 from stream_processors.engine import metrics, tracing
@@ -38,6 +39,9 @@ from stream_processors.engine.routing import (
 from stream_processors.engine.transaction import OpenTransaction, planned
 from stream_processors.kafka.clients import Producer, Stopping
 from stream_processors.kafka.topics import SagaTopics
+
+if TYPE_CHECKING:  # the gate stages through these outputs: imported for the type only
+    from stream_processors.engine.flow import FlowGate
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,8 @@ class Outputs:
         self._stopping = stopping
         self.produced = 0
         self._measures = measures
+        #: Flow control (set by the processor when the saga declares limits).
+        self.gate: FlowGate | None = None
 
     def produce(self, topic: str, **record: object) -> None:
         """Produce one record; waits while the local queue is full (unless stopping)."""
@@ -110,20 +116,8 @@ class Outputs:
             )
             for entry in decision.entries
         ]
-        commands: list[limits.Outgoing] = []
-        signing = self.signing
         trace = tracing.saga_trace(self.saga, decision.instance) if tracing.ENABLED else None
-        for command in decision.commands:
-            command_key, topic = command.key.encode(), command.topic
-            headers = outgoing_headers(command, self.topics.inbox, self.saga)
-            if trace is not None:
-                headers += tracing.command_trace(trace, command)
-            if signing is not None:
-                # A child saga's start, end or cancel goes to a saga's inbox, not to a worker.
-                purpose = Purpose.COMMAND if command.kind == COMMAND else Purpose.INBOX
-                headers = signed(signing, purpose, topic, command_key, command.value, headers)
-            what = f"command {command.command_id[:200]}"
-            commands.append(limits.Outgoing(what, topic, command_key, command.value, headers))
+        commands = [self._command(command, trace) for command in decision.commands]
         snapshot = encode_snapshot(decision.instance)
         snapshots = self.topics.snapshots
         plan = planned(decision.instance)
@@ -136,9 +130,14 @@ class Outputs:
         found = limits.first_oversize_at(checks)
         if found is not None:
             return oversize.TooLarge(found[1], _described(decision, found[0]))
+        # Commands their limits hold back are queued by the gate, in this transaction too.
+        held = set() if self.gate is None else self.gate.admit(partition, decision, now_ms)
+        sent = [
+            c for c, o in zip(commands, decision.commands, strict=True) if o.command_id not in held
+        ]
         outgoing: list[tuple[limits.Outgoing, dict[str, int]]] = [
             *entries,
-            *((command, {}) for command in commands),
+            *((command, {}) for command in sent),
         ]
         for record, extra in outgoing:
             self.produce(
@@ -149,6 +148,8 @@ class Outputs:
         slot = (partition, decision.instance.instance_id)
         self._measures.staged(slot, before, decision)  # counted once the transaction commits
         self._txn.stage(slot, decision.instance, snapshot, plan)
+        if self.gate is not None:
+            self.gate.settle(partition, decision.instance)
         return None
 
     def journal_alone(self, entry: JournalEntry, partition: int, key: bytes) -> None:
@@ -159,6 +160,28 @@ class Outputs:
         if self._limit(journal).oversize("refusal", journal, key, value, None) is not None:
             value = replace(entry, record=None, reason=(entry.reason or "")[:2000]).encode()
         self.produce(journal, key=key, value=value, partition=partition, timestamp=entry.at_ms)
+
+    def _command(
+        self, command: OutgoingCommand, trace: tracing.SagaTrace | None
+    ) -> limits.Outgoing:
+        """A command as produced: with its reply address, trace context and signature."""
+        command_key, topic = command.key.encode(), command.topic
+        headers = outgoing_headers(command, self.topics.inbox, self.saga)
+        if trace is not None:
+            headers += tracing.command_trace(trace, command)
+        if self.signing is not None:
+            # A child saga's start, end or cancel goes to a saga's inbox, not to a worker.
+            purpose = Purpose.COMMAND if command.kind == COMMAND else Purpose.INBOX
+            headers = signed(self.signing, purpose, topic, command_key, command.value, headers)
+        what = f"command {command.command_id[:200]}"
+        return limits.Outgoing(what, topic, command_key, command.value, headers)
+
+    def send_released(self, command: OutgoingCommand, instance: Instance) -> None:
+        """Produce a command its limit held back, now released (``stream_processors.engine.
+        flow``); it was checked against its topic's limits when it was queued."""
+        trace = tracing.saga_trace(self.saga, instance) if tracing.ENABLED else None
+        record = self._command(command, trace)
+        self.produce(record.topic, key=record.key, value=record.value, headers=record.headers)
 
     def dead_letter(self, message: Message, reason: str, detail: str) -> None:
         log.warning(

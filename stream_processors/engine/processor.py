@@ -46,10 +46,13 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from stream_processors.codecs.signing import Keyring, from_environment
 from stream_processors.core import limits, oversize
 from stream_processors.core.decide import Decision, decide
+from stream_processors.core.decision import OutgoingCommand
 from stream_processors.core.instance import Instance, decode_snapshot
-from stream_processors.core.model import SagaDefinition
+from stream_processors.core.model import OperatorAction, SagaDefinition
+from stream_processors.core.throttle import PRIORITIZE, priority_in
 from stream_processors.engine import metrics, tracing
 from stream_processors.engine.cache import InstanceCache
+from stream_processors.engine.flow import FlowGate
 from stream_processors.engine.inputs import Rejected, inbox_input
 from stream_processors.engine.outputs import Outputs, Unstaged
 from stream_processors.engine.recovery import Recovery
@@ -150,6 +153,13 @@ class SagaProcessor:
             self._measures,
         )
         self._cache = InstanceCache(config.cache_size)
+        self._flow: FlowGate | None = None
+        if definition.throttle is not None:
+            partitions = self.topics.partitions
+            self._flow = FlowGate(
+                definition, definition.throttle, partitions, self.store, self._txn, clock
+            )
+            self._outputs.gate = self._flow
         self._owned: set[int] = set()  # inbox partitions assigned and restored
         self._due = DueWork(definition, self.store, config.retention_ms)
         self._router = SourceRouter(
@@ -192,6 +202,8 @@ class SagaProcessor:
         away; False if stopped first."""
         try:
             self._history = self.clients.prepare(self.definition, self.topics, self._stopping)
+            if self._flow is not None:  # shares of the limits: over the inbox's real count
+                self._flow.repartition(self.clients.partition_count(self.topics.inbox))
             changelog = self.clients.changelog_id(self.topics.snapshots)
             if self.store.adopt_changelog(changelog):
                 log.warning("the snapshots changelog was recreated: the local store starts afresh")
@@ -254,6 +266,8 @@ class SagaProcessor:
             restored = self._recovery.step(self.consumer)
             self._owned.update(restored)
             self._measures.restored(restored, self.store)
+            if self._flow is not None and restored:
+                self._flow.restored(restored)
         self._measures.follow(self._owned, self.consumer)
         try:
             messages = take(self.consumer, config.batch_size, self._wait(idle))
@@ -288,7 +302,10 @@ class SagaProcessor:
         """Timers and retention (``stream_processors.engine.timers``) in the open transaction."""
         assert self._kafka is not None
         try:
-            self._due.run(self._owned, self._txn, self, self.clock())
+            now = self.clock()
+            self._due.run(self._owned, self._txn, self, now)
+            if self._flow is not None:
+                self._flow.run(self, int(now * 1000))
         except KafkaException as error:  # a produce refused (a fenced producer, say)
             self._kafka.end_badly(error)
 
@@ -396,6 +413,10 @@ class SagaProcessor:
             self._outputs.dead_letter(message, checked.reason, checked.detail)
             return
         instance = self.load(partition, checked.instance_id)
+        action = checked.input.record
+        if isinstance(action, OperatorAction) and action.action == PRIORITIZE:
+            self._prioritize(partition, checked.instance_id, instance, action)
+            return
         now_ms = int(self.clock() * 1000)
         try:
             decision = decide(self.definition, instance, checked.input, now_ms)
@@ -408,14 +429,34 @@ class SagaProcessor:
             self._outputs.journal_alone(decision.refusal, partition, checked.key)
         if decision.rejected is not None:
             self._outputs.dead_letter(message, decision.rejected, type(record).__qualname__)
+            if self._flow is not None and instance is None:
+                self._flow.gone(partition, checked.instance_id)
             return
         if decision.ignored is not None:
             metrics.count_ignored(self.definition.name, decision.ignored)
             return
         unstaged = self.emit(decision, partition, checked.key, instance, now_ms)
+        if self._flow is not None and unstaged is None and instance is None:
+            self._flow.started(partition, checked.instance_id, record)
         if unstaged is not None:  # nothing of the decision was staged (the instance parked)
             detail = f"{unstaged.too_large.oversize.detail()}; {unstaged.why}"
             self._outputs.dead_letter(message, limits.OUTPUTS_TOO_LARGE, detail)
+
+    def _prioritize(
+        self, partition: int, instance_id: str, instance: Instance | None, action: OperatorAction
+    ) -> None:
+        """An operator's new priority for a running instance (``sagas prioritize``): it orders
+        the partition's queues from now on, in this transaction (``engine.flow``)."""
+        priority = priority_in(action.reason)
+        running = instance is not None and not instance.status.finished
+        if self._flow is None or priority is None or not running:
+            log.warning(
+                "instance %s: %s by %s not applicable", instance_id, action.action, action.by
+            )
+            metrics.count_ignored(self.definition.name, "operator-unknown-not-applicable")
+            return
+        self._flow.prioritize(partition, instance_id, priority)
+        log.info("instance %s: priority %s set by %s", instance_id, priority, action.by)
 
     def _code_failed(
         self,
@@ -469,6 +510,10 @@ class SagaProcessor:
             unstaged = Unstaged(too_large, False, f"not parked either: {again.reason}")
         log.error("instance %s: %s; %s", instance_id, too_large.reason, unstaged.why)
         return unstaged
+
+    def send_released(self, command: OutgoingCommand, instance: Instance) -> None:
+        """Produce a command its limit held back (``stream_processors.engine.flow``)."""
+        self._outputs.send_released(command, instance)
 
     def dead_letter_timer(self, key: bytes, timer: str, too_large: limits.Oversize) -> None:
         self._outputs.dead_letter_timer(key, timer, too_large)
@@ -556,6 +601,8 @@ class SagaProcessor:
             metrics.TRANSACTIONS.labels(outcome="aborted", **self._labels).inc()
         self._recovery.abandon(self._recovery.pending)
         self._cache.forget(self._owned)
+        if self._flow is not None:
+            self._flow.forget(self._owned)
         self._owned.clear()
 
     def _after_abort(self, aborted: TransactionAborted) -> None:
@@ -567,7 +614,11 @@ class SagaProcessor:
         if aborted.recreated:
             self._cache.forget(self._owned)
             self._recovery.mark(self.consumer, self._owned)
+            if self._flow is not None:
+                self._flow.forget(self._owned)
             self._owned.clear()
+        elif self._flow is not None:
+            self._flow.reload()  # its state followed the aborted transaction: read it again
 
     # -- rebalancing (called inside ``consume``) ---------------------------------------------
 
@@ -622,6 +673,8 @@ class SagaProcessor:
         assert self._recovery is not None
         revoked = {tp.partition for tp in partitions if tp.topic == self.topics.inbox}
         self._owned -= revoked
+        if self._flow is not None:
+            self._flow.forget(revoked)
         self._recovery.abandon(revoked)
         self._cache.forget(revoked)
 

@@ -24,7 +24,7 @@ from stream_processors.core.instance import (
     snapshot_schedule,
 )
 from stream_processors.engine.routing import SCHEDULE
-from stream_processors.engine.store import DueRef, SnapshotStore, index_entries
+from stream_processors.engine.store import FLOW_ROWS, DueRef, SnapshotStore, index_entries
 from stream_processors.kafka.clients import Consumer
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ def _restored(
     key, value = message.key(), message.value()
     try:
         instance_id = (key or b"").decode()
+        if instance_id.startswith(FLOW_ROWS):  # a partition's flow-control row: no timers
+            return instance_id, value, None
         schedule = None if value is None else _schedule(value, message.headers())
     except (UnicodeDecodeError, DecodeError, KeyError, ValueError, TypeError) as error:
         log.warning(

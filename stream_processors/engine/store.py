@@ -40,6 +40,11 @@ from rocksdict import AccessType, BlockBasedOptions, Cache, Options, Rdict, Writ
 log = logging.getLogger(__name__)
 
 _PARTITION = struct.Struct(">H")
+#: Keys of the flow-control rows the snapshots changelog also holds, besides instances
+#: (``stream_processors.engine.flow``): no instance id starts with a NUL.
+FLOW_ROWS = "\x00sagalog.flow\x00"
+#: Of those, the rows of commands queued for their limit (read by the instance index too).
+QUEUE_ROWS = FLOW_ROWS + "q\x00"
 _OFFSET = struct.Struct(">q")
 
 
@@ -265,8 +270,10 @@ class SnapshotStore:
             yield index, partition, int(due), key[11:].decode()
             iterator.next()
 
-    def instances(self, partition: int) -> Iterator[tuple[str, bytes]]:
-        prefix = b"s" + _PARTITION.pack(partition)
+    def instances(self, partition: int, within: str = "") -> Iterator[tuple[str, bytes]]:
+        """The rows of ``partition`` (those whose key starts with ``within``), by key; keys are
+        yielded without ``within``."""
+        prefix = b"s" + _PARTITION.pack(partition) + within.encode()
         iterator = self._db.iter()
         iterator.seek(prefix)
         while iterator.valid():

@@ -97,6 +97,9 @@ class OpenTransaction:
     done: set[DueRef] = field(default_factory=set)
     #: Spans its decisions ended (tracing on): exported once it commits, forgotten otherwise.
     spans: list[Ended] = field(default_factory=list)
+    #: Flow-control rows (``stream_processors.engine.flow``): changelog key to value (None:
+    #: deleted), committed with the snapshots.
+    flow: dict[Slot, bytes | None] = field(default_factory=dict)
 
     @property
     def is_open(self) -> bool:
@@ -143,6 +146,9 @@ class OpenTransaction:
             due, finished, header = self.schedules[slot]
             index += index_entries(partition, instance_id, due, finished, retention_ms)
             schedules.append(header)
+        for (partition, key), value in self.flow.items():  # flow-control rows: no schedule
+            written.append((partition, key, value))
+            schedules.append(None)
         return written, index, schedules
 
     def reset(self) -> None:
@@ -154,6 +160,7 @@ class OpenTransaction:
         self.offsets.clear()
         self.done.clear()
         self.spans.clear()
+        self.flow.clear()
 
 
 #: An input's place: (topic, partition, offset).

@@ -29,7 +29,12 @@ from stream_processors.core import limits
 from stream_processors.core.model import SagaDefinition
 from stream_processors.kafka.broker_limits import BrokerLimits
 from stream_processors.kafka.config import consumer_config, producer_config
-from stream_processors.kafka.errors import KafkaUnavailable, wait_until_reachable
+from stream_processors.kafka.errors import (
+    KafkaUnavailable,
+    connect_admin,
+    metadata,
+    wait_until_reachable,
+)
 from stream_processors.kafka.topics import SagaTopics, ensure_topics, topic_id
 
 log = logging.getLogger(__name__)
@@ -114,6 +119,7 @@ class KafkaClients(Protocol):
         ...
 
     def changelog_id(self, topic: str) -> str: ...
+    def partition_count(self, topic: str) -> int: ...
     def limits(self, topic: str) -> limits.Limits: ...
     def producer(self, transactional_id: str) -> Producer: ...
     def consumer(self, group: str, instance_id: str) -> Consumer: ...
@@ -150,6 +156,11 @@ class ConfluentClients:
 
     def changelog_id(self, topic: str) -> str:
         return topic_id(topic, self.bootstrap)
+
+    def partition_count(self, topic: str) -> int:
+        """How many partitions ``topic`` has on the cluster."""
+        admin = connect_admin(self.bootstrap, "sagalog-admin")
+        return len(metadata(admin, self.bootstrap, topic).topics[topic].partitions)
 
     def limits(self, topic: str) -> limits.Limits:
         if self._limits is None:

@@ -362,6 +362,9 @@ class FakeClients:
     def changelog_id(self, topic: str) -> str:
         return f"fake-{topic}"
 
+    def partition_count(self, topic: str) -> int:
+        return self.broker.partitions
+
     def limits(self, topic: str) -> limits.Limits:
         return self.topic_limits.get(topic) or limits.Limits()
 

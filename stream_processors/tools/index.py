@@ -79,6 +79,12 @@ CREATE TABLE IF NOT EXISTS active_steps (
 );
 CREATE INDEX IF NOT EXISTS active_by_node ON active_steps (node, instance);
 CREATE TEMP TABLE IF NOT EXISTS dead_commands (command_id TEXT PRIMARY KEY, reason TEXT);
+CREATE TABLE IF NOT EXISTS waiting (
+    command_id TEXT PRIMARY KEY,
+    instance TEXT NOT NULL,
+    limit_name TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS waiting_by_instance ON waiting (instance, limit_name);
 """
 #: The statuses in which an instance waits on its steps (parked and finished ones do not).
 MOVING = ("running", "compensating")
@@ -183,12 +189,18 @@ def row_of(instance: Instance, partition: int) -> Row:
 
 @dataclass(frozen=True)
 class Change:
-    """One changelog record: a row to upsert, or the tombstone (``row`` None) of ``key``."""
+    """One changelog record: a row to upsert, or the tombstone (``row`` None) of ``key``.
+
+    A flow-control queue row (``stream_processors.engine.flow``: a step's command waiting for
+    its limit) is a change with ``waiting`` set: (instance, limit) while queued, None once it
+    left the queue (``key`` is then the row's key, not an instance)."""
 
     partition: int
     offset: int
     key: str
     row: Row | None
+    queue_row: bool = False
+    waiting: tuple[str, str] | None = None
 
 
 # -- filters ----------------------------------------------------------------------------------
@@ -255,6 +267,8 @@ class Filters:
     #: dead-lettered (the ids ``Index.dead_lettered`` loaded), or on a step that no timer will
     #: move on, sent before this time.
     stuck_before: int | None = None
+    #: Only instances with a step waiting for this limit ("*": any limit).
+    waiting_on: str | None = None
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.statuses if s not in STATUSES]
@@ -299,6 +313,11 @@ class Filters:
         if self.stuck_before is not None:
             clauses.append(f"status IN {MOVING} AND instance IN ({_STUCK_STEPS})")
             params.append(self.stuck_before)
+        if self.waiting_on == "*":
+            clauses.append("instance IN (SELECT instance FROM waiting)")
+        elif self.waiting_on is not None:
+            clauses.append("instance IN (SELECT instance FROM waiting WHERE limit_name = ?)")
+            params.append(self.waiting_on)
         return " AND ".join(clauses) or "1", params
 
 
@@ -321,6 +340,7 @@ WHERE_NAMES = {
     "version": "version",
     "id-prefix": "id_prefix",
     "stuck": "stuck_before",
+    "waiting-on-limit": "waiting_on",
 }
 
 
@@ -607,6 +627,15 @@ def latest(changes: Sequence[Change]) -> list[Change]:
 
 
 def _write(db: sqlite3.Connection, changes: Sequence[Change]) -> None:
+    queue = [c for c in changes if c.queue_row]
+    db.executemany(
+        "INSERT OR REPLACE INTO waiting (command_id, instance, limit_name) VALUES (?, ?, ?)",
+        [(c.key, *c.waiting) for c in queue if c.waiting is not None],
+    )
+    db.executemany(
+        "DELETE FROM waiting WHERE command_id = ?", [(c.key,) for c in queue if c.waiting is None]
+    )
+    changes = [c for c in changes if not c.queue_row]
     # The record's key and the snapshot's instance are the same id (the processor keys its
     # changelog so); the snapshot's is the one its rows are written under.
     rows = [c.row for c in changes if c.row is not None]
@@ -615,6 +644,7 @@ def _write(db: sqlite3.Connection, changes: Sequence[Change]) -> None:
         "DELETE FROM active_steps WHERE instance = ?", [*deleted, *((r.instance,) for r in rows)]
     )
     db.executemany("DELETE FROM instances WHERE instance = ?", deleted)
+    db.executemany("DELETE FROM waiting WHERE instance = ?", deleted)
     db.executemany(_UPSERT, [row.values() for row in rows])
     db.executemany(
         "INSERT INTO active_steps (instance, step, node, command_id, sent_at_ms, timed) "

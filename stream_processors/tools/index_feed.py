@@ -13,6 +13,7 @@ id differs) is emptied and rebuilt.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 
 from stream_processors.codecs.avro import DecodeError
 from stream_processors.core.instance import decode_snapshot
+from stream_processors.engine.store import FLOW_ROWS, QUEUE_ROWS
 from stream_processors.kafka.config import consumer_config
 from stream_processors.kafka.errors import metadata as kafka_metadata
 from stream_processors.kafka.reading import ReadTimeout, watermarks
@@ -66,6 +68,8 @@ def change_of(message: Message) -> Change | None:
     partition, offset = message.partition() or 0, message.offset() or 0
     key = (message.key() or b"").decode(errors="replace")
     value = message.value()
+    if key.startswith(FLOW_ROWS):  # a partition's flow-control row, not an instance
+        return _queue_change(partition, offset, key, value)
     if value is None:
         return Change(partition, offset, key, None)
     try:
@@ -74,6 +78,22 @@ def change_of(message: Message) -> Change | None:
         LOG.warning("snapshot of %s at %d:%d not decoded: %s", key, partition, offset, error)
         return None
     return Change(partition, offset, key, row_of(instance, partition))
+
+
+def _queue_change(partition: int, offset: int, key: str, value: bytes | None) -> Change | None:
+    """A queue row's change (a step waiting for its limit, or no longer); None for the other
+    flow rows (in flight, priorities), which the index does not keep."""
+    if not key.startswith(QUEUE_ROWS):
+        return None
+    if value is None:
+        return Change(partition, offset, key, None, queue_row=True)
+    try:
+        row = json.loads(value)
+        waiting = (str(row["instance"]), str(row["limit"]))
+    except (ValueError, KeyError, TypeError) as error:
+        LOG.warning("queue row at %d:%d not decoded: %s", partition, offset, error)
+        return None
+    return Change(partition, offset, key, None, queue_row=True, waiting=waiting)
 
 
 class IndexFeed:

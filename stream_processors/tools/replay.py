@@ -30,7 +30,7 @@ from stream_processors.core.instance import Instance, decode_snapshot, encode_sn
 from stream_processors.core.journal import JournalEntry, stateless
 from stream_processors.core.model import SagaDefinition
 from stream_processors.engine.routing import SCHEDULE
-from stream_processors.engine.store import DueRef, SnapshotStore, index_entries
+from stream_processors.engine.store import FLOW_ROWS, DueRef, SnapshotStore, index_entries
 from stream_processors.engine.transaction import planned
 from stream_processors.kafka.config import producer_config
 from stream_processors.kafka.errors import connect_admin
@@ -136,7 +136,9 @@ def verify(
         live: dict[str, bytes | None] = {}
         snapshots_read_at = int(time.time() * 1000)
         for key, value, _ in _read_partition(bootstrap, topics.snapshots, partition):
-            if key is not None:
+            if key is not None and not key.startswith(
+                FLOW_ROWS.encode()
+            ):  # flow rows: not instances
                 live[key.decode()] = value
         folded = fold_partition(definition, topics.journal, partition, bootstrap, progress)
         for instance_id, instance in folded.items():

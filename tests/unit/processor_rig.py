@@ -15,7 +15,7 @@ from confluent_kafka import Message, TopicPartition
 from examples.order_fulfillment.messages import OrderPlaced
 from examples.order_fulfillment.saga import OrderFulfillment
 from stream_processors.codecs.signing import Keyring
-from stream_processors.core.model import CommandFailed
+from stream_processors.core.model import CommandFailed, SagaDefinition
 from stream_processors.engine.processor import ProcessorConfig, SagaProcessor
 from stream_processors.engine.routing import COMMAND_ID, header, reply_headers
 from stream_processors.kafka.fake import FakeBroker, FakeClients, FakeConsumer, FakeProducer
@@ -49,6 +49,7 @@ class Rig:
     signing: Keyring | None = None
     broker: FakeBroker = field(default_factory=lambda: FakeBroker(partitions=PARTITIONS))
     clock: Clock = field(default_factory=Clock)
+    saga: SagaDefinition = SAGA
 
     def __post_init__(self) -> None:
         self.clients = FakeClients(self.broker)
@@ -59,7 +60,7 @@ class Rig:
             commit_interval_ms=self.commit_interval_ms,
             idle_commit_ms=self.idle_commit_ms,
         )
-        self.processor = SagaProcessor(SAGA, config, clock=self.clock, clients=self.clients)
+        self.processor = SagaProcessor(self.saga, config, clock=self.clock, clients=self.clients)
         self.topics = self.processor.topics
 
     # -- the clients ---------------------------------------------------------------------------

@@ -1,0 +1,442 @@
+"""Flow control: the pure release decision on a virtual clock, the declaration, and the
+processor's durable queue on the in-memory broker (restart and crash included)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Message
+
+from examples.order_fulfillment.messages import PaymentCompleted
+from sagas import DeclarationError, Limit
+from stream_processors.core.throttle import (
+    RATE_GUARD_MS,
+    Capacity,
+    Queued,
+    Throttle,
+    release,
+    share,
+    validate_shares,
+)
+from stream_processors.engine.routing import COMMAND_ID, header, reply_headers
+from stream_processors.engine.store import FLOW_ROWS
+from tests.unit.processor_rig import PAYMENTS, SAGA, Rig
+
+WINDOW = 1000 + RATE_GUARD_MS
+
+
+def queued(n: int, at: int = 0, instance: str | None = None) -> Queued:
+    return Queued(at, n, f"c{n}", instance or f"i{n}")
+
+
+# -- the pure decision ---------------------------------------------------------------------------
+
+
+def test_shares_add_up_to_the_limit_over_the_partitions() -> None:
+    assert [share(20, p, 8) for p in range(8)] == [3, 3, 3, 3, 2, 2, 2, 2]
+    assert sum(share(5, p, 3) for p in range(3)) == 5
+
+
+def test_a_limit_smaller_than_the_partition_count_is_refused() -> None:
+    throttle = Throttle({"payments": Limit(in_flight=5)})
+    validate_shares(throttle, 5)
+    with pytest.raises(DeclarationError, match="less than the inbox's 8 partitions"):
+        validate_shares(throttle, 8)
+
+
+def test_in_flight_bound_releases_only_into_free_places() -> None:
+    capacity = Capacity(None, WINDOW, 2)
+    queue = [queued(n) for n in range(5)]
+    decided = release(queue, capacity, in_flight=1, sent_ms=[], now_ms=0)
+    assert [q.command_id for q in decided.send] == ["c0"]
+    assert decided.wake_ms is None  # only a reply frees a place
+    assert release(queue, capacity, in_flight=2, sent_ms=[], now_ms=0).send == []
+
+
+def test_a_rate_sends_one_at_a_time_spread_evenly_over_its_window() -> None:
+    capacity = Capacity(3, WINDOW, None)
+    queue = [queued(n) for n in range(10)]
+    first = release(queue, capacity, 0, [], now_ms=0)
+    assert [q.command_id for q in first.send] == ["c0"]
+    assert first.wake_ms == capacity.gap_ms == 500
+    assert release(queue[1:], capacity, 0, [0], now_ms=capacity.gap_ms - 1).send == []
+    later = release(queue[1:], capacity, 0, [0], now_ms=capacity.gap_ms)
+    assert [q.command_id for q in later.send] == ["c1"]
+
+
+def test_a_virtual_clock_never_sees_more_than_the_rate_in_any_window() -> None:
+    capacity = Capacity(3, WINDOW, None)
+    queue = [queued(n) for n in range(40)]
+    sent: list[int] = []
+    now = 0
+    while queue:
+        decided = release(queue, capacity, 0, sent, now)
+        sent += [now] * len(decided.send)
+        queue = [q for q in queue if q not in decided.send]
+        assert decided.wake_ms is not None or not queue
+        now = decided.wake_ms or now
+    assert len(sent) == 40
+    for start in sent:
+        assert sum(1 for at in sent if start <= at < start + WINDOW) <= 3
+        # The declared window (1 s) gets fewer still: the guard is room for delivery delays.
+        assert sum(1 for at in sent if start <= at < start + 1000) <= 2
+
+
+@pytest.mark.parametrize(("rate", "partitions"), [(20, 8), (20, 3), (8, 8), (100, 8), (9, 8)])
+def test_the_partitions_shares_of_a_rate_hold_in_total_in_any_second(
+    rate: int, partitions: int
+) -> None:
+    """Each partition sends on its own clock, started at any moment: together they never
+    exceed the limit in any one-second window."""
+    limit = Limit(rate=rate)
+    sent: list[int] = []
+    for partition in range(partitions):
+        capacity = Capacity.of(limit, partition, partitions)
+        mine: list[int] = []
+        now = partition * 137  # out of phase with each other
+        for _ in range(50):
+            decided = release([queued(0)], capacity, 0, mine, now)
+            if decided.send:
+                mine.append(now)
+            now = decided.wake_ms or now + 1
+        sent += mine
+    sent.sort()
+    busiest = max(sum(1 for at in sent if start <= at < start + 1000) for start in sent)
+    assert 0 < busiest <= rate
+
+
+def test_higher_priority_first_then_oldest_then_first_come() -> None:
+    capacity = Capacity(None, WINDOW, 10)
+    queue = [queued(0, at=5, instance="low-old"), queued(1, at=9, instance="high")]
+    queue += [queued(2, at=1, instance="low-older"), queued(3, at=1, instance="low-older-2")]
+    priorities = {"high": 5}
+    decided = release(queue, capacity, 0, [], 10, lambda i: priorities.get(i, 0))
+    assert [q.instance for q in decided.send] == ["high", "low-older", "low-older-2", "low-old"]
+
+
+def test_ageing_bounds_how_long_a_low_priority_command_waits() -> None:
+    capacity = Capacity(None, WINDOW, 1)
+    old_low = queued(0, at=0, instance="low")
+    new_high = queued(1, at=9_000, instance="high")
+    priorities = {"high": 3}.get
+
+    def first(aging_ms: int | None) -> str:
+        decided = release(
+            [old_low, new_high], capacity, 0, [], 10_000, lambda i: priorities(i, 0), aging_ms
+        )
+        return decided.send[0].instance
+
+    assert first(None) == "high"
+    # Ten seconds queued at one level per 2 s: 0 + 5 beats 3 + 0.
+    assert first(2_000) == "low"
+
+
+# -- the declaration -----------------------------------------------------------------------------
+
+
+def test_a_step_naming_an_unknown_limit_fails_at_import() -> None:
+    from examples.order_fulfillment import messages as m
+    from sagas import Saga, Step
+
+    with pytest.raises(DeclarationError, match="names limit 'nope'"):
+
+        class _Bad(Saga, name="bad_limits", limits={"payments": Limit(rate=10)}):
+            start = m.OrderPlaced
+            state = SAGA.state
+
+            @staticmethod
+            def begin(event: m.OrderPlaced) -> object:
+                return SAGA.begin(event)
+
+            pay = Step(m.MakePayment, success=m.PaymentCompleted, limit="nope")
+
+
+def test_a_service_limit_applies_to_its_command_topics_and_a_step_limit_to_its_step() -> None:
+    throttle = Throttle({"payments": Limit(rate=5), "slow": Limit(in_flight=2)}, {"ship": "slow"})
+    assert throttle.limit_of("payment", "payments.commands") == "payments"
+    assert throttle.limit_of("ship", "shipping.commands") == "slow"
+    assert throttle.limit_of("other", "shipping.commands") is None
+
+
+# -- the processor, on the in-memory broker ------------------------------------------------------
+
+
+def rig(state_dir: Path, limit: Limit, broker: object | None = None) -> Rig:
+    saga = dataclasses.replace(SAGA, throttle=Throttle({"payments": limit}))
+    if broker is None:
+        return Rig(state_dir, saga=saga)
+    return Rig(state_dir, saga=saga, broker=broker)  # type: ignore[arg-type]
+
+
+def payments(r: Rig) -> list[Message]:
+    return r.visible(PAYMENTS)
+
+
+def pay(r: Rig, command: Message) -> None:
+    command_id = header(command.headers(), COMMAND_ID)
+    assert command_id is not None
+    key = command.key()
+    assert key is not None
+    reply = PaymentCompleted(order_id=key.decode(), payment_id="p").encode()
+    r.broker.publish(r.topics.inbox, key, reply, reply_headers(command_id))
+
+
+def orders(r: Rig, count: int) -> None:
+    for n in range(count):
+        r.place(f"o-{n}")
+    r.steps(4)
+
+
+def in_flight_by_partition(r: Rig, answered: set[bytes]) -> Counter[int]:
+    return Counter(m.partition() for m in payments(r) if m.key() not in answered)
+
+
+def test_commands_over_the_in_flight_share_wait_and_go_as_replies_come(tmp_path: Path) -> None:
+    r = rig(tmp_path, Limit(in_flight=2))  # two partitions: one place each
+    r.start()
+    orders(r, 6)
+    sent = payments(r)
+    assert len(sent) == 2 and {m.partition() for m in sent} == {0, 1}
+    answered: set[bytes] = set()
+    while len(answered) < 6:
+        waiting = [m for m in payments(r) if m.key() not in answered]
+        assert max(in_flight_by_partition(r, answered).values()) <= 1
+        for command in waiting:
+            pay(r, command)
+            answered.add(command.key() or b"")
+        r.steps(4)
+    ids = [header(m.headers(), COMMAND_ID) for m in payments(r)]
+    assert len(ids) == 6 == len(set(ids))
+    r.processor.close()
+
+
+def test_queued_commands_survive_a_crash_and_are_sent_once(tmp_path: Path) -> None:
+    first = rig(tmp_path / "a", Limit(in_flight=2))
+    first.start()
+    orders(first, 6)
+    assert len(payments(first)) == 2
+    queued_rows = [
+        m
+        for m in first.visible(first.topics.snapshots)
+        if (m.key() or b"").startswith(FLOW_ROWS.encode())
+    ]
+    assert queued_rows, "the queue is in the changelog"
+    # A crash: the process is gone without closing; another takes over from the changelog.
+    second = rig(tmp_path / "b", Limit(in_flight=2), first.broker)
+    second.start()
+    answered: set[bytes] = set()
+    while len(answered) < 6:
+        waiting = [m for m in payments(second) if m.key() not in answered]
+        assert waiting, "nothing was lost"
+        for command in waiting:
+            pay(second, command)
+            answered.add(command.key() or b"")
+        second.steps(4)
+        second.clock.now += 2  # past the restored rate window, had there been one
+        second.steps(2)
+    ids = [header(m.headers(), COMMAND_ID) for m in payments(second)]
+    assert len(ids) == 6 == len(set(ids)), ids
+    second.processor.close()
+
+
+def test_a_rate_limit_spreads_commands_over_windows(tmp_path: Path) -> None:
+    r = rig(tmp_path, Limit(rate=2))  # one per window per partition
+    r.start()
+    r.clock.now += 2  # past the window a restored partition starts with
+    orders(r, 6)
+    seen = [len(payments(r))]
+    for _ in range(4):
+        r.clock.now += WINDOW / 1000
+        r.steps(3)
+        seen.append(len(payments(r)))
+    assert seen[0] == 2
+    assert all(b - a <= 2 for a, b in itertools.pairwise(seen))
+    assert seen[-1] == 6
+    r.processor.close()
+
+
+def test_a_queued_steps_timeout_runs_from_when_it_is_sent(tmp_path: Path) -> None:
+    payment = SAGA.tasks["payment"]
+    timed = dataclasses.replace(
+        payment, action=dataclasses.replace(payment.action, timeout_ms=5000)
+    )
+    saga = dataclasses.replace(
+        SAGA,
+        tasks={**SAGA.tasks, "payment": timed},
+        throttle=Throttle({"payments": Limit(in_flight=2)}),
+    )
+    r = Rig(tmp_path, saga=saga)
+    r.start()
+    # Two orders in one partition: one place in flight there, so the second waits.
+    same = [n for n in range(40) if r.broker.partition_of(f"o-{n}".encode()) == 0][:2]
+    for n in same:
+        r.place(f"o-{n}")
+    r.steps(4)
+    first, second = (f"o-{n}" for n in same)
+    assert [m.key() for m in payments(r)] == [first.encode()]
+    queued_at = r.clock.now
+    r.clock.now += 3
+    pay(r, payments(r)[0])
+    r.steps(4)
+    assert [m.key() for m in payments(r)][-1] == second.encode()
+    stored = r.stored(second)
+    assert stored is not None
+    from stream_processors.core.instance import decode_snapshot
+
+    timer = decode_snapshot(stored).timers["timeout:payment"]
+    assert timer.due_ms == int((queued_at + 3) * 1000) + 5000  # from the send, not the queueing
+    r.processor.close()
+
+
+def test_an_operators_priority_reorders_the_queue(tmp_path: Path) -> None:
+    from stream_processors.core.model import OperatorAction
+    from stream_processors.core.throttle import PRIORITIZE, prioritize_reason
+
+    r = rig(tmp_path, Limit(in_flight=2))
+    r.start()
+    same = [f"o-{n}" for n in range(60) if r.broker.partition_of(f"o-{n}".encode()) == 0][:3]
+    for order_id in same:
+        r.place(order_id)
+        r.steps(2)
+    first, _second, third = same
+    assert [m.key() for m in payments(r)] == [first.encode()]
+    action = OperatorAction(action=PRIORITIZE, by="ops", reason=prioritize_reason(5, "vip"))
+    r.broker.publish(r.topics.inbox, third.encode(), action.encode())
+    r.steps(2)
+    pay(r, payments(r)[0])
+    r.steps(4)
+    assert [m.key() for m in payments(r)] == [first.encode(), third.encode()]
+    r.processor.close()
+
+
+def test_a_prioritize_reason_carries_the_priority() -> None:
+    from stream_processors.core.throttle import prioritize_reason, priority_in
+
+    assert priority_in(prioritize_reason(-3, "later: much later")) == -3
+    assert priority_in("because") is None
+
+
+# -- through the test kit --------------------------------------------------------------------------
+
+
+def _limited_saga(**options: object) -> type:
+    from examples.order_fulfillment import messages as m
+    from sagas import Saga, Step
+
+    class Limited(Saga, name="limited_orders", **options):  # type: ignore[call-arg]
+        start = m.OrderPlaced
+        state = SAGA.state
+
+        @staticmethod
+        def begin(event: m.OrderPlaced) -> object:
+            return SAGA.begin(event)
+
+        payment = Step(m.MakePayment, success=m.PaymentCompleted)
+
+    return Limited
+
+
+def test_the_kit_releases_by_priority_from_the_start_event_then_oldest() -> None:
+    from examples.order_fulfillment.messages import OrderPlaced
+    from sagas.testing import LimitQueue
+
+    saga = _limited_saga(
+        limits={"payments": Limit(in_flight=1)},
+        priority=lambda event: 1 if event.amount_cents >= 1000 else 0,
+    )
+    queue = LimitQueue(saga, "payments")
+    big, small = (
+        OrderPlaced(order_id="o", customer_id="c", amount_cents=cents, card_token="t", postcode="1")
+        for cents in (5000, 100)
+    )
+    assert queue.offer("first", start=small)
+    assert not queue.offer("small-1", start=small)
+    assert not queue.offer("big", start=big)
+    assert not queue.offer("small-2", start=small)
+    for instance in ("first", "big", "small-1"):
+        queue.reply(instance)
+    assert queue.sent_order == ["first", "big", "small-1", "small-2"]
+
+
+def test_the_kit_ages_low_priorities_so_they_are_not_starved() -> None:
+    from sagas.testing import LimitQueue
+
+    saga = _limited_saga(limits={"payments": Limit(in_flight=1)}, aging=10)
+    queue = LimitQueue(saga, "payments")
+    queue.offer("busy")
+    queue.offer("low", priority=0)
+    queue.advance(seconds=35)  # 3 levels of ageing
+    queue.offer("high", priority=2)
+    queue.reply("busy")
+    queue.reply("low")
+    assert queue.sent_order == ["busy", "low", "high"]
+
+
+def test_the_kit_spaces_a_rate_over_virtual_time() -> None:
+    from sagas.testing import LimitQueue
+
+    saga = _limited_saga(limits={"payments": Limit(rate=4)})
+    queue = LimitQueue(saga, "payments")
+    for n in range(8):
+        queue.offer(f"i{n}")
+    queue.advance(seconds=3)
+    times = [at - queue.sent[0][0] for at, _ in queue.sent]
+    assert times == [0, 375, 750, 1125, 1500, 1875, 2250, 2625]
+    assert len(queue.queued) == 0
+
+
+def test_the_index_lists_instances_waiting_on_a_limit(tmp_path: Path) -> None:
+    import json
+
+    from confluent_kafka import Message as Record
+
+    from sagas.testing import SagaTest
+    from stream_processors.core.instance import encode_snapshot
+    from stream_processors.engine.store import QUEUE_ROWS
+    from stream_processors.tools.index import Filters, Index, Page
+    from stream_processors.tools.index_feed import change_of
+    from tests.unit.processor_rig import order
+
+    test = SagaTest(SAGA)
+    test.start(order("o-1"))
+    snapshot = Record(
+        topic="s", partition=0, offset=0, key=b"o-1", value=encode_snapshot(test.instance)
+    )
+    queued_key = (QUEUE_ROWS + "order_fulfillment/o-1/payment/1").encode()
+    row = json.dumps({"instance": "o-1", "limit": "payments"}).encode()
+    queued = Record(topic="s", partition=0, offset=1, key=queued_key, value=row)
+    left = Record(topic="s", partition=0, offset=2, key=queued_key, value=None)
+    index = Index(tmp_path / "index.sqlite3")
+    changes = [change_of(m) for m in (snapshot, queued)]
+    index.apply([c for c in changes if c is not None])
+
+    def waiting(on: str) -> list[str]:
+        return [r.instance for r in index.page(Filters(waiting_on=on), Page())]
+
+    assert waiting("*") == ["o-1"] == waiting("payments")
+    assert waiting("other") == []
+    gone = change_of(left)
+    assert gone is not None
+    index.apply([gone])
+    assert waiting("*") == []
+    assert index.total() == 1
+    index.close()
+
+
+def test_a_place_held_for_an_instance_that_is_gone_is_freed_on_restore(tmp_path: Path) -> None:
+    import json
+
+    r = rig(tmp_path, Limit(in_flight=2))  # one place per partition
+    ghost = (FLOW_ROWS + "i\x00order_fulfillment/ghost/payment/1").encode()
+    row = json.dumps({"limit": "payments", "instance": "ghost", "sent_ms": 0}).encode()
+    r.broker.append(r.topics.snapshots, 0, None, key=ghost, value=row)
+    r.start()
+    order_id = next(f"o-{n}" for n in range(40) if r.broker.partition_of(f"o-{n}".encode()) == 0)
+    r.place(order_id)
+    r.steps(4)
+    assert [m.key() for m in payments(r)] == [order_id.encode()]
+    r.processor.close()
