@@ -48,8 +48,9 @@ from stream_processors.tools.replay import fold_partition
 RESTORED = re.compile(r"restored partition (\d+): (\d+) changelog records .* in ([\d.]+)s")
 
 
-def fill_snapshots(count: int) -> None:
-    """``count`` snapshots of just-started order sagas in the changelog, one per instance."""
+def fill_snapshots(count: int, topic: str = TOPICS.snapshots) -> None:
+    """``count`` snapshots of just-started order sagas in the changelog (or ``topic``), one per
+    instance, with the schedule header the processor writes."""
     order = plan_orders(1, 0.0, 0.0, seed=1, run_id="restore")[0].event
     template = decide(DEFINITION, None, Input(order, order.encode()), now_ms()).instance
     assert template is not None
@@ -59,12 +60,10 @@ def fill_snapshots(count: int) -> None:
         data = replace(template.data, order_id=instance_id)  # type: ignore[type-var]
         instance = replace(template, instance_id=instance_id, data=data)
         value = encode_snapshot(instance)
-        headers = [(SCHEDULE, planned(instance)[2])]  # as the processor writes them
+        headers: list[tuple[str, str | bytes | None]] = [(SCHEDULE, planned(instance)[2])]
         while True:
             try:
-                producer.produce(
-                    TOPICS.snapshots, key=instance_id.encode(), value=value, headers=headers
-                )
+                producer.produce(topic, key=instance_id.encode(), value=value, headers=headers)
                 break
             except BufferError:
                 producer.poll(0.05)

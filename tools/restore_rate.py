@@ -12,48 +12,26 @@ from __future__ import annotations
 import tempfile
 import time
 import uuid
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from examples.order_fulfillment.saga import OrderFulfillment
-from examples.order_fulfillment.scenario import plan_orders
-from stream_processors.core.decide import Input, decide
-from stream_processors.core.instance import encode_snapshot
+from bench.recovery import fill_snapshots
 from stream_processors.engine.restore import PartitionRestore
-from stream_processors.engine.routing import SCHEDULE
 from stream_processors.engine.store import SnapshotStore
-from stream_processors.engine.transaction import planned
-from stream_processors.kafka.config import common, consumer_config, producer_config
+from stream_processors.kafka.config import common, consumer_config
 
 PARTITIONS = 8
 
 
-def _fill(bootstrap: str | None, topic: str, count: int) -> None:
-    admin = AdminClient(common(bootstrap, "restore-rate"))
+def _fill(topic: str, count: int) -> None:
+    admin = AdminClient(common(None, "restore-rate"))
     admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result()
-    order = plan_orders(1, 0.0, 0.0, seed=1, run_id="restore")[0].event
-    template = decide(OrderFulfillment.definition, None, Input(order, order.encode()), 0).instance
-    assert template is not None
-    producer = Producer(producer_config(bootstrap, "restore-rate") | {"linger.ms": 20})
-    for number in range(count):
-        instance_id = f"order-restore-{number:07d}"
-        data = replace(template.data, order_id=instance_id)  # type: ignore[type-var]
-        instance = replace(template, instance_id=instance_id, data=data)
-        value = encode_snapshot(instance)
-        headers: list[tuple[str, str | bytes | None]] = [(SCHEDULE, planned(instance)[2])]
-        while True:
-            try:
-                producer.produce(topic, key=instance_id.encode(), value=value, headers=headers)
-                break
-            except BufferError:
-                producer.poll(0.05)
-    producer.flush(120)
+    fill_snapshots(count, topic)
 
 
 def _consumer(bootstrap: str | None) -> Consumer:
@@ -87,7 +65,7 @@ def _restore(bootstrap: str | None, topic: str) -> int:
 
 def main(snapshots: Annotated[int, typer.Option()] = 100_000, rounds: int = 3) -> None:
     topic = f"restore-rate-{uuid.uuid4().hex[:8]}.snapshots"
-    _fill(None, topic, snapshots)
+    _fill(topic, snapshots)
     for _ in range(rounds):
         for name, run in (("bare consumer", _bare), ("restore", _restore)):
             began = time.perf_counter()
