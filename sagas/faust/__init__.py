@@ -59,6 +59,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import faust
+from faust.exceptions import ConsumerNotStarted
 from faust.serializers import codecs
 
 from sagas.idempotency import HandledCommand
@@ -245,6 +246,12 @@ def _agent(app: Any, worker: Worker, topic: str, partitions: int, bootstrap: str
                     log.error(
                         "%s and %s are not co-partitioned: not exactly once", topic, changelog
                     )
+            if answer.handled is not None:
+                # Remembered first, and its changelog record awaited: Faust sends a table's
+                # changelog through a buffer, so a transaction could commit the reply while the
+                # remembered copy waits for the next one. In this order a committed reply
+                # implies a committed copy; a copy without its reply is answered from the table.
+                await _remember(handled, answer.handled, received.partition())
             await _send(app, answer.outgoing, tid)
             if answer.handled is None and not answer.dead:
                 log.info(
@@ -252,14 +259,85 @@ def _agent(app: Any, worker: Worker, topic: str, partitions: int, bootstrap: str
                     worker.name,
                     header(answer.outgoing[3], COMMAND_ID),
                 )
-            if answer.handled is not None:
-                instance = answer.handled.instance_id
-                replies = dict(handled.get(instance) or {})
-                replies[answer.handled.command_id] = base64.b64encode(answer.handled.reply).decode()
-                handled[instance] = replies
 
     serve.__name__ = serve.__qualname__ = f"{worker.name}_{topic}".replace(".", "_")
+    app.timer(STALL_CHECK_SECONDS, on_leader=False)(_stall_watch(app, topic))
     return app.agent(commands, name=f"sagalog.worker.{worker.name}.{topic}")(serve)
+
+
+async def _remember(table: Any, handled: HandledCommand, partition: int) -> None:
+    """Put ``handled`` in the table and wait until its changelog record is sent (in the
+    transaction of the command's partition), as ``Table.__setitem__`` does without waiting."""
+    instance = handled.instance_id
+    replies = dict(table.get(instance) or {})
+    replies[handled.command_id] = base64.b64encode(handled.reply).decode()
+    table.data[instance] = replies
+    await table.send_changelog(partition, instance, replies)
+
+
+#: How often a worker agent looks for a command partition whose offsets Faust stopped committing.
+STALL_CHECK_SECONDS = 5.0
+
+
+def _stalled_at(consumer: Any, tp: Any) -> int | None:
+    """The committed offset of ``tp`` if Faust can no longer commit past it, else None.
+
+    Faust commits the first run of consecutive acknowledged offsets only if it starts at most
+    one past the committed offset (``Consumer._new_offset``; its gap tracking fills the offsets
+    of transaction markers and aborted records). Records lost before being acknowledged leave
+    a hole no later acknowledgement fills: see ``_stall_watch``.
+    """
+    committed = consumer._committed_offset.get(tp)
+    acked = consumer._acked.get(tp)
+    if committed is None or not acked:
+        return None
+    head = min([*acked, *(gap.begin for gap in consumer._gap.get(tp, ()))])
+    return int(committed) if head - committed > 1 else None
+
+
+def _stall_watch(app: Any, topic: str) -> Callable[[], Awaitable[None]]:
+    """A timer that finds a partition of ``topic`` stuck behind lost records and seeks it back.
+
+    Why (faust-streaming issue #596, open; seen here after a SIGKILL and restart): when a
+    rebalance's recovery ends, ``Recovery.on_recovery_completed`` resumes the stream partitions,
+    seeks them to their committed offsets, then calls ``app.flow_control.resume()``, which
+    clears every stream's queue. Records fetched in between and queued, not yet processed,
+    are dropped without being acknowledged, and the fetch position is already past them: the
+    partition's acknowledged offsets start beyond a hole, ``_new_offset`` returns None from
+    then on, and neither its offsets nor its transaction (with the replies) ever commit again.
+    Seeking the partition back to its committed offset delivers the lost records again; the
+    records after them are delivered again too and answered from the table. A partition is
+    sought only if it looked stuck at the same offset on two checks in a row.
+    """
+    suspects: dict[Any, int] = {}
+
+    async def watch() -> None:
+        consumer = app.consumer
+        try:
+            assigned = consumer.assignment()
+        except ConsumerNotStarted:
+            return
+        for tp in assigned:
+            if tp.topic != topic:
+                continue
+            stuck = _stalled_at(consumer, tp)
+            if stuck is None or suspects.get(tp) != stuck:
+                suspects.pop(tp, None)
+                if stuck is not None:
+                    suspects[tp] = stuck
+                continue
+            del suspects[tp]
+            log.warning(
+                "worker agent: %s[%s] cannot commit past %s (records lost before their "
+                "acknowledgement, faust-streaming #596): seeking back to it",
+                tp.topic,
+                tp.partition,
+                stuck,
+            )
+            await consumer.seek(tp, stuck)
+
+    watch.__name__ = watch.__qualname__ = f"stall_watch_{topic}".replace(".", "_")
+    return watch
 
 
 async def _send(app: Any, outgoing: Outgoing, transactional_id: str | None = None) -> None:
