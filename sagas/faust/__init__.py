@@ -49,11 +49,15 @@ Two faust-streaming defects, found with the SIGKILL restart test
   stream's queue: records fetched in between and queued are dropped unacknowledged, the fetch
   position already past them. The acknowledged offsets then start beyond a hole,
   ``_new_offset`` returns None for good, and neither the partition's offsets nor its
-  transaction (its replies) commit again. Seen in about half the restarts (28 of 300 sagas left
-  waiting). The agent runs a check every ``STALL_CHECK_SECONDS``: a command partition whose
-  acknowledged offsets start more than one past its committed offset, at the same committed
-  offset on two checks in a row, is sought back to it (logged as a warning); the records are
-  delivered again and answered (from the table when already handled).
+  transaction (its replies) commit again; or, when no record follows, the dropped commands are
+  never answered. Seen in about half the SIGKILL restarts (28 of 300 sagas left waiting).
+  The agent wraps ``app.flow_control.resume`` so that, once each rebalance has ended, every
+  partition is sought back to its committed offset (``Consumer.perform_seek``, with the flow
+  stopped around it so that the fetcher does not deliver past the seek): the dropped records
+  come again, and those handled since are answered from the table. As a safety net, every
+  ``STALL_CHECK_SECONDS`` a command partition whose acknowledged offsets start more than one
+  past its committed offset, at the same committed offset on two checks in a row, makes it
+  seek back the same way (logged as a warning).
 
 Differences from ``sagas worker``: that one remembers replies by command id on the group's
 ``<group>.handled`` topic and restores them when partitions are assigned, and commits each
@@ -302,7 +306,7 @@ def _agent(app: Any, worker: Worker, topic: str, partitions: int, bootstrap: str
 
     serve.__name__ = serve.__qualname__ = f"{worker.name}_{topic}".replace(".", "_")
     app.timer(STALL_CHECK_SECONDS, on_leader=False)(_stall_watch(app, topic))
-    _reseek_after_recovery(app, topic)
+    _reseek_after_recovery(app)
     return app.agent(commands, name=f"sagalog.worker.{worker.name}.{topic}")(serve)
 
 
@@ -333,49 +337,75 @@ async def _remember(table: Any, handled: HandledCommand, partition: int) -> None
     await table.send_changelog(partition, instance, replies)
 
 
-_reseeking: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+_reseeking: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-def _reseek_after_recovery(app: Any, topic: str) -> None:
-    """Seek ``topic``'s partitions back to their committed offsets each time Faust resumes the
-    flow into its streams, since resuming it (``FlowControlEvent.resume``) clears their queues.
+def _reseek_after_recovery(app: Any) -> None:
+    """Seek back to the committed offsets after each rebalance, since Faust's resuming of the
+    flow into its streams (``FlowControlEvent.resume``) clears their queues.
 
     When a rebalance's recovery ends, ``Recovery.on_recovery_completed`` resumes the stream
     partitions, seeks them to their committed offsets, then resumes the flow: records fetched
     in between and still queued are dropped unacknowledged, the fetch position past them
-    (faust-streaming #596). Seeking back delivers them again; the records handled in between
-    are delivered again too and answered from the table. Where no committed offset is known
-    yet (before the seek, during recovery) nothing is sought."""
-    topics = _reseeking.get(app)
-    if topics is not None:
-        topics.add(topic)
+    (faust-streaming #596). Seeking back once the rebalance has ended delivers them again; the
+    records handled in between are delivered again too (a command is answered from the table).
+    Installed once per app."""
+    if app in _reseeking:
         return
-    topics = _reseeking[app] = {topic}
+    _reseeking.add(app)
     flow = app.flow_control
     resume = flow.resume
-
     pending: set[asyncio.Task[None]] = set()  # referenced until done (asyncio keeps weak ones)
 
     def resume_then_reseek() -> None:
         resume()
-        task = asyncio.ensure_future(_seek_to_committed(app, topics))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
+        if not pending:  # one seek back after the rebalance, however often it resumes the flow
+            task = asyncio.ensure_future(_seek_to_committed(app))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
 
     flow.resume = resume_then_reseek
 
 
-async def _seek_to_committed(app: Any, topics: set[str]) -> None:
-    consumer = app.consumer
-    try:
-        assigned = consumer.assignment()
-    except ConsumerNotStarted:
+async def _seek_to_committed(app: Any) -> None:
+    """Once the rebalance that resumed the flow has ended, seek back to the committed offsets."""
+    generation = app.consumer_generation_id
+    while app.rebalancing:
+        await asyncio.sleep(FLOW_STOP_SECONDS)
+        if app.consumer_generation_id != generation:
+            return  # another rebalance: its own end resumes the flow, and this runs again
+    await _seek_back(app, "after the rebalance")
+
+
+#: How long the fetcher is given to leave the batch it is delivering before a seek back.
+FLOW_STOP_SECONDS = 0.2
+
+
+async def _seek_back(app: Any, why: str) -> None:
+    """Seek every assigned partition back to its committed offset (``Consumer.perform_seek``,
+    what Faust does when a recovery ends), with the flow stopped around it.
+
+    Faust's fetcher drops a record below the last offset it delivered (``_read_offset``), and a
+    seek resets that offset: a fetcher still delivering the batch it had fetched before the
+    seek would raise it again, and the records sought back to would be dropped once more. So
+    the flow is stopped first (the fetcher leaves its batch at the next record and waits, as
+    ``Consumer.wait_for_stopped_flow`` advises); a record it was handing over then is sought
+    back to as well, whatever its topic. Nothing is done during a rebalance, which stops and
+    resumes the flow itself and seeks to the committed offsets when its recovery ends."""
+    if app.rebalancing:
         return
-    for tp in sorted(assigned):
-        committed = consumer._committed_offset.get(tp) if tp.topic in topics else None
-        if committed is not None:
-            log.info("worker agent: %s[%s] sought back to %s", tp.topic, tp.partition, committed)
-            await consumer.seek(tp, committed)
+    consumer = app.consumer
+    generation = app.consumer_generation_id
+    consumer.stop_flow()
+    try:
+        await asyncio.sleep(FLOW_STOP_SECONDS)
+        if app.rebalancing or app.consumer_generation_id != generation:
+            return  # the rebalance resumes the flow when its recovery ends
+        await consumer.perform_seek()
+        log.info("worker agent: every partition sought back to its committed offset (%s)", why)
+    finally:
+        if not app.rebalancing and app.consumer_generation_id == generation:
+            consumer.resume_flow()
 
 
 #: How often a worker agent looks for a command partition whose offsets Faust stopped committing.
@@ -429,7 +459,7 @@ def _stall_watch(app: Any, topic: str) -> Callable[[], Awaitable[None]]:
                 tp.partition,
                 stuck,
             )
-            await consumer.seek(tp, stuck)
+            await _seek_back(app, f"{tp.topic}[{tp.partition}] stuck at {stuck}")
 
     watch.__name__ = watch.__qualname__ = f"stall_watch_{topic}".replace(".", "_")
     return watch
