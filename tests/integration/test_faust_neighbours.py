@@ -19,7 +19,8 @@ commands already answered are delivered again: that is what the table is for. In
 restarts Faust drops queued records of one partition unacknowledged (faust-streaming #596) and
 would never commit that partition again; the agent seeks back to the committed offsets after
 each rebalance (``sagas.faust`` explains both). Replies answered from the table are counted in
-both workers' logs (the first one seeks back after its first rebalance too). ``FAUST_TEST_LOG_LEVEL=debug`` runs the Faust workers at that level.
+both workers' logs (the first one seeks back after its first rebalance too).
+``FAUST_TEST_LOG_LEVEL=debug`` runs the Faust workers at that level.
 """
 
 from __future__ import annotations
