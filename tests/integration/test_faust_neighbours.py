@@ -176,6 +176,10 @@ def test_a_killed_faust_worker_restarts_and_each_command_has_one_committed_reply
     began = time.monotonic()
     inbox = inbox_of_this_run(saga)
     orders = saga.plan(300, seed=17, failures=0.1)
+    saga.processes.env |= {  # a consumer group and table of this run's own, from now on
+        "PAYMENTS_APP_ID": f"sagalog-test-payments-{saga.run_id}",
+        "PAYMENTS_OFFSET_RESET": "latest",
+    }
     saga.start_processor()
     saga.processes.worker("shipping")
     payments, _ = faust_worker(saga, SERVICES, "faust-payments", tmp_path)
