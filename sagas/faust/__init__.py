@@ -51,13 +51,13 @@ Two faust-streaming defects, found with the SIGKILL restart test
   ``_new_offset`` returns None for good, and neither the partition's offsets nor its
   transaction (its replies) commit again; or, when no record follows, the dropped commands are
   never answered. Seen in about half the SIGKILL restarts (28 of 300 sagas left waiting).
-  The agent wraps ``app.flow_control.resume`` so that, once each rebalance has ended, every
-  partition is sought back to its committed offset (``Consumer.perform_seek``, with the flow
-  stopped around it so that the fetcher does not deliver past the seek): the dropped records
-  come again, and those handled since are answered from the table. As a safety net, every
-  ``STALL_CHECK_SECONDS`` a command partition whose acknowledged offsets start more than one
-  past its committed offset, at the same committed offset on two checks in a row, makes it
-  seek back the same way (logged as a warning).
+  The agent wraps ``app.flow_control.resume`` so that, once each rebalance has ended (and
+  ``SETTLE_SECONDS`` more), its command partitions are sought back to their committed offsets:
+  the dropped records come again, and those handled since are answered from the table. As a
+  safety net, every ``STALL_CHECK_SECONDS`` a command partition whose acknowledged offsets
+  start more than one past its committed offset, at the same committed offset on two checks in
+  a row, is sought back the same way (logged as a warning). Stopping the flow around the seek
+  (so that a batch in delivery cannot undo it) was tried and left the agent idle in one run.
 
 Differences from ``sagas worker``: that one remembers replies by command id on the group's
 ``<group>.handled`` topic and restores them when partitions are assigned, and commits each
@@ -306,7 +306,7 @@ def _agent(app: Any, worker: Worker, topic: str, partitions: int, bootstrap: str
 
     serve.__name__ = serve.__qualname__ = f"{worker.name}_{topic}".replace(".", "_")
     app.timer(STALL_CHECK_SECONDS, on_leader=False)(_stall_watch(app, topic))
-    _reseek_after_recovery(app)
+    _reseek_after_recovery(app, topic)
     return app.agent(commands, name=f"sagalog.worker.{worker.name}.{topic}")(serve)
 
 
@@ -337,10 +337,10 @@ async def _remember(table: Any, handled: HandledCommand, partition: int) -> None
     await table.send_changelog(partition, instance, replies)
 
 
-_reseeking: weakref.WeakSet[Any] = weakref.WeakSet()
+_reseeking: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
 
 
-def _reseek_after_recovery(app: Any) -> None:
+def _reseek_after_recovery(app: Any, topic: str) -> None:
     """Seek back to the committed offsets after each rebalance, since Faust's resuming of the
     flow into its streams (``FlowControlEvent.resume``) clears their queues.
 
@@ -349,10 +349,12 @@ def _reseek_after_recovery(app: Any) -> None:
     in between and still queued are dropped unacknowledged, the fetch position past them
     (faust-streaming #596). Seeking back once the rebalance has ended delivers them again; the
     records handled in between are delivered again too (a command is answered from the table).
-    Installed once per app."""
-    if app in _reseeking:
+    Installed once per app; each worker agent adds its command topic."""
+    topics = _reseeking.get(app)
+    if topics is not None:
+        topics.add(topic)
         return
-    _reseeking.add(app)
+    topics = _reseeking[app] = {topic}
     flow = app.flow_control
     resume = flow.resume
     pending: set[asyncio.Task[None]] = set()  # referenced until done (asyncio keeps weak ones)
@@ -360,52 +362,40 @@ def _reseek_after_recovery(app: Any) -> None:
     def resume_then_reseek() -> None:
         resume()
         if not pending:  # one seek back after the rebalance, however often it resumes the flow
-            task = asyncio.ensure_future(_seek_to_committed(app))
+            task = asyncio.ensure_future(_seek_to_committed(app, topics))
             pending.add(task)
             task.add_done_callback(pending.discard)
 
     flow.resume = resume_then_reseek
 
 
-async def _seek_to_committed(app: Any) -> None:
-    """Once the rebalance that resumed the flow has ended, seek back to the committed offsets."""
+async def _seek_to_committed(app: Any, topics: set[str]) -> None:
+    """Once the rebalance that resumed the flow has ended (and ``SETTLE_SECONDS`` more, for the
+    fetcher to finish delivering the batch it had fetched before), seek ``topics``' partitions
+    back to their committed offsets (read then: what was committed since was processed)."""
     generation = app.consumer_generation_id
     while app.rebalancing:
-        await asyncio.sleep(FLOW_STOP_SECONDS)
+        await asyncio.sleep(SETTLE_SECONDS)
         if app.consumer_generation_id != generation:
             return  # another rebalance: its own end resumes the flow, and this runs again
-    await _seek_back(app, "after the rebalance")
-
-
-#: How long the fetcher is given to leave the batch it is delivering before a seek back.
-FLOW_STOP_SECONDS = 0.2
-
-
-async def _seek_back(app: Any, why: str) -> None:
-    """Seek every assigned partition back to its committed offset (``Consumer.perform_seek``,
-    what Faust does when a recovery ends), with the flow stopped around it.
-
-    Faust's fetcher drops a record below the last offset it delivered (``_read_offset``), and a
-    seek resets that offset: a fetcher still delivering the batch it had fetched before the
-    seek would raise it again, and the records sought back to would be dropped once more. So
-    the flow is stopped first (the fetcher leaves its batch at the next record and waits, as
-    ``Consumer.wait_for_stopped_flow`` advises); a record it was handing over then is sought
-    back to as well, whatever its topic. Nothing is done during a rebalance, which stops and
-    resumes the flow itself and seeks to the committed offsets when its recovery ends."""
-    if app.rebalancing:
-        return
+    await asyncio.sleep(SETTLE_SECONDS)
     consumer = app.consumer
-    generation = app.consumer_generation_id
-    consumer.stop_flow()
-    try:
-        await asyncio.sleep(FLOW_STOP_SECONDS)
-        if app.rebalancing or app.consumer_generation_id != generation:
-            return  # the rebalance resumes the flow when its recovery ends
-        await consumer.perform_seek()
-        log.info("worker agent: every partition sought back to its committed offset (%s)", why)
-    finally:
-        if not app.rebalancing and app.consumer_generation_id == generation:
-            consumer.resume_flow()
+    for tp in sorted(consumer.assignment()):
+        committed = consumer._committed_offset.get(tp) if tp.topic in topics else None
+        if committed is not None and not app.rebalancing:
+            await _seek_back(consumer, tp, committed, "after the rebalance")
+
+
+#: How long the fetcher is given to deliver the batch it holds before a seek back: Faust drops
+#: a record below the last offset it delivered, and a seek resets that offset, so a batch still
+#: being delivered after the seek would raise it again and the records sought back to would be
+#: dropped once more (the stall check then seeks again).
+SETTLE_SECONDS = 1.0
+
+
+async def _seek_back(consumer: Any, tp: Any, offset: int, why: str) -> None:
+    log.info("worker agent: %s[%s] sought back to %s (%s)", tp.topic, tp.partition, offset, why)
+    await consumer.seek(tp, offset)
 
 
 #: How often a worker agent looks for a command partition whose offsets Faust stopped committing.
@@ -459,7 +449,7 @@ def _stall_watch(app: Any, topic: str) -> Callable[[], Awaitable[None]]:
                 tp.partition,
                 stuck,
             )
-            await _seek_back(app, f"{tp.topic}[{tp.partition}] stuck at {stuck}")
+            await _seek_back(consumer, tp, stuck, "stuck")
 
     watch.__name__ = watch.__qualname__ = f"stall_watch_{topic}".replace(".", "_")
     return watch
