@@ -34,10 +34,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from sagas.local import LocalProcess, free_port
 from stream_processors.engine.routing import COMMAND_ID
+from stream_processors.kafka.config import consumer_config
+from stream_processors.kafka.reading import watermarks
 from tests.integration.saga_harness import (
     TOPICS,
     CommittedReader,
@@ -75,6 +77,19 @@ def place_orders(saga: SagaRun, count: int, seed: int, tmp_path: Path) -> None:
     command += ["--run-id", saga.run_id, "--failures", "0.1"]
     publisher = saga.processes.program("faust-publisher", command)
     assert publisher.popen is not None and publisher.popen.wait(60) == 0, publisher.log_tail()
+
+
+def start_group_at_end(bootstrap: str, group: str, topic: str) -> None:
+    """Commit ``topic``'s end offsets for a new consumer group: every partition of it then has
+    a committed offset, which the worker agent seeks back to after a rebalance (sagas.faust)."""
+    consumer = Consumer(consumer_config(bootstrap, "faust-test-group", group))
+    partitions = consumer.list_topics(topic, timeout=15).topics[topic].partitions
+    ends = [
+        TopicPartition(topic, p, watermarks(consumer, TopicPartition(topic, p))[1])
+        for p in partitions
+    ]
+    consumer.commit(offsets=ends, asynchronous=False)
+    consumer.close()
 
 
 def inbox_of_this_run(saga: SagaRun) -> CommittedReader:
@@ -176,10 +191,9 @@ def test_a_killed_faust_worker_restarts_and_each_command_has_one_committed_reply
     began = time.monotonic()
     inbox = inbox_of_this_run(saga)
     orders = saga.plan(300, seed=17, failures=0.1)
-    saga.processes.env |= {  # a consumer group and table of this run's own, from now on
-        "PAYMENTS_APP_ID": f"sagalog-test-payments-{saga.run_id}",
-        "PAYMENTS_OFFSET_RESET": "latest",
-    }
+    group = f"sagalog-test-payments-{saga.run_id}"  # a consumer group and table of its own
+    start_group_at_end(saga.kafka.bootstrap, group, "payments.commands")
+    saga.processes.env |= {"PAYMENTS_APP_ID": group, "PAYMENTS_OFFSET_RESET": "latest"}
     saga.start_processor()
     saga.processes.worker("shipping")
     payments, _ = faust_worker(saga, SERVICES, "faust-payments", tmp_path)
