@@ -562,6 +562,38 @@ def _key_of(message: Message) -> tuple[str, bytes | None]:
     return message.topic() or "", message.key()
 
 
+def undeliverable(limits_of: BrokerLimits, outgoing: Outgoing) -> str | None:
+    """Why the reply ``outgoing`` cannot be sent (its topic, its size), or None: asked before
+    producing a reply by ``sagas worker`` and by ``sagas.faust``'s worker agents."""
+    topic, key, value, headers = outgoing
+    problem = limits_of.problem(topic)
+    if problem is not None:
+        return f"reply topic {topic[:300]!r} {problem}"
+    oversize = limits_of.limits(topic).oversize("reply", topic, key, value, headers)
+    return None if oversize is None else oversize.detail()
+
+
+def reply_dead_letter(
+    message: Message, reply: Outgoing, why: str
+) -> tuple[str, bytes | None, bytes | None, Headers, Headers]:
+    """The dead letter of a reply to ``message`` that cannot be sent: its topic
+    (``<command topic>.dlq``), key, value, original headers and marks, to fit to the topic.
+    Its address is the origin a redrive sends it to (``sagalog.dlq.topic``), and in
+    ``sagalog.reply_to``."""
+    reply_to, key, value, headers = reply
+    where = f"{message.topic()}[{message.partition()}]@{message.offset()}"
+    log.warning("reply to %s of command %s undeliverable: %s", reply_to[:300], where, why)
+    # The command's own headers (trace context...) follow its reply, redriven or not.
+    original: Headers = [*headers, (REPLY_TO, reply_to.encode()), *carried_headers(message)]
+    marks: Headers = [
+        (DLQ_REASON, REPLY_UNDELIVERABLE.encode()),
+        (DLQ_DETAIL, f"{why} (command {where})"[:1000].encode()),
+        (DLQ_TOPIC, reply_to.encode()),
+        (DLQ_COMMAND, where.encode()),
+    ]
+    return f"{message.topic()}.dlq", key, value, original, marks
+
+
 #: The dead-letter reason of a task whose input is not JSON (its handler does not run).
 BAD_TASK_INPUT = "bad-task-input"
 
@@ -715,13 +747,7 @@ class _Serving:
         return self.worker.handle(message)
 
     def _undeliverable(self, outgoing: Outgoing) -> str | None:
-        """Why the reply ``outgoing`` cannot be sent (its topic, its size), or None."""
-        topic, key, value, headers = outgoing
-        problem = self.limits.problem(topic)
-        if problem is not None:
-            return f"reply topic {topic[:300]!r} {problem}"
-        oversize = self.limits.limits(topic).oversize("reply", topic, key, value, headers)
-        return None if oversize is None else oversize.detail()
+        return undeliverable(self.limits, outgoing)
 
     def _send(
         self,
@@ -762,19 +788,8 @@ class _Serving:
     def _reply_dead_letter(self, message: Message, reply: Outgoing, why: str) -> None:
         """Send the reply that cannot be delivered to ``<command topic>.dlq``, with its address
         as the origin a redrive sends it to (``sagalog.dlq.topic``) and in ``sagalog.reply_to``."""
-        reply_to, key, value, headers = reply
-        where = f"{message.topic()}[{message.partition()}]@{message.offset()}"
-        log.warning("reply to %s of command %s undeliverable: %s", reply_to[:300], where, why)
         metrics.count_dead_letter(self.worker.name, REPLY_UNDELIVERABLE)
-        # The command's own headers (trace context...) follow its reply, redriven or not.
-        original: Headers = [*headers, (REPLY_TO, reply_to.encode()), *carried_headers(message)]
-        marks: Headers = [
-            (DLQ_REASON, REPLY_UNDELIVERABLE.encode()),
-            (DLQ_DETAIL, f"{why} (command {where})"[:1000].encode()),
-            (DLQ_TOPIC, reply_to.encode()),
-            (DLQ_COMMAND, where.encode()),
-        ]
-        self._send_fitted(f"{message.topic()}.dlq", key, value, original, marks)
+        self._send_fitted(*reply_dead_letter(message, reply, why))
 
     def _send_fitted(
         self,

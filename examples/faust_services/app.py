@@ -10,7 +10,10 @@ are remembered in a Faust table (see ``sagas.faust``). ``place-orders`` starts s
 ``sagas.faust.publish``: ``OrderPlaced`` events planned by ``examples.order_fulfillment.scenario``
 (with injected payment and shipping failures), keyed and partitioned as ``Publisher`` does.
 
-Environment: ``KAFKA_BOOTSTRAP_SERVERS``; ``FAUST_DATADIR`` (default ``.sagalog/faust``).
+Environment: ``KAFKA_BOOTSTRAP_SERVERS``; ``FAUST_DATADIR`` (default ``.sagalog/faust``);
+``PAYMENTS_APP_ID`` (the app id, so the consumer group and the table's changelog: default
+``sagalog-faust-payments``) and ``PAYMENTS_OFFSET_RESET`` (where a new group starts: default
+``earliest``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from sagas.faust import publish, worker_agent
 from stream_processors.kafka.config import bootstrap_servers
 
 app = faust.App(
-    "sagalog-faust-payments",
+    os.environ.get("PAYMENTS_APP_ID", "sagalog-faust-payments"),
     broker=f"kafka://{bootstrap_servers()}",
     # Required by worker_agent: the reply commits with the command's offset.
     processing_guarantee="exactly_once",
@@ -35,6 +38,8 @@ app = faust.App(
     # A crashed worker's partitions move after 10 s rather than Faust's default 60 s.
     broker_session_timeout=10.0,
     datadir=os.environ.get("FAUST_DATADIR", ".sagalog/faust"),
+    # Where a new consumer group (a new app id) starts reading.
+    consumer_auto_offset_reset=os.environ.get("PAYMENTS_OFFSET_RESET", "earliest"),
 )
 
 agents = worker_agent(app, payments)
