@@ -182,6 +182,28 @@ class Drain:
         return self.records / self.seconds if self.seconds > 0 else 0.0
 
 
+def coordinator_ready(group: str, topic: str, timeout: float = 60) -> None:
+    """Wait until ``group``'s committed offsets on ``topic`` can be read: on a fresh broker the
+    group coordinator loads for a while, and a drain followed from then on would see its first
+    commit only when the whole drain is done ("went in one commit")."""
+    consumer = Consumer(common(None, "sagalog-bench-drain") | {"group.id": group, "log_level": 4})
+    try:
+        partitions = consumer.list_topics(topic, timeout=15).topics[topic].partitions
+        tps = [TopicPartition(topic, p) for p in partitions]
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                consumer.committed(tps, timeout=10)
+                return
+            except KafkaException as error:
+                moving = error.args[0].retriable() or error.args[0].name() == "NOT_COORDINATOR"
+                if time.monotonic() > deadline or not moving:
+                    raise
+                time.sleep(0.1)
+    finally:
+        consumer.close()
+
+
 def follow_drain(
     group: str,
     topic: str,

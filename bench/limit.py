@@ -28,7 +28,15 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
-from bench.common import BASE, Drain, delete_topics, fill, follow_drain, order_records
+from bench.common import (
+    BASE,
+    Drain,
+    coordinator_ready,
+    delete_topics,
+    fill,
+    follow_drain,
+    order_records,
+)
 from stream_processors.kafka.config import consumer_config, producer_config
 from stream_processors.kafka.topics import ensure_plain_topics
 
@@ -147,6 +155,7 @@ def run_pipe(
     shape = BASE / f"{group}.shape.json"
     save_shape(outputs, shape)
     log.parent.mkdir(parents=True, exist_ok=True)
+    coordinator_ready(group, source)
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "bench.limit", source, group, str(shape)],
