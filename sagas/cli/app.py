@@ -60,7 +60,10 @@ By = Annotated[
 ]
 Reason = Annotated[str, typer.Option(help="Why, journaled with the action")]
 DlqSource = Annotated[
-    str, typer.Argument(help="A dead-letter topic (e.g. payments.commands.dlq) or module:SagaClass")
+    str,
+    typer.Argument(
+        help="A dead-letter topic (e.g. payments.commands.dlq), module:SagaClass, or a definition"
+    ),
 ]
 
 

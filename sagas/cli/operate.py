@@ -34,6 +34,7 @@ from sagas.operator import DEFAULT_TIMEOUT, DeadLetter, OperatorError
 from sagas.verdicts import Verdict, exit_code, summary
 from stream_processors.codecs.records import Record
 from stream_processors.core.model import SagaDefinition
+from stream_processors.declarative.definition import is_definition_file
 from stream_processors.kafka.topics import SagaTopics
 
 
@@ -252,11 +253,12 @@ def signal_(
 
 
 def _dlq_topic(source: str) -> str:
-    if ":" in source:
+    if ":" in source or is_definition_file(source):
         return SagaTopics.for_saga(saga_definition(source)).dlq
     if ".dlq" not in source:
         raise typer.BadParameter(
-            f"{source!r} is neither a dead-letter topic (name.dlq) nor module:SagaClass",
+            f"{source!r} is neither a dead-letter topic (name.dlq), module:SagaClass nor a "
+            "definition file",
             param_hint="TOPIC_OR_TARGET",
         )
     return source
