@@ -19,12 +19,11 @@ import typer
 from sagas.cli.app import Bootstrap, app, fail, saga_definition
 from sagas.publisher import Publisher
 from stream_processors.core.documents import ROOT_SCOPE, Documents
-from stream_processors.core.fold import fold
 from stream_processors.core.instance import Instance
 from stream_processors.core.model import SagaDefinition
 from stream_processors.declarative.definition import problems
 from stream_processors.kafka.topics import SagaTopics
-from stream_processors.tools.history import read_history
+from stream_processors.tools.history import fold_until, read_history
 
 DefinitionFile = Annotated[Path, typer.Argument(help="A definition file (.json, .yaml)")]
 
@@ -83,8 +82,7 @@ def start(
 def _instance(definition: SagaDefinition, execution: str, bootstrap: str | None) -> Instance | None:
     """The execution as its journal folds, or None if it has none."""
     journal = SagaTopics.for_saga(definition).journal
-    entries = [located.entry for located in read_history(journal, execution, bootstrap)]
-    return fold(definition, None, entries) if entries else None
+    return fold_until(definition, read_history(journal, execution, bootstrap))
 
 
 def _follow(

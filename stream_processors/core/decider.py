@@ -38,6 +38,7 @@ from stream_processors.core.decision import (
     timeout_timer,
 )
 from stream_processors.core.documents import (
+    INPUT_SCOPE,
     DocumentFlow,
     PathFailure,
     Scope,
@@ -281,7 +282,7 @@ class Decider:
             state=node,
             entered_ms=self.now_ms,
             started_ms=instance.started_at_ms,
-            input=data.document("$input"),
+            input=data.document(INPUT_SCOPE),
             retry_count=attempt - 1,
             item_index=index,
             item=None if item is _NO_ITEM else item,

@@ -32,7 +32,6 @@ from examples.order_fulfillment.saga import OrderFulfillment
 from examples.order_fulfillment.scenario import PlannedOrder, plan_orders
 from sagas.local import TERMINAL, LocalProcess
 from sagas.publisher import Publisher
-from stream_processors.core.fold import fold
 from stream_processors.core.instance import Instance
 from stream_processors.core.journal import JournalEntry, Kind
 from stream_processors.core.model import SagaDefinition
@@ -40,7 +39,7 @@ from stream_processors.engine.routing import COMMAND_ID, INSTANCE, ReceivedHeade
 from stream_processors.kafka.config import consumer_config
 from stream_processors.kafka.reading import watermarks
 from stream_processors.kafka.topics import SagaTopics, ensure_topics
-from stream_processors.tools.history import read_history
+from stream_processors.tools.history import fold_until, read_history
 from tests.conftest import KafkaCluster
 from tests.integration.flaky_jobs import FlakyJobs, Job
 
@@ -552,8 +551,7 @@ def finished_instance(
     journal = SagaTopics.for_saga(definition).journal
     deadline = time.monotonic() + timeout
     while True:
-        entries = [x.entry for x in read_history(journal, instance_id, bootstrap)]
-        instance = fold(definition, None, entries) if entries else None
+        instance = fold_until(definition, read_history(journal, instance_id, bootstrap))
         if instance is not None and instance.status.finished:
             return instance
         assert time.monotonic() < deadline, f"{instance_id} did not finish: {instance}"
