@@ -196,9 +196,12 @@ def prepare(
     have been (a new producer's ``init_transactions`` then completes it)."""
     group = consumer.consumer_group_metadata()
     positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-    flush(producer, stopping)  # serves delivery callbacks: callers may want the offsets written
+    # Offsets first: their two round trips to the coordinators overlap the records' delivery,
+    # which librdkafka goes on with in the background. Both belong to the same transaction
+    # whatever their order, which commits (``commit``) only once both are done.
     if positions:
         retrying(lambda t: producer.send_offsets_to_transaction(positions, group, t), stopping)
+    flush(producer, stopping)  # serves delivery callbacks: callers may want the offsets written
 
 
 def abort(
