@@ -280,10 +280,10 @@ class Transactions:
             self.producer.send_offsets_to_transaction(positions, group, timeout)
 
         try:
-            # Offsets first: see ``stream_processors.kafka.transactions.prepare``.
+            self._retry(self._flush, deadline, interruptible)
+            # After the flush, not before: see ``stream_processors.kafka.transactions.prepare``.
             if positions:
                 self._retry(send_offsets_to_transaction, deadline, interruptible)
-            self._retry(self._flush, deadline, interruptible)
             self._retry(self.producer.commit_transaction, deadline, interruptible)
         except (KafkaException, _GaveUp) as error:
             if not interruptible:  # on the way out: what is open is the next producer's to end

@@ -44,8 +44,6 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 CONFIG_FILE_VARIABLE = "SAGALOG_KAFKA_CONFIG"
 SETTING_PREFIX = "SAGALOG_KAFKA_"
 REDACTED = "[redacted]"
-#: ``linger.ms`` of the transactional producers (processors, workers): see ``producer_config``.
-TRANSACTIONAL_LINGER_MS = 1
 
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Settings whose values are secrets: passwords, client secrets, private keys, JAAS configs.
@@ -204,9 +202,6 @@ def producer_config(
         # Short enough that a crashed process's open transaction cannot stall read_committed
         # readers for long, should a restart not take the same transactional id.
         config |= {"transactional.id": transactional_id, "transaction.timeout.ms": 10_000}
-        # A transaction's records are sent while its batch is still being decided, so that
-        # the commit (whose flush sends whatever lingers at once) finds most already acked.
-        config["linger.ms"] = TRANSACTIONAL_LINGER_MS
     return config | extra
 
 

@@ -196,12 +196,13 @@ def prepare(
     have been (a new producer's ``init_transactions`` then completes it)."""
     group = consumer.consumer_group_metadata()
     positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-    # Offsets first: their two round trips to the coordinators overlap the records' delivery,
-    # which librdkafka goes on with in the background. Both belong to the same transaction
-    # whatever their order, which commits (``commit``) only once both are done.
+    flush(producer, stopping)  # serves delivery callbacks: callers may want the offsets written
+    # Offsets after the flush: sending them first, to overlap their round trips with the records'
+    # delivery, made every hop slower when measured (docs/benchmarks.md, 2026-12-01), likely
+    # because the transaction coordinator takes one request of a transaction at a time (an
+    # AddOffsetsToTxn behind the records' AddPartitionsToTxn waits for a retry).
     if positions:
         retrying(lambda t: producer.send_offsets_to_transaction(positions, group, t), stopping)
-    flush(producer, stopping)  # serves delivery callbacks: callers may want the offsets written
 
 
 def abort(
