@@ -281,6 +281,7 @@ class Transactions:
 
         try:
             self._retry(self._flush, deadline, interruptible)
+            # After the flush, not before: see ``stream_processors.kafka.transactions.prepare``.
             if positions:
                 self._retry(send_offsets_to_transaction, deadline, interruptible)
             self._retry(self.producer.commit_transaction, deadline, interruptible)
