@@ -9,14 +9,18 @@ its start event, and the optional aging rule.
 
 Several processors share a limit without talking to each other: each *inbox partition* owns an
 equal share of it, and a partition is owned by one processor at a time, so the shares add up to
-the limit across processes whatever the assignment. The in-flight bound is split into whole
-shares (``share``: the first ``in_flight % partitions`` partitions get one more); the rate into
-equal fractions, and each partition spaces its sends evenly, one every ``gap_ms`` (the window,
-``per`` plus ``RATE_GUARD_MS``, times the partitions, over the rate): a steady flow, never a
-burst. The consequence for uneven load: a busy partition cannot borrow an idle partition's share,
-so with few instances (or hot keys) the total reached is below the limit. A limit must give
-every partition something (``rate >= partitions`` and ``in_flight >= partitions``):
-``validate_shares`` says so at start-up.
+the limit across processes whatever the assignment. Both bounds are split into whole shares
+(``share``: the first ``total % partitions`` partitions get one more), which add up to the limit
+exactly. Under a rate a partition sends at most its share in any window of ``per`` seconds plus
+``RATE_GUARD_MS`` (a sliding log of its send times), one at a time, at least ``gap_ms`` apart
+(three quarters of the window over the share: a steady flow, never a burst, that can catch up
+a late wake-up). So at the sending end the limit holds in any window of ``per`` seconds (in
+total, at most the sum of the shares), and at the receiving end too as long as delivery delays
+differ by less than the guard; the guard costs ``per / (per + guard)`` of the rate (20 per
+second is sent as 18.5). The consequence for uneven load: a busy partition cannot borrow an idle
+partition's share, so with few instances (or hot keys) the total reached is below the limit. A
+limit must give every partition something (``rate >= partitions`` and ``in_flight >=
+partitions``): ``validate_shares`` says so at start-up.
 
 ``release`` decides, for one limit in one partition, which queued commands go now and when to
 look again: given the queue, the number in flight, the recent send times and the time. It is a
@@ -35,11 +39,16 @@ from typing import Any
 from stream_processors.codecs.records import DeclarationError
 
 #: A rate window is this much longer than declared: commands are produced in a transaction
-#: and reach the worker after the processor's commit and the worker's own batch, so sends may
+#: and reach the worker after the processor's commit and the worker's own fetch, so sends may
 #: arrive closer together than they left. The guard keeps the limit true at the receiving end
-#: for delays that vary by up to about this much; it costs a third of the declared rate at
-#: 1 per second (1.5 s windows).
-RATE_GUARD_MS = 500
+#: for delivery delays that differ by up to this much (a worker that must never see more, even
+#: with larger delays, paces itself too: ``Worker(rate=...)``); it costs ``per / (per + guard)``
+#: of the declared rate: 20 per second is sent as 18.5.
+RATE_GUARD_MS = 80
+#: Under a rate, sends are at least this fraction of ``window / share`` apart: less than the
+#: even spacing, so that a send made late (the loop woke late) is caught up on, within the
+#: window's bound.
+SPACING = 0.75
 
 
 @dataclass(frozen=True)
@@ -145,21 +154,20 @@ def validate_shares(throttle: Throttle, partitions: int) -> None:
 class Capacity:
     """One limit's share in one partition: sends per window, and in flight at once."""
 
-    #: The partition's share of the rate: sends per window (a fraction of the limit's).
-    rate: float | None
+    #: The partition's share of the rate: at most this many sends in any window.
+    rate: int | None
     window_ms: int
     in_flight: int | None
 
     @property
     def gap_ms(self) -> int:
-        """The time between two sends under the rate: the share spread evenly over the window,
-        so that the receiving end gets a steady flow rather than bursts."""
-        return 0 if self.rate is None else math.ceil(self.window_ms / self.rate)
+        """The least time between two sends under the rate (``SPACING``)."""
+        return 0 if self.rate is None else math.ceil(self.window_ms * SPACING / self.rate)
 
     @classmethod
     def of(cls, limit: Limit, partition: int, partitions: int) -> Capacity:
         return cls(
-            None if limit.rate is None else limit.rate / partitions,
+            None if limit.rate is None else share(limit.rate, partition, partitions),
             round(limit.per * 1000) + RATE_GUARD_MS,
             None if limit.in_flight is None else share(limit.in_flight, partition, partitions),
         )
@@ -206,8 +214,8 @@ def ordered(
 
 
 def room(capacity: Capacity, in_flight: int, sent_ms: Sequence[int], now_ms: int) -> int:
-    """How many more commands may be sent now: under a rate, one at most, and only once the
-    last send is ``gap_ms`` old."""
+    """How many more commands may be sent now: under a rate, one at most, and only while the
+    window holds fewer than the share and the last send is ``gap_ms`` old."""
     free = 1 << 30
     if capacity.in_flight is not None:
         free = capacity.in_flight - in_flight
@@ -219,10 +227,15 @@ def room(capacity: Capacity, in_flight: int, sent_ms: Sequence[int], now_ms: int
 
 
 def next_slot_ms(capacity: Capacity, sent_ms: Sequence[int], now_ms: int) -> int | None:
-    """When the rate next allows a send, if not now (None: now, or no rate bound)."""
+    """When the rate next allows a send, if not now (None: now, or no rate bound): once the
+    last send is ``gap_ms`` old and the window (ending then) holds fewer than the share."""
     if capacity.rate is None or not sent_ms:
         return None
+    recent = sorted(at for at in sent_ms if at > now_ms - capacity.window_ms)
     due = max(sent_ms) + capacity.gap_ms
+    if len(recent) >= capacity.rate:
+        # The oldest send that must leave the window before another may enter it.
+        due = max(due, recent[len(recent) - capacity.rate] + capacity.window_ms)
     return due if due > now_ms else None
 
 

@@ -415,6 +415,11 @@ class FlowGate:
         for name, gauge in self._queued_gauge.items():
             gauge.set(sum(len(s.queues.get(name, ())) for s in self._owned.values()))
 
+    def next_wake_ms(self) -> int | None:
+        """The earliest time a rate next lets a queued command go, in any owned partition."""
+        wakes = [w for state in self._owned.values() for w in state.wake.values()]
+        return min(wakes, default=None)
+
     def waiting(self) -> dict[str, int]:
         """Queued commands per limit in this process's partitions."""
         return {

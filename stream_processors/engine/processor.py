@@ -161,6 +161,8 @@ class SagaProcessor:
             )
             self._outputs.gate = self._flow
         self._owned: set[int] = set()  # inbox partitions assigned and restored
+        #: (topic, partition) revoked or lost during the current ``take``: see ``_stale``.
+        self._revoked: set[tuple[str, int]] = set()
         self._due = DueWork(definition, self.store, config.retention_ms)
         self._router = SourceRouter(
             definition,
@@ -270,9 +272,11 @@ class SagaProcessor:
                 self._flow.restored(restored)
         self._measures.follow(self._owned, self.consumer)
         try:
+            self._revoked.clear()
             messages = take(self.consumer, config.batch_size, self._wait(idle))
             for message in messages:
-                self._handle(message)
+                if not self._stale(message):
+                    self._handle(message)
             self._run_due()
             if self._txn.is_open:
                 age = self._txn.age()
@@ -289,14 +293,20 @@ class SagaProcessor:
         self._kafka.producer.poll(0)
 
     def _wait(self, idle: float) -> float:
-        """How long ``step`` may wait for an input: until the open transaction is due at most,
-        and briefly while partitions restore (restore goes on between the waits)."""
+        """How long ``step`` may wait for an input: until the open transaction or a limit's next
+        release is due at most, and briefly while partitions restore (restore goes on between
+        the waits)."""
         assert self._recovery is not None
         if self._recovery.pending:
             return RESTORE_POLL
+        wait = POLL_INTERVAL
         if self._txn.is_open:
-            return max(0.0, min(POLL_INTERVAL, idle - self._txn.age()))
-        return POLL_INTERVAL
+            wait = max(0.0, min(wait, idle - self._txn.age()))
+        wake_ms = None if self._flow is None else self._flow.next_wake_ms()
+        if wake_ms is not None:
+            # A rate's next send is due: a late wake-up would lower the rate a limit delivers.
+            wait = max(0.0, min(wait, wake_ms / 1000 - self.clock()))
+        return wait
 
     def _run_due(self) -> None:
         """Timers and retention (``stream_processors.engine.timers``) in the open transaction."""
@@ -344,6 +354,27 @@ class SagaProcessor:
             self._kafka.begin()
             self._txn.started = time.monotonic()
             self._measures.begin()
+
+    def _stale(self, message: Message) -> bool:
+        """Whether ``message`` is of a partition this process no longer owns: one revoked or
+        lost while ``take`` was reading (``poll`` may hand out a record before the ``consume``
+        that serves the revoke), or an inbox partition not restored. Left to its owner, it is
+        neither decided on nor its offset committed: deciding on it would write its instance's
+        snapshot into a partition another processor may be restoring, which then never learns
+        of the instance (its replies dead-lettered as ``unknown-instance``) or starts it again."""
+        if message.error() is not None:
+            return False
+        where = (message.topic() or "", message.partition() or 0)
+        if where in self._revoked or (
+            where[0] == self.topics.inbox and where[1] not in self._owned
+        ):
+            log.info(
+                "%s[%s]@%s: its partition is not ours now; left to its owner",
+                *where,
+                message.offset(),
+            )
+            return True
+        return False
 
     def _handle(self, message: Message) -> None:
         if not transactions.consumed(message):
@@ -671,6 +702,7 @@ class SagaProcessor:
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         assert self._recovery is not None
+        self._revoked.update((tp.topic, tp.partition) for tp in partitions)
         revoked = {tp.partition for tp in partitions if tp.topic == self.topics.inbox}
         self._owned -= revoked
         if self._flow is not None:
