@@ -48,8 +48,7 @@ from stream_processors.core import limits, oversize
 from stream_processors.core.decide import Decision, decide
 from stream_processors.core.decision import OutgoingCommand
 from stream_processors.core.instance import Instance, decode_snapshot
-from stream_processors.core.model import OperatorAction, SagaDefinition
-from stream_processors.core.throttle import PRIORITIZE, priority_in
+from stream_processors.core.model import SagaDefinition
 from stream_processors.engine import metrics, tracing
 from stream_processors.engine.cache import InstanceCache
 from stream_processors.engine.flow import FlowGate
@@ -444,10 +443,6 @@ class SagaProcessor:
             self._outputs.dead_letter(message, checked.reason, checked.detail)
             return
         instance = self.load(partition, checked.instance_id)
-        action = checked.input.record
-        if isinstance(action, OperatorAction) and action.action == PRIORITIZE:
-            self._prioritize(partition, checked.instance_id, instance, action)
-            return
         now_ms = int(self.clock() * 1000)
         try:
             decision = decide(self.definition, instance, checked.input, now_ms)
@@ -467,27 +462,11 @@ class SagaProcessor:
             metrics.count_ignored(self.definition.name, decision.ignored)
             return
         unstaged = self.emit(decision, partition, checked.key, instance, now_ms)
-        if self._flow is not None and unstaged is None and instance is None:
-            self._flow.started(partition, checked.instance_id, record)
+        if self._flow is not None and unstaged is None:
+            self._flow.decided(partition, checked.instance_id, instance, decision, record)
         if unstaged is not None:  # nothing of the decision was staged (the instance parked)
             detail = f"{unstaged.too_large.oversize.detail()}; {unstaged.why}"
             self._outputs.dead_letter(message, limits.OUTPUTS_TOO_LARGE, detail)
-
-    def _prioritize(
-        self, partition: int, instance_id: str, instance: Instance | None, action: OperatorAction
-    ) -> None:
-        """An operator's new priority for a running instance (``sagas prioritize``): it orders
-        the partition's queues from now on, in this transaction (``engine.flow``)."""
-        priority = priority_in(action.reason)
-        running = instance is not None and not instance.status.finished
-        if self._flow is None or priority is None or not running:
-            log.warning(
-                "instance %s: %s by %s not applicable", instance_id, action.action, action.by
-            )
-            metrics.count_ignored(self.definition.name, "operator-unknown-not-applicable")
-            return
-        self._flow.prioritize(partition, instance_id, priority)
-        log.info("instance %s: priority %s set by %s", instance_id, priority, action.by)
 
     def _code_failed(
         self,
