@@ -109,9 +109,10 @@ class Throttle:
 
 
 #: An operator's change of an instance's priority: an ``OperatorAction`` with this action and
-#: the new priority at the start of its reason (``prioritize_reason``). Applied by the processor
-#: to the partition's flow state (``stream_processors.engine.flow``), not by ``decide``: a
-#: priority orders a partition's queue, it is not the instance's state.
+#: the new priority at the start of its reason (``prioritize_reason``). ``decide`` journals it
+#: (or refuses it) as any operator action; the processor then applies it to the partition's
+#: flow state (``stream_processors.engine.flow``): a priority orders a partition's queue, it is
+#: not the instance's state, and a replay reads it back from the journal.
 PRIORITIZE = "prioritize"
 _PRIORITY_PREFIX = "priority "
 

@@ -160,7 +160,7 @@ class SagaProcessor:
             )
             self._outputs.gate = self._flow
         self._owned: set[int] = set()  # inbox partitions assigned and restored
-        #: (topic, partition) revoked or lost during the current ``take``: see ``_stale``.
+        #: (topic, partition) revoked or lost during the current ``take``: see ``_ours``.
         self._revoked: set[tuple[str, int]] = set()
         self._due = DueWork(definition, self.store, config.retention_ms)
         self._router = SourceRouter(
@@ -273,9 +273,8 @@ class SagaProcessor:
         try:
             self._revoked.clear()
             messages = take(self.consumer, config.batch_size, self._wait(idle))
-            for message in messages:
-                if not self._stale(message):
-                    self._handle(message)
+            for message in self._ours(messages):
+                self._handle(message)
             self._run_due()
             if self._txn.is_open:
                 age = self._txn.age()
@@ -354,26 +353,27 @@ class SagaProcessor:
             self._txn.started = time.monotonic()
             self._measures.begin()
 
-    def _stale(self, message: Message) -> bool:
-        """Whether ``message`` is of a partition this process no longer owns: one revoked or
-        lost while ``take`` was reading (``poll`` may hand out a record before the ``consume``
-        that serves the revoke), or an inbox partition not restored. Left to its owner, it is
-        neither decided on nor its offset committed: deciding on it would write its instance's
-        snapshot into a partition another processor may be restoring, which then never learns
-        of the instance (its replies dead-lettered as ``unknown-instance``) or starts it again."""
-        if message.error() is not None:
-            return False
-        where = (message.topic() or "", message.partition() or 0)
-        if where in self._revoked or (
-            where[0] == self.topics.inbox and where[1] not in self._owned
-        ):
+    def _ours(self, messages: list[Message]) -> list[Message]:
+        """``messages`` less those of partitions this process no longer owns: revoked or lost
+        while ``take`` was reading (``poll`` may hand out a record before the ``consume`` that
+        serves the revoke), or inbox partitions not restored. Left to their owner, they are
+        neither decided on nor their offsets committed: deciding on one would write its
+        instance's snapshot into a partition another processor may have restored already,
+        which then never learns of the instance (its replies dead-lettered as
+        ``unknown-instance``) or starts it again (its commands sent twice)."""
+        inbox, owned, revoked = self.topics.inbox, self._owned, self._revoked
+
+        def owner(message: Message) -> bool:
+            topic, partition = message.topic(), message.partition()
+            return (topic, partition) not in revoked and (topic != inbox or partition in owned)
+
+        kept = [m for m in messages if m.error() is not None or owner(m)]
+        if len(kept) < len(messages):
             log.info(
-                "%s[%s]@%s: its partition is not ours now; left to its owner",
-                *where,
-                message.offset(),
+                "%s inputs of partitions no longer ours left to their owner",
+                len(messages) - len(kept),
             )
-            return True
-        return False
+        return kept
 
     def _handle(self, message: Message) -> None:
         if not transactions.consumed(message):

@@ -15,6 +15,7 @@ The sagas and services are in ``tests.integration.throttled``.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -275,7 +276,7 @@ def test_high_priority_sagas_overtake_a_low_priority_backlog(runs: Any) -> None:
     low = run.publish(BACKLOG, priority=0)
     run.wait_started(set(low), timeout=120)  # the backlog: started, and queued for the service
     last = max(low)  # the backlog's youngest, last in line: an operator moves it up
-    why = ["--reason", "the customer called", "--by", "test"]
+    why = ["--reason", "the customer called", "--by", "test", "--json"]
     cli = subprocess.run(
         [sys.executable, "-m", "sagas", "prioritize", f"{MODULE}:Prioritized", last, "20", *why],
         env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": run.kafka.bootstrap},
@@ -292,6 +293,13 @@ def test_high_priority_sagas_overtake_a_low_priority_backlog(runs: Any) -> None:
     assert high_median < low_median / 4
     # Prioritized before the high ones were published, the last of the backlog went early.
     assert ended[last] < min(ended[i] for i in high)
+    # Journaled as the other operator actions: who, why, the request id the CLI waited for.
+    (asked,) = [
+        e for e in run.entries if e.instance == last and e.kind == Kind.OPERATOR_ACTION.value
+    ]
+    assert asked.reason == "prioritize by test: priority 20: the customer called"
+    (verdict,) = json.loads(cli.stdout)
+    assert (verdict["outcome"], verdict["request"]) == ("applied", asked.operator_id)
     assert run.dead_letters() == []
 
 
