@@ -536,3 +536,19 @@ def test_a_replay_rebuilds_the_queue_the_in_flight_places_and_the_priorities(
         row.pop("seq", None)
     assert rebuilt == live
     r.processor.close()
+
+
+def test_a_restored_partitions_flow_rows_are_not_counted_as_instances(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = rig(tmp_path / "a", Limit(in_flight=2))
+    first.start()
+    orders(first, 6)
+    second = rig(tmp_path / "b", Limit(in_flight=2), first.broker)
+    with caplog.at_level("WARNING"):
+        second.start()  # restores the queue rows with the snapshots, and counts the snapshots
+        second.steps(2)
+    assert not [r for r in caplog.records if "unreadable for metrics" in r.getMessage()]
+    assert second.processor._measures.counts.by_status()["running"] == 6
+    first.processor.close()
+    second.processor.close()
