@@ -13,21 +13,21 @@ the limit across processes whatever the assignment. Both bounds are split into w
 (``share``: the first ``total % partitions`` partitions get one more), which add up to the limit
 exactly.
 
-A rate is also spread evenly over time, across partitions and processes, by a grid of *slots*
-on the wall clock that every processor computes alike (``Capacity.of``): a limit of ``rate``
-per ``per`` seconds has ``rate`` slots every period of ``per`` plus ``RATE_GUARD_MS``, evenly
-spaced, dealt to the partitions in turn (slot ``k`` of a period is partition ``k % partitions``'s,
-so each gets its share). A partition sends only in its own slots (at the slot, or late by less
-than the slots' spacing: a late wake-up), one command per slot, and never more than its share in
-any ``per`` seconds (a sliding log of its send times). So the limit's commands leave as one
-steady stream, whichever processes own the partitions: at most ``rate`` in any ``per`` seconds
-at the sending end, one every ``(per + guard) / rate``; at the receiving end too, as long as
-delivery delays differ by less than the guard. The guard costs ``per / (per + guard)`` of the
-rate (20 per second is sent as 18.5 per second). The consequence for uneven load: a slot whose
-partition has nothing queued is lost, since a busy partition cannot borrow an idle partition's
-share, so with few instances (or hot keys) the total reached is below the limit. A limit must
-give every partition something (``rate >= partitions`` and ``in_flight >= partitions``):
-``validate_shares`` says so at start-up.
+A rate is also spread evenly over time, across partitions and processes, by a grid of *slots* on the
+wall clock that every processor computes alike (``Capacity.of``): a limit of ``rate`` per ``per``
+seconds has ``rate`` slots every period of ``per`` plus ``RATE_GUARD_MS``, evenly spaced, dealt to
+the partitions in turn (slot ``k`` of a period is partition ``k % partitions``'s, so each gets its
+share). A partition sends only in its own slots (at the slot, or late by less than the slots'
+spacing: a late wake-up), one command per slot, and never more than its share in any ``per`` seconds
+(a sliding log of its send times). So the limit's commands leave as one steady stream, whichever
+processes own the partitions: at most ``rate`` in any ``per`` seconds at the sending end, one every
+``(per + guard) / rate``; at the receiving end too, as long as delivery delays (plus how late in its
+slot each command left, and the skew between the processors' clocks: keep them synchronized) differ
+by less than the guard. The guard costs ``per / (per + guard)`` of the rate (20 per second is sent
+as 18.5 per second). The consequence for uneven load: a slot whose partition has nothing queued is
+lost, since a busy partition cannot borrow an idle partition's share, so with few instances (or hot
+keys) the total reached is below the limit. A limit must give every partition something (``rate >=
+partitions`` and ``in_flight >= partitions``): ``validate_shares`` says so at start-up.
 
 ``release`` decides, for one limit in one partition, which queued commands go now and when to
 look again: given the queue, the number in flight, the recent send times and the time. It is a
