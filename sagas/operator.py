@@ -619,16 +619,20 @@ def prioritize(
     by: str,
     reason: str,
     bootstrap: str | None = None,
-) -> Sent:
-    """Give a running instance a new priority (``sagas prioritize``): its commands waiting for a
-    limit are released before those of lower priority (``stream_processors.core.throttle``).
+    *,
+    wait: bool = True,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Verdict:
+    """Give an instance a new priority (``sagas prioritize``): its commands waiting for a limit
+    are released before those of lower priority (``stream_processors.core.throttle``).
 
-    An ``OperatorAction`` ``prioritize`` whose reason starts with the priority; the processor
-    keeps it in the partition's flow state (not the journal: a priority orders a queue, it is not
-    the instance's state) and ignores it for an instance that is not running."""
+    An ``OperatorAction`` ``prioritize`` whose reason starts with the priority, sent and
+    answered as the other actions are (``send_and_wait``): applied, it is journaled with who
+    and why (the processor then orders the partition's queue by it, and a replay finds it
+    there); refused (an unknown or finished instance, a saga without limits), the refusal is
+    journaled with the reason."""
     _check_who(by, reason)
     why = prioritize_reason(priority, reason)
-    value = OperatorAction(action=PRIORITIZE, by=by, reason=why).encode()
-    note = f"{PRIORITIZE} by {by}: {why}"
-    # Not journaled (a priority orders a queue): there is no verdict to wait for.
-    return _sent(definition, [Request(instance_id, value, note, PRIORITIZE)], bootstrap)[0]
+    return send_and_wait(
+        definition, instance_id, PRIORITIZE, by, why, bootstrap, wait=wait, timeout=timeout
+    )

@@ -314,7 +314,9 @@ def replay(
     if not verify_only:
         typer.echo(
             f"rebuilt {rebuilt.snapshots} snapshots of {rebuilt.instances} instances from "
-            f"{total} journal entries ({rebuilt.expired} finished beyond retention left out)"
+            f"{total} journal entries ({rebuilt.expired} finished beyond retention left out"
+            + (f"; {rebuilt.flow_rows} flow-control rows" if rebuilt.flow_rows else "")
+            + ")"
         )
         return
     typer.echo(

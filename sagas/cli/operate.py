@@ -34,6 +34,7 @@ from sagas.operator import DEFAULT_TIMEOUT, DeadLetter, OperatorError
 from sagas.verdicts import Verdict, exit_code, summary
 from stream_processors.codecs.records import Record
 from stream_processors.core.model import SagaDefinition
+from stream_processors.core.throttle import PRIORITIZE
 from stream_processors.declarative.definition import is_definition_file
 from stream_processors.kafka.topics import SagaTopics
 
@@ -408,19 +409,27 @@ def prioritize(
     instance: InstanceId,
     priority: Annotated[int, typer.Argument(help="The new priority (higher is released first)")],
     reason: Reason = "",
+    timeout: Timeout = DEFAULT_TIMEOUT,
+    no_wait: NoWait = False,
+    as_json: AsJson = False,
     by: By = None,
     bootstrap: Bootstrap = None,
 ) -> None:
     """Give a running instance a new priority: its steps waiting for a limit go before those of
-    lower priority (flow control; the saga must declare limits)."""
+    lower priority (flow control; the saga must declare limits).
+
+    Journaled as the other operator actions are, with who and why; waits for the processor's
+    verdict and prints it (exits 1 when refused, 3 when no verdict came within --timeout)."""
     definition = saga_definition(target)
-    try:
-        sent = operator.prioritize(
-            definition, instance, priority, _who(by), _reason(reason), bootstrap
-        )
-    except (OperatorError, ValueError) as error:
-        raise fail(error) from error
-    typer.echo(
-        f"sent prioritize to {sent.topic}[{sent.partition}]@{sent.offset} "
-        f"(instance {sent.key}): {sent.note}"
+    waiting = _Waiting(timeout, no_wait, as_json)
+    verdicts = _send(
+        waiting,
+        lambda *args, **options: [operator.prioritize(*args, **options)],
+        definition,
+        instance,
+        priority,
+        _who(by),
+        _reason(reason),
+        bootstrap,
     )
+    _report(verdicts, waiting, PRIORITIZE)

@@ -28,8 +28,10 @@ An input is one of:
   visits or a map's items, the first run in flight). Ignored inputs change nothing and are
   not journaled; the processor counts them by reason;
 - an event the saga has a handler for;
-- an ``OperatorAction``: retry a parked instance's compensation, cancel (compensate now), or
-  resolve a parked instance; journaled with who and why. One that does not apply is ignored
+- an ``OperatorAction``: retry a parked instance's compensation, cancel (compensate now),
+  resolve a parked instance, or prioritize (a new priority for its commands queued behind a
+  limit: journaled only, the processor applies it to the partition's queue: ``prioritized``);
+  journaled with who and why. One that does not apply is ignored
   as ``operator-<action>-not-applicable`` (``operator-unknown-not-applicable`` for an action
   that is none of ``OPERATOR_ACTIONS``: reasons are a fixed set, they become metric labels);
 - anything else is *rejected*: the processor sends it to the dead-letter topic with the reason.
@@ -81,6 +83,7 @@ from stream_processors.core.model import (
 )
 from stream_processors.core.policy import HEARTBEAT_TIMEOUT, TIMEOUT, TRANSIENT
 from stream_processors.core.tasks import TASK_FAILED, TaskFailed, TaskHeartbeat, TaskSucceeded
+from stream_processors.core.throttle import PRIORITIZE, priority_in
 
 __all__ = [
     "DEADLINE",
@@ -91,6 +94,7 @@ __all__ = [
     "decide",
     "decide_timer",
     "idempotency_key",
+    "prioritized",
     "refusal_parts",
     "refusal_reason",
     "retry_timer",
@@ -481,6 +485,8 @@ def _operator(decider: Decider, action: OperatorAction, received: Input) -> Deci
         "cancel": status is Status.RUNNING,
         "retry": status is Status.NEEDS_ATTENTION,
         "resolve": status is Status.NEEDS_ATTENTION,
+        # Journaled and nothing more: the processor orders the partition's queue by it.
+        PRIORITIZE: _prioritizable(decider.definition, instance, action),
     }
     if not allowed.get(action.action, False):
         # The action's name comes from the record: an unknown one must not make a new reason.
@@ -491,7 +497,9 @@ def _operator(decider: Decider, action: OperatorAction, received: Input) -> Deci
     decider.emit(
         instance.instance_id, Kind.OPERATOR_ACTION, action, record=received.raw, reason=why
     )
-    if action.action == "cancel":
+    if action.action == PRIORITIZE:
+        pass  # ``priority_of_action`` reads the priority back from the entry's record
+    elif action.action == "cancel":
         decider.fail(f"cancelled by {action.by}: {action.reason}")
     elif action.action == "resolve":
         for timer in list(decider.instance.timers):  # a resolved instance has nothing to wait for
@@ -501,6 +509,20 @@ def _operator(decider: Decider, action: OperatorAction, received: Input) -> Deci
         decider.note(Kind.SAGA_RESUMED, reason=why)
         _resume(decider)
     return decider.decision
+
+
+def _prioritizable(definition: SagaDefinition, instance: Instance, action: OperatorAction) -> bool:
+    """A ``prioritize`` applies to an instance not finished of a saga with limits, and must
+    name the priority (``prioritize_reason``)."""
+    named = priority_in(action.reason) is not None
+    return definition.throttle is not None and not instance.status.finished and named
+
+
+def prioritized(decision: Decision, record: object) -> int | None:
+    """The priority an applied ``prioritize`` sets (None: not one, or not applied)."""
+    if not (isinstance(record, OperatorAction) and record.action == PRIORITIZE):
+        return None
+    return priority_in(record.reason) if decision.entries else None
 
 
 def _resume(decider: Decider) -> None:
@@ -595,6 +617,8 @@ _APPLIES_TO = {
     "retry": "a parked instance (needs_attention)",
     "resolve": "a parked instance (needs_attention)",
     "cancel": "a running instance",
+    PRIORITIZE: "a running or parked instance of a saga that declares limits, with the priority "
+    "first in its reason",
 }
 #: Why an input was not applied, by ``Decision.ignored``/``rejected`` reason code.
 _WHY = {

@@ -55,7 +55,8 @@ CHILD_FAILED = "sagalog.ChildFailed"
 
 
 class OperatorAction(Event, schema="sagalog.OperatorAction"):
-    """An operator's retry, cancel or resolve, sent to one instance by the ``sagas`` CLI."""
+    """An operator's retry, cancel, resolve or prioritize, sent to one instance by the ``sagas``
+    CLI."""
 
     action: str
     by: str
@@ -63,7 +64,7 @@ class OperatorAction(Event, schema="sagalog.OperatorAction"):
 
 
 #: The actions an ``OperatorAction`` may name; the processor ignores any other.
-OPERATOR_ACTIONS = ("retry", "cancel", "resolve")
+OPERATOR_ACTIONS = ("retry", "cancel", "resolve", "prioritize")
 
 #: Inputs every saga takes, whatever it declares. Replies that any step may take (a transient
 #: failure, a child's end) are matched to their step by command id alone.

@@ -9,14 +9,25 @@ its start event, and the optional aging rule.
 
 Several processors share a limit without talking to each other: each *inbox partition* owns an
 equal share of it, and a partition is owned by one processor at a time, so the shares add up to
-the limit across processes whatever the assignment. The in-flight bound is split into whole
-shares (``share``: the first ``in_flight % partitions`` partitions get one more); the rate into
-equal fractions, and each partition spaces its sends evenly, one every ``gap_ms`` (the window,
-``per`` plus ``RATE_GUARD_MS``, times the partitions, over the rate): a steady flow, never a
-burst. The consequence for uneven load: a busy partition cannot borrow an idle partition's share,
-so with few instances (or hot keys) the total reached is below the limit. A limit must give
-every partition something (``rate >= partitions`` and ``in_flight >= partitions``):
-``validate_shares`` says so at start-up.
+the limit across processes whatever the assignment. Both bounds are split into whole shares
+(``share``: the first ``total % partitions`` partitions get one more), which add up to the limit
+exactly.
+
+A rate is also spread evenly over time, across partitions and processes, by a grid of *slots* on the
+wall clock that every processor computes alike (``Capacity.of``): a limit of ``rate`` per ``per``
+seconds has ``rate`` slots every period of ``per`` plus ``RATE_GUARD_MS``, evenly spaced, dealt to
+the partitions in turn (slot ``k`` of a period is partition ``k % partitions``'s, so each gets its
+share). A partition sends only in its own slots (at the slot, or late by less than the slots'
+spacing: a late wake-up), one command per slot, and never more than its share in any ``per`` seconds
+(a sliding log of its send times). So the limit's commands leave as one steady stream, whichever
+processes own the partitions: at most ``rate`` in any ``per`` seconds at the sending end, one every
+``(per + guard) / rate``; at the receiving end too, as long as delivery delays (plus how late in its
+slot each command left, and the skew between the processors' clocks: keep them synchronized) differ
+by less than the guard. The guard costs ``per / (per + guard)`` of the rate (20 per second is sent
+as 18.5 per second). The consequence for uneven load: a slot whose partition has nothing queued is
+lost, since a busy partition cannot borrow an idle partition's share, so with few instances (or hot
+keys) the total reached is below the limit. A limit must give every partition something (``rate >=
+partitions`` and ``in_flight >= partitions``): ``validate_shares`` says so at start-up.
 
 ``release`` decides, for one limit in one partition, which queued commands go now and when to
 look again: given the queue, the number in flight, the recent send times and the time. It is a
@@ -27,19 +38,19 @@ oldest first, then the order of arrival.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from stream_processors.codecs.records import DeclarationError
 
-#: A rate window is this much longer than declared: commands are produced in a transaction
-#: and reach the worker after the processor's commit and the worker's own batch, so sends may
-#: arrive closer together than they left. The guard keeps the limit true at the receiving end
-#: for delays that vary by up to about this much; it costs a third of the declared rate at
-#: 1 per second (1.5 s windows).
-RATE_GUARD_MS = 500
+#: A rate's period of slots is this much longer than declared: commands are produced in a
+#: transaction and reach the worker after the processor's commit and the worker's own fetch, so
+#: sends may arrive closer together than they left. The guard keeps the limit true at the
+#: receiving end for delivery delays that differ by up to this much (a worker that must never
+#: see more, whatever the delays, paces itself too: ``Worker(rate=...)``); it costs
+#: ``per / (per + guard)`` of the declared rate: 20 per second is sent as 18.5.
+RATE_GUARD_MS = 80
 
 
 @dataclass(frozen=True)
@@ -98,9 +109,10 @@ class Throttle:
 
 
 #: An operator's change of an instance's priority: an ``OperatorAction`` with this action and
-#: the new priority at the start of its reason (``prioritize_reason``). Applied by the processor
-#: to the partition's flow state (``stream_processors.engine.flow``), not by ``decide``: a
-#: priority orders a partition's queue, it is not the instance's state.
+#: the new priority at the start of its reason (``prioritize_reason``). ``decide`` journals it
+#: (or refuses it) as any operator action; the processor then applies it to the partition's
+#: flow state (``stream_processors.engine.flow``): a priority orders a partition's queue, it is
+#: not the instance's state, and a replay reads it back from the journal.
 PRIORITIZE = "prioritize"
 _PRIORITY_PREFIX = "priority "
 
@@ -143,26 +155,46 @@ def validate_shares(throttle: Throttle, partitions: int) -> None:
 
 @dataclass(frozen=True)
 class Capacity:
-    """One limit's share in one partition: sends per window, and in flight at once."""
+    """One limit's share in one partition: its rate slots, and in flight at once."""
 
-    #: The partition's share of the rate: sends per window (a fraction of the limit's).
-    rate: float | None
+    #: The partition's share of the rate: at most this many sends in any ``per_ms``.
+    rate: int | None
+    #: The period of the slots: the declared window plus ``RATE_GUARD_MS``.
     window_ms: int
     in_flight: int | None
+    #: The partition's slots: offsets in the period (default: ``rate`` evenly spaced).
+    slots_ms: tuple[int, ...] = ()
+    #: How late a slot may still be used: the spacing of all the limit's slots (default: of
+    #: this partition's).
+    grace_ms: int = 0
 
     @property
-    def gap_ms(self) -> int:
-        """The time between two sends under the rate: the share spread evenly over the window,
-        so that the receiving end gets a steady flow rather than bursts."""
-        return 0 if self.rate is None else math.ceil(self.window_ms / self.rate)
+    def per_ms(self) -> int:
+        """The declared window, in which the share is never exceeded."""
+        return self.window_ms - RATE_GUARD_MS
+
+    def offsets(self) -> tuple[int, ...]:
+        if self.slots_ms or self.rate is None:
+            return self.slots_ms
+        return tuple(k * self.window_ms // self.rate for k in range(self.rate))
+
+    def grace(self) -> int:
+        if self.grace_ms or self.rate is None:
+            return self.grace_ms
+        return self.window_ms // self.rate
 
     @classmethod
     def of(cls, limit: Limit, partition: int, partitions: int) -> Capacity:
-        return cls(
-            None if limit.rate is None else limit.rate / partitions,
-            round(limit.per * 1000) + RATE_GUARD_MS,
-            None if limit.in_flight is None else share(limit.in_flight, partition, partitions),
+        window = round(limit.per * 1000) + RATE_GUARD_MS
+        in_flight = (
+            None if limit.in_flight is None else share(limit.in_flight, partition, partitions)
         )
+        if limit.rate is None:
+            return cls(None, window, in_flight)
+        slots = tuple(
+            k * window // limit.rate for k in range(limit.rate) if k % partitions == partition
+        )
+        return cls(len(slots), window, in_flight, slots, window // limit.rate)
 
 
 @dataclass(frozen=True, order=True)
@@ -206,8 +238,7 @@ def ordered(
 
 
 def room(capacity: Capacity, in_flight: int, sent_ms: Sequence[int], now_ms: int) -> int:
-    """How many more commands may be sent now: under a rate, one at most, and only once the
-    last send is ``gap_ms`` old."""
+    """How many more commands may be sent now: under a rate, one at most, in a slot."""
     free = 1 << 30
     if capacity.in_flight is not None:
         free = capacity.in_flight - in_flight
@@ -219,11 +250,32 @@ def room(capacity: Capacity, in_flight: int, sent_ms: Sequence[int], now_ms: int
 
 
 def next_slot_ms(capacity: Capacity, sent_ms: Sequence[int], now_ms: int) -> int | None:
-    """When the rate next allows a send, if not now (None: now, or no rate bound)."""
-    if capacity.rate is None or not sent_ms:
+    """When the rate next allows a send, if not now (None: now, or no rate bound): in the
+    first of the partition's slots not used yet and not past its grace, once fewer than the
+    share were sent in the ``per_ms`` before."""
+    if capacity.rate is None:
         return None
-    due = max(sent_ms) + capacity.gap_ms
+    earliest = now_ms
+    recent = sorted(at for at in sent_ms if at > now_ms - capacity.per_ms)
+    if len(recent) >= capacity.rate:
+        # The oldest send that must leave the window before another may enter it.
+        earliest = recent[len(recent) - capacity.rate] + capacity.per_ms
+    lower = earliest - capacity.grace()
+    if sent_ms:
+        lower = max(lower, max(sent_ms))  # a slot is used once: by a send at or after it
+    due = max(earliest, _slot_after(capacity, lower))
     return due if due > now_ms else None
+
+
+def _slot_after(capacity: Capacity, after_ms: int) -> int:
+    """The first of the partition's slots later than ``after_ms`` on the wall clock's grid."""
+    period = capacity.window_ms
+    first = after_ms // period
+    for n in (first, first + 1):
+        for offset in capacity.offsets():
+            if n * period + offset > after_ms:
+                return n * period + offset
+    raise AssertionError("a partition with a rate share has a slot in every period")
 
 
 def release(

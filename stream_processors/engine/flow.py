@@ -33,14 +33,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from stream_processors.codecs.records import decode_record
+from stream_processors.core.decide import prioritized
 from stream_processors.core.decision import COMMAND, Decision, OutgoingCommand
 from stream_processors.core.instance import Instance, Status, StepStatus
-from stream_processors.core.model import SagaDefinition
+from stream_processors.core.journal import JournalEntry, Kind
+from stream_processors.core.model import OperatorAction, SagaDefinition
 from stream_processors.core.release import released
 from stream_processors.core.throttle import (
+    PRIORITIZE,
     Capacity,
     Queued,
     Throttle,
+    priority_in,
     release,
     room,
     validate_shares,
@@ -199,11 +204,20 @@ class FlowGate:
 
     # -- in a decision -----------------------------------------------------------------------
 
-    def started(self, partition: int, instance_id: str, start: Any) -> None:
-        """An instance started: its priority from its start event (kept only when not 0)."""
-        state = self._owned.get(partition)
-        priority = self.throttle.priority_of(start)
-        if state is not None and priority:
+    def decided(
+        self,
+        partition: int,
+        instance_id: str,
+        before: Instance | None,
+        decision: Decision,
+        record: Any,
+    ) -> None:
+        """A decision was staged: an instance started takes its priority from its start event
+        (kept only when not 0), and an operator's applied ``prioritize`` sets a new one."""
+        priority = prioritized(decision, record)
+        if before is None and decision.entries:
+            priority = self.throttle.priority_of(record) or None
+        if priority is not None:
             self.prioritize(partition, instance_id, priority)
 
     def prioritize(self, partition: int, instance_id: str, priority: int) -> None:
@@ -238,6 +252,7 @@ class FlowGate:
             state.track(instance.instance_id, command.command_id)
             self._stage(partition, _QUEUED + command.command_id, _row(queue[command.command_id]))
             held.add(command.command_id)
+            state.dirty.add(limit)  # ``run`` decides when it goes (its wake, under a rate)
         if held:
             self._gauge()
         return held
@@ -405,8 +420,7 @@ class FlowGate:
         capacity = self._capacity(partition, limit)
         while window and window[0] <= at - capacity.window_ms:
             window.popleft()
-        row = {"limit": limit, "instance": instance, "sent_ms": at}
-        self._stage(partition, _IN_FLIGHT + command_id, row)
+        self._stage(partition, _IN_FLIGHT + command_id, _flying(limit, instance, at))
 
     def _stage(self, partition: int, key: str, row: dict[str, Any] | None) -> None:
         self._txn.flow[(partition, key)] = None if row is None else json.dumps(row).encode()
@@ -415,12 +429,22 @@ class FlowGate:
         for name, gauge in self._queued_gauge.items():
             gauge.set(sum(len(s.queues.get(name, ())) for s in self._owned.values()))
 
+    def next_wake_ms(self) -> int | None:
+        """The earliest time a rate next lets a queued command go, in any owned partition."""
+        wakes = [w for state in self._owned.values() for w in state.wake.values()]
+        return min(wakes, default=None)
+
     def waiting(self) -> dict[str, int]:
         """Queued commands per limit in this process's partitions."""
         return {
             name: sum(len(s.queues.get(name, ())) for s in self._owned.values())
             for name in self.throttle.limits
         }
+
+
+def _flying(limit: str, instance: str, sent_ms: int) -> dict[str, Any]:
+    """An in-flight row: a command sent under ``limit`` and not answered yet."""
+    return {"limit": limit, "instance": instance, "sent_ms": sent_ms}
 
 
 def _row(held: _Held) -> dict[str, Any]:
@@ -450,3 +474,77 @@ def _held(row: dict[str, Any]) -> _Held:
     )
     queued = Queued(row["queued_ms"], row["seq"], row["command_id"], row["instance"])
     return _Held(queued, row["limit"], command)
+
+
+class QueueRebuild:
+    """One partition's flow rows as the processor would hold them, rebuilt from its journal
+    and the command topics (``sagas replay``'s rebuild: ``stream_processors.tools.replay``).
+
+    Pure: ``see`` is given the partition's journal entries in order, ``rows`` the folded
+    instances and the commands that left (``{command id: when produced}``, read from the
+    command topics). The journal has each command's bytes and when it was decided
+    (``CommandSent``/``CompensationSent``) and each instance's priority (its start event, then
+    an operator's applied ``prioritize``); the fold says which commands the instances still
+    wait for. Such a command, counting against a limit, is *in flight* if it left, else *queued*
+    (from when it was decided, in the order of the journal): the queue the processor had, less
+    what only its memory held (the rate's recent send times, which a restored partition starts
+    without anyway: it waits one slot before its first send).
+    """
+
+    def __init__(self, definition: SagaDefinition, throttle: Throttle) -> None:
+        self.definition = definition
+        self.throttle = throttle
+        self._decided: dict[str, tuple[int, int, bytes]] = {}  # id -> (at_ms, seq, bytes)
+        self._priorities: dict[str, int] = {}
+
+    def see(self, entry: JournalEntry) -> None:
+        """One journal entry of the partition, in journal order."""
+        kind = entry.kind
+        if kind in _SENT_KINDS and entry.command_id and entry.record is not None:
+            self._decided[entry.command_id] = (entry.at_ms, len(self._decided), entry.record)
+        elif kind == Kind.SAGA_STARTED.value and entry.record is not None:
+            priority = self.throttle.priority_of(decode_record(entry.record))
+            self._priorities[entry.instance] = priority
+        elif kind == Kind.OPERATOR_ACTION.value and entry.record is not None:
+            action = decode_record(entry.record)
+            if isinstance(action, OperatorAction) and action.action == PRIORITIZE:
+                self._priorities[entry.instance] = priority_in(action.reason) or 0
+
+    def rows(self, instances: dict[str, Instance], left: dict[str, int]) -> list[tuple[str, bytes]]:
+        """(changelog key, row) of every flow row of the partition."""
+        rows: list[tuple[str, dict[str, Any]]] = []
+        for instance_id, instance in instances.items():
+            if instance.status.finished:
+                continue
+            if self._priorities.get(instance_id):
+                rows.append((_PRIORITY + instance_id, {"priority": self._priorities[instance_id]}))
+            for held in self._held(instance):
+                command_id = held.queued.command_id
+                if command_id in left:
+                    flying = _flying(held.limit, instance_id, left[command_id])
+                    rows.append((_IN_FLIGHT + command_id, flying))
+                else:
+                    rows.append((_QUEUED + command_id, _row(held)))
+        return [(key, json.dumps(row).encode()) for key, row in rows]
+
+    def _held(self, instance: Instance) -> Iterable[_Held]:
+        """The commands ``instance`` waits for that count against a limit."""
+        waiting = awaited(instance)
+        for step in instance.steps.values():
+            decided = self._decided.get(step.command_id)
+            if step.command_id not in waiting or decided is None:
+                continue
+            task = self.definition.tasks.get(step.node)
+            compensating = step.status.compensation
+            spec = None if task is None else task.compensation if compensating else task.action
+            if spec is None or spec.topic is None or (spec.child is not None and not compensating):
+                continue  # a wait sends nothing; a child's start is not a command
+            limit = self.throttle.limit_of(step.node, spec.topic)
+            if limit is not None:
+                at_ms, seq, value = decided
+                command = OutgoingCommand(spec.topic, instance.instance_id, step.command_id, value)
+                queued = Queued(at_ms, seq, step.command_id, instance.instance_id)
+                yield _Held(queued, limit, command)
+
+
+_SENT_KINDS = (Kind.COMMAND_SENT.value, Kind.COMPENSATION_SENT.value)

@@ -48,7 +48,7 @@ from stream_processors.core.measures import (
     snapshot_status,
 )
 from stream_processors.core.model import OPERATOR_ACTIONS, SagaDefinition
-from stream_processors.engine.store import SnapshotStore
+from stream_processors.engine.store import FLOW_ROWS, SnapshotStore
 from stream_processors.kafka.clients import Consumer
 
 log = logging.getLogger(__name__)
@@ -291,7 +291,8 @@ class SagaMetrics:
         a chunk is a bounded amount of work. Finished ones are told by their status alone."""
         label = self.measurer.snapshot_label
         for instance_id, value in snapshots:
-            if snapshot_status(value) in FINISHED:
+            # A flow-control row (engine.flow) is no instance; finished ones count for nothing.
+            if instance_id.startswith(FLOW_ROWS) or snapshot_status(value) in FINISHED:
                 yield None
                 continue
             try:

@@ -48,8 +48,7 @@ from stream_processors.core import limits, oversize
 from stream_processors.core.decide import Decision, decide
 from stream_processors.core.decision import OutgoingCommand
 from stream_processors.core.instance import Instance, decode_snapshot
-from stream_processors.core.model import OperatorAction, SagaDefinition
-from stream_processors.core.throttle import PRIORITIZE, priority_in
+from stream_processors.core.model import SagaDefinition
 from stream_processors.engine import metrics, tracing
 from stream_processors.engine.cache import InstanceCache
 from stream_processors.engine.flow import FlowGate
@@ -161,6 +160,8 @@ class SagaProcessor:
             )
             self._outputs.gate = self._flow
         self._owned: set[int] = set()  # inbox partitions assigned and restored
+        #: (topic, partition) revoked or lost during the current ``take``: see ``_ours``.
+        self._revoked: set[tuple[str, int]] = set()
         self._due = DueWork(definition, self.store, config.retention_ms)
         self._router = SourceRouter(
             definition,
@@ -270,8 +271,9 @@ class SagaProcessor:
                 self._flow.restored(restored)
         self._measures.follow(self._owned, self.consumer)
         try:
+            self._revoked.clear()
             messages = take(self.consumer, config.batch_size, self._wait(idle))
-            for message in messages:
+            for message in self._ours(messages):
                 self._handle(message)
             self._run_due()
             if self._txn.is_open:
@@ -289,14 +291,20 @@ class SagaProcessor:
         self._kafka.producer.poll(0)
 
     def _wait(self, idle: float) -> float:
-        """How long ``step`` may wait for an input: until the open transaction is due at most,
-        and briefly while partitions restore (restore goes on between the waits)."""
+        """How long ``step`` may wait for an input: until the open transaction or a limit's next
+        release is due at most, and briefly while partitions restore (restore goes on between
+        the waits)."""
         assert self._recovery is not None
         if self._recovery.pending:
             return RESTORE_POLL
+        wait = POLL_INTERVAL
         if self._txn.is_open:
-            return max(0.0, min(POLL_INTERVAL, idle - self._txn.age()))
-        return POLL_INTERVAL
+            wait = max(0.0, min(wait, idle - self._txn.age()))
+        wake_ms = None if self._flow is None else self._flow.next_wake_ms()
+        if wake_ms is not None:
+            # A rate's next send is due: a late wake-up would lower the rate a limit delivers.
+            wait = max(0.0, min(wait, wake_ms / 1000 - self.clock()))
+        return wait
 
     def _run_due(self) -> None:
         """Timers and retention (``stream_processors.engine.timers``) in the open transaction."""
@@ -344,6 +352,28 @@ class SagaProcessor:
             self._kafka.begin()
             self._txn.started = time.monotonic()
             self._measures.begin()
+
+    def _ours(self, messages: list[Message]) -> list[Message]:
+        """``messages`` less those of partitions this process no longer owns: revoked or lost
+        while ``take`` was reading (``poll`` may hand out a record before the ``consume`` that
+        serves the revoke), or inbox partitions not restored. Left to their owner, they are
+        neither decided on nor their offsets committed: deciding on one would write its
+        instance's snapshot into a partition another processor may have restored already,
+        which then never learns of the instance (its replies dead-lettered as
+        ``unknown-instance``) or starts it again (its commands sent twice)."""
+        inbox, owned, revoked = self.topics.inbox, self._owned, self._revoked
+
+        def owner(message: Message) -> bool:
+            topic, partition = message.topic(), message.partition()
+            return (topic, partition) not in revoked and (topic != inbox or partition in owned)
+
+        kept = [m for m in messages if m.error() is not None or owner(m)]
+        if len(kept) < len(messages):
+            log.info(
+                "%s inputs of partitions no longer ours left to their owner",
+                len(messages) - len(kept),
+            )
+        return kept
 
     def _handle(self, message: Message) -> None:
         if not transactions.consumed(message):
@@ -413,10 +443,6 @@ class SagaProcessor:
             self._outputs.dead_letter(message, checked.reason, checked.detail)
             return
         instance = self.load(partition, checked.instance_id)
-        action = checked.input.record
-        if isinstance(action, OperatorAction) and action.action == PRIORITIZE:
-            self._prioritize(partition, checked.instance_id, instance, action)
-            return
         now_ms = int(self.clock() * 1000)
         try:
             decision = decide(self.definition, instance, checked.input, now_ms)
@@ -436,27 +462,11 @@ class SagaProcessor:
             metrics.count_ignored(self.definition.name, decision.ignored)
             return
         unstaged = self.emit(decision, partition, checked.key, instance, now_ms)
-        if self._flow is not None and unstaged is None and instance is None:
-            self._flow.started(partition, checked.instance_id, record)
+        if self._flow is not None and unstaged is None:
+            self._flow.decided(partition, checked.instance_id, instance, decision, record)
         if unstaged is not None:  # nothing of the decision was staged (the instance parked)
             detail = f"{unstaged.too_large.oversize.detail()}; {unstaged.why}"
             self._outputs.dead_letter(message, limits.OUTPUTS_TOO_LARGE, detail)
-
-    def _prioritize(
-        self, partition: int, instance_id: str, instance: Instance | None, action: OperatorAction
-    ) -> None:
-        """An operator's new priority for a running instance (``sagas prioritize``): it orders
-        the partition's queues from now on, in this transaction (``engine.flow``)."""
-        priority = priority_in(action.reason)
-        running = instance is not None and not instance.status.finished
-        if self._flow is None or priority is None or not running:
-            log.warning(
-                "instance %s: %s by %s not applicable", instance_id, action.action, action.by
-            )
-            metrics.count_ignored(self.definition.name, "operator-unknown-not-applicable")
-            return
-        self._flow.prioritize(partition, instance_id, priority)
-        log.info("instance %s: priority %s set by %s", instance_id, priority, action.by)
 
     def _code_failed(
         self,
@@ -671,6 +681,7 @@ class SagaProcessor:
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         assert self._recovery is not None
+        self._revoked.update((tp.topic, tp.partition) for tp in partitions)
         revoked = {tp.partition for tp in partitions if tp.topic == self.topics.inbox}
         self._owned -= revoked
         if self._flow is not None:

@@ -8,9 +8,11 @@ The journal is the source of truth; snapshots are a cache of its fold. Two jobs 
   after the retention time are finished and not counted as missing; instances journaled after
   their snapshot was read (a processor is running) are counted as in flight.
 - ``rebuild``: with the saga's processors stopped, recreate the snapshots changelog from the
-  fold of the journal and write a fresh local store from it. Processors elsewhere notice the
-  changelog is a new topic (its topic id differs from the one their store recorded) and
-  restore from it in full.
+  fold of the journal and write a fresh local store from it, flow-control rows included (the
+  commands queued or in flight under a limit and the instances' priorities, rebuilt from the
+  journal and the command topics: ``stream_processors.engine.flow.QueueRebuild``). Processors
+  elsewhere notice the changelog is a new topic (its topic id differs from the one their store
+  recorded) and restore from it in full.
 
 Both read the journal one partition at a time, so memory holds one partition's instances.
 """
@@ -29,7 +31,8 @@ from stream_processors.core.fold import apply
 from stream_processors.core.instance import Instance, decode_snapshot, encode_snapshot
 from stream_processors.core.journal import JournalEntry, stateless
 from stream_processors.core.model import SagaDefinition
-from stream_processors.engine.routing import SCHEDULE
+from stream_processors.engine.flow import QueueRebuild
+from stream_processors.engine.routing import COMMAND_ID, SCHEDULE, header
 from stream_processors.engine.store import FLOW_ROWS, DueRef, SnapshotStore, index_entries
 from stream_processors.engine.transaction import planned
 from stream_processors.kafka.config import producer_config
@@ -64,16 +67,20 @@ def fold_partition(
     partition: int,
     bootstrap: str | None = None,
     progress: Progress | None = None,
+    seen: Callable[[JournalEntry], None] | None = None,
 ) -> dict[str, Instance]:
     """Every instance of one journal partition, folded from its entries.
 
     ``progress`` is called with the number of entries folded since its last call (every 1000,
-    and the rest at the end), so its arguments add up to the partition's entry count.
+    and the rest at the end), so its arguments add up to the partition's entry count;
+    ``seen`` with each entry, in order.
     """
     instances: dict[str, Instance] = {}
     count = 0
     for count, (_, value, _) in enumerate(_read_partition(bootstrap, journal, partition), 1):
         entry = JournalEntry.decode(value or b"")
+        if seen is not None:
+            seen(entry)
         if stateless(entry):  # an operator's refusal: it may name an instance that never was
             continue
         folded = apply(definition, instances.get(entry.instance), entry)
@@ -206,6 +213,21 @@ class RebuildReport:
     instances: int = 0
     snapshots: int = 0
     expired: int = 0
+    #: Flow-control rows rebuilt: commands queued or in flight under a limit, priorities.
+    flow_rows: int = 0
+
+
+def commands_left(definition: SagaDefinition, bootstrap: str | None = None) -> dict[str, int]:
+    """{command id: when produced} of the saga's commands committed on its command topics: the
+    commands that left the processor (a flow-controlled command not among them was queued)."""
+    prefix = f"{definition.name}/"
+    left: dict[str, int] = {}
+    for topic in definition.command_topics():
+        for message in committed_records(topic, bootstrap):
+            command_id = header(message.headers(), COMMAND_ID)
+            if command_id is not None and command_id.startswith(prefix):
+                left[command_id] = message.timestamp()[1]
+    return left
 
 
 def rebuild(
@@ -246,8 +268,12 @@ def rebuild(
             where = message.partition() or 0
             ends[where] = max(ends.get(where, -1), message.offset() or 0)
 
+    throttle = definition.throttle
+    left = {} if throttle is None else commands_left(definition, bootstrap)
     for partition in _partitions(bootstrap, topics.journal):
-        folded = fold_partition(definition, topics.journal, partition, bootstrap, progress)
+        queues = None if throttle is None else QueueRebuild(definition, throttle)
+        seen = None if queues is None else queues.see
+        folded = fold_partition(definition, topics.journal, partition, bootstrap, progress, seen)
         written: list[tuple[int, str, bytes | None]] = []
         index: list[DueRef] = []
         for instance_id, instance in folded.items():
@@ -269,6 +295,16 @@ def rebuild(
                 on_delivery=delivered,
             )
             producer.poll(0)
+        for key, row in [] if queues is None else queues.rows(folded, left):
+            written.append((partition, key, row))
+            producer.produce(
+                topics.snapshots,
+                key=key.encode(),
+                value=row,
+                partition=partition,
+                on_delivery=delivered,
+            )
+            report.flow_rows += 1
         if producer.flush(60):
             raise RuntimeError(f"snapshots of partition {partition} were not all acknowledged")
         offsets = {partition: ends[partition]} if partition in ends else {}

@@ -15,6 +15,7 @@ The sagas and services are in ``tests.integration.throttled``.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -172,13 +173,15 @@ class LimitedRun:
         self._sent += self.commands.read_to_end()
         return self._sent
 
+    def ours(self, command: Message) -> bool:
+        """Whether ``command`` is of this run's sagas (the topic is every run's)."""
+        return f"/{self.prefix}" in (header(command.headers(), COMMAND_ID) or "")
+
     def sent_ids(self) -> Counter[str]:
         """Command ids committed on the command topic, with counts (this run's only)."""
         ids: Counter[str] = Counter()
-        for message in self.commands_sent():
-            command_id = header(message.headers(), COMMAND_ID) or ""
-            if f"/{self.prefix}" in command_id:
-                ids[command_id] += 1
+        for message in filter(self.ours, self.commands_sent()):
+            ids[header(message.headers(), COMMAND_ID) or ""] += 1
         return ids
 
     def close(self) -> None:
@@ -232,12 +235,20 @@ def test_a_rate_limit_holds_across_two_processors_while_the_sagas_complete(runs:
     assert len(times) == RATE_SAGAS
     busiest = most_in_any_window(times, 1.0)
     elapsed = times[-1] - times[0]
-    print(f"{RATE_SAGAS} commands over {elapsed:.1f} s; at most {busiest} in any 1 s window")
+    # Sustained: the most in any 10 s while every partition still had a backlog (each sends
+    # its share; at the end only the partitions with the most instances are left).
+    sustained = most_in_any_window(times, 10.0) / 10
+    # Where the saga's limit is enforced: the commands' produce times (their records' time).
+    produced = sorted(m.timestamp()[1] / 1000 for m in run.commands_sent() if run.ours(m))
+    sent_peak = most_in_any_window(produced, 1.0)
+    print(
+        f"{RATE_SAGAS} commands over {elapsed:.1f} s; at most {busiest} handled and "
+        f"{sent_peak} sent in any 1 s window; {sustained:.1f}/s sustained over 10 s"
+    )
     assert busiest <= 20
-    # Where the limit is enforced: the commands' produce times (their records' timestamps).
-    produced = sorted(m.timestamp()[1] / 1000 for m in run.commands_sent())
     assert len(produced) == RATE_SAGAS + 1  # and the warm-up's
-    assert most_in_any_window(produced, 1.0) <= 20
+    assert sent_peak <= 20
+    assert sustained >= 15  # the shares are used: 18.5/s as designed, on a quiet machine
     assert sum(run.sent_ids().values()) == RATE_SAGAS + 1
     assert run.dead_letters() == []
 
@@ -265,7 +276,7 @@ def test_high_priority_sagas_overtake_a_low_priority_backlog(runs: Any) -> None:
     low = run.publish(BACKLOG, priority=0)
     run.wait_started(set(low), timeout=120)  # the backlog: started, and queued for the service
     last = max(low)  # the backlog's youngest, last in line: an operator moves it up
-    why = ["--reason", "the customer called", "--by", "test"]
+    why = ["--reason", "the customer called", "--by", "test", "--json"]
     cli = subprocess.run(
         [sys.executable, "-m", "sagas", "prioritize", f"{MODULE}:Prioritized", last, "20", *why],
         env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": run.kafka.bootstrap},
@@ -282,6 +293,13 @@ def test_high_priority_sagas_overtake_a_low_priority_backlog(runs: Any) -> None:
     assert high_median < low_median / 4
     # Prioritized before the high ones were published, the last of the backlog went early.
     assert ended[last] < min(ended[i] for i in high)
+    # Journaled as the other operator actions: who, why, the request id the CLI waited for.
+    (asked,) = [
+        e for e in run.entries if e.instance == last and e.kind == Kind.OPERATOR_ACTION.value
+    ]
+    assert asked.reason == "prioritize by test: priority 20: the customer called"
+    (verdict,) = json.loads(cli.stdout)
+    assert (verdict["outcome"], verdict["request"]) == ("applied", asked.operator_id)
     assert run.dead_letters() == []
 
 

@@ -24,7 +24,7 @@ from stream_processors.core.decision import command_id
 from stream_processors.core.fold import apply, fold
 from stream_processors.core.instance import Instance, Status
 from stream_processors.core.journal import REFUSAL_SEQ, JournalEntry, Kind, stateless
-from stream_processors.core.model import OperatorAction
+from stream_processors.core.model import OperatorAction, SagaDefinition
 from stream_processors.core.oversize import park_for
 from stream_processors.engine.routing import NOTE, OPERATOR_ID
 from tests.unit.processor_rig import Rig
@@ -127,9 +127,65 @@ def test_every_action_on_every_status_is_applied_or_refused_with_why(
     assert note == f"{action} by alice: checked by hand"
     assert code == decision.ignored
     if action == "restart":
-        assert why == "unknown action 'restart': one of retry, cancel, resolve"
+        assert why == "unknown action 'restart': one of retry, cancel, resolve, prioritize"
     else:
         assert why.endswith(f"; this one is {status.value}")
+
+
+def _prioritize(priority: int | None, operator_id: str | None = "op-1") -> Input:
+    from stream_processors.core.throttle import PRIORITIZE, prioritize_reason
+
+    why = "the customer called" if priority is None else prioritize_reason(priority, "vip")
+    action = OperatorAction(action=PRIORITIZE, by="alice", reason=why)
+    return Input(action, action.encode(), operator_id=operator_id, key="o-1")
+
+
+def _limited() -> SagaDefinition:
+    from sagas import Limit
+    from stream_processors.core.throttle import Throttle
+
+    return replace(SAGA, throttle=Throttle({"payments": Limit(rate=10)}))
+
+
+def test_a_prioritize_is_journaled_with_who_and_the_priority_read_back_from_it() -> None:
+    from stream_processors.core.decide import prioritized
+
+    before = instance_in(Status.RUNNING)
+    asked = _prioritize(7)
+    decision = decide(_limited(), before, asked, NOW)
+    assert decision.refusal is None and decision.ignored is None and decision.commands == []
+    (entry,) = decision.entries
+    assert (entry.kind, entry.operator_id) == (Kind.OPERATOR_ACTION.value, "op-1")
+    assert entry.reason == "prioritize by alice: priority 7: vip" and entry.record == asked.raw
+    assert prioritized(decision, asked.record) == 7
+    after = decision.instance
+    moved = {"seq": before.seq, "updated_at_ms": before.updated_at_ms}
+    assert after is not None and replace(after, **moved) == before  # history only
+
+
+@pytest.mark.parametrize(
+    ("saga", "status", "priority", "code"),
+    [
+        ("limited", None, 7, "unknown-instance"),
+        ("limited", Status.COMPLETED, 7, "operator-prioritize-not-applicable"),
+        ("limited", Status.RUNNING, None, "operator-prioritize-not-applicable"),
+        ("unlimited", Status.RUNNING, 7, "operator-prioritize-not-applicable"),
+    ],
+)
+def test_a_prioritize_that_cannot_apply_is_refused_and_journaled_as_such(
+    saga: str, status: Status | None, priority: int | None, code: str
+) -> None:
+    from stream_processors.core.decide import prioritized
+
+    definition = _limited() if saga == "limited" else SAGA
+    before = None if status is None else instance_in(status)
+    asked = _prioritize(priority)
+    decision = decide(definition, before, asked, NOW)
+    assert decision.ignored == code and decision.entries == [] and decision.rejected is None
+    refusal = decision.refusal
+    assert refusal is not None and refusal.operator_id == "op-1"
+    assert refusal_parts(refusal.reason or "")[1] == code
+    assert prioritized(decision, asked.record) is None
 
 
 def test_an_action_for_an_unknown_instance_is_refused_and_creates_none() -> None:

@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, Message
 
 from stream_processors.engine import transaction
 from stream_processors.engine.processor import ProcessorConfig
+from stream_processors.engine.routing import COMMAND_ID, header
 from tests.unit.processor_rig import PAYMENTS, Rig
 
 ABORTABLE = KafkaError(KafkaError._STATE, "abortable", txn_requires_abort=True)
@@ -226,3 +227,51 @@ def test_full_batches_keep_the_transaction_open_until_caught_up(tmp_path: Path) 
     assert len(rig.visible(rig.topics.inbox)) == 2
     assert rig.producer.calls["commit_transaction"] == 1
     rig.processor.close()
+
+
+def _revoke_after_next_inbox_poll(rig: Rig) -> None:
+    """As librdkafka may: ``poll`` hands out an inbox record, and the ``consume`` that follows
+    it in the same ``take`` serves a revoke of every partition (the record's included)."""
+    consumer = rig.consumer
+    original = consumer.poll
+
+    def poll(timeout: float = -1) -> Message | None:
+        message = original(timeout)
+        if message is not None and message.topic() == rig.topics.inbox:
+            consumer.poll = original  # type: ignore[method-assign]
+            consumer.revoke_next()
+        return message
+
+    consumer.poll = poll  # type: ignore[method-assign]
+
+
+def test_an_input_of_a_partition_revoked_while_it_was_taken_is_left_to_its_new_owner(
+    tmp_path: Path,
+) -> None:
+    """The unknown-instance replies of issue 15: a processor decided on a start event of a
+    partition revoked in the same ``take`` and committed the instance's snapshot and offset
+    into a partition another processor had begun restoring. Here the other one restores first
+    and starts the instance too (its command sent twice); on the real broker, whose offset
+    fetch waits for the pending transactional commit, it can instead restore without the
+    snapshot and start after the input: the instance is unknown to it, its replies
+    dead-lettered as ``unknown-instance``."""
+    a = Rig(tmp_path / "a")
+    a.start()
+    a.place()
+    a.steps()  # routed into the inbox and committed
+    a.processor.config.commit_interval_ms = a.processor.config.idle_commit_ms = 60_000
+    _revoke_after_next_inbox_poll(a)
+    a.steps()  # the start event taken, then every partition revoked
+    assert a.consumer.assignment() == []
+    b = Rig(tmp_path / "b", broker=a.broker)
+    b.start()  # the new owner: restored, it reads the inbox from the committed offset
+    b.steps(2)
+    a.processor.config.commit_interval_ms = a.processor.config.idle_commit_ms = 0
+    a.steps()  # whatever the first one still had open commits now
+    commands = [header(m.headers(), COMMAND_ID) for m in b.visible(PAYMENTS)]
+    assert len(commands) == 1, commands
+    inbox = b.broker.partition_of(b"o-1")
+    assert b.committed()[(b.topics.inbox, inbox)] == 1
+    assert b.stored() is not None and a.stored() is None
+    a.processor.close()
+    b.processor.close()
