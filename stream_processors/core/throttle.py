@@ -13,21 +13,22 @@ the limit across processes whatever the assignment. Both bounds are split into w
 (``share``: the first ``total % partitions`` partitions get one more), which add up to the limit
 exactly.
 
-A rate is also spread evenly over time, across partitions and processes, by a grid of *slots* on the
-wall clock that every processor computes alike (``Capacity.of``): a limit of ``rate`` per ``per``
-seconds has ``rate`` slots every period of ``per`` plus ``RATE_GUARD_MS``, evenly spaced, dealt to
-the partitions in turn (slot ``k`` of a period is partition ``k % partitions``'s, so each gets its
-share). A partition sends only in its own slots (at the slot, or late by less than the slots'
-spacing: a late wake-up), one command per slot, and never more than its share in any ``per`` seconds
-(a sliding log of its send times). So the limit's commands leave as one steady stream, whichever
-processes own the partitions: at most ``rate`` in any ``per`` seconds at the sending end, one every
-``(per + guard) / rate``; at the receiving end too, as long as delivery delays (plus how late in its
-slot each command left, and the skew between the processors' clocks: keep them synchronized) differ
-by less than the guard. The guard costs ``per / (per + guard)`` of the rate (20 per second is sent
-as 18.5 per second). The consequence for uneven load: a slot whose partition has nothing queued is
-lost, since a busy partition cannot borrow an idle partition's share, so with few instances (or hot
-keys) the total reached is below the limit. A limit must give every partition something (``rate >=
-partitions`` and ``in_flight >= partitions``): ``validate_shares`` says so at start-up.
+A rate is also spread evenly over time, across partitions and processes, by a grid of *slots* on
+the wall clock that every processor computes alike (``Capacity.of``): a limit of ``rate`` per
+``per`` seconds has ``rate`` slots every period of ``per`` plus the limit's ``guard``, evenly
+spaced, dealt to the partitions in turn (slot ``k`` of a period is partition ``k % partitions``'s,
+so each gets its share). A partition sends only in its own slots (at the slot, or late by less than
+the slots' spacing: a late wake-up), one command per slot, and never more than its share in any
+``per`` seconds (a sliding log of its send times). So the limit's commands leave as one steady
+stream, whichever processes own the partitions: at most ``rate`` in any ``per`` seconds at the
+sending end, one every ``(per + guard) / rate``; at the receiving end too, as long as delivery
+delays (plus how late in its slot each command left, and the skew between the processors' clocks:
+keep them synchronized) differ by less than the guard (less one slot's spacing). The guard
+(``Limit.guard``, 0.25 s by default) costs ``per / (per + guard)`` of the rate (20 per second is
+sent as 16 per second). The consequence for uneven load: a slot whose partition has nothing queued
+is lost, since a busy partition cannot borrow an idle partition's share, so with few instances (or
+hot keys) the total reached is below the limit. A limit must give every partition something (``rate
+>= partitions`` and ``in_flight >= partitions``): ``validate_shares`` says so at start-up.
 
 ``release`` decides, for one limit in one partition, which queued commands go now and when to
 look again: given the queue, the number in flight, the recent send times and the time. It is a
@@ -44,13 +45,15 @@ from typing import Any
 
 from stream_processors.codecs.records import DeclarationError
 
-#: A rate's period of slots is this much longer than declared: commands are produced in a
-#: transaction and reach the worker after the processor's commit and the worker's own fetch, so
-#: sends may arrive closer together than they left. The guard keeps the limit true at the
-#: receiving end for delivery delays that differ by up to this much (a worker that must never
-#: see more, whatever the delays, paces itself too: ``Worker(rate=...)``); it costs
-#: ``per / (per + guard)`` of the declared rate: 20 per second is sent as 18.5.
-RATE_GUARD_MS = 80
+#: The default of ``Limit.guard``, in ms: a rate's period of slots is this much longer than
+#: declared. Commands are produced in a transaction and reach the worker after the processor's
+#: commit, the worker's own fetch and its previous batch's commit, so sends may arrive closer
+#: together than they left. The guard keeps the limit true at the receiving end for delivery
+#: delays that differ by up to about the guard less one slot's spacing (measured: a worker's
+#: batch and commit held commands back for up to 243 ms on a loaded machine); it costs
+#: ``per / (per + guard)`` of the declared rate: 20 per second is sent as 16 per second. A
+#: worker that must never see more, whatever the delays, paces itself too (``Worker(rate=...)``).
+RATE_GUARD_MS = 250
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,9 @@ class Limit:
     rate: int | None = None
     in_flight: int | None = None
     per: float = 1.0
+    #: Seconds added to each period of ``per`` for delivery jitter (see ``RATE_GUARD_MS``):
+    #: larger holds the limit at the service through longer stalls, smaller sends closer to it.
+    guard: float = RATE_GUARD_MS / 1000
 
     def __post_init__(self) -> None:
         if self.rate is None and self.in_flight is None:
@@ -72,6 +78,8 @@ class Limit:
             raise DeclarationError(
                 f"Limit per must be a positive number of seconds, not {self.per}"
             )
+        if self.guard < 0:
+            raise DeclarationError(f"Limit guard must be >= 0 seconds, not {self.guard}")
 
 
 #: The instance's priority from its start event: a field's name, or a function of the event.
@@ -159,7 +167,7 @@ class Capacity:
 
     #: The partition's share of the rate: at most this many sends in any ``per_ms``.
     rate: int | None
-    #: The period of the slots: the declared window plus ``RATE_GUARD_MS``.
+    #: The period of the slots: the declared window plus the limit's guard.
     window_ms: int
     in_flight: int | None
     #: The partition's slots: offsets in the period (default: ``rate`` evenly spaced).
@@ -167,11 +175,12 @@ class Capacity:
     #: How late a slot may still be used: the spacing of all the limit's slots (default: of
     #: this partition's).
     grace_ms: int = 0
+    guard_ms: int = RATE_GUARD_MS
 
     @property
     def per_ms(self) -> int:
         """The declared window, in which the share is never exceeded."""
-        return self.window_ms - RATE_GUARD_MS
+        return self.window_ms - self.guard_ms
 
     def offsets(self) -> tuple[int, ...]:
         if self.slots_ms or self.rate is None:
@@ -185,16 +194,17 @@ class Capacity:
 
     @classmethod
     def of(cls, limit: Limit, partition: int, partitions: int) -> Capacity:
-        window = round(limit.per * 1000) + RATE_GUARD_MS
+        guard = round(limit.guard * 1000)
+        window = round(limit.per * 1000) + guard
         in_flight = (
             None if limit.in_flight is None else share(limit.in_flight, partition, partitions)
         )
         if limit.rate is None:
-            return cls(None, window, in_flight)
+            return cls(None, window, in_flight, guard_ms=guard)
         slots = tuple(
             k * window // limit.rate for k in range(limit.rate) if k % partitions == partition
         )
-        return cls(len(slots), window, in_flight, slots, window // limit.rate)
+        return cls(len(slots), window, in_flight, slots, window // limit.rate, guard)
 
 
 @dataclass(frozen=True, order=True)

@@ -248,7 +248,7 @@ def test_a_rate_limit_holds_across_two_processors_while_the_sagas_complete(runs:
     assert busiest <= 20
     assert len(produced) == RATE_SAGAS + 1  # and the warm-up's
     assert sent_peak <= 20
-    assert sustained >= 15  # the shares are used: 18.5/s as designed, on a quiet machine
+    assert sustained >= 13  # the shares are used: 16/s as designed, on a quiet machine
     assert sum(run.sent_ids().values()) == RATE_SAGAS + 1
     assert run.dead_letters() == []
 

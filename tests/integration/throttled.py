@@ -3,11 +3,9 @@
 Each saga has its own start topic and service so that the tests do not meet:
 
 - ``RateLimited``: its service ``ratelimited`` takes at most 20 commands per second: the saga
-  sends at most 20 in any second (as 18.5 per second, ``core.throttle``), and the service's
-  worker paces its handlers too (``Worker(rate=19)``), which absorbs what the saga cannot see:
-  commands delivered late and then together (the worker's own batch and commit can hold them
-  back for 250 ms). Its pace is a little under the limit because the handler's timestamp is
-  taken after the pace lets it go, by a thread that may run some milliseconds late;
+  sends at most 20 in any second (as 16 per second, ``core.throttle``: the default guard of
+  0.25 s absorbs commands delivered late and then together), and the service's worker does
+  not pace itself, so what it sees is the saga's limit alone;
 - ``InFlightLimited``: its service ``slowsvc`` has at most 5 commands in flight;
 - ``Prioritized``: its service ``busysvc`` takes at most 40 commands per second, and an
   instance's priority is its start event's ``priority`` field.
@@ -95,6 +93,6 @@ def _saga(
     return saga, worker
 
 
-RateLimited, ratelimited = _saga("rate_limited", "ratelimited", Limit(rate=20), rate=19)
+RateLimited, ratelimited = _saga("rate_limited", "ratelimited", Limit(rate=20))
 InFlightLimited, slowsvc = _saga("in_flight_limited", "slowsvc", Limit(in_flight=5), concurrency=8)
 Prioritized, busysvc = _saga("prioritized", "busysvc", Limit(rate=40), priority="priority")

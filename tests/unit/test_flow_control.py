@@ -27,7 +27,9 @@ from stream_processors.engine.routing import COMMAND_ID, header, reply_headers
 from stream_processors.engine.store import FLOW_ROWS
 from tests.unit.processor_rig import PAYMENTS, SAGA, Rig
 
-WINDOW = 1000 + RATE_GUARD_MS
+#: The tests' limits use a guard of 80 ms, so that their slots fall on round numbers.
+GUARD_MS = 80
+WINDOW = 1000 + GUARD_MS
 
 
 def queued(n: int, at: int = 0, instance: str | None = None) -> Queued:
@@ -50,7 +52,7 @@ def test_a_limit_smaller_than_the_partition_count_is_refused() -> None:
 
 
 def test_in_flight_bound_releases_only_into_free_places() -> None:
-    capacity = Capacity(None, WINDOW, 2)
+    capacity = Capacity(None, WINDOW, 2, guard_ms=GUARD_MS)
     queue = [queued(n) for n in range(5)]
     decided = release(queue, capacity, in_flight=1, sent_ms=[], now_ms=0)
     assert [q.command_id for q in decided.send] == ["c0"]
@@ -59,7 +61,8 @@ def test_in_flight_bound_releases_only_into_free_places() -> None:
 
 
 def test_a_rate_sends_one_at_a_time_in_its_slots() -> None:
-    capacity = Capacity(3, WINDOW, None)  # slots at 0, 360 and 720 of every 1,080 ms
+    # slots at 0, 360 and 720 of every 1,080 ms
+    capacity = Capacity(3, WINDOW, None, guard_ms=GUARD_MS)
     queue = [queued(n) for n in range(10)]
     first = release(queue, capacity, 0, [], now_ms=0)
     assert [q.command_id for q in first.send] == ["c0"]
@@ -72,7 +75,7 @@ def test_a_rate_sends_one_at_a_time_in_its_slots() -> None:
 
 
 def test_a_late_wake_up_uses_its_slot_but_never_exceeds_the_share_in_a_window() -> None:
-    capacity = Capacity(3, WINDOW, None)
+    capacity = Capacity(3, WINDOW, None, guard_ms=GUARD_MS)
     queue = [queued(n) for n in range(3)]
     assert len(release(queue, capacity, 0, [0], now_ms=400).send) == 1  # slot 360, 40 ms late
     # The first slot of the next period (1,080) would make four in the 1,000 ms from 100.
@@ -81,7 +84,7 @@ def test_a_late_wake_up_uses_its_slot_but_never_exceeds_the_share_in_a_window() 
 
 
 def test_the_slots_of_all_partitions_make_one_even_stream() -> None:
-    limit = Limit(rate=20)
+    limit = Limit(rate=20, guard=GUARD_MS / 1000)
     slots = sorted(s for p in range(8) for s in Capacity.of(limit, p, 8).slots_ms)
     assert len(slots) == 20
     assert {b - a for a, b in itertools.pairwise(slots)} == {WINDOW // 20}
@@ -89,7 +92,7 @@ def test_the_slots_of_all_partitions_make_one_even_stream() -> None:
 
 
 def test_a_virtual_clock_never_sees_more_than_the_rate_in_any_window() -> None:
-    capacity = Capacity(3, WINDOW, None)
+    capacity = Capacity(3, WINDOW, None, guard_ms=GUARD_MS)
     queue = [queued(n) for n in range(40)]
     sent: list[int] = []
     now = 0
@@ -130,7 +133,7 @@ def test_the_partitions_shares_of_a_rate_hold_in_total_in_any_second(
 
 
 def test_higher_priority_first_then_oldest_then_first_come() -> None:
-    capacity = Capacity(None, WINDOW, 10)
+    capacity = Capacity(None, WINDOW, 10, guard_ms=GUARD_MS)
     queue = [queued(0, at=5, instance="low-old"), queued(1, at=9, instance="high")]
     queue += [queued(2, at=1, instance="low-older"), queued(3, at=1, instance="low-older-2")]
     priorities = {"high": 5}
@@ -139,7 +142,7 @@ def test_higher_priority_first_then_oldest_then_first_come() -> None:
 
 
 def test_ageing_bounds_how_long_a_low_priority_command_waits() -> None:
-    capacity = Capacity(None, WINDOW, 1)
+    capacity = Capacity(None, WINDOW, 1, guard_ms=GUARD_MS)
     old_low = queued(0, at=0, instance="low")
     new_high = queued(1, at=9_000, instance="high")
     priorities = {"high": 3}.get
@@ -264,7 +267,7 @@ def test_queued_commands_survive_a_crash_and_are_sent_once(tmp_path: Path) -> No
 
 
 def test_a_rate_limit_spreads_commands_over_windows(tmp_path: Path) -> None:
-    r = rig(tmp_path, Limit(rate=2))  # one per window per partition
+    r = rig(tmp_path, Limit(rate=2, guard=GUARD_MS / 1000))  # one per window per partition
     r.start()
     r.clock.now += 2  # past the window a restored partition starts with
     orders(r, 6)
@@ -399,7 +402,7 @@ def test_the_kit_ages_low_priorities_so_they_are_not_starved() -> None:
 def test_the_kit_spaces_a_rate_over_virtual_time() -> None:
     from sagas.testing import LimitQueue
 
-    saga = _limited_saga(limits={"payments": Limit(rate=4)})
+    saga = _limited_saga(limits={"payments": Limit(rate=4, guard=GUARD_MS / 1000)})
     queue = LimitQueue(saga, "payments")
     for n in range(8):
         queue.offer(f"i{n}")
@@ -552,3 +555,15 @@ def test_a_restored_partitions_flow_rows_are_not_counted_as_instances(
     assert second.processor._measures.counts.by_status()["running"] == 6
     first.processor.close()
     second.processor.close()
+
+
+def test_the_default_guard_sends_a_rate_of_20_as_16_per_second() -> None:
+    slots = sorted(s for p in range(8) for s in Capacity.of(Limit(rate=20), p, 8).slots_ms)
+    assert RATE_GUARD_MS == 250
+    assert {b - a for a, b in itertools.pairwise(slots)} == {62, 63}  # 1,250 ms / 20
+    assert Capacity.of(Limit(rate=20), 0, 8).per_ms == 1000
+
+
+def test_a_negative_guard_is_refused() -> None:
+    with pytest.raises(DeclarationError, match="guard must be >= 0"):
+        Limit(rate=20, guard=-0.1)
