@@ -241,7 +241,9 @@ def test_a_killed_faust_worker_restarts_and_each_command_has_one_committed_reply
         if "answered again from the table" in line and saga.prefix in line
     )
     extra = sum(replies.values()) - len(replies)
-    assert extra <= remembered, (extra, remembered)
+    # Another Faust payments app on this broker (a second run of this test at once: its own
+    # group) handles these commands too, with a table of its own: more duplicates than here.
+    assert extra <= remembered, (extra, remembered, "another payments app on the broker?")
     print(
         f"faust worker killed after {answered} replies; {remembered} answered again from the "
         f"table, {extra} duplicate replies committed; {time.monotonic() - began:.1f} s"
