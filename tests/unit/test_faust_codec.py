@@ -9,6 +9,9 @@ same partition as ``stream_processors.tools.history.partition_for`` (Java's and 
 worker agent's stall check (faust-streaming #596) tells a partition whose acknowledged offsets
 start beyond a hole nothing fills from one whose holes are transaction markers Faust tracks as
 gaps, reading the consumer's bookkeeping as Faust keeps it (offset lists, interval trees).
+And the agent's wrap of ``Recovery.on_recovery_completed`` resumes the stream partitions only
+after ``flow_control.resume()`` has cleared the stream queues (with mode's real queue and flow
+control event), so no record fetched in between is dropped.
 """
 
 from __future__ import annotations
