@@ -44,23 +44,26 @@ Two faust-streaming defects, found with the SIGKILL restart test
   up to all of the 300 commands already answered were delivered again (each answered from the
   table).
 - A partition stops committing after a rebalance (faust-streaming issue #596, open). When
-  recovery ends, ``Recovery.on_recovery_completed`` resumes the stream partitions, seeks them
-  to their committed offsets, then calls ``app.flow_control.resume()``, which clears every
-  stream's queue: records fetched in between and queued are dropped unacknowledged, the fetch
-  position already past them. The acknowledged offsets then start beyond a hole,
-  ``_new_offset`` returns None for good, and neither the partition's offsets nor its
-  transaction (its replies) commit again; or, when no record follows, the dropped commands are
-  never answered. Seen in about half the SIGKILL restarts (28 of 300 sagas left waiting).
-  The agent wraps ``app.flow_control.resume`` so that, once each rebalance has ended (and
-  ``SETTLE_SECONDS`` more), its command partitions are sought back to their committed offsets:
-  the dropped records come again, and those handled since are answered from the table. As a
-  safety net, every ``STALL_CHECK_SECONDS`` a command partition whose acknowledged offsets
-  start more than one past its committed offset, at the same committed offset on two checks in
-  a row, is sought back the same way (logged as a warning). Stopping the flow around the seek
-  (so that a batch in delivery cannot undo it) was tried and left the agent idle in one run.
-  Not covered: a partition with no committed offset yet (a new group's first rebalance) is
-  not sought back, and a seek can still be undone by a batch in delivery; measured pass
-  counts are in tests/integration/test_faust_neighbours.py.
+  recovery ends, ``Recovery.on_recovery_completed`` resumes the stream partitions (the fetcher,
+  already running to read the changelogs, starts delivering their records into the stream
+  queues), seeks them to their committed offsets, then calls ``app.flow_control.resume()``,
+  which clears every stream queue: records delivered after the seek are dropped
+  unacknowledged, the fetch position and Faust's read offset already past them. The
+  acknowledged offsets then start beyond a hole, ``_new_offset`` returns None for good, and
+  neither the partition's offsets nor its transaction (its replies) commit again; or, when no
+  record follows, the dropped commands are never answered. Seen in about half the SIGKILL
+  restarts (28 of 300 sagas left waiting). The agent wraps the app's
+  ``Recovery.on_recovery_completed`` (``_resume_streams_after_clearing``): while it runs, the
+  partitions it resumes are held, still paused, and resumed right after its
+  ``flow_control.resume()`` has cleared the queues. Nothing of theirs is then in a queue to be
+  dropped, and their first fetch starts at the committed offset it sought (it logs "stream
+  partitions resumed after the queues were cleared" at each rebalance). This replaced a seek
+  back to the committed offsets a second after each rebalance, which a batch still being
+  delivered could undo. As a safety net for any other path that loses records before their
+  acknowledgement, every ``STALL_CHECK_SECONDS`` a command partition whose acknowledged
+  offsets start more than one past its committed offset, at the same committed offset on two
+  checks in a row, is sought back to it (logged as a warning, "cannot commit past"); it did not
+  fire in the measured runs (tests/integration/test_faust_neighbours.py).
 
 Differences from ``sagas worker``: that one remembers replies by command id on the group's
 ``<group>.handled`` topic and restores them when partitions are assigned, and commits each
@@ -78,6 +81,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
@@ -309,7 +313,7 @@ def _agent(app: Any, worker: Worker, topic: str, partitions: int, bootstrap: str
 
     serve.__name__ = serve.__qualname__ = f"{worker.name}_{topic}".replace(".", "_")
     app.timer(STALL_CHECK_SECONDS, on_leader=False)(_stall_watch(app, topic))
-    _reseek_after_recovery(app, topic)
+    _resume_streams_after_clearing(app)
     return app.agent(commands, name=f"sagalog.worker.{worker.name}.{topic}")(serve)
 
 
@@ -340,60 +344,53 @@ async def _remember(table: Any, handled: HandledCommand, partition: int) -> None
     await table.send_changelog(partition, instance, replies)
 
 
-_reseeking: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+_holding: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-def _reseek_after_recovery(app: Any, topic: str) -> None:
-    """Seek back to the committed offsets after each rebalance, since Faust's resuming of the
-    flow into its streams (``FlowControlEvent.resume``) clears their queues.
+def _resume_streams_after_clearing(app: Any) -> None:
+    """Make Faust resume the fetching of stream partitions after it clears the stream queues
+    at the end of a rebalance, not before (faust-streaming #596); installed once per app.
 
-    When a rebalance's recovery ends, ``Recovery.on_recovery_completed`` resumes the stream
-    partitions, seeks them to their committed offsets, then resumes the flow: records fetched
-    in between and still queued are dropped unacknowledged, the fetch position past them
-    (faust-streaming #596). Seeking back once the rebalance has ended delivers them again; the
-    records handled in between are delivered again too (a command is answered from the table).
-    Installed once per app; each worker agent adds its command topic."""
-    topics = _reseeking.get(app)
-    if topics is not None:
-        topics.add(topic)
+    ``Recovery.on_recovery_completed`` resumes the stream partitions (the fetcher, already
+    running to read the changelogs, starts delivering their records into the stream queues),
+    seeks them to their committed offsets, then calls ``app.flow_control.resume()``, which
+    clears every stream queue: records delivered after the seek are dropped unacknowledged,
+    the fetch position and Faust's read offset already past them. Here the partitions it
+    resumes are held, still paused, until the flow is resumed (the queues cleared): nothing of
+    theirs is in a queue to drop, and their first fetch starts at the committed offset."""
+    if app in _holding:
         return
-    topics = _reseeking[app] = {topic}
-    flow = app.flow_control
-    resume = flow.resume
-    pending: set[asyncio.Task[None]] = set()  # referenced until done (asyncio keeps weak ones)
+    _holding.add(app)
+    recovery = app.tables.recovery
+    completed = recovery.on_recovery_completed
 
-    def resume_then_reseek() -> None:
-        resume()
-        if not pending:  # one seek back after the rebalance, however often it resumes the flow
-            task = asyncio.ensure_future(_seek_to_committed(app, topics))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
+    async def on_recovery_completed(generation_id: int = 0) -> None:
+        consumer = app.consumer
+        flow = app.flow_control
+        held: set[Any] = set()
+        consumer.resume_partitions = held.update
+        flow.resume = functools.partial(_clear_then_resume, consumer, flow, held)
+        try:
+            await completed(generation_id)
+        finally:  # their classes' methods again; partitions still held (a recovery that ended
+            # early: a new rebalance began) are paused and resumed anew by that rebalance
+            vars(consumer).pop("resume_partitions", None)
+            vars(flow).pop("resume", None)
 
-    flow.resume = resume_then_reseek
-
-
-async def _seek_to_committed(app: Any, topics: set[str]) -> None:
-    """Once the rebalance that resumed the flow has ended (and ``SETTLE_SECONDS`` more, for the
-    fetcher to finish delivering the batch it had fetched before), seek ``topics``' partitions
-    back to their committed offsets (read then: what was committed since was processed)."""
-    generation = app.consumer_generation_id
-    while app.rebalancing:
-        await asyncio.sleep(SETTLE_SECONDS)
-        if app.consumer_generation_id != generation:
-            return  # another rebalance: its own end resumes the flow, and this runs again
-    await asyncio.sleep(SETTLE_SECONDS)
-    consumer = app.consumer
-    for tp in sorted(consumer.assignment()):
-        committed = consumer._committed_offset.get(tp) if tp.topic in topics else None
-        if committed is not None and not app.rebalancing:
-            await _seek_back(consumer, tp, committed, "after the rebalance")
+    recovery.on_recovery_completed = on_recovery_completed
 
 
-#: How long the fetcher is given to deliver the batch it holds before a seek back: Faust drops
-#: a record below the last offset it delivered, and a seek resets that offset, so a batch still
-#: being delivered after the seek would raise it again and the records sought back to would be
-#: dropped once more (the stall check then seeks again).
-SETTLE_SECONDS = 1.0
+def _clear_then_resume(consumer: Any, flow: Any, held: set[Any]) -> None:
+    """``flow.resume()`` (clears the stream queues), then the held partitions resumed."""
+    vars(flow).pop("resume", None)
+    flow.resume()
+    vars(consumer).pop("resume_partitions", None)
+    if held:
+        log.info(
+            "worker agent: stream partitions resumed after the queues were cleared: %s",
+            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(held)),
+        )
+        consumer.resume_partitions(held)
 
 
 async def _seek_back(consumer: Any, tp: Any, offset: int, why: str) -> None:
@@ -423,10 +420,10 @@ def _stalled_at(consumer: Any, tp: Any) -> int | None:
 
 def _stall_watch(app: Any, topic: str) -> Callable[[], Awaitable[None]]:
     """A timer that finds a partition of ``topic`` stuck behind lost records and seeks it back:
-    a safety net for ``_reseek_after_recovery`` (records dropped from a queue before its seek,
-    or by another path). Faust would never commit such a partition again, nor its transaction
-    (its replies). A partition is sought only if it looked stuck at the same offset on two
-    checks in a row."""
+    a safety net for ``_resume_streams_after_clearing`` (records lost before their
+    acknowledgement by another path). Faust would never commit such a partition again, nor its
+    transaction (its replies). A partition is sought only if it looked stuck at the same offset
+    on two checks in a row."""
     suspects: dict[Any, int] = {}
 
     async def watch() -> None:

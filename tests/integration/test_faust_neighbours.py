@@ -15,19 +15,23 @@ A second run kills the Faust payment worker with SIGKILL mid-run and starts it a
 recovered from the changelog): every saga still ends as planned, every command's committed
 replies are the same bytes, and every reply beyond the first was answered from the table (the
 handler did not run again). Faust's committed offsets lag its transactions, so after the restart
-commands already answered are delivered again: that is what the table is for. In about half the
-restarts Faust drops queued records of one partition unacknowledged (faust-streaming #596) and
-would never commit that partition again; the agent seeks back to the committed offsets after
-each rebalance (``sagas.faust`` explains both). Replies answered from the table are counted in
-both workers' logs (the first one seeks back after its first rebalance too).
-``FAUST_TEST_LOG_LEVEL=debug`` runs the Faust workers at that level.
+commands already answered are delivered again: that is what the table is for. Faust drops
+records fetched while a rebalance ends (faust-streaming #596) and would then never commit that
+partition again; the agent resumes the partitions only after Faust has cleared its queues
+(``sagas.faust`` explains both). Replies answered from the table are counted in both workers'
+logs. ``FAUST_TEST_LOG_LEVEL=debug`` runs the Faust workers at that level.
 
-Measured on one loaded 2-core machine (2026-12-01): before the fix, 8 of 14 runs passed (6
-failed: 4 with a stalled partition, 1 with 2 sagas unfinished, 1 with more duplicate replies
-than answers from the table); with the final seek back and this test's group set-up, 4 of 4
-passed in 46-57 s each. Intermediate versions failed 1 in 2 to 1 in 6 (sagas.faust says why).
-On main, with a full CI run loading the machine beside it, 2 of 3 passed: the restart run is
-therefore in ``make long``, not in ``make test``, until it passes steadily.
+Measured on one loaded 2-core machine (2026-12-01, load average 12-22 from other work): with
+the earlier timed seek back, 8 of 14 runs passed before it and 4 of 4 with it, 2 of 3 on main
+beside a CI run, and 5 of 5 run alone here (55-110 s; 178-414 duplicate replies, its seek
+delivering again all that Faust had not committed). With partitions resumed after the
+clearing, 12 of 12 sequential runs passed (4 beside a busy loop on one core, 2 beside two), in
+61-86 s each (84-130 s with pytest's start), with 7-238 duplicate replies and the stall check
+never firing. Two runs of this test at once against one broker fail (seen twice: 309
+duplicate replies for 298 answers from the table, and 193 for 85): each run's payments app, a
+consumer group of its own, also answers the other run's commands (12 and 109 of them, found in
+the other's table), so those duplicates are in no log of this run. At over 60 s, the restart
+run stays in ``make long``.
 """
 
 from __future__ import annotations
@@ -192,7 +196,7 @@ def test_faust_publisher_agent_and_read_model_beside_the_engine(
 
 
 @pytest.mark.kafka
-@pytest.mark.long  # make long: 1 of 3 runs failed on the loaded machine (2026-12-01)
+@pytest.mark.long  # make long: 64-86 s (see the module docstring)
 def test_a_killed_faust_worker_restarts_and_each_command_has_one_committed_reply(
     saga: SagaRun, tmp_path: Path
 ) -> None:
@@ -241,7 +245,9 @@ def test_a_killed_faust_worker_restarts_and_each_command_has_one_committed_reply
         if "answered again from the table" in line and saga.prefix in line
     )
     extra = sum(replies.values()) - len(replies)
-    assert extra <= remembered, (extra, remembered)
+    # Another Faust payments app on this broker (a second run of this test at once: its own
+    # group) handles these commands too, with a table of its own: more duplicates than here.
+    assert extra <= remembered, (extra, remembered, "another payments app on the broker?")
     print(
         f"faust worker killed after {answered} replies; {remembered} answered again from the "
         f"table, {extra} duplicate replies committed; {time.monotonic() - began:.1f} s"

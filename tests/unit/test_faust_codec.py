@@ -9,16 +9,21 @@ same partition as ``stream_processors.tools.history.partition_for`` (Java's and 
 worker agent's stall check (faust-streaming #596) tells a partition whose acknowledged offsets
 start beyond a hole nothing fills from one whose holes are transaction markers Faust tracks as
 gaps, reading the consumer's bookkeeping as Faust keeps it (offset lists, interval trees).
+And the agent's wrap of ``Recovery.on_recovery_completed`` resumes the stream partitions only
+after ``flow_control.resume()`` has cleared the stream queues (with mode's real queue and flow
+control event), so no record fetched in between is dropped.
 """
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from faust.serializers import codecs
+from faust.types import TP
 from intervaltree import IntervalTree
 
 import sagas.faust
@@ -84,3 +89,54 @@ def test_stall_check_finds_a_hole_no_gap_fills(
     committed: int | None, acked: list[int], gaps: list[tuple[int, int]], stuck: int | None
 ) -> None:
     assert sagas.faust._stalled_at(consumer_state(committed, acked, gaps), "tp") == stuck
+
+
+class _Consumer:
+    """The part of Faust's consumer ``on_recovery_completed`` uses: paused/active partitions,
+    and a fetcher that delivers a record of each active partition when its position is set."""
+
+    def __init__(self, queue: Any) -> None:
+        self.active: set[TP] = set()
+        self.queue = queue
+
+    def resume_partitions(self, tps: Any) -> None:
+        self.active.update(tps)
+
+    async def perform_seek(self) -> None:
+        for tp in sorted(self.active):  # what the running fetcher delivers after the seek
+            self.queue.force_put_nowait(f"{tp.topic}[{tp.partition}]@committed")
+
+
+class _App:
+    consumer: _Consumer
+    flow_control: Any
+    tables: Any
+
+
+def test_stream_partitions_resume_only_after_the_queues_are_cleared() -> None:
+    """faust-streaming #596: ``Recovery.on_recovery_completed`` resumes the stream partitions,
+    seeks, then ``flow_control.resume()`` clears the queues. With the agent's wrap, nothing of
+    theirs is fetched before the clearing, so nothing is dropped; they are resumed after it."""
+    from mode.utils.queues import FlowControlEvent, FlowControlQueue
+
+    flow = FlowControlEvent()
+    queue: FlowControlQueue[str] = FlowControlQueue(flow_control=flow, clear_on_resume=True)
+    consumer = _Consumer(queue)
+    dropped: list[str] = []
+
+    async def completed(generation_id: int = 0) -> None:  # Faust's order of steps
+        app.consumer.resume_partitions({TP("commands", 0), TP("commands", 1)})
+        await app.consumer.perform_seek()
+        dropped.extend(queue._queue)  # type: ignore[attr-defined]  # what resume() clears
+        app.flow_control.resume()
+
+    app = _App()  # weakly referenced, as a Faust app is
+    app.consumer, app.flow_control = consumer, flow
+    app.tables = SimpleNamespace(recovery=SimpleNamespace(on_recovery_completed=completed))
+    sagas.faust._resume_streams_after_clearing(app)
+    asyncio.run(app.tables.recovery.on_recovery_completed(3))
+    assert dropped == []
+    assert consumer.active == {TP("commands", 0), TP("commands", 1)}
+    assert "resume_partitions" not in vars(consumer) and "resume" not in vars(flow)
+    consumer.resume_partitions({TP("commands", 2)})  # the class's method again
+    assert TP("commands", 2) in consumer.active
