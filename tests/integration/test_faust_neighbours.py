@@ -103,6 +103,15 @@ def start_group_at_end(bootstrap: str, group: str, topic: str) -> None:
     consumer.close()
 
 
+def payments_group(saga: SagaRun) -> None:
+    """Give this run's Faust payments app a consumer group and table of its own, starting at
+    the end of ``payments.commands``: earlier tests' commands on the broker (some with reply
+    addresses made to be refused) are not this run's to answer or dead-letter."""
+    group = f"sagalog-test-payments-{saga.run_id}"
+    start_group_at_end(saga.kafka.bootstrap, group, "payments.commands")
+    saga.processes.env |= {"PAYMENTS_APP_ID": group, "PAYMENTS_OFFSET_RESET": "latest"}
+
+
 def inbox_of_this_run(saga: SagaRun) -> CommittedReader:
     """The inbox from its current end, this run's instances only."""
     return CommittedReader(
@@ -126,10 +135,13 @@ def test_faust_publisher_agent_and_read_model_beside_the_engine(
     payment_commands = CommittedReader(
         bootstrap, "payments.commands", from_end=True, keep=key_prefix(saga.prefix)
     )
-    dlq = CommittedReader(bootstrap, "payments.commands.dlq", from_end=True)
+    dlq = CommittedReader(
+        bootstrap, "payments.commands.dlq", from_end=True, keep=key_prefix(saga.prefix)
+    )
     orders = saga.plan(ORDERS, seed=16, failures=0.1)
     assert {o.expected for o in orders} == {"completed", "failed", "compensated"}
 
+    payments_group(saga)
     saga.processes.env |= {  # a read model of this run only, with a table of its own
         "READ_MODEL_PREFIX": saga.prefix,
         "READ_MODEL_OFFSET_RESET": "latest",
@@ -203,9 +215,7 @@ def test_a_killed_faust_worker_restarts_and_each_command_has_one_committed_reply
     began = time.monotonic()
     inbox = inbox_of_this_run(saga)
     orders = saga.plan(300, seed=17, failures=0.1)
-    group = f"sagalog-test-payments-{saga.run_id}"  # a consumer group and table of its own
-    start_group_at_end(saga.kafka.bootstrap, group, "payments.commands")
-    saga.processes.env |= {"PAYMENTS_APP_ID": group, "PAYMENTS_OFFSET_RESET": "latest"}
+    payments_group(saga)
     saga.start_processor()
     saga.processes.worker("shipping")
     payments, _ = faust_worker(saga, SERVICES, "faust-payments", tmp_path)
