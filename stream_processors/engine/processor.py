@@ -302,9 +302,10 @@ class SagaProcessor:
 
     def _wait(self, idle: float) -> float:
         """How long ``step`` may wait for an input: until the open transaction is due at most,
-        and briefly while partitions restore (restore goes on between the waits)."""
+        and briefly while partitions restore or their instances are counted (both go on
+        between the waits: counting a million took six minutes at the full wait)."""
         assert self._recovery is not None
-        if self._recovery.pending:
+        if self._recovery.pending or self._measures.scanning:
             return RESTORE_POLL
         if self._txn.is_open:
             return max(0.0, min(POLL_INTERVAL, idle - self._txn.age()))
