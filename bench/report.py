@@ -116,12 +116,14 @@ NOTES = """\
   its latency; the ratio is reported as measured.
 - Memory: RocksDB's block cache (with index and filter blocks charged to it) and write buffers
   are bounded by `MemoryBounds` (env `SAGALOG_ROCKSDB_BLOCK_CACHE_MB`, `..._WRITE_BUFFER_MB`,
-  `..._WRITE_BUFFERS`); before, index and filter blocks stayed outside the cache and memtables
-  grew to RocksDB's 64 MB each. Alone, a store written with 1,000,000 snapshots grew a
-  process's RSS by 61-94 MB unbounded and by 22-30 MB with the default bounds (2026-11-30). In a
-  processor the rest of the growth with restored instances is outside RocksDB: the restore
-  consumer's fetch queue (librdkafka `queued.max.messages.kbytes`, 64 MB by default; 8 MB took
-  18 MB off the 1,000,000 case) and memory the allocator keeps after the restore.
+  `..._WRITE_BUFFERS`), the restore consumer's fetch queue to 8 MB, the decoded-instance cache
+  by `SAGALOG_INSTANCE_CACHE` (empty in this phase: nothing is processed). Two things grew with
+  the instances and no longer do (2026-12-01): the per-partition store iterators of the count
+  of instances by status, which pinned 28-40 MB of memtables through a scan of minutes at
+  1,000,000, and about 50 MB of pages the allocator kept after the restore, now handed back
+  (`malloc_trim`, `stream_processors/engine/heap.py`). RSS is read once the processor is idle:
+  restored and done counting (`count_seconds` in the JSON), which at 1,000,000 took 6 minutes
+  before the loop stopped waiting its full 100 ms between chunks of the count.
 - The limit pipe's measuring window is short (N records at ~300,000/s: about 3 s), the shortest
   of the table, so its figure is the least precise; the engine is far from it either way.
 """

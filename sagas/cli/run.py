@@ -49,6 +49,13 @@ def run(
     max_instance_id_bytes: Annotated[
         int, typer.Option(help="Longer instance ids go to the dead-letter topic")
     ] = 256,
+    cache_size: Annotated[
+        int,
+        typer.Option(
+            envvar="SAGALOG_INSTANCE_CACHE",
+            help="Decoded instances kept in memory, most recently used (about 1.5 KB each)",
+        ),
+    ] = ProcessorConfig.cache_size,
     log_level: LogLevel = "info",
 ) -> None:
     """Host a saga processor until interrupted (SIGINT or SIGTERM commit and exit); started
@@ -68,6 +75,7 @@ def run(
             retention_ms=None if retention_hours < 0 else round(retention_hours * 3_600_000),
             max_record_bytes=max_record_bytes,
             max_instance_id_bytes=max_instance_id_bytes,
+            cache_size=cache_size,
         ),
     )
     processor.install_signal_handlers()

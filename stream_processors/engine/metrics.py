@@ -25,7 +25,6 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
-from itertools import chain, islice
 from typing import Any
 
 from confluent_kafka import KafkaException
@@ -212,7 +211,9 @@ class SagaMetrics:
         # Each instance staged in the open transaction as it was committed before it.
         self._before: dict[tuple[int, str], Instance | None] = {}
         self._lag_read = 0.0
-        self._scans: dict[int, Iterator[Counted]] = {}
+        # The partitions being counted, each with the last key their scan read.
+        self._scans: dict[int, str] = {}
+        self._store: SnapshotStore | None = None
         # Labelled children looked up once each: ``labels()`` costs more than the increment.
         self._children: dict[tuple[Any, ...], Any] = {}
         _LIVE.add(self)
@@ -235,6 +236,8 @@ class SagaMetrics:
         counted = self.measurer.counted
         with self._lock:
             for slot, after in staged.items():
+                if self._unscanned(slot):
+                    continue  # the scan will read it as it is now
                 # Not staged by a decision (expired): it was finished, so never counted.
                 before = self._before.get(slot)
                 self.counts.moved(slot[0], counted(before), counted(after))
@@ -243,15 +246,11 @@ class SagaMetrics:
     def restored(self, partitions: Iterable[int], store: SnapshotStore) -> None:
         """``partitions`` are restored: count them afresh (another process may have moved them
         since this one last held them), scanning the store a chunk per turn (``follow``)."""
+        self._store = store
         for partition in partitions:
             with self._lock:
                 self.counts.rebuild(partition)
-            # The store's iterator reads the store as it was when the iterator was made; moves
-            # committed since apply as deltas, so the scan plus the moves is the count once
-            # the scan ends. Its first snapshot is read now: that makes the iterator now.
-            snapshots = store.instances(partition)
-            first = next(snapshots, None)
-            self._scans[partition] = self._rows(chain([] if first is None else [first], snapshots))
+            self._scans[partition] = ""  # nothing scanned yet
 
     def follow(self, owned: set[int], consumer: Consumer) -> None:
         """Drop the counts of partitions no longer ``owned``, scan the store for
@@ -274,17 +273,30 @@ class SagaMetrics:
         return bool(self._scans)
 
     def _scan(self, deadline: float) -> None:
-        """Count restored partitions' snapshots until ``deadline``, a chunk at least."""
-        for partition, rows in list(self._scans.items()):
+        """Count restored partitions' snapshots until ``deadline``, a chunk at least.
+
+        Each chunk is read as the store is when it is read (``SnapshotStore.instances_after``);
+        so that the scan plus the moves committed meanwhile is the count, a move counts only
+        once the scan has passed its instance (``_unscanned``): the scan reads the others as
+        they are after it."""
+        assert self._store is not None
+        for partition, cursor in list(self._scans.items()):
             while True:
-                chunk = list(islice(rows, SCAN_CHUNK))
+                rows = self._store.instances_after(partition, cursor, SCAN_CHUNK)
+                counted = list(self._rows(rows))
                 with self._lock:
-                    self.counts.include(partition, chunk)
-                if len(chunk) < SCAN_CHUNK:  # the end of the partition
+                    self.counts.include(partition, counted)
+                if len(rows) < SCAN_CHUNK:  # the end of the partition
                     del self._scans[partition]
                     break
+                cursor = self._scans[partition] = rows[-1][0]
                 if time.monotonic() >= deadline:
                     return
+
+    def _unscanned(self, slot: tuple[int, str]) -> bool:
+        """Whether ``slot``'s partition is being counted and the scan has not read it yet."""
+        cursor = self._scans.get(slot[0])
+        return cursor is not None and slot[1] > cursor  # str order is the store's (UTF-8)
 
     def _rows(self, snapshots: Iterable[tuple[str, bytes]]) -> Iterator[Counted]:
         """Each snapshot's (status, start) if unfinished, else None: one per snapshot, so that
@@ -306,6 +318,7 @@ class SagaMetrics:
     def close(self) -> None:
         """Before the store closes: its iterators go first."""
         self._scans.clear()
+        self._store = None
         _LIVE.discard(self)
 
     def _count(self, tally: Tally) -> None:

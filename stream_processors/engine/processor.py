@@ -49,7 +49,7 @@ from stream_processors.core.decide import Decision, decide
 from stream_processors.core.decision import OutgoingCommand
 from stream_processors.core.instance import Instance, decode_snapshot
 from stream_processors.core.model import SagaDefinition
-from stream_processors.engine import metrics, tracing
+from stream_processors.engine import heap, metrics, tracing
 from stream_processors.engine.cache import InstanceCache
 from stream_processors.engine.flow import FlowGate
 from stream_processors.engine.inputs import Rejected, inbox_input
@@ -162,6 +162,7 @@ class SagaProcessor:
         self._owned: set[int] = set()  # inbox partitions assigned and restored
         #: (topic, partition) revoked or lost during the current ``take``: see ``_ours``.
         self._revoked: set[tuple[str, int]] = set()
+        self._busy = (False, False)  # restoring, counting what was restored (``_settle``)
         self._due = DueWork(definition, self.store, config.retention_ms)
         self._router = SourceRouter(
             definition,
@@ -263,13 +264,15 @@ class SagaProcessor:
         config = self.config
         interval = config.commit_interval_ms / 1000
         idle = min(interval, config.idle_commit_ms / 1000)
-        if self._recovery.pending:
+        restoring = bool(self._recovery.pending)
+        if restoring:
             restored = self._recovery.step(self.consumer)
             self._owned.update(restored)
             self._measures.restored(restored, self.store)
             if self._flow is not None and restored:
                 self._flow.restored(restored)
         self._measures.follow(self._owned, self.consumer)
+        self._settle(restoring)
         try:
             self._revoked.clear()
             messages = take(self.consumer, config.batch_size, self._wait(idle))
@@ -290,12 +293,22 @@ class SagaProcessor:
             self._recreate_consumer(error)
         self._kafka.producer.poll(0)
 
+    def _settle(self, restoring: bool) -> None:
+        """The turn after restoring ended, and again when counting the restored instances
+        ended, give what they freed back to the operating system (``heap``): resident memory
+        then does not keep the size of the last restore."""
+        busy = (restoring, self._measures.scanning)
+        if any(was and not now for was, now in zip(self._busy, busy, strict=True)):
+            heap.release_freed()
+        self._busy = busy
+
     def _wait(self, idle: float) -> float:
         """How long ``step`` may wait for an input: until the open transaction or a limit's next
-        release is due at most, and briefly while partitions restore (restore goes on between
-        the waits)."""
+        release is due at most, and briefly while partitions restore or their instances are
+        counted (both go on between the waits: counting a million took six minutes at the full
+        wait)."""
         assert self._recovery is not None
-        if self._recovery.pending:
+        if self._recovery.pending or self._measures.scanning:
             return RESTORE_POLL
         wait = POLL_INTERVAL
         if self._txn.is_open:

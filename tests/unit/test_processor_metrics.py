@@ -113,10 +113,15 @@ def test_a_restored_partition_is_counted_a_chunk_per_turn_with_moves_in_between(
     again = Rig(tmp_path / "a", broker=rig.broker)
     again.start()  # restored; the first chunks counted
     assert again.processor._measures.scanning
-    refuse_payment(again, "o-5")  # one finishes while its partition is being counted
+    # Two finish while their partitions are being counted: o-0 already read (the first of
+    # its partition), o-5 not yet (the last).
+    refuse_payment(again, "o-0")
+    refuse_payment(again, "o-5")
+    turn(again, steps=1)
+    assert again.processor._measures.scanning
     turn(again, steps=6)
     assert not again.processor._measures.scanning
-    assert running(again) == {"running": 5}
+    assert running(again) == {"running": 4}
     again.processor.close()
 
 

@@ -84,3 +84,19 @@ def test_a_record_that_is_not_a_snapshot_is_refused_by_name_not_by_a_missing_fie
         with pytest.raises(DecodeError) as caught:
             read(foreign)
         assert caught.value.reason == "wrong-type"
+
+
+def test_instances_after_reads_a_partition_a_bounded_chunk_at_a_time(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path / "db")
+    store.write([(5, f"i{n}", b"%d" % n) for n in range(5)], {5: 10})
+    store.write([(6, "other", b"x"), (4, "z", b"y")], {6: 1, 4: 1})
+
+    first = store.instances_after(5, "", 2)
+    store.write([(5, "i1", b"moved"), (5, "i3", b"moved"), (5, "i10", b"new")], {5: 11})
+    rest = store.instances_after(5, first[-1][0], 10)
+
+    assert first == [("i0", b"0"), ("i1", b"1")]
+    assert rest == [("i10", b"new"), ("i2", b"2"), ("i3", b"moved"), ("i4", b"4")]  # as now
+    assert store.instances_after(5, "i4", 10) == []
+    assert store.instances_after(7, "", 10) == []
+    store.close()
