@@ -73,7 +73,8 @@ def throttle_of(
     except FlowControlError as error:
         if error.step is not None:
             raise DefinitionError(str(error), state=error.step, field="Limit") from None
-        raise DefinitionError(str(error), field="Priority.AgingSeconds") from None
+        field = "Priority.AgingSeconds" if error.option == "aging" else "Limits"
+        raise DefinitionError(str(error), field=field) from None
     if throttle is not None:
         _check_used(throttle, tasks)
     return throttle

@@ -133,3 +133,11 @@ def test_a_limited_task_queues_and_is_released_in_virtual_time(tmp_path: Path) -
     # Never more than the Rate in any Per: a third send waits for the first to be 60 s old.
     assert all(sum(t - 60_000 < u <= t for u in times) <= 2 for t in times)
     assert times[2] - times[0] >= 60_000
+
+
+def test_the_compiler_refuses_a_non_positive_aging_naming_its_field() -> None:
+    states = {"A": {"Type": "Pass", "End": True}}
+    priority = {"Path": "$.p", "AgingSeconds": -1}
+    document = {"Priority": priority, "StartAt": "A", "States": states}
+    with pytest.raises(DefinitionError, match=r"field 'Priority\.AgingSeconds'.*positive"):
+        compile_machine(document, "d")
