@@ -65,7 +65,7 @@ from stream_processors.core.model import (
     validate,
 )
 from stream_processors.core.policy import NO_RETRY, RetryPolicy
-from stream_processors.core.throttle import Limit, PrioritySource, Throttle
+from stream_processors.core.throttle import Limit, PrioritySource, Throttle, compile_throttle
 
 
 def _as_tuple(replies: type[Event] | Iterable[type[Event]] | None) -> tuple[type[Event], ...]:
@@ -476,32 +476,14 @@ def _throttle(
     aging: float | None,
 ) -> Throttle | None:
     """The saga's flow control (``limits=``, steps' ``limit=``, ``priority=``, ``aging=``)."""
-    if not limits and not step_limits and priority is None:
-        return None
-    named = dict(limits or {})
-    for name, limit in named.items():
-        if not isinstance(limit, Limit):
-            raise DeclarationError(f"{where}: limits[{name!r}] must be a Limit, got {limit!r}")
-    steps: dict[str, str] = {}
-    for step, given in step_limits.items():
-        if isinstance(given, Limit):
-            named[step] = given  # a step's own limit is named after the step
-            steps[step] = step
-        elif given in named:
-            steps[step] = given
-        else:
-            raise DeclarationError(
-                f"{where}: step {step!r} names limit {given!r}, which is not one of the "
-                f"saga's limits ({', '.join(sorted(named)) or 'none declared'})"
-            )
     if isinstance(priority, str) and priority not in start.__fields__:
         raise DeclarationError(
             f"{where}: priority field {priority!r} is not a field of {start.__qualname__}"
         )
-    if aging is not None and aging <= 0:
-        raise DeclarationError(f"{where}: aging must be a positive number of seconds")
-    aging_ms = None if aging is None else round(aging * 1000)
-    return Throttle(named, steps, priority, aging_ms)
+    try:
+        return compile_throttle(limits, step_limits, priority, aging)
+    except DeclarationError as error:
+        raise DeclarationError(f"{where}: {error}") from None
 
 
 def _register_upcasters(where: str, upcasters: Mapping[type[Record], Upcaster]) -> None:

@@ -11,24 +11,33 @@ saga's queued steps go and when::
     queue.reply(queue.in_flight[0])               # frees a place
     assert queue.sent_order == ["a", "b"]
     queue.advance(seconds=2)                      # the rate's next slots, in virtual time
+
+A definition (a file, a States Language document) works as a class does; ``offer(instance,
+input=...)`` reads its ``Priority`` from the execution's input.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sagas.saga import Saga
+from sagas.testing._definitions import compiled
 from sagas.testing._saga_test import START_MS, definition_of
 from stream_processors.core.model import SagaDefinition
+from stream_processors.core.tasks import json_text
 from stream_processors.core.throttle import Capacity, Queued, release
+from stream_processors.declarative.machine import ExecutionStarted
 
 
 @dataclass
 class LimitQueue:
     """Commands offered to one limit (by instance id), released as the processor would."""
 
-    saga: type[Saga] | SagaDefinition
+    #: A Saga class, or a definition (a file, a States Language document, compiled).
+    saga: type[Saga] | SagaDefinition | str | Path | Mapping[str, Any]
     limit: str
     partition: int = 0
     partitions: int = 1
@@ -41,7 +50,9 @@ class LimitQueue:
     _seq: int = 0
 
     def __post_init__(self) -> None:
-        throttle = definition_of(self.saga).throttle
+        saga = self.saga
+        definition = definition_of(saga) if isinstance(saga, type) else compiled(saga)
+        throttle = definition.throttle
         if throttle is None or self.limit not in throttle.limits:
             raise ValueError(f"the saga declares no limit {self.limit!r}")
         self._throttle = throttle
@@ -56,9 +67,12 @@ class LimitQueue:
     def queued(self) -> list[str]:
         return [q.instance for q in self._queue]
 
-    def offer(self, instance: str, priority: int = 0, start: Any = None) -> bool:
+    def offer(self, instance: str, priority: int = 0, start: Any = None, input: Any = None) -> bool:
         """A step of ``instance`` decides to send its command now; True if it went at once.
-        Its priority is ``priority``, or with ``start`` (its start event) the saga's rule's."""
+        Its priority is ``priority``, or with ``start`` (its start event) the saga's rule's, or
+        for a definition with ``input`` (the execution's) the definition's ``Priority``."""
+        if input is not None:
+            start = ExecutionStarted(execution=instance, input=json_text(input))
         if start is not None:
             priority = self._throttle.priority_of(start)
         self._priorities[instance] = priority

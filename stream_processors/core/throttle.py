@@ -5,7 +5,9 @@ commands per ``per`` seconds and at most ``in_flight`` commands sent and not yet
 ``Throttle`` is that declaration compiled (``SagaDefinition.throttle``): which limit a step's
 command counts against (its step's own, else its service's: the command topic's first part,
 ``payments`` for ``payments.commands``, or the whole topic name), the instance's priority from
-its start event, and the optional aging rule.
+its start event, and the optional aging rule. ``compile_throttle`` builds it from a declaration
+and checks it, for a Python saga (``sagas.saga``) and a definition (``declarative.flow_control``)
+alike.
 
 Several processors share a limit without talking to each other: each *inbox partition* owns an
 equal share of it, and a partition is owned by one processor at a time, so the shares add up to
@@ -114,6 +116,53 @@ class Throttle:
             return 0
         value = getattr(start, source) if isinstance(source, str) else source(start)
         return int(value or 0)
+
+
+class FlowControlError(DeclarationError):
+    """A flow-control declaration's problem: the ``option`` it is in (``limits``, ``limit``,
+    ``aging``) and, for a step's ``limit``, the ``step``; each front end (a Python saga's
+    keywords, a definition's fields) says where that is in its own terms."""
+
+    def __init__(self, message: str, option: str, step: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+        self.step = step
+
+
+def compile_throttle(
+    limits: Mapping[str, Limit] | None,
+    step_limits: Mapping[str, str | Limit],
+    priority: PrioritySource | None,
+    aging: float | None,
+) -> Throttle | None:
+    """A saga's flow control from its declaration: named ``limits``, each step's limit (one of
+    ``limits`` by name, or a ``Limit`` of its own, named after the step), the ``priority`` rule
+    and ``aging`` in seconds. None when nothing is limited or prioritized. Raises
+    ``FlowControlError``."""
+    if not limits and not step_limits and priority is None:
+        return None
+    named = dict(limits or {})
+    for name, limit in named.items():
+        if not isinstance(limit, Limit):
+            raise FlowControlError(f"limits[{name!r}] must be a Limit, got {limit!r}", "limits")
+    steps: dict[str, str] = {}
+    for step, given in step_limits.items():
+        if isinstance(given, Limit):
+            named[step] = given  # a step's own limit is named after the step
+            steps[step] = step
+        elif given in named:
+            steps[step] = given
+        else:
+            raise FlowControlError(
+                f"step {step!r} names limit {given!r}, which is not one of the saga's limits "
+                f"({', '.join(sorted(named)) or 'none declared'})",
+                "limit",
+                step,
+            )
+    if aging is not None and (isinstance(aging, bool) or aging <= 0):
+        raise FlowControlError("aging must be a positive number of seconds", "aging")
+    aging_ms = None if aging is None else round(aging * 1000)
+    return Throttle(named, steps, priority, aging_ms)
 
 
 #: An operator's change of an instance's priority: an ``OperatorAction`` with this action and

@@ -13,8 +13,10 @@ state becomes a node of the model (``stream_processors.core.model``):
 The data flow (``InputPath``, ``Parameters``, ``ResultSelector``, ``ResultPath``, ``OutputPath``,
 ``Catch``'s ``ResultPath``) and the ``Retry``/``Catch`` rules are this module's ``Machine``, the
 definition's ``DocumentFlow``: the decider asks it, per node, what a path's document becomes,
-and journals the answer. ``STATE_FIELDS`` lists, per state type, every field that is
-understood; anything else is refused at load with the state and the field named.
+and journals the answer. The flow control (``Limits``, a Task's ``Limit``, ``Priority``) is
+``flow_control``'s, compiled as a Python saga's into ``SagaDefinition.throttle``.
+``STATE_FIELDS`` lists, per state type, every field that is understood; anything else is
+refused at load with the state and the field named.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from stream_processors.core.model import (
 )
 from stream_processors.core.policy import HEARTBEAT_TIMEOUT, NO_RETRY, TIMEOUT, TRANSIENT
 from stream_processors.core.tasks import TaskCommand, json_text, task_topic
-from stream_processors.declarative import choice, dataflow, timing
+from stream_processors.declarative import choice, dataflow, flow_control, timing
 from stream_processors.declarative import errors as states_errors
 from stream_processors.declarative.errors import Catcher, Retrier, StatesError
 from stream_processors.declarative.problems import DefinitionError
@@ -63,7 +65,7 @@ _COMMON = frozenset({"Type", "Comment", "Next", "End", "InputPath", "OutputPath"
 STATE_FIELDS: Mapping[str, frozenset[str]] = {
     "Task": _COMMON
     | {"Resource", "Service", "Action", "Parameters", "ResultSelector", "ResultPath"}
-    | {"Retry", "Catch", "TimeoutSeconds", "HeartbeatSeconds", "Topic"},
+    | {"Retry", "Catch", "TimeoutSeconds", "HeartbeatSeconds", "Topic", "Limit"},
     "Pass": _COMMON | {"Result", "ResultPath", "Parameters"},
     "Choice": frozenset({"Type", "Comment", "InputPath", "OutputPath", "Choices", "Default"}),
     "Wait": _COMMON | {"Seconds", "Timestamp", "SecondsPath", "TimestampPath"},
@@ -79,7 +81,7 @@ STATE_FIELDS: Mapping[str, frozenset[str]] = {
 #: The top-level fields understood (``StartState`` and ``WorkflowName`` are the seed's).
 MACHINE_FIELDS = frozenset(
     {"StartAt", "StartState", "States", "Comment", "TimeoutSeconds", "Version", "WorkflowName"}
-    | {"QueryLanguage", "StartOn"}
+    | {"QueryLanguage", "StartOn", "Limits", "Priority"}
 )
 _BRANCH_FIELDS = frozenset({"StartAt", "States", "Comment", "ProcessorConfig"})
 
@@ -312,6 +314,8 @@ class _Compiler:
     machine: Machine
     tasks: dict[str, Task] = field(default_factory=dict)
     flow: dict[str, FlowNode] = field(default_factory=dict)
+    #: The Tasks' ``Limit`` fields: the limit each counts against instead of its service's.
+    step_limits: dict[str, str] = field(default_factory=dict)
     #: The states of the scope being compiled: what a ``Next`` may name.
     _siblings: Mapping[str, Any] = field(default_factory=dict)
 
@@ -437,6 +441,10 @@ class _Compiler:
                 "must be smaller than TimeoutSeconds", state=name, field="HeartbeatSeconds"
             )
         topic = body.get("Topic") or _topic(name, service)
+        if "Limit" in body:
+            if not isinstance(body["Limit"], str) or not body["Limit"]:
+                raise DefinitionError("must name one of the Limits", state=name, field="Limit")
+            self.step_limits[name] = body["Limit"]
         self.add(_State(name, "Task", body, retriers, catchers))
         machine = self.machine
 
@@ -715,14 +723,19 @@ def _json_of(record: Record) -> JSON:
     return {f.name: plain(getattr(record, f.name)) for f in dataclasses.fields(record)}  # type: ignore[arg-type]
 
 
-def _begin(record: Any) -> Any:
+def execution_input(record: Any) -> JSON:
+    """An execution's input: an ``ExecutionStarted``'s JSON, or the start event's fields."""
     if isinstance(record, ExecutionStarted):
         try:
-            document = json.loads(record.input)
+            document: JSON = json.loads(record.input)
         except ValueError as error:
             raise ValueError(f"execution {record.execution}: input is not JSON: {error}") from None
-        return begin_documents(document)
-    return begin_documents(_json_of(record))
+        return document
+    return _json_of(record)
+
+
+def _begin(record: Any) -> Any:
+    return begin_documents(execution_input(record))
 
 
 def _start_on(spec: object) -> tuple[type[Event], str] | None:
@@ -797,6 +810,9 @@ def compile_machine(
         deadline_ms=None if timeout is None else timeout * 1000,
         flow=compiler.flow,
         documents=machine,
+        throttle=flow_control.throttle_of(
+            document, compiler.step_limits, compiler.tasks, execution_input
+        ),
     )
     validate(definition)
     return definition

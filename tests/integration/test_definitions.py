@@ -17,7 +17,9 @@ records; the definitions' topics (``UserOnboardingWorkflow.*``, ``user_signup.*`
   an execution's journal, documents included, that loads back and replays clean;
 - ``definitions/all_states.yaml`` (Pass, Task with Retry and Catch, Choice, Wait, Parallel,
   Map, Succeed, Fail): 120 executions with a kill -9 of the processor mid-run; each ends as its
-  input implies, and each command id of the run is committed once on the task topics.
+  input implies, and each command id of the run is committed once on the task topics;
+- ``definitions/limited.yaml`` (a ``Limits`` Rate of 8 per second on its Task's service): 16
+  executions at once complete, and their task commands leave at most 8 in any second.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ pytestmark = pytest.mark.kafka
 ONBOARDING = REPO_ROOT / "examples" / "user_onboarding" / "onboarding.json"
 SIGNUP = REPO_ROOT / "examples" / "user_signup" / "user_signup.json"
 ALL_STATES = Path(__file__).parent / "definitions" / "all_states.yaml"
+LIMITED = Path(__file__).parent / "definitions" / "limited.yaml"
 SENT = (Kind.COMMAND_SENT.value, Kind.COMPENSATION_SENT.value)
 ENDED = ("completed", "compensated", "failed")
 
@@ -588,3 +591,26 @@ def test_sagas_history_of_an_execution_saves_a_journal_that_replays_clean(
     loaded = load_histories(path)
     assert loaded == {execution: signup.entries("history")}
     assert verify_histories(signup.definition, loaded).ok
+
+
+# -- flow control declared in a definition ----------------------------------------------------
+
+
+def test_a_definitions_rate_limit_holds_for_its_task_commands(
+    kafka: KafkaCluster, tmp_path: Path
+) -> None:
+    with _running(kafka, LIMITED, ALL_STATES_WORKERS, tmp_path) as limited:
+        processor = limited.start()
+        began = time.monotonic()
+        names = [f"e{n}" for n in range(16)]
+        limited.execute({name: {"sku": name, "priority": n % 2} for n, name in enumerate(names)})
+        assert set(limited.outcomes(names, 60).values()) == {"completed"}
+        took = time.monotonic() - began
+        sent = processor.metric("sagalog_limit_sent_total", saga="flow_limited")
+        sent_ms = sorted(
+            message.timestamp()[1] for messages in _read_all(limited.tasks) for message in messages
+        )
+    assert sent == 16 and len(sent_ms) == 16
+    busiest = max(sum(t <= u < t + 1000 for u in sent_ms) for t in sent_ms)
+    assert busiest <= 8, f"{busiest} task commands in one second, the limit is 8"
+    print(f"\n16 executions under Rate 8: {took:.1f} s, at most {busiest} sent in a second")
