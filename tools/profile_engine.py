@@ -47,7 +47,7 @@ from examples.order_fulfillment.messages import PaymentCompleted, ShippingLabelC
 from examples.order_fulfillment.saga import OrderFulfillment  # noqa: E402
 from examples.order_fulfillment.scenario import plan_orders  # noqa: E402
 from stream_processors.codecs.records import Record  # noqa: E402
-from stream_processors.engine.processor import ProcessorConfig, SagaProcessor  # noqa: E402
+from stream_processors.engine.processor import ProcessorConfig, SagaProcessor, tune_gc  # noqa: E402
 from stream_processors.engine.routing import COMMAND_ID, INSTANCE, header, reply_headers  # noqa: E402
 from stream_processors.kafka.fake import FakeBroker, FakeClients  # noqa: E402
 from tools.profile_core import profiled  # noqa: E402
@@ -88,6 +88,7 @@ class Engine:
         )
         for _ in range(3):  # assigned, restored (nothing to restore)
             self.processor.step()
+        tune_gc()  # as SagaProcessor.run does once started
 
     def drain(self, expected: int) -> None:
         """Step until ``expected`` more inputs are committed (CPU time counted)."""
