@@ -168,7 +168,8 @@ def run(messages: Sequence[Message], cached: bool) -> tuple[float, int]:
     return time.process_time() - started, path.produced
 
 
-def _profiled(work: Callable[[], object], pyinstrument: bool) -> None:
+def profiled(work: Callable[[], object], pyinstrument: bool, top: int = 25) -> None:
+    """Run ``work`` under pyinstrument (its call tree) or cProfile (``top`` by own time)."""
     if pyinstrument:
         from pyinstrument import Profiler
 
@@ -181,7 +182,7 @@ def _profiled(work: Callable[[], object], pyinstrument: bool) -> None:
     profile = cProfile.Profile()
     profile.runcall(work)
     stats = pstats.Stats(profile).strip_dirs().sort_stats("tottime")
-    stats.print_stats(25)
+    stats.print_stats(top)
 
 
 def _rates(messages: Sequence[Message], cached: bool, repeat: int) -> Iterator[float]:
@@ -203,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     messages = build(args.inputs)
     run(messages[:1000], args.cached)  # warm up: schema caches, first-call paths
     if args.profile or args.pyinstrument:
-        _profiled(lambda: run(messages, args.cached), args.pyinstrument)
+        profiled(lambda: run(messages, args.cached), args.pyinstrument)
         return 0
     rates = sorted(_rates(messages, args.cached, args.repeat))
     shown = ", ".join(f"{r:,.0f}" for r in rates)

@@ -57,6 +57,7 @@ from stream_processors.codecs.derive import (
     field_specs,
     same_contract,
 )
+from stream_processors.codecs.frozen import fast_init
 from stream_processors.codecs.schema_registry import HttpSchemaRegistry
 from stream_processors.codecs.writer import ObjectWriter, Unwritable
 
@@ -316,6 +317,7 @@ class Record:
             return
         doc = cls.__dict__.get("__doc__")  # before dataclass() writes one of its own
         dataclasses.dataclass(frozen=True)(cls)
+        fast_init(cls)  # records are made for every input: see stream_processors.codecs.frozen
         if derive:
             bound = _derive_schema(cls, schema, doc)
             hints = _type_hints(cls)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from stream_processors.codecs.frozen import fast_init
 from stream_processors.codecs.records import Record
 from stream_processors.core.instance import Instance
 from stream_processors.core.journal import JournalEntry
@@ -21,6 +22,7 @@ CHILD_END = "child-end"
 CHILD_CANCEL = "child-cancel"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Input:
     """A decoded inbox record. ``raw`` is its framed Avro, journaled as is (never re-encoded).
@@ -46,6 +48,7 @@ class Input:
     key: str | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class OutgoingCommand:
     """A record a decision sends: a step's command (``COMMAND``), a child saga's start

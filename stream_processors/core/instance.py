@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from stream_processors.codecs.avro import HEADER_SIZE, AvroSchema, DecodeError, decode, encode
+from stream_processors.codecs.frozen import fast_init
 from stream_processors.codecs.records import CATALOG, Record, decode_record
 
 # Importing the journal module loads the built-in schema folder, which holds sagalog.Snapshot.
@@ -73,6 +74,7 @@ ACTIVE_STEP = frozenset(
 )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class StepState:
     """The latest command of one step: what it is waiting for, and since when."""
@@ -98,6 +100,7 @@ class BranchStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class BlockState:
     """One activation of a parallel or map block: its branches and their results so far."""
@@ -112,6 +115,7 @@ class BlockState:
     results: tuple[bytes | None, ...] = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class EarlyEvent:
     """An awaited event that arrived before its wait started (framed Avro), and when."""
@@ -120,6 +124,7 @@ class EarlyEvent:
     record: bytes
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Timer:
     """A durable timer: due at ``due_ms``; ``step`` and ``attempt`` say what it is about."""
@@ -129,6 +134,7 @@ class Timer:
     attempt: int
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Instance:
     """One saga instance as folded from its journal."""

@@ -124,7 +124,8 @@ class Outputs:
         # Commands are checked before the journal entries that carry them: when both are too
         # large, the reason names the command, what the user's code built.
         checks = [(record, self._limit(record.topic)) for record in commands]
-        checks += [(record, self._limit(record.topic)) for record, _ in entries]
+        journal_limits = self._limit(journal)  # looked up once: every entry goes there
+        checks += [(record, journal_limits) for record, _ in entries]
         record = limits.Outgoing("snapshot", snapshots, key, snapshot, [(SCHEDULE, plan[2])])
         checks.append((record, self._limit(snapshots)))
         found = limits.first_oversize_at(checks)
