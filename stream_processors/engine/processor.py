@@ -388,13 +388,30 @@ class SagaProcessor:
             topic, partition = message.topic(), message.partition()
             return (topic, partition) not in revoked and (topic != inbox or partition in owned)
 
-        kept = [m for m in messages if m.error() is not None or owner(m)]
-        if len(kept) < len(messages):
-            log.info(
-                "%s inputs of partitions no longer ours left to their owner",
-                len(messages) - len(kept),
-            )
+        kept: list[Message] = []
+        dropped: list[Message] = []
+        for message in messages:
+            (kept if message.error() is not None or owner(message) else dropped).append(message)
+        if dropped:
+            log.info("%s inputs of partitions no longer ours left to their owner", len(dropped))
+            self._rewind_unrestored(dropped)
         return kept
+
+    def _rewind_unrestored(self, dropped: list[Message]) -> None:
+        """Seek an inbox partition still assigned but not restored back to the first of its
+        dropped inputs. (It is paused from its assignment to the end of its restore, so none
+        should come; if one did, the consumer's position has passed it and, with nothing
+        committed for it, it would be read again only after the next rebalance.)"""
+        first: dict[tuple[str, int], int] = {}
+        for message in dropped:
+            where = (message.topic() or "", message.partition() or 0)
+            if where not in self._revoked:
+                first[where] = min(first.get(where, 2**63), message.offset() or 0)
+        for (topic, partition), offset in first.items():
+            log.warning(
+                "inbox %s[%s] read before its restore ended: back to %s", topic, partition, offset
+            )
+            self.consumer.seek(TopicPartition(topic, partition, offset))
 
     def _handle(self, message: Message) -> None:
         if not transactions.consumed(message):
