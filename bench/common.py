@@ -182,6 +182,10 @@ class Drain:
         return self.records / self.seconds if self.seconds > 0 else 0.0
 
 
+class OneCommit(RuntimeError):
+    """A drain whose first commit seen was already its last: nothing to time."""
+
+
 def coordinator_ready(group: str, topic: str, timeout: float = 60) -> None:
     """Wait until ``group``'s committed offsets on ``topic`` can be read: on a fresh broker the
     group coordinator loads for a while, and a drain followed from then on would see its first
@@ -238,7 +242,7 @@ def follow_drain(
                 first = (now, committed)
             if committed >= total and first is not None:
                 if committed == first[1]:
-                    raise RuntimeError(f"{total} records went in one commit: make N larger")
+                    raise OneCommit(f"{total} records went in one commit: make N larger")
                 return Drain(committed - first[1], now - first[0])
             if not alive():
                 raise RuntimeError(f"the process draining {topic} exited")

@@ -31,6 +31,7 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 from bench.common import (
     BASE,
     Drain,
+    OneCommit,
     coordinator_ready,
     delete_topics,
     fill,
@@ -150,7 +151,20 @@ def pipe(source: str, group: str, outputs: Sequence[Output]) -> None:
 def run_pipe(
     source: str, group: str, outputs: Sequence[Output], records: int, timeout: float
 ) -> Drain:
-    """Run a pipe process over a pre-filled ``source`` of ``records``; time its drain."""
+    """Run a pipe process over a pre-filled ``source`` of ``records``; time its drain. A drain
+    seen as one commit (on a fresh broker, the first pipe's commits can stay unreadable until
+    it is done) is run once more by a new group over the same records: the second run meets
+    coordinators already loaded."""
+    try:
+        return _run_pipe(source, group, outputs, records, timeout)
+    except OneCommit as error:
+        print(f"{group}: {error}; draining again with a new group")
+        return _run_pipe(source, f"{group}-again", outputs, records, timeout)
+
+
+def _run_pipe(
+    source: str, group: str, outputs: Sequence[Output], records: int, timeout: float
+) -> Drain:
     log = (BASE / "logs" / f"{group}.log").resolve()
     shape = BASE / f"{group}.shape.json"
     save_shape(outputs, shape)
