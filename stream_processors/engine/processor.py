@@ -375,41 +375,48 @@ class SagaProcessor:
             self._measures.begin()
 
     def _ours(self, messages: list[Message]) -> list[Message]:
-        """``messages`` less those of partitions this process no longer owns: revoked or lost
-        while ``take`` was reading (``poll`` may hand out a record before the ``consume`` that
-        serves the revoke), or inbox partitions not restored. Left to their owner, they are
-        neither decided on nor their offsets committed: deciding on one would write its
+        """``messages`` less those this process must not decide on now.
+
+        A rebalance served inside the ``take`` (``poll`` may hand out a record before the
+        ``consume`` that serves a revoke or a loss) makes the whole batch suspect: a record read
+        before it may be of a partition no longer ours (deciding on it would write its
         instance's snapshot into a partition another processor may have restored already,
-        which then never learns of the instance (its replies dead-lettered as
-        ``unknown-instance``) or starts it again (its commands sent twice)."""
-        inbox, owned, revoked = self.topics.inbox, self._owned, self._revoked
-
-        def owner(message: Message) -> bool:
-            topic, partition = message.topic(), message.partition()
-            return (topic, partition) not in revoked and (topic != inbox or partition in owned)
-
+        which then never learns of the instance, its replies dead-lettered as
+        ``unknown-instance``, or starts it again), and a record read after it is of the new
+        assignment (a partition lost and assigned again in the same ``take`` reads from its
+        committed offset). Nothing tells them apart, but the rebalance closed the open
+        transaction (committed at a revoke, aborted at a loss), so the batch is dropped and
+        every assigned partition read again from its committed offset: nothing is skipped and
+        nothing is decided twice. Otherwise, an inbox partition not restored yet is left alone
+        (``_rewind_unrestored``)."""
+        if self._revoked:
+            assert self._kafka is not None
+            if messages:
+                log.info("a rebalance during the read: %s inputs read again", len(messages))
+            self._kafka.rewind()
+            return []
+        inbox, owned = self.topics.inbox, self._owned
         kept: list[Message] = []
         dropped: list[Message] = []
         for message in messages:
-            (kept if message.error() is not None or owner(message) else dropped).append(message)
+            mine = message.topic() != inbox or message.partition() in owned
+            (kept if message.error() is not None or mine else dropped).append(message)
         if dropped:
-            log.info("%s inputs of partitions no longer ours left to their owner", len(dropped))
             self._rewind_unrestored(dropped)
         return kept
 
     def _rewind_unrestored(self, dropped: list[Message]) -> None:
-        """Seek an inbox partition still assigned but not restored back to the first of its
-        dropped inputs. (It is paused from its assignment to the end of its restore, so none
-        should come; if one did, the consumer's position has passed it and, with nothing
-        committed for it, it would be read again only after the next rebalance.)"""
+        """Seek an inbox partition assigned but not restored back to the first of its inputs
+        read. (It is paused from its assignment to the end of its restore, so none should
+        come; if one did, the consumer's position has passed it and, with nothing committed
+        for it, it would be read again only after the next rebalance.)"""
         first: dict[tuple[str, int], int] = {}
         for message in dropped:
             where = (message.topic() or "", message.partition() or 0)
-            if where not in self._revoked:
-                first[where] = min(first.get(where, 2**63), message.offset() or 0)
+            first[where] = min(first.get(where, 2**63), message.offset() or 0)
         for (topic, partition), offset in first.items():
             log.warning(
-                "inbox %s[%s] read before its restore ended: back to %s", topic, partition, offset
+                "%s[%s] read before its restore ended: back to %s", topic, partition, offset
             )
             self.consumer.seek(TopicPartition(topic, partition, offset))
 

@@ -17,7 +17,7 @@ from confluent_kafka import KafkaError, Message
 from stream_processors.engine import transaction
 from stream_processors.engine.processor import ProcessorConfig
 from stream_processors.engine.routing import COMMAND_ID, header
-from tests.unit.processor_rig import PAYMENTS, Rig
+from tests.unit.processor_rig import PAYMENTS, SOURCE, Rig
 
 ABORTABLE = KafkaError(KafkaError._STATE, "abortable", txn_requires_abort=True)
 FENCED = KafkaError(KafkaError._FENCED, "producer fenced", fatal=True)
@@ -297,4 +297,35 @@ def test_an_inbox_input_read_before_its_partition_is_restored_is_read_again_afte
     commands = [header(m.headers(), COMMAND_ID) for m in rig.visible(PAYMENTS)]
     assert len(commands) == 1, commands
     assert rig.committed()[(rig.topics.inbox, inbox)] == 1
+    rig.processor.close()
+
+
+def test_inputs_read_after_a_loss_and_a_new_assignment_in_one_take_are_all_decided(
+    tmp_path: Path,
+) -> None:
+    """The chaos run's 287 sagas without an end: the group lost every partition (a session
+    timeout while the broker was down) and gave them back inside one ``take``; the source
+    records read after the new assignment, from the committed offsets, were dropped as of
+    partitions revoked, and the consumer's position had passed them: never decided."""
+    rig = Rig(tmp_path)
+    rig.start()
+    rig.steps()
+    for order_id in ("o-1", "o-2", "o-3", "o-4"):
+        rig.place(order_id)
+    consumer, original = rig.consumer, rig.consumer.poll
+
+    def poll(timeout: float = -1) -> Message | None:
+        message = original(timeout)
+        if message is not None and message.topic() == SOURCE:
+            consumer.poll = original  # type: ignore[method-assign]
+            assigned = rig.all_partitions()
+            consumer.lose_next(assigned)
+            consumer.assign_next(assigned)
+        return message
+
+    consumer.poll = poll  # type: ignore[method-assign]
+    rig.steps(6)
+    commands = [header(m.headers(), COMMAND_ID) for m in rig.visible(PAYMENTS)]
+    assert len(commands) == 4 == len(set(commands)), commands
+    assert all(rig.stored(order_id) is not None for order_id in ("o-1", "o-2", "o-3", "o-4"))
     rig.processor.close()
