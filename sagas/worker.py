@@ -670,6 +670,8 @@ class _Serving:
         self.consumer_settings = consumer_config(bootstrap, client, worker.group, **membership)
         self.consumer = self._subscribed()
         self.offsets: dict[tuple[str, int], int] = {}
+        #: The batch's replies, produced just before its commit (``_send_replies``).
+        self.replies: list[tuple[Message, Outgoing]] = []
         self.lock = threading.Lock()
         self.open = False
         self.committing = False  # commit_transaction called: its outcome is known once it returns
@@ -725,8 +727,9 @@ class _Serving:
         else:
             why = answer.undeliverable or self._undeliverable(answer.outgoing)
             if why is None:
-                why = self._send(*answer.outgoing)
-            if why is not None:
+                with self.lock:
+                    self.replies.append((message, answer.outgoing))
+            else:
                 self._reply_dead_letter(message, answer.outgoing, why)
             if answer.handled is not None and self.handled is not None:
                 with self.lock:  # the handled commands' staging is shared by the threads
@@ -832,7 +835,21 @@ class _Serving:
         room = fits.max_record_bytes - limits.record_size(*marked)
         return replace(handled, reply=handled.reply[: max(0, room)], truncated=len(value))
 
+    def _send_replies(self) -> None:
+        """Produce the batch's replies, at its end. A record the transaction writes to a
+        partition holds back every read_committed reader of that partition until the commit:
+        a reply produced as soon as its command was answered would hide, for the rest of the
+        batch (a long action after it), everything written to that inbox partition since,
+        task heartbeats (which then came too late: ``States.HeartbeatTimeout`` for an answered
+        task) and other workers' replies alike."""
+        staged, self.replies = self.replies, []
+        for message, reply in staged:
+            why = self._send(*reply)
+            if why is not None:
+                self._reply_dead_letter(message, reply, why)
+
     def _commit(self) -> None:
+        self._send_replies()
         transactions.prepare(self.producer, self.consumer, self.offsets, self.stopping)
         self.committing = True
         transactions.retrying(self.producer.commit_transaction, self.stopping)
@@ -873,6 +890,7 @@ class _Serving:
         self.open = False
         self.committing = False
         self.offsets.clear()
+        self.replies.clear()
         if self.worker._heartbeats is not None:  # committed or aborted: answered at last
             self.worker._heartbeats.settled()
 
