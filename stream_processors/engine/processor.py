@@ -167,8 +167,8 @@ class SagaProcessor:
             )
             self._outputs.gate = self._flow
         self._owned: set[int] = set()  # inbox partitions assigned and restored
-        #: (topic, partition) revoked or lost during the current ``take``: see ``_ours``.
-        self._revoked: set[tuple[str, int]] = set()
+        #: Whether a revoke or a loss was served during the current ``take``: see ``_ours``.
+        self._rebalanced = False
         self._busy = (False, False)  # restoring, counting what was restored (``_settle``)
         self._due = DueWork(definition, self.store, config.retention_ms)
         self._router = SourceRouter(
@@ -282,7 +282,7 @@ class SagaProcessor:
         self._measures.follow(self._owned, self.consumer)
         self._settle(restoring)
         try:
-            self._revoked.clear()
+            self._rebalanced = False
             messages = take(self.consumer, config.batch_size, self._wait(idle))
             for message in self._ours(messages):
                 self._handle(message)
@@ -389,7 +389,7 @@ class SagaProcessor:
         every assigned partition read again from its committed offset: nothing is skipped and
         nothing is decided twice. Otherwise, an inbox partition not restored yet is left alone
         (``_rewind_unrestored``)."""
-        if self._revoked:
+        if self._rebalanced:
             assert self._kafka is not None
             if messages:
                 log.info("a rebalance during the read: %s inputs read again", len(messages))
@@ -726,7 +726,7 @@ class SagaProcessor:
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         assert self._recovery is not None
-        self._revoked.update((tp.topic, tp.partition) for tp in partitions)
+        self._rebalanced = True
         revoked = {tp.partition for tp in partitions if tp.topic == self.topics.inbox}
         self._owned -= revoked
         if self._flow is not None:
