@@ -316,7 +316,7 @@ class SagaMetrics:
             yield label(datum)
 
     def close(self) -> None:
-        """Before the store closes: its iterators go first."""
+        """Before the store closes: no scan reads it any more."""
         self._scans.clear()
         self._store = None
         _LIVE.discard(self)
