@@ -45,7 +45,7 @@ from chaos import hostile
 from chaos.hostile import IGNORED, Hostile
 from chaos.run import ROOT, SAGA, TOPICS, WORKERS
 from examples.order_fulfillment.scenario import PlannedOrder, plan_orders
-from sagas.local import JournalWatcher, LocalProcess, journal_end, percentile
+from sagas.local import JournalWatcher, LocalProcess, journal_end, percentile, stop_all
 from sagas.publisher import Publisher
 from stream_processors.core.decide import command_id
 from stream_processors.core.journal import Kind
@@ -127,8 +127,7 @@ class _Processes:
 
     def stop_all(self) -> None:
         self.check()
-        for process in self.running.values():
-            process.stop(timeout=30)
+        stop_all(self.running.values())
 
 
 def _send(bootstrap: str, records: Iterable[Hostile]) -> int:

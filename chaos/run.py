@@ -45,7 +45,7 @@ from examples.order_fulfillment.scenario import (
     plan_orders,
 )
 from sagas.idempotency import recorded_replies
-from sagas.local import JournalWatcher, LocalProcess, journal_end
+from sagas.local import JournalWatcher, LocalProcess, journal_end, stop_all
 from sagas.publisher import Publisher
 from stream_processors.core.journal import Kind
 from stream_processors.engine.routing import COMMAND_ID, DLQ_REASON, INSTANCE, header
@@ -156,8 +156,7 @@ class Supervisor:
                 self._start(role)
 
     def stop_all(self) -> None:
-        for process in self.running.values():
-            process.stop(timeout=30)
+        stop_all(self.running.values())
         self.running.clear()
         self.wanted.clear()
 

@@ -30,7 +30,7 @@ from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
 from examples.order_fulfillment.saga import OrderFulfillment
 from examples.order_fulfillment.scenario import PlannedOrder, plan_orders
-from sagas.local import TERMINAL, LocalProcess
+from sagas.local import TERMINAL, LocalProcess, stop_all
 from sagas.publisher import Publisher
 from stream_processors.core.instance import Instance
 from stream_processors.core.journal import JournalEntry, Kind
@@ -104,8 +104,7 @@ class SagaProcesses:
         return self._start(name, [], {}, program=command)
 
     def stop_all(self) -> None:
-        for process in reversed(self.started):
-            process.stop(timeout=30)
+        stop_all(reversed(self.started))
 
     def log_tails(self, lines: int = 15) -> str:
         """The end of every process's log, for failure messages."""

@@ -46,7 +46,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from sagas.local import LocalProcess
+from sagas.local import LocalProcess, stop_all
 from sagas.worker import CommandContext, Worker
 from stream_processors.codecs.avro import DecodeError, SchemaCatalog, decode, encode, parse
 from stream_processors.codecs.records import CATALOG, Command, Event, decode_record
@@ -400,8 +400,7 @@ class TicketApp:
         assert done.returncode == 0, done.stdout + done.stderr
 
     def stop_all(self) -> None:
-        for process in self.processes:
-            process.stop(timeout=30)
+        stop_all(self.processes)
 
 
 @pytest.fixture
