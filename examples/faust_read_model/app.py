@@ -38,7 +38,7 @@ from typing import Any
 
 import faust
 
-import sagas.faust  # noqa: F401  (registers the "sagalog" codec)
+import sagas.faust  # registers the "sagalog" codec; main runs the app
 from stream_processors.core.journal import JournalEntry, Kind
 from stream_processors.kafka.config import bootstrap_servers
 
@@ -97,4 +97,4 @@ async def by_state(web: Any, request: Any) -> Any:
 
 
 if __name__ == "__main__":
-    app.main()
+    sagas.faust.main(app)

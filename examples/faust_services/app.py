@@ -25,7 +25,7 @@ from faust.cli import option
 
 from examples.order_fulfillment.scenario import plan_orders
 from examples.order_fulfillment.services import payments
-from sagas.faust import publish, worker_agent
+from sagas.faust import main, publish, worker_agent
 from stream_processors.kafka.config import bootstrap_servers
 
 app = faust.App(
@@ -63,4 +63,4 @@ async def place_orders(
 
 
 if __name__ == "__main__":
-    app.main()
+    main(app)

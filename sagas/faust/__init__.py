@@ -15,6 +15,8 @@ this package, and importing it registers the codec.
   addresses, idempotency keys and dead letters (``<topic>.dlq``, same reasons and headers).
 - ``publish(app, event)``: an event to its own topic, keyed and partitioned as ``Publisher``
   does, its schema recorded in the schema history.
+- ``main(app)``: ``app.main()`` (Faust's command line), then the process exits as soon as
+  Faust's shutdown has ended (see its docstring for the faust-streaming defect it avoids).
 
 Guarantees of ``worker_agent`` (the app must run with ``processing_guarantee="exactly_once"``,
 which is checked): Faust gives each (partition group, partition) a transactional producer whose
@@ -83,9 +85,11 @@ import asyncio
 import base64
 import functools
 import logging
+import os
+import sys
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 from faust.exceptions import ConsumerNotStarted
@@ -492,11 +496,34 @@ async def publish(
     await _send(app, (target, None if key is None else key.encode(), event.encode(), pairs))
 
 
+def main(app: Any) -> NoReturn:
+    """Run Faust's command line for ``app`` (``python -m yourapp worker``), then exit the
+    process as soon as Faust's own shutdown has ended.
+
+    Why: Faust's consumer thread (a ``mode.threads.ServiceThread``) is not a daemon thread. When
+    an ``exactly_once`` app's last commit at shutdown fails (faust-streaming raises
+    ``IllegalOperation: Not in the middle of a transaction`` from ``force_commit``; seen with
+    the read model example), that thread outlives the closed event loop and holds the process
+    for tens of seconds (measured: 41 s from SIGTERM to exit, against 2.6 s for an app whose
+    last commit succeeded). By then Faust has stopped every service and closed its loop; what
+    it had not committed is read again at the next start, as after any stop."""
+    code: int = 0
+    try:
+        app.main()
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 __all__ = [
     "CODEC_NAME",
     "RAW",
     "SagalogCodec",
     "faust",
+    "main",
     "publish",
     "table_name",
     "worker_agent",
