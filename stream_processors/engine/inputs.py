@@ -28,7 +28,9 @@ from stream_processors.engine.routing import (
     OPERATOR_ID,
     PARENT_INSTANCE,
     REPLY_TO,
+    ReceivedHeaders,
     header,
+    origin_headers,
     received_headers,
 )
 
@@ -92,6 +94,39 @@ def inbox_input(
     too_long = id_too_long(key, max_instance_id_bytes)
     if too_long is not None:
         return too_long
+    return _received(definition, record, value, key, instance_id, headers)
+
+
+def source_input(
+    definition: SagaDefinition,
+    message: Message,
+    record: Record,
+    key: bytes,
+    max_record_bytes: int,
+) -> InboxInput | Rejected:
+    """A source event decided without the inbox hop (``stream_processors.engine.direct``), as
+    its routed copy would be once read back: the same key (the instance id its fields name), the
+    same value and headers (``origin_headers``: its own minus ``sagalog.*``, plus its origin),
+    checked the same way after ``route`` checked it (no signature: the inbox's only proves the
+    processor routed it), so that the decision, journal and snapshot are the routed path's."""
+    value, headers = message.value(), origin_headers(message)
+    assert value is not None  # ``record`` was read from it
+    size = limits.record_size(key, value, headers)
+    if size > max_record_bytes:
+        return Rejected(limits.TOO_LARGE, f"{size} bytes > limit {max_record_bytes}")
+    return _received(definition, record, value, key, key.decode(), headers)
+
+
+def _received(
+    definition: SagaDefinition,
+    record: Record,
+    value: bytes,
+    key: bytes,
+    instance_id: str,
+    headers: ReceivedHeaders,
+) -> InboxInput | Rejected:
+    """What ``decide`` needs from a readable input keyed by ``instance_id``, unless its key and
+    the instance it names disagree (``key-mismatch``)."""
     command_id, note = header(headers, COMMAND_ID), header(headers, NOTE)
     mismatch = key_mismatch(definition, record, instance_id, command_id, header(headers, INSTANCE))
     if mismatch is not None:
