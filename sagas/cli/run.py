@@ -59,6 +59,7 @@ def run(
     direct_sources: Annotated[
         bool,
         typer.Option(
+            envvar="SAGALOG_DIRECT_SOURCES",
             help="Decide a source event where it is read when its instance's inbox partition "
             "is ours, without routing it through the inbox (docs/direct-sources.md)"
         ),
