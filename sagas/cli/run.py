@@ -61,7 +61,7 @@ def run(
         typer.Option(
             envvar="SAGALOG_DIRECT_SOURCES",
             help="Decide a source event where it is read when its instance's inbox partition "
-            "is ours, without routing it through the inbox (docs/direct-sources.md)"
+            "is ours, without routing it through the inbox (docs/direct-sources.md)",
         ),
     ] = ProcessorConfig.direct_sources,
     log_level: LogLevel = "info",

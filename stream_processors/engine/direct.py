@@ -18,9 +18,10 @@ decided before any later record of the partition is decided directly. So:
    aborted records to reach it); if that fails, the number stays routing (never decide
    directly when unsure) until its next restore;
 3. once the inbox partition's position reaches that end (``step``; a partition nothing was
-   fetched from yet is where the group's committed offset, or the start of the log, puts it),
-   everything routed before the pause has been decided: the source partitions are resumed and
-   the number is direct-ready. A drain that does not end within ``DRAIN_PATIENCE`` (an open
+   fetched from since its assignment or a seek is where the group's committed offset, or the
+   start of the log, puts it) and nothing read from it is left uncommitted, everything routed
+   before the pause has been decided and committed: the source partitions are resumed and the
+   number is direct-ready. A drain that does not end within ``DRAIN_PATIENCE`` (an open
    transaction holding the inbox back) gives up the same way: routing, sources resumed.
 
 A revoke, a loss or a restore again ends direct-ready, and a source partition newly assigned
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException, TopicPartition
@@ -130,17 +131,22 @@ class DirectSources:
                 self._release(consumer, p)
                 continue
             self._draining[p] = drain
-        self.step(consumer)
 
-    def step(self, consumer: Consumer) -> None:
-        """Make the numbers whose inbox partition is drained direct-ready."""
+    def step(self, consumer: Consumer, uncommitted: Collection[tuple[str, int]]) -> None:
+        """Make the numbers whose inbox partition is drained direct-ready.
+
+        Drained: read up to the end, and nothing read from it left in the open transaction
+        (``uncommitted``: its consumed partitions). Were the copies read decided only in the
+        open transaction, an abort would rewind the inbox partition and a later event of the
+        source partition, decided directly, could be read before them again."""
         if not self._draining:
             return
         positions = consumer.position([TopicPartition(self.inbox, p) for p in self._draining])
         for tp in positions:
             drain = self._draining[tp.partition]
+            # Invalid before the first fetch after an assignment or a seek (a rewind).
             position = tp.offset if tp.offset >= 0 else drain.start
-            if position >= drain.end:
+            if position >= drain.end and (self.inbox, tp.partition) not in uncommitted:
                 self._ready.add(tp.partition)
                 self._release(consumer, tp.partition)
                 log.info("source partitions %s decided directly from now on", tp.partition)

@@ -291,7 +291,7 @@ class SagaProcessor:
             self._measures.restored(restored, self.store)
             if self._flow is not None and restored:
                 self._flow.restored(restored)
-        self._direct.step(self.consumer)
+        self._direct.step(self.consumer, self._txn.offsets)
         self._measures.follow(self._owned, self.consumer)
         self._settle(restoring)
         try:

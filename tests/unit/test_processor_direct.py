@@ -19,6 +19,7 @@ from stream_processors.engine import direct, recovery
 from tests.unit.processor_rig import PAYMENTS, SOURCE, Rig, order
 
 AWAY = KafkaError(KafkaError._TRANSPORT, "broker down", retriable=True)
+ABORTABLE = KafkaError(KafkaError._STATE, "abortable", txn_requires_abort=True)
 
 
 def _run(rig: Rig, steps: int = 4) -> None:
@@ -92,6 +93,35 @@ def test_a_routed_copy_unread_at_the_switch_is_decided_before_a_later_direct_eve
     assert p in rig.processor._direct.ready and (SOURCE, p) not in rig.consumer.paused
     assert len(rig.visible(rig.topics.inbox)) == 1  # the second event was not routed
     assert rig.committed()[(SOURCE, p)] == 2
+    rig.processor.close()
+
+
+def test_copies_decided_in_the_open_transaction_hold_the_switch_until_they_commit(
+    tmp_path: Path,
+) -> None:
+    """An abort would read them again, after a later event decided directly: so not ready."""
+    rig = Rig(tmp_path, direct=True)
+    p = rig.broker.partition_of(b"o-1")
+    inbox, source = TopicPartition(rig.topics.inbox, p), TopicPartition(SOURCE, p)
+    assert rig.processor.start()
+    rig.consumer.assign_next([source])
+    _placed(rig, 100)
+    _run(rig, 2)  # routed by a processor that does not own the inbox partition
+    rig.consumer.revoke_next()
+    rig.consumer.assign_next([inbox, source])
+    rig.steps()  # assigned, restored: draining
+    rig.processor.config.commit_interval_ms = rig.processor.config.idle_commit_ms = 60_000
+    _placed(rig, 200)
+    rig.steps(3)  # the copy read and decided, not committed
+    assert rig.broker.open and rig.visible(PAYMENTS) == []
+    assert p not in rig.processor._direct.ready and (SOURCE, p) in rig.consumer.paused
+
+    rig.producer.fail("commit_transaction", ABORTABLE)
+    rig.clock.now += 61
+    rig.steps()  # the commit fails: aborted, read again
+    rig.processor.config.commit_interval_ms = rig.processor.config.idle_commit_ms = 0
+    _run(rig, 4)
+    assert _amount(rig) == 100 and p in rig.processor._direct.ready
     rig.processor.close()
 
 
