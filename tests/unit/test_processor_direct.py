@@ -46,6 +46,21 @@ def _placed(rig: Rig, amount: int) -> None:
     rig.broker.publish(SOURCE, b"o-1", placed.encode(), [("trace", b"carried")])
 
 
+def _routed_then_owned(rig: Rig) -> int:
+    """The order (amount 100) routed by the processor given its source partition alone, then
+    its inbox partition assigned with it (read on the next step); returns their number."""
+    p = rig.broker.partition_of(b"o-1")
+    inbox, source = TopicPartition(rig.topics.inbox, p), TopicPartition(SOURCE, p)
+    assert rig.processor.start()
+    rig.consumer.assign_next([source])
+    _placed(rig, 100)
+    _run(rig, 2)
+    assert [e.message.key() for e in rig.broker.logs[(rig.topics.inbox, p)]][-1:] == [b"o-1"]
+    rig.consumer.revoke_next()
+    rig.consumer.assign_next([inbox, source])
+    return p
+
+
 def test_a_source_event_decided_directly_is_decided_as_its_routed_copy(tmp_path: Path) -> None:
     routed, direct_ = Rig(tmp_path / "routed"), Rig(tmp_path / "direct", direct=True)
     for rig in (routed, direct_):
@@ -69,19 +84,11 @@ def test_a_routed_copy_unread_at_the_switch_is_decided_before_a_later_direct_eve
     tmp_path: Path,
 ) -> None:
     rig = Rig(tmp_path, direct=True)
-    p = rig.broker.partition_of(b"o-1")
-    inbox, source = TopicPartition(rig.topics.inbox, p), TopicPartition(SOURCE, p)
     # A worker's transaction open on the inbox partition hides what follows it from readers.
     worker = rig.broker.new_transaction()
+    p = rig.broker.partition_of(b"o-1")
     rig.broker.append(rig.topics.inbox, p, worker, key=b"x", value=b"reply")
-    assert rig.processor.start()
-    rig.consumer.assign_next([source])  # the source partition without its inbox partition
-    _placed(rig, 100)
-    _run(rig, 2)  # routed: its copy follows the open transaction in the inbox
-    assert len(rig.broker.logs[(rig.topics.inbox, p)]) == 2
-
-    rig.consumer.revoke_next()
-    rig.consumer.assign_next([inbox, source])
+    _routed_then_owned(rig)  # the copy follows the open transaction
     _placed(rig, 200)  # the same order again: decided first, it would start the saga
     _run(rig, 4)
     assert rig.visible(PAYMENTS) == []  # the copy is unread: the source partition waits
@@ -101,14 +108,7 @@ def test_copies_decided_in_the_open_transaction_hold_the_switch_until_they_commi
 ) -> None:
     """An abort would read them again, after a later event decided directly: so not ready."""
     rig = Rig(tmp_path, direct=True)
-    p = rig.broker.partition_of(b"o-1")
-    inbox, source = TopicPartition(rig.topics.inbox, p), TopicPartition(SOURCE, p)
-    assert rig.processor.start()
-    rig.consumer.assign_next([source])
-    _placed(rig, 100)
-    _run(rig, 2)  # routed by a processor that does not own the inbox partition
-    rig.consumer.revoke_next()
-    rig.consumer.assign_next([inbox, source])
+    p = _routed_then_owned(rig)
     rig.steps()  # assigned, restored: draining
     rig.processor.config.commit_interval_ms = rig.processor.config.idle_commit_ms = 60_000
     _placed(rig, 200)
