@@ -77,6 +77,7 @@ from stream_processors.kafka.clients import (
     Consumer,
     KafkaClients,
     Producer,
+    Restorer,
     Stopping,
     take,
 )
@@ -195,7 +196,7 @@ class SagaProcessor:
         # Set by ``start``.
         self._kafka: Transactions | None = None
         self._recovery: Recovery | None = None
-        self._restorer: Consumer | None = None
+        self._restorer: Restorer | None = None
         self._history: Closeable | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from confluent_kafka import KafkaException, TopicPartition
 from stream_processors.engine import metrics
 from stream_processors.engine.restore import PartitionRestore
 from stream_processors.engine.store import SnapshotStore
-from stream_processors.kafka.clients import Consumer
+from stream_processors.kafka.clients import Consumer, Restorer
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ SAY_EVERY = 5.0
 class Recovery:
     def __init__(
         self,
-        restorer: Consumer,
+        restorer: Restorer,
         store: SnapshotStore,
         changelog: str,
         inbox: str,

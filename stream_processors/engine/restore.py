@@ -1,11 +1,13 @@
 """Restoring the local snapshot store from the snapshots changelog.
 
 On assignment of a partition, the store reads the changelog from the offset after the one it is
-current to (or from the start, when it has nothing for the partition) up to the high watermark
-seen when restoring began. Records are read ``read_committed``, so snapshots of aborted
-transactions never enter the store; tombstones delete. "Restored" means the consumer's position
-reached that high watermark: under transactions the last offset of a partition is often a
-commit marker, not a record, so waiting to *read* offset high-1 could wait forever.
+current to (or from the start, when it has nothing for the partition) up to the end of what was
+written to it when restoring began: the high watermark as a read_uncommitted reader sees it, so
+that a transaction still completing (the previous owner's last, committed as it gave the
+partition up) is waited for, never cut off. Records are read ``read_committed``, so snapshots
+of aborted transactions never enter the store; tombstones delete. "Restored" means the
+consumer's position reached that end: under transactions the last offset of a partition is
+often a commit marker, not a record, so waiting to *read* offset high-1 could wait forever.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from stream_processors.core.instance import (
 )
 from stream_processors.engine.routing import SCHEDULE
 from stream_processors.engine.store import FLOW_ROWS, DueRef, SnapshotStore, index_entries
-from stream_processors.kafka.clients import Consumer
+from stream_processors.kafka.clients import Restorer
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,7 @@ class PartitionRestore:
 
     def __init__(
         self,
-        consumer: Consumer,
+        consumer: Restorer,
         store: SnapshotStore,
         topic: str,
         partition: int,
@@ -163,8 +165,7 @@ class PartitionRestore:
 
     def _begin(self, timeout: float) -> bool:
         """Find where to start and end; False if there is nothing to read."""
-        low, high = self.consumer.get_watermark_offsets(self.tp, timeout=timeout, cached=False)
-        low, high = int(low), int(high)
+        low, high = self.consumer.written_offsets(self.tp, timeout=timeout)
         stored = self.store.changelog_offset(self.partition)
         if stored is not None and not (low - 1 <= stored < high):
             # The changelog was deleted or recreated under us: what we hold is not from it.

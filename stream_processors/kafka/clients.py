@@ -35,6 +35,7 @@ from stream_processors.kafka.errors import (
     metadata,
     wait_until_reachable,
 )
+from stream_processors.kafka.reading import written_end
 from stream_processors.kafka.topics import SagaTopics, ensure_topics, topic_id
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,16 @@ class Consumer(Protocol):
     ) -> tuple[int, int]: ...
     def consumer_group_metadata(self) -> Any: ...
     def close(self) -> None: ...
+
+
+class Restorer(Consumer, Protocol):
+    """The restore consumer: read_committed, and able to say where a partition's writes end."""
+
+    def written_offsets(self, partition: TopicPartition, timeout: float) -> tuple[int, int]:
+        """(low, high) offsets of ``partition`` past every record written to it, those of a
+        transaction not complete yet included (a read_committed reader's high offset stops
+        before them)."""
+        ...
 
 
 class Producer(Protocol):
@@ -123,7 +134,7 @@ class KafkaClients(Protocol):
     def limits(self, topic: str) -> limits.Limits: ...
     def producer(self, transactional_id: str) -> Producer: ...
     def consumer(self, group: str, instance_id: str) -> Consumer: ...
-    def restorer(self) -> Consumer: ...
+    def restorer(self) -> Restorer: ...
 
 
 class ConfluentClients:
@@ -187,7 +198,7 @@ class ConfluentClients:
             consumer_config(self.bootstrap, f"{self.saga}-processor", group, **settings)
         )
 
-    def restorer(self) -> Consumer:
+    def restorer(self) -> Restorer:
         # Never commits: the group id only satisfies the client. A partition whose tail is
         # aborted records or markers returns nothing; do not wait 500 ms to learn it.
         # Its fetch queue is bounded: restore reads as fast as it applies, and librdkafka's
@@ -197,9 +208,28 @@ class ConfluentClients:
             "fetch.wait.max.ms": 20,
             "queued.max.messages.kbytes": RESTORE_QUEUE_KBYTES,
         }
-        return ConfluentConsumer(
+        return ConfluentRestorer(
             consumer_config(self.bootstrap, f"{self.saga}-restore", None, **settings)
         )
+
+
+class ConfluentRestorer(ConfluentConsumer):
+    """A read_committed consumer whose ``written_offsets`` asks a read_uncommitted one
+    (``kafka.reading.written_end`` says why). Seen without it: a processor restoring a
+    partition given up a moment before read none of the snapshots and flow rows of the previous
+    owner's last transaction, committed in its revoke, and those sagas never went on."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self._ends = ConfluentConsumer(written_end(config))
+
+    def written_offsets(self, partition: TopicPartition, timeout: float) -> tuple[int, int]:
+        low, high = self._ends.get_watermark_offsets(partition, timeout=timeout, cached=False)
+        return int(low), int(high)
+
+    def close(self) -> None:
+        self._ends.close()
+        super().close()
 
 
 def take(consumer: Consumer, most: int, timeout: float) -> list[Message]:

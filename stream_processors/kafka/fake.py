@@ -345,7 +345,13 @@ class FakeConsumer(_Failing):
     def get_watermark_offsets(
         self, partition: TopicPartition, timeout: float = -1, cached: bool = False
     ) -> tuple[int, int]:
+        """As a read_committed consumer's: the high offset is the last stable one."""
         self._call("get_watermark_offsets")
+        return 0, self.broker.open_end(partition.topic, partition.partition)
+
+    def written_offsets(self, partition: TopicPartition, timeout: float) -> tuple[int, int]:
+        """As a read_uncommitted consumer's: past every record, an open transaction's too."""
+        self._call("written_offsets")
         return 0, len(self.broker.logs[(partition.topic, partition.partition)])
 
     def consumer_group_metadata(self) -> Any:

@@ -2,16 +2,18 @@
 
 Replay, verification, the dead-letter tools and the chaos checks all need the same thing: every
 committed record of some partitions, from an offset to the end offset seen when reading began,
-with no consumer group joined and nothing committed. Two details make it worth one place:
+with no consumer group joined and nothing committed. Three details make it worth one place:
 under ``read_committed`` the last offsets of a partition are often transaction markers, which
 are never delivered, so "done" means the consumer's *position* reached the end, not that the
-record at end - 1 was read; and a partition with nothing to read has no position to reach.
+record at end - 1 was read; a partition with nothing to read has no position to reach; and the
+end is what was written, not what a read_committed reader sees as the end (``written_end``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -44,6 +46,19 @@ def watermarks(consumer: Consumer, tp: TopicPartition, patience: float = 30) -> 
             time.sleep(0.2)
 
 
+def written_end(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` for a consumer that asks only where partitions' writes end (read_uncommitted).
+
+    Why: a read_committed consumer's high watermark is the last stable offset, which stops at
+    the first record of any transaction not complete, and a transaction committed a moment ago
+    is not complete until the broker has written its markers. Reading "to the end" up to that
+    offset could miss the last transaction of a writer that has just committed (a partition's
+    previous owner, committing as it gives the partition up); reading on to the written end
+    waits for that transaction's outcome instead (a crashed writer's is decided within
+    ``transaction.timeout.ms``), and read_committed still skips it if it aborted."""
+    return config | {"isolation.level": "read_uncommitted"}
+
+
 class ReadTimeout(Exception):
     """The end was not reached in time (a transaction left open by a crashed writer, say)."""
 
@@ -62,16 +77,17 @@ def committed_records(
     ``partitions`` limits the read (default: those in ``start``, else all of the topic's).
     """
     # The client wants a group id; assigning partitions never joins the group, nothing commits.
-    consumer = Consumer(
-        consumer_config(bootstrap, "sagalog-reader", f"sagalog-reader-{time.time_ns()}")
-    )
+    group = f"sagalog-reader-{time.time_ns()}"
+    consumer = Consumer(consumer_config(bootstrap, "sagalog-reader", group))
+    # The end is what was written, a transaction still completing included (``written_end``).
+    ender = Consumer(written_end(consumer_config(bootstrap, "sagalog-reader-ends", group)))
     try:
         if partitions is None:
             partitions = start.keys() if start else _all_partitions(consumer, topic)
         ends: dict[int, int] = {}
         assignment = []
         for partition in partitions:
-            low, high = watermarks(consumer, TopicPartition(topic, partition))
+            low, high = watermarks(ender, TopicPartition(topic, partition))
             begin = max(low, (start or {}).get(partition, low))
             if high > begin:
                 ends[partition] = high
@@ -95,6 +111,7 @@ def committed_records(
                     f"{topic}: partitions {sorted(ends)} not read to their end in {timeout} s"
                 )
     finally:
+        ender.close()
         consumer.close()
 
 

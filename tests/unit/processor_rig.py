@@ -121,8 +121,9 @@ class Rig:
         partition = self.broker.partition_of(instance_id.encode())
         return self.processor.store.get(partition, instance_id)
 
-    def snapshot_records(self, count: int, partition: int) -> None:
-        """``count`` committed snapshots of made-up instances in the changelog's ``partition``."""
+    def snapshot_records(self, count: int, partition: int, transaction: int | None = None) -> None:
+        """``count`` snapshots of made-up instances in the changelog's ``partition``: committed,
+        or in the open ``transaction`` (``FakeBroker.new_transaction``)."""
         from sagas.testing import SagaTest
         from stream_processors.core.instance import encode_snapshot
 
@@ -132,5 +133,5 @@ class Rig:
             instance = dataclasses.replace(test.instance, instance_id=f"r-{n}")
             value = encode_snapshot(instance)
             self.broker.append(
-                self.topics.snapshots, partition, None, key=f"r-{n}".encode(), value=value
+                self.topics.snapshots, partition, transaction, key=f"r-{n}".encode(), value=value
             )

@@ -69,6 +69,27 @@ def test_a_partition_lost_while_restoring_is_dropped_from_the_restore(
     rig.processor.close()
 
 
+def test_a_restore_waits_for_the_previous_owners_last_transaction_to_complete(
+    tmp_path: Path,
+) -> None:
+    """The previous owner committed its last transaction as it gave the partition up, and the
+    broker has not written the markers yet: a read_committed reader's end (the last stable
+    offset) is before that transaction's snapshots. The restore reads on to what was written,
+    and the partition is resumed only once they are in the store."""
+    rig = Rig(tmp_path)
+    last = rig.broker.new_transaction()
+    rig.snapshot_records(10, 0, transaction=last)
+    assert rig.processor.start()
+    rig.consumer.assign_next([TopicPartition(rig.topics.inbox, 0)])
+    rig.steps(3)
+    assert (rig.topics.inbox, 0) in rig.consumer.paused  # waiting for the transaction's outcome
+    rig.broker.end(last, commit=True)
+    rig.steps(2)
+    assert (rig.topics.inbox, 0) not in rig.consumer.paused
+    assert all(rig.processor.store.get(0, f"r-{n}") is not None for n in range(10))
+    rig.processor.close()
+
+
 def test_restoring_waits_for_an_unreachable_broker_without_blocking_the_loop(
     tmp_path: Path,
 ) -> None:
@@ -78,7 +99,7 @@ def test_restoring_waits_for_an_unreachable_broker_without_blocking_the_loop(
     assert rig.processor.start()
     restorer = rig.clients.restorers[-1]
     away = KafkaError(KafkaError._TRANSPORT, "broker down", retriable=True)
-    restorer.fail("get_watermark_offsets", away, times=3)
+    restorer.fail("written_offsets", away, times=3)
     rig.consumer.assign_next([TopicPartition(rig.topics.inbox, 0)])
     rig.steps(3)
     assert (rig.topics.inbox, 0) in rig.consumer.paused  # still recovering
