@@ -13,10 +13,12 @@ decided before any later record of the partition is decided directly. So:
 
 1. when inbox partition *p* is assigned, or restored again (``hold``), the source partitions
    numbered *p* are paused with it (``stream_processors.engine.recovery`` pauses the inbox);
-2. once it is restored (``restored``), the inbox partition alone is resumed and its end offset
-   asked for (the high watermark: a read_committed position passes the transaction markers and
-   aborted records to reach it); if that fails, the number stays routing (never decide
-   directly when unsure) until its next restore;
+2. once it is restored (``restored``), the inbox partition alone is resumed and the end of
+   what was written to it asked for (the high watermark for a read_uncommitted reader, as the
+   restore's end: a copy in the previous owner's last transaction, its markers still being
+   written, is past the last stable offset; a read_committed position passes the transaction
+   markers and aborted records to reach it); if that fails, the number stays routing (never
+   decide directly when unsure) until its next restore;
 3. once the inbox partition's position reaches that end (``step``; a partition nothing was
    fetched from since its assignment or a seek is where the group's committed offset, or the
    start of the log, puts it) and nothing read from it is left uncommitted, everything routed
@@ -38,7 +40,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaException, TopicPartition
 
-from stream_processors.kafka.clients import Consumer
+from stream_processors.kafka.clients import Consumer, Restorer
 from stream_processors.tools.history import partition_for
 
 log = logging.getLogger(__name__)
@@ -119,13 +121,14 @@ class DirectSources:
 
     # -- the switch ----------------------------------------------------------------------------
 
-    def restored(self, consumer: Consumer, partitions: Iterable[int]) -> None:
-        """Inbox ``partitions`` are restored (and resumed): drain them up to their end."""
+    def restored(self, consumer: Consumer, ends: Restorer, partitions: Iterable[int]) -> None:
+        """Inbox ``partitions`` are restored (and resumed): drain them up to their written end
+        (``ends``: a consumer that can say where a partition's writes end)."""
         for p in partitions:
             if p not in self._held:
                 continue
             try:
-                drain = self._drain_of(consumer, p)
+                drain = self._drain_of(consumer, ends, p)
             except KafkaException as error:
                 log.warning("inbox partition %s: end not known (%s); its sources route", p, error)
                 self._release(consumer, p)
@@ -160,9 +163,9 @@ class DirectSources:
                 )
                 self._release(consumer, tp.partition)
 
-    def _drain_of(self, consumer: Consumer, p: int) -> _Drain:
+    def _drain_of(self, consumer: Consumer, ends: Restorer, p: int) -> _Drain:
         tp = TopicPartition(self.inbox, p)
-        low, end = consumer.get_watermark_offsets(tp, timeout=OFFSETS_TIMEOUT)
+        low, end = ends.written_offsets(tp, timeout=OFFSETS_TIMEOUT)
         [committed] = consumer.committed([tp], timeout=OFFSETS_TIMEOUT)
         # Never committed: the consumer starts at the log's start (auto.offset.reset earliest).
         start = committed.offset if committed.offset >= 0 else low

@@ -288,7 +288,8 @@ class SagaProcessor:
         if restoring:
             restored = self._recovery.step(self.consumer)
             self._owned.update(restored)
-            self._direct.restored(self.consumer, restored)
+            assert self._restorer is not None
+            self._direct.restored(self.consumer, self._restorer, restored)
             self._measures.restored(restored, self.store)
             if self._flow is not None and restored:
                 self._flow.restored(restored)

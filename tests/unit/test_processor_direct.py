@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from examples.order_fulfillment.messages import MakePayment, OrderPlaced
 from stream_processors.codecs.records import decode_record
@@ -193,10 +193,20 @@ def test_a_restore_interrupted_by_a_rebalance_holds_the_sources_until_it_ends(
     rig.processor.close()
 
 
-def test_an_inbox_end_that_cannot_be_asked_for_leaves_its_sources_routing(tmp_path: Path) -> None:
+def test_an_inbox_end_that_cannot_be_asked_for_leaves_its_sources_routing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rig = Rig(tmp_path, direct=True)
     assert rig.processor.start()
-    rig.consumer.fail("get_watermark_offsets", AWAY, times=2)  # both partitions' ends
+    restorer, recovering = rig.clients.restorers[-1], rig.processor._recovery
+    ends = restorer.written_offsets
+
+    def away_once_restored(partition: TopicPartition, timeout: float) -> tuple[int, int]:
+        if recovering is not None and not recovering.pending:  # asked for the drain
+            raise KafkaException(AWAY)
+        return ends(partition, timeout)
+
+    monkeypatch.setattr(restorer, "written_offsets", away_once_restored)
     rig.consumer.assign_next(rig.all_partitions())
     rig.steps(2)
     assert rig.processor._direct.ready == set() and rig.consumer.paused == set()
