@@ -28,9 +28,9 @@ from stream_processors.engine.routing import (
     OPERATOR_ID,
     PARENT_INSTANCE,
     REPLY_TO,
+    Headers,
     ReceivedHeaders,
     header,
-    origin_headers,
     received_headers,
 )
 
@@ -99,21 +99,21 @@ def inbox_input(
 
 def source_input(
     definition: SagaDefinition,
-    message: Message,
     record: Record,
     key: bytes,
+    value: bytes | None,
+    headers: Headers,
     max_record_bytes: int,
 ) -> InboxInput | Rejected:
-    """A source event decided without the inbox hop (``stream_processors.engine.direct``), as
-    its routed copy would be once read back: the same key (the instance id its fields name), the
-    same value and headers (``origin_headers``: its own minus ``sagalog.*``, plus its origin),
-    checked the same way after ``route`` checked it (no signature: the inbox's only proves the
-    processor routed it), so that the decision, journal and snapshot are the routed path's."""
-    value, headers = message.value(), origin_headers(message)
-    assert value is not None  # ``record`` was read from it
+    """A source event decided without the inbox hop (``stream_processors.engine.direct``), from
+    the routed copy it would have had (``key``, ``value``, ``headers``: see ``SourceRouter.
+    copy``) and the ``record`` read from it, checked as ``inbox_input`` checks that copy once
+    ``route`` checked the event (no signature: the inbox's only proves the processor routed it),
+    so that the decision, journal and snapshot are the routed path's."""
     size = limits.record_size(key, value, headers)
     if size > max_record_bytes:
         return Rejected(limits.TOO_LARGE, f"{size} bytes > limit {max_record_bytes}")
+    assert value is not None  # ``record`` was read from it
     return _received(definition, record, value, key, key.decode(), headers)
 
 

@@ -486,21 +486,22 @@ class SagaProcessor:
         return self.clients.limits(topic)
 
     def _source(self, message: Message, partition: int) -> None:
-        """A source event: decided directly if its partition may (``engine/direct.py``: the
-        instance's inbox partition is ``partition``, ours and drained), else re-keyed by instance
-        id into the inbox (inside the transaction)."""
+        """A source event: re-keyed by instance id into the inbox (inside the transaction), or
+        if its partition may (``engine/direct.py``: the instance's inbox partition is
+        ``partition``, ours and drained) that copy decided at once instead of produced."""
         source = self._router.read(message)
         if isinstance(source, Rejected):
             self._outputs.dead_letter(message, source.reason, source.detail)
             return
-        if self._direct.decides(partition, source.key):
-            limit = self.config.max_record_bytes
-            checked = source_input(self.definition, message, source.record, source.key, limit)
-            self._decide(message, partition, checked)
-            return
         routed = self._router.copy(message, source)
         if isinstance(routed, Rejected):
             self._outputs.dead_letter(message, routed.reason, routed.detail)
+            return
+        if self._direct.decides(partition, source.key):  # the copy, decided instead of produced
+            key, value, limit = routed.key, routed.value, self.config.max_record_bytes
+            record = source.record
+            checked = source_input(self.definition, record, key, value, routed.headers, limit)
+            self._decide(message, partition, checked)
             return
         self._outputs.produce(
             self.topics.inbox, key=routed.key, value=routed.value, headers=routed.headers

@@ -15,11 +15,13 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from examples.order_fulfillment.messages import MakePayment, OrderPlaced
 from stream_processors.codecs.records import decode_record
+from stream_processors.codecs.signing import Keyring, SigningKey
 from stream_processors.engine import direct, recovery
 from tests.unit.processor_rig import PAYMENTS, SOURCE, Rig, order
 
 AWAY = KafkaError(KafkaError._TRANSPORT, "broker down", retriable=True)
 ABORTABLE = KafkaError(KafkaError._STATE, "abortable", txn_requires_abort=True)
+KEYS = Keyring((SigningKey("k1", b"k" * 32),))
 
 
 def _run(rig: Rig, steps: int = 4) -> None:
@@ -61,8 +63,12 @@ def _routed_then_owned(rig: Rig) -> int:
     return p
 
 
-def test_a_source_event_decided_directly_is_decided_as_its_routed_copy(tmp_path: Path) -> None:
-    routed, direct_ = Rig(tmp_path / "routed"), Rig(tmp_path / "direct", direct=True)
+@pytest.mark.parametrize("signing", [None, KEYS], ids=["unsigned", "signed"])
+def test_a_source_event_decided_directly_is_decided_as_its_routed_copy(
+    tmp_path: Path, signing: Keyring | None
+) -> None:
+    routed = Rig(tmp_path / "routed", signing=signing)
+    direct_ = Rig(tmp_path / "direct", signing=signing, direct=True)
     for rig in (routed, direct_):
         rig.start()
         _placed(rig, 100)
