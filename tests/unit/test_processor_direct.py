@@ -247,3 +247,22 @@ def test_an_event_whose_instance_hashes_elsewhere_is_routed(tmp_path: Path) -> N
     assert [m.partition() for m in rig.visible(rig.topics.inbox)] == [1 - elsewhere]
     assert len(rig.visible(PAYMENTS)) == 1
     rig.processor.close()
+
+
+def test_a_batch_read_across_a_rebalance_is_dropped_with_its_direct_records(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, direct=True)
+    rig.start()
+    p = rig.broker.partition_of(b"o-1")
+    other = [TopicPartition(t, 1 - p) for t in (rig.topics.inbox, SOURCE)]
+    rig.place()
+    rig.consumer.revoke_next(other)  # served in the read that hands out the order
+    rig.steps()
+    assert rig.visible(PAYMENTS) == [] and rig.broker.open == {}  # dropped, not decided
+    assert rig.processor._direct.ready == {p}
+
+    _run(rig, 3)  # read again from the committed offset: decided directly, once
+    assert len(rig.visible(PAYMENTS)) == 1 and rig.visible(rig.topics.inbox) == []
+    assert rig.committed()[(SOURCE, p)] == 1
+    rig.processor.close()
