@@ -409,7 +409,9 @@ class SagaProcessor:
             if messages:
                 log.info("a rebalance during the read: %s inputs read again", len(messages))
             self._kafka.rewind()
-            return []
+            # Not read again: a consumer's error event (a fenced static member's, handed out
+            # once, in the read that serves its revoke) must still be seen.
+            return [m for m in messages if m.error() is not None]
         inbox, owned = self.topics.inbox, self._owned
         kept: list[Message] = []
         dropped: list[Message] = []

@@ -230,6 +230,7 @@ class FakeConsumer(_Failing):
         self.callbacks: dict[str, Rebalanced | None] = {}
         self.closed = False
         self._events: deque[tuple[str, list[TopicPartition]]] = deque()
+        self._errors: deque[KafkaError] = deque()
 
     # -- what tests ask for: rebalances, served at the next consume ---------------------------
 
@@ -241,6 +242,11 @@ class FakeConsumer(_Failing):
 
     def lose_next(self, partitions: list[TopicPartition] | None = None) -> None:
         self._events.append(("on_lost", partitions or self.assignment()))
+
+    def error_next(self, error: KafkaError) -> None:
+        """An error event (as librdkafka hands one out: a message with ``error()`` set), first
+        in the next read, after its rebalance callbacks."""
+        self._errors.append(error)
 
     # -- the interface ------------------------------------------------------------------------
 
@@ -272,6 +278,8 @@ class FakeConsumer(_Failing):
         self._call("consume")
         self._rebalance()
         out: list[Message] = []
+        while self._errors and len(out) < num_messages:
+            out.append(Message(error=self._errors.popleft()))
         for where, position in sorted(self.positions.items()):
             if where in self.paused:
                 continue
