@@ -5,7 +5,9 @@ sagas is read back (read_committed) from each topic it crosses, with a time take
 record itself:
 
 - ``published``: the source event's Kafka timestamp (the publisher's CreateTime);
-- ``routed``: the copy the processor wrote to the inbox (CreateTime, stamped when produced);
+- ``routed``: the copy the processor wrote to the inbox (CreateTime, stamped when produced),
+  if it routed the event: one decided without the inbox hop (docs/direct-sources.md) has none,
+  and its first hop is ``published → decided``;
 - ``decided``: journal entries, by their own ``at_ms`` (a decision's entries are grouped);
 - ``command X``: the command record's CreateTime (stamped when the processor produced it);
 - ``reply X``: the worker's reply in the inbox (CreateTime, when the worker produced it).

@@ -77,8 +77,8 @@ METHOD = """\
    a quarter of that for latency (publish timestamp to terminal journal entry), then {fixed}
    sagas/s for {fixed_seconds} s each. Every saga must end as planned. For each paced run, the
    hop-by-hop breakdown (`bench/hops.py`) is read from the timestamps of the records each saga
-   left on its topics: the source event, the routed copy, journal entries (`at_ms`), commands and
-   replies.
+   left on its topics: the source event, the routed copy (none for an event decided without the
+   inbox hop: docs/direct-sources.md), journal entries (`at_ms`), commands and replies.
    **Construct-heavy saga** (`bench/control_flow.py`): the control-flow example (a Choice, a 1 s
    Sleep on standard orders, a Parallel of two compensable branches, a Map over the lines, an
    invoicing child saga; its child's processor and three services as separate processes), a

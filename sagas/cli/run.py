@@ -56,6 +56,14 @@ def run(
             help="Decoded instances kept in memory, most recently used (about 1.5 KB each)",
         ),
     ] = ProcessorConfig.cache_size,
+    direct_sources: Annotated[
+        bool,
+        typer.Option(
+            envvar="SAGALOG_DIRECT_SOURCES",
+            help="Decide a source event where it is read when its instance's inbox partition "
+            "is ours, without routing it through the inbox (docs/direct-sources.md)",
+        ),
+    ] = ProcessorConfig.direct_sources,
     log_level: LogLevel = "info",
 ) -> None:
     """Host a saga processor until interrupted (SIGINT or SIGTERM commit and exit); started
@@ -76,6 +84,7 @@ def run(
             max_record_bytes=max_record_bytes,
             max_instance_id_bytes=max_instance_id_bytes,
             cache_size=cache_size,
+            direct_sources=direct_sources,
         ),
     )
     processor.install_signal_handlers()

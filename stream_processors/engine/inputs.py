@@ -28,6 +28,8 @@ from stream_processors.engine.routing import (
     OPERATOR_ID,
     PARENT_INSTANCE,
     REPLY_TO,
+    Headers,
+    ReceivedHeaders,
     header,
     received_headers,
 )
@@ -92,6 +94,39 @@ def inbox_input(
     too_long = id_too_long(key, max_instance_id_bytes)
     if too_long is not None:
         return too_long
+    return _received(definition, record, value, key, instance_id, headers)
+
+
+def source_input(
+    definition: SagaDefinition,
+    record: Record,
+    key: bytes,
+    value: bytes | None,
+    headers: Headers,
+    max_record_bytes: int,
+) -> InboxInput | Rejected:
+    """A source event decided without the inbox hop (``stream_processors.engine.direct``), from
+    the routed copy it would have had (``key``, ``value``, ``headers``: see ``SourceRouter.
+    copy``) and the ``record`` read from it, checked as ``inbox_input`` checks that copy once
+    ``route`` checked the event (no signature: the inbox's only proves the processor routed it),
+    so that the decision, journal and snapshot are the routed path's."""
+    size = limits.record_size(key, value, headers)
+    if size > max_record_bytes:
+        return Rejected(limits.TOO_LARGE, f"{size} bytes > limit {max_record_bytes}")
+    assert value is not None  # ``record`` was read from it
+    return _received(definition, record, value, key, key.decode(), headers)
+
+
+def _received(
+    definition: SagaDefinition,
+    record: Record,
+    value: bytes,
+    key: bytes,
+    instance_id: str,
+    headers: ReceivedHeaders,
+) -> InboxInput | Rejected:
+    """What ``decide`` needs from a readable input keyed by ``instance_id``, unless its key and
+    the instance it names disagree (``key-mismatch``)."""
     command_id, note = header(headers, COMMAND_ID), header(headers, NOTE)
     mismatch = key_mismatch(definition, record, instance_id, command_id, header(headers, INSTANCE))
     if mismatch is not None:

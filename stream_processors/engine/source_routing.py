@@ -4,7 +4,9 @@ A source event is routed by the instance its fields name (``route_key``), never 
 key, and carries its own headers minus any ``sagalog.*`` one, plus where it came from; with
 signing on it is signed for the inbox. Anything that cannot be routed (unreadable, of a type the
 saga does not start or take from sources, naming no instance, an id too long, a copy too large
-for the inbox) is refused with the reason, for the processor to dead-letter.
+for the inbox) is refused with the reason, for the processor to dead-letter. ``read`` makes the
+checks, ``copy`` the inbox copy: a source event decided without the hop
+(``stream_processors.engine.direct``) is read and checked the same way, and never copied.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Message
 
+from stream_processors.codecs.records import Record
 from stream_processors.codecs.signing import Keyring, Purpose, signed
 from stream_processors.core import limits
 from stream_processors.core.keys import route_key
@@ -32,6 +35,14 @@ class Routed:
 
 
 @dataclass(frozen=True)
+class Source:
+    """A source event read and checked: its record and the instance id its fields name."""
+
+    record: Record
+    key: bytes
+
+
+@dataclass(frozen=True)
 class SourceRouter:
     definition: SagaDefinition
     inbox: str
@@ -41,6 +52,11 @@ class SourceRouter:
     limit: Callable[[str], limits.Limits]
 
     def route(self, message: Message) -> Routed | Rejected:
+        source = self.read(message)
+        return source if isinstance(source, Rejected) else self.copy(message, source)
+
+    def read(self, message: Message) -> Source | Rejected:
+        """The event's record and instance, or why it cannot be routed (nor decided)."""
         record = read_record(message, self.max_record_bytes)
         if isinstance(record, Rejected):
             return record
@@ -49,10 +65,13 @@ class SourceRouter:
         key = route_key(self.definition, record)  # by its fields, never its Kafka key
         if not key:
             return Rejected("no-key", f"{type(record).__qualname__} names no instance")
-        encoded, inbox = key.encode(), self.inbox
+        encoded = key.encode()
         too_long = id_too_long(encoded, self.max_instance_id_bytes)
-        if too_long is not None:
-            return too_long
+        return too_long if too_long is not None else Source(record, encoded)
+
+    def copy(self, message: Message, source: Source) -> Routed | Rejected:
+        """The inbox copy of the event ``read`` accepted, or why it cannot be produced."""
+        encoded, inbox = source.key, self.inbox
         value, headers = message.value(), origin_headers(message)
         if self.signing is not None:
             headers = signed(self.signing, Purpose.INBOX, inbox, encoded, value, headers)

@@ -15,7 +15,6 @@ Enough of Kafka's contract for the processor's exactly-once paths, and nothing m
 from __future__ import annotations
 
 import threading
-import zlib
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +32,7 @@ from stream_processors.core import limits
 from stream_processors.core.model import SagaDefinition
 from stream_processors.kafka.clients import Closeable, Delivered, Rebalanced
 from stream_processors.kafka.topics import SagaTopics
+from stream_processors.tools.history import partition_for
 
 
 @dataclass
@@ -64,8 +64,9 @@ class FakeBroker:
         return entry
 
     def partition_of(self, key: bytes) -> int:
-        """Where a keyed record goes (not Kafka's murmur2: any stable spread does here)."""
-        return zlib.crc32(key) % self.partitions
+        """Where a keyed record goes: Kafka's murmur2, as every Sagalog producer partitions
+        (a source event decided without the inbox hop is where its routed copy would be)."""
+        return partition_for(key, self.partitions)
 
     def publish(self, topic: str, key: bytes, value: bytes, headers: Any = None) -> None:
         """A committed record from outside the processor (a service, a test)."""
@@ -224,9 +225,12 @@ class FakeConsumer(_Failing):
         self.group = group
         self.positions: dict[tuple[str, int], int] = {}
         self.paused: set[tuple[str, int]] = set()
+        #: Partitions read (or sought) since their assignment: ``position`` knows only these.
+        self.fetched: set[tuple[str, int]] = set()
         self.callbacks: dict[str, Rebalanced | None] = {}
         self.closed = False
         self._events: deque[tuple[str, list[TopicPartition]]] = deque()
+        self._errors: deque[KafkaError] = deque()
 
     # -- what tests ask for: rebalances, served at the next consume ---------------------------
 
@@ -238,6 +242,11 @@ class FakeConsumer(_Failing):
 
     def lose_next(self, partitions: list[TopicPartition] | None = None) -> None:
         self._events.append(("on_lost", partitions or self.assignment()))
+
+    def error_next(self, error: KafkaError) -> None:
+        """An error event (as librdkafka hands one out: a message with ``error()`` set), first
+        in the next read, after its rebalance callbacks."""
+        self._errors.append(error)
 
     # -- the interface ------------------------------------------------------------------------
 
@@ -262,12 +271,15 @@ class FakeConsumer(_Failing):
             elif name != "on_assign":
                 for tp in partitions:
                     self.positions.pop((tp.topic, tp.partition), None)
+                    self.fetched.discard((tp.topic, tp.partition))
                     self.paused.discard((tp.topic, tp.partition))
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
         self._call("consume")
         self._rebalance()
         out: list[Message] = []
+        while self._errors and len(out) < num_messages:
+            out.append(Message(error=self._errors.popleft()))
         for where, position in sorted(self.positions.items()):
             if where in self.paused:
                 continue
@@ -277,8 +289,12 @@ class FakeConsumer(_Failing):
                 if (message.offset() or 0) >= position:
                     out.append(message)
                     self.positions[where] = (message.offset() or 0) + 1
+                    self.fetched.add(where)
             # Past aborted records, and up to the stable end, as read_committed positions go.
-            self.positions[where] = max(self.positions[where], self.broker.open_end(*where))
+            end = self.broker.open_end(*where)
+            if end > self.positions[where]:
+                self.positions[where] = end
+                self.fetched.add(where)
         return out
 
     def poll(self, timeout: float = -1) -> Message | None:
@@ -288,6 +304,7 @@ class FakeConsumer(_Failing):
 
     def assign(self, partitions: list[TopicPartition]) -> None:
         self.positions = {}
+        self.fetched = set()
         for tp in partitions:
             where = (tp.topic, tp.partition)
             offset = tp.offset
@@ -309,13 +326,19 @@ class FakeConsumer(_Failing):
 
     def seek(self, partition: TopicPartition) -> None:
         self._call("seek")
-        self.positions[(partition.topic, partition.partition)] = max(0, partition.offset)
+        where = (partition.topic, partition.partition)
+        self.positions[where] = max(0, partition.offset)
+        self.fetched.add(where)
 
     def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """As librdkafka: OFFSET_INVALID for a partition nothing was fetched from yet."""
         return [
-            TopicPartition(tp.topic, tp.partition, self.positions.get((tp.topic, tp.partition), -1))
+            TopicPartition(tp.topic, tp.partition, self._position((tp.topic, tp.partition)))
             for tp in partitions
         ]
+
+    def _position(self, where: tuple[str, int]) -> int:
+        return self.positions[where] if where in self.fetched else OFFSET_INVALID
 
     def committed(
         self, partitions: list[TopicPartition], timeout: float = -1

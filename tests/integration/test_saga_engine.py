@@ -392,3 +392,27 @@ def test_two_processors_with_their_own_state_folders_on_one_machine_share_a_run(
         assert assigned_partitions(log_text(process))[-1], f"{process.log_path.name}:\n{tail}"
         processed = process.metric("sagalog_inputs_processed_total")
         assert processed > 0, f"{process.log_path.name} processed no input:\n{tail}"
+
+
+def test_a_routing_processor_killed_and_replaced_by_one_deciding_directly_loses_nothing(
+    saga: SagaRun,
+) -> None:
+    """The upgrade to deciding source events without the inbox hop (docs/direct-sources.md),
+    at its worst: the routed copies the old processor left unread are decided before any later
+    event is decided directly, and nothing is decided twice."""
+    orders = saga.plan(300, seed=7)
+    processor = saga.processes.processor(saga.state_dir, args=("--no-direct-sources",))
+    saga.processes.workers()
+    publishing = threading.Thread(target=_publish_paced, args=(saga, orders, 200), daemon=True)
+    publishing.start()
+    wait_until_ended(processor, 50)
+    processor.kill()
+    publishing.join(timeout=60)
+
+    replaced = saga.start_processor()
+    assert saga.outcomes(orders) == expected(orders)
+    saga.journal.catch_up()
+    assert_histories(saga, orders)
+    assert_commands_exactly_once(saga, orders)
+    assert "decided directly from now on" in log_text(replaced)
+    assert "decided directly" not in log_text(processor)

@@ -50,6 +50,8 @@ class Rig:
     broker: FakeBroker = field(default_factory=lambda: FakeBroker(partitions=PARTITIONS))
     clock: Clock = field(default_factory=Clock)
     saga: SagaDefinition = SAGA
+    #: Off by default: most tests follow a source event through the inbox.
+    direct: bool = False
 
     def __post_init__(self) -> None:
         self.clients = FakeClients(self.broker)
@@ -59,6 +61,7 @@ class Rig:
             signing=self.signing,
             commit_interval_ms=self.commit_interval_ms,
             idle_commit_ms=self.idle_commit_ms,
+            direct_sources=self.direct,
         )
         self.processor = SagaProcessor(self.saga, config, clock=self.clock, clients=self.clients)
         self.topics = self.processor.topics

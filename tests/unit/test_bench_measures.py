@@ -41,6 +41,16 @@ def test_hops_follow_the_common_path_and_group_a_decisions_entries() -> None:
     assert found["total_p50_ms"] == 12 + 5 + 40 + 7
 
 
+def test_a_source_event_decided_without_the_inbox_hop_makes_one_hop() -> None:
+    # Decided directly (docs/direct-sources.md): no routed copy between publish and decision.
+    events = {
+        f"s{n}": [e for e in _saga(1000 * n, 10, 5, 40, 7) if e[1] != ROUTED] for n in range(3)
+    }
+    found = statistics(events)
+    assert found["path"].startswith("published → decided → command Pay")
+    assert [h["p50_ms"] for h in found["hops"]][:2] == [15, 0]
+
+
 def test_ties_at_one_millisecond_are_put_in_causal_order() -> None:
     # The reply and the decision it causes carry the same millisecond.
     saga: list[Event] = [(5, DECIDED, "SagaCompleted"), (5, REPLY, "reply Paid")]

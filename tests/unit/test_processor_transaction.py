@@ -185,6 +185,22 @@ def test_a_fenced_consumer_is_replaced_and_the_group_joined_again(tmp_path: Path
     rig.processor.close()
 
 
+def test_a_fenced_consumer_s_error_event_read_with_its_revoke_is_not_dropped(
+    tmp_path: Path,
+) -> None:
+    """librdkafka hands the fenced static member's fatal error out once, as an event, in the
+    read that serves the revoke of its session timeout: the batch is dropped (a rebalance
+    during the read), but not the error, or the processor would wait on a dead consumer."""
+    rig = Rig(tmp_path)
+    rig.start()
+    first = rig.consumer
+    first.revoke_next()
+    first.error_next(KafkaError(KafkaError._FATAL, "static consumer fenced"))
+    rig.steps()
+    assert first.closed and rig.consumer is not first
+    rig.processor.close()
+
+
 def test_a_consumer_fenced_mid_transaction_aborts_it_and_the_inputs_are_read_again(
     tmp_path: Path,
 ) -> None:
