@@ -52,6 +52,7 @@ from stream_processors.core.model import (
     OperatorAction,
     SagaDefinition,
 )
+from stream_processors.core.partitioner import partition_for
 from stream_processors.core.throttle import PRIORITIZE, prioritize_reason
 from stream_processors.engine.routing import (
     COMMAND_ID,
@@ -69,7 +70,6 @@ from stream_processors.kafka.config import consumer_config, producer_config
 from stream_processors.kafka.errors import metadata as kafka_metadata
 from stream_processors.kafka.reading import ReadTimeout, committed_records
 from stream_processors.kafka.topics import SagaTopics
-from stream_processors.tools.history import partition_for
 
 #: What ``send_action`` may send; the processor journals anything else as not applicable.
 ACTIONS = OPERATOR_ACTIONS

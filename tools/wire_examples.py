@@ -61,6 +61,7 @@ from stream_processors.codecs.signing import (  # noqa: E402
 from stream_processors.core.decide import Input, command_id, decide, idempotency_key  # noqa: E402
 from stream_processors.core.instance import encode_snapshot  # noqa: E402
 from stream_processors.core.model import CommandFailed, OperatorAction  # noqa: E402
+from stream_processors.core.partitioner import murmur2, partition_for  # noqa: E402
 from stream_processors.core.tasks import (  # noqa: E402
     TaskCommand,
     TaskFailed,
@@ -70,7 +71,6 @@ from stream_processors.core.tasks import (  # noqa: E402
 )
 from stream_processors.engine import routing, schema_history  # noqa: E402
 from stream_processors.kafka.topics import SagaTopics  # noqa: E402
-from stream_processors.tools.history import murmur2, partition_for  # noqa: E402
 
 DOCUMENT = ROOT / "docs" / "wire-contract.md"
 #: The marker line before each example's fenced block in the document.

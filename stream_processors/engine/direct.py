@@ -40,8 +40,8 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaException, TopicPartition
 
+from stream_processors.core.partitioner import partition_for
 from stream_processors.kafka.clients import Consumer, Restorer
-from stream_processors.tools.history import partition_for
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ from confluent_kafka import (
 
 from stream_processors.core import limits
 from stream_processors.core.model import SagaDefinition
+from stream_processors.core.partitioner import partition_for
 from stream_processors.kafka.clients import Closeable, Delivered, Rebalanced
 from stream_processors.kafka.topics import SagaTopics
-from stream_processors.tools.history import partition_for
 
 
 @dataclass

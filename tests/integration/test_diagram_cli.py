@@ -25,9 +25,9 @@ from sagas import Saga
 from sagas.cli import app
 from stream_processors.core.decide import Input, decide
 from stream_processors.core.journal import JournalEntry, Kind
+from stream_processors.core.partitioner import partition_for
 from stream_processors.kafka.config import producer_config
 from stream_processors.kafka.topics import SagaTopics, ensure_topics
-from stream_processors.tools.history import partition_for
 from tests.conftest import KafkaCluster
 
 pytestmark = pytest.mark.kafka

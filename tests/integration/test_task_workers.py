@@ -38,10 +38,10 @@ from sagas.operator import dead_letters, redrive
 from stream_processors.codecs.records import Record, decode_record
 from stream_processors.core.decide import command_id
 from stream_processors.core.model import CommandFailed
+from stream_processors.core.partitioner import partition_for
 from stream_processors.core.tasks import TaskCommand, TaskFailed, TaskSucceeded, json_text
 from stream_processors.engine.routing import COMMAND_ID, DLQ_REASON, command_headers
 from stream_processors.kafka.config import producer_config
-from stream_processors.tools.history import partition_for
 from tests.conftest import KafkaCluster
 from tests.integration.saga_harness import CommittedReader, header_of
 

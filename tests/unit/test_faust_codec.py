@@ -30,7 +30,7 @@ import sagas.faust
 from examples.order_fulfillment.messages import OrderPlaced
 from stream_processors.codecs.avro import encode, parse
 from stream_processors.codecs.records import CATALOG
-from stream_processors.tools.history import partition_for
+from stream_processors.core.partitioner import partition_for
 
 ORDER = OrderPlaced("order-1", "customer-7", 1250, "tok_ok", "10115")
 

@@ -13,7 +13,8 @@ from examples.order_fulfillment.messages import OrderPlaced, PaymentCompleted
 from examples.order_fulfillment.saga import OrderFulfillment
 from stream_processors.core.decide import Input, decide
 from stream_processors.core.instance import Status
-from stream_processors.tools.history import Located, fold_until, murmur2, partition_for
+from stream_processors.core.partitioner import murmur2, partition_for
+from stream_processors.tools.history import Located, fold_until
 
 JAVA_VECTORS = {
     b"21": -973932308,
