@@ -29,7 +29,12 @@ from stream_processors.kafka.clients import Consumer
 
 log = logging.getLogger(__name__)
 
+#: Records written to the store at a time (one ``WriteBatch``, with the offset they reach).
 BATCH = 5_000
+#: Records asked of the consumer at a time, and how long a read may wait for them: large
+#: batches and a short wait, as a read waits its whole timeout for a batch it cannot fill.
+READ = 10_000
+READ_WAIT = 0.01
 
 
 @dataclass(frozen=True)
@@ -142,18 +147,26 @@ class PartitionRestore:
         """
         if self.high < 0 and not self._begin(watermark_timeout):
             return True
+        position = self._position()
         while True:  # at least one read, however short the time
-            messages = self.consumer.consume(num_messages=1000, timeout=0.05)
+            # Ask for no more than the offsets left, so that the last read returns as soon as
+            # they are there (``consume`` waits its whole timeout for a batch it cannot fill);
+            # markers, which are offsets but not records, leave it short: then the short wait.
+            wanted = min(READ, max(1, self.high - position))
+            messages = self.consumer.consume(num_messages=wanted, timeout=READ_WAIT)
             if messages:
                 self._apply_all(messages)
             if len(self._batch) >= BATCH:
                 self._write(self._last_offset)
-            position = self.consumer.position([self.tp])[0].offset or 0
+            position = self._position()
             if position >= self.high:
                 self._finish()
                 return True
             if time.monotonic() >= deadline:
                 return False
+
+    def _position(self) -> int:
+        return self.consumer.position([self.tp])[0].offset or 0
 
     def abandon(self) -> None:
         """Stop restoring (the partition was revoked); what was written stays valid."""
@@ -183,10 +196,12 @@ class PartitionRestore:
         self._last_offset = self.start - 1
         if self.start >= high:
             return False
-        offset = self.start if stored is not None else OFFSET_BEGINNING
+        self._assign(self.start if stored is not None else OFFSET_BEGINNING)
+        return True
+
+    def _assign(self, offset: int) -> None:
         self.consumer.assign([TopicPartition(self.tp.topic, self.partition, offset)])
         self._assigned = True
-        return True
 
     def _apply_all(self, messages: list[Message]) -> None:
         """Apply a chunk of changelog records. The loop is the restore's hot path (one turn per
