@@ -191,7 +191,10 @@ class PartitionRestore:
                 return False
 
     def _position(self) -> int:
-        return self.consumer.position([self.tp])[0].offset or 0
+        """The consumer's position; before it has one (nothing read yet), the offset after the
+        last one applied."""
+        offset = self.consumer.position([self.tp])[0].offset or 0
+        return max(offset, self._last_offset + 1)
 
     def abandon(self) -> None:
         """Stop restoring (the partition was revoked); what was written stays valid."""
