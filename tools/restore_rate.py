@@ -36,7 +36,7 @@ def _fill(topic: str, count: int) -> None:
 
 
 def _consumer(bootstrap: str | None) -> Consumer:
-    settings = {"group.id": "restore-rate", "fetch.wait.max.ms": 20}
+    settings = {"group.id": "restore-rate", "fetch.wait.max.ms": 5}  # as the restorer
     return Consumer(consumer_config(bootstrap, "restore-rate", None, **settings))
 
 
