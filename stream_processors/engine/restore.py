@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 BATCH = 5_000
 #: Records asked of the consumer at a time, and how long a read may wait for them: large
 #: batches and a short wait, as a read waits its whole timeout for a batch it cannot fill.
-READ = 10_000
+#: (10,000 was no faster, and its messages, alive at once, kept 4-5 MB more resident.)
+READ = 5_000
 READ_WAIT = 0.01
 
 
