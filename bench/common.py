@@ -9,6 +9,7 @@ of waiting for a dead static member's session to time out.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
@@ -60,12 +61,16 @@ class Sizes:
     control_flow_orders: int = 10_000  # the construct-heavy saga's burst (bench.control_flow)
     index_instances: int = 1_000_000  # instances in the index whose queries are timed
     index_seconds: float = 20  # how long snapshots are produced at each rate the index follows
+    tracing_records: int | None = None  # inputs of each tracing run (None: pipe_records)
+    tracing_rounds: int = 3  # runs with tracing off, and as many on, alternating
 
     @classmethod
     def quick(cls) -> Sizes:
+        # What makes the quick run's 5 minutes (a 2-core machine, 2026-12-01): the tracing
+        # runs were a quarter of it (six of 50,000 inputs), so they are fewer and smaller here.
         memory = (10_000, 30_000, 100_000)
         return cls(
-            50_000,
+            30_000,
             2_000,
             5,
             memory,
@@ -73,9 +78,11 @@ class Sizes:
             300,
             100,
             fixed_rate_seconds=3,
-            control_flow_orders=1_000,
-            index_instances=100_000,
-            index_seconds=5,
+            control_flow_orders=600,
+            index_instances=60_000,
+            index_seconds=3,
+            tracing_records=20_000,
+            tracing_rounds=2,
         )
 
     @classmethod
@@ -152,6 +159,7 @@ def fill(
     return count
 
 
+@functools.cache  # the engine's runs (tracing's too) all take the same N inputs
 def order_records(count: int, run_id: str) -> list[tuple[bytes, bytes]]:
     """``count`` OrderPlaced inputs as (key, value): what the inbox holds after routing."""
     return [

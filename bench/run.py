@@ -113,7 +113,9 @@ def main(
         # At least 300,000: the plain pipe drains 50,000 in a commit or two, too few to time.
         "limit": lambda: limit.measure(max(sizes.pipe_records, 300_000)),
         "engine": lambda: engine.measure(sizes.pipe_records),
-        "tracing": lambda: engine.tracing_cost(sizes.pipe_records),
+        "tracing": lambda: engine.tracing_cost(
+            sizes.tracing_records or sizes.pipe_records, sizes.tracing_rounds
+        ),
         "same_shape": lambda: same_shape.measure(sizes.pipe_records),
         "profile": lambda: profile.measure(sizes.pipe_records // 5, profile_path),
         "end_to_end": lambda: end_to_end.measure(

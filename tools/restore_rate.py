@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from bench.recovery import fill_snapshots
+from stream_processors.engine import restore
 from stream_processors.engine.restore import PartitionRestore
 from stream_processors.engine.store import SnapshotStore
 from stream_processors.kafka.config import common, consumer_config
@@ -35,17 +36,22 @@ def _fill(topic: str, count: int) -> None:
 
 
 def _consumer(bootstrap: str | None) -> Consumer:
-    settings = {"group.id": "restore-rate", "fetch.wait.max.ms": 20}
+    settings = {"group.id": "restore-rate", "fetch.wait.max.ms": 5}  # as the restorer
     return Consumer(consumer_config(bootstrap, "restore-rate", None, **settings))
 
 
 def _bare(bootstrap: str | None, topic: str) -> int:
+    """Read every partition as the restore does (its batch size and wait), applying nothing."""
     consumer, read = _consumer(bootstrap), 0
     for partition in range(PARTITIONS):
-        high = consumer.get_watermark_offsets(TopicPartition(topic, partition))[1]
-        consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
-        while consumer.position([TopicPartition(topic, partition)])[0].offset < high:
-            read += len(consumer.consume(1000, 0.05))
+        where = TopicPartition(topic, partition)
+        low, high = consumer.get_watermark_offsets(where, cached=False)
+        consumer.assign([TopicPartition(topic, partition, low)])
+        position = low
+        while position < high:
+            wanted = min(restore.READ, max(1, high - position))
+            read += len(consumer.consume(wanted, restore.READ_WAIT))
+            position = consumer.position([where])[0].offset
         consumer.unassign()
     consumer.close()
     return read
@@ -54,10 +60,10 @@ def _bare(bootstrap: str | None, topic: str) -> int:
 def _restore(bootstrap: str | None, topic: str) -> int:
     store, consumer, read = SnapshotStore(Path(tempfile.mkdtemp())), _consumer(bootstrap), 0
     for partition in range(PARTITIONS):
-        restore = PartitionRestore(consumer, store, topic, partition)
-        while not restore.step(time.monotonic() + 0.2):
+        partial = PartitionRestore(consumer, store, topic, partition)
+        while not partial.step(time.monotonic() + 0.2):
             pass
-        read += restore.read
+        read += partial.read
     store.close()
     consumer.close()
     return read

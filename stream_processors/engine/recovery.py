@@ -113,7 +113,7 @@ class Recovery:
         result = restore.result()
         self._restored.inc(result.records)
         log.info(
-            "restored partition %s: %s changelog records (offsets %s..%s) in %.2fs",
+            "restored partition %s: %s changelog records (offsets %s..%s) in %.3fs",
             result.partition,
             result.records,
             result.started_at_offset,

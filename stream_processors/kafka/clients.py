@@ -200,12 +200,14 @@ class ConfluentClients:
 
     def restorer(self) -> Restorer:
         # Never commits: the group id only satisfies the client. A partition whose tail is
-        # aborted records or markers returns nothing; do not wait 500 ms to learn it.
+        # aborted records or markers returns nothing; do not wait 500 ms to learn it. Nor
+        # 20: the broker answers one connection's requests in turn, so the next partition's
+        # watermarks waited behind the last fetch of the one before (a fifth of a restore).
         # Its fetch queue is bounded: restore reads as fast as it applies, and librdkafka's
         # default (64 MB per client) was a large part of resident memory at 1M instances.
         settings = {
             "group.id": f"sagalog.{self.saga}.restore",
-            "fetch.wait.max.ms": 20,
+            "fetch.wait.max.ms": 5,
             "queued.max.messages.kbytes": RESTORE_QUEUE_KBYTES,
         }
         return ConfluentRestorer(

@@ -12,16 +12,17 @@ from pathlib import Path
 import pytest
 from confluent_kafka import TopicPartition
 
-from stream_processors.engine import recovery
+from stream_processors.engine import recovery, restore
 from tests.unit.processor_rig import PAYMENTS, Rig
 
-RECORDS = 2_500  # more than one chunk: a chunk reads at most 1,000
+RECORDS = 2_500  # more than one chunk: these tests make one read at most 1,000 records
 
 
 def test_a_restore_interrupted_by_a_rebalance_is_abandoned_and_finished_later(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(recovery, "CHUNK_SECONDS", 0.0)  # one read per turn
+    monkeypatch.setattr(restore, "READ", 1_000)
     rig = Rig(tmp_path)
     partition = rig.broker.partition_of(b"o-1")
     rig.snapshot_records(RECORDS, partition)
@@ -55,6 +56,7 @@ def test_a_partition_lost_while_restoring_is_dropped_from_the_restore(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(recovery, "CHUNK_SECONDS", 0.0)
+    monkeypatch.setattr(restore, "READ", 1_000)
     rig = Rig(tmp_path)
     rig.snapshot_records(RECORDS, 0)
     assert rig.processor.start()
