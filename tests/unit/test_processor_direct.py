@@ -16,7 +16,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from examples.order_fulfillment.messages import MakePayment, OrderPlaced
 from stream_processors.codecs.records import decode_record
 from stream_processors.codecs.signing import Keyring, SigningKey
-from stream_processors.engine import direct, recovery
+from stream_processors.engine import direct, recovery, restore
 from tests.unit.processor_rig import PAYMENTS, SOURCE, Rig, order
 
 AWAY = KafkaError(KafkaError._TRANSPORT, "broker down", retriable=True)
@@ -175,6 +175,7 @@ def test_a_restore_interrupted_by_a_rebalance_holds_the_sources_until_it_ends(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(recovery, "CHUNK_SECONDS", 0.0)  # one read per turn
+    monkeypatch.setattr(restore, "READ", 1_000)  # of 1,000 records: 2,500 take three turns
     rig = Rig(tmp_path, direct=True)
     p = rig.broker.partition_of(b"o-1")
     rig.snapshot_records(2_500, p)
