@@ -69,8 +69,11 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The unit tests need no broker and run on two processes; then the integration tests, one at a
+# time (they share the broker, and some restart it), on a broker started for them.
 test: lint mermaid chromium prometheus
-	@$(BROKER) with -- $(BIN)/pytest
+	$(BIN)/pytest tests/unit -n 2
+	@$(BROKER) with -- $(BIN)/pytest tests/integration
 
 # Tests marked long (pytest -m long): reproductions too long, or not steady enough yet, to gate CI.
 long: venv
