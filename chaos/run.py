@@ -229,7 +229,7 @@ def run_chaos(config: ChaosConfig, say: Callable[[str], None] = print) -> ChaosR
     expected = {o.event.order_id: o.expected for o in orders}
     bad = corpus(run, TOPICS.inbox, TOPICS.sources[0], config.max_record_bytes, history)
     bad = bad * config.bad_inputs
-    starts = _ends(config, [TOPICS.dlq, *TOPICS.commands])
+    starts = _ends(config, [TOPICS.dlq, *TOPICS.commands, *TOPICS.sources])
     watcher = JournalWatcher(
         TOPICS.journal,
         journal_end(TOPICS.journal, config.bootstrap),
@@ -356,8 +356,10 @@ def _kill_broker(
     expected |= {o.event.order_id: o.expected for o in planned}  # for the watcher to keep
     phase = BrokerKill(config.bootstrap, str(ROOT), TOPICS.journal, supervisor.running, tick, say)
     published = phase.run(planned)
-    for order in planned[len(published) :]:
-        del expected[order.event.order_id]
+    acknowledged = {o.event.order_id for o in published}
+    for order in planned:
+        if order.event.order_id not in acknowledged:
+            del expected[order.event.order_id]
     report.broker_kill = phase.report
     return published
 
@@ -377,13 +379,14 @@ def _check(
     report.outcomes = Counter(outcomes.values())
     report.lost = len(set(expected) - set(outcomes))
     wrong = {i: (expected[i], s) for i, s in outcomes.items() if expected[i] != s}
+    where = _unended(config, set(expected) - set(outcomes), watcher, starts)
     add = report.invariants.append
     add(
         Invariant(
             "terminal states",
             not wrong and not report.lost,
             f"{len(outcomes)}/{len(expected)} ended as implied, {len(wrong)} wrong, "
-            f"{report.lost} without an end",
+            f"{report.lost} without an end{where}",
         )
     )
 
@@ -452,6 +455,31 @@ def _check(
     )
     for invariant in report.invariants:
         say(f"{'PASS' if invariant.holds else 'FAIL'} {invariant.name}: {invariant.detail}")
+
+
+def _unended(
+    config: ChaosConfig,
+    unended: set[str],
+    watcher: JournalWatcher,
+    starts: dict[str, dict[int, int]],
+) -> str:
+    """Where the sagas without an end stopped, to tell a stalled engine from a lost event:
+    how many have their event on the source topic (by partition) and how many a journal."""
+    if not unended:
+        return ""
+    placed: Counter[int] = Counter()
+    for topic in TOPICS.sources:
+        for message in _read_from(config, topic, starts[topic]):
+            if (message.key() or b"").decode(errors="replace") in unended:
+                placed[message.partition() or 0] += 1
+    journaled = Counter(
+        watcher.entries[i][-1].kind if watcher.entries.get(i) else "none" for i in unended
+    )
+    return (
+        f" ({sum(placed.values())} of them placed, by source partition "
+        f"{dict(sorted(placed.items()))}; "
+        f"last journal entry: {dict(journaled)}; e.g. {sorted(unended)[:3]})"
+    )
 
 
 def _effects(config: ChaosConfig, watcher: JournalWatcher) -> tuple[int, int]:

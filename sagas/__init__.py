@@ -7,13 +7,14 @@ schemas); ``Saga``, ``Step``, ``Wait``, ``Compensate``, ``evolve`` and ``on`` (d
 ``RetryPolicy`` with the error names ``TRANSIENT``, ``TIMEOUT`` and ``ALL``, and ``COMPENSATE``
 (failure handling); ``Limit`` (flow control: ``limits=`` on a saga, ``limit=`` on a step);
 ``Fail`` and ``Complete`` (handler outcomes); ``Publisher`` (publishing domain
-events); and ``Worker``, ``BusinessError``, ``TransientError`` and ``TaskError`` (services that
-handle commands, and the tasks of declarative definitions by action: ``Worker.action``).
+events; ``DeliveryFailed`` when the broker did not take some); and ``Worker``,
+``BusinessError``, ``TransientError`` and ``TaskError`` (services that handle commands,
+and the tasks of declarative definitions by action: ``Worker.action``).
 The test kit is ``sagas.testing`` (import it from there: it is not loaded here).
 """
 
 from sagas.flow import Branch, Child, Choice, Map, Parallel, Sleep, Succeed, When
-from sagas.publisher import Publisher
+from sagas.publisher import DeliveryFailed, Publisher
 from sagas.saga import Compensate, Saga, Step, Wait, evolve, on
 from sagas.worker import BusinessError, CommandContext, TaskError, TransientError, Worker
 from stream_processors.codecs.records import Command, DeclarationError, Event, State
@@ -36,6 +37,7 @@ __all__ = [
     "Compensate",
     "Complete",
     "DeclarationError",
+    "DeliveryFailed",
     "Event",
     "Fail",
     "Limit",

@@ -18,16 +18,23 @@ A publisher sends each event as soon as it is queued (``linger_ms`` 0): a domain
 usually one per request, and every millisecond it lingers is a millisecond on the saga's
 latency. Under a burst the producer still batches, as events queue while earlier sends are in
 flight; ``linger_ms`` trades latency for fewer, fuller requests where that matters more.
+
+An event the broker did not take (its delivery failed after librdkafka's retries) is never
+dropped in silence: it is logged with its topic, key and error, counted in ``failed``, and
+leaving the context manager (or ``flush(raise_on_failure=True)``) raises ``DeliveryFailed``
+naming how many. A caller's ``on_delivery`` is called as well, for every event.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Message, Producer
 
 from stream_processors.codecs.records import Event
 from stream_processors.codecs.signing import Purpose, from_environment, signed
@@ -38,6 +45,24 @@ from stream_processors.engine.routing import Headers
 from stream_processors.engine.schema_history import SchemaHistory
 from stream_processors.kafka.config import producer_config
 from stream_processors.kafka.topics import SagaTopics
+
+log = logging.getLogger(__name__)
+
+#: How many failed deliveries a publisher keeps for ``failures`` (the count goes on).
+KEPT_FAILURES = 100
+
+
+class DeliveryFailed(RuntimeError):
+    """Events were not acknowledged by the broker; the message says how many and why."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An event the broker did not take."""
+
+    topic: str
+    key: bytes | None
+    error: str
 
 
 class Publisher:
@@ -55,6 +80,31 @@ class Publisher:
         linger: dict[str, Any] = {"linger.ms": linger_ms}
         self._producer = Producer(producer_config(bootstrap, client_id, **linger))
         self._history = SchemaHistory(bootstrap) if record_schemas else None
+        #: How many events the broker did not take, since this publisher was made.
+        self.failed = 0
+        #: The first ``KEPT_FAILURES`` of them.
+        self.failures: list[Failure] = []
+
+    def _delivered(self, error: KafkaError | None, message: Message) -> None:
+        if error is None:
+            return
+        self.failed += 1
+        failure = Failure(message.topic() or "?", message.key(), error.str())
+        if len(self.failures) < KEPT_FAILURES:
+            self.failures.append(failure)
+        log.error("event to %s (key %r) not delivered: %s", failure.topic, failure.key, error)
+
+    def _on_delivery(
+        self, callback: Callable[[Any, Any], None] | None
+    ) -> Callable[[KafkaError | None, Message], None]:
+        if callback is None:
+            return self._delivered
+
+        def both(error: KafkaError | None, message: Message) -> None:
+            self._delivered(error, message)
+            callback(error, message)
+
+        return both
 
     def publish(
         self,
@@ -78,7 +128,7 @@ class Publisher:
                     key=None if key is None else key.encode(),
                     value=event.encode(),
                     headers=headers,
-                    on_delivery=on_delivery,
+                    on_delivery=self._on_delivery(on_delivery),
                 )
                 break
             except BufferError:  # the local queue is full: let deliveries drain, then retry
@@ -121,9 +171,23 @@ class Publisher:
         self.publish(event)
         return str(getattr(event, definition.key))
 
-    def flush(self, timeout: float = 30) -> int:
-        """Wait for every queued event to be acknowledged; returns how many are still queued."""
-        return int(self._producer.flush(timeout))
+    def flush(self, timeout: float = 30, *, raise_on_failure: bool = False) -> int:
+        """Wait for every queued event to be acknowledged; returns how many are still queued.
+        With ``raise_on_failure``, raises ``DeliveryFailed`` if any is still queued or any
+        delivery failed since this publisher was made."""
+        remaining = int(self._producer.flush(timeout))
+        if raise_on_failure and (remaining or self.failed):
+            raise DeliveryFailed(self._failure_text(remaining))
+        return remaining
+
+    def _failure_text(self, remaining: int) -> str:
+        parts = []
+        if remaining:
+            parts.append(f"{remaining} events were not acknowledged")
+        if self.failed:
+            errors = sorted({f.error for f in self.failures})
+            parts.append(f"{self.failed} events failed to be delivered ({'; '.join(errors)})")
+        return ", ".join(parts)
 
     def __enter__(self) -> Publisher:
         return self
@@ -135,5 +199,5 @@ class Publisher:
         traceback: TracebackType | None,
     ) -> None:
         remaining = self.flush()
-        if remaining and exc is None:
-            raise RuntimeError(f"{remaining} events were not acknowledged")
+        if (remaining or self.failed) and exc is None:
+            raise DeliveryFailed(self._failure_text(remaining))
