@@ -196,7 +196,7 @@ class BrokerKill:
         finally:
             stop.set()
             for feed in feeds:
-                feed.join(60)
+                feed.join(90)  # the trickle flushes for up to 60 s
         self.report.published = len(published)
         self.say(f"  broker kill: {self.report.detail()}")
         return published
