@@ -54,6 +54,8 @@ RECREATE_LIMIT = 5
 RECREATE_WINDOW = 60.0
 #: How often a wait for the broker says so.
 SAY_EVERY = 5.0
+#: How long a rewind may fail to read the committed offsets before the consumer is replaced.
+REWIND_PATIENCE = 15.0
 
 #: (partition, instance id): where an instance lives.
 Slot = tuple[int, str]
@@ -321,7 +323,15 @@ class Transactions:
         raise TransactionAborted(recreated=True)
 
     def rewind(self) -> None:
-        """Seek every assigned partition back to its committed offset (or the beginning)."""
+        """Seek every assigned partition back to its committed offset (or the beginning).
+
+        A consumer that cannot read them for ``REWIND_PATIENCE`` seconds while the broker
+        answers others is given up on with a fatal error, for the caller to replace it: after a
+        broker SIGKILL, a consumer's every offset fetch was seen timing out for minutes (a
+        client stuck after its group coordinator moved away and back), while a new consumer of
+        the same group read them at once. A new consumer starts from the committed offsets too.
+        """
+        began = time.monotonic()
         while True:
             assignment = self.consumer.assignment()
             if not assignment:
@@ -332,9 +342,9 @@ class Transactions:
             except KafkaException as error:
                 if error.args[0].fatal():  # the consumer is done for: the caller replaces it
                     raise
-                self._wait(f"the committed offsets to rewind to ({error})")
+                self._wait_to_rewind(began, str(error))
             except _GaveUp as error:
-                self._wait(f"the committed offsets to rewind to ({error})")
+                self._wait_to_rewind(began, str(error))
         for tp in committed:
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             try:
@@ -342,6 +352,12 @@ class Transactions:
             except KafkaException as error:
                 # A partition not fetched from yet starts at its committed offset anyway.
                 log.debug("seek %s[%s]: %s", tp.topic, tp.partition, error)
+
+    def _wait_to_rewind(self, began: float, why: str) -> None:
+        if time.monotonic() - began >= REWIND_PATIENCE:
+            stuck = f"committed offsets unreadable for {REWIND_PATIENCE:.0f} s ({why})"
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, stuck, fatal=True))
+        self._wait(f"the committed offsets to rewind to ({why})")
 
     # -- waiting, bounded ---------------------------------------------------------------------
 

@@ -219,6 +219,30 @@ def test_a_consumer_fenced_mid_transaction_aborts_it_and_the_inputs_are_read_aga
     rig.processor.close()
 
 
+def test_a_consumer_that_cannot_read_its_committed_offsets_to_rewind_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a broker SIGKILL, a consumer's offset fetches were seen timing out for minutes
+    while a new consumer of the group read them at once: the rewind gives the consumer up after
+    ``REWIND_PATIENCE``, and a new one carries on from the committed offsets."""
+    monkeypatch.setattr(transaction, "REWIND_PATIENCE", 0.3)
+    rig = Rig(tmp_path)
+    rig.start()
+    rig.place()
+    first = rig.consumer
+    rig.producer.fail("commit_transaction", ABORTABLE)
+    first.fail("committed", AWAY, times=10_000)
+    rig.steps()  # the commit fails; the abort's rewind cannot read the offsets
+    assert first.calls["committed"] >= 2
+    assert first.closed and rig.consumer is not first
+    assert rig.visible(rig.topics.inbox) == [] and rig.committed() == {}
+
+    rig.consumer.assign_next(rig.all_partitions())
+    _run_order(rig, place=False)
+    assert len(rig.visible(rig.topics.inbox)) == 1 and len(rig.visible(PAYMENTS)) == 1
+    rig.processor.close()
+
+
 def test_a_caught_up_processor_commits_at_once_by_default(tmp_path: Path) -> None:
     rig = Rig(tmp_path, idle_commit_ms=ProcessorConfig.idle_commit_ms)
     rig.start()
