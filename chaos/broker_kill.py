@@ -89,15 +89,17 @@ class BrokerKillReport:
         for r in self.recoveries:
             took = "no output" if r.seconds is None else f"{r.seconds:.1f} s"
             parts.append(f"{r.role} {took}{' (exited)' if r.exited else ''}")
-        lost = ""
+        left_out = ""
         if self.failed or self.unacknowledged:
-            lost = (
+            left_out = (
                 f"; {self.failed} orders not delivered ({'; '.join(self.failures)}) and "
                 f"{self.unacknowledged} not acknowledged, left out of the invariants"
             )
         return (
             f"broker down {self.down_seconds:.0f} s, ready {self.start_seconds:.0f} s after its "
-            f"start; output resumed (limit {self.resume_within:.0f} s): " + ", ".join(parts) + lost
+            f"start; output resumed (limit {self.resume_within:.0f} s): "
+            + ", ".join(parts)
+            + left_out
         )
 
     def figures(self) -> dict[str, object]:

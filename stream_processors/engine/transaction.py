@@ -325,11 +325,11 @@ class Transactions:
     def rewind(self) -> None:
         """Seek every assigned partition back to its committed offset (or the beginning).
 
-        A consumer that cannot read them for ``REWIND_PATIENCE`` seconds while the broker
-        answers others is given up on with a fatal error, for the caller to replace it: after a
-        broker SIGKILL, a consumer's every offset fetch was seen timing out for minutes (a
-        client stuck after its group coordinator moved away and back), while a new consumer of
-        the same group read them at once. A new consumer starts from the committed offsets too.
+        A consumer that cannot read them for ``REWIND_PATIENCE`` seconds is given up on with a
+        fatal error, for the caller to replace it: after a broker SIGKILL, a consumer's every
+        offset fetch was seen timing out for minutes (its group coordinator had moved away and
+        back), and a new consumer of the same group read them at once after the run. A new
+        consumer starts from the committed offsets too.
         """
         began = time.monotonic()
         while True:
