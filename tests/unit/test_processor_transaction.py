@@ -369,3 +369,58 @@ def test_inputs_read_after_a_loss_and_a_new_assignment_in_one_take_are_all_decid
     assert len(commands) == 4 == len(set(commands)), commands
     assert all(rig.stored(order_id) is not None for order_id in ("o-1", "o-2", "o-3", "o-4"))
     rig.processor.close()
+
+
+def _in_open_transactions(rig: Rig, topic: str) -> list[Message]:
+    """Every record produced to ``topic``, the open transactions' included."""
+    return [e.message for (t, _), log in sorted(rig.broker.logs.items()) if t == topic for e in log]
+
+
+def _commit_now(rig: Rig) -> None:
+    rig.processor.config.commit_interval_ms = 0
+    rig.steps()
+
+
+def test_an_instance_decided_twice_in_one_transaction_writes_both_snapshots_the_later_last(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, commit_interval_ms=60_000, idle_commit_ms=60_000, direct=True)
+    rig.start()
+    rig.place()
+    rig.steps()  # decided directly: its payment command and snapshot are in the open transaction
+    (payment,) = _in_open_transactions(rig, PAYMENTS)
+    assert len(_in_open_transactions(rig, rig.topics.snapshots)) == 1
+    assert rig.visible(rig.topics.snapshots) == []
+    rig.fail_command(payment)
+    rig.steps()  # the reply, decided in the same transaction
+    _commit_now(rig)
+
+    first, last = rig.visible(rig.topics.snapshots)
+    assert first.value() != last.value() and rig.stored() == last.value()
+    changelog_partition = last.partition()
+    assert changelog_partition is not None
+    assert rig.processor.store.changelog_offset(changelog_partition) == (last.offset() or 0) + 1
+    assert rig.producer.calls["commit_transaction"] == 1
+    rig.processor.close()
+
+
+def test_an_instance_expired_after_a_decision_in_the_same_transaction_ends_as_a_tombstone(
+    tmp_path: Path,
+) -> None:
+    from stream_processors.core.instance import decode_snapshot
+
+    rig = Rig(tmp_path, commit_interval_ms=60_000, idle_commit_ms=60_000, direct=True)
+    rig.start()
+    rig.place()
+    rig.steps()
+    (snapshot,) = _in_open_transactions(rig, rig.topics.snapshots)
+    value = snapshot.value()
+    assert value is not None
+    instance_id = decode_snapshot(value).instance_id
+    partition = snapshot.partition() or 0
+    rig.processor._txn.tombstone((partition, instance_id))  # as an expiry in the same transaction
+    _commit_now(rig)
+
+    assert [m.value() for m in rig.visible(rig.topics.snapshots)] == [value, None]
+    assert rig.stored() is None
+    rig.processor.close()
