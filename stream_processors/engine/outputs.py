@@ -144,16 +144,6 @@ class Outputs:
             self.produce(
                 record.topic, key=record.key, value=record.value, headers=record.headers, **extra
             )
-        # Produced now, not at commit: its partition then joins the transaction with the
-        # journal's, and the commit does not wait for a round trip of its own to add it.
-        self.produce(
-            snapshots,
-            key=key,
-            value=snapshot,
-            headers=[(SCHEDULE, plan[2])],
-            partition=partition,
-            on_delivery=self._txn.changelog.delivered,
-        )
         if trace is not None:
             self._txn.spans += tracing.decision_spans(self.saga, trace, decision, before, now_ms)
         slot = (partition, decision.instance.instance_id)

@@ -60,6 +60,7 @@ from stream_processors.engine.flow import FlowGate
 from stream_processors.engine.inputs import InboxInput, Rejected, inbox_input, source_input
 from stream_processors.engine.outputs import Outputs, Unstaged
 from stream_processors.engine.recovery import Recovery
+from stream_processors.engine.routing import SCHEDULE
 from stream_processors.engine.source_routing import SourceRouter
 from stream_processors.engine.store import Slot, SnapshotStore, claim_slot, default_state_dir
 from stream_processors.engine.timers import DUE_CHECK_INTERVAL, DueWork
@@ -630,15 +631,24 @@ class SagaProcessor:
         """Commit the open transaction, then write its snapshots to the local store."""
         assert self._kafka is not None
         began = time.monotonic()
-        changelog = self._txn.changelog
+        changelog_offsets: dict[int, int] = {}
+
+        def delivered(error: KafkaError | None, message: Message) -> None:
+            if error is None:
+                partition, offset = message.partition() or 0, message.offset() or 0
+                changelog_offsets[partition] = max(changelog_offsets.get(partition, -1), offset)
+
+        written, index, schedules = self._txn.store_writes(self.config.retention_ms)
         try:
-            for partition, key, value in self._txn.pending_rows():
+            for (partition, instance_id, value), due in zip(written, schedules, strict=True):
+                # Encoded when its decision was checked against the limits (see ``emit``).
                 self._outputs.produce(
                     self.topics.snapshots,
-                    key=key.encode(),
+                    key=instance_id.encode(),
                     value=value,
+                    headers=None if due is None else [(SCHEDULE, due)],
                     partition=partition,
-                    on_delivery=changelog.delivered,
+                    on_delivery=delivered,
                 )
         except KafkaException as error:
             self._kafka.end_badly(error)
@@ -649,8 +659,12 @@ class SagaProcessor:
         metrics.COMMIT_SECONDS.labels(**self._labels).observe(time.monotonic() - began)
         # The commit marker follows our last snapshot in each partition (we are its only writer),
         # so the store is current up to the marker: a restart then finds nothing to read.
-        written, index = self._txn.store_writes(self.config.retention_ms)
-        self.store.write(written, changelog.store_positions(), index, self._txn.done)
+        self.store.write(
+            written,
+            {p: offset + 1 for p, offset in changelog_offsets.items()},
+            index,
+            self._txn.done,
+        )
         self._cache.committed(self._txn.staged)
         self._measures.committed(self._txn.staged)
         if self._txn.spans:  # only ever filled with tracing on

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from stream_processors.core.instance import Instance, schedule, schedule_text
 from stream_processors.engine.store import DueRef, index_entries
@@ -83,32 +83,9 @@ def planned(instance: Instance) -> Schedule:
     return due, finished, schedule_text(due, finished)
 
 
-class ChangelogOffsets:
-    """The highest offset delivered per changelog partition, from the producer's delivery
-    reports; ``OpenTransaction.reset`` replaces it, so a late report of an earlier transaction
-    lands in a collector nobody reads."""
-
-    def __init__(self) -> None:
-        self.highest: dict[int, int] = {}
-
-    def delivered(self, error: KafkaError | None, message: Message) -> None:
-        if error is None:
-            partition, offset = message.partition() or 0, message.offset() or 0
-            self.highest[partition] = max(self.highest.get(partition, -1), offset)
-
-    def store_positions(self) -> dict[int, int]:
-        """Where the store is current up to, per partition: past our last record there."""
-        return {partition: offset + 1 for partition, offset in self.highest.items()}
-
-
 @dataclass
 class OpenTransaction:
-    """What the open transaction staged; ``started`` is None while none is open.
-
-    Snapshots are produced as their decisions are staged (``stream_processors.engine.outputs``),
-    so that their partitions join the transaction while it decides, not in the commit; an
-    instance decided twice in one transaction writes two snapshots, the later one last.
-    Tombstones and flow-control rows are produced at commit (``pending_rows``)."""
+    """What the open transaction staged; ``started`` is None while none is open."""
 
     started: float | None = None
     #: New snapshot per instance (None: expired, a tombstone), its encoding, and its schedule
@@ -125,8 +102,6 @@ class OpenTransaction:
     #: Flow-control rows (``stream_processors.engine.flow``): changelog key to value (None:
     #: deleted), committed with the snapshots.
     flow: dict[Slot, bytes | None] = field(default_factory=dict)
-    #: The changelog offsets its produced snapshots were delivered at.
-    changelog: ChangelogOffsets = field(default_factory=ChangelogOffsets)
 
     @property
     def is_open(self) -> bool:
@@ -157,31 +132,26 @@ class OpenTransaction:
 
     def store_writes(
         self, retention_ms: int | None
-    ) -> tuple[list[tuple[int, str, bytes | None]], list[DueRef]]:
-        """The store's rows (partition, id, snapshot or None) and the index entries to add."""
+    ) -> tuple[list[tuple[int, str, bytes | None]], list[DueRef], list[bytes | None]]:
+        """The store's rows (partition, id, snapshot or None), the index entries to add, and
+        each row's schedule as its changelog record carries it (None for a tombstone)."""
         written: list[tuple[int, str, bytes | None]] = []
         index: list[DueRef] = []
+        schedules: list[bytes | None] = []
         for slot, instance in self.staged.items():
             partition, instance_id = slot
             if instance is None:
                 written.append((partition, instance_id, None))
+                schedules.append(None)
                 continue
             written.append((partition, instance_id, self.encoded[slot]))
-            due, finished, _ = self.schedules[slot]
+            due, finished, header = self.schedules[slot]
             index += index_entries(partition, instance_id, due, finished, retention_ms)
-        written += [(partition, key, value) for (partition, key), value in self.flow.items()]
-        return written, index
-
-    def pending_rows(self) -> list[tuple[int, str, bytes | None]]:
-        """The changelog records still to produce at commit: the tombstones of instances whose
-        last word in this transaction was their expiry, and the flow-control rows."""
-        rows: list[tuple[int, str, bytes | None]] = [
-            (partition, instance_id, None)
-            for (partition, instance_id), instance in self.staged.items()
-            if instance is None
-        ]
-        rows += [(partition, key, value) for (partition, key), value in self.flow.items()]
-        return rows
+            schedules.append(header)
+        for (partition, key), value in self.flow.items():  # flow-control rows: no schedule
+            written.append((partition, key, value))
+            schedules.append(None)
+        return written, index, schedules
 
     def reset(self) -> None:
         """Forget everything: after a commit, an abort or a loss."""
@@ -193,7 +163,6 @@ class OpenTransaction:
         self.done.clear()
         self.spans.clear()
         self.flow.clear()
-        self.changelog = ChangelogOffsets()
 
 
 #: An input's place: (topic, partition, offset).
