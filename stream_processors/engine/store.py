@@ -37,6 +37,7 @@ from typing import IO
 
 from rocksdict import (
     AccessType,
+    BlockBasedIndexType,
     BlockBasedOptions,
     Cache,
     Options,
@@ -104,6 +105,16 @@ class MemoryBounds:
         # are read on every lookup of recent keys.
         table.set_cache_index_and_filter_blocks(True)
         table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+        # Most lookups are of instances not in the store yet (each start): a Bloom filter
+        # answers those without reading a data block. Index and filter partitioned, with only
+        # their small top levels pinned: whole per-file index and filter blocks, evicted from
+        # a small cache by one another, were loaded again on nearly every lookup, and a lookup
+        # of a missing key went from 2 us with 100,000 instances to 117 us with 1,000,000
+        # (docs/benchmarks.md, 2026-12-02 18:50); partitioned, it stays at 6-8 us.
+        table.set_bloom_filter(10, False)
+        table.set_index_type(BlockBasedIndexType.two_level_index_search())
+        table.set_partition_filters(True)
+        table.set_pin_top_level_index_and_filter(True)
         options.set_block_based_table_factory(table)
         options.set_write_buffer_size(self.write_buffer_mb * _MB)
         options.set_max_write_buffer_number(self.write_buffers)

@@ -8,14 +8,16 @@ give each live process its own folder while a restarted one gets its folder back
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from rocksdict import Rdict
 
 from examples.order_fulfillment.messages import PaymentCompleted
 from stream_processors.codecs.avro import DecodeError
 from stream_processors.core.instance import decode_snapshot, snapshot_schedule
-from stream_processors.engine.store import SnapshotStore, claim_slot
+from stream_processors.engine.store import MemoryBounds, SnapshotStore, claim_slot
 
 
 def test_snapshots_and_offsets_survive_a_reopen(tmp_path: Path) -> None:
@@ -100,3 +102,24 @@ def test_instances_after_reads_a_partition_a_bounded_chunk_at_a_time(tmp_path: P
     assert store.instances_after(5, "i4", 10) == []
     assert store.instances_after(7, "", 10) == []
     store.close()
+
+
+def test_a_lookup_of_an_instance_not_in_the_store_is_answered_by_the_bloom_filter(
+    tmp_path: Path,
+) -> None:
+    # Most lookups are of instances that do not exist yet (every start); without a filter each
+    # one reads index and data blocks of every level (docs/benchmarks.md, 2026-12-02 18:50).
+    options = MemoryBounds().options()
+    options.enable_statistics()
+    db = Rdict(str(tmp_path / "db"), options)
+    for file in range(4):  # several table files, as a store of many instances has
+        for n in range(5_000):
+            db[f"instance-{file}-{n:05d}".encode()] = b"x" * 100
+        db.flush()
+    missing = 2_000
+    # Within the files' key ranges (a key outside them is ruled out without any filter).
+    assert all(db.get(f"instance-{n % 4}-{n:05d}-new".encode()) is None for n in range(missing))
+    useful = re.search(r"rocksdb\.bloom\.filter\.useful COUNT : (\d+)", options.get_statistics())
+    db.close()
+    # About 1 % of lookups are false positives at 10 bits a key.
+    assert useful is not None and int(useful.group(1)) >= 0.95 * missing
