@@ -164,6 +164,12 @@ def _snapshot_key(partition: int, instance_id: str) -> bytes:
     return b"s" + _PARTITION.pack(partition) + instance_id.encode()
 
 
+def _successor(prefix: bytes) -> bytes:
+    """The first key after every key that starts with ``prefix`` (not all 0xFF bytes)."""
+    stripped = prefix.rstrip(b"\xff")
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
 def _offset_key(partition: int) -> bytes:
     return b"o" + _PARTITION.pack(partition)
 
@@ -214,13 +220,17 @@ class SnapshotStore:
     def _open(path: Path, bounds: MemoryBounds) -> Rdict:
         options = bounds.options()
         options.create_if_missing(True)
+        # Named for the default column family too: otherwise rocksdict opens an existing store
+        # with the column family options saved in it (its OPTIONS file), and neither today's
+        # bounds nor its table settings would apply to a store made by an earlier version.
+        families = {"default": options}
         try:
-            return Rdict(str(path), options)
+            return Rdict(str(path), options, column_families=families)
         except Exception as error:  # rocksdict raises plain Exceptions for corruption
             # A store is only a cache of the changelog: a corrupt one is dropped and rebuilt.
             log.warning("snapshot store at %s is unreadable (%s); rebuilding it", path, error)
             shutil.rmtree(path, ignore_errors=True)
-            return Rdict(str(path), options)
+            return Rdict(str(path), options, column_families=families)
 
     def get(self, partition: int, instance_id: str) -> bytes | None:
         value = self._db.get(_snapshot_key(partition, instance_id))
@@ -328,12 +338,15 @@ class SnapshotStore:
         return rows
 
     def drop_partition(self, partition: int) -> None:
-        """Forget a partition entirely (the next restore reads its changelog from the start)."""
-        keys = [_snapshot_key(partition, iid) for iid, _ in self.instances(partition)]
-        keys += [_due_key(ref) for index in Due for ref in self.due(index, partition, 2**62)]
+        """Forget a partition entirely (the next restore reads its changelog from the start).
+
+        Range deletions, not one per key: a lookup then skips the dropped keys at once, where
+        a tombstone per key (as many as the partition had instances) is read past one by one
+        until compaction removes it."""
         batch = WriteBatch(raw_mode=True)
-        for key in keys:
-            batch.delete(key)
+        for prefix in (b"s", *(index.value for index in Due)):
+            start = prefix + _PARTITION.pack(partition)
+            batch.delete_range(start, _successor(start))
         batch.delete(_offset_key(partition))
         self._db.write(batch)
 
@@ -355,11 +368,7 @@ class SnapshotStore:
         dropped = known is not None and known != changelog_id
         if dropped:
             batch = WriteBatch(raw_mode=True)
-            iterator = self._db.iter()
-            iterator.seek_to_first()
-            while iterator.valid():
-                batch.delete(bytes(iterator.key()))
-                iterator.next()
+            batch.delete_range(b"", b"\xff")  # every key: each starts with an ASCII kind byte
             self._db.write(batch)
         self.set_changelog_id(changelog_id)
         return dropped
@@ -370,7 +379,12 @@ class SnapshotStore:
         store = cls.__new__(cls)
         store.path = path
         options = MemoryBounds.from_environment().options()
-        store._db = Rdict(str(path), options, access_type=AccessType.read_only())
+        store._db = Rdict(
+            str(path),
+            options,
+            column_families={"default": options},  # see ``_open``
+            access_type=AccessType.read_only(),
+        )
         return store
 
     def close(self) -> None:

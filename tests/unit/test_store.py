@@ -12,12 +12,12 @@ import re
 from pathlib import Path
 
 import pytest
-from rocksdict import Rdict
+from rocksdict import Options, Rdict
 
 from examples.order_fulfillment.messages import PaymentCompleted
 from stream_processors.codecs.avro import DecodeError
 from stream_processors.core.instance import decode_snapshot, snapshot_schedule
-from stream_processors.engine.store import MemoryBounds, SnapshotStore, claim_slot
+from stream_processors.engine.store import Due, MemoryBounds, SnapshotStore, claim_slot
 
 
 def test_snapshots_and_offsets_survive_a_reopen(tmp_path: Path) -> None:
@@ -42,10 +42,30 @@ def test_a_tombstone_deletes_and_dropping_a_partition_forgets_it(tmp_path: Path)
     assert store.get(3, "a") is None
     assert dict(store.instances(3)) == {"b": b"2"}
 
+    timers = [(Due.TIMER, p, 5, i) for p, i in ((3, "b"), (4, "c"), (255, "d"), (256, "e"))]
+    store.write([(255, "d", b"4"), (256, "e", b"5")], {255: 1, 256: 1}, timers)
+
     store.drop_partition(3)
-    assert list(store.instances(3)) == []
-    assert store.changelog_offset(3) is None
-    assert dict(store.instances(4)) == {"c": b"3"}
+    store.drop_partition(255)  # its keys end in 0xFF: the range's end carries into the next byte
+    assert list(store.instances(3)) == [] and list(store.instances(255)) == []
+    assert store.changelog_offset(3) is None and store.changelog_offset(255) is None
+    assert dict(store.instances(4)) == {"c": b"3"} and dict(store.instances(256)) == {"e": b"5"}
+    assert [list(store.due(Due.TIMER, p, 10)) for p in (3, 4, 255, 256)] == [
+        [],
+        [(Due.TIMER, 4, 5, "c")],
+        [],
+        [(Due.TIMER, 256, 5, "e")],
+    ]
+    store.close()
+
+
+def test_a_store_following_another_changelog_forgets_everything(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path / "db")
+    assert not store.adopt_changelog("first")
+    store.write([(0, "a", b"1")], {0: 3}, [(Due.TIMER, 0, 5, "a")])
+    assert store.adopt_changelog("second")
+    assert list(store.instances(0)) == [] and store.changelog_offset(0) is None
+    assert list(store.due(Due.TIMER, 0, 10)) == [] and store.changelog_id() == "second"
     store.close()
 
 
@@ -123,3 +143,15 @@ def test_a_lookup_of_an_instance_not_in_the_store_is_answered_by_the_bloom_filte
     db.close()
     # About 1 % of lookups are false positives at 10 bits a key.
     assert useful is not None and int(useful.group(1)) >= 0.95 * missing
+
+
+def test_a_store_made_without_todays_settings_is_opened_with_them(tmp_path: Path) -> None:
+    # rocksdict would otherwise take the column family's settings saved in the store itself.
+    made = Rdict(str(tmp_path / "db"), Options(raw_mode=True))
+    made[b"k"] = b"v"
+    made.close()
+    store = SnapshotStore(tmp_path / "db", MemoryBounds(block_cache_mb=3))
+    store.close()
+    log = (tmp_path / "db" / "LOG").read_text()
+    assert "filter_policy: bloomfilter" in log
+    assert f"capacity : {3 * 1024 * 1024}" in log
