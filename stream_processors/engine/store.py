@@ -110,7 +110,7 @@ class MemoryBounds:
         # their small top levels pinned: whole per-file index and filter blocks, evicted from
         # a small cache by one another, were loaded again on nearly every lookup, and a lookup
         # of a missing key went from 2 us with 100,000 instances to 117 us with 1,000,000
-        # (docs/benchmarks.md, 2026-12-02 18:50); partitioned, it stays at 6-8 us.
+        # (docs/benchmarks.md, 2026-12-02 19:10); partitioned, it stays at 6-8 us.
         table.set_bloom_filter(10, False)
         table.set_index_type(BlockBasedIndexType.two_level_index_search())
         table.set_partition_filters(True)
