@@ -199,20 +199,33 @@ class ConfluentClients:
         )
 
     def restorer(self) -> Restorer:
-        # Never commits: the group id only satisfies the client. A partition whose tail is
-        # aborted records or markers returns nothing; do not wait 500 ms to learn it. Nor
-        # 20: the broker answers one connection's requests in turn, so the next partition's
-        # watermarks waited behind the last fetch of the one before (a fifth of a restore).
-        # Its fetch queue is bounded: restore reads as fast as it applies, and librdkafka's
-        # default (64 MB per client) was a large part of resident memory at 1M instances.
-        settings = {
-            "group.id": f"sagalog.{self.saga}.restore",
-            "fetch.wait.max.ms": 5,
-            "queued.max.messages.kbytes": RESTORE_QUEUE_KBYTES,
-        }
         return ConfluentRestorer(
-            consumer_config(self.bootstrap, f"{self.saga}-restore", None, **settings)
+            consumer_config(
+                self.bootstrap, f"{self.saga}-restore", None, **restorer_settings(self.saga)
+            )
         )
+
+
+def restorer_settings(saga: str) -> dict[str, Any]:
+    """The restore consumer's librdkafka settings, beyond ``consumer_config``'s."""
+    return {
+        # Never commits: the group id only satisfies the client.
+        "group.id": f"sagalog.{saga}.restore",
+        # A partition whose tail is aborted records or markers returns nothing; do not wait
+        # 500 ms to learn it. Nor 20: the broker answers one connection's requests in turn, so
+        # the next partition's watermarks waited behind the last fetch of the one before (a
+        # fifth of a restore).
+        "fetch.wait.max.ms": 5,
+        # The fetch queue is bounded: restore reads as fast as it applies, and librdkafka's
+        # default (64 MB per client) was a large part of resident memory at 1M instances.
+        "queued.max.messages.kbytes": RESTORE_QUEUE_KBYTES,
+        # Once that queue is full, librdkafka postpones the partition's next fetch by this
+        # much (1,000 ms by default), long after the restore has emptied it: a partition of
+        # 125,000 snapshots (31 MB) was read at 60,000 records/s, the restore waiting in
+        # ``consume`` 90 % of the time; with 10 ms, 900,000-1,000,000/s (docs/benchmarks.md,
+        # 2026-12-03 07:30).
+        "fetch.queue.backoff.ms": 10,
+    }
 
 
 class ConfluentRestorer(ConfluentConsumer):

@@ -221,3 +221,18 @@ def test_other_causes_get_their_own_line() -> None:
     plaintext = _error(KafkaError._TRANSPORT, "connecting to a PLAINTEXT broker listener?")
     assert "is a PLAINTEXT listener" in explain(FAILED, SASL, [plaintext])
     assert "hunter2" not in explain(FAILED, SASL, [])
+
+
+def test_the_restorer_fetches_again_soon_after_its_bounded_queue_fills() -> None:
+    """librdkafka postpones a partition's next fetch by ``fetch.queue.backoff.ms`` (1 s by
+    default) once the fetch queue is full; with the restorer's small queue a large partition
+    was read at a sixteenth of the rate (docs/benchmarks.md, 2026-12-03 07:30). The settings
+    must also be ones librdkafka accepts: building a consumer checks their names and values."""
+    from confluent_kafka import Consumer
+
+    from stream_processors.kafka.clients import RESTORE_QUEUE_KBYTES, restorer_settings
+
+    settings = restorer_settings("orders")
+    assert settings["queued.max.messages.kbytes"] == RESTORE_QUEUE_KBYTES
+    assert settings["fetch.queue.backoff.ms"] <= 10
+    Consumer(consumer_config("127.0.0.1:1", "test", None, **settings)).close()
