@@ -862,12 +862,21 @@ class _Serving:
         again from the committed offsets."""
         uncertain = False
         try:
-            transactions.abort(self.producer, self.consumer, error, self.stopping)
-        except KafkaException as unusable:
-            log.warning("replacing the transactional producer (%s)", unusable.args[0])
-            self.producer = transactions.new_producer(self.producer_settings, self.stopping)
-            transactions.rewind(self.consumer, self.stopping)
-            uncertain = self.committing
+            try:
+                transactions.abort(self.producer, self.consumer, error, self.stopping)
+            except transactions.ConsumerFailed:
+                raise  # aborted, but the consumer cannot rewind: below
+            except KafkaException as unusable:
+                log.warning("replacing the transactional producer (%s)", unusable.args[0])
+                self.producer = transactions.new_producer(self.producer_settings, self.stopping)
+                uncertain = self.committing
+                transactions.rewind(self.consumer, self.stopping)
+        except transactions.ConsumerFailed as stuck:
+            # The transaction is over (aborted, or fenced by the new producer); a new consumer
+            # starts from the committed offsets, which is what the rewind was for.
+            log.error("replacing the consumer (%s)", stuck.args[0])
+            self._close_consumer()
+            self.consumer = self._subscribed()
         self._closed()
         if self.handled is not None:
             self.handled.aborted()

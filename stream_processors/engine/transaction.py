@@ -34,12 +34,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from stream_processors.core.instance import Instance, schedule, schedule_text
 from stream_processors.engine.store import DueRef, index_entries
 from stream_processors.engine.tracing import Ended
 from stream_processors.kafka.clients import Consumer, Producer, Stopping
+from stream_processors.kafka.transactions import REWIND_PATIENCE, rewind_stuck, seek_to_committed
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,6 @@ RECREATE_LIMIT = 5
 RECREATE_WINDOW = 60.0
 #: How often a wait for the broker says so.
 SAY_EVERY = 5.0
-#: How long a rewind may fail to read the committed offsets before the consumer is replaced.
-REWIND_PATIENCE = 15.0
 
 #: (partition, instance id): where an instance lives.
 Slot = tuple[int, str]
@@ -326,10 +325,8 @@ class Transactions:
         """Seek every assigned partition back to its committed offset (or the beginning).
 
         A consumer that cannot read them for ``REWIND_PATIENCE`` seconds is given up on with a
-        fatal error, for the caller to replace it: after a broker SIGKILL, a consumer's every
-        offset fetch was seen timing out for minutes (its group coordinator had moved away and
-        back), and a new consumer of the same group read them at once after the run. A new
-        consumer starts from the committed offsets too.
+        fatal error (``kafka.transactions.rewind_stuck`` says why), for the caller to replace
+        it; a new consumer starts from the committed offsets too.
         """
         began = time.monotonic()
         while True:
@@ -345,18 +342,11 @@ class Transactions:
                 self._wait_to_rewind(began, str(error))
             except _GaveUp as error:
                 self._wait_to_rewind(began, str(error))
-        for tp in committed:
-            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
-            try:
-                self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
-            except KafkaException as error:
-                # A partition not fetched from yet starts at its committed offset anyway.
-                log.debug("seek %s[%s]: %s", tp.topic, tp.partition, error)
+        seek_to_committed(self.consumer, committed)
 
     def _wait_to_rewind(self, began: float, why: str) -> None:
         if time.monotonic() - began >= REWIND_PATIENCE:
-            stuck = f"committed offsets unreadable for {REWIND_PATIENCE:.0f} s ({why})"
-            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, stuck, fatal=True))
+            raise rewind_stuck(why, REWIND_PATIENCE)
         self._wait(f"the committed offsets to rewind to ({why})")
 
     # -- waiting, bounded ---------------------------------------------------------------------

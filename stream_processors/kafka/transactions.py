@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 STEP = 2.0
 #: Seconds a retriable error is retried before the transaction is given up (aborted).
 PATIENCE = 20.0
+#: Seconds a rewind may fail to read the committed offsets before the consumer is replaced.
+REWIND_PATIENCE = 15.0
 #: Seconds past its own timeout after which a transactional call is taken for hung.
 HUNG_AFTER = 5.0
 # "A previous (or conflicting) call is still in progress": after a call taken for hung, every
@@ -236,15 +238,64 @@ def new_producer(settings: Mapping[str, Any], stopping: threading.Event | None =
     return producer
 
 
-def rewind(consumer: Consumer, stopping: threading.Event | None = None) -> None:
-    """Seek every assigned partition back to its committed offset (or the beginning), waiting
-    for the broker as long as it takes: going on without rewinding would skip the inputs of the
-    aborted transaction."""
+def rewind(
+    consumer: Consumer,
+    stopping: threading.Event | None = None,
+    patience: float | None = None,
+) -> None:
+    """Seek every assigned partition back to its committed offset (or the beginning): going on
+    without rewinding would skip the inputs of the aborted transaction.
+
+    Waits for the broker ``patience`` seconds (``REWIND_PATIENCE``), then raises
+    ``ConsumerFailed`` (``rewind_stuck``) for the caller to replace the consumer, which starts
+    from the committed offsets too.
+    """
     assignment = consumer.assignment()
-    if assignment:
-        committed = until_done(
-            lambda t: consumer.committed(assignment, timeout=t), "rewinding the consumer", stopping
-        )
-        for tp in committed:
-            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+    if not assignment:
+        return
+    patience = REWIND_PATIENCE if patience is None else patience
+    began = time.monotonic()
+    said = began
+    while True:
+        _stop_if_asked(stopping)
+        try:
+            committed = consumer.committed(assignment, timeout=STEP)
+            break
+        except KafkaException as error:
+            if error.args[0].fatal():
+                raise ConsumerFailed(error.args[0]) from error
+            if time.monotonic() - began >= patience:
+                raise rewind_stuck(str(error.args[0]), patience) from error
+            if time.monotonic() - said >= 10:
+                said = time.monotonic()
+                log.warning("rewinding the consumer: still failing: %s", error.args[0])
+            _pause(stopping, 0.2)
+    seek_to_committed(consumer, committed)
+
+
+def rewind_stuck(why: str, patience: float = REWIND_PATIENCE) -> ConsumerFailed:
+    """The error of a rewind that could not read the committed offsets for ``patience`` s.
+
+    After a broker SIGKILL, a consumer's every offset fetch was seen timing out for minutes (its
+    group coordinator had moved away and back), while a new consumer of the same group read
+    them at once: so the consumer is given up on, not waited for.
+    """
+    stuck = f"committed offsets unreadable for {patience:.0f} s ({why})"
+    return ConsumerFailed(KafkaError(KafkaError._TIMED_OUT, stuck, fatal=True))
+
+
+class Seeking(Protocol):
+    """What ``seek_to_committed`` needs of a consumer (a real one or the processor's)."""
+
+    def seek(self, partition: TopicPartition, /) -> None: ...
+
+
+def seek_to_committed(consumer: Seeking, committed: list[TopicPartition]) -> None:
+    """Seek each of ``committed``'s partitions to its offset (the beginning if none)."""
+    for tp in committed:
+        offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+        try:
             consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+        except KafkaException as error:
+            # A partition not fetched from yet starts at its committed offset anyway.
+            log.debug("seek %s[%s]: %s", tp.topic, tp.partition, error)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
 from stream_processors.kafka import transactions
 from stream_processors.kafka.broker_limits import BrokerLimits
@@ -184,3 +184,79 @@ def test_a_call_refused_because_a_hung_one_is_in_progress_is_fatal() -> None:
         transactions.retrying(call)
     assert raised.value.args[0].fatal()
     assert len(call.timeouts) == 1
+
+
+class _Rewinding:
+    """A consumer with one assigned partition whose committed offsets answer after ``errors``."""
+
+    def __init__(self, *errors: KafkaException, offset: int = 42) -> None:
+        self.committed_calls = _Calls(*errors)
+        self.offset = offset
+        self.seeks: list[tuple[str, int, int]] = []
+        self.closed = False
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition("cmds", 3)]
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        self.committed_calls(timeout)
+        return [TopicPartition(tp.topic, tp.partition, self.offset) for tp in partitions]
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_rewind_seeks_to_the_committed_offsets_once_they_can_be_read() -> None:
+    consumer = _Rewinding(TIMED_OUT, offset=42)
+    transactions.rewind(consumer)  # type: ignore[arg-type]
+    assert consumer.seeks == [("cmds", 3, 42)]
+    never_committed = _Rewinding(offset=-1001)  # no offset committed yet: from the beginning
+    transactions.rewind(never_committed)  # type: ignore[arg-type]
+    assert never_committed.seeks == [("cmds", 3, OFFSET_BEGINNING)]
+
+
+def test_a_rewind_that_cannot_read_the_offsets_gives_the_consumer_up() -> None:
+    """After a broker SIGKILL a consumer's offset fetches were seen failing for minutes: the
+    rewind gives up after its patience with a fatal ``ConsumerFailed``, for a new consumer."""
+    consumer = _Rewinding(*[TIMED_OUT] * 10_000)
+    began = time.monotonic()
+    with pytest.raises(transactions.ConsumerFailed) as raised:
+        transactions.rewind(consumer, None, patience=0.3)  # type: ignore[arg-type]
+    assert time.monotonic() - began < 1.5
+    assert raised.value.args[0].fatal()
+    assert "committed offsets unreadable" in raised.value.args[0].str()
+    assert consumer.seeks == []
+
+
+def test_a_rewind_ends_when_asked_to_stop() -> None:
+    stopping = threading.Event()
+    threading.Timer(0.2, stopping.set).start()
+    with pytest.raises(transactions.Stopped):
+        transactions.rewind(_Rewinding(*[TIMED_OUT] * 10_000), stopping)  # type: ignore[arg-type]
+
+
+def test_a_worker_whose_consumer_cannot_rewind_aborts_and_consumes_with_a_new_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The transaction is aborted; the consumer that cannot read its committed offsets is
+    closed and replaced (a new one starts from them), and the worker goes on."""
+    from sagas import worker as worker_module
+
+    monkeypatch.setattr(transactions, "REWIND_PATIENCE", 0.3)
+    stuck, fresh = _Rewinding(*[TIMED_OUT] * 10_000), _Rewinding()
+    serving = object.__new__(worker_module._Serving)
+    serving.worker = type("W", (), {"_heartbeats": None})()  # type: ignore[assignment]
+    serving.stopping = threading.Event()
+    serving.handled = None
+    serving.producer = _Producer()  # type: ignore[assignment]
+    serving.consumer = stuck  # type: ignore[assignment]
+    serving.offsets, serving.replies = {("cmds", 3): 50}, []
+    serving.open, serving.committing = True, False
+    monkeypatch.setattr(serving, "_subscribed", lambda: fresh)
+    serving._abort(ABORTABLE)
+    assert len(serving.producer.abort_transaction.timeouts) == 1  # type: ignore[attr-defined]
+    assert stuck.closed and serving.consumer is fresh
+    assert not serving.open and serving.offsets == {}
