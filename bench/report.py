@@ -149,6 +149,11 @@ def _met(ok: bool | None) -> str:
     return "n/a" if ok is None else ("met" if ok else "**not met**")
 
 
+def _both(first: bool | None, second: bool | None) -> bool | None:
+    """Two targets of one row: None if either was not measured."""
+    return None if first is None or second is None else first and second
+
+
 def _get(figures: dict[str, Any], *path: str) -> Any:
     value: Any = figures
     for key in path:
@@ -326,7 +331,13 @@ def markdown(figures: dict[str, Any], command: str, profile: Path, json_path: Pa
             f"{_fmt(_get(e2e, 'fixed_rates', '50', 'p50_ms'))} / "
             f"{_fmt(_get(e2e, 'fixed_rates', '50', 'p99_ms'))} ms",
             "p50 <= 40 ms, below faust's",
-            _met(targets["p50 <= 40 ms at 50 sagas/s"]),
+            # Both halves: the row names both (it showed "met" with faust's p50 below ours).
+            _met(
+                _both(
+                    targets["p50 <= 40 ms at 50 sagas/s"],
+                    targets["p50 below faust-streaming's at 50 sagas/s"],
+                )
+            ),
         ),
         (
             f"4. restore ({_fmt(mem.get('largest'))} snapshots)",

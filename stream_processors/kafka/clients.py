@@ -223,7 +223,7 @@ def restorer_settings(saga: str) -> dict[str, Any]:
         # much (1,000 ms by default), long after the restore has emptied it: a partition of
         # 125,000 snapshots (31 MB) was read at 60,000 records/s, the restore waiting in
         # ``consume`` 90 % of the time; with 10 ms, 900,000-1,000,000/s (docs/benchmarks.md,
-        # 2026-12-03 07:30).
+        # 2026-12-03 07:10).
         "fetch.queue.backoff.ms": 10,
     }
 

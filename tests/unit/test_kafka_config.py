@@ -226,7 +226,7 @@ def test_other_causes_get_their_own_line() -> None:
 def test_the_restorer_fetches_again_soon_after_its_bounded_queue_fills() -> None:
     """librdkafka postpones a partition's next fetch by ``fetch.queue.backoff.ms`` (1 s by
     default) once the fetch queue is full; with the restorer's small queue a large partition
-    was read at a sixteenth of the rate (docs/benchmarks.md, 2026-12-03 07:30). The settings
+    was read at a sixteenth of the rate (docs/benchmarks.md, 2026-12-03 07:10). The settings
     must also be ones librdkafka accepts: building a consumer checks their names and values."""
     from confluent_kafka import Consumer
 
