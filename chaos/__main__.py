@@ -58,6 +58,7 @@ def main(
         "crashes_restarted": report.crashes_restarted,
         "bad_inputs": report.bad_inputs,
         "lost": report.lost,
+        "undelivered": report.undelivered,
         "duplicated": report.duplicated,
         "seconds": round(report.seconds, 1),
         "broker_kill": None if report.broker_kill is None else report.broker_kill.figures(),
