@@ -74,7 +74,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from sagas.heartbeats import Heartbeats
 from sagas.idempotency import HandledCommand, HandledCommands, ensure_handled_topic
@@ -123,7 +123,7 @@ from stream_processors.engine.schema_history import SchemaHistory
 from stream_processors.engine.store import claim_slot, default_state_dir
 from stream_processors.kafka import transactions
 from stream_processors.kafka.broker_limits import BrokerLimits
-from stream_processors.kafka.clients import take
+from stream_processors.kafka.clients import Stopping, take
 from stream_processors.kafka.config import consumer_config, producer_config
 from stream_processors.kafka.errors import wait_until_reachable
 from stream_processors.kafka.reading import ReadTimeout
@@ -540,7 +540,7 @@ class Worker:
         )
         try:
             _Serving(self, bootstrap, f"{self.group}.{slot.identity}").serve(batch_size)
-        except transactions.Stopped:  # asked to stop while it waited on the broker
+        except Stopping:  # asked to stop while it waited on the broker
             log.warning("worker %s stopped while waiting on the broker", self.name)
         finally:
             self._heartbeats.close()
@@ -647,7 +647,7 @@ class _Serving:
     commands read again (``stream_processors.kafka.transactions``); a producer that cannot even
     abort, or reports a fatal error, is replaced by a new one with the same transactional id,
     and a consumer that reports a fatal error by a new one. Each waits for the broker, and a
-    stop request ends any wait within seconds (``transactions.Stopped``)."""
+    stop request ends any wait within seconds (``Stopping``)."""
 
     def __init__(self, worker: Worker, bootstrap: str | None, identity: str) -> None:
         self.worker = worker
@@ -659,7 +659,8 @@ class _Serving:
         # a process that lost its partitions is the group generation's job (KIP-447).
         self.producer_settings = producer_config(bootstrap, client, identity)
         self.limits = BrokerLimits(bootstrap, self.producer_settings)
-        self.producer = transactions.new_producer(self.producer_settings, self.stopping)
+        self.calls = transactions.Calls(self.stopping)
+        self.producer = self._new_producer()
         membership = {
             "group.instance.id": identity,
             "session.timeout.ms": 10_000,
@@ -675,6 +676,10 @@ class _Serving:
         self.lock = threading.Lock()
         self.open = False
         self.committing = False  # commit_transaction called: its outcome is known once it returns
+
+    def _new_producer(self) -> Producer:
+        """A transactional producer with this process's id, once the broker initialised it."""
+        return transactions.initialised(self.calls, Producer(dict(self.producer_settings)))
 
     def _subscribed(self) -> Consumer:
         consumer = Consumer(self.consumer_settings)
@@ -720,7 +725,7 @@ class _Serving:
 
     def _serve(self, message: Message) -> None:
         if self.stopping.is_set():  # the batch's transaction is left to abort
-            raise transactions.Stopped()
+            raise Stopping()
         answer = self._answer(message)
         if answer.dead:
             self._dead_letter(message, answer.outgoing)
@@ -772,7 +777,7 @@ class _Serving:
                 return None
             except BufferError:  # the local queue is full: let deliveries drain
                 if self.stopping.is_set():
-                    raise transactions.Stopped() from None
+                    raise Stopping() from None
                 self.producer.poll(0.1)
             except KafkaException as error:
                 kafka_error = error.args[0]
@@ -850,12 +855,22 @@ class _Serving:
 
     def _commit(self) -> None:
         self._send_replies()
-        transactions.prepare(self.producer, self.consumer, self.offsets, self.stopping)
-        self.committing = True
-        transactions.retrying(self.producer.commit_transaction, self.stopping)
+        deadline = time.monotonic() + transactions.COMMIT_PATIENCE
+        transactions.commit(
+            self.calls,
+            self.producer,
+            self.consumer,
+            self.offsets,
+            deadline,
+            committing=self._committing,
+        )
         self._closed()
         if self.handled is not None:
             self.handled.committed()
+
+    def _committing(self) -> None:
+        """``commit_transaction`` is called: from now on its outcome is uncertain until known."""
+        self.committing = True
 
     def _abort(self, error: KafkaException) -> None:
         """Abort, or replace a producer that cannot abort; the commands are read and handled
@@ -863,14 +878,14 @@ class _Serving:
         uncertain = False
         try:
             try:
-                transactions.abort(self.producer, self.consumer, error, self.stopping)
+                transactions.abort(self.calls, self.producer, self.consumer, error)
             except transactions.ConsumerFailed:
                 raise  # aborted, but the consumer cannot rewind: below
             except KafkaException as unusable:
                 log.warning("replacing the transactional producer (%s)", unusable.args[0])
-                self.producer = transactions.new_producer(self.producer_settings, self.stopping)
+                self.producer = self._new_producer()
                 uncertain = self.committing
-                transactions.rewind(self.consumer, self.stopping)
+                transactions.rewind(self.calls, self.consumer)
         except transactions.ConsumerFailed as stuck:
             # The transaction is over (aborted, or fenced by the new producer); a new consumer
             # starts from the committed offsets, which is what the rewind was for.
@@ -915,10 +930,9 @@ class _Serving:
             began = time.monotonic()
             # The broker may go down meanwhile: wait for it, as a command must not be served
             # before what was handled of its partition is known.
-            count = transactions.until_done(
+            count = self.calls.until_done(
                 lambda _: handled.restore(tp.topic, tp.partition),  # noqa: B023 (called at once)
                 f"restoring the handled commands of {tp.topic}[{tp.partition}]",
-                self.stopping,
                 (KafkaException, ReadTimeout),
             )
             log.info(

@@ -17,6 +17,7 @@ from confluent_kafka import KafkaError, Message
 from stream_processors.engine import transaction
 from stream_processors.engine.processor import ProcessorConfig
 from stream_processors.engine.routing import COMMAND_ID, header
+from stream_processors.kafka import transactions
 from tests.unit.processor_rig import PAYMENTS, SOURCE, Rig
 
 ABORTABLE = KafkaError(KafkaError._STATE, "abortable", txn_requires_abort=True)
@@ -150,7 +151,7 @@ def test_a_commit_waiting_for_the_broker_gives_way_to_stop(tmp_path: Path) -> No
     threading.Timer(0.3, rig.processor.stop).start()
     began = time.monotonic()
     rig.steps()
-    assert time.monotonic() - began < transaction.CALL_TIMEOUT + 1
+    assert time.monotonic() - began < transactions.STEP + 1
     rig.processor.close()  # does not commit what the interrupted commit left
     assert rig.visible(rig.topics.inbox) == []
 
@@ -158,7 +159,7 @@ def test_a_commit_waiting_for_the_broker_gives_way_to_stop(tmp_path: Path) -> No
 def test_a_commit_that_cannot_complete_in_time_is_aborted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(transaction, "COMMIT_PATIENCE", 0.3)
+    monkeypatch.setattr(transactions, "COMMIT_PATIENCE", 0.3)
     rig = Rig(tmp_path)
     rig.start()
     rig.place()
@@ -225,7 +226,7 @@ def test_a_consumer_that_cannot_read_its_committed_offsets_to_rewind_is_replaced
     """After a broker SIGKILL, a consumer's offset fetches were seen timing out for minutes
     while a new consumer of the group read them at once: the rewind gives the consumer up after
     ``REWIND_PATIENCE``, and a new one carries on from the committed offsets."""
-    monkeypatch.setattr(transaction, "REWIND_PATIENCE", 0.3)
+    monkeypatch.setattr(transactions, "REWIND_PATIENCE", 0.3)
     rig = Rig(tmp_path)
     rig.start()
     rig.place()

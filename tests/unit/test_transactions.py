@@ -20,6 +20,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 
 from stream_processors.kafka import transactions
 from stream_processors.kafka.broker_limits import BrokerLimits
+from stream_processors.kafka.clients import Stopping
 from stream_processors.kafka.errors import wait_until_reachable
 
 TIMED_OUT = KafkaException(KafkaError(KafkaError._TIMED_OUT, "timed out", retriable=True))
@@ -42,19 +43,29 @@ class _Calls:
         return "done"
 
 
+def _calls(stopping: threading.Event | None = None) -> transactions.Calls:
+    return transactions.Calls(stopping)
+
+
+def _in(seconds: float) -> float:
+    return time.monotonic() + seconds
+
+
 def test_a_retriable_error_is_retried_with_short_calls() -> None:
     call = _Calls(TIMED_OUT, TIMED_OUT)
-    assert transactions.retrying(call) == "done"
+    assert _calls().retrying(call, _in(20)) == "done"
     assert len(call.timeouts) == 3
     assert max(call.timeouts) <= transactions.STEP
 
 
-def test_retries_end_once_the_patience_is_spent() -> None:
+def test_retries_end_at_the_deadline_with_an_error_that_aborts() -> None:
     call = _Calls(*[TIMED_OUT] * 1000)
     began = time.monotonic()
-    with pytest.raises(KafkaException) as raised:
-        transactions.retrying(call, patience=0.3)
-    assert raised.value is TIMED_OUT
+    with pytest.raises(transactions.GaveUp) as raised:
+        _calls().retrying(call, _in(0.3))
+    error = raised.value.args[0]
+    assert not error.fatal() and not error.retriable()  # abort the transaction, keep the producer
+    assert "still failing at its deadline" in error.str() and "timed out" in error.str()
     assert time.monotonic() - began < 1.0
 
 
@@ -65,25 +76,64 @@ def test_a_stop_request_ends_the_retries() -> None:
         stopping.set()  # asked to stop while this call waited on the broker
         raise TIMED_OUT
 
-    with pytest.raises(transactions.Stopped):
-        transactions.retrying(call, stopping)
+    with pytest.raises(Stopping):
+        _calls(stopping).retrying(call, _in(20))
+
+
+def test_a_commit_on_the_way_out_is_not_interrupted_by_the_stop_request() -> None:
+    stopping = threading.Event()
+    stopping.set()
+    call = _Calls(TIMED_OUT)
+    assert _calls(stopping).retrying(call, _in(20), interruptible=False) == "done"
 
 
 def test_an_error_that_is_not_retriable_is_raised_at_once() -> None:
     call = _Calls(ABORTABLE)
-    with pytest.raises(KafkaException):
-        transactions.retrying(call)
+    with pytest.raises(KafkaException) as raised:
+        _calls().retrying(call, _in(20))
+    assert raised.value is ABORTABLE
     assert len(call.timeouts) == 1
 
 
-def test_until_done_waits_through_any_error_and_stops_when_asked() -> None:
-    assert transactions.until_done(_Calls(REFUSED, TIMED_OUT), "x", None) == "done"
+def test_until_done_waits_through_errors_saying_so_and_stops_when_asked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="stream_processors.kafka.transactions"):
+        assert _calls().until_done(_Calls(REFUSED, TIMED_OUT), "x") == "done"
+    assert any("waiting for x" in r.getMessage() for r in caplog.records)
     stopping = threading.Event()
     threading.Timer(0.3, stopping.set).start()
     began = time.monotonic()
-    with pytest.raises(transactions.Stopped):
-        transactions.until_done(_Calls(*[REFUSED] * 10_000), "x", stopping)
+    with pytest.raises(Stopping):
+        _calls(stopping).until_done(_Calls(*[REFUSED] * 10_000), "x")
     assert time.monotonic() - began < 1.5
+
+
+def test_until_done_gives_up_at_once_on_a_fatal_error() -> None:
+    call = _Calls(FATAL)
+    with pytest.raises(KafkaException) as raised:
+        _calls().until_done(call, "x")
+    assert raised.value is FATAL and len(call.timeouts) == 1
+
+
+def test_the_calls_share_one_helper_thread_until_one_is_abandoned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(transactions, "HUNG_AFTER", 0.2)
+    calls, threads = _calls(), []
+
+    def where(timeout: float) -> None:
+        threads.append(threading.current_thread())
+
+    for _ in range(3):
+        calls.bounded(where, 0.1)
+    assert len(set(threads)) == 1 and threads[0] is not threading.current_thread()
+    release = threading.Event()
+    with pytest.raises(transactions.Hung):
+        calls.bounded(lambda timeout: release.wait(10), 0.1)
+    calls.bounded(where, 0.1)  # the hung one still holds its thread: a new one serves
+    assert threads[-1] is not threads[0]
+    release.set()
 
 
 class _Producer:
@@ -98,20 +148,20 @@ class _Consumer:
 
 def test_an_abortable_error_aborts_and_a_fatal_one_is_raised() -> None:
     producer = _Producer()
-    transactions.abort(producer, _Consumer(), ABORTABLE)  # type: ignore[arg-type]
+    transactions.abort(_calls(), producer, _Consumer(), ABORTABLE)  # type: ignore[arg-type]
     assert len(producer.abort_transaction.timeouts) == 1
     with pytest.raises(KafkaException) as raised:
-        transactions.abort(_Producer(), _Consumer(), FATAL)  # type: ignore[arg-type]
+        transactions.abort(_calls(), _Producer(), _Consumer(), FATAL)  # type: ignore[arg-type]
     assert raised.value is FATAL
 
 
 def test_a_timed_out_commit_is_aborted_and_a_failed_abort_raised_for_a_new_producer() -> None:
     # A retriable error that outlived the retries: the transaction is aborted, not the process.
     producer = _Producer(TIMED_OUT)
-    transactions.abort(producer, _Consumer(), TIMED_OUT)  # type: ignore[arg-type]
+    transactions.abort(_calls(), producer, _Consumer(), TIMED_OUT)  # type: ignore[arg-type]
     assert len(producer.abort_transaction.timeouts) == 2
     with pytest.raises(KafkaException) as raised:
-        transactions.abort(_Producer(REFUSED), _Consumer(), TIMED_OUT)  # type: ignore[arg-type]
+        transactions.abort(_calls(), _Producer(REFUSED), _Consumer(), TIMED_OUT)  # type: ignore[arg-type]
     assert raised.value is REFUSED
 
 
@@ -161,16 +211,16 @@ def test_a_call_that_does_not_return_is_taken_for_hung_and_fatal(
         release.wait(10)
 
     began = time.monotonic()
-    with pytest.raises(KafkaException) as raised:
-        transactions.retrying(hangs)
+    with pytest.raises(transactions.Hung) as raised:
+        _calls().retrying(hangs, _in(20))
     assert raised.value.args[0].fatal()
     assert time.monotonic() - began < transactions.STEP + 1.0
     stopping = threading.Event()
     threading.Timer(0.2, stopping.set).start()
     monkeypatch.setattr(transactions, "HUNG_AFTER", 60)
     began = time.monotonic()
-    with pytest.raises(transactions.Stopped):
-        transactions.retrying(hangs, stopping)
+    with pytest.raises(Stopping):
+        _calls(stopping).retrying(hangs, _in(20))
     assert time.monotonic() - began < 1.0
     release.set()
 
@@ -181,7 +231,7 @@ def test_a_call_refused_because_a_hung_one_is_in_progress_is_fatal() -> None:
     )
     call = _Calls(KafkaException(busy))
     with pytest.raises(KafkaException) as raised:
-        transactions.retrying(call)
+        _calls().retrying(call, _in(20))
     assert raised.value.args[0].fatal()
     assert len(call.timeouts) == 1
 
@@ -211,10 +261,10 @@ class _Rewinding:
 
 def test_a_rewind_seeks_to_the_committed_offsets_once_they_can_be_read() -> None:
     consumer = _Rewinding(TIMED_OUT, offset=42)
-    transactions.rewind(consumer)  # type: ignore[arg-type]
+    transactions.rewind(_calls(), consumer)  # type: ignore[arg-type]
     assert consumer.seeks == [("cmds", 3, 42)]
     never_committed = _Rewinding(offset=-1001)  # no offset committed yet: from the beginning
-    transactions.rewind(never_committed)  # type: ignore[arg-type]
+    transactions.rewind(_calls(), never_committed)  # type: ignore[arg-type]
     assert never_committed.seeks == [("cmds", 3, OFFSET_BEGINNING)]
 
 
@@ -224,7 +274,7 @@ def test_a_rewind_that_cannot_read_the_offsets_gives_the_consumer_up() -> None:
     consumer = _Rewinding(*[TIMED_OUT] * 10_000)
     began = time.monotonic()
     with pytest.raises(transactions.ConsumerFailed) as raised:
-        transactions.rewind(consumer, None, patience=0.3)  # type: ignore[arg-type]
+        transactions.rewind(_calls(), consumer, patience=0.3)  # type: ignore[arg-type]
     assert time.monotonic() - began < 1.5
     assert raised.value.args[0].fatal()
     assert "committed offsets unreadable" in raised.value.args[0].str()
@@ -234,8 +284,8 @@ def test_a_rewind_that_cannot_read_the_offsets_gives_the_consumer_up() -> None:
 def test_a_rewind_ends_when_asked_to_stop() -> None:
     stopping = threading.Event()
     threading.Timer(0.2, stopping.set).start()
-    with pytest.raises(transactions.Stopped):
-        transactions.rewind(_Rewinding(*[TIMED_OUT] * 10_000), stopping)  # type: ignore[arg-type]
+    with pytest.raises(Stopping):
+        transactions.rewind(_calls(stopping), _Rewinding(*[TIMED_OUT] * 10_000))  # type: ignore[arg-type]
 
 
 def test_a_worker_whose_consumer_cannot_rewind_aborts_and_consumes_with_a_new_one(
@@ -250,6 +300,7 @@ def test_a_worker_whose_consumer_cannot_rewind_aborts_and_consumes_with_a_new_on
     serving = object.__new__(worker_module._Serving)
     serving.worker = type("W", (), {"_heartbeats": None})()  # type: ignore[assignment]
     serving.stopping = threading.Event()
+    serving.calls = _calls(serving.stopping)
     serving.handled = None
     serving.producer = _Producer()  # type: ignore[assignment]
     serving.consumer = stuck  # type: ignore[assignment]
