@@ -255,9 +255,8 @@ class Transactions:
 
     def abort_lost(self) -> None:
         """Abort after the partitions were lost: nothing to rewind to, they are not ours."""
-        deadline = time.monotonic() + transactions.ABORT_PATIENCE
         try:
-            self._calls.retrying(self.producer.abort_transaction, deadline)
+            transactions.abort_open(self._calls, self.producer)
         except KafkaException as failure:
             self.recreate(f"abort failed: {failure.args[0]}")
 

@@ -169,9 +169,7 @@ class Calls:
             timeout = max(0.1, min(STEP, deadline - time.monotonic()))
             try:
                 return self.bounded(call, timeout, interruptible)
-            except Hung:
-                raise
-            except KafkaException as error:
+            except KafkaException as error:  # ``Hung`` is fatal: raised below, not retried
                 kafka_error = error.args[0]
                 if kafka_error.code() in _STUCK:
                     stuck = f"a hung transactional call is still in progress: {kafka_error}"
@@ -292,15 +290,8 @@ def commit(
     calls.retrying(producer.commit_transaction, deadline, interruptible)
 
 
-def abort(
-    calls: Calls,
-    producer: Producer,
-    consumer: Consumer,
-    error: KafkaException,
-    patience: float | None = None,
-) -> None:
-    """Abort after ``error`` (within ``patience``, ``ABORT_PATIENCE``) and rewind ``consumer``
-    to its committed offsets.
+def abort(calls: Calls, producer: Producer, consumer: Consumer, error: KafkaException) -> None:
+    """Abort after ``error`` and rewind ``consumer`` to its committed offsets.
 
     Raises ``error`` if it is fatal, or the abort's own error if the abort fails: the producer
     is then unusable, and the caller makes a new one (``initialised``). A consumer that cannot
@@ -311,9 +302,13 @@ def abort(
         log.error("fatal transaction error: %s", kafka_error)
         raise error
     log.warning("aborting transaction: %s", kafka_error)
-    patience = ABORT_PATIENCE if patience is None else patience
-    calls.retrying(producer.abort_transaction, time.monotonic() + patience)
+    abort_open(calls, producer)
     rewind(calls, consumer)
+
+
+def abort_open(calls: Calls, producer: Producer) -> None:
+    """``abort_transaction`` within ``ABORT_PATIENCE``; raises if the producer cannot abort."""
+    calls.retrying(producer.abort_transaction, time.monotonic() + ABORT_PATIENCE)
 
 
 def rewind(calls: Calls, consumer: Consumer, patience: float | None = None) -> None:
