@@ -123,10 +123,10 @@ from stream_processors.engine.schema_history import SchemaHistory
 from stream_processors.engine.store import claim_slot, default_state_dir
 from stream_processors.kafka import transactions
 from stream_processors.kafka.broker_limits import BrokerLimits
-from stream_processors.kafka.clients import Stopping, take
+from stream_processors.kafka.clients import Stopping
 from stream_processors.kafka.config import consumer_config, producer_config
 from stream_processors.kafka.errors import wait_until_reachable
-from stream_processors.kafka.reading import ReadTimeout
+from stream_processors.kafka.reading import ReadTimeout, take
 from stream_processors.kafka.topics import DLQ_POLICY, ensure_plain_topics
 
 log = logging.getLogger(__name__)

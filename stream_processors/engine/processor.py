@@ -79,8 +79,8 @@ from stream_processors.kafka.clients import (
     Producer,
     Restorer,
     Stopping,
-    take,
 )
+from stream_processors.kafka.reading import take
 from stream_processors.kafka.topics import SagaTopics
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ contact (topics, schema history, the changelog's identity, record-size limits) c
 ``ConfluentClients`` talks to a real cluster; ``stream_processors.kafka.fake.FakeClients`` keeps
 everything in memory, for tests that drive the processor without a broker.
 
-``take`` is how the processor and the worker read a batch: it returns as soon as one input is
-there, with whatever else is already fetched.
+How the processor and the worker read a batch (``take``) is in ``kafka.reading``, beside the
+other reads.
 
 A process started while the cluster is down waits for it in ``prepare``
 (``stream_processors.kafka.errors.wait_until_reachable``), saying what it waits for every few
@@ -265,20 +265,3 @@ class ConfluentRestorer(ConfluentConsumer):
     def close(self) -> None:
         self._ends.close()
         super().close()
-
-
-def take(consumer: Consumer, most: int, timeout: float) -> list[Message]:
-    """Up to ``most`` messages: waits at most ``timeout`` for the first, none for the rest.
-
-    ``consume(n, timeout)`` returns only once it has ``n`` messages or the timeout has passed,
-    which on a quiet stream holds every input back by the whole timeout. ``poll`` returns as
-    soon as one message is there; ``consume(n - 1, 0)`` then takes what is already fetched.
-    Both read the same queue and serve rebalance callbacks and error events alike, so mixing
-    them loses nothing (confluent-kafka documents both on one consumer).
-    """
-    first = consumer.poll(timeout)
-    if first is None:
-        return []
-    if most <= 1:
-        return [first]
-    return [first, *consumer.consume(most - 1, timeout=0)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -59,6 +59,30 @@ def written_end(config: dict[str, Any]) -> dict[str, Any]:
     return config | {"isolation.level": "read_uncommitted"}
 
 
+class Batches(Protocol):
+    """The two reads ``take`` makes (confluent-kafka's consumer and the in-memory one fit)."""
+
+    def poll(self, timeout: float = -1) -> Message | None: ...
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]: ...
+
+
+def take(consumer: Batches, most: int, timeout: float) -> list[Message]:
+    """Up to ``most`` messages: waits at most ``timeout`` for the first, none for the rest.
+
+    ``consume(n, timeout)`` returns only once it has ``n`` messages or the timeout has passed,
+    which on a quiet stream holds every input back by the whole timeout. ``poll`` returns as
+    soon as one message is there; ``consume(n - 1, 0)`` then takes what is already fetched.
+    Both read the same queue and serve rebalance callbacks and error events alike, so mixing
+    them loses nothing (confluent-kafka documents both on one consumer).
+    """
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    if most <= 1:
+        return [first]
+    return [first, *consumer.consume(most - 1, timeout=0)]
+
+
 class ReadTimeout(Exception):
     """The end was not reached in time (a transaction left open by a crashed writer, say)."""
 
@@ -97,7 +121,7 @@ def committed_records(
         consumer.assign(assignment)
         deadline = time.monotonic() + timeout
         while ends:
-            for message in consumer.consume(num_messages=5000, timeout=0.2):
+            for message in take(consumer, 5000, 0.2):
                 error = message.error()
                 if error is None:
                     yield message

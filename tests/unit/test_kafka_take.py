@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from confluent_kafka import TopicPartition
 
-from stream_processors.kafka.clients import take
 from stream_processors.kafka.fake import FakeBroker, FakeConsumer
+from stream_processors.kafka.reading import take
 
 TOPIC = "t"
 
