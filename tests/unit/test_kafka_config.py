@@ -165,6 +165,19 @@ def test_every_client_gets_the_user_settings_under_the_engines_own(
     assert producer["transactional.id"] == "tx"
 
 
+def test_batching_and_compression_are_the_users_to_tune_but_not_idempotence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert producer_config(None, "ours")["compression.type"] == "lz4"  # the default
+    monkeypatch.setenv("SAGALOG_KAFKA_COMPRESSION_TYPE", "zstd")
+    monkeypatch.setenv("SAGALOG_KAFKA_LINGER_MS", "20")
+    monkeypatch.setenv("SAGALOG_KAFKA_ENABLE_IDEMPOTENCE", "false")
+    monkeypatch.setenv("SAGALOG_KAFKA_ACKS", "1")
+    producer = producer_config(None, "ours", "tx")
+    assert (producer["compression.type"], producer["linger.ms"]) == ("zstd", "20")
+    assert (producer["enable.idempotence"], producer["acks"]) == (True, "all")
+
+
 def test_secrets_are_redacted() -> None:
     config = {
         "bootstrap.servers": "b:1",
