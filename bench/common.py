@@ -63,6 +63,7 @@ class Sizes:
     index_seconds: float = 20  # how long snapshots are produced at each rate the index follows
     tracing_records: int | None = None  # inputs of each tracing run (None: pipe_records)
     tracing_rounds: int = 3  # runs with tracing off, and as many on, alternating
+    saturation_rounds: int = 3  # end-to-end saturation bursts, the median reported
 
     @classmethod
     def quick(cls) -> Sizes:

@@ -119,7 +119,7 @@ def main(
         "same_shape": lambda: same_shape.measure(sizes.pipe_records),
         "profile": lambda: profile.measure(sizes.pipe_records // 5, profile_path),
         "end_to_end": lambda: end_to_end.measure(
-            sizes.saturation_orders, sizes.latency_seconds, *fixed
+            sizes.saturation_orders, sizes.latency_seconds, *fixed, sizes.saturation_rounds
         ),
         "control_flow": lambda: control_flow.measure(sizes.control_flow_orders),
         "replay": recovery.replay,

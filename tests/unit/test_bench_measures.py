@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.end_to_end import median_round
 from bench.hops import COMMAND, DECIDED, PUBLISHED, REPLY, ROUTED, Event, statistics
 from bench.limit import Output, load_shape, save_shape
 from stream_processors.engine.store import MemoryBounds, SnapshotStore
@@ -90,3 +91,28 @@ def test_a_bounded_store_reads_what_it_wrote(tmp_path: Path) -> None:
         assert store.changelog_offset(3) == 19_999
     finally:
         store.close()
+
+
+def _round(rate: float, p50: int, missing: int = 0) -> dict[str, object]:
+    return {
+        "orders": 100,
+        "finished": 100 - missing,
+        "mismatches": 0,
+        "missing": missing,
+        "sagas_per_second": rate,
+        "p50_ms": p50,
+        "p99_ms": p50 * 2,
+    }
+
+
+def test_saturation_reports_the_median_round_and_any_round_s_losses() -> None:
+    median = median_round(
+        [_round(1_400.0, 900), _round(910.0, 1_500, missing=2), _round(1_300.0, 1_000)]
+    )
+    assert (median["sagas_per_second"], median["p50_ms"]) == (1_300.0, 1_000)
+    assert median["rounds_sagas_per_second"] == [1_400.0, 910.0, 1_300.0]  # in the order run
+    assert (median["orders"], median["finished"], median["missing"]) == (300, 298, 2)
+
+
+def test_one_saturation_round_is_itself() -> None:
+    assert median_round([_round(1_000.0, 700)])["sagas_per_second"] == 1_000.0
