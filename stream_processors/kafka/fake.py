@@ -34,6 +34,10 @@ from stream_processors.core.partitioner import partition_for
 from stream_processors.kafka.clients import Closeable, Delivered, Rebalanced
 from stream_processors.kafka.topics import SagaTopics
 
+#: A topic's limits when a test sets none: one object, as a real client caches them, so that
+#: its computed maximum is not computed again for every record (tools/profile_engine.py).
+DEFAULT_LIMITS = limits.Limits()
+
 
 @dataclass
 class _Entry:
@@ -395,7 +399,7 @@ class FakeClients:
         return self.broker.partitions
 
     def limits(self, topic: str) -> limits.Limits:
-        return self.topic_limits.get(topic) or limits.Limits()
+        return self.topic_limits.get(topic) or DEFAULT_LIMITS
 
     def producer(self, transactional_id: str) -> FakeProducer:
         self.producers.append(FakeProducer(self.broker, transactional_id))
