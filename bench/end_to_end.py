@@ -89,7 +89,7 @@ def fixed_rate_orders(rate: float, seconds: float, run_id: str) -> list[PlannedO
 def saturation(orders: int, rounds: int, run_id: str) -> dict[str, Any]:
     """``rounds`` bursts of ``orders``, one after the other (``median_round``). Why: bursts in
     one run on this 2-core machine have differed by up to 45 % (910 and 1,399 sagas/s,
-    docs/benchmarks.md 2026-12-03 17:05), and the figure is compared with an absolute target."""
+    docs/benchmarks.md 2026-12-03 16:05), and the figure is compared with an absolute target."""
     runs = []
     for n in range(rounds):
         burst = plan_orders(orders, *FAILURES, seed=SEED + 100 * n, run_id=f"{run_id}-sat{n}")

@@ -143,7 +143,8 @@ def _fmt(value: Any, digits: int = 0) -> str:
 
 
 def _rounds(e2e: dict[str, Any]) -> str:
-    """ " (median of 1,304, 1,442, 2,125)": each saturation round's rate, when there were more."""
+    """Each saturation round's rate when there were several, as in "(median of 1,408, 1,789,
+    1,542)"; nothing for one round."""
     rates = _get(e2e, "saturation", "rounds_sagas_per_second") or []
     return f" (median of {', '.join(_fmt(rate) for rate in rates)})" if len(rates) > 1 else ""
 

@@ -190,7 +190,7 @@ def redacted(config: Mapping[str, Any]) -> dict[str, Any]:
 
 #: Producer settings that tune, not guarantee: defaults under the user's settings (level 1 and
 #: 2 above). On this project's records (150-600 bytes) lz4 made no difference to the CPU of the
-#: broker or of the processor at end-to-end saturation (docs/benchmarks.md, 2026-12-03 17:05).
+#: broker or of the processor at end-to-end saturation (docs/benchmarks.md, 2026-12-03 16:05).
 PRODUCER_TUNING: dict[str, Any] = {"linger.ms": 5, "compression.type": "lz4"}
 
 

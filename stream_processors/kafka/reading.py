@@ -7,6 +7,9 @@ under ``read_committed`` the last offsets of a partition are often transaction m
 are never delivered, so "done" means the consumer's *position* reached the end, not that the
 record at end - 1 was read; a partition with nothing to read has no position to reach; and the
 end is what was written, not what a read_committed reader sees as the end (``written_end``).
+
+``take`` reads a batch without holding its first record back; the processor, the worker and
+``committed_records`` read with it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,72 @@
+"""How long a transaction's flush and commit take, by the number of partitions it writes.
+
+    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 python tools/flush_by_partitions.py [--rounds 25]
+
+One transactional producer configured as the engine's (``producer_config``) writes one 200-byte
+record to each of P partitions of fresh 8-partition topics, then flushes and commits; the p50 of
+each over ``--rounds`` transactions, for P from 1 to 48. librdkafka sends one partition per
+Produce request, at most 5 in flight per connection for an idempotent producer, so the flush
+grows with P: the floor under each hop of a saga at moderate load (docs/benchmarks.md,
+2026-12-03 16:05).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from typing import Annotated
+
+import typer
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from stream_processors.kafka.config import common, producer_config
+
+PARTITIONS = 8
+TOPICS = 6
+COUNTS = (1, 2, 4, 8, 16, 32, 48)
+
+
+def fresh_topics(admin: AdminClient) -> list[str]:
+    names = [f"sagalog-flush-{uuid.uuid4().hex[:8]}-{n}" for n in range(TOPICS)]
+    for future in admin.create_topics([NewTopic(name, PARTITIONS, 1) for name in names]).values():
+        future.result(30)
+    return names
+
+
+def timed(producer: Producer, partitions: list[tuple[str, int]]) -> tuple[float, float]:
+    """(flush ms, commit ms) of one transaction writing a record to each of ``partitions``."""
+    producer.begin_transaction()
+    for topic, partition in partitions:
+        producer.produce(topic, value=b"x" * 200, key=b"k", partition=partition)
+    began = time.perf_counter()
+    producer.flush(30)
+    flushed = time.perf_counter()
+    producer.commit_transaction(30)
+    return (flushed - began) * 1000, (time.perf_counter() - flushed) * 1000
+
+
+def main(rounds: Annotated[int, typer.Option(help="Transactions per row")] = 25) -> None:
+    admin = AdminClient(common(None, "sagalog-flush-admin"))
+    names = fresh_topics(admin)
+    every = [(topic, p) for topic in names for p in range(PARTITIONS)]
+    producer = Producer(producer_config(None, "sagalog-flush", f"sagalog-flush-{uuid.uuid4()}"))
+    producer.init_transactions(30)
+    try:
+        timed(producer, every[:1])  # the first transaction finds the coordinator: not counted
+        print("partitions  flush p50  commit p50")
+        for count in COUNTS:
+            times = [timed(producer, every[:count]) for _ in range(rounds)]
+            flush = statistics.median(t[0] for t in times)
+            commit = statistics.median(t[1] for t in times)
+            print(f"{count:10d}  {flush:6.1f} ms  {commit:7.1f} ms", flush=True)
+    finally:
+        producer.flush(10)
+        for future in admin.delete_topics(names).values():
+            future.result(30)
+
+
+if __name__ == "__main__":
+    typer.run(main)
