@@ -1,12 +1,14 @@
 """End to end: the order saga with its two workers, each a separate OS process.
 
 Saturation: a burst of orders published at once; completed sagas per second from the first
-publish to the last terminal journal entry (``measure.Results.sagas_per_second``); the median of
-a few such bursts, each round's rate kept beside it. Latency:
-orders paced at a quarter of that rate, then at common fixed rates (10 and 50 sagas/s, the
-rates at which the peers are timed too); each saga's time from its publish (the record's Kafka
-timestamp) to its terminal journal entry, p50 and p99, and for each paced run the per-hop
-breakdown read from the records' own timestamps (``bench.hops``). All reuse the demo's machinery
+publish to the last terminal journal entry (``measure.Results.sagas_per_second``): the median of
+a few such bursts (``median_round``: bursts in one run on this 2-core machine have differed by
+up to 45 %, 910 and 1,399 sagas/s, docs/benchmarks.md 2026-12-03 16:05), each round's rate kept
+beside it. Latency: orders paced at a quarter of the first burst's rate, then at common fixed
+rates (10 and 50 sagas/s, the rates at which the peers are timed too); each saga's time from its
+publish (the record's Kafka timestamp) to its terminal journal entry, p50 and p99, and for each
+paced run the per-hop breakdown read from the records' own timestamps (``bench.hops``). The
+other bursts come after the paced runs. All reuse the demo's machinery
 (``examples.order_fulfillment.measure``), and all check that every saga ended as planned.
 """
 
@@ -86,15 +88,12 @@ def fixed_rate_orders(rate: float, seconds: float, run_id: str) -> list[PlannedO
     return plan_orders(count, *FAILURES, seed=SEED + 10 + int(rate), run_id=f"{run_id}-{rate:g}")
 
 
-def saturation(orders: int, rounds: int, run_id: str) -> dict[str, Any]:
-    """``rounds`` bursts of ``orders``, one after the other (``median_round``). Why: bursts in
-    one run on this 2-core machine have differed by up to 45 % (910 and 1,399 sagas/s,
-    docs/benchmarks.md 2026-12-03 16:05), and the figure is compared with an absolute target."""
-    runs = []
-    for n in range(rounds):
-        burst = plan_orders(orders, *FAILURES, seed=SEED + 100 * n, run_id=f"{run_id}-sat{n}")
-        runs.append(summary(run_orders(burst, None, 300)))
-    return median_round(runs)
+def burst(orders: int, round_number: int, run_id: str) -> dict[str, Any]:
+    """One saturation round: ``orders`` published at once, followed to their ends."""
+    planned = plan_orders(
+        orders, *FAILURES, seed=SEED + 100 * round_number, run_id=f"{run_id}-sat{round_number}"
+    )
+    return summary(run_orders(planned, None, 300))
 
 
 def median_round(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -115,8 +114,10 @@ def measure(
 ) -> dict[str, Any]:
     processes, run_id = started()
     try:
-        saturated = saturation(saturation_orders, saturation_rounds, run_id)
-        rate = max(1.0, saturated["sagas_per_second"] / 4)
+        # The paced runs follow the first burst, as they did when there was one: the rounds
+        # after it would put two more bursts' records on the topics they run on.
+        first = burst(saturation_orders, 0, run_id)
+        rate = max(1.0, first["sagas_per_second"] / 4)
         count = max(10, round(rate * latency_seconds))
         quarter_orders = plan_orders(count, *FAILURES, seed=SEED + 1, run_id=f"{run_id}-lat")
         quarter = paced(quarter_orders, rate)
@@ -124,6 +125,8 @@ def measure(
             f"{fixed:g}": paced(fixed_rate_orders(fixed, fixed_seconds, run_id), fixed)
             for fixed in fixed_rates
         }
+        rounds = [burst(saturation_orders, n, run_id) for n in range(1, saturation_rounds)]
+        saturated = median_round([first, *rounds])
     finally:
         codes = {name: process.stop() for name, process in processes.items()}
     return {

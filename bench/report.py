@@ -73,10 +73,10 @@ METHOD = """\
    their partitions, so that a rebalance is not measured.
 3. **End to end** (`bench/end_to_end.py`, reusing the demo's `measure` module): processor and
    both workers as separate processes, 3% payment and 3% shipping failures; {burst} orders at
-   once for saturation (first publish to last terminal journal entry), {rounds} such bursts in a
-   row and the median reported (the peers: one burst), then {paced} s paced at
+   once for saturation (first publish to last terminal journal entry), then {paced} s paced at
    a quarter of that for latency (publish timestamp to terminal journal entry), then {fixed}
-   sagas/s for {fixed_seconds} s each. Every saga must end as planned. For each paced run, the
+   sagas/s for {fixed_seconds} s each, then {rounds_after} more bursts: saturation is the median
+   of the {rounds} (the peers: one burst). Every saga must end as planned. For each paced run, the
    hop-by-hop breakdown (`bench/hops.py`) is read from the timestamps of the records each saga
    left on its topics: the source event, the routed copy (none for an event decided without the
    inbox hop: docs/direct-sources.md), journal entries (`at_ms`), commands and replies.
@@ -426,6 +426,7 @@ def markdown(figures: dict[str, Any], command: str, profile: Path, json_path: Pa
             burst=_fmt(sizes["saturation_orders"]),
             # Figures written before saturation had rounds had one burst.
             rounds=sizes.get("saturation_rounds", 1),
+            rounds_after=sizes.get("saturation_rounds", 1) - 1,
             # Figures written before the construct-heavy phase existed have no such size.
             control_flow=_fmt(sizes.get("control_flow_orders")),
             paced=f"{sizes['latency_seconds']:g}",
