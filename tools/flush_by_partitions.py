@@ -7,7 +7,8 @@ record to each of P partitions of fresh 8-partition topics, then flushes and com
 each over ``--rounds`` transactions, for P from 1 to 48. librdkafka sends one partition per
 Produce request, at most 5 in flight per connection for an idempotent producer, so the flush
 grows with P: the floor under each hop of a saga at moderate load (docs/benchmarks.md,
-2026-12-03 16:05).
+2026-12-03 16:05). On a broker started a minute before, every figure was several times higher
+and erratic: run it on a broker that has been working for a while.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from stream_processors.kafka.config import common, producer_config
 PARTITIONS = 8
 TOPICS = 6
 COUNTS = (1, 2, 4, 8, 16, 32, 48)
+WARM_UP = 20  # transactions over every partition before the timed ones
 
 
 def fresh_topics(admin: AdminClient) -> list[str]:
@@ -55,7 +57,10 @@ def main(rounds: Annotated[int, typer.Option(help="Transactions per row")] = 25)
     producer = Producer(producer_config(None, "sagalog-flush", f"sagalog-flush-{uuid.uuid4()}"))
     producer.init_transactions(30)
     try:
-        timed(producer, every[:1])  # the first transaction finds the coordinator: not counted
+        # Not counted: the first transactions find the coordinator, and the first records on a
+        # new partition were 3-10x slower than the later ones (a broker just started, more).
+        for _ in range(WARM_UP):
+            timed(producer, every)
         print("partitions  flush p50  commit p50")
         for count in COUNTS:
             times = [timed(producer, every[:count]) for _ in range(rounds)]
