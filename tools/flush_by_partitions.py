@@ -14,16 +14,22 @@ and erratic: run it on a broker that has been working for a while.
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Annotated
 
-import typer
-from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
 
-from stream_processors.kafka.config import common, producer_config
+import typer  # noqa: E402
+from confluent_kafka import Producer  # noqa: E402
+
+from bench.common import delete_topics  # noqa: E402
+from stream_processors.kafka.config import producer_config  # noqa: E402
+from stream_processors.kafka.topics import ensure_plain_topics  # noqa: E402
 
 PARTITIONS = 8
 TOPICS = 6
@@ -31,10 +37,9 @@ COUNTS = (1, 2, 4, 8, 16, 32, 48)
 WARM_UP = 20  # transactions over every partition before the timed ones
 
 
-def fresh_topics(admin: AdminClient) -> list[str]:
+def fresh_topics() -> list[str]:
     names = [f"sagalog-flush-{uuid.uuid4().hex[:8]}-{n}" for n in range(TOPICS)]
-    for future in admin.create_topics([NewTopic(name, PARTITIONS, 1) for name in names]).values():
-        future.result(30)
+    ensure_plain_topics(names, None, PARTITIONS)
     return names
 
 
@@ -51,8 +56,7 @@ def timed(producer: Producer, partitions: list[tuple[str, int]]) -> tuple[float,
 
 
 def main(rounds: Annotated[int, typer.Option(help="Transactions per row")] = 25) -> None:
-    admin = AdminClient(common(None, "sagalog-flush-admin"))
-    names = fresh_topics(admin)
+    names = fresh_topics()
     every = [(topic, p) for topic in names for p in range(PARTITIONS)]
     producer = Producer(producer_config(None, "sagalog-flush", f"sagalog-flush-{uuid.uuid4()}"))
     producer.init_transactions(30)
@@ -69,8 +73,7 @@ def main(rounds: Annotated[int, typer.Option(help="Transactions per row")] = 25)
             print(f"{count:10d}  {flush:6.1f} ms  {commit:7.1f} ms", flush=True)
     finally:
         producer.flush(10)
-        for future in admin.delete_topics(names).values():
-            future.result(30)
+        delete_topics(names)
 
 
 if __name__ == "__main__":
