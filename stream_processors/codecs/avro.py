@@ -41,6 +41,7 @@ from typing import Any, Protocol
 import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
+from stream_processors.codecs.reader import RecordReader, Unreadable, compile_reader
 from stream_processors.codecs.writer import (
     ObjectWriter,
     RecordWriter,
@@ -100,6 +101,9 @@ class AvroSchema:
     writer: RecordWriter | None = field(default=None, repr=False, compare=False)
     #: The same, reading the fields as attributes of an object (a ``Record``), or None.
     object_writer: ObjectWriter | None = field(default=None, repr=False, compare=False)
+    #: The schema's own reader of bodies it wrote (``stream_processors.codecs.reader``), or
+    #: None: fastavro reads.
+    body_reader: RecordReader | None = field(default=None, repr=False, compare=False)
 
     @property
     def header(self) -> bytes:
@@ -126,8 +130,9 @@ def parse(definition: Mapping[str, Any], source: str = "") -> AvroSchema:
     hinted = parse_schema(dict(definition))
     writer = compile_writer(definition)
     by_attributes = compile_object_writer(definition)
+    reader = compile_reader(definition)
     name = str(definition_name(parsed))
-    return AvroSchema(name, definition, parsed, fp, source, hinted, writer, by_attributes)
+    return AvroSchema(name, definition, parsed, fp, source, hinted, writer, by_attributes, reader)
 
 
 def definition_name(parsed: Any) -> str:
@@ -384,10 +389,18 @@ def decode(
     writer, start = catalog.writer_of(data)
     assert data is not None
     reader = writer if as_written else catalog.reader_for(writer)
+    resolution = catalog.resolution(writer, reader)
+    if resolution is None and writer.body_reader is not None and type(data) is bytes:
+        try:
+            fields, end = writer.body_reader(data, start)
+            if end == len(data):
+                return reader, fields
+        except Unreadable:
+            pass  # fastavro's to read, or to say what is wrong (trailing bytes too)
     body = io.BytesIO(data)
     body.seek(start)
     try:
-        datum = fastavro.schemaless_reader(body, writer.hinted, catalog.resolution(writer, reader))
+        datum = fastavro.schemaless_reader(body, writer.hinted, resolution)
     except Exception as error:
         # fastavro raises SchemaResolutionError for incompatible pairs and assorted errors
         # (EOFError, UnicodeDecodeError, IndexError) for corrupt bodies.

@@ -23,36 +23,16 @@ import keyword
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from stream_processors.codecs.generated import RANGES, Source, Unsupported, generated, kind_of
+
 #: A compiled record writer: (frame header, datum) -> the framed bytes.
 RecordWriter = Callable[[bytes, Mapping[str, Any]], bytes]
 #: The same, of an object whose attributes are the fields (``compile_writer(attributes=True)``).
 ObjectWriter = Callable[[bytes, Any], bytes]
 
-#: The half-open ranges of Avro's int and long.
-_RANGES = {"int": (-(1 << 31), 1 << 31), "long": (-(1 << 63), 1 << 63)}
-
 
 class Unwritable(Exception):
     """A datum this writer leaves to fastavro (its bytes or its error are fastavro's to give)."""
-
-
-class _Unsupported(Exception):
-    """A schema this writer does not compile."""
-
-
-class _Source:
-    """The lines of the generated function, and fresh variable names for nested values."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self._names = 0
-
-    def name(self) -> str:
-        self._names += 1
-        return f"v{self._names}"
-
-    def add(self, depth: int, *lines: str) -> None:
-        self.lines.extend("    " * depth + line for line in lines)
 
 
 def _length(depth: int, expression: str) -> Iterator[tuple[int, str]]:
@@ -71,8 +51,8 @@ def _primitive(kind: str, value: str, depth: int) -> Iterator[tuple[int, str]]:
     elif kind == "boolean":
         yield depth, f"if type({value}) is not bool: raise Unwritable"
         yield depth, f"append(1 if {value} else 0)"
-    elif kind in _RANGES:
-        low, high = _RANGES[kind]
+    elif kind in RANGES:
+        low, high = RANGES[kind]
         yield depth, f"if type({value}) is not int or not {low} <= {value} < {high}:"
         yield depth + 1, "raise Unwritable"
         yield from _length(depth, f"({value} << 1) ^ ({value} >> 63)")
@@ -86,22 +66,15 @@ def _primitive(kind: str, value: str, depth: int) -> Iterator[tuple[int, str]]:
         yield from _length(depth, f"len({value}) << 1")
         yield depth, f"buf += {value}"
     else:
-        raise _Unsupported(kind)  # float, double: left to fastavro
+        raise Unsupported(kind)  # float, double: left to fastavro
 
 
-def _emit(source: _Source, schema: Any, value: str, depth: int) -> None:
+def _emit(source: Source, schema: Any, value: str, depth: int) -> None:
     """Append the code that writes ``value`` (a variable) of ``schema`` to ``source``."""
-    if isinstance(schema, str):
-        for line_depth, line in _primitive(schema, value, depth):
-            source.add(line_depth, line)
-        return
-    if isinstance(schema, list):
+    kind = kind_of(schema)
+    if kind == "optional":
         _optional(source, schema, value, depth)
-        return
-    if not isinstance(schema, Mapping) or "logicalType" in schema:
-        raise _Unsupported(str(schema))
-    kind = schema.get("type")
-    if kind == "record":
+    elif kind == "record":
         source.add(depth, f"if type({value}) is not dict: raise Unwritable")
         for field in schema["fields"]:
             name = source.name()
@@ -127,26 +100,20 @@ def _emit(source: _Source, schema: Any, value: str, depth: int) -> None:
         _emit(source, "string", key, depth + 2)
         _emit(source, schema["values"], item, depth + 2)
         source.add(depth, "append(0)")  # the block that ends the map
-    elif isinstance(kind, str) and kind in ("null", "boolean", "int", "long", "string", "bytes"):
-        _emit(source, kind, value, depth)
     else:
-        raise _Unsupported(str(schema))
+        for line_depth, line in _primitive(kind, value, depth):
+            source.add(line_depth, line)
 
 
-def _optional(source: _Source, union: list[Any], value: str, depth: int) -> None:
+def _optional(source: Source, union: list[Any], value: str, depth: int) -> None:
     """A union of ``null`` and one primitive; the branch index is a zigzag varint (0 -> 0,
     1 -> 2). A value of neither type raises in the other branch's check."""
-    if len(union) != 2 or "null" not in union:
-        raise _Unsupported(str(union))
     null_index = union.index("null")
-    other = union[1 - null_index]
-    if not isinstance(other, str) or other == "null":
-        raise _Unsupported(str(union))
     source.add(depth, f"if {value} is None:")
     source.add(depth + 1, f"append({null_index << 1})")
     source.add(depth, "else:")
     source.add(depth + 1, f"append({(1 - null_index) << 1})")
-    _emit(source, other, value, depth + 1)
+    _emit(source, union[1 - null_index], value, depth + 1)
 
 
 def compile_writer(definition: Mapping[str, Any]) -> RecordWriter | None:
@@ -166,37 +133,34 @@ def _compile(definition: Mapping[str, Any], *, attributes: bool) -> Any:
     """The generated writer (a missing field, key or attribute, is ``Unwritable``), or None."""
     if definition.get("type") != "record":
         return None
-    source = _Source()
-    try:
+    head = [
+        "def encode(header, datum):",
+        "    buf = bytearray(header)",
+        "    append = buf.append",
+        "    try:",
+    ]
+    tail = [
+        "    except (KeyError, AttributeError):  # a missing field: fastavro uses its default",
+        "        raise Unwritable from None",
+        "    return bytes(buf)",
+    ]
+
+    def emit(source: Source) -> None:
         if attributes:
             _emit_attributes(source, definition)
         else:
             _emit(source, definition, "datum", 2)
-    except (_Unsupported, KeyError, TypeError):
-        return None
-    code = "\n".join(
-        [
-            "def encode(header, datum):",
-            "    buf = bytearray(header)",
-            "    append = buf.append",
-            "    try:",
-            *(source.lines or ["        pass  # a record with no fields: no bytes of its own"]),
-            "    except (KeyError, AttributeError):  # a missing field: fastavro uses its default",
-            "        raise Unwritable from None",
-            "    return bytes(buf)",
-        ]
-    )
-    namespace: dict[str, Any] = {"Unwritable": Unwritable}
-    exec(compile(code, f"<avro writer of {definition.get('name')}>", "exec"), namespace)
-    return namespace["encode"]
+
+    label = f"<avro writer of {definition.get('name')}>"
+    return generated(emit, head, tail, label, {"Unwritable": Unwritable})
 
 
-def _emit_attributes(source: _Source, definition: Mapping[str, Any]) -> None:
+def _emit_attributes(source: Source, definition: Mapping[str, Any]) -> None:
     """A record's fields read as attributes of ``datum`` (names that are Python identifiers)."""
     for field in definition["fields"]:
         attribute = field["name"]
         if not attribute.isidentifier() or keyword.iskeyword(attribute):
-            raise _Unsupported(attribute)
+            raise Unsupported(attribute)
         name = source.name()
         source.add(2, f"{name} = datum.{attribute}")
         _emit(source, field["type"], name, 2)
