@@ -34,6 +34,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
+from stream_processors.codecs.frozen import fast_init
+
 #: librdkafka's default ``message.max.bytes`` for a producer.
 DEFAULT_PRODUCER_MAX_BYTES = 1_000_000
 #: librdkafka's worst-case per-record overhead of the v2 record format (``RD_KAFKAP_MESSAGE_V2_
@@ -153,6 +155,7 @@ class Limits:
         return None if size <= limit else Oversize(what, topic, size, limit)
 
 
+@fast_init  # four per input: see stream_processors.codecs.frozen
 @dataclass(frozen=True)
 class Outgoing:
     """A record to check before it is produced; ``what`` names it in a dead letter's detail."""
