@@ -370,3 +370,24 @@ def test_inputs_read_after_a_loss_and_a_new_assignment_in_one_take_are_all_decid
     assert len(commands) == 4 == len(set(commands)), commands
     assert all(rig.stored(order_id) is not None for order_id in ("o-1", "o-2", "o-3", "o-4"))
     rig.processor.close()
+
+
+def test_the_store_is_current_to_each_partition_s_last_snapshot(tmp_path: Path) -> None:
+    """Only each partition's last snapshot of a transaction reports its offset (``_commit``):
+    with several instances per partition in one transaction, the store still records the
+    offset after the last one."""
+    rig = Rig(tmp_path)
+    rig.start()
+    for n in range(40):
+        rig.place(f"o-{n}")
+    _run_order(rig, place=False)
+    snapshots = rig.visible(rig.topics.snapshots)
+    last: dict[int, int] = {}
+    for record in snapshots:
+        last[record.partition() or 0] = max(
+            last.get(record.partition() or 0, -1), record.offset() or 0
+        )
+    assert len(snapshots) == 40 and len(last) > 1
+    assert any(sum(1 for r in snapshots if r.partition() == p) > 1 for p in last)
+    for partition, offset in last.items():
+        assert rig.processor.store.changelog_offset(partition) == offset + 1
