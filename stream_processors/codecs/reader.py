@@ -5,7 +5,7 @@ read once per input or per journal entry (an event or a reply in the processor, 
 worker, each journal entry in a replay or a history) that walk is most of the cost: about 11 µs
 for a journal entry on this project's machine. ``compile_reader`` generates, once per record
 schema, one Python function that reads that record's fields in order, the counterpart of
-``stream_processors.codecs.writer``; it covers the same schemas (``generated.kind_of``).
+``stream_processors.codecs.writer``; it covers the same schemas (``codegen.kind_of``).
 
 It reads only what it is sure of and returns fastavro's datum exactly (same dictionaries, same
 values). Bytes it has any doubt about raise ``Unreadable``, and the caller hands them to
@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from stream_processors.codecs.generated import RANGES, Source, generated, kind_of
+from stream_processors.codecs.codegen import RANGES, Source, generated, kind_of
 
 #: A compiled reader: (the framed bytes, where the body starts) -> (the datum, where it ended).
 RecordReader = Callable[[bytes, int], tuple[dict[str, Any], int]]

@@ -23,7 +23,7 @@ import keyword
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from stream_processors.codecs.generated import RANGES, Source, Unsupported, generated, kind_of
+from stream_processors.codecs.codegen import RANGES, Source, Unsupported, generated, kind_of
 
 #: A compiled record writer: (frame header, datum) -> the framed bytes.
 RecordWriter = Callable[[bytes, Mapping[str, Any]], bytes]
