@@ -642,7 +642,7 @@ class SagaProcessor:
         # Only each partition's last snapshot needs its offset: an idempotent producer keeps a
         # partition's records in the order produced, so that one's offset is the highest. (A
         # callback per snapshot cost a Python call and a Message each: 800 per commit at load.)
-        last = {row[0]: index for index, row in enumerate(written)}
+        last = {row[0]: at for at, row in enumerate(written)}
         try:
             for at, ((partition, instance_id, value), due) in enumerate(
                 zip(written, schedules, strict=True)
