@@ -71,14 +71,33 @@ def started(processors: int = 1) -> tuple[dict[str, LocalProcess], str]:
     return processes, run_id
 
 
-def paced(orders: list[PlannedOrder], rate: float, timeout: float = 120) -> dict[str, Any]:
-    """Orders at ``rate`` per second: latency, and where the time went hop by hop."""
+#: The processor's transaction commit histogram (``sagalog_transaction_commit_seconds``).
+COMMIT_SUM, COMMIT_COUNT = (f"sagalog_transaction_commit_seconds_{x}" for x in ("sum", "count"))
+
+
+def commits_between(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """The processor's commits between two readings of its metrics: how many, and their mean
+    duration. A slow paced run with slow commits points at the broker (a young one took five
+    times as long per commit, docs/benchmarks.md 2026-12-03 19:15), not at the engine."""
+    count = after.get(COMMIT_COUNT, 0.0) - before.get(COMMIT_COUNT, 0.0)
+    seconds = after.get(COMMIT_SUM, 0.0) - before.get(COMMIT_SUM, 0.0)
+    mean = round(1000 * seconds / count, 1) if count > 0 else None
+    return {"count": round(count), "mean_ms": mean}
+
+
+def paced(
+    orders: list[PlannedOrder], rate: float, processor: LocalProcess, timeout: float = 120
+) -> dict[str, Any]:
+    """Orders at ``rate`` per second: latency, where the time went hop by hop, and what the
+    processor's commits took meanwhile."""
     start = hops.starts()
+    before = processor.metrics()
     results = run_orders(orders, rate, timeout)
     ids = {order.event.order_id for order in orders}
     return summary(results) | {
         "offered_per_second": round(rate, 1),
         "hops": hops.breakdown(start, ids),
+        "processor_commits": commits_between(before, processor.metrics()),
     }
 
 
@@ -120,9 +139,10 @@ def measure(
         rate = max(1.0, first["sagas_per_second"] / 4)
         count = max(10, round(rate * latency_seconds))
         quarter_orders = plan_orders(count, *FAILURES, seed=SEED + 1, run_id=f"{run_id}-lat")
-        quarter = paced(quarter_orders, rate)
+        processor = processes["processor"]
+        quarter = paced(quarter_orders, rate, processor)
         fixed = {
-            f"{fixed:g}": paced(fixed_rate_orders(fixed, fixed_seconds, run_id), fixed)
+            f"{fixed:g}": paced(fixed_rate_orders(fixed, fixed_seconds, run_id), fixed, processor)
             for fixed in fixed_rates
         }
         rounds = [burst(saturation_orders, n, run_id) for n in range(1, saturation_rounds)]

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.end_to_end import median_round
+from bench.end_to_end import COMMIT_COUNT, COMMIT_SUM, commits_between, median_round
 from bench.hops import COMMAND, DECIDED, PUBLISHED, REPLY, ROUTED, Event, statistics
 from bench.limit import Output, load_shape, save_shape
+from bench.report import latency_sections
 from stream_processors.engine.store import MemoryBounds, SnapshotStore
 
 
@@ -116,3 +117,30 @@ def test_saturation_reports_the_median_round_and_any_round_s_losses() -> None:
 
 def test_one_saturation_round_is_itself() -> None:
     assert median_round([_round(1_000.0, 700)])["sagas_per_second"] == 1_000.0
+
+
+def test_a_paced_run_s_commits_are_the_difference_of_two_readings() -> None:
+    before = {COMMIT_COUNT: 100.0, COMMIT_SUM: 0.5}
+    after = {COMMIT_COUNT: 400.0, COMMIT_SUM: 3.32}
+    assert commits_between(before, after) == {"count": 300, "mean_ms": 9.4}
+    assert commits_between(after, after) == {"count": 0, "mean_ms": None}  # none meanwhile
+    assert commits_between({}, before) == {"count": 100, "mean_ms": 5.0}  # no sample before
+
+
+def _paced(commits: dict[str, object] | None) -> dict[str, object]:
+    hop = {"hop": "published → decided", "p50_ms": 3, "p99_ms": 9, "mean_ms": 4.0}
+    hops = {"sagas": 9, "of": 10, "path": "published → decided", "hops": [hop]}
+    run: dict[str, object] = {"hops": hops | {"total_p50_ms": 3, "total_p99_ms": 9}}
+    return run if commits is None else run | {"processor_commits": commits}
+
+
+def test_the_hop_table_shows_the_processor_s_commits_when_measured() -> None:
+    e2e = {
+        "quarter_load": _paced({"count": 1716, "mean_ms": 9.4}) | {"offered_per_second": 380},
+        "fixed_rates": {"10": _paced({"count": 0, "mean_ms": None}), "50": _paced(None)},
+    }
+    lines = latency_sections({"end_to_end": e2e})
+    row = next(line for line in lines if line.startswith("| the processor's commits"))
+    assert row.endswith("| 9.4 ms (1,716) | none | - |")
+    older = latency_sections({"end_to_end": {"quarter_load": _paced(None)}})
+    assert not any(line.startswith("| the processor's commits") for line in older)
