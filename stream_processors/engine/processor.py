@@ -647,7 +647,6 @@ class SagaProcessor:
             for at, ((partition, instance_id, value), due) in enumerate(
                 zip(written, schedules, strict=True)
             ):
-                reported = {"on_delivery": delivered} if last[partition] == at else {}
                 # Encoded when its decision was checked against the limits (see ``emit``).
                 self._outputs.produce(
                     self.topics.snapshots,
@@ -655,7 +654,7 @@ class SagaProcessor:
                     value=value,
                     headers=None if due is None else [(SCHEDULE, due)],
                     partition=partition,
-                    **reported,
+                    on_delivery=delivered if last[partition] == at else None,
                 )
         except KafkaException as error:
             self._kafka.end_badly(error)
