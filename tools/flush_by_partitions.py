@@ -1,6 +1,7 @@
 """How long a transaction's flush and commit take, by the number of partitions it writes.
 
     KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 python tools/flush_by_partitions.py [--rounds 25]
+    ... python tools/flush_by_partitions.py --verification   # the broker's check on and off
 
 One transactional producer configured as the engine's (``producer_config``) writes one 200-byte
 record to each of P partitions of fresh 8-partition topics, then flushes and commits; the p50 of
@@ -9,6 +10,14 @@ Produce request, at most 5 in flight per connection for an idempotent producer, 
 grows with P: the floor under each hop of a saga at moderate load (docs/benchmarks.md,
 2026-12-03 16:05). On a broker started a minute before, every figure was several times higher
 and erratic: run it on a broker that has been working for a while.
+
+``--verification`` times each row twice, interleaved, with the broker's
+``transaction.partition.verification.enable`` (KIP-890 part 1, on by default since Kafka 3.6)
+on and off, and leaves it on. The broker then checks with the transaction coordinator, before it
+appends the first records of a transaction to a partition, that the partition is in the
+transaction: a round trip inside the broker that a librdkafka producer pays on top of its own
+AddPartitionsToTxn (docs/benchmarks.md, 2026-12-04). The check guards against hanging
+transactions, so this is a measurement, never a setting to run with.
 """
 
 from __future__ import annotations
@@ -17,6 +26,8 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -26,8 +37,14 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 import typer  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # noqa: E402
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
 
-from bench.common import delete_topics  # noqa: E402
+from bench.common import admin, delete_topics  # noqa: E402
 from stream_processors.kafka.config import producer_config  # noqa: E402
 from stream_processors.kafka.topics import ensure_plain_topics  # noqa: E402
 
@@ -35,6 +52,7 @@ PARTITIONS = 8
 TOPICS = 6
 COUNTS = (1, 2, 4, 8, 16, 32, 48)
 WARM_UP = 20  # transactions over every partition before the timed ones
+VERIFICATION = "transaction.partition.verification.enable"
 
 
 def fresh_topics() -> list[str]:
@@ -55,7 +73,46 @@ def timed(producer: Producer, partitions: list[tuple[str, int]]) -> tuple[float,
     return (flushed - began) * 1000, (time.perf_counter() - flushed) * 1000
 
 
-def main(rounds: Annotated[int, typer.Option(help="Transactions per row")] = 25) -> None:
+def verify_partitions(enabled: bool) -> None:
+    """Set the brokers' partition verification, broker by broker."""
+    client = admin()
+    entry = ConfigEntry(
+        VERIFICATION,
+        "true" if enabled else "false",
+        incremental_operation=AlterConfigOpType.SET,
+    )
+    brokers = client.list_topics(timeout=10).brokers
+    resources = [
+        ConfigResource(ResourceType.BROKER, str(broker), incremental_configs=[entry])
+        for broker in brokers
+    ]
+    for future in client.incremental_alter_configs(resources).values():
+        future.result()
+
+
+@contextmanager
+def verification_restored() -> Iterator[None]:
+    """Whatever happens inside, the broker verifies partitions again afterwards."""
+    try:
+        yield
+    finally:
+        verify_partitions(True)
+
+
+def row(producer: Producer, partitions: list[tuple[str, int]], rounds: int) -> str:
+    """'flush p50  commit p50' of ``rounds`` transactions over ``partitions``."""
+    times = [timed(producer, partitions) for _ in range(rounds)]
+    flush = statistics.median(t[0] for t in times)
+    commit = statistics.median(t[1] for t in times)
+    return f"{flush:6.1f} ms  {commit:7.1f} ms"
+
+
+def main(
+    rounds: Annotated[int, typer.Option(help="Transactions per row")] = 25,
+    verification: Annotated[
+        bool, typer.Option(help="Each row with the broker's partition verification on, then off")
+    ] = False,
+) -> None:
     names = fresh_topics()
     every = [(topic, p) for topic in names for p in range(PARTITIONS)]
     producer = Producer(producer_config(None, "sagalog-flush", f"sagalog-flush-{uuid.uuid4()}"))
@@ -65,12 +122,19 @@ def main(rounds: Annotated[int, typer.Option(help="Transactions per row")] = 25)
         # new partition were 3-10x slower than the later ones (a broker just started, more).
         for _ in range(WARM_UP):
             timed(producer, every)
-        print("partitions  flush p50  commit p50")
-        for count in COUNTS:
-            times = [timed(producer, every[:count]) for _ in range(rounds)]
-            flush = statistics.median(t[0] for t in times)
-            commit = statistics.median(t[1] for t in times)
-            print(f"{count:10d}  {flush:6.1f} ms  {commit:7.1f} ms", flush=True)
+        if not verification:
+            print("partitions  flush p50  commit p50")
+            for count in COUNTS:
+                print(f"{count:10d}  {row(producer, every[:count], rounds)}", flush=True)
+            return
+        with verification_restored():
+            print("partitions  verified: flush p50  commit p50   unverified: flush p50  commit p50")
+            for count in COUNTS:
+                verify_partitions(True)
+                on = row(producer, every[:count], rounds)
+                verify_partitions(False)
+                off = row(producer, every[:count], rounds)
+                print(f"{count:10d}            {on}              {off}", flush=True)
     finally:
         producer.flush(10)
         delete_topics(names)
