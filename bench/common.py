@@ -21,7 +21,11 @@ from pathlib import Path
 
 import confluent_kafka
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ConfigResource,
+    ResourceType,
+)
 
 from examples.order_fulfillment.saga import OrderFulfillment
 from examples.order_fulfillment.scenario import plan_orders
@@ -340,6 +344,29 @@ def machine() -> dict[str, object]:
         "kafka": kafka_version,
         "load_average_at_start": list(os.getloadavg()),
         "busy_processes_at_start": busy_processes(),
+        "broker_settings": broker_settings(),
+    }
+
+
+#: Broker settings that shape a transaction's latency, recorded with every run: KIP-890's
+#: partition verification adds a check per partition to each transaction (docs/benchmarks.md,
+#: 2026-12-04), so a run on a broker without it is not comparable.
+LATENCY_SETTINGS = ("transaction.partition.verification.enable",)
+
+
+def broker_settings() -> dict[str, str]:
+    """``LATENCY_SETTINGS`` as the bench's broker has them (one value per setting; brokers that
+    disagree are listed as ``a/b``); empty when the broker cannot be asked."""
+    client = admin()
+    try:
+        brokers = sorted(client.list_topics(timeout=10).brokers)
+        resources = [ConfigResource(ResourceType.BROKER, str(broker)) for broker in brokers]
+        described = [f.result(timeout=10) for f in client.describe_configs(resources).values()]
+    except KafkaException:
+        return {}
+    return {
+        name: "/".join(sorted({entries[name].value for entries in described if name in entries}))
+        for name in LATENCY_SETTINGS
     }
 
 

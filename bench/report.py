@@ -418,6 +418,7 @@ def markdown(figures: dict[str, Any], command: str, profile: Path, json_path: Pa
         f"other test/saga/broker processes at start: {len(busy)}"
         + (": " + "; ".join(f"`{line[:30]} ... {line[-45:]}`" for line in busy) if busy else ""),
         f"- the run took {figures['seconds']:.0f} s",
+        *broker_settings_line(m),
         "",
         "## How it was measured",
         "",
@@ -466,6 +467,16 @@ def markdown(figures: dict[str, Any], command: str, profile: Path, json_path: Pa
         head = profile.read_text().splitlines()[:60]
         lines += ["Top of this run's profile:", "", "```text", *head, "```", ""]
     return "\n".join(lines)
+
+
+def broker_settings_line(machine: dict[str, Any]) -> list[str]:
+    """The broker settings the run was measured with, if recorded (runs before 2026-12-04 did
+    not record them)."""
+    settings = machine.get("broker_settings")
+    if not settings:
+        return []
+    shown = ", ".join(f"`{name}={value}`" for name, value in sorted(settings.items()))
+    return [f"- broker settings that shape a transaction's latency: {shown}"]
 
 
 def _fixed_rate_rows(figures: dict[str, Any]) -> list[str]:

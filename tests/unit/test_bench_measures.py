@@ -9,7 +9,7 @@ import pytest
 from bench.end_to_end import COMMIT_COUNT, COMMIT_SUM, commits_between, median_round
 from bench.hops import COMMAND, DECIDED, PUBLISHED, REPLY, ROUTED, Event, statistics
 from bench.limit import Output, load_shape, save_shape
-from bench.report import latency_sections
+from bench.report import broker_settings_line, latency_sections
 from stream_processors.engine.store import MemoryBounds, SnapshotStore
 
 
@@ -144,3 +144,13 @@ def test_the_hop_table_shows_the_processor_s_commits_when_measured() -> None:
     assert row.endswith("| 9.4 ms (1,716) | none | - |")
     older = latency_sections({"end_to_end": {"quarter_load": _paced(None)}})
     assert not any(line.startswith("| the processor's commits") for line in older)
+
+
+def test_the_machine_section_names_the_broker_s_latency_settings_when_recorded() -> None:
+    recorded = {"broker_settings": {"transaction.partition.verification.enable": "true"}}
+    assert broker_settings_line(recorded) == [
+        "- broker settings that shape a transaction's latency: "
+        "`transaction.partition.verification.enable=true`"
+    ]
+    assert broker_settings_line({}) == []  # a run from before they were recorded
+    assert broker_settings_line({"broker_settings": {}}) == []  # the broker could not be asked
