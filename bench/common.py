@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import confluent_kafka
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
@@ -348,10 +349,18 @@ def machine() -> dict[str, object]:
     }
 
 
-#: Broker settings that shape a transaction's latency, recorded with every run: KIP-890's
-#: partition verification adds a check per partition to each transaction (docs/benchmarks.md,
-#: 2026-12-04), so a run on a broker without it is not comparable.
-LATENCY_SETTINGS = ("transaction.partition.verification.enable",)
+#: KIP-890's partition verification: a check per partition added to each transaction
+#: (docs/benchmarks.md, 2026-12-04).
+VERIFICATION = "transaction.partition.verification.enable"
+#: Broker settings that shape a transaction's latency, recorded with every run: a run on a
+#: broker without the verification is not comparable.
+LATENCY_SETTINGS = (VERIFICATION,)
+
+
+def broker_resources(client: AdminClient, **options: Any) -> list[ConfigResource]:
+    """One broker-config resource per broker of the cluster (``options``: what to alter)."""
+    brokers = sorted(client.list_topics(timeout=10).brokers)
+    return [ConfigResource(ResourceType.BROKER, str(broker), **options) for broker in brokers]
 
 
 def broker_settings() -> dict[str, str]:
@@ -359,8 +368,7 @@ def broker_settings() -> dict[str, str]:
     disagree are listed as ``a/b``); empty when the broker cannot be asked."""
     client = admin()
     try:
-        brokers = sorted(client.list_topics(timeout=10).brokers)
-        resources = [ConfigResource(ResourceType.BROKER, str(broker)) for broker in brokers]
+        resources = broker_resources(client)
         described = [f.result(timeout=10) for f in client.describe_configs(resources).values()]
     except KafkaException:
         return {}

@@ -37,14 +37,9 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 import typer  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
-from confluent_kafka.admin import (  # type: ignore[attr-defined]  # noqa: E402
-    AlterConfigOpType,
-    ConfigEntry,
-    ConfigResource,
-    ResourceType,
-)
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry  # type: ignore[attr-defined]  # noqa: E402
 
-from bench.common import admin, delete_topics  # noqa: E402
+from bench.common import VERIFICATION, admin, broker_resources, delete_topics  # noqa: E402
 from stream_processors.kafka.config import producer_config  # noqa: E402
 from stream_processors.kafka.topics import ensure_plain_topics  # noqa: E402
 
@@ -52,7 +47,6 @@ PARTITIONS = 8
 TOPICS = 6
 COUNTS = (1, 2, 4, 8, 16, 32, 48)
 WARM_UP = 20  # transactions over every partition before the timed ones
-VERIFICATION = "transaction.partition.verification.enable"
 
 
 def fresh_topics() -> list[str]:
@@ -81,11 +75,7 @@ def verify_partitions(enabled: bool) -> None:
         "true" if enabled else "false",
         incremental_operation=AlterConfigOpType.SET,
     )
-    brokers = client.list_topics(timeout=10).brokers
-    resources = [
-        ConfigResource(ResourceType.BROKER, str(broker), incremental_configs=[entry])
-        for broker in brokers
-    ]
+    resources = broker_resources(client, incremental_configs=[entry])
     for future in client.incremental_alter_configs(resources).values():
         future.result()
 
