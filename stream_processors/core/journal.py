@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from stream_processors.codecs.peek import LeadingString
 from stream_processors.codecs.records import Record
 
 
@@ -115,3 +116,16 @@ def stateless(entry: JournalEntry) -> bool:
 #: An entry's control-flow, child-saga, trace-context and operator-request fields: ``history
 #: --json`` writes them as they are (and ``sagas.testing.load_histories`` reads them back).
 FLOW_FIELDS = ("node", "block", "branch", "reply_to", "reply_key", "trace", "operator_id")
+
+
+#: An entry's kind, read off its first fields without decoding the rest.
+_KIND = LeadingString(
+    "sagalog.JournalEntry", (("instance", "string"), ("seq", "long"), ("kind", "string"))
+)
+
+
+def entry_kind(data: bytes) -> str | None:
+    """The kind of the journal entry ``data``, read off its first bytes: about a sixteenth of a
+    decode, for readers that want only some kinds (the outcomes of a run, say). None when it
+    cannot be read that way (see ``stream_processors.codecs.peek``): decode the entry then."""
+    return _KIND.read(data)

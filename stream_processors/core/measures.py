@@ -18,10 +18,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 
-from stream_processors.codecs.records import CATALOG
+from stream_processors.codecs.peek import LeadingString
 from stream_processors.core.instance import ACTIVE_STEP, Instance, Status, StepState
 from stream_processors.core.journal import KIND_BY_VALUE, JournalEntry, Kind
 from stream_processors.core.model import CHILD_FAILED, SagaDefinition
@@ -226,45 +225,18 @@ def declared_errors(definition: SagaDefinition) -> frozenset[str]:
 
 
 _ACTIVE = frozenset(status.value for status in ACTIVE_STEP)
-#: The first fields of a snapshot, which ``snapshot_status`` reads without decoding the rest.
-_PEEKED = (("instance", "string"), ("saga_version", "int"), ("status", "string"))
 FINISHED = frozenset(status.value for status in Status if status.finished)
+#: A snapshot's status, read off its first fields without decoding the rest.
+_STATUS = LeadingString(
+    "sagalog.Snapshot", (("instance", "string"), ("saga_version", "int"), ("status", "string"))
+)
 
 
 def snapshot_status(value: bytes) -> str | None:
-    """The status of an encoded snapshot, read off its first fields without decoding the rest
-    (a store holds mostly finished instances, which restore then skips cheaply); None when its
-    writer is not the current snapshot schema or that schema does not begin with ``_PEEKED``."""
-    header = _peekable_header()
-    if header is None or not value.startswith(header):
-        return None
-    try:
-        size, position = _varint(value, len(header))  # instance: a string's length, its bytes
-        _, position = _varint(value, position + size)  # saga_version
-        size, position = _varint(value, position)
-        return value[position : position + size].decode()
-    except (IndexError, UnicodeDecodeError):  # cut short or corrupt: decoding it will say
-        return None
-
-
-@cache
-def _peekable_header() -> bytes | None:
-    """The frame header of the current snapshot schema, if it begins with ``_PEEKED``."""
-    schema = CATALOG.current("sagalog.Snapshot")
-    fields = tuple((f["name"], f["type"]) for f in schema.definition["fields"][:3])
-    return schema.header if fields == _PEEKED else None
-
-
-def _varint(data: bytes, position: int) -> tuple[int, int]:
-    """The Avro (zig-zag) variable-length integer at ``position``, and where the next begins."""
-    shift = result = 0
-    while True:
-        byte = data[position]
-        position += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return (result >> 1) ^ -(result & 1), position
-        shift += 7
+    """The status of an encoded snapshot, read off its first fields (a store holds mostly
+    finished instances, which restore then skips cheaply); None when that cannot be done (see
+    ``stream_processors.codecs.peek``)."""
+    return _STATUS.read(value)
 
 
 class InstanceCounts:
