@@ -41,8 +41,6 @@ TERMINAL = {
     Kind.SAGA_FAILED.value: "failed",
     Kind.SAGA_PARKED.value: "needs_attention",
 }
-#: Every other kind: what an outcomes-only reader skips undecoded.
-PASSING = frozenset(kind.value for kind in Kind) - TERMINAL.keys()
 
 
 PR_SET_PDEATHSIG = 1
@@ -335,8 +333,10 @@ class JournalWatcher:
                 continue
             self._next[message.partition() or 0] = (message.offset() or 0) + 1
             value = message.value() or b""
-            if self.outcomes_only and entry_kind(value) in PASSING:
-                continue  # known from its first bytes to be an entry that is not an outcome
+            if self.outcomes_only:
+                kind = entry_kind(value)
+                if kind is not None and kind not in TERMINAL:
+                    continue  # known from its first bytes to be an entry that is not an outcome
             try:
                 entry = JournalEntry.decode(value)
             except DecodeError:  # written by something else: counted, never a reason to stop
