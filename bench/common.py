@@ -10,10 +10,12 @@ of waiting for a dead static member's session to time out.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import platform
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -346,7 +348,28 @@ def machine() -> dict[str, object]:
         "load_average_at_start": list(os.getloadavg()),
         "busy_processes_at_start": busy_processes(),
         "broker_settings": broker_settings(),
+        "pure_core": pure_core_speed(),
     }
+
+
+#: Inputs of the host's calibration (``pure_core_speed``): about 1 s of CPU at 20,000/s.
+CALIBRATION_INPUTS = 20_000
+
+
+def pure_core_speed(inputs: int = CALIBRATION_INPUTS) -> dict[str, Any]:
+    """How fast this host runs the engine's own per-input work, without Kafka: the start shape
+    of ``tools/profile_core.py``, best of 3 (``inputs_per_second`` holds the 3, ascending).
+
+    The same code ran 1.8 times as fast on the host of 2026-12-05 as on that of 12-04
+    (docs/benchmarks.md), and only this figure tells a faster host from a faster engine when
+    two runs are compared. ``error`` instead when the script failed."""
+    script = Path(__file__).resolve().parents[1] / "tools" / "profile_core.py"
+    command = [sys.executable, str(script), "-n", str(inputs), "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip() or f"exit code {done.returncode}")[-500:]}
+    figures: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return figures
 
 
 #: KIP-890's partition verification: a check per partition added to each transaction

@@ -419,6 +419,7 @@ def markdown(figures: dict[str, Any], command: str, profile: Path, json_path: Pa
         + (": " + "; ".join(f"`{line[:30]} ... {line[-45:]}`" for line in busy) if busy else ""),
         f"- the run took {figures['seconds']:.0f} s",
         *broker_settings_line(m),
+        *pure_core_line(m, _get(figures, "engine", "inputs_per_second")),
         "",
         "## How it was measured",
         "",
@@ -477,6 +478,24 @@ def broker_settings_line(machine: dict[str, Any]) -> list[str]:
         return []
     shown = ", ".join(f"`{name}={value}`" for name, value in sorted(settings.items()))
     return [f"- broker settings that shape a transaction's latency: {shown}"]
+
+
+def pure_core_line(machine: dict[str, Any], engine: float | None) -> list[str]:
+    """The host's calibration (``bench.common.pure_core_speed``), with the engine's share of it;
+    nothing for runs before 2026-12-05, which did not measure it."""
+    core = machine.get("pure_core")
+    if not core:
+        return []
+    if "error" in core:
+        return [f"- the host's calibration failed: `{core['error']}`"]
+    best = max(core["inputs_per_second"])
+    share = f"; the engine's one processor ran at {engine / best:.0%} of it" if engine else ""
+    return [
+        f"- this host's speed at the engine's own work, without Kafka (`tools/profile_core.py`, "
+        f"{_fmt(core['inputs'])} {core['shape']} inputs, best of "
+        f"{len(core['inputs_per_second'])}): {_fmt(best)} inputs/s of CPU time{share}. Compare "
+        "runs on different hosts with it"
+    ]
 
 
 def _fixed_rate_rows(figures: dict[str, Any]) -> list[str]:

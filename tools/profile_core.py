@@ -4,6 +4,7 @@
     .venv/bin/python tools/profile_core.py --shape saga -n 30000
     .venv/bin/python tools/profile_core.py --profile            # cProfile top 25 (tottime)
     .venv/bin/python tools/profile_core.py --pyinstrument       # pyinstrument's call tree
+    .venv/bin/python tools/profile_core.py -n 20000 --json      # one JSON line (the bench's)
 
 It runs, for every input, what ``SagaProcessor`` does between ``consume`` and ``produce``
 (``_decoded``, ``_process``, ``_emit``) minus the Kafka calls, the store and the metrics: the
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import json
 import pstats
 import sys
 import time
@@ -199,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="cProfile, top 25 by own time")
     parser.add_argument("--pyinstrument", action="store_true", help="pyinstrument call tree")
+    parser.add_argument("--json", action="store_true", help="the rates as one line of JSON")
     args = parser.parse_args(argv)
     build = _saga_messages if args.shape == "saga" else _start_messages
     messages = build(args.inputs)
@@ -207,6 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         profiled(lambda: run(messages, args.cached), args.pyinstrument)
         return 0
     rates = sorted(_rates(messages, args.cached, args.repeat))
+    if args.json:
+        shape = args.shape + (" cached" if args.cached else "")
+        runs = [round(rate) for rate in rates]
+        print(json.dumps({"shape": shape, "inputs": len(messages), "inputs_per_second": runs}))
+        return 0
     shown = ", ".join(f"{r:,.0f}" for r in rates)
     print(
         f"{args.shape}{' cached' if args.cached else ''}: {len(messages):,} inputs; "

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import pure_core_speed
 from bench.end_to_end import COMMIT_COUNT, COMMIT_SUM, commits_between, median_round
 from bench.hops import COMMAND, DECIDED, PUBLISHED, REPLY, ROUTED, Event, statistics
 from bench.limit import Output, load_shape, save_shape
-from bench.report import broker_settings_line, latency_sections
+from bench.report import broker_settings_line, latency_sections, pure_core_line
 from stream_processors.engine.store import MemoryBounds, SnapshotStore
 
 
@@ -154,3 +155,22 @@ def test_the_machine_section_names_the_broker_s_latency_settings_when_recorded()
     ]
     assert broker_settings_line({}) == []  # a run from before they were recorded
     assert broker_settings_line({"broker_settings": {}}) == []  # the broker could not be asked
+
+
+def test_the_machine_section_gives_the_host_s_calibration_and_the_engine_s_share() -> None:
+    core = {"shape": "start", "inputs": 20000, "inputs_per_second": [20000, 24000, 25000]}
+    [line] = pure_core_line({"pure_core": core}, 12500.0)
+    assert "20,000 start inputs, best of 3): 25,000 inputs/s of CPU time" in line
+    assert "the engine's one processor ran at 50% of it" in line
+    [alone] = pure_core_line({"pure_core": core}, None)  # the engine phase failed or was skipped
+    assert "25,000 inputs/s" in alone and "engine" not in alone.split("inputs/s")[1]
+    assert pure_core_line({}, 12500.0) == []  # a run from before it was measured
+    [failed] = pure_core_line({"pure_core": {"error": "ImportError: x"}}, 12500.0)
+    assert failed == "- the host's calibration failed: `ImportError: x`"
+
+
+def test_the_host_s_calibration_runs_the_pure_path() -> None:
+    figures = pure_core_speed(3000)
+    assert figures["shape"] == "start" and figures["inputs"] == 3000
+    rates = figures["inputs_per_second"]
+    assert len(rates) == 3 and rates == sorted(rates) and rates[0] > 0
