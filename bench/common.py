@@ -32,6 +32,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 
 from examples.order_fulfillment.saga import OrderFulfillment
 from examples.order_fulfillment.scenario import plan_orders
+from sagas.idempotency import handled_topic
 from sagas.local import LocalProcess
 from sagas.publisher import Publisher
 from stream_processors.kafka.config import (
@@ -46,6 +47,10 @@ from stream_processors.kafka.topics import SagaTopics, ensure_plain_topics, ensu
 BASE = Path(".sagalog/bench")
 STATE = BASE / "state"
 PARTITIONS = 8
+#: The fewest partitions two processor processes can share: the end-to-end phase runs again
+#: with these, since a transaction's cost grows with the partitions it spans
+#: (docs/benchmarks.md, 2026-12-03 16:05).
+FEW_PARTITIONS = 2
 DEFINITION = OrderFulfillment.definition
 TOPICS = SagaTopics.for_saga(DEFINITION, PARTITIONS)
 PROCESSOR_GROUP = f"sagalog.{DEFINITION.name}"
@@ -149,11 +154,15 @@ def delete_topics(names: Iterable[str], timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
-def fresh_saga_topics() -> None:
-    """The order saga's topics, empty and new. The broker drops the committed offsets of a
-    deleted topic, so its consumer groups start the new one from the beginning."""
-    delete_topics(saga_topic_names())
-    ensure_topics(TOPICS, extra=[f"{topic}.dlq" for topic in TOPICS.commands])
+def fresh_saga_topics(partitions: int = PARTITIONS) -> None:
+    """The order saga's topics, empty and new, with ``partitions`` each; the workers'
+    ``.handled`` topics go too, so that a worker recreates its own as wide as the command
+    topics (a worker transaction spans the partitions it writes there). The broker drops the
+    committed offsets of a deleted topic, so its consumer groups start the new one from the
+    beginning."""
+    delete_topics([*saga_topic_names(), *(handled_topic(group) for group in WORKER_GROUPS)])
+    topics = SagaTopics.for_saga(DEFINITION, partitions)
+    ensure_topics(topics, extra=[f"{topic}.dlq" for topic in topics.commands])
 
 
 def fill(
@@ -210,6 +219,28 @@ class Drain:
     @property
     def per_second(self) -> float:
         return self.records / self.seconds if self.seconds > 0 else 0.0
+
+
+def groups_emptied(groups: Iterable[str], timeout: float = 60) -> None:
+    """Wait until no member is left in ``groups``. A static member that stopped does not leave
+    its group: it stays, holding its partitions, until its session times out (10 s), and
+    processes of another identity that join meanwhile get only the rest of the partitions."""
+    client = admin()
+    deadline = time.monotonic() + timeout
+    while True:
+        futures = client.describe_consumer_groups(list(groups), request_timeout=15)
+        members = []
+        for future in futures.values():
+            try:
+                members += [member.member_id for member in future.result().members]
+            except KafkaException as error:
+                if error.args[0].name() != "GROUP_ID_NOT_FOUND":
+                    raise
+        if not members:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(members)} members still in {list(groups)} after {timeout}s")
+        time.sleep(0.5)
 
 
 class OneCommit(RuntimeError):

@@ -32,7 +32,7 @@ from bench import (
     report,
     same_shape,
 )
-from bench.common import BASE, Sizes, machine
+from bench.common import BASE, FEW_PARTITIONS, Sizes, machine
 from stream_processors.kafka.config import bootstrap_servers
 
 PHASES = (
@@ -41,6 +41,8 @@ PHASES = (
     "tracing",
     "same_shape",
     "profile",
+    # Before end_to_end: replay and failover read the journal end_to_end leaves, 8 partitions.
+    "end_to_end_few",
     "end_to_end",
     "control_flow",
     "replay",
@@ -118,6 +120,13 @@ def main(
         ),
         "same_shape": lambda: same_shape.measure(sizes.pipe_records),
         "profile": lambda: profile.measure(sizes.pipe_records // 5, profile_path),
+        "end_to_end_few": lambda: end_to_end.measure(
+            sizes.saturation_orders,
+            sizes.latency_seconds,
+            *fixed,
+            sizes.saturation_rounds,
+            partitions=FEW_PARTITIONS,
+        ),
         "end_to_end": lambda: end_to_end.measure(
             sizes.saturation_orders, sizes.latency_seconds, *fixed, sizes.saturation_rounds
         ),

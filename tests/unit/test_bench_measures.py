@@ -10,7 +10,12 @@ from bench.common import pure_core_speed
 from bench.end_to_end import COMMIT_COUNT, COMMIT_SUM, commits_between, median_round
 from bench.hops import COMMAND, DECIDED, PUBLISHED, REPLY, ROUTED, Event, statistics
 from bench.limit import Output, load_shape, save_shape
-from bench.report import broker_settings_line, latency_sections, pure_core_line
+from bench.report import (
+    broker_settings_line,
+    derived,
+    latency_sections,
+    pure_core_line,
+)
 from stream_processors.engine.store import MemoryBounds, SnapshotStore
 
 
@@ -174,3 +179,38 @@ def test_the_host_s_calibration_runs_the_pure_path() -> None:
     assert figures["shape"] == "start" and figures["inputs"] == 3000
     rates = figures["inputs_per_second"]
     assert len(rates) == 3 and rates == sorted(rates) and rates[0] > 0
+
+
+def _end_to_end(rate: float, quarter: tuple[int, int], fifty: int) -> dict[str, object]:
+    return {
+        "saturation": {"sagas_per_second": rate},
+        "quarter_load": _paced(None) | {"p50_ms": quarter[0], "p99_ms": quarter[1]},
+        "fixed_rates": {"50": _paced(None) | {"p50_ms": fifty, "p99_ms": 2 * fifty}},
+    }
+
+
+def test_the_fewer_partitions_run_has_targets_and_rows_of_its_own() -> None:
+    figures: dict[str, object] = {
+        "end_to_end": _end_to_end(3000.0, (99, 198), 14) | {"partitions": 8},
+        "end_to_end_few": _end_to_end(1900.0, (46, 86), 12) | {"partitions": 2},
+        "faust": {"fixed_rates": {"50": {"p50_ms": 13}}},
+    }
+    targets = derived(figures)["targets"]
+    assert targets["p50 <= 60 ms at a quarter of saturation"] is False
+    assert targets["p99 <= 200 ms at a quarter of saturation"] is True
+    assert targets["p50 <= 60 ms at a quarter of saturation, 2 partitions"] is True
+    assert targets["end to end >= 2,000 sagas/s"] is True
+    assert targets["end to end >= 2,000 sagas/s, 2 partitions"] is False
+    assert targets["p50 below faust-streaming's at 50 sagas/s"] is False
+    assert targets["p50 below faust-streaming's at 50 sagas/s, 2 partitions"] is True
+    sections = latency_sections(figures)
+    assert any(line.startswith("| Sagalog, 2 partitions | ") for line in sections)
+    assert any("| quarter (-/s), 2 partitions |" in line for line in sections)
+
+
+def test_without_the_fewer_partitions_run_its_targets_are_unmeasured_and_it_has_no_rows() -> None:
+    figures: dict[str, object] = {"end_to_end": _end_to_end(3000.0, (50, 90), 14)}
+    targets = derived(figures)["targets"]
+    assert targets["p50 <= 60 ms at a quarter of saturation"] is True
+    assert targets["p50 <= 60 ms at a quarter of saturation, 2 partitions"] is None
+    assert not any(line.startswith("| Sagalog, 2 partitions") for line in latency_sections(figures))
