@@ -12,10 +12,10 @@ other bursts come after the paced runs. All reuse the demo's machinery
 (``examples.order_fulfillment.measure``), and all check that every saga ended as planned.
 
 ``measure`` takes the saga's partition count: the bench runs it with 8 (``PARTITIONS``, the
-table's main figures) and again with 2 (``FEW_PARTITIONS``), each at its own saturation. At a
-given rate a transaction spans about four partitions per inbox partition it has inputs from
-(journal, snapshots, two command topics), and its commit grows with that count; the two runs
-show what the choice costs in latency and gives in headroom.
+table's main figures) and, last of all, with 2 (``FEW_PARTITIONS``), each at its own
+saturation. At a given rate a transaction spans about four partitions per inbox partition it
+has inputs from (journal, snapshots, two command topics), and its commit grows with that
+count; the two runs show what the choice costs in latency and gives in headroom.
 """
 
 from __future__ import annotations
@@ -179,8 +179,6 @@ def measure(
         saturated = median_round([first, *rounds])
     finally:
         codes = {name: process.stop() for name, process in processes.items()}
-        if partitions != PARTITIONS:  # the next phase's processes have the usual identity
-            groups_emptied(GROUPS)
     return {
         "partitions": partitions,
         "saturation": saturated,

@@ -81,9 +81,9 @@ METHOD = """\
    left on its topics: the source event, the routed copy (none for an event decided without the
    inbox hop: docs/direct-sources.md), journal entries (`at_ms`), commands and replies.
    All of this runs twice, with the saga's topics (inbox, journal, snapshots, command topics
-   and the workers' `.handled`) at 2 partitions (the fewest two processors can share), then
-   at 8, each at its own saturation: a transaction's commit grows with the partitions it
-   spans, so the count is a choice between latency and room to scale out.
+   and the workers' `.handled`) at 8 partitions, and last of the run at 2 (the fewest two
+   processors can share), each at its own saturation: a transaction's commit grows with the
+   partitions it spans, so the count is a choice between latency and room to scale out.
    **Construct-heavy saga** (`bench/control_flow.py`): the control-flow example (a Choice, a 1 s
    Sleep on standard orders, a Parallel of two compensable branches, a Map over the lines, an
    invoicing child saga; its child's processor and three services as separate processes), a
