@@ -95,7 +95,7 @@ class Sizes:
             index_instances=60_000,
             index_seconds=3,
             tracing_records=20_000,
-            tracing_rounds=2,
+            tracing_rounds=1,
             # One burst: three made a quick run on a slow machine 4 min 49 s with its set-up.
             saturation_rounds=1,
         )
@@ -324,15 +324,20 @@ def follow_drain(
 
 
 def processor(
-    name: str = "processor", *args: str, env: dict[str, str] | None = None
+    name: str = "processor",
+    *args: str,
+    env: dict[str, str] | None = None,
+    code: Path | None = None,
 ) -> LocalProcess:
     """A ``sagas run`` of the order saga on the bench's store folder (not started), with
-    ``env`` added to its environment."""
+    ``env`` added to its environment; ``code``: the project tree it runs from (the current one
+    by default), since ``python -m`` imports from the working directory first."""
     env = {"SAGALOG_STATE_DIR": str(STATE.resolve()), **(env or {})}
     log = BASE / "logs" / f"{name}.log"
     log.unlink(missing_ok=True)
     command = ["run", "examples.order_fulfillment.saga:OrderFulfillment"]
-    return LocalProcess([*command, "--partitions", str(PARTITIONS), *args], log, env=env)
+    arguments = [*command, "--partitions", str(PARTITIONS), *args]
+    return LocalProcess(arguments, log, env=env, cwd=code.resolve() if code else None)
 
 
 ASSIGNED = re.compile(r"assigned inbox partitions \[([\d, ]*)\]")

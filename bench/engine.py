@@ -10,6 +10,9 @@ The processors are started first, on an empty inbox, and the inbox is filled onc
 partitions, so that one and two processes are measured the same way (two processes started on a
 backlog would spend the first of it rebalancing). The filler is far faster than the engine.
 
+Between the one-process and two-process runs the engine of the issue's day runs the same N
+inputs (``bench.baseline``): the baseline of the per-processor target.
+
 After the one-process run, ``shape`` reads what the engine wrote for each input (journal
 entries, commands, snapshots: how many per input, their sizes) and keeps one input's records as
 the template the same-shape pipe reproduces (``bench.same_shape``).
@@ -21,10 +24,12 @@ import statistics
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Message
 
+from bench import baseline
 from bench.common import (
     BASE,
     PARTITIONS,
@@ -69,12 +74,14 @@ def run(
     timeout: float = 600,
     env: dict[str, str] | None = None,
     headers: Callable[[int], list[tuple[str, bytes]]] | None = None,
+    code: Path | None = None,
 ) -> dict[str, Any]:
-    """``processes`` processors (with ``env``) draining ``records`` inputs (the ``n``th with
-    ``headers(n)``), filled once they are ready."""
+    """``processes`` processors (with ``env``, running the project tree ``code``: the current
+    one by default) draining ``records`` inputs (the ``n``th with ``headers(n)``), filled once
+    they are ready."""
     fresh_saga_topics()
     names = ["processor", *(f"processor-{n}" for n in range(2, processes + 1))]
-    running = [processor(name, env=env).start() for name in names]
+    running = [processor(name, env=env, code=code).start() for name in names]
     try:
         _wait_for_partitions(running)
         cpu = _cpu_seconds(running)
@@ -211,15 +218,38 @@ def tracing_cost(records: int, rounds: int = 3, timeout: float = 600) -> dict[st
 
 
 def measure(records: int, timeout: float = 600) -> dict[str, Any]:
-    """One processor, its output shape, then two processors, on the same N inputs."""
+    """One processor, its output shape, the issue's engine (``bench.baseline``), then two
+    processors, on the same N inputs."""
     SHAPE.unlink(missing_ok=True)  # never a shape of an earlier run
     one = run(records, 1, timeout)
     outputs = shape()
+    issue_era = issue_era_run(records, timeout)
     two = run(records, 2, timeout)
     return one | {
         "shape": outputs,
+        "issue_era": issue_era,
+        "over_issue_era": _ratio(one, issue_era),
         "two_processes": two,
-        "two_over_one": round(two["inputs_per_second"] / one["inputs_per_second"], 3)
-        if one["inputs_per_second"]
-        else None,
+        "two_over_one": _ratio(two, one),
     }
+
+
+def issue_era_run(records: int, timeout: float = 600) -> dict[str, Any]:
+    """One processor of the engine issue 14 measured (``bench.baseline.ISSUE_ERA``), or why
+    it could not run."""
+    try:
+        code = baseline.source_tree()
+    except baseline.Unavailable as missing:
+        return {"commit": baseline.ISSUE_ERA, "error": str(missing)}
+    state = baseline.fresh_state(BASE / "baseline" / "state")
+    env = {"SAGALOG_STATE_DIR": str(state.resolve())}
+    try:
+        return {"commit": baseline.ISSUE_ERA} | run(records, 1, timeout, env=env, code=code)
+    except (TimeoutError, RuntimeError) as failed:  # its log says more
+        return {"commit": baseline.ISSUE_ERA, "error": f"{type(failed).__name__}: {failed}"}
+
+
+def _ratio(faster: dict[str, Any], slower: dict[str, Any]) -> float | None:
+    """Inputs/s of one run over another's (None when either has none)."""
+    a, b = faster.get("inputs_per_second"), slower.get("inputs_per_second")
+    return round(a / b, 3) if a and b else None

@@ -68,9 +68,10 @@ METHOD = """\
    seen to the last. N = {n}.
 2. **Engine** (`bench/engine.py`): the same N records in the saga's inbox; `sagas run`
    process(es) (journal entries, a MakePayment command and the coalesced snapshot per input, a
-   transaction per 100 ms, then RocksDB), measured exactly like the pipes: one process, then two
-   on the same N inputs. The processes are started first and the inbox filled once they own
-   their partitions, so that a rebalance is not measured.
+   transaction per 100 ms, then RocksDB), measured exactly like the pipes: one process, then the
+   engine as issue 14 measured it (commit 0ff3609, from the project's history, `bench/baseline.py`),
+   then two processes, on the same N inputs. The processes are started first and the inbox
+   filled once they own their partitions, so that a rebalance is not measured.
 3. **End to end** (`bench/end_to_end.py`, reusing the demo's `measure` module): processor and
    both workers as separate processes, 3% payment and 3% shipping failures; {burst} orders at
    once for saturation (first publish to last terminal journal entry), then {paced} s paced at
@@ -192,6 +193,26 @@ def _check(value: Any, ok: Callable[[Any], bool]) -> bool | None:
     return None if value is None else ok(value)
 
 
+#: The per-processor target, against the issue's engine run in the same run (bench.baseline).
+ISSUE_ERA_TARGET = "one processor >= 3x the issue's engine"
+
+
+def _issue_era_row(
+    engine: dict[str, Any], ratio: float | None, met: bool | None
+) -> tuple[str, str, str, str]:
+    """The row of the issue's engine, run in the same run: its rate and today's over it."""
+    baseline = engine.get("issue_era") or {}
+    commit = f" (commit {baseline['commit']})" if "commit" in baseline else ""
+    label = f"2. engine: one processor of the issue's day{commit}, same harness"
+    if not baseline:  # a run from before the bench ran it
+        return label, "not measured in this run", ">= 3x", _met(None)
+    if "error" in baseline:
+        return label, f"not measured: {baseline['error']}", ">= 3x", _met(None)
+    rate = f"{_fmt(baseline.get('inputs_per_second'))} inputs/s"
+    today = f"; today's one processor is {_fmt(ratio, 2)}x" if ratio else ""
+    return label, rate + today, ">= 3x", _met(met)
+
+
 #: The end-to-end phases, the main one first.
 END_TO_END = ("end_to_end", FEW)
 
@@ -248,6 +269,7 @@ def derived(figures: dict[str, Any]) -> dict[str, Any]:
     out = {
         "engine_over_limit": ratio(engine, limit),
         "engine_over_same_shape": ratio(engine, shaped),
+        "engine_over_issue_era": _get(figures, "engine", "over_issue_era"),
         "two_processes_over_one": _get(figures, "engine", "two_over_one"),
         "construct_heavy_over_order_saga": ratio(heavy, e2e),
         "sagalog_over_faust": ratio(e2e, faust),
@@ -258,6 +280,7 @@ def derived(figures: dict[str, Any]) -> dict[str, Any]:
         "engine >= 50% of the same-shape pipe": _check(
             out["engine_over_same_shape"], lambda r: r >= 0.5
         ),
+        ISSUE_ERA_TARGET: _check(out["engine_over_issue_era"], lambda r: r >= 3),
         **{
             name: met
             for phase in END_TO_END
@@ -374,6 +397,7 @@ def markdown(figures: dict[str, Any], command: str, profile: Path, json_path: Pa
             ">= 50% of the same-shape pipe",
             _met(targets["engine >= 50% of the same-shape pipe"]),
         ),
+        _issue_era_row(engine, d["engine_over_issue_era"], targets[ISSUE_ERA_TARGET]),
         (
             "2. engine: two processor processes",
             f"{_fmt(two.get('inputs_per_second'))} inputs/s "
@@ -653,12 +677,13 @@ def chart(figures: dict[str, Any], path: Path) -> None:
         "same-shape\npipe (inputs/s)": _get(figures, "same_shape", "inputs_per_second"),
         "engine, 1\nprocess": _get(figures, "engine", "inputs_per_second"),
         "engine, 2\nprocesses": _get(figures, "engine", "two_processes", "inputs_per_second"),
+        "the issue's\nengine, 1": _get(figures, "engine", "issue_era", "inputs_per_second"),
         "Sagalog\nend to end": _get(figures, "end_to_end", "saturation", "sagas_per_second"),
         "faust\nend to end": _get(figures, "faust", "saturation", "sagas_per_second"),
         "Temporal\nend to end": _get(figures, "temporal", "saturation", "sagas_per_second"),
     }
     figure, (left, right) = plt.subplots(1, 2, figsize=(15, 5))
-    palette = ["#888", "#aaa", "#2b6", "#2b6", "#2b6", "#c63", "#36c"]
+    palette = ["#888", "#aaa", "#2b6", "#2b6", "#9c9", "#2b6", "#c63", "#36c"]
     colours = dict(zip(throughput, palette, strict=True))
     names = [k for k, v in throughput.items() if v]
     values = [throughput[k] for k in names]

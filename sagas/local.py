@@ -81,6 +81,8 @@ class LocalProcess:
     #: Interpreter options before ``-m sagas``: e.g. ["-m", "pyinstrument", "-o", "out.txt"].
     python_args: list[str] = field(default_factory=list)
     program: list[str] | None = None
+    #: The working directory (default: the caller's); ``sagas run`` imports the saga from it.
+    cwd: Path | None = None
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> LocalProcess:
@@ -101,7 +103,7 @@ class LocalProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=environment,
-            cwd=os.getcwd(),
+            cwd=self.cwd or os.getcwd(),
             preexec_fn=_die_with_parent,
         )
         log.close()
